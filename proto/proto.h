@@ -1,0 +1,422 @@
+/*
+ * proto.h - Ferry wire protocol v1: frame layout, encoder and decoder.
+ *
+ * This is the one codec shared by ferryd and libferry. It does no I/O and no
+ * allocation: the decoder reads a caller's buffer and hands back slices that
+ * point into it (valid as long as that buffer is), and the encoder writes into
+ * a caller's buffer through a bounds-checked writer. docs/PROTOCOL.md is the
+ * normative description; the layout comments here mirror it.
+ *
+ * Frame (all integers big-endian):
+ *
+ *   u32 length      bytes after this field: 6 + body length
+ *   u8  type        enum proto_type
+ *   u8  flags       0 unless the type defines bits (ERROR: PROTO_ERROR_FATAL)
+ *   u32 request_id  chosen by the requester, echoed in the reply
+ *   ...  body       type-specific, exactly length - 6 bytes
+ *
+ * Primitive fields:
+ *   str16  = u16 n, then n bytes  (topic names, ids, keys, header names/values)
+ *   bytes32 = u32 n, then n bytes (payloads)
+ *
+ * Every length is checked against what remains in the frame before it is
+ * used, and a frame's body must be consumed exactly: trailing bytes are
+ * MALFORMED, except in HELLO_OK where later revisions may append fields.
+ *
+ * Invariants the decoder guarantees when it returns > 0:
+ *   - every slice lies inside [buf, buf + returned);
+ *   - a PUBLISH's messages have all been walked once, so proto_msg_next()
+ *     over them cannot fail;
+ *   - counts are within the documented maxima (PROTO_MAX_*).
+ * Semantic checks (topic name alphabet, message size against the broker's
+ * configured limit) are separate functions so that broker and client apply
+ * exactly the same rules.
+ */
+#ifndef FERRY_PROTO_H
+#define FERRY_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry_codes.h"
+
+#define PROTO_VERSION 1
+
+/* u32 length + u8 type + u8 flags + u32 request_id. */
+#define PROTO_HEADER_BYTES 10
+/* The smallest legal value of the length field: type + flags + request_id. */
+#define PROTO_MIN_LENGTH 6
+
+/*
+ * Frame size limits. A peer never accepts a frame whose length field exceeds
+ * its limit and never allocates what such a field claims.
+ *  - PROTO_HANDSHAKE_MAX_FRAME: before HELLO is accepted the broker reads at
+ *    most this much, so an unauthenticated peer cannot make it buffer more.
+ *  - PROTO_DEFAULT_MAX_FRAME: the broker's default, advertised in HELLO_OK;
+ *    a 1 MiB message plus its topic, id, key and headers fits with room.
+ *  - PROTO_ABSOLUTE_MAX_FRAME: no configuration may exceed this (64 MiB);
+ *    it keeps every length computation far from 32-bit overflow.
+ */
+#define PROTO_HANDSHAKE_MAX_FRAME (64u * 1024u)
+#define PROTO_DEFAULT_MAX_FRAME (4u * 1024u * 1024u)
+#define PROTO_ABSOLUTE_MAX_FRAME (64u * 1024u * 1024u)
+
+/* Default maximum message size (key + headers + payload), configurable. */
+#define PROTO_DEFAULT_MAX_MESSAGE (1024u * 1024u)
+
+/* Field maxima, fixed by the protocol (not configurable). */
+#define PROTO_MAX_TOPIC 200          /* topic name bytes */
+#define PROTO_MAX_ID 128             /* message id bytes */
+#define PROTO_MAX_KEY 1024           /* message key bytes */
+#define PROTO_MAX_HEADERS 64         /* headers per message */
+#define PROTO_MAX_HEADER_NAME 255    /* header name bytes */
+#define PROTO_MAX_HEADER_VALUE 65535 /* header value bytes (str16) */
+#define PROTO_MAX_BATCH 10000        /* messages in one PUBLISH */
+#define PROTO_MAX_CLIENT_NAME 255    /* HELLO client name bytes */
+#define PROTO_MAX_TOKEN 1024         /* HELLO token bytes */
+#define PROTO_MAX_ERROR_TEXT 1024    /* ERROR message bytes */
+#define PROTO_MAX_TOPICS 100000      /* entries in one TOPICS_OK */
+
+enum proto_type {
+    PROTO_HELLO = 0x01,        /* client -> server */
+    PROTO_HELLO_OK = 0x02,     /* server -> client */
+    PROTO_ERROR = 0x03,        /* server -> client */
+    PROTO_PING = 0x04,         /* either way; empty body */
+    PROTO_PONG = 0x05,         /* reply to PING; empty body */
+    PROTO_PUBLISH = 0x10,      /* client -> server: 1..PROTO_MAX_BATCH messages, atomic */
+    PROTO_PUBLISH_ACK = 0x11,  /* server -> client */
+    PROTO_TOPICS = 0x30,       /* client -> server; empty body */
+    PROTO_TOPICS_OK = 0x31,    /* server -> client */
+    /* Reserved for consumer groups; a v1 broker answers them with
+     * FERRY_EUNSUPPORTED and keeps the connection open. */
+    PROTO_SUBSCRIBE = 0x20,
+    PROTO_SUBSCRIBE_OK = 0x21,
+    PROTO_DELIVER = 0x22,
+    PROTO_ACK = 0x23,
+    PROTO_NACK = 0x24,
+    PROTO_TOUCH = 0x25,
+    PROTO_CREDIT = 0x26,
+    PROTO_UNSUBSCRIBE = 0x27,
+    PROTO_SEEK = 0x28,
+    PROTO_ACK_OK = 0x29,
+};
+
+/* ERROR flags: the sender closes the connection after this frame. */
+#define PROTO_ERROR_FATAL 0x01
+/* PUBLISH_ACK per-message flags: the message id was already stored. */
+#define PROTO_ACK_DUPLICATE 0x01
+
+struct proto_slice {
+    const uint8_t *ptr;
+    size_t len;
+};
+
+/*
+ * HELLO body:
+ *   u16   version        PROTO_VERSION
+ *   str16 client_name    free text for logs, may be empty (<= 255)
+ *   str16 token          empty when none (<= 1024)
+ */
+struct proto_hello {
+    uint16_t version;
+    struct proto_slice client_name;
+    struct proto_slice token;
+};
+
+/*
+ * HELLO_OK body:
+ *   u16   version              the version the server will speak
+ *   u32   max_frame_bytes      largest frame the server accepts from now on
+ *   u32   max_message_bytes    largest key + headers + payload
+ *   u32   max_batch            largest message count in one PUBLISH
+ *   u64   dedupe_window_ms     how long message ids are remembered
+ *   str16 server_name          e.g. "ferryd 0.1.0"
+ *   ...   (later revisions may append fields; a v1 client ignores them)
+ */
+struct proto_hello_ok {
+    uint16_t version;
+    uint32_t max_frame_bytes;
+    uint32_t max_message_bytes;
+    uint32_t max_batch;
+    uint64_t dedupe_window_ms;
+    struct proto_slice server_name;
+};
+
+/*
+ * ERROR body:
+ *   u16   code      a wire code from ferry_codes.h (1..99)
+ *   str16 message   human-readable detail (<= 1024)
+ * The request_id is that of the failed request, or 0 for the connection.
+ */
+struct proto_error {
+    uint16_t code;
+    struct proto_slice message;
+};
+
+/*
+ * PUBLISH body:
+ *   u16 count                       1..PROTO_MAX_BATCH
+ *   count x message:
+ *     str16   topic                 1..200 bytes, see proto_topic_valid()
+ *     str16   id                    0..128 bytes; empty: the broker makes one
+ *     str16   key                   0..1024 bytes; empty: no key
+ *     u64     deliver_at_ms         0 = now; Unix ms not-before time (stored;
+ *                                   honoured by consumer delivery)
+ *     u16     header_count          0..64
+ *     header_count x (str16 name (1..255), str16 value)
+ *     bytes32 payload
+ * The whole frame is one atomic unit: all messages are stored, or none.
+ */
+struct proto_publish {
+    uint16_t count;
+    struct proto_slice msgs; /* the encoded messages, already validated */
+};
+
+struct proto_msg {
+    struct proto_slice topic;
+    struct proto_slice id;
+    struct proto_slice key;
+    uint64_t deliver_at_ms;
+    uint16_t header_count;
+    struct proto_slice headers; /* header_count encoded (name, value) pairs */
+    struct proto_slice payload;
+};
+
+struct proto_header {
+    struct proto_slice name;
+    struct proto_slice value;
+};
+
+/*
+ * PUBLISH_ACK body:
+ *   u16 count                       equals the PUBLISH's count
+ *   count x (u64 seq, u8 flags, str16 id)   in the PUBLISH's order
+ * flags bit PROTO_ACK_DUPLICATE: the id was seen before; seq is the original.
+ */
+struct proto_publish_ack {
+    uint16_t count;
+    struct proto_slice acks; /* validated */
+};
+
+struct proto_ack_entry {
+    uint64_t seq;
+    uint8_t flags;
+    struct proto_slice id;
+};
+
+/*
+ * TOPICS_OK body:
+ *   u32 count
+ *   count x (u16 entry_length, entry), entry:
+ *     str16 name
+ *     u64   head_seq        highest sequence assigned (0: none yet)
+ *     u64   first_seq       lowest sequence still stored (0: none stored)
+ *     u64   message_count   messages stored
+ *     u64   bytes           stored key + header + payload bytes
+ *     u64   created_ms      Unix ms
+ *     ...   (later revisions may append fields inside the entry)
+ */
+struct proto_topics_ok {
+    uint32_t count;
+    struct proto_slice entries; /* validated */
+};
+
+struct proto_topic_info {
+    struct proto_slice name;
+    uint64_t head_seq;
+    uint64_t first_seq;
+    uint64_t message_count;
+    uint64_t bytes;
+    uint64_t created_ms;
+};
+
+struct proto_frame {
+    uint8_t type;
+    uint8_t flags;
+    uint32_t request_id;
+    struct proto_slice body;
+    union {
+        struct proto_hello hello;
+        struct proto_hello_ok hello_ok;
+        struct proto_error error;
+        struct proto_publish publish;
+        struct proto_publish_ack publish_ack;
+        struct proto_topics_ok topics_ok;
+    } u;
+};
+
+/*
+ * Reads the 10-byte header at buf. Returns PROTO_HEADER_BYTES when a header
+ * is there, 0 when fewer bytes are available, FERRY_EMALFORMED when length <
+ * PROTO_MIN_LENGTH, FERRY_EFRAME_TOO_LARGE when length > max_frame. Lets a
+ * reader reject an oversized frame before it buffers any of it.
+ */
+int proto_peek_header(const uint8_t *buf, size_t len, uint32_t max_frame, uint32_t *length_out,
+                      uint8_t *type_out, uint32_t *request_id_out);
+
+/*
+ * Decodes one complete frame from buf. Returns the bytes consumed (4 +
+ * length) on success, 0 when buf holds less than one whole frame, or a
+ * negative FERRY_E* code: FERRY_EMALFORMED (bad layout, bad count, trailing
+ * bytes, a field over its maximum), FERRY_EFRAME_TOO_LARGE (length over
+ * max_frame, reported as soon as the header is readable), FERRY_EUNKNOWN_TYPE
+ * (a type this revision does not know). Reserved consumer types decode with
+ * the body unparsed (out->body only). Never reads outside [buf, buf + len).
+ */
+ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struct proto_frame *out);
+
+/* True for the reserved consumer-group frame types (0x20..0x29). */
+int proto_type_reserved(uint8_t type);
+
+/* Walks a PUBLISH's messages. Initialise with proto_msg_iter_init(); each
+ * proto_msg_next() fills *out and returns 1, then 0 after the last one. */
+struct proto_msg_iter {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint16_t left;
+};
+void proto_msg_iter_init(struct proto_msg_iter *it, const struct proto_publish *pub);
+int proto_msg_next(struct proto_msg_iter *it, struct proto_msg *out);
+
+/* Walks one message's headers the same way. */
+struct proto_header_iter {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint16_t left;
+};
+void proto_header_iter_init(struct proto_header_iter *it, const struct proto_msg *msg);
+int proto_header_next(struct proto_header_iter *it, struct proto_header *out);
+
+/* Walks PUBLISH_ACK entries. */
+struct proto_ack_iter {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint16_t left;
+};
+void proto_ack_iter_init(struct proto_ack_iter *it, const struct proto_publish_ack *ack);
+int proto_ack_next(struct proto_ack_iter *it, struct proto_ack_entry *out);
+
+/* Walks TOPICS_OK entries. */
+struct proto_topic_iter {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint32_t left;
+};
+void proto_topic_iter_init(struct proto_topic_iter *it, const struct proto_topics_ok *t);
+int proto_topic_next(struct proto_topic_iter *it, struct proto_topic_info *out);
+
+/*
+ * Semantic rules shared by broker and client.
+ * Topic name: 1..200 bytes of [A-Za-z0-9._-], first byte a letter or digit.
+ * (Names starting with '_' are reserved for topics the broker derives, such
+ * as dead letters, and cannot be published to directly.)
+ * Message id: 1..128 bytes of printable ASCII (0x21..0x7e).
+ * Returns 0 or FERRY_EINVALID_TOPIC / FERRY_EINVALID_ID.
+ */
+int proto_topic_valid(const uint8_t *name, size_t len);
+int proto_id_valid(const uint8_t *id, size_t len);
+
+/* Bytes a message counts against max_message_bytes: key + each header's
+ * name and value + payload. */
+uint64_t proto_msg_size(const struct proto_msg *msg);
+
+/* Full semantic check of one decoded message: topic, id (when not empty),
+ * size. Returns 0, FERRY_EINVALID_TOPIC, FERRY_EINVALID_ID or
+ * FERRY_EMESSAGE_TOO_LARGE. */
+int proto_msg_check(const struct proto_msg *msg, uint32_t max_message_bytes);
+
+/*
+ * Encoding. A writer appends into a fixed buffer; once a write would pass
+ * cap it sets overflow and writes nothing more, so a caller encodes a whole
+ * frame and checks once. proto_frame_begin() reserves the header and
+ * proto_frame_end() patches the length field.
+ */
+struct proto_writer {
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    int overflow;
+};
+
+void proto_writer_init(struct proto_writer *w, uint8_t *buf, size_t cap);
+void proto_put_u8(struct proto_writer *w, uint8_t v);
+void proto_put_u16(struct proto_writer *w, uint16_t v);
+void proto_put_u32(struct proto_writer *w, uint32_t v);
+void proto_put_u64(struct proto_writer *w, uint64_t v);
+void proto_put_raw(struct proto_writer *w, const void *p, size_t n);
+/* str16: n must be <= 65535, else the writer overflows. */
+void proto_put_str16(struct proto_writer *w, const void *p, size_t n);
+void proto_put_bytes32(struct proto_writer *w, const void *p, size_t n);
+
+/* Starts a frame at the writer's current position; returns that offset. */
+size_t proto_frame_begin(struct proto_writer *w, uint8_t type, uint8_t flags, uint32_t request_id);
+/* Patches the length of the frame started at offset start. Returns 0, or
+ * -1 when the writer overflowed. */
+int proto_frame_end(struct proto_writer *w, size_t start);
+
+/* Whole-frame encoders for the fixed-shape frames. Each returns 0, or -1 when
+ * the writer overflowed (nothing about the buffer beyond cap is touched). */
+int proto_encode_hello(struct proto_writer *w, uint32_t request_id, const struct proto_hello *h);
+int proto_encode_hello_ok(struct proto_writer *w, uint32_t request_id,
+                          const struct proto_hello_ok *h);
+int proto_encode_error(struct proto_writer *w, uint32_t request_id, uint8_t flags, uint16_t code,
+                       const char *message, size_t message_len);
+int proto_encode_empty(struct proto_writer *w, uint8_t type, uint32_t request_id);
+
+/* PUBLISH is built incrementally: begin, add each message, end. */
+size_t proto_publish_begin(struct proto_writer *w, uint32_t request_id);
+void proto_publish_add(struct proto_writer *w, const struct proto_msg *m,
+                       const struct proto_header *headers);
+/* Patches count and length. Returns 0 or -1 on overflow or count 0. */
+int proto_publish_end(struct proto_writer *w, size_t start, uint16_t count);
+
+/* The encoded size of one message inside PUBLISH, for sizing buffers. */
+size_t proto_publish_msg_bytes(const struct proto_msg *m, const struct proto_header *headers);
+
+/* PUBLISH_ACK likewise. */
+size_t proto_publish_ack_begin(struct proto_writer *w, uint32_t request_id);
+void proto_publish_ack_add(struct proto_writer *w, uint64_t seq, uint8_t flags, const void *id,
+                           size_t id_len);
+int proto_publish_ack_end(struct proto_writer *w, size_t start, uint16_t count);
+
+/* TOPICS_OK likewise. */
+size_t proto_topics_ok_begin(struct proto_writer *w, uint32_t request_id);
+void proto_topics_ok_add(struct proto_writer *w, const struct proto_topic_info *t);
+int proto_topics_ok_end(struct proto_writer *w, size_t start, uint32_t count);
+
+/* Big-endian helpers, also used by the store for its own formats. */
+static inline uint16_t proto_rd16(const uint8_t *p)
+{
+    return (uint16_t)((uint16_t)p[0] << 8 | p[1]);
+}
+static inline uint32_t proto_rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t proto_rd64(const uint8_t *p)
+{
+    return (uint64_t)proto_rd32(p) << 32 | proto_rd32(p + 4);
+}
+static inline void proto_wr16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static inline void proto_wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline void proto_wr64(uint8_t *p, uint64_t v)
+{
+    proto_wr32(p, (uint32_t)(v >> 32));
+    proto_wr32(p + 4, (uint32_t)v);
+}
+
+/* The static description of a FERRY_E* code (negative) or wire code
+ * (positive); "unknown error" for numbers outside the table. */
+const char *proto_strerror(int code);
+
+#endif /* FERRY_PROTO_H */
