@@ -1,0 +1,123 @@
+/*
+ * broker.h - the broker's shared types: configuration, the broker, a
+ * connection. There is no global broker; every function takes its pointer.
+ */
+#ifndef FERRY_BROKER_H
+#define FERRY_BROKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "batch.h"
+
+struct store;
+
+struct broker_config {
+    char listen_host[256];
+    int listen_port;
+    char data_dir[4096];
+    int sync_full;
+    int cache_mb;
+    uint32_t max_message_bytes;
+    uint32_t max_frame_bytes; /* derived: max(4 MiB, max_message + 64 KiB) */
+    uint32_t max_batch;
+    uint64_t dedupe_window_ms;
+    int max_connections;
+    uint64_t handshake_timeout_ms;
+    uint64_t idle_timeout_ms; /* 0: never */
+    /* A connection whose requests awaiting commit, or replies awaiting the
+     * socket, exceed this stops being read until they drain. */
+    size_t conn_max_pending_bytes;
+    /* All connections stop being read while the batch waiting for the
+     * commit holds more than this. */
+    size_t batch_max_bytes;
+    char ready_file[4096];
+};
+
+/* Connection states; see conn.c for the transitions. */
+enum conn_state {
+    CONN_HANDSHAKE, /* waiting for HELLO; frames limited to 64 KiB */
+    CONN_READY,     /* serving requests */
+    CONN_CLOSING,   /* a fatal error or shutdown: reading stopped, flushing */
+    CONN_CLOSED,    /* uv_close called */
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    struct broker *broker;
+    enum conn_state state;
+    uint64_t id;
+    char peer[64];
+    int refs; /* 1 for the handle + 1 per op in a batch */
+
+    uint8_t *rbuf; /* bytes read and not yet decoded */
+    size_t rlen;
+    size_t rcap;
+    int reading;
+
+    struct buf wq;    /* replies waiting to be written */
+    struct buf wbusy; /* the buffer of the uv_write in flight */
+    uv_write_t wreq;
+    int writing;
+
+    size_t outstanding;       /* request bytes queued for the commit */
+    uint64_t outstanding_ops; /* requests not yet replied */
+    uint64_t last_active_ms;
+    uint64_t accepted_ms;
+
+    struct conn *prev, *next;
+};
+
+struct broker {
+    uv_loop_t *loop;
+    struct broker_config cfg;
+    struct store *store;
+    uv_tcp_t server;
+    uv_signal_t sigint, sigterm;
+    uv_prepare_t prepare; /* end of each pass: hands the pending batch over */
+    uv_timer_t tick;      /* timeouts and maintenance, once a second */
+    uv_work_t work;
+
+    struct batch batches[2];
+    struct batch *pending;    /* filled by this loop pass */
+    struct batch *committing; /* with the worker, or NULL */
+    int maintenance_due;
+    uint64_t last_maintenance_ms;
+
+    struct conn *conns;
+    int nconns;
+    uint64_t next_conn_id;
+    int paused_all; /* every connection's reading is paused (batch full) */
+    int stopping;
+    int lock_fd;
+
+    uint64_t published, duplicates, commits;
+};
+
+int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg);
+/* Starts listening; logs the address and writes the ready file. */
+int broker_start(struct broker *b);
+/* Releases what broker_init acquired, after the loop has stopped. */
+void broker_destroy(struct broker *b);
+
+/* Called by conn.c. */
+struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes);
+int broker_batch_full(const struct broker *b);
+void broker_conn_closed(struct broker *b, struct conn *c);
+
+/* conn.c */
+void conn_accept(struct broker *b);
+void conn_on_replies(struct conn *c, const uint8_t *data, size_t len);
+void conn_op_done(struct conn *c, size_t wire_bytes);
+void conn_resume_reading(struct conn *c);
+void conn_pause_reading(struct conn *c);
+/* Ends the connection: optional fatal ERROR first, then close after flush. */
+void conn_fail(struct conn *c, int code, const char *msg);
+void conn_unref(struct conn *c);
+void conn_tick(struct conn *c, uint64_t now_ms);
+
+uint64_t broker_now_ms(void); /* monotonic */
+int64_t broker_wall_ms(void);
+
+#endif

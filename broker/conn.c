@@ -1,0 +1,539 @@
+/*
+ * conn.c - one client connection: reading, decoding, dispatch, replies.
+ *
+ * State machine:
+ *
+ *   HANDSHAKE --HELLO ok--> READY --fatal error / EOF / shutdown--> CLOSING
+ *       |                                                             |
+ *       +--bad first frame, timeout, wrong version------------------->+
+ *                                                                     v
+ *                                             replies flushed --> CLOSED
+ *
+ * Reading: bytes land in rbuf; complete frames are decoded in place and
+ * dispatched; a partial frame stays at the front. rbuf grows only to the
+ * size the frame header announces, and only after proto_decode has checked
+ * that size against the limit of the current state (64 KiB during the
+ * handshake, max_frame_bytes after), so a peer can never make the broker
+ * allocate what an oversized header claims.
+ *
+ * Ordering: every reply on a connection leaves in request order. A request
+ * that needs the store is queued in the broker's pending batch; a request
+ * answered by the loop alone (a PING, an invalid PUBLISH) is answered at
+ * once when nothing is outstanding, else queued behind the others as a
+ * ready-made reply.
+ *
+ * Backpressure: when a connection's requests awaiting commit, or its unsent
+ * replies, exceed conn_max_pending_bytes, the connection stops being read
+ * (and stops decoding what it has buffered) until they drain.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "log.h"
+#include "proto.h"
+
+#define RBUF_INITIAL (64u * 1024u)
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void conn_process(struct conn *c);
+static void conn_flush(struct conn *c);
+
+static uint32_t frame_limit(const struct conn *c)
+{
+    return c->state == CONN_HANDSHAKE ? PROTO_HANDSHAKE_MAX_FRAME : c->broker->cfg.max_frame_bytes;
+}
+
+static void conn_free(struct conn *c)
+{
+    free(c->rbuf);
+    buf_free(&c->wq);
+    buf_free(&c->wbusy);
+    free(c);
+}
+
+void conn_unref(struct conn *c)
+{
+    if (--c->refs == 0)
+        conn_free(c);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    c->state = CONN_CLOSED;
+    broker_conn_closed(c->broker, c);
+    conn_unref(c);
+}
+
+static void conn_close_now(struct conn *c)
+{
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+void conn_pause_reading(struct conn *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+}
+
+static int over_limit(const struct conn *c)
+{
+    size_t lim = c->broker->cfg.conn_max_pending_bytes;
+    return c->outstanding > lim || c->wq.len > lim || broker_batch_full(c->broker);
+}
+
+void conn_resume_reading(struct conn *c)
+{
+    if (c->state > CONN_READY || c->broker->stopping || c->reading || over_limit(c))
+        return;
+    /* Frames that arrived before the pause are handled first. */
+    conn_process(c);
+    if (c->state > CONN_READY || over_limit(c))
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = 1;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    c->writing = 0;
+    c->wbusy.len = 0;
+    if (status < 0) {
+        if (c->state <= CONN_READY)
+            log_debug("conn %llu %s: write failed: %s", (unsigned long long)c->id, c->peer,
+                      uv_strerror(status));
+        c->wq.len = 0;
+        c->state = CONN_CLOSING;
+        conn_close_now(c);
+        conn_unref(c);
+        return;
+    }
+    if (c->wq.len)
+        conn_flush(c);
+    else if (c->state == CONN_CLOSING)
+        conn_close_now(c);
+    else
+        conn_resume_reading(c);
+    conn_unref(c);
+}
+
+/* Starts a write of everything queued, unless one is already running (its
+ * callback writes the rest, so replies coalesce into few syscalls). */
+static void conn_flush(struct conn *c)
+{
+    if (c->writing || c->state == CONN_CLOSED || uv_is_closing((uv_handle_t *)&c->tcp))
+        return;
+    if (!c->wq.len) {
+        if (c->state == CONN_CLOSING)
+            conn_close_now(c);
+        return;
+    }
+    struct buf t = c->wbusy;
+    c->wbusy = c->wq;
+    c->wq = t;
+    c->wq.len = 0;
+    uv_buf_t ub = uv_buf_init((char *)c->wbusy.data, (unsigned)c->wbusy.len);
+    c->wreq.data = c;
+    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+    if (rc < 0) {
+        c->wbusy.len = 0;
+        c->state = CONN_CLOSING;
+        conn_close_now(c);
+        return;
+    }
+    c->writing = 1;
+    c->refs++;
+}
+
+/* Appends reply bytes (from a finished batch) and writes them. */
+void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
+{
+    if (c->state >= CONN_CLOSING || !len)
+        return;
+    if (buf_append(&c->wq, data, len) < 0) {
+        log_error("conn %llu %s: out of memory for replies", (unsigned long long)c->id, c->peer);
+        conn_fail(c, 0, NULL);
+        return;
+    }
+    conn_flush(c);
+}
+
+void conn_op_done(struct conn *c, size_t wire_bytes)
+{
+    c->outstanding -= wire_bytes;
+    c->outstanding_ops--;
+}
+
+void conn_fail(struct conn *c, int code, const char *msg)
+{
+    if (c->state >= CONN_CLOSING)
+        return;
+    conn_pause_reading(c);
+    c->state = CONN_CLOSING;
+    if (code) {
+        uint8_t frame[PROTO_HEADER_BYTES + 4 + 256];
+        struct proto_writer w;
+        size_t mlen = msg ? strlen(msg) : 0;
+        if (mlen > 256)
+            mlen = 256;
+        proto_writer_init(&w, frame, sizeof(frame));
+        proto_encode_error(&w, 0, PROTO_ERROR_FATAL, (uint16_t)-code, msg ? msg : "", mlen);
+        /* Replies still queued are dropped: the fatal error is the last word. */
+        c->wq.len = 0;
+        if (!w.overflow)
+            buf_append(&c->wq, frame, w.len);
+        log_info("conn %llu %s: closing: %s%s%s", (unsigned long long)c->id, c->peer,
+                 proto_strerror(code), msg ? ": " : "", msg ? msg : "");
+    }
+    conn_flush(c);
+}
+
+/* Sends a reply at once when nothing is outstanding, else queues it behind
+ * the outstanding requests so the order holds. */
+static void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len)
+{
+    if (c->outstanding_ops == 0) {
+        if (buf_append(&c->wq, frame, len) < 0) {
+            conn_fail(c, 0, NULL);
+            return;
+        }
+        conn_flush(c);
+        return;
+    }
+    struct op *op = broker_enqueue(c->broker, c, OP_REPLY, 0);
+    if (op)
+        op->request_id = request_id;
+    if (!op) {
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    struct batch *b = c->broker->pending;
+    op->out_off = b->out.len;
+    op->out_len = len;
+    if (buf_append(&b->out, frame, len) < 0)
+        op->out_len = 0;
+}
+
+static void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg)
+{
+    uint8_t frame[PROTO_HEADER_BYTES + 4 + 512];
+    struct proto_writer w;
+    size_t mlen = strlen(msg);
+    if (mlen > 512)
+        mlen = 512;
+    proto_writer_init(&w, frame, sizeof(frame));
+    proto_encode_error(&w, request_id, 0, (uint16_t)-code, msg, mlen);
+    conn_reply(c, request_id, frame, w.len);
+}
+
+static void on_hello(struct conn *c, const struct proto_frame *f)
+{
+    const struct proto_hello *h = &f->u.hello;
+    if (h->version != PROTO_VERSION) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "client speaks version %u, this broker speaks %u", h->version,
+                 PROTO_VERSION);
+        conn_fail(c, FERRY_EVERSION, msg);
+        return;
+    }
+    const struct broker_config *cfg = &c->broker->cfg;
+    struct proto_hello_ok ok = {
+        .version = PROTO_VERSION,
+        .max_frame_bytes = cfg->max_frame_bytes,
+        .max_message_bytes = cfg->max_message_bytes,
+        .max_batch = cfg->max_batch,
+        .dedupe_window_ms = cfg->dedupe_window_ms,
+        .server_name = {(const uint8_t *)"ferryd " FERRY_BROKER_VERSION,
+                        sizeof("ferryd " FERRY_BROKER_VERSION) - 1},
+    };
+    uint8_t frame[128];
+    struct proto_writer w;
+    proto_writer_init(&w, frame, sizeof(frame));
+    proto_encode_hello_ok(&w, f->request_id, &ok);
+    c->state = CONN_READY;
+    char name[64];
+    size_t n = h->client_name.len < sizeof(name) - 1 ? h->client_name.len : sizeof(name) - 1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = h->client_name.ptr[i];
+        name[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    name[n] = 0;
+    log_debug("conn %llu %s: hello from \"%s\"", (unsigned long long)c->id, c->peer, name);
+    conn_reply(c, f->request_id, frame, w.len);
+}
+
+static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    const struct broker_config *cfg = &c->broker->cfg;
+    const struct proto_publish *p = &f->u.publish;
+    if (p->count > cfg->max_batch) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "batch of %u messages exceeds the maximum of %u", p->count,
+                 cfg->max_batch);
+        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
+        return;
+    }
+    struct proto_msg_iter it;
+    struct proto_msg m;
+    proto_msg_iter_init(&it, p);
+    for (unsigned i = 0; proto_msg_next(&it, &m); i++) {
+        int rc = proto_msg_check(&m, cfg->max_message_bytes);
+        if (rc) {
+            char msg[160];
+            if (rc == FERRY_EMESSAGE_TOO_LARGE)
+                snprintf(msg, sizeof(msg), "message %u: %llu bytes exceeds the maximum of %u", i,
+                         (unsigned long long)proto_msg_size(&m), cfg->max_message_bytes);
+            else if (rc == FERRY_EINVALID_TOPIC)
+                snprintf(msg, sizeof(msg),
+                         "message %u: topic names are 1-200 bytes of [A-Za-z0-9._-], starting "
+                         "with a letter or digit",
+                         i);
+            else
+                snprintf(msg, sizeof(msg), "message %u: %s", i, proto_strerror(rc));
+            conn_reply_error(c, f->request_id, rc, msg);
+            return;
+        }
+    }
+    struct op *op = broker_enqueue(c->broker, c, OP_PUBLISH, wire_bytes);
+    if (!op) {
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    struct batch *b = c->broker->pending;
+    op->request_id = f->request_id;
+    op->count = p->count;
+    op->in_off = b->in.len;
+    op->in_len = p->msgs.len;
+    if (buf_append(&b->in, p->msgs.ptr, p->msgs.len) < 0) {
+        /* Turn it into an error reply rather than lose the ordering. */
+        op->kind = OP_REPLY;
+        op->out_len = 0;
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    b->messages += p->count;
+}
+
+/* Handles one decoded frame. */
+static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    if (c->state == CONN_HANDSHAKE) {
+        if (f->type != PROTO_HELLO) {
+            conn_fail(c, FERRY_EHANDSHAKE, "the first frame must be HELLO");
+            return;
+        }
+        on_hello(c, f);
+        return;
+    }
+    switch (f->type) {
+    case PROTO_PUBLISH:
+        on_publish(c, f, wire_bytes);
+        return;
+    case PROTO_PING: {
+        uint8_t frame[PROTO_HEADER_BYTES];
+        struct proto_writer w;
+        proto_writer_init(&w, frame, sizeof(frame));
+        proto_encode_empty(&w, PROTO_PONG, f->request_id);
+        conn_reply(c, f->request_id, frame, w.len);
+        return;
+    }
+    case PROTO_PONG:
+        return;
+    case PROTO_TOPICS: {
+        struct op *op = broker_enqueue(c->broker, c, OP_TOPICS, wire_bytes);
+        if (op)
+            op->request_id = f->request_id;
+        else
+            conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    case PROTO_HELLO:
+        conn_reply_error(c, f->request_id, FERRY_EINVALID, "handshake already done");
+        return;
+    default:
+        if (proto_type_reserved(f->type)) {
+            conn_reply_error(c, f->request_id, FERRY_EUNSUPPORTED,
+                             "consumer frames are not supported by this broker yet");
+            return;
+        }
+        char msg[64];
+        snprintf(msg, sizeof(msg), "frame type 0x%02x is not sent by clients", f->type);
+        conn_fail(c, FERRY_EUNKNOWN_TYPE, msg);
+        return;
+    }
+}
+
+/* Decodes and dispatches the complete frames in rbuf, until it runs out,
+ * the connection fails, or backpressure says stop. */
+static void conn_process(struct conn *c)
+{
+    size_t off = 0;
+    while (c->state <= CONN_READY && off < c->rlen) {
+        if (over_limit(c)) {
+            conn_pause_reading(c);
+            break;
+        }
+        struct proto_frame f;
+        ptrdiff_t n = proto_decode(c->rbuf + off, c->rlen - off, frame_limit(c), &f);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            char msg[96];
+            if (n == FERRY_EFRAME_TOO_LARGE) {
+                uint32_t len = proto_rd32(c->rbuf + off);
+                snprintf(msg, sizeof(msg), "frame of %u bytes exceeds the limit of %u", len,
+                         frame_limit(c));
+            } else if (n == FERRY_EUNKNOWN_TYPE) {
+                snprintf(msg, sizeof(msg), "unknown frame type 0x%02x", c->rbuf[off + 4]);
+            } else {
+                snprintf(msg, sizeof(msg), "cannot decode frame");
+            }
+            int code = (int)n;
+            /* Before HELLO, garbage is a failed handshake as much as a bad frame. */
+            conn_fail(c, code, msg);
+            off = c->rlen;
+            break;
+        }
+        conn_dispatch(c, &f, (size_t)n);
+        off += (size_t)n;
+        c->last_active_ms = broker_now_ms();
+    }
+    if (off) {
+        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+        c->rlen -= off;
+    }
+    /* Give back memory a large frame needed once. */
+    if (c->rlen == 0 && c->rcap > 4 * RBUF_INITIAL) {
+        uint8_t *p = realloc(c->rbuf, RBUF_INITIAL);
+        if (p) {
+            c->rbuf = p;
+            c->rcap = RBUF_INITIAL;
+        }
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    (void)suggested;
+    size_t want = c->rcap;
+    if (c->rlen >= 4) {
+        /* Grow to hold the announced frame, but only within the limit; an
+         * oversized header is rejected by proto_decode before we get here
+         * again. */
+        uint32_t len = proto_rd32(c->rbuf);
+        if (len <= frame_limit(c) && (size_t)len + 4 > want)
+            want = (size_t)len + 4;
+    }
+    if (c->rcap - c->rlen < 4096 && want == c->rcap)
+        want = c->rcap * 2 <= (size_t)frame_limit(c) + 4 ? c->rcap * 2 : c->rcap;
+    if (want > c->rcap) {
+        uint8_t *p = realloc(c->rbuf, want);
+        if (p) {
+            c->rbuf = p;
+            c->rcap = want;
+        }
+    }
+    buf->base = (char *)c->rbuf + c->rlen;
+    buf->len = c->rcap - c->rlen;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    (void)buf;
+    if (nread < 0) {
+        if (nread != UV_EOF && nread != UV_ECONNRESET)
+            log_debug("conn %llu %s: read: %s", (unsigned long long)c->id, c->peer,
+                      uv_strerror((int)nread));
+        conn_pause_reading(c);
+        c->state = CONN_CLOSING;
+        c->wq.len = 0;
+        if (!c->writing)
+            conn_close_now(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    c->rlen += (size_t)nread;
+    conn_process(c);
+    /* A frame announcing more than is buffered, with no room to read more,
+     * cannot happen: on_alloc grows rbuf to the frame size. */
+}
+
+void conn_tick(struct conn *c, uint64_t now_ms)
+{
+    const struct broker_config *cfg = &c->broker->cfg;
+    if (c->state == CONN_HANDSHAKE && now_ms - c->accepted_ms > cfg->handshake_timeout_ms) {
+        conn_fail(c, FERRY_ETIMEOUT_IDLE, "no handshake within the handshake timeout");
+        return;
+    }
+    if (c->state == CONN_READY && cfg->idle_timeout_ms && c->outstanding_ops == 0 &&
+        now_ms - c->last_active_ms > cfg->idle_timeout_ms)
+        conn_fail(c, FERRY_ETIMEOUT_IDLE, "idle for longer than the idle timeout");
+}
+
+void conn_accept(struct broker *b)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        log_error("accept: out of memory");
+        return;
+    }
+    c->broker = b;
+    c->refs = 1;
+    c->state = CONN_HANDSHAKE;
+    c->id = ++b->next_conn_id;
+    c->rbuf = malloc(RBUF_INITIAL);
+    if (!c->rbuf) {
+        free(c);
+        log_error("accept: out of memory");
+        return;
+    }
+    c->rcap = RBUF_INITIAL;
+    uv_tcp_init(b->loop, &c->tcp);
+    c->tcp.data = c;
+    /* Linked before accept so that on_close can always unlink it. */
+    c->next = b->conns;
+    if (b->conns)
+        b->conns->prev = c;
+    b->conns = c;
+    b->nconns++;
+    if (uv_accept((uv_stream_t *)&b->server, (uv_stream_t *)&c->tcp) != 0) {
+        c->state = CONN_CLOSING;
+        conn_close_now(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        char host[48] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof(host));
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+    }
+    c->accepted_ms = c->last_active_ms = broker_now_ms();
+    if (b->nconns > b->cfg.max_connections) {
+        conn_fail(c, FERRY_ETOO_MANY_CONNECTIONS, "the broker's connection limit is reached");
+        return;
+    }
+    if (b->stopping) {
+        conn_fail(c, FERRY_ESHUTTING_DOWN, "the broker is shutting down");
+        return;
+    }
+    conn_resume_reading(c);
+}

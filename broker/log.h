@@ -1,0 +1,21 @@
+/*
+ * log.h - one line per notable event, to stderr.
+ *
+ * Format: "2026-11-27T03:25:22.123Z ferryd[PID] LEVEL message". Lines are
+ * written with one write(2) each, so concurrent writers never interleave
+ * within a line. Secrets (tokens) are never passed to these functions.
+ */
+#ifndef FERRY_BROKER_LOG_H
+#define FERRY_BROKER_LOG_H
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+void log_set_level(enum log_level min);
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,328 @@
+/*
+ * main.c - ferryd's command line: parse options, run the broker loop.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "broker.h"
+#include "log.h"
+#include "proto.h"
+
+static const char usage[] =
+    "usage: ferryd [options]\n"
+    "\n"
+    "Ferry message broker: durable topics in one SQLite database.\n"
+    "\n"
+    "  --listen HOST:PORT        address to listen on (default 127.0.0.1:7411);\n"
+    "                            port 0 picks a free port\n"
+    "  --data DIR                data folder, created if missing (default ./ferry-data)\n"
+    "  --sync full|normal        full (default): every publish is fsynced to disk\n"
+    "                            before it is acknowledged; survives power loss.\n"
+    "                            normal: acknowledged once written to the OS; survives\n"
+    "                            a crash or kill -9 of ferryd, but a power loss or OS\n"
+    "                            crash can lose the last acknowledged messages\n"
+    "  --max-message-bytes N     largest key + headers + payload (default 1048576)\n"
+    "  --max-batch N             most messages in one batch publish (default 10000)\n"
+    "  --dedupe-window DURATION  how long message ids are remembered for idempotent\n"
+    "                            publish, e.g. 90s, 30m, 48h, 7d (default 48h)\n"
+    "  --max-connections N       connections beyond this are refused (default 1024)\n"
+    "  --handshake-timeout DURATION  close connections that have not sent HELLO\n"
+    "                            by then (default 10s)\n"
+    "  --idle-timeout DURATION   close connections silent this long (default: never)\n"
+    "  --cache-mb N              SQLite page cache in MiB (default 128)\n"
+    "  --ready-file PATH         once listening, write HOST:PORT to PATH\n"
+    "  --log-level LEVEL         debug, info (default), warn or error\n"
+    "  --help, --version\n";
+
+/* Parses "123", "123ms", "30s", "5m", "48h", "7d" into milliseconds. */
+static int parse_duration_ms(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    uint64_t mul;
+    if (!*end || !strcmp(end, "ms"))
+        mul = 1;
+    else if (!strcmp(end, "s"))
+        mul = 1000;
+    else if (!strcmp(end, "m"))
+        mul = 60000;
+    else if (!strcmp(end, "h"))
+        mul = 3600000;
+    else if (!strcmp(end, "d"))
+        mul = 86400000;
+    else
+        return -1;
+    if (v > UINT64_MAX / mul)
+        return -1;
+    *out = v * mul;
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_listen(const char *s, struct broker_config *cfg)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return -1;
+    const char *host = s;
+    size_t hlen = (size_t)(colon - s);
+    if (host[0] == '[' && hlen >= 2 && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof(cfg->listen_host))
+        return -1;
+    unsigned long long port;
+    if (parse_uint(colon + 1, 65535, &port) < 0)
+        return -1;
+    memcpy(cfg->listen_host, host, hlen);
+    cfg->listen_host[hlen] = 0;
+    if (!strcmp(cfg->listen_host, "localhost"))
+        strcpy(cfg->listen_host, "127.0.0.1");
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, path, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static int bad(const char *opt, const char *val)
+{
+    fprintf(stderr, "ferryd: invalid value for %s: %s\n(see ferryd --help)\n", opt, val);
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    struct broker_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    strcpy(cfg.listen_host, "127.0.0.1");
+    cfg.listen_port = 7411;
+    strcpy(cfg.data_dir, "./ferry-data");
+    cfg.sync_full = 1;
+    cfg.cache_mb = 128;
+    cfg.max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
+    cfg.max_batch = PROTO_MAX_BATCH;
+    cfg.dedupe_window_ms = 48ull * 3600 * 1000;
+    cfg.max_connections = 1024;
+    cfg.handshake_timeout_ms = 10000;
+    cfg.idle_timeout_ms = 0;
+    cfg.conn_max_pending_bytes = 8u << 20;
+    cfg.batch_max_bytes = 64u << 20;
+
+    enum {
+        OPT_LISTEN = 256,
+        OPT_DATA,
+        OPT_SYNC,
+        OPT_MAXMSG,
+        OPT_MAXBATCH,
+        OPT_DEDUPE,
+        OPT_DEDUPE_MS,
+        OPT_MAXCONN,
+        OPT_HSTIMEOUT,
+        OPT_IDLE,
+        OPT_IDLE_MS,
+        OPT_CACHE,
+        OPT_READY,
+        OPT_LOGLEVEL,
+        OPT_HELP,
+        OPT_VERSION
+    };
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"data", required_argument, NULL, OPT_DATA},
+        {"sync", required_argument, NULL, OPT_SYNC},
+        {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
+        {"max-batch", required_argument, NULL, OPT_MAXBATCH},
+        {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
+        {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
+        {"max-connections", required_argument, NULL, OPT_MAXCONN},
+        {"handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT},
+        {"idle-timeout", required_argument, NULL, OPT_IDLE},
+        {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
+        {"cache-mb", required_argument, NULL, OPT_CACHE},
+        {"ready-file", required_argument, NULL, OPT_READY},
+        {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    unsigned long long v;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case OPT_LISTEN:
+            if (parse_listen(optarg, &cfg) < 0)
+                return bad("--listen", optarg);
+            break;
+        case OPT_DATA:
+            if (!*optarg || strlen(optarg) >= sizeof(cfg.data_dir) - 32)
+                return bad("--data", optarg);
+            strcpy(cfg.data_dir, optarg);
+            break;
+        case OPT_SYNC:
+            if (!strcmp(optarg, "full"))
+                cfg.sync_full = 1;
+            else if (!strcmp(optarg, "normal"))
+                cfg.sync_full = 0;
+            else
+                return bad("--sync", optarg);
+            break;
+        case OPT_MAXMSG:
+            if (parse_uint(optarg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
+                return bad("--max-message-bytes", optarg);
+            cfg.max_message_bytes = (uint32_t)v;
+            break;
+        case OPT_MAXBATCH:
+            if (parse_uint(optarg, PROTO_MAX_BATCH, &v) < 0 || v < 1)
+                return bad("--max-batch", optarg);
+            cfg.max_batch = (uint32_t)v;
+            break;
+        case OPT_DEDUPE:
+            if (parse_duration_ms(optarg, &cfg.dedupe_window_ms) < 0 || !cfg.dedupe_window_ms)
+                return bad("--dedupe-window", optarg);
+            break;
+        case OPT_DEDUPE_MS:
+            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+                return bad("--dedupe-window-ms", optarg);
+            cfg.dedupe_window_ms = v;
+            break;
+        case OPT_MAXCONN:
+            if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)
+                return bad("--max-connections", optarg);
+            cfg.max_connections = (int)v;
+            break;
+        case OPT_HSTIMEOUT:
+            if (parse_duration_ms(optarg, &cfg.handshake_timeout_ms) < 0)
+                return bad("--handshake-timeout", optarg);
+            break;
+        case OPT_IDLE:
+            if (parse_duration_ms(optarg, &cfg.idle_timeout_ms) < 0)
+                return bad("--idle-timeout", optarg);
+            break;
+        case OPT_IDLE_MS:
+            if (parse_uint(optarg, UINT64_MAX, &v) < 0)
+                return bad("--idle-timeout-ms", optarg);
+            cfg.idle_timeout_ms = v;
+            break;
+        case OPT_CACHE:
+            if (parse_uint(optarg, 1 << 20, &v) < 0 || v < 1)
+                return bad("--cache-mb", optarg);
+            cfg.cache_mb = (int)v;
+            break;
+        case OPT_READY:
+            if (strlen(optarg) >= sizeof(cfg.ready_file) - 8)
+                return bad("--ready-file", optarg);
+            strcpy(cfg.ready_file, optarg);
+            break;
+        case OPT_LOGLEVEL:
+            if (!strcmp(optarg, "debug"))
+                log_set_level(LOG_DEBUG);
+            else if (!strcmp(optarg, "info"))
+                log_set_level(LOG_INFO);
+            else if (!strcmp(optarg, "warn"))
+                log_set_level(LOG_WARN);
+            else if (!strcmp(optarg, "error"))
+                log_set_level(LOG_ERROR);
+            else
+                return bad("--log-level", optarg);
+            break;
+        case 'h':
+        case OPT_HELP:
+            fputs(usage, stdout);
+            return 0;
+        case OPT_VERSION:
+            puts("ferryd " FERRY_BROKER_VERSION);
+            return 0;
+        default:
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "ferryd: unexpected argument: %s\n", argv[optind]);
+        return 2;
+    }
+    cfg.max_frame_bytes = PROTO_DEFAULT_MAX_FRAME;
+    if (cfg.max_message_bytes + 65536u > cfg.max_frame_bytes)
+        cfg.max_frame_bytes = cfg.max_message_bytes + 65536u;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (mkdir_p(cfg.data_dir) < 0) {
+        fprintf(stderr, "ferryd: cannot create data folder %s: %s\n", cfg.data_dir,
+                strerror(errno));
+        return 1;
+    }
+    log_info("ferryd %s starting", FERRY_BROKER_VERSION);
+
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) {
+        log_error("cannot initialise the event loop");
+        return 1;
+    }
+    struct broker *b = malloc(sizeof(*b));
+    if (!b) {
+        log_error("out of memory");
+        return 1;
+    }
+    int status = 0;
+    if (broker_init(b, &loop, &cfg) < 0 || broker_start(b) < 0) {
+        status = 1;
+        /* Close whatever handles were opened, then drain the loop. */
+        uv_walk(&loop, close_handle, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+    } else {
+        uv_run(&loop, UV_RUN_DEFAULT);
+    }
+    broker_destroy(b);
+    free(b);
+    int rc = uv_loop_close(&loop);
+    if (rc != 0 && status == 0) {
+        log_error("event loop closed with handles still open: %s", uv_strerror(rc));
+        status = 1;
+    }
+    log_info("stopped");
+    return status;
+}

@@ -1,0 +1,346 @@
+/*
+ * server.c - the broker: listener, group commit scheduling, shutdown.
+ *
+ * Group commit: requests decoded during a pass of the loop go into the
+ * pending batch. At the end of the pass (a uv_prepare handle, which runs
+ * just before the loop would block for I/O) the pending batch is handed to
+ * a worker thread if none is committing. The worker runs the whole batch in
+ * one transaction and one fsync while the loop goes on reading sockets into
+ * the next pending batch. When the commit returns, the loop sends every
+ * reply of the batch and immediately hands over the next one. So the loop
+ * never waits for the disk, a commit never holds more than one batch, and
+ * under load each fsync covers everything that arrived while the previous
+ * one ran.
+ *
+ * Shutdown (SIGINT/SIGTERM): stop accepting and reading, commit what was
+ * already received, send its replies, close every connection once its
+ * replies are written, close the store. The loop then has no handles left
+ * and uv_loop_close() succeeds.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "log.h"
+#include "proto.h"
+#include "store.h"
+
+#define MAINTENANCE_EVERY_MS 5000
+
+uint64_t broker_now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+int64_t broker_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void start_commit(struct broker *b);
+static void maybe_finish(struct broker *b);
+
+int broker_batch_full(const struct broker *b)
+{
+    return b->pending->in.len > b->cfg.batch_max_bytes;
+}
+
+struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes)
+{
+    struct op *op = batch_add(b->pending, kind);
+    if (!op)
+        return NULL;
+    op->conn = c;
+    op->request_id = 0;
+    op->wire_bytes = wire_bytes;
+    c->refs++;
+    c->outstanding += wire_bytes;
+    c->outstanding_ops++;
+    return op;
+}
+
+void broker_conn_closed(struct broker *b, struct conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        b->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    b->nconns--;
+    maybe_finish(b);
+}
+
+/* ---- the worker ------------------------------------------------------- */
+
+static void work_cb(uv_work_t *req)
+{
+    struct broker *b = req->data;
+    store_commit(b->store, b->committing, broker_wall_ms());
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+    struct broker *b = req->data;
+    struct batch *done = b->committing;
+    (void)status;
+    b->committing = NULL;
+    if (done->commit_status) {
+        struct store_stats st;
+        store_get_stats(b->store, &st);
+        log_error("commit of %llu messages failed: %s: %s", (unsigned long long)done->messages,
+                  proto_strerror(done->commit_status), store_last_error(b->store));
+    }
+    b->commits++;
+
+    /* Replies go out in op order; connections coalesce them into writes. */
+    for (size_t i = 0; i < done->nops; i++) {
+        struct op *op = &done->ops[i];
+        struct conn *c = op->conn;
+        conn_on_replies(c, done->out.data + op->out_off, op->out_len);
+        conn_op_done(c, op->wire_bytes);
+        conn_unref(c);
+    }
+    batch_reset(done);
+
+    if (b->pending->nops || b->maintenance_due)
+        start_commit(b);
+
+    /* Connections paused for backpressure may read again. */
+    for (struct conn *c = b->conns; c; c = c->next)
+        if (!c->reading)
+            conn_resume_reading(c);
+    maybe_finish(b);
+}
+
+static void start_commit(struct broker *b)
+{
+    if (b->committing || (!b->pending->nops && !b->maintenance_due))
+        return;
+    struct batch *next = b->pending == &b->batches[0] ? &b->batches[1] : &b->batches[0];
+    b->committing = b->pending;
+    b->committing->maintenance = b->maintenance_due;
+    b->maintenance_due = 0;
+    b->pending = next;
+    b->work.data = b;
+    int rc = uv_queue_work(b->loop, &b->work, work_cb, after_work_cb);
+    if (rc < 0) {
+        /* Cannot happen with a valid loop; run inline rather than lose it. */
+        log_error("uv_queue_work: %s; committing on the loop thread", uv_strerror(rc));
+        work_cb(&b->work);
+        after_work_cb(&b->work, 0);
+    }
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    struct broker *b = h->data;
+    start_commit(b);
+}
+
+/* ---- timers, signals, listener --------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+    struct broker *b = t->data;
+    uint64_t now = broker_now_ms();
+    struct conn *c = b->conns;
+    while (c) {
+        struct conn *next = c->next;
+        conn_tick(c, now);
+        c = next;
+    }
+    if (now - b->last_maintenance_ms >= MAINTENANCE_EVERY_MS) {
+        b->last_maintenance_ms = now;
+        b->maintenance_due = 1;
+        start_commit(b);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+/* During shutdown: once nothing is committing or pending, end every
+ * connection (their replies are queued) and release the loop's handles. */
+static void maybe_finish(struct broker *b)
+{
+    if (b->stopping != 1 || b->committing || b->pending->nops)
+        return;
+    b->stopping = 2;
+    /* Each connection writes the replies it has queued, then closes. */
+    struct conn *c = b->conns;
+    while (c) {
+        struct conn *next = c->next;
+        conn_fail(c, 0, NULL);
+        c = next;
+    }
+    uv_close((uv_handle_t *)&b->prepare, on_handle_closed);
+    uv_close((uv_handle_t *)&b->tick, on_handle_closed);
+    log_info("all commits done; closing %d connection(s)", b->nconns);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct broker *b = s->data;
+    if (b->stopping)
+        return;
+    log_info("received %s: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    b->stopping = 1;
+    uv_close((uv_handle_t *)&b->server, on_handle_closed);
+    uv_close((uv_handle_t *)&b->sigint, on_handle_closed);
+    uv_close((uv_handle_t *)&b->sigterm, on_handle_closed);
+    for (struct conn *c = b->conns; c; c = c->next)
+        conn_pause_reading(c);
+    b->maintenance_due = 0;
+    start_commit(b);
+    maybe_finish(b);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct broker *b = server->data;
+    if (status < 0) {
+        log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_accept(b);
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static int lock_data_dir(struct broker *b)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/ferryd.lock", b->cfg.data_dir);
+    b->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (b->lock_fd < 0) {
+        log_error("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(b->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        log_error("data folder %s is in use by another ferryd (%s is locked)", b->cfg.data_dir,
+                  path);
+        close(b->lock_fd);
+        b->lock_fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg)
+{
+    memset(b, 0, sizeof(*b));
+    b->loop = loop;
+    b->cfg = *cfg;
+    b->lock_fd = -1;
+    b->pending = &b->batches[0];
+    if (lock_data_dir(b) < 0)
+        return -1;
+    char path[4200], err[512];
+    snprintf(path, sizeof(path), "%s/ferry.db", cfg->data_dir);
+    struct store_config sc = {
+        .path = path,
+        .sync_full = cfg->sync_full,
+        .cache_mb = cfg->cache_mb,
+        .dedupe_window_ms = cfg->dedupe_window_ms,
+    };
+    int rc = store_open(&sc, &b->store, err, sizeof(err));
+    if (rc) {
+        log_error("cannot open the store: %s", err);
+        return -1;
+    }
+    struct store_stats st;
+    store_get_stats(b->store, &st);
+    log_info("store %s open: %llu topic(s)", path, (unsigned long long)st.topics);
+    return 0;
+}
+
+int broker_start(struct broker *b)
+{
+    struct sockaddr_storage addr;
+    int rc;
+    if (strchr(b->cfg.listen_host, ':'))
+        rc = uv_ip6_addr(b->cfg.listen_host, b->cfg.listen_port, (struct sockaddr_in6 *)&addr);
+    else
+        rc = uv_ip4_addr(b->cfg.listen_host, b->cfg.listen_port, (struct sockaddr_in *)&addr);
+    if (rc) {
+        log_error("invalid listen address %s:%d", b->cfg.listen_host, b->cfg.listen_port);
+        return -1;
+    }
+    uv_tcp_init(b->loop, &b->server);
+    b->server.data = b;
+    if ((rc = uv_tcp_bind(&b->server, (struct sockaddr *)&addr, 0)) < 0 ||
+        (rc = uv_listen((uv_stream_t *)&b->server, 511, on_connection)) < 0) {
+        log_error("cannot listen on %s:%d: %s", b->cfg.listen_host, b->cfg.listen_port,
+                  uv_strerror(rc));
+        uv_close((uv_handle_t *)&b->server, NULL);
+        return -1;
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof(bound);
+    uv_tcp_getsockname(&b->server, (struct sockaddr *)&bound, &len);
+    int port = bound.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&bound)->sin6_port)
+                                           : ntohs(((struct sockaddr_in *)&bound)->sin_port);
+
+    uv_prepare_init(b->loop, &b->prepare);
+    b->prepare.data = b;
+    uv_prepare_start(&b->prepare, on_prepare);
+    uv_timer_init(b->loop, &b->tick);
+    b->tick.data = b;
+    uv_timer_start(&b->tick, on_tick, 1000, 1000);
+    uv_signal_init(b->loop, &b->sigint);
+    uv_signal_init(b->loop, &b->sigterm);
+    b->sigint.data = b->sigterm.data = b;
+    uv_signal_start(&b->sigint, on_signal, SIGINT);
+    uv_signal_start(&b->sigterm, on_signal, SIGTERM);
+
+    int loopback = strcmp(b->cfg.listen_host, "127.0.0.1") == 0 ||
+                   strcmp(b->cfg.listen_host, "::1") == 0 ||
+                   strcmp(b->cfg.listen_host, "localhost") == 0;
+    log_info("listening on %s:%d (%s)", b->cfg.listen_host, port,
+             loopback ? "loopback only" : "reachable from the network, no authentication");
+    log_info("data folder %s, sync %s%s", b->cfg.data_dir, b->cfg.sync_full ? "full" : "normal",
+             b->cfg.sync_full ? " (fsync before every ack)"
+                              : " (acked writes survive a crash of ferryd, not of the machine)");
+
+    if (b->cfg.ready_file[0]) {
+        char tmp[4200];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", b->cfg.ready_file);
+        FILE *f = fopen(tmp, "w");
+        if (!f || fprintf(f, "%s:%d\n", b->cfg.listen_host, port) < 0 || fclose(f) != 0 ||
+            rename(tmp, b->cfg.ready_file) != 0) {
+            log_error("cannot write ready file %s: %s", b->cfg.ready_file, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void broker_destroy(struct broker *b)
+{
+    batch_free(&b->batches[0]);
+    batch_free(&b->batches[1]);
+    if (b->store) {
+        struct store_stats st;
+        store_get_stats(b->store, &st);
+        store_close(b->store);
+        b->store = NULL;
+        log_info("store closed: %llu message(s) stored, %llu duplicate(s) this run",
+                 (unsigned long long)st.messages_stored, (unsigned long long)st.duplicates);
+    }
+    if (b->lock_fd >= 0) {
+        close(b->lock_fd);
+        b->lock_fd = -1;
+    }
+}

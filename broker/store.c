@@ -1,0 +1,988 @@
+/*
+ * store.c - the SQLite store behind ferryd.
+ *
+ * On-disk format (schema version 1, PRAGMA user_version = 1):
+ *
+ *   topics(id, name, created_ms, head_seq, first_seq, msg_count, bytes)
+ *       One row per topic. head_seq is the last sequence handed out and is
+ *       persisted so that sequences stay dense and are never reused, even
+ *       when retention has deleted every message.
+ *
+ *   messages(rid INTEGER PRIMARY KEY, msg_id, key, headers, payload, ts_ms,
+ *            deliver_at_ms)
+ *       rid = (topic id << 40) | seq. Using the rowid as the (topic, seq)
+ *       key means a message costs one B-tree insert at the right-hand edge
+ *       of its topic's range, with no secondary index; reading a topic in
+ *       order is a rowid range scan. Topic ids stay below 2^23 and sequences
+ *       below 2^40. headers is the wire encoding (u16 count, then str16
+ *       name / str16 value pairs) or NULL.
+ *
+ *   dedupe_0, dedupe_1(topic_id, msg_id, seq) WITHOUT ROWID
+ *       The idempotency index, in two generations. New ids go into the
+ *       current one; both are probed. Every dedupe window the generations
+ *       swap and the older one is emptied in small steps, one per commit,
+ *       so an id is remembered for at least one window and at most two and
+ *       the tables never grow without bound. Broker-assigned ids are not
+ *       entered: nobody can re-send an id they were never given before the
+ *       ack.
+ *
+ *   meta(name, value): dedupe_cur (0|1), dedupe_rotated_ms.
+ *
+ * In memory the store keeps each topic's counters (head, first, count,
+ * bytes); they are changed during a transaction, written back to `topics`
+ * before COMMIT, and restored from a saved copy if the transaction fails.
+ *
+ * Every statement is prepared once in store_open. The store is single
+ * threaded by contract (see store.h).
+ */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "ferry_codes.h"
+#include "proto.h"
+
+#define TOPIC_ID_MAX ((1LL << 23) - 1)
+#define SEQ_MAX ((1LL << 40) - 1)
+/* Rows of the older dedupe generation deleted per commit, at least. */
+#define DEDUPE_PURGE_MIN 2000
+
+struct topic_counters {
+    uint64_t head, first, count, bytes;
+};
+
+struct topic {
+    int64_t id;
+    char *name;
+    size_t name_len;
+    int64_t created_ms;
+    struct topic_counters c;
+    struct topic_counters saved; /* valid while in_txn */
+    int in_txn;                  /* touched by the running transaction */
+    int created_in_txn;
+    struct topic *next_dirty;
+    struct topic *hnext;
+};
+
+enum stmt_id {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_TOPIC_INSERT,
+    ST_TOPIC_UPDATE,
+    ST_MSG_INSERT,
+    ST_DD0_INSERT,
+    ST_DD1_INSERT,
+    ST_DD0_FIND,
+    ST_DD1_FIND,
+    ST_DD0_PURGE,
+    ST_DD1_PURGE,
+    ST_META_SET,
+    ST__COUNT
+};
+
+static const char *const stmt_sql[ST__COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_TOPIC_INSERT] = "INSERT INTO topics(name, created_ms) VALUES (?1, ?2)",
+    [ST_TOPIC_UPDATE] = "UPDATE topics SET head_seq = ?2, first_seq = ?3, msg_count = ?4, "
+                        "bytes = ?5 WHERE id = ?1",
+    [ST_MSG_INSERT] = "INSERT INTO messages(rid, msg_id, key, headers, payload, ts_ms, "
+                      "deliver_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_DD0_INSERT] = "INSERT INTO dedupe_0(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
+                      "ON CONFLICT DO NOTHING",
+    [ST_DD1_INSERT] = "INSERT INTO dedupe_1(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
+                      "ON CONFLICT DO NOTHING",
+    [ST_DD0_FIND] = "SELECT seq FROM dedupe_0 WHERE topic_id = ?1 AND msg_id = ?2",
+    [ST_DD1_FIND] = "SELECT seq FROM dedupe_1 WHERE topic_id = ?1 AND msg_id = ?2",
+    [ST_DD0_PURGE] = "DELETE FROM dedupe_0 WHERE (topic_id, msg_id) IN "
+                     "(SELECT topic_id, msg_id FROM dedupe_0 LIMIT ?1)",
+    [ST_DD1_PURGE] = "DELETE FROM dedupe_1 WHERE (topic_id, msg_id) IN "
+                     "(SELECT topic_id, msg_id FROM dedupe_1 LIMIT ?1)",
+    [ST_META_SET] = "INSERT INTO meta(name, value) VALUES (?1, ?2) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+};
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST__COUNT];
+    uint64_t dedupe_window_ms;
+    int dedupe_cur; /* generation receiving new ids */
+    int64_t dedupe_rotated_ms;
+    int dedupe_old_nonempty; /* the other generation still has rows */
+
+    struct topic **buckets;
+    size_t nbuckets;
+    size_t ntopics;
+    struct topic *dirty; /* topics touched by the running transaction */
+
+    uint64_t rng;
+    struct buf scratch;
+    struct store_stats stats;
+    uint64_t stored_before, dups_before; /* stats at BEGIN, restored on failure */
+    char errmsg[256];
+};
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t hash_name(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* A UUIDv7-style id: 48 bits of Unix ms, then random bits, as 36 chars. */
+static void make_id(struct store *s, int64_t now_ms, char out[37])
+{
+    uint8_t b[16];
+    uint64_t r1 = splitmix64(&s->rng), r2 = splitmix64(&s->rng);
+    uint64_t ms = (uint64_t)now_ms;
+    for (int i = 0; i < 6; i++)
+        b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        b[6 + i] = (uint8_t)(r1 >> (8 * i));
+    b[14] = (uint8_t)r2;
+    b[15] = (uint8_t)(r2 >> 8);
+    b[6] = (uint8_t)(0x70 | (b[6] & 0x0f));
+    b[8] = (uint8_t)(0x80 | (b[8] & 0x3f));
+    static const char hex[] = "0123456789abcdef";
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = 0;
+}
+
+static void set_err(struct store *s, const char *what)
+{
+    snprintf(s->errmsg, sizeof(s->errmsg), "%s: %s", what, sqlite3_errmsg(s->db));
+}
+
+static int map_sqlite_error(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_FULL:
+        return FERRY_ESTORAGE_FULL;
+    default:
+        return FERRY_ESTORAGE;
+    }
+}
+
+/* Steps a statement that returns no row, then resets it. */
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* ---- topic map -------------------------------------------------------- */
+
+static struct topic *topic_find(struct store *s, const uint8_t *name, size_t len)
+{
+    if (!s->nbuckets)
+        return NULL;
+    struct topic *t = s->buckets[hash_name(name, len) & (s->nbuckets - 1)];
+    for (; t; t = t->hnext)
+        if (t->name_len == len && memcmp(t->name, name, len) == 0)
+            return t;
+    return NULL;
+}
+
+static int topic_map_insert(struct store *s, struct topic *t)
+{
+    if (s->ntopics + 1 > s->nbuckets) {
+        size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
+        struct topic **nb = calloc(n, sizeof(*nb));
+        if (!nb)
+            return -1;
+        for (size_t i = 0; i < s->nbuckets; i++) {
+            struct topic *x = s->buckets[i];
+            while (x) {
+                struct topic *next = x->hnext;
+                size_t h = hash_name((const uint8_t *)x->name, x->name_len) & (n - 1);
+                x->hnext = nb[h];
+                nb[h] = x;
+                x = next;
+            }
+        }
+        free(s->buckets);
+        s->buckets = nb;
+        s->nbuckets = n;
+    }
+    size_t h = hash_name((const uint8_t *)t->name, t->name_len) & (s->nbuckets - 1);
+    t->hnext = s->buckets[h];
+    s->buckets[h] = t;
+    s->ntopics++;
+    return 0;
+}
+
+static void topic_map_remove(struct store *s, struct topic *t)
+{
+    size_t h = hash_name((const uint8_t *)t->name, t->name_len) & (s->nbuckets - 1);
+    struct topic **pp = &s->buckets[h];
+    while (*pp && *pp != t)
+        pp = &(*pp)->hnext;
+    if (*pp) {
+        *pp = t->hnext;
+        s->ntopics--;
+    }
+}
+
+static struct topic *topic_new(const char *name, size_t len)
+{
+    struct topic *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->name = malloc(len + 1);
+    if (!t->name) {
+        free(t);
+        return NULL;
+    }
+    memcpy(t->name, name, len);
+    t->name[len] = 0;
+    t->name_len = len;
+    return t;
+}
+
+static void topic_free(struct topic *t)
+{
+    if (t) {
+        free(t->name);
+        free(t);
+    }
+}
+
+/* Marks t as touched by this transaction, saving its counters once. */
+static void topic_touch(struct store *s, struct topic *t)
+{
+    if (t->in_txn)
+        return;
+    t->in_txn = 1;
+    t->saved = t->c;
+    t->next_dirty = s->dirty;
+    s->dirty = t;
+}
+
+/* Finds or creates (inside the open transaction) the topic. Returns NULL
+ * and sets *err on failure. */
+static struct topic *topic_get(struct store *s, const uint8_t *name, size_t len, int64_t now_ms,
+                               int *err)
+{
+    struct topic *t = topic_find(s, name, len);
+    if (t) {
+        topic_touch(s, t);
+        return t;
+    }
+    t = topic_new((const char *)name, len);
+    if (!t) {
+        *err = FERRY_EINTERNAL;
+        return NULL;
+    }
+    sqlite3_stmt *st = s->st[ST_TOPIC_INSERT];
+    sqlite3_bind_text(st, 1, t->name, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        set_err(s, "create topic");
+        topic_free(t);
+        *err = map_sqlite_error(rc);
+        return NULL;
+    }
+    t->id = sqlite3_last_insert_rowid(s->db);
+    if (t->id > TOPIC_ID_MAX) {
+        snprintf(s->errmsg, sizeof(s->errmsg), "topic id space exhausted");
+        topic_free(t);
+        *err = FERRY_ESTORAGE;
+        return NULL;
+    }
+    t->created_ms = now_ms;
+    t->created_in_txn = 1;
+    if (topic_map_insert(s, t) < 0) {
+        topic_free(t);
+        *err = FERRY_EINTERNAL;
+        return NULL;
+    }
+    topic_touch(s, t);
+    return t;
+}
+
+/* Writes every touched topic's counters back (inside the transaction). */
+static int topics_flush(struct store *s)
+{
+    sqlite3_stmt *st = s->st[ST_TOPIC_UPDATE];
+    for (struct topic *t = s->dirty; t; t = t->next_dirty) {
+        if (!t->created_in_txn && memcmp(&t->c, &t->saved, sizeof(t->c)) == 0)
+            continue;
+        sqlite3_bind_int64(st, 1, t->id);
+        sqlite3_bind_int64(st, 2, (int64_t)t->c.head);
+        sqlite3_bind_int64(st, 3, (int64_t)t->c.first);
+        sqlite3_bind_int64(st, 4, (int64_t)t->c.count);
+        sqlite3_bind_int64(st, 5, (int64_t)t->c.bytes);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK) {
+            set_err(s, "update topic");
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
+/* Ends the transaction's bookkeeping: keep (ok) or restore the counters. */
+static void topics_settle(struct store *s, int ok)
+{
+    struct topic *t = s->dirty;
+    while (t) {
+        struct topic *next = t->next_dirty;
+        if (!ok) {
+            if (t->created_in_txn) {
+                topic_map_remove(s, t);
+                topic_free(t);
+                t = next;
+                continue;
+            }
+            t->c = t->saved;
+        }
+        t->in_txn = 0;
+        t->created_in_txn = 0;
+        t->next_dirty = NULL;
+        t = next;
+    }
+    s->dirty = NULL;
+}
+
+/* ---- schema ----------------------------------------------------------- */
+
+/* Numbered migrations: migrations[i] takes user_version i to i + 1. */
+static const char *const migrations[] = {
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE topics ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  created_ms INTEGER NOT NULL,"
+    "  head_seq INTEGER NOT NULL DEFAULT 0,"
+    "  first_seq INTEGER NOT NULL DEFAULT 0,"
+    "  msg_count INTEGER NOT NULL DEFAULT 0,"
+    "  bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE messages ("
+    "  rid INTEGER PRIMARY KEY,"
+    "  msg_id TEXT NOT NULL,"
+    "  key BLOB,"
+    "  headers BLOB,"
+    "  payload BLOB NOT NULL,"
+    "  ts_ms INTEGER NOT NULL,"
+    "  deliver_at_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE dedupe_0 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
+    "CREATE TABLE dedupe_1 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
+    "CREATE VIEW messages_v AS SELECT t.name AS topic, m.rid & 1099511627775 AS seq,"
+    "  m.msg_id AS msg_id, m.key AS key, m.headers AS headers, m.payload AS payload,"
+    "  m.ts_ms AS ts_ms, m.deliver_at_ms AS deliver_at_ms"
+    "  FROM messages m JOIN topics t ON t.id = (m.rid >> 40);",
+};
+#define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static int get_int(struct store *s, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_NOTFOUND;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int migrate(struct store *s)
+{
+    int64_t v = 0;
+    int rc = get_int(s, "PRAGMA user_version", &v);
+    if (rc != SQLITE_OK) {
+        set_err(s, "read schema version");
+        return rc;
+    }
+    if (v > SCHEMA_VERSION) {
+        snprintf(s->errmsg, sizeof(s->errmsg),
+                 "database schema version %lld is newer than this ferryd knows (%d)", (long long)v,
+                 SCHEMA_VERSION);
+        return SQLITE_ERROR;
+    }
+    for (int i = (int)v; i < SCHEMA_VERSION; i++) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", i + 1);
+        if ((rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK ||
+            (rc = sqlite3_exec(s->db, migrations[i], NULL, NULL, NULL)) != SQLITE_OK ||
+            (rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL)) != SQLITE_OK ||
+            (rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
+            set_err(s, "migrate schema");
+            sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
+static int load_topics(struct store *s)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT id, name, created_ms, head_seq, first_seq, msg_count, "
+                                "bytes FROM topics",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(s, "load topics");
+        return rc;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        struct topic *t = topic_new(name ? name : "", len);
+        if (!t || topic_map_insert(s, t) < 0) {
+            topic_free(t);
+            sqlite3_finalize(st);
+            snprintf(s->errmsg, sizeof(s->errmsg), "out of memory loading topics");
+            return SQLITE_NOMEM;
+        }
+        t->id = sqlite3_column_int64(st, 0);
+        t->created_ms = sqlite3_column_int64(st, 2);
+        t->c.head = (uint64_t)sqlite3_column_int64(st, 3);
+        t->c.first = (uint64_t)sqlite3_column_int64(st, 4);
+        t->c.count = (uint64_t)sqlite3_column_int64(st, 5);
+        t->c.bytes = (uint64_t)sqlite3_column_int64(st, 6);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        set_err(s, "load topics");
+        return rc;
+    }
+    return SQLITE_OK;
+}
+
+static int load_meta(struct store *s, int64_t now_ms)
+{
+    int64_t v;
+    int rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_cur'", &v);
+    if (rc == SQLITE_OK)
+        s->dedupe_cur = v ? 1 : 0;
+    else if (rc != SQLITE_NOTFOUND)
+        return rc;
+    rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_rotated_ms'", &v);
+    if (rc == SQLITE_OK) {
+        s->dedupe_rotated_ms = v;
+    } else if (rc == SQLITE_NOTFOUND) {
+        s->dedupe_rotated_ms = now_ms;
+        char sql[128];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO meta(name, value) VALUES ('dedupe_rotated_ms', %lld)",
+                 (long long)now_ms);
+        if ((rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
+            return rc;
+    } else {
+        return rc;
+    }
+    const char *probe =
+        s->dedupe_cur ? "SELECT 1 FROM dedupe_0 LIMIT 1" : "SELECT 1 FROM dedupe_1 LIMIT 1";
+    rc = get_int(s, probe, &v);
+    s->dedupe_old_nonempty = rc == SQLITE_OK;
+    return rc == SQLITE_NOTFOUND ? SQLITE_OK : rc;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int store_open(const struct store_config *cfg, struct store **out, char *err, size_t errlen)
+{
+    struct store *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return FERRY_ENOMEM;
+    }
+    s->dedupe_window_ms = cfg->dedupe_window_ms;
+    if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
+        s->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)s;
+
+    int rc = sqlite3_open_v2(
+        cfg->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "open %s: %s", cfg->path,
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, 5000);
+
+    char pragmas[512];
+    snprintf(pragmas, sizeof(pragmas),
+             "PRAGMA journal_mode = WAL;"
+             "PRAGMA synchronous = %s;"
+             "PRAGMA cache_size = -%d;"
+             "PRAGMA temp_store = MEMORY;"
+             "PRAGMA journal_size_limit = 67108864;"
+             "PRAGMA foreign_keys = OFF;",
+             cfg->sync_full ? "FULL" : "NORMAL", (cfg->cache_mb > 0 ? cfg->cache_mb : 128) * 1024);
+    char *emsg = NULL;
+    rc = sqlite3_exec(s->db, pragmas, NULL, NULL, &emsg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "configure %s: %s", cfg->path, emsg ? emsg : sqlite3_errstr(rc));
+        sqlite3_free(emsg);
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
+    /* WAL must really be on: group commit and crash safety assume it. */
+    sqlite3_stmt *jm;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &jm, NULL) == SQLITE_OK) {
+        int wal = sqlite3_step(jm) == SQLITE_ROW &&
+                  strcmp((const char *)sqlite3_column_text(jm, 0), "wal") == 0;
+        sqlite3_finalize(jm);
+        if (!wal) {
+            snprintf(err, errlen, "%s: cannot switch the database to WAL mode", cfg->path);
+            store_close(s);
+            return FERRY_ESTORAGE;
+        }
+    }
+
+    int64_t now = wall_ms();
+    if ((rc = migrate(s)) != SQLITE_OK || (rc = load_topics(s)) != SQLITE_OK ||
+        (rc = load_meta(s, now)) != SQLITE_OK) {
+        if (!s->errmsg[0])
+            set_err(s, "open");
+        snprintf(err, errlen, "%s", s->errmsg);
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
+    for (int i = 0; i < ST__COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errlen, "prepare \"%s\": %s", stmt_sql[i], sqlite3_errmsg(s->db));
+            store_close(s);
+            return FERRY_ESTORAGE;
+        }
+    }
+    s->stats.topics = s->ntopics;
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < ST__COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    if (s->db) {
+        /* A clean close checkpoints the WAL into the database file. */
+        sqlite3_close(s->db);
+    }
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        struct topic *t = s->buckets[i];
+        while (t) {
+            struct topic *next = t->hnext;
+            topic_free(t);
+            t = next;
+        }
+    }
+    free(s->buckets);
+    buf_free(&s->scratch);
+    free(s);
+}
+
+void store_get_stats(const struct store *s, struct store_stats *out)
+{
+    *out = s->stats;
+    out->topics = s->ntopics;
+}
+
+const char *store_last_error(const struct store *s)
+{
+    return s->errmsg;
+}
+
+/* ---- dedupe generations ---------------------------------------------- */
+
+static int meta_set(struct store *s, const char *name, int64_t v)
+{
+    sqlite3_stmt *st = s->st[ST_META_SET];
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, v);
+    return step_done(st);
+}
+
+/* Deletes up to limit rows of the older generation. */
+static int dedupe_purge_step(struct store *s, int64_t limit, int *emptied)
+{
+    sqlite3_stmt *st = s->st[s->dedupe_cur ? ST_DD0_PURGE : ST_DD1_PURGE];
+    sqlite3_bind_int64(st, 1, limit);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        set_err(s, "purge dedupe");
+        return rc;
+    }
+    int n = sqlite3_changes(s->db);
+    s->stats.dedupe_purged += (uint64_t)n;
+    *emptied = n < limit;
+    return SQLITE_OK;
+}
+
+/* Inside the transaction: swap generations when a window has passed, and
+ * purge a step of the old one. The swap only happens with the old
+ * generation empty, so an id always survives at least one full window. */
+static int dedupe_maintain(struct store *s, int64_t now_ms, uint64_t batch_msgs, int *rotated)
+{
+    int rc, emptied = 0;
+    *rotated = 0;
+    if (s->dedupe_old_nonempty) {
+        int64_t limit = (int64_t)batch_msgs * 2;
+        if (limit < DEDUPE_PURGE_MIN)
+            limit = DEDUPE_PURGE_MIN;
+        if ((rc = dedupe_purge_step(s, limit, &emptied)) != SQLITE_OK)
+            return rc;
+        if (emptied)
+            s->dedupe_old_nonempty = 0;
+    }
+    if (now_ms - s->dedupe_rotated_ms >= (int64_t)s->dedupe_window_ms) {
+        /* Normally long empty; a burst bigger than the purge kept up with
+         * is finished here. */
+        while (s->dedupe_old_nonempty) {
+            if ((rc = dedupe_purge_step(s, 100000, &emptied)) != SQLITE_OK)
+                return rc;
+            if (emptied)
+                s->dedupe_old_nonempty = 0;
+        }
+        int cur = !s->dedupe_cur;
+        if ((rc = meta_set(s, "dedupe_cur", cur)) != SQLITE_OK ||
+            (rc = meta_set(s, "dedupe_rotated_ms", now_ms)) != SQLITE_OK) {
+            set_err(s, "rotate dedupe");
+            return rc;
+        }
+        *rotated = 1;
+    }
+    return SQLITE_OK;
+}
+
+/* Looks id up in one generation: 1 and *seq when found, 0 when not, <0 on
+ * error (a negated SQLite code). */
+static int dedupe_find(struct store *s, int gen, int64_t topic_id, const uint8_t *id, size_t len,
+                       uint64_t *seq)
+{
+    sqlite3_stmt *st = s->st[gen ? ST_DD1_FIND : ST_DD0_FIND];
+    sqlite3_bind_int64(st, 1, topic_id);
+    sqlite3_bind_text(st, 2, (const char *)id, (int)len, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    int found = 0;
+    if (rc == SQLITE_ROW) {
+        *seq = (uint64_t)sqlite3_column_int64(st, 0);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        set_err(s, "dedupe lookup");
+        found = -rc;
+    }
+    sqlite3_reset(st);
+    return found;
+}
+
+/* ---- publish ---------------------------------------------------------- */
+
+/* Stores one message (or recognises it as a duplicate) and appends its ack
+ * entry to the reply being built in b->out. Returns an SQLite code. */
+static int publish_one(struct store *s, struct batch *b, const struct proto_msg *m, int64_t now_ms,
+                       int *ferr)
+{
+    struct topic *t = topic_get(s, m->topic.ptr, m->topic.len, now_ms, ferr);
+    if (!t)
+        return SQLITE_ERROR;
+    struct proto_writer w;
+    uint64_t seq;
+    int rc;
+
+    if (m->id.len) {
+        int old = !s->dedupe_cur;
+        int found = 0;
+        if (s->dedupe_old_nonempty) {
+            found = dedupe_find(s, old, t->id, m->id.ptr, m->id.len, &seq);
+            if (found < 0)
+                return -found;
+        }
+        if (!found) {
+            sqlite3_stmt *st = s->st[s->dedupe_cur ? ST_DD1_INSERT : ST_DD0_INSERT];
+            sqlite3_bind_int64(st, 1, t->id);
+            sqlite3_bind_text(st, 2, (const char *)m->id.ptr, (int)m->id.len, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, (int64_t)(t->c.head + 1));
+            if ((rc = step_done(st)) != SQLITE_OK) {
+                set_err(s, "dedupe insert");
+                return rc;
+            }
+            if (sqlite3_changes(s->db) == 0) {
+                found = dedupe_find(s, s->dedupe_cur, t->id, m->id.ptr, m->id.len, &seq);
+                if (found < 0)
+                    return -found;
+            }
+        }
+        if (found) {
+            s->stats.duplicates++;
+            proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+            proto_publish_ack_add(&w, seq, PROTO_ACK_DUPLICATE, m->id.ptr, m->id.len);
+            b->out.len += w.len;
+            return SQLITE_OK;
+        }
+    }
+
+    if (t->c.head >= (uint64_t)SEQ_MAX) {
+        snprintf(s->errmsg, sizeof(s->errmsg), "topic %s: sequence space exhausted", t->name);
+        *ferr = FERRY_ESTORAGE;
+        return SQLITE_ERROR;
+    }
+    seq = t->c.head + 1;
+    char gen_id[37];
+    const uint8_t *id = m->id.ptr;
+    size_t id_len = m->id.len;
+    if (!id_len) {
+        make_id(s, now_ms, gen_id);
+        id = (const uint8_t *)gen_id;
+        id_len = 36;
+    }
+
+    sqlite3_stmt *st = s->st[ST_MSG_INSERT];
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)t->id << 40 | seq));
+    sqlite3_bind_text(st, 2, (const char *)id, (int)id_len, SQLITE_STATIC);
+    if (m->key.len)
+        sqlite3_bind_blob(st, 3, m->key.ptr, (int)m->key.len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 3);
+    if (m->header_count) {
+        s->scratch.len = 0;
+        uint8_t cnt[2];
+        proto_wr16(cnt, m->header_count);
+        if (buf_append(&s->scratch, cnt, 2) < 0 ||
+            buf_append(&s->scratch, m->headers.ptr, m->headers.len) < 0) {
+            sqlite3_reset(st);
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        sqlite3_bind_blob(st, 4, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 4);
+    }
+    sqlite3_bind_blob(st, 5, m->payload.len ? (const void *)m->payload.ptr : (const void *)"",
+                      (int)m->payload.len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, now_ms);
+    sqlite3_bind_int64(st, 7, (int64_t)m->deliver_at_ms);
+    if ((rc = step_done(st)) != SQLITE_OK) {
+        set_err(s, "insert message");
+        return rc;
+    }
+    t->c.head = seq;
+    if (!t->c.first)
+        t->c.first = seq;
+    t->c.count++;
+    t->c.bytes += proto_msg_size(m);
+    s->stats.messages_stored++;
+
+    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+    proto_publish_ack_add(&w, seq, 0, id, id_len);
+    b->out.len += w.len;
+    return SQLITE_OK;
+}
+
+static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr)
+{
+    /* Room for the whole ack up front, so entries are written in place. */
+    size_t need = PROTO_HEADER_BYTES + 2 + (size_t)op->count * (8 + 1 + 2 + PROTO_MAX_ID);
+    if (buf_reserve(&b->out, need) < 0) {
+        *ferr = FERRY_EINTERNAL;
+        return SQLITE_NOMEM;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+    size_t start = proto_publish_ack_begin(&w, op->request_id);
+    op->out_off = b->out.len;
+    b->out.len += w.len;
+
+    struct proto_publish pub = {.count = op->count, .msgs = {b->in.data + op->in_off, op->in_len}};
+    struct proto_msg_iter it;
+    struct proto_msg m;
+    proto_msg_iter_init(&it, &pub);
+    while (proto_msg_next(&it, &m)) {
+        int rc = publish_one(s, b, &m, now_ms, ferr);
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    /* Patch count and length of the ack frame written in place. */
+    proto_writer_init(&w, b->out.data + op->out_off, b->out.len - op->out_off);
+    w.len = b->out.len - op->out_off;
+    (void)start;
+    if (proto_publish_ack_end(&w, 0, op->count) < 0) {
+        *ferr = FERRY_EINTERNAL;
+        return SQLITE_INTERNAL;
+    }
+    op->out_len = b->out.len - op->out_off;
+    return SQLITE_OK;
+}
+
+/* ---- topics listing --------------------------------------------------- */
+
+static int cmp_topic(const void *a, const void *b)
+{
+    const struct topic *x = *(const struct topic *const *)a;
+    const struct topic *y = *(const struct topic *const *)b;
+    return strcmp(x->name, y->name);
+}
+
+static int topics_op(struct store *s, struct batch *b, struct op *op)
+{
+    struct topic **all = malloc((s->ntopics ? s->ntopics : 1) * sizeof(*all));
+    if (!all)
+        return FERRY_EINTERNAL;
+    size_t n = 0;
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            all[n++] = t;
+    qsort(all, n, sizeof(*all), cmp_topic);
+    if (n > PROTO_MAX_TOPICS)
+        n = PROTO_MAX_TOPICS;
+    size_t need = PROTO_HEADER_BYTES + 4 + n * (2 + 2 + PROTO_MAX_TOPIC + 5 * 8);
+    if (buf_reserve(&b->out, need) < 0) {
+        free(all);
+        return FERRY_EINTERNAL;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+    size_t start = proto_topics_ok_begin(&w, op->request_id);
+    for (size_t i = 0; i < n; i++) {
+        struct proto_topic_info ti = {
+            .name = {(const uint8_t *)all[i]->name, all[i]->name_len},
+            .head_seq = all[i]->c.head,
+            .first_seq = all[i]->c.count ? all[i]->c.first : 0,
+            .message_count = all[i]->c.count,
+            .bytes = all[i]->c.bytes,
+            .created_ms = (uint64_t)all[i]->created_ms,
+        };
+        proto_topics_ok_add(&w, &ti);
+    }
+    free(all);
+    if (proto_topics_ok_end(&w, start, (uint32_t)n) < 0)
+        return FERRY_EINTERNAL;
+    op->out_off = b->out.len;
+    op->out_len = w.len;
+    b->out.len += w.len;
+    return 0;
+}
+
+/* ---- the transaction -------------------------------------------------- */
+
+static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
+{
+    size_t mlen = strlen(msg);
+    if (mlen > PROTO_MAX_ERROR_TEXT)
+        mlen = PROTO_MAX_ERROR_TEXT;
+    op->status = code;
+    if (buf_reserve(&b->out, PROTO_HEADER_BYTES + 4 + mlen) < 0) {
+        op->out_len = 0; /* the connection layer treats this as fatal */
+        return;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+    proto_encode_error(&w, op->request_id, 0, (uint16_t)-code, msg, mlen);
+    op->out_off = b->out.len;
+    op->out_len = w.len;
+    b->out.len += w.len;
+}
+
+void store_commit(struct store *s, struct batch *b, int64_t now_ms)
+{
+    uint64_t t0 = now_us();
+    int ferr = 0, rotated = 0;
+    s->stored_before = s->stats.messages_stored;
+    s->dups_before = s->stats.duplicates;
+    int rc = step_done(s->st[ST_BEGIN]);
+    if (rc != SQLITE_OK)
+        set_err(s, "begin");
+
+    for (size_t i = 0; rc == SQLITE_OK && i < b->nops; i++) {
+        struct op *op = &b->ops[i];
+        if (op->kind == OP_PUBLISH) {
+            rc = publish_op(s, b, op, now_ms, &ferr);
+        } else if (op->kind == OP_TOPICS) {
+            int e = topics_op(s, b, op);
+            if (e)
+                reply_error(b, op, e, "cannot list topics");
+        }
+    }
+    if (rc == SQLITE_OK)
+        rc = dedupe_maintain(s, now_ms, b->messages, &rotated);
+    if (rc == SQLITE_OK && (rc = topics_flush(s)) == SQLITE_OK) {
+        rc = step_done(s->st[ST_COMMIT]);
+        if (rc != SQLITE_OK)
+            set_err(s, "commit");
+    }
+
+    if (rc == SQLITE_OK) {
+        topics_settle(s, 1);
+        if (rotated) {
+            s->dedupe_cur = !s->dedupe_cur;
+            s->dedupe_rotated_ms = now_ms;
+            s->dedupe_old_nonempty = 1;
+            s->stats.dedupe_rotations++;
+        }
+        s->stats.commits++;
+        b->commit_status = 0;
+    } else {
+        int code = ferr ? ferr : map_sqlite_error(rc);
+        if (!sqlite3_get_autocommit(s->db))
+            step_done(s->st[ST_ROLLBACK]);
+        topics_settle(s, 0);
+        s->stats.failed_commits++;
+        s->stats.messages_stored = s->stored_before;
+        s->stats.duplicates = s->dups_before;
+        b->commit_status = code;
+        /* Nothing of this transaction was kept: every publish fails. */
+        for (size_t i = 0; i < b->nops; i++) {
+            struct op *op = &b->ops[i];
+            if (op->kind == OP_PUBLISH) {
+                reply_error(b, op, code,
+                            code == FERRY_ESTORAGE_FULL ? "storage full: message not stored"
+                                                        : s->errmsg);
+            }
+        }
+    }
+    b->commit_us = now_us() - t0;
+}

@@ -1,0 +1,53 @@
+/*
+ * store.h - ferryd's SQLite store: topics, messages, dedupe.
+ *
+ * The store is used by one thread at a time: opened and closed on the loop
+ * thread while no commit runs, and otherwise only from the group-commit
+ * worker (store_commit). It is the only broker file that includes sqlite3.h.
+ */
+#ifndef FERRY_BROKER_STORE_H
+#define FERRY_BROKER_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+
+struct store;
+
+struct store_config {
+    const char *path;          /* the database file */
+    int sync_full;             /* 1: fsync every commit (synchronous=FULL) */
+    int cache_mb;              /* SQLite page cache */
+    uint64_t dedupe_window_ms; /* ids are remembered at least this long */
+};
+
+/* Opens (creating and migrating as needed) the database. On failure returns
+ * a FERRY_E* code and writes a reason into err. */
+int store_open(const struct store_config *cfg, struct store **out, char *err, size_t errlen);
+void store_close(struct store *s);
+
+/*
+ * Runs every op of b in one transaction and encodes each op's reply into
+ * b->out. If the transaction fails, nothing of it is kept and every
+ * OP_PUBLISH is answered with an ERROR carrying the cause (STORAGE_FULL,
+ * STORAGE). now_ms stamps the messages.
+ */
+void store_commit(struct store *s, struct batch *b, int64_t now_ms);
+
+/* Counters for logs and tests. */
+struct store_stats {
+    uint64_t topics;
+    uint64_t messages_stored; /* since open */
+    uint64_t duplicates;      /* since open */
+    uint64_t commits;
+    uint64_t failed_commits;
+    uint64_t dedupe_rotations;
+    uint64_t dedupe_purged;
+};
+void store_get_stats(const struct store *s, struct store_stats *out);
+
+/* The SQLite error text of the last failure, for logs. */
+const char *store_last_error(const struct store *s);
+
+#endif
