@@ -35,6 +35,8 @@ static const char usage[] =
     "                            by then (default 10s)\n"
     "  --idle-timeout DURATION   close connections silent this long (default: never)\n"
     "  --cache-mb N              SQLite page cache in MiB (default 128)\n"
+    "  --max-db-mb N             cap the database at N MiB: publishes beyond it fail\n"
+    "                            with \"storage full\" (default: no cap)\n"
     "  --ready-file PATH         once listening, write HOST:PORT to PATH\n"
     "  --log-level LEVEL         debug, info (default), warn or error\n"
     "  --help, --version\n";
@@ -165,6 +167,7 @@ int main(int argc, char **argv)
         OPT_IDLE,
         OPT_IDLE_MS,
         OPT_CACHE,
+        OPT_MAXDB,
         OPT_READY,
         OPT_LOGLEVEL,
         OPT_HELP,
@@ -183,6 +186,7 @@ int main(int argc, char **argv)
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
         {"cache-mb", required_argument, NULL, OPT_CACHE},
+        {"max-db-mb", required_argument, NULL, OPT_MAXDB},
         {"ready-file", required_argument, NULL, OPT_READY},
         {"log-level", required_argument, NULL, OPT_LOGLEVEL},
         {"help", no_argument, NULL, OPT_HELP},
@@ -251,6 +255,11 @@ int main(int argc, char **argv)
             if (parse_uint(optarg, 1 << 20, &v) < 0 || v < 1)
                 return bad("--cache-mb", optarg);
             cfg.cache_mb = (int)v;
+            break;
+        case OPT_MAXDB:
+            if (parse_uint(optarg, 1ull << 30, &v) < 0 || v < 1)
+                return bad("--max-db-mb", optarg);
+            cfg.max_db_bytes = v << 20;
             break;
         case OPT_READY:
             if (strlen(optarg) >= sizeof(cfg.ready_file) - 8)

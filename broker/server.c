@@ -254,6 +254,7 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         .sync_full = cfg->sync_full,
         .cache_mb = cfg->cache_mb,
         .dedupe_window_ms = cfg->dedupe_window_ms,
+        .max_db_bytes = cfg->max_db_bytes,
     };
     int rc = store_open(&sc, &b->store, err, sizeof(err));
     if (rc) {

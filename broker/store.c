@@ -17,16 +17,19 @@
  *       below 2^40. headers is the wire encoding (u16 count, then str16
  *       name / str16 value pairs) or NULL.
  *
- *   dedupe_0, dedupe_1(topic_id, msg_id, seq) WITHOUT ROWID
- *       The idempotency index, in two generations. New ids go into the
- *       current one; both are probed. Every dedupe window the generations
- *       swap and the older one is emptied in small steps, one per commit,
- *       so an id is remembered for at least one window and at most two and
- *       the tables never grow without bound. Broker-assigned ids are not
- *       entered: nobody can re-send an id they were never given before the
- *       ack.
+ *   dedupe_0, dedupe_1, dedupe_2(topic_id, msg_id, seq) WITHOUT ROWID
+ *       The idempotency index, in three generations that rotate once per
+ *       dedupe window: "current" receives new ids, "previous" holds the ids
+ *       of the window before, and "expired" (the one before that) is being
+ *       emptied in small steps, one per commit. Lookups probe current and
+ *       previous. An id inserted at time t lands in current, becomes
+ *       previous at the next rotation and expired at the one after, which
+ *       comes at least one full window after t: so an id is remembered for
+ *       at least one window and at most three, and purging never stalls a
+ *       commit or scans. Broker-assigned ids are not entered: nobody can
+ *       re-send an id before the ack told them what it was.
  *
- *   meta(name, value): dedupe_cur (0|1), dedupe_rotated_ms.
+ *   meta(name, value): dedupe_cur (0|1|2), dedupe_rotated_ms.
  *
  * In memory the store keeps each topic's counters (head, first, count,
  * bytes); they are changed during a transaction, written back to `topics`
@@ -78,10 +81,13 @@ enum stmt_id {
     ST_MSG_INSERT,
     ST_DD0_INSERT,
     ST_DD1_INSERT,
+    ST_DD2_INSERT,
     ST_DD0_FIND,
     ST_DD1_FIND,
+    ST_DD2_FIND,
     ST_DD0_PURGE,
     ST_DD1_PURGE,
+    ST_DD2_PURGE,
     ST_META_SET,
     ST__COUNT
 };
@@ -99,12 +105,17 @@ static const char *const stmt_sql[ST__COUNT] = {
                       "ON CONFLICT DO NOTHING",
     [ST_DD1_INSERT] = "INSERT INTO dedupe_1(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
                       "ON CONFLICT DO NOTHING",
+    [ST_DD2_INSERT] = "INSERT INTO dedupe_2(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
+                      "ON CONFLICT DO NOTHING",
     [ST_DD0_FIND] = "SELECT seq FROM dedupe_0 WHERE topic_id = ?1 AND msg_id = ?2",
     [ST_DD1_FIND] = "SELECT seq FROM dedupe_1 WHERE topic_id = ?1 AND msg_id = ?2",
+    [ST_DD2_FIND] = "SELECT seq FROM dedupe_2 WHERE topic_id = ?1 AND msg_id = ?2",
     [ST_DD0_PURGE] = "DELETE FROM dedupe_0 WHERE (topic_id, msg_id) IN "
                      "(SELECT topic_id, msg_id FROM dedupe_0 LIMIT ?1)",
     [ST_DD1_PURGE] = "DELETE FROM dedupe_1 WHERE (topic_id, msg_id) IN "
                      "(SELECT topic_id, msg_id FROM dedupe_1 LIMIT ?1)",
+    [ST_DD2_PURGE] = "DELETE FROM dedupe_2 WHERE (topic_id, msg_id) IN "
+                     "(SELECT topic_id, msg_id FROM dedupe_2 LIMIT ?1)",
     [ST_META_SET] = "INSERT INTO meta(name, value) VALUES (?1, ?2) "
                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
 };
@@ -113,9 +124,10 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     uint64_t dedupe_window_ms;
-    int dedupe_cur; /* generation receiving new ids */
+    int dedupe_cur; /* generation receiving new ids; previous is cur+2, expired cur+1 (mod 3) */
     int64_t dedupe_rotated_ms;
-    int dedupe_old_nonempty; /* the other generation still has rows */
+    int dedupe_prev_nonempty;    /* the previous generation may have rows: probe it */
+    int dedupe_expired_nonempty; /* the expired generation may have rows: purge it */
 
     struct topic **buckets;
     size_t nbuckets;
@@ -404,6 +416,8 @@ static const char *const migrations[] = {
     "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
     "CREATE TABLE dedupe_1 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
     "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
+    "CREATE TABLE dedupe_2 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
     "CREATE VIEW messages_v AS SELECT t.name AS topic, m.rid & 1099511627775 AS seq,"
     "  m.msg_id AS msg_id, m.key AS key, m.headers AS headers, m.payload AS payload,"
     "  m.ts_ms AS ts_ms, m.deliver_at_ms AS deliver_at_ms"
@@ -498,7 +512,7 @@ static int load_meta(struct store *s, int64_t now_ms)
     int64_t v;
     int rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_cur'", &v);
     if (rc == SQLITE_OK)
-        s->dedupe_cur = v ? 1 : 0;
+        s->dedupe_cur = (int)(v >= 0 && v <= 2 ? v : 0);
     else if (rc != SQLITE_NOTFOUND)
         return rc;
     rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_rotated_ms'", &v);
@@ -515,11 +529,18 @@ static int load_meta(struct store *s, int64_t now_ms)
     } else {
         return rc;
     }
-    const char *probe =
-        s->dedupe_cur ? "SELECT 1 FROM dedupe_0 LIMIT 1" : "SELECT 1 FROM dedupe_1 LIMIT 1";
-    rc = get_int(s, probe, &v);
-    s->dedupe_old_nonempty = rc == SQLITE_OK;
-    return rc == SQLITE_NOTFOUND ? SQLITE_OK : rc;
+    static const char *const probe[3] = {"SELECT 1 FROM dedupe_0 LIMIT 1",
+                                         "SELECT 1 FROM dedupe_1 LIMIT 1",
+                                         "SELECT 1 FROM dedupe_2 LIMIT 1"};
+    rc = get_int(s, probe[(s->dedupe_cur + 2) % 3], &v);
+    if (rc != SQLITE_OK && rc != SQLITE_NOTFOUND)
+        return rc;
+    s->dedupe_prev_nonempty = rc == SQLITE_OK;
+    rc = get_int(s, probe[(s->dedupe_cur + 1) % 3], &v);
+    if (rc != SQLITE_OK && rc != SQLITE_NOTFOUND)
+        return rc;
+    s->dedupe_expired_nonempty = rc == SQLITE_OK;
+    return SQLITE_OK;
 }
 
 static int64_t wall_ms(void)
@@ -567,6 +588,12 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         sqlite3_free(emsg);
         store_close(s);
         return FERRY_ESTORAGE;
+    }
+    if (cfg->max_db_bytes) {
+        char cap[96];
+        snprintf(cap, sizeof(cap), "PRAGMA max_page_count = %llu",
+                 (unsigned long long)(cfg->max_db_bytes / 4096 ? cfg->max_db_bytes / 4096 : 1));
+        sqlite3_exec(s->db, cap, NULL, NULL, NULL);
     }
     /* WAL must really be on: group commit and crash safety assume it. */
     sqlite3_stmt *jm;
@@ -647,10 +674,15 @@ static int meta_set(struct store *s, const char *name, int64_t v)
     return step_done(st);
 }
 
-/* Deletes up to limit rows of the older generation. */
+static sqlite3_stmt *dd_stmt(struct store *s, int base, int gen)
+{
+    return s->st[base + gen];
+}
+
+/* Deletes up to limit rows of the expired generation. */
 static int dedupe_purge_step(struct store *s, int64_t limit, int *emptied)
 {
-    sqlite3_stmt *st = s->st[s->dedupe_cur ? ST_DD0_PURGE : ST_DD1_PURGE];
+    sqlite3_stmt *st = dd_stmt(s, ST_DD0_PURGE, (s->dedupe_cur + 1) % 3);
     sqlite3_bind_int64(st, 1, limit);
     int rc = step_done(st);
     if (rc != SQLITE_OK) {
@@ -663,33 +695,31 @@ static int dedupe_purge_step(struct store *s, int64_t limit, int *emptied)
     return SQLITE_OK;
 }
 
-/* Inside the transaction: swap generations when a window has passed, and
- * purge a step of the old one. The swap only happens with the old
- * generation empty, so an id always survives at least one full window. */
+/* Inside the transaction: purge a step of the expired generation, and
+ * rotate when a window has passed. Rotation needs the expired generation
+ * empty (it becomes current); normally it has been for long, and a burst
+ * the purge steps did not keep up with is finished here. */
 static int dedupe_maintain(struct store *s, int64_t now_ms, uint64_t batch_msgs, int *rotated)
 {
     int rc, emptied = 0;
     *rotated = 0;
-    if (s->dedupe_old_nonempty) {
+    if (s->dedupe_expired_nonempty) {
         int64_t limit = (int64_t)batch_msgs * 2;
         if (limit < DEDUPE_PURGE_MIN)
             limit = DEDUPE_PURGE_MIN;
         if ((rc = dedupe_purge_step(s, limit, &emptied)) != SQLITE_OK)
             return rc;
         if (emptied)
-            s->dedupe_old_nonempty = 0;
+            s->dedupe_expired_nonempty = 0;
     }
     if (now_ms - s->dedupe_rotated_ms >= (int64_t)s->dedupe_window_ms) {
-        /* Normally long empty; a burst bigger than the purge kept up with
-         * is finished here. */
-        while (s->dedupe_old_nonempty) {
+        while (s->dedupe_expired_nonempty) {
             if ((rc = dedupe_purge_step(s, 100000, &emptied)) != SQLITE_OK)
                 return rc;
             if (emptied)
-                s->dedupe_old_nonempty = 0;
+                s->dedupe_expired_nonempty = 0;
         }
-        int cur = !s->dedupe_cur;
-        if ((rc = meta_set(s, "dedupe_cur", cur)) != SQLITE_OK ||
+        if ((rc = meta_set(s, "dedupe_cur", (s->dedupe_cur + 1) % 3)) != SQLITE_OK ||
             (rc = meta_set(s, "dedupe_rotated_ms", now_ms)) != SQLITE_OK) {
             set_err(s, "rotate dedupe");
             return rc;
@@ -704,7 +734,7 @@ static int dedupe_maintain(struct store *s, int64_t now_ms, uint64_t batch_msgs,
 static int dedupe_find(struct store *s, int gen, int64_t topic_id, const uint8_t *id, size_t len,
                        uint64_t *seq)
 {
-    sqlite3_stmt *st = s->st[gen ? ST_DD1_FIND : ST_DD0_FIND];
+    sqlite3_stmt *st = dd_stmt(s, ST_DD0_FIND, gen);
     sqlite3_bind_int64(st, 1, topic_id);
     sqlite3_bind_text(st, 2, (const char *)id, (int)len, SQLITE_STATIC);
     int rc = sqlite3_step(st);
@@ -735,15 +765,14 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     int rc;
 
     if (m->id.len) {
-        int old = !s->dedupe_cur;
         int found = 0;
-        if (s->dedupe_old_nonempty) {
-            found = dedupe_find(s, old, t->id, m->id.ptr, m->id.len, &seq);
+        if (s->dedupe_prev_nonempty) {
+            found = dedupe_find(s, (s->dedupe_cur + 2) % 3, t->id, m->id.ptr, m->id.len, &seq);
             if (found < 0)
                 return -found;
         }
         if (!found) {
-            sqlite3_stmt *st = s->st[s->dedupe_cur ? ST_DD1_INSERT : ST_DD0_INSERT];
+            sqlite3_stmt *st = dd_stmt(s, ST_DD0_INSERT, s->dedupe_cur);
             sqlite3_bind_int64(st, 1, t->id);
             sqlite3_bind_text(st, 2, (const char *)m->id.ptr, (int)m->id.len, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, (int64_t)(t->c.head + 1));
@@ -958,9 +987,10 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     if (rc == SQLITE_OK) {
         topics_settle(s, 1);
         if (rotated) {
-            s->dedupe_cur = !s->dedupe_cur;
+            s->dedupe_cur = (s->dedupe_cur + 1) % 3;
             s->dedupe_rotated_ms = now_ms;
-            s->dedupe_old_nonempty = 1;
+            s->dedupe_expired_nonempty = s->dedupe_prev_nonempty;
+            s->dedupe_prev_nonempty = 1;
             s->stats.dedupe_rotations++;
         }
         s->stats.commits++;

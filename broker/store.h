@@ -20,6 +20,7 @@ struct store_config {
     int sync_full;             /* 1: fsync every commit (synchronous=FULL) */
     int cache_mb;              /* SQLite page cache */
     uint64_t dedupe_window_ms; /* ids are remembered at least this long */
+    uint64_t max_db_bytes;     /* 0: no cap; else publishes fail with STORAGE_FULL beyond */
 };
 
 /* Opens (creating and migrating as needed) the database. On failure returns
