@@ -17,19 +17,18 @@
  *       below 2^40. headers is the wire encoding (u16 count, then str16
  *       name / str16 value pairs) or NULL.
  *
- *   dedupe_0, dedupe_1, dedupe_2(topic_id, msg_id, seq) WITHOUT ROWID
- *       The idempotency index, in three generations that rotate once per
- *       dedupe window: "current" receives new ids, "previous" holds the ids
- *       of the window before, and "expired" (the one before that) is being
- *       emptied in small steps, one per commit. Lookups probe current and
- *       previous. An id inserted at time t lands in current, becomes
- *       previous at the next rotation and expired at the one after, which
- *       comes at least one full window after t: so an id is remembered for
- *       at least one window and at most three, and purging never stalls a
- *       commit or scans. Broker-assigned ids are not entered: nobody can
- *       re-send an id before the ack told them what it was.
+ *   dedupe_log(id INTEGER PRIMARY KEY, topic_id, seq, msg_id, ts_ms)
+ *       Every producer-given message id, in insertion (and so time) order:
+ *       appends touch only the right-hand edge of the B-tree, and purging
+ *       deletes from the left, a few thousand rows per commit. Rows leave
+ *       once older than the dedupe window, or earlier when there are more
+ *       than the configured maximum of remembered ids. An in-memory hash
+ *       index over this table (dedupe.h) answers "seen before?" without a
+ *       random B-tree write per message; it is rebuilt from the table at
+ *       start. Broker-assigned ids are not entered: nobody can re-send an
+ *       id before the ack told them what it was.
  *
- *   meta(name, value): dedupe_cur (0|1|2), dedupe_rotated_ms.
+ *   meta(name, value): reserved for broker-wide settings.
  *
  * In memory the store keeps each topic's counters (head, first, count,
  * bytes); they are changed during a transaction, written back to `topics`
@@ -47,12 +46,13 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "dedupe.h"
 #include "ferry_codes.h"
 #include "proto.h"
 
 #define TOPIC_ID_MAX ((1LL << 23) - 1)
 #define SEQ_MAX ((1LL << 40) - 1)
-/* Rows of the older dedupe generation deleted per commit, at least. */
+/* dedupe_log rows purged per commit, at least. */
 #define DEDUPE_PURGE_MIN 2000
 
 struct topic_counters {
@@ -79,16 +79,10 @@ enum stmt_id {
     ST_TOPIC_INSERT,
     ST_TOPIC_UPDATE,
     ST_MSG_INSERT,
-    ST_DD0_INSERT,
-    ST_DD1_INSERT,
-    ST_DD2_INSERT,
-    ST_DD0_FIND,
-    ST_DD1_FIND,
-    ST_DD2_FIND,
-    ST_DD0_PURGE,
-    ST_DD1_PURGE,
-    ST_DD2_PURGE,
-    ST_META_SET,
+    ST_DLOG_INSERT,
+    ST_DLOG_GET,
+    ST_DLOG_OLDEST,
+    ST_DLOG_DELETE_UPTO,
     ST__COUNT
 };
 
@@ -101,33 +95,27 @@ static const char *const stmt_sql[ST__COUNT] = {
                         "bytes = ?5 WHERE id = ?1",
     [ST_MSG_INSERT] = "INSERT INTO messages(rid, msg_id, key, headers, payload, ts_ms, "
                       "deliver_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    [ST_DD0_INSERT] = "INSERT INTO dedupe_0(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
-                      "ON CONFLICT DO NOTHING",
-    [ST_DD1_INSERT] = "INSERT INTO dedupe_1(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
-                      "ON CONFLICT DO NOTHING",
-    [ST_DD2_INSERT] = "INSERT INTO dedupe_2(topic_id, msg_id, seq) VALUES (?1, ?2, ?3) "
-                      "ON CONFLICT DO NOTHING",
-    [ST_DD0_FIND] = "SELECT seq FROM dedupe_0 WHERE topic_id = ?1 AND msg_id = ?2",
-    [ST_DD1_FIND] = "SELECT seq FROM dedupe_1 WHERE topic_id = ?1 AND msg_id = ?2",
-    [ST_DD2_FIND] = "SELECT seq FROM dedupe_2 WHERE topic_id = ?1 AND msg_id = ?2",
-    [ST_DD0_PURGE] = "DELETE FROM dedupe_0 WHERE (topic_id, msg_id) IN "
-                     "(SELECT topic_id, msg_id FROM dedupe_0 LIMIT ?1)",
-    [ST_DD1_PURGE] = "DELETE FROM dedupe_1 WHERE (topic_id, msg_id) IN "
-                     "(SELECT topic_id, msg_id FROM dedupe_1 LIMIT ?1)",
-    [ST_DD2_PURGE] = "DELETE FROM dedupe_2 WHERE (topic_id, msg_id) IN "
-                     "(SELECT topic_id, msg_id FROM dedupe_2 LIMIT ?1)",
-    [ST_META_SET] = "INSERT INTO meta(name, value) VALUES (?1, ?2) "
-                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    [ST_DLOG_INSERT] =
+        "INSERT INTO dedupe_log(topic_id, seq, msg_id, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+    [ST_DLOG_GET] = "SELECT topic_id, seq, msg_id FROM dedupe_log WHERE id = ?1",
+    [ST_DLOG_OLDEST] = "SELECT id, topic_id, msg_id, ts_ms FROM dedupe_log ORDER BY id LIMIT ?1",
+    [ST_DLOG_DELETE_UPTO] = "DELETE FROM dedupe_log WHERE id <= ?1",
+};
+
+struct dd_change {
+    uint64_t h, log_id;
 };
 
 struct store {
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     uint64_t dedupe_window_ms;
-    int dedupe_cur; /* generation receiving new ids; previous is cur+2, expired cur+1 (mod 3) */
-    int64_t dedupe_rotated_ms;
-    int dedupe_prev_nonempty;    /* the previous generation may have rows: probe it */
-    int dedupe_expired_nonempty; /* the expired generation may have rows: purge it */
+    uint64_t dedupe_max_ids;
+    struct dedupe_index dd;
+    /* Index changes of the running transaction: additions are undone if it
+     * fails, removals (of purged rows) are applied only if it commits. */
+    struct dd_change *dd_added, *dd_removed;
+    size_t n_added, cap_added, n_removed, cap_removed;
 
     struct topic **buckets;
     size_t nbuckets;
@@ -412,12 +400,8 @@ static const char *const migrations[] = {
     "  payload BLOB NOT NULL,"
     "  ts_ms INTEGER NOT NULL,"
     "  deliver_at_ms INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TABLE dedupe_0 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
-    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
-    "CREATE TABLE dedupe_1 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
-    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
-    "CREATE TABLE dedupe_2 (topic_id INTEGER NOT NULL, msg_id TEXT NOT NULL,"
-    "  seq INTEGER NOT NULL, PRIMARY KEY (topic_id, msg_id)) WITHOUT ROWID;"
+    "CREATE TABLE dedupe_log (id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL,"
+    "  seq INTEGER NOT NULL, msg_id TEXT NOT NULL, ts_ms INTEGER NOT NULL);"
     "CREATE VIEW messages_v AS SELECT t.name AS topic, m.rid & 1099511627775 AS seq,"
     "  m.msg_id AS msg_id, m.key AS key, m.headers AS headers, m.payload AS payload,"
     "  m.ts_ms AS ts_ms, m.deliver_at_ms AS deliver_at_ms"
@@ -507,39 +491,30 @@ static int load_topics(struct store *s)
     return SQLITE_OK;
 }
 
-static int load_meta(struct store *s, int64_t now_ms)
+/* Rebuilds the in-memory index from dedupe_log. */
+static int load_dedupe(struct store *s)
 {
-    int64_t v;
-    int rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_cur'", &v);
-    if (rc == SQLITE_OK)
-        s->dedupe_cur = (int)(v >= 0 && v <= 2 ? v : 0);
-    else if (rc != SQLITE_NOTFOUND)
-        return rc;
-    rc = get_int(s, "SELECT value FROM meta WHERE name = 'dedupe_rotated_ms'", &v);
-    if (rc == SQLITE_OK) {
-        s->dedupe_rotated_ms = v;
-    } else if (rc == SQLITE_NOTFOUND) {
-        s->dedupe_rotated_ms = now_ms;
-        char sql[128];
-        snprintf(sql, sizeof(sql),
-                 "INSERT INTO meta(name, value) VALUES ('dedupe_rotated_ms', %lld)",
-                 (long long)now_ms);
-        if ((rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL)) != SQLITE_OK)
-            return rc;
-    } else {
+    sqlite3_stmt *st;
+    int rc =
+        sqlite3_prepare_v2(s->db, "SELECT id, topic_id, msg_id FROM dedupe_log", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(s, "load dedupe index");
         return rc;
     }
-    static const char *const probe[3] = {"SELECT 1 FROM dedupe_0 LIMIT 1",
-                                         "SELECT 1 FROM dedupe_1 LIMIT 1",
-                                         "SELECT 1 FROM dedupe_2 LIMIT 1"};
-    rc = get_int(s, probe[(s->dedupe_cur + 2) % 3], &v);
-    if (rc != SQLITE_OK && rc != SQLITE_NOTFOUND)
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        uint64_t h = dedupe_hash(&s->dd, sqlite3_column_int64(st, 1), sqlite3_column_blob(st, 2),
+                                 (size_t)sqlite3_column_bytes(st, 2));
+        if (dedupe_add(&s->dd, h, (uint64_t)sqlite3_column_int64(st, 0)) < 0) {
+            sqlite3_finalize(st);
+            snprintf(s->errmsg, sizeof(s->errmsg), "out of memory loading the dedupe index");
+            return SQLITE_NOMEM;
+        }
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        set_err(s, "load dedupe index");
         return rc;
-    s->dedupe_prev_nonempty = rc == SQLITE_OK;
-    rc = get_int(s, probe[(s->dedupe_cur + 1) % 3], &v);
-    if (rc != SQLITE_OK && rc != SQLITE_NOTFOUND)
-        return rc;
-    s->dedupe_expired_nonempty = rc == SQLITE_OK;
+    }
     return SQLITE_OK;
 }
 
@@ -558,8 +533,14 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         return FERRY_ENOMEM;
     }
     s->dedupe_window_ms = cfg->dedupe_window_ms;
+    s->dedupe_max_ids = cfg->dedupe_max_ids ? cfg->dedupe_max_ids : 10000000;
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
         s->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)s;
+    if (dedupe_init(&s->dd, splitmix64(&s->rng)) < 0) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return FERRY_ENOMEM;
+    }
 
     int rc = sqlite3_open_v2(
         cfg->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
@@ -608,9 +589,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         }
     }
 
-    int64_t now = wall_ms();
     if ((rc = migrate(s)) != SQLITE_OK || (rc = load_topics(s)) != SQLITE_OK ||
-        (rc = load_meta(s, now)) != SQLITE_OK) {
+        (rc = load_dedupe(s)) != SQLITE_OK) {
         if (!s->errmsg[0])
             set_err(s, "open");
         snprintf(err, errlen, "%s", s->errmsg);
@@ -649,6 +629,9 @@ void store_close(struct store *s)
         }
     }
     free(s->buckets);
+    dedupe_free(&s->dd);
+    free(s->dd_added);
+    free(s->dd_removed);
     buf_free(&s->scratch);
     free(s);
 }
@@ -657,6 +640,8 @@ void store_get_stats(const struct store *s, struct store_stats *out)
 {
     *out = s->stats;
     out->topics = s->ntopics;
+    out->dedupe_ids = s->dd.count;
+    out->dedupe_bytes = dedupe_memory(&s->dd);
 }
 
 const char *store_last_error(const struct store *s)
@@ -664,90 +649,111 @@ const char *store_last_error(const struct store *s)
     return s->errmsg;
 }
 
-/* ---- dedupe generations ---------------------------------------------- */
+/* ---- dedupe ----------------------------------------------------------- */
 
-static int meta_set(struct store *s, const char *name, int64_t v)
+static int dd_note(struct dd_change **arr, size_t *n, size_t *cap, uint64_t h, uint64_t log_id)
 {
-    sqlite3_stmt *st = s->st[ST_META_SET];
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, v);
-    return step_done(st);
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 1024;
+        struct dd_change *p = realloc(*arr, nc * sizeof(*p));
+        if (!p)
+            return -1;
+        *arr = p;
+        *cap = nc;
+    }
+    (*arr)[(*n)++] = (struct dd_change){h, log_id};
+    return 0;
 }
 
-static sqlite3_stmt *dd_stmt(struct store *s, int base, int gen)
+/*
+ * Inside the transaction: deletes the oldest dedupe_log rows that are past
+ * the window, or beyond the maximum number of remembered ids, at most
+ * `limit` of them. Their index entries are removed when the commit succeeds.
+ */
+static int dedupe_purge(struct store *s, int64_t now_ms, uint64_t batch_msgs)
 {
-    return s->st[base + gen];
-}
-
-/* Deletes up to limit rows of the expired generation. */
-static int dedupe_purge_step(struct store *s, int64_t limit, int *emptied)
-{
-    sqlite3_stmt *st = dd_stmt(s, ST_DD0_PURGE, (s->dedupe_cur + 1) % 3);
+    int64_t limit = (int64_t)batch_msgs * 2;
+    if (limit < DEDUPE_PURGE_MIN)
+        limit = DEDUPE_PURGE_MIN;
+    uint64_t live = s->dd.count;
+    int64_t cutoff = now_ms - (int64_t)s->dedupe_window_ms;
+    sqlite3_stmt *st = s->st[ST_DLOG_OLDEST];
     sqlite3_bind_int64(st, 1, limit);
-    int rc = step_done(st);
-    if (rc != SQLITE_OK) {
+    int64_t last = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t ts = sqlite3_column_int64(st, 3);
+        if (ts >= cutoff && live <= s->dedupe_max_ids)
+            break;
+        last = sqlite3_column_int64(st, 0);
+        uint64_t h = dedupe_hash(&s->dd, sqlite3_column_int64(st, 1), sqlite3_column_blob(st, 2),
+                                 (size_t)sqlite3_column_bytes(st, 2));
+        if (dd_note(&s->dd_removed, &s->n_removed, &s->cap_removed, h, (uint64_t)last) < 0) {
+            sqlite3_reset(st);
+            return SQLITE_NOMEM;
+        }
+        if (ts >= cutoff)
+            s->stats.dedupe_evicted++;
+        live--;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         set_err(s, "purge dedupe");
         return rc;
     }
-    int n = sqlite3_changes(s->db);
-    s->stats.dedupe_purged += (uint64_t)n;
-    *emptied = n < limit;
-    return SQLITE_OK;
-}
-
-/* Inside the transaction: purge a step of the expired generation, and
- * rotate when a window has passed. Rotation needs the expired generation
- * empty (it becomes current); normally it has been for long, and a burst
- * the purge steps did not keep up with is finished here. */
-static int dedupe_maintain(struct store *s, int64_t now_ms, uint64_t batch_msgs, int *rotated)
-{
-    int rc, emptied = 0;
-    *rotated = 0;
-    if (s->dedupe_expired_nonempty) {
-        int64_t limit = (int64_t)batch_msgs * 2;
-        if (limit < DEDUPE_PURGE_MIN)
-            limit = DEDUPE_PURGE_MIN;
-        if ((rc = dedupe_purge_step(s, limit, &emptied)) != SQLITE_OK)
-            return rc;
-        if (emptied)
-            s->dedupe_expired_nonempty = 0;
-    }
-    if (now_ms - s->dedupe_rotated_ms >= (int64_t)s->dedupe_window_ms) {
-        while (s->dedupe_expired_nonempty) {
-            if ((rc = dedupe_purge_step(s, 100000, &emptied)) != SQLITE_OK)
-                return rc;
-            if (emptied)
-                s->dedupe_expired_nonempty = 0;
-        }
-        if ((rc = meta_set(s, "dedupe_cur", (s->dedupe_cur + 1) % 3)) != SQLITE_OK ||
-            (rc = meta_set(s, "dedupe_rotated_ms", now_ms)) != SQLITE_OK) {
-            set_err(s, "rotate dedupe");
-            return rc;
-        }
-        *rotated = 1;
+    if (!last)
+        return SQLITE_OK;
+    st = s->st[ST_DLOG_DELETE_UPTO];
+    sqlite3_bind_int64(st, 1, last);
+    if ((rc = step_done(st)) != SQLITE_OK) {
+        set_err(s, "purge dedupe");
+        return rc;
     }
     return SQLITE_OK;
 }
 
-/* Looks id up in one generation: 1 and *seq when found, 0 when not, <0 on
- * error (a negated SQLite code). */
-static int dedupe_find(struct store *s, int gen, int64_t topic_id, const uint8_t *id, size_t len,
-                       uint64_t *seq)
+/* Finishes the transaction's index bookkeeping. */
+static void dedupe_settle(struct store *s, int ok)
 {
-    sqlite3_stmt *st = dd_stmt(s, ST_DD0_FIND, gen);
-    sqlite3_bind_int64(st, 1, topic_id);
-    sqlite3_bind_text(st, 2, (const char *)id, (int)len, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    int found = 0;
-    if (rc == SQLITE_ROW) {
-        *seq = (uint64_t)sqlite3_column_int64(st, 0);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        set_err(s, "dedupe lookup");
-        found = -rc;
+    if (ok) {
+        for (size_t i = 0; i < s->n_removed; i++)
+            s->stats.dedupe_purged +=
+                (uint64_t)dedupe_remove(&s->dd, s->dd_removed[i].h, s->dd_removed[i].log_id);
+    } else {
+        for (size_t i = 0; i < s->n_added; i++)
+            dedupe_remove(&s->dd, s->dd_added[i].h, s->dd_added[i].log_id);
     }
-    sqlite3_reset(st);
-    return found;
+    s->n_added = s->n_removed = 0;
+}
+
+/* Looks (topic, id) up: 1 and *seq when stored, 0 when not, or a negated
+ * SQLite code. Every hash candidate is checked against its log row. */
+static int dedupe_lookup(struct store *s, uint64_t h, int64_t topic_id, const uint8_t *id,
+                         size_t len, uint64_t *seq)
+{
+    size_t pos = 0;
+    uint64_t log_id;
+    sqlite3_stmt *st = s->st[ST_DLOG_GET];
+    while (dedupe_next(&s->dd, h, &pos, &log_id)) {
+        sqlite3_bind_int64(st, 1, (int64_t)log_id);
+        int rc = sqlite3_step(st);
+        int found = 0;
+        if (rc == SQLITE_ROW) {
+            found = sqlite3_column_int64(st, 0) == topic_id &&
+                    (size_t)sqlite3_column_bytes(st, 2) == len &&
+                    memcmp(sqlite3_column_blob(st, 2), id, len) == 0;
+            if (found)
+                *seq = (uint64_t)sqlite3_column_int64(st, 1);
+        } else if (rc != SQLITE_DONE) {
+            set_err(s, "dedupe lookup");
+            sqlite3_reset(st);
+            return -rc;
+        }
+        sqlite3_reset(st);
+        if (found)
+            return 1;
+    }
+    return 0;
 }
 
 /* ---- publish ---------------------------------------------------------- */
@@ -761,31 +767,15 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     if (!t)
         return SQLITE_ERROR;
     struct proto_writer w;
-    uint64_t seq;
+    uint64_t seq = 0;
     int rc;
 
+    uint64_t h = 0;
     if (m->id.len) {
-        int found = 0;
-        if (s->dedupe_prev_nonempty) {
-            found = dedupe_find(s, (s->dedupe_cur + 2) % 3, t->id, m->id.ptr, m->id.len, &seq);
-            if (found < 0)
-                return -found;
-        }
-        if (!found) {
-            sqlite3_stmt *st = dd_stmt(s, ST_DD0_INSERT, s->dedupe_cur);
-            sqlite3_bind_int64(st, 1, t->id);
-            sqlite3_bind_text(st, 2, (const char *)m->id.ptr, (int)m->id.len, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 3, (int64_t)(t->c.head + 1));
-            if ((rc = step_done(st)) != SQLITE_OK) {
-                set_err(s, "dedupe insert");
-                return rc;
-            }
-            if (sqlite3_changes(s->db) == 0) {
-                found = dedupe_find(s, s->dedupe_cur, t->id, m->id.ptr, m->id.len, &seq);
-                if (found < 0)
-                    return -found;
-            }
-        }
+        h = dedupe_hash(&s->dd, t->id, m->id.ptr, m->id.len);
+        int found = dedupe_lookup(s, h, t->id, m->id.ptr, m->id.len, &seq);
+        if (found < 0)
+            return -found;
         if (found) {
             s->stats.duplicates++;
             proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
@@ -838,6 +828,23 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     if ((rc = step_done(st)) != SQLITE_OK) {
         set_err(s, "insert message");
         return rc;
+    }
+    if (m->id.len) {
+        st = s->st[ST_DLOG_INSERT];
+        sqlite3_bind_int64(st, 1, t->id);
+        sqlite3_bind_int64(st, 2, (int64_t)seq);
+        sqlite3_bind_text(st, 3, (const char *)m->id.ptr, (int)m->id.len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, now_ms);
+        if ((rc = step_done(st)) != SQLITE_OK) {
+            set_err(s, "insert dedupe record");
+            return rc;
+        }
+        uint64_t log_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
+        if (dedupe_add(&s->dd, h, log_id) < 0 ||
+            dd_note(&s->dd_added, &s->n_added, &s->cap_added, h, log_id) < 0) {
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
     }
     t->c.head = seq;
     if (!t->c.first)
@@ -959,7 +966,7 @@ static void reply_error(struct batch *b, struct op *op, int code, const char *ms
 void store_commit(struct store *s, struct batch *b, int64_t now_ms)
 {
     uint64_t t0 = now_us();
-    int ferr = 0, rotated = 0;
+    int ferr = 0;
     s->stored_before = s->stats.messages_stored;
     s->dups_before = s->stats.duplicates;
     int rc = step_done(s->st[ST_BEGIN]);
@@ -977,7 +984,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         }
     }
     if (rc == SQLITE_OK)
-        rc = dedupe_maintain(s, now_ms, b->messages, &rotated);
+        rc = dedupe_purge(s, now_ms, b->messages);
     if (rc == SQLITE_OK && (rc = topics_flush(s)) == SQLITE_OK) {
         rc = step_done(s->st[ST_COMMIT]);
         if (rc != SQLITE_OK)
@@ -986,13 +993,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
 
     if (rc == SQLITE_OK) {
         topics_settle(s, 1);
-        if (rotated) {
-            s->dedupe_cur = (s->dedupe_cur + 1) % 3;
-            s->dedupe_rotated_ms = now_ms;
-            s->dedupe_expired_nonempty = s->dedupe_prev_nonempty;
-            s->dedupe_prev_nonempty = 1;
-            s->stats.dedupe_rotations++;
-        }
+        dedupe_settle(s, 1);
         s->stats.commits++;
         b->commit_status = 0;
     } else {
@@ -1000,6 +1001,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         if (!sqlite3_get_autocommit(s->db))
             step_done(s->st[ST_ROLLBACK]);
         topics_settle(s, 0);
+        dedupe_settle(s, 0);
         s->stats.failed_commits++;
         s->stats.messages_stored = s->stored_before;
         s->stats.duplicates = s->dups_before;

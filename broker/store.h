@@ -19,7 +19,8 @@ struct store_config {
     const char *path;          /* the database file */
     int sync_full;             /* 1: fsync every commit (synchronous=FULL) */
     int cache_mb;              /* SQLite page cache */
-    uint64_t dedupe_window_ms; /* ids are remembered at least this long */
+    uint64_t dedupe_window_ms; /* ids are remembered this long... */
+    uint64_t dedupe_max_ids;   /* ...unless more than this many (0: 10,000,000) */
     uint64_t max_db_bytes;     /* 0: no cap; else publishes fail with STORAGE_FULL beyond */
 };
 
@@ -43,8 +44,10 @@ struct store_stats {
     uint64_t duplicates;      /* since open */
     uint64_t commits;
     uint64_t failed_commits;
-    uint64_t dedupe_rotations;
-    uint64_t dedupe_purged;
+    uint64_t dedupe_purged;  /* ids forgotten (window passed or evicted) */
+    uint64_t dedupe_evicted; /* ids forgotten early: over dedupe_max_ids */
+    uint64_t dedupe_ids;     /* ids remembered now */
+    uint64_t dedupe_bytes;   /* memory of the in-memory index */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 

@@ -281,45 +281,77 @@ static void test_store_reopen_keeps_heads(void **state)
     }
 }
 
-/* An id is remembered at least one window and forgotten within two. */
-static void test_store_dedupe_generations(void **state)
+/* An id is remembered for the dedupe window, then forgotten. */
+static void test_store_dedupe_window_expires(void **state)
 {
     struct fixture *f = *state;
     store_close(f->store);
     f->cfg.dedupe_window_ms = 1000;
     char err[256];
     assert_int_equal(store_open(&f->cfg, &f->store, err, sizeof(err)), 0);
-    int64_t t0 = 4000000000000; /* far after the time recorded at open */
+    int64_t t0 = 4000000000000;
 
     struct tmsg a[] = {{"t", "k", "1"}};
-    add_publish(f, 1, a, 1); /* this commit also rotates: the window passed */
+    add_publish(f, 1, a, 1);
     commit(f, t0);
     assert_int_equal(ack_of(f, 0, 0).flags, 0);
 
     batch_reset(&f->batch);
     add_publish(f, 2, a, 1);
-    commit(f, t0 + 999);
-    assert_int_equal(ack_of(f, 0, 0).flags, PROTO_ACK_DUPLICATE);
-
-    batch_reset(&f->batch);
-    add_publish(f, 3, a, 1); /* rotation: "k" moves to the old generation */
-    commit(f, t0 + 1000);
+    commit(f, t0 + 1000); /* exactly one window later: still known */
     assert_int_equal(ack_of(f, 0, 0).flags, PROTO_ACK_DUPLICATE);
     assert_int_equal(ack_of(f, 0, 0).seq, 1);
 
     batch_reset(&f->batch);
     struct tmsg other[] = {{"t", "z", "1"}};
-    add_publish(f, 4, other, 1); /* rotation again: the old generation is purged */
-    commit(f, t0 + 2000);
-    batch_reset(&f->batch);
-    add_publish(f, 5, a, 1);
-    commit(f, t0 + 2001);
-    assert_int_equal(ack_of(f, 0, 0).flags, 0); /* forgotten: stored anew */
-    assert_int_equal(ack_of(f, 0, 0).seq, 3);
+    add_publish(f, 3, other, 1); /* this commit purges "k" */
+    commit(f, t0 + 1001);
     struct store_stats st;
     store_get_stats(f->store, &st);
-    assert_true(st.dedupe_rotations >= 2);
-    assert_true(st.dedupe_purged >= 1);
+    assert_int_equal(st.dedupe_purged, 1);
+    assert_int_equal(st.dedupe_ids, 1);
+
+    /* Forgotten in memory and on disk: a reopen does not bring it back. */
+    reopen(f);
+    batch_reset(&f->batch);
+    add_publish(f, 4, a, 1);
+    commit(f, t0 + 1002);
+    assert_int_equal(ack_of(f, 0, 0).flags, 0);
+    assert_int_equal(ack_of(f, 0, 0).seq, 3);
+}
+
+/* Beyond the maximum of remembered ids the oldest are forgotten first. */
+static void test_store_dedupe_max_ids_evicts_oldest(void **state)
+{
+    struct fixture *f = *state;
+    store_close(f->store);
+    f->cfg.dedupe_max_ids = 5;
+    char err[256];
+    assert_int_equal(store_open(&f->cfg, &f->store, err, sizeof(err)), 0);
+    char ids[10][8];
+    struct tmsg m[10];
+    for (int i = 0; i < 10; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "id%d", i);
+        m[i] = (struct tmsg){"t", ids[i], "x"};
+    }
+    add_publish(f, 1, m, 10);
+    commit(f, 1000);
+    struct store_stats st;
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.dedupe_ids, 5);
+    assert_int_equal(st.dedupe_evicted, 5);
+
+    reopen(f);
+    batch_reset(&f->batch);
+    struct tmsg again[] = {{"t", "id9", "x"}, {"t", "id5", "x"}, {"t", "id4", "x"}};
+    add_publish(f, 2, again, 3);
+    commit(f, 2000);
+    assert_int_equal(ack_of(f, 0, 0).flags, PROTO_ACK_DUPLICATE);
+    assert_int_equal(ack_of(f, 0, 0).seq, 10);
+    assert_int_equal(ack_of(f, 0, 1).flags, PROTO_ACK_DUPLICATE);
+    assert_int_equal(ack_of(f, 0, 1).seq, 6);
+    assert_int_equal(ack_of(f, 0, 2).flags, 0); /* evicted: stored again */
+    assert_int_equal(ack_of(f, 0, 2).seq, 11);
 }
 
 int main(void)
@@ -332,7 +364,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_store_topics_listing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_reopen_keeps_heads, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_store_dedupe_generations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_dedupe_window_expires, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_dedupe_max_ids_evicts_oldest, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
