@@ -24,6 +24,7 @@ struct broker_config {
     uint32_t max_frame_bytes; /* derived: max(4 MiB, max_message + 64 KiB) */
     uint32_t max_batch;
     uint64_t dedupe_window_ms;
+    uint64_t dedupe_max_ids;
     int max_connections;
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms; /* 0: never */

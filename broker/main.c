@@ -30,6 +30,9 @@ static const char usage[] =
     "  --max-batch N             most messages in one batch publish (default 10000)\n"
     "  --dedupe-window DURATION  how long message ids are remembered for idempotent\n"
     "                            publish, e.g. 90s, 30m, 48h, 7d (default 48h)\n"
+    "  --dedupe-max-ids N        remember at most N ids (the oldest are forgotten\n"
+    "                            first); the index costs up to 32 bytes an id\n"
+    "                            (default 10000000)\n"
     "  --max-connections N       connections beyond this are refused (default 1024)\n"
     "  --handshake-timeout DURATION  close connections that have not sent HELLO\n"
     "                            by then (default 10s)\n"
@@ -148,6 +151,7 @@ int main(int argc, char **argv)
     cfg.max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
     cfg.max_batch = PROTO_MAX_BATCH;
     cfg.dedupe_window_ms = 48ull * 3600 * 1000;
+    cfg.dedupe_max_ids = 10000000;
     cfg.max_connections = 1024;
     cfg.handshake_timeout_ms = 10000;
     cfg.idle_timeout_ms = 0;
@@ -163,6 +167,7 @@ int main(int argc, char **argv)
         OPT_DEDUPE,
         OPT_DEDUPE_MS,
         OPT_MAXCONN,
+        OPT_DEDUPE_MAX,
         OPT_HSTIMEOUT,
         OPT_IDLE,
         OPT_IDLE_MS,
@@ -182,6 +187,7 @@ int main(int argc, char **argv)
         {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
         {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
         {"max-connections", required_argument, NULL, OPT_MAXCONN},
+        {"dedupe-max-ids", required_argument, NULL, OPT_DEDUPE_MAX},
         {"handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT},
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
         {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
@@ -232,6 +238,11 @@ int main(int argc, char **argv)
             if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
                 return bad("--dedupe-window-ms", optarg);
             cfg.dedupe_window_ms = v;
+            break;
+        case OPT_DEDUPE_MAX:
+            if (parse_uint(optarg, 1ull << 32, &v) < 0 || v < 1)
+                return bad("--dedupe-max-ids", optarg);
+            cfg.dedupe_max_ids = v;
             break;
         case OPT_MAXCONN:
             if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)

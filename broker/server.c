@@ -254,6 +254,7 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         .sync_full = cfg->sync_full,
         .cache_mb = cfg->cache_mb,
         .dedupe_window_ms = cfg->dedupe_window_ms,
+        .dedupe_max_ids = cfg->dedupe_max_ids,
         .max_db_bytes = cfg->max_db_bytes,
     };
     int rc = store_open(&sc, &b->store, err, sizeof(err));
@@ -263,7 +264,8 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     }
     struct store_stats st;
     store_get_stats(b->store, &st);
-    log_info("store %s open: %llu topic(s)", path, (unsigned long long)st.topics);
+    log_info("store %s open: %llu topic(s), %llu message id(s) remembered for dedupe", path,
+             (unsigned long long)st.topics, (unsigned long long)st.dedupe_ids);
     return 0;
 }
 

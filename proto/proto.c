@@ -1,1 +1,916 @@
+/*
+ * proto.c - Ferry wire protocol v1: decoder, iterators, semantic checks and
+ * encoder. The frame layout is described in proto.h and, normatively, in
+ * docs/PROTOCOL.md.
+ *
+ * Decoding goes through a cursor (struct cur) that holds the unread part of
+ * one frame as [p, end). Every read first compares the bytes it wants with
+ * end - p, so no length taken from the wire is ever added to a pointer before
+ * it is known to fit; lengths are size_t and never summed. A failed read
+ * leaves the cursor where it was and returns -1.
+ *
+ * The decoder validates a frame completely before it returns > 0: every
+ * count is within its maximum, every variable-length field lies inside the
+ * frame and under its maximum, and the body is consumed exactly. The
+ * iterators reuse the very same read functions, so walking a decoded frame
+ * cannot fail; if one is handed a hand-made struct that does not hold, it
+ * stops (returns 0) instead of reading past the end.
+ *
+ * Encoding goes through struct proto_writer. A writer that would pass cap
+ * sets overflow and writes nothing more; the whole-frame helpers also set it
+ * when asked to encode a field over its protocol maximum, so whatever they
+ * produce successfully the decoder accepts.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
 #include "proto.h"
+
+/* --- Decoding ---------------------------------------------------------- */
+
+struct cur {
+    const uint8_t *p;
+    const uint8_t *end;
+};
+
+static size_t cur_left(const struct cur *c)
+{
+    return (size_t)(c->end - c->p);
+}
+
+static int rd_u8(struct cur *c, uint8_t *v)
+{
+    if (cur_left(c) < 1)
+        return -1;
+    *v = c->p[0];
+    c->p += 1;
+    return 0;
+}
+
+static int rd_u16(struct cur *c, uint16_t *v)
+{
+    if (cur_left(c) < 2)
+        return -1;
+    *v = proto_rd16(c->p);
+    c->p += 2;
+    return 0;
+}
+
+static int rd_u32(struct cur *c, uint32_t *v)
+{
+    if (cur_left(c) < 4)
+        return -1;
+    *v = proto_rd32(c->p);
+    c->p += 4;
+    return 0;
+}
+
+static int rd_u64(struct cur *c, uint64_t *v)
+{
+    if (cur_left(c) < 8)
+        return -1;
+    *v = proto_rd64(c->p);
+    c->p += 8;
+    return 0;
+}
+
+/* n bytes as a slice; the cursor must hold them. */
+static int rd_slice(struct cur *c, size_t n, struct proto_slice *s)
+{
+    if (n > cur_left(c))
+        return -1;
+    s->ptr = c->p;
+    s->len = n;
+    c->p += n;
+    return 0;
+}
+
+/* str16 of min..max bytes. On failure the cursor is unchanged. */
+static int rd_str16(struct cur *c, size_t min, size_t max, struct proto_slice *s)
+{
+    struct cur save = *c;
+    uint16_t n;
+
+    if (rd_u16(c, &n) < 0 || n < min || n > max || rd_slice(c, n, s) < 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+static int rd_bytes32(struct cur *c, struct proto_slice *s)
+{
+    struct cur save = *c;
+    uint32_t n;
+
+    if (rd_u32(c, &n) < 0 || rd_slice(c, n, s) < 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* One header: str16 name (1..255), str16 value. */
+static int rd_header(struct cur *c, struct proto_header *h)
+{
+    struct cur save = *c;
+
+    if (rd_str16(c, 1, PROTO_MAX_HEADER_NAME, &h->name) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_HEADER_VALUE, &h->value) < 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* One PUBLISH message, headers walked and checked. Structural limits only;
+ * the topic alphabet and the message size are proto_msg_check()'s job. */
+static int rd_msg(struct cur *c, struct proto_msg *m)
+{
+    struct cur save = *c;
+    struct proto_header h;
+    const uint8_t *headers;
+    uint16_t i;
+
+    if (rd_str16(c, 0, PROTO_MAX_TOPIC, &m->topic) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_ID, &m->id) < 0 || rd_str16(c, 0, PROTO_MAX_KEY, &m->key) < 0 ||
+        rd_u64(c, &m->deliver_at_ms) < 0 || rd_u16(c, &m->header_count) < 0 ||
+        m->header_count > PROTO_MAX_HEADERS)
+        goto fail;
+    headers = c->p;
+    for (i = 0; i < m->header_count; i++) {
+        if (rd_header(c, &h) < 0)
+            goto fail;
+    }
+    m->headers.ptr = headers;
+    m->headers.len = (size_t)(c->p - headers);
+    if (rd_bytes32(c, &m->payload) < 0)
+        goto fail;
+    return 0;
+fail:
+    *c = save;
+    return -1;
+}
+
+/* One PUBLISH_ACK entry: u64 seq, u8 flags, str16 id (0..128). */
+static int rd_ack(struct cur *c, struct proto_ack_entry *a)
+{
+    struct cur save = *c;
+
+    if (rd_u64(c, &a->seq) < 0 || rd_u8(c, &a->flags) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_ID, &a->id) < 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* One TOPICS_OK entry: u16 entry_length, then that many bytes holding the
+ * v1 fields followed by anything a later revision appends (skipped). */
+static int rd_topic(struct cur *c, struct proto_topic_info *t)
+{
+    struct cur save = *c;
+    struct proto_slice entry;
+    struct cur e;
+    uint16_t n;
+
+    if (rd_u16(c, &n) < 0 || rd_slice(c, n, &entry) < 0)
+        goto fail;
+    e.p = entry.ptr;
+    e.end = entry.ptr + entry.len;
+    if (rd_str16(&e, 0, PROTO_MAX_TOPIC, &t->name) < 0 || rd_u64(&e, &t->head_seq) < 0 ||
+        rd_u64(&e, &t->first_seq) < 0 || rd_u64(&e, &t->message_count) < 0 ||
+        rd_u64(&e, &t->bytes) < 0 || rd_u64(&e, &t->created_ms) < 0)
+        goto fail;
+    return 0;
+fail:
+    *c = save;
+    return -1;
+}
+
+static int type_known(uint8_t type)
+{
+    switch (type) {
+    case PROTO_HELLO:
+    case PROTO_HELLO_OK:
+    case PROTO_ERROR:
+    case PROTO_PING:
+    case PROTO_PONG:
+    case PROTO_PUBLISH:
+    case PROTO_PUBLISH_ACK:
+    case PROTO_TOPICS:
+    case PROTO_TOPICS_OK:
+        return 1;
+    default:
+        return proto_type_reserved(type);
+    }
+}
+
+int proto_type_reserved(uint8_t type)
+{
+    return type >= PROTO_SUBSCRIBE && type <= PROTO_ACK_OK;
+}
+
+/*
+ * The header checks happen as early as the bytes allow: the length field is
+ * judged as soon as its 4 bytes are there, so an oversized or undersized
+ * frame is refused before any of it is buffered.
+ */
+int proto_peek_header(const uint8_t *buf, size_t len, uint32_t max_frame, uint32_t *length_out,
+                      uint8_t *type_out, uint32_t *request_id_out)
+{
+    uint32_t length;
+
+    if (max_frame > PROTO_ABSOLUTE_MAX_FRAME)
+        max_frame = PROTO_ABSOLUTE_MAX_FRAME;
+    if (len < 4)
+        return 0;
+    length = proto_rd32(buf);
+    if (length_out)
+        *length_out = length;
+    if (length < PROTO_MIN_LENGTH)
+        return FERRY_EMALFORMED;
+    if (length > max_frame)
+        return FERRY_EFRAME_TOO_LARGE;
+    if (len < PROTO_HEADER_BYTES)
+        return 0;
+    if (type_out)
+        *type_out = buf[4];
+    if (request_id_out)
+        *request_id_out = proto_rd32(buf + 6);
+    return PROTO_HEADER_BYTES;
+}
+
+static int decode_hello(struct cur *c, struct proto_hello *h)
+{
+    if (rd_u16(c, &h->version) < 0 || rd_str16(c, 0, PROTO_MAX_CLIENT_NAME, &h->client_name) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_TOKEN, &h->token) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_hello_ok(struct cur *c, struct proto_hello_ok *h)
+{
+    if (rd_u16(c, &h->version) < 0 || rd_u32(c, &h->max_frame_bytes) < 0 ||
+        rd_u32(c, &h->max_message_bytes) < 0 || rd_u32(c, &h->max_batch) < 0 ||
+        rd_u64(c, &h->dedupe_window_ms) < 0 || rd_str16(c, 0, UINT16_MAX, &h->server_name) < 0)
+        return -1;
+    /* Fields appended by later revisions are skipped. */
+    c->p = c->end;
+    return 0;
+}
+
+static int decode_error(struct cur *c, struct proto_error *e)
+{
+    if (rd_u16(c, &e->code) < 0 || e->code == 0 || e->code > FERRY_WIRE_CODE_MAX ||
+        rd_str16(c, 0, PROTO_MAX_ERROR_TEXT, &e->message) < 0)
+        return -1;
+    return 0;
+}
+
+/* Walks every message once so that proto_msg_next() cannot fail later. */
+static int decode_publish(struct cur *c, struct proto_publish *pub)
+{
+    struct proto_msg m;
+    const uint8_t *start;
+    uint16_t i;
+
+    if (rd_u16(c, &pub->count) < 0 || pub->count == 0 || pub->count > PROTO_MAX_BATCH)
+        return -1;
+    start = c->p;
+    for (i = 0; i < pub->count; i++) {
+        if (rd_msg(c, &m) < 0)
+            return -1;
+    }
+    pub->msgs.ptr = start;
+    pub->msgs.len = (size_t)(c->p - start);
+    return 0;
+}
+
+static int decode_publish_ack(struct cur *c, struct proto_publish_ack *ack)
+{
+    struct proto_ack_entry a;
+    const uint8_t *start;
+    uint16_t i;
+
+    if (rd_u16(c, &ack->count) < 0 || ack->count == 0 || ack->count > PROTO_MAX_BATCH)
+        return -1;
+    start = c->p;
+    for (i = 0; i < ack->count; i++) {
+        if (rd_ack(c, &a) < 0)
+            return -1;
+    }
+    ack->acks.ptr = start;
+    ack->acks.len = (size_t)(c->p - start);
+    return 0;
+}
+
+static int decode_topics_ok(struct cur *c, struct proto_topics_ok *t)
+{
+    struct proto_topic_info info;
+    const uint8_t *start;
+    uint32_t i;
+
+    if (rd_u32(c, &t->count) < 0 || t->count > PROTO_MAX_TOPICS)
+        return -1;
+    start = c->p;
+    for (i = 0; i < t->count; i++) {
+        if (rd_topic(c, &info) < 0)
+            return -1;
+    }
+    t->entries.ptr = start;
+    t->entries.len = (size_t)(c->p - start);
+    return 0;
+}
+
+ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struct proto_frame *out)
+{
+    uint32_t length, request_id;
+    uint8_t type;
+    struct cur c;
+    int rc;
+
+    rc = proto_peek_header(buf, len, max_frame, &length, &type, &request_id);
+    if (rc <= 0)
+        return rc;
+    if (!type_known(type))
+        return FERRY_EUNKNOWN_TYPE;
+    /* len >= PROTO_HEADER_BYTES here, so len - 4 cannot wrap. */
+    if (length > len - 4)
+        return 0;
+
+    memset(out, 0, sizeof *out);
+    out->type = type;
+    out->flags = buf[5];
+    out->request_id = request_id;
+    out->body.ptr = buf + PROTO_HEADER_BYTES;
+    out->body.len = length - PROTO_MIN_LENGTH;
+    c.p = out->body.ptr;
+    c.end = c.p + out->body.len;
+
+    switch (type) {
+    case PROTO_HELLO:
+        rc = decode_hello(&c, &out->u.hello);
+        break;
+    case PROTO_HELLO_OK:
+        rc = decode_hello_ok(&c, &out->u.hello_ok);
+        break;
+    case PROTO_ERROR:
+        rc = decode_error(&c, &out->u.error);
+        break;
+    case PROTO_PUBLISH:
+        rc = decode_publish(&c, &out->u.publish);
+        break;
+    case PROTO_PUBLISH_ACK:
+        rc = decode_publish_ack(&c, &out->u.publish_ack);
+        break;
+    case PROTO_TOPICS_OK:
+        rc = decode_topics_ok(&c, &out->u.topics_ok);
+        break;
+    case PROTO_PING:
+    case PROTO_PONG:
+    case PROTO_TOPICS:
+        rc = 0; /* empty body: the trailing-bytes check below enforces it */
+        break;
+    default:
+        /* Reserved consumer-group type: the body is the caller's. */
+        c.p = c.end;
+        rc = 0;
+        break;
+    }
+    if (rc < 0 || c.p != c.end)
+        return FERRY_EMALFORMED;
+    return (ptrdiff_t)length + 4;
+}
+
+/* --- Iterators --------------------------------------------------------- */
+
+/* Sets up [p, end) over a slice; a NULL slice gives an empty range without
+ * doing arithmetic on a null pointer. */
+static void range_init(const struct proto_slice *s, const uint8_t **p, const uint8_t **end)
+{
+    if (s->ptr == NULL) {
+        *p = NULL;
+        *end = NULL;
+        return;
+    }
+    *p = s->ptr;
+    *end = s->ptr + s->len;
+}
+
+void proto_msg_iter_init(struct proto_msg_iter *it, const struct proto_publish *pub)
+{
+    range_init(&pub->msgs, &it->p, &it->end);
+    it->left = it->p ? pub->count : 0;
+}
+
+int proto_msg_next(struct proto_msg_iter *it, struct proto_msg *out)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_msg(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_header_iter_init(struct proto_header_iter *it, const struct proto_msg *msg)
+{
+    range_init(&msg->headers, &it->p, &it->end);
+    it->left = it->p ? msg->header_count : 0;
+}
+
+int proto_header_next(struct proto_header_iter *it, struct proto_header *out)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_header(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_ack_iter_init(struct proto_ack_iter *it, const struct proto_publish_ack *ack)
+{
+    range_init(&ack->acks, &it->p, &it->end);
+    it->left = it->p ? ack->count : 0;
+}
+
+int proto_ack_next(struct proto_ack_iter *it, struct proto_ack_entry *out)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_ack(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_topic_iter_init(struct proto_topic_iter *it, const struct proto_topics_ok *t)
+{
+    range_init(&t->entries, &it->p, &it->end);
+    it->left = it->p ? t->count : 0;
+}
+
+int proto_topic_next(struct proto_topic_iter *it, struct proto_topic_info *out)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_topic(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+/* --- Semantic checks --------------------------------------------------- */
+
+static int is_alnum(uint8_t ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+}
+
+int proto_topic_valid(const uint8_t *name, size_t len)
+{
+    size_t i;
+
+    if (name == NULL || len == 0 || len > PROTO_MAX_TOPIC || !is_alnum(name[0]))
+        return FERRY_EINVALID_TOPIC;
+    for (i = 1; i < len; i++) {
+        uint8_t ch = name[i];
+        if (!is_alnum(ch) && ch != '.' && ch != '_' && ch != '-')
+            return FERRY_EINVALID_TOPIC;
+    }
+    return 0;
+}
+
+int proto_id_valid(const uint8_t *id, size_t len)
+{
+    size_t i;
+
+    if (id == NULL || len == 0 || len > PROTO_MAX_ID)
+        return FERRY_EINVALID_ID;
+    for (i = 0; i < len; i++) {
+        if (id[i] < 0x21 || id[i] > 0x7e)
+            return FERRY_EINVALID_ID;
+    }
+    return 0;
+}
+
+uint64_t proto_msg_size(const struct proto_msg *msg)
+{
+    struct proto_header_iter it;
+    struct proto_header h;
+    uint64_t size = (uint64_t)msg->key.len + (uint64_t)msg->payload.len;
+
+    proto_header_iter_init(&it, msg);
+    while (proto_header_next(&it, &h))
+        size += (uint64_t)h.name.len + (uint64_t)h.value.len;
+    return size;
+}
+
+int proto_msg_check(const struct proto_msg *msg, uint32_t max_message_bytes)
+{
+    int rc;
+
+    rc = proto_topic_valid(msg->topic.ptr, msg->topic.len);
+    if (rc < 0)
+        return rc;
+    if (msg->id.len > 0) {
+        rc = proto_id_valid(msg->id.ptr, msg->id.len);
+        if (rc < 0)
+            return rc;
+    }
+    if (proto_msg_size(msg) > max_message_bytes)
+        return FERRY_EMESSAGE_TOO_LARGE;
+    return 0;
+}
+
+/* --- Encoding ---------------------------------------------------------- */
+
+void proto_writer_init(struct proto_writer *w, uint8_t *buf, size_t cap)
+{
+    w->buf = buf;
+    w->cap = buf ? cap : 0;
+    w->len = 0;
+    w->overflow = 0;
+}
+
+/* Reserves n > 0 bytes at the end, or marks the writer overflowed. The
+ * invariant len <= cap makes cap - len safe. */
+static uint8_t *w_reserve(struct proto_writer *w, size_t n)
+{
+    uint8_t *p;
+
+    if (w->overflow)
+        return NULL;
+    if (n > w->cap - w->len) {
+        w->overflow = 1;
+        return NULL;
+    }
+    p = w->buf + w->len;
+    w->len += n;
+    return p;
+}
+
+/* Marks the writer failed: a field over its maximum, a bad count. */
+static void w_fail(struct proto_writer *w)
+{
+    w->overflow = 1;
+}
+
+void proto_put_u8(struct proto_writer *w, uint8_t v)
+{
+    uint8_t *p = w_reserve(w, 1);
+    if (p)
+        p[0] = v;
+}
+
+void proto_put_u16(struct proto_writer *w, uint16_t v)
+{
+    uint8_t *p = w_reserve(w, 2);
+    if (p)
+        proto_wr16(p, v);
+}
+
+void proto_put_u32(struct proto_writer *w, uint32_t v)
+{
+    uint8_t *p = w_reserve(w, 4);
+    if (p)
+        proto_wr32(p, v);
+}
+
+void proto_put_u64(struct proto_writer *w, uint64_t v)
+{
+    uint8_t *p = w_reserve(w, 8);
+    if (p)
+        proto_wr64(p, v);
+}
+
+void proto_put_raw(struct proto_writer *w, const void *src, size_t n)
+{
+    uint8_t *p;
+
+    if (n == 0)
+        return;
+    if (src == NULL) {
+        w_fail(w);
+        return;
+    }
+    p = w_reserve(w, n);
+    if (p)
+        memcpy(p, src, n);
+}
+
+void proto_put_str16(struct proto_writer *w, const void *p, size_t n)
+{
+    if (n > UINT16_MAX) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u16(w, (uint16_t)n);
+    proto_put_raw(w, p, n);
+}
+
+void proto_put_bytes32(struct proto_writer *w, const void *p, size_t n)
+{
+    if (n > UINT32_MAX) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u32(w, (uint32_t)n);
+    proto_put_raw(w, p, n);
+}
+
+size_t proto_frame_begin(struct proto_writer *w, uint8_t type, uint8_t flags, uint32_t request_id)
+{
+    size_t start = w->len;
+
+    proto_put_u32(w, 0); /* patched by proto_frame_end() */
+    proto_put_u8(w, type);
+    proto_put_u8(w, flags);
+    proto_put_u32(w, request_id);
+    return start;
+}
+
+int proto_frame_end(struct proto_writer *w, size_t start)
+{
+    size_t length;
+
+    if (w->overflow)
+        return -1;
+    if (start > w->len || w->len - start < PROTO_HEADER_BYTES) {
+        w_fail(w);
+        return -1;
+    }
+    length = w->len - start - 4;
+    if (length > PROTO_ABSOLUTE_MAX_FRAME) {
+        w_fail(w);
+        return -1;
+    }
+    proto_wr32(w->buf + start, (uint32_t)length);
+    return 0;
+}
+
+int proto_encode_hello(struct proto_writer *w, uint32_t request_id, const struct proto_hello *h)
+{
+    size_t start;
+
+    if (h->client_name.len > PROTO_MAX_CLIENT_NAME || h->token.len > PROTO_MAX_TOKEN) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_HELLO, 0, request_id);
+    proto_put_u16(w, h->version);
+    proto_put_str16(w, h->client_name.ptr, h->client_name.len);
+    proto_put_str16(w, h->token.ptr, h->token.len);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_hello_ok(struct proto_writer *w, uint32_t request_id,
+                          const struct proto_hello_ok *h)
+{
+    size_t start = proto_frame_begin(w, PROTO_HELLO_OK, 0, request_id);
+
+    proto_put_u16(w, h->version);
+    proto_put_u32(w, h->max_frame_bytes);
+    proto_put_u32(w, h->max_message_bytes);
+    proto_put_u32(w, h->max_batch);
+    proto_put_u64(w, h->dedupe_window_ms);
+    proto_put_str16(w, h->server_name.ptr, h->server_name.len);
+    return proto_frame_end(w, start);
+}
+
+/*
+ * The message is detail for a human, so a long one is cut to
+ * PROTO_MAX_ERROR_TEXT bytes (at a UTF-8 character boundary) rather than
+ * failing the frame: an error must still reach the peer. The code must be a
+ * wire code (1..FERRY_WIRE_CODE_MAX); pass -FERRY_E*, not FERRY_E*.
+ */
+int proto_encode_error(struct proto_writer *w, uint32_t request_id, uint8_t flags, uint16_t code,
+                       const char *message, size_t message_len)
+{
+    size_t start;
+
+    if (code == 0 || code > FERRY_WIRE_CODE_MAX) {
+        w_fail(w);
+        return -1;
+    }
+    if (message == NULL)
+        message_len = 0;
+    if (message_len > PROTO_MAX_ERROR_TEXT) {
+        message_len = PROTO_MAX_ERROR_TEXT;
+        /* Back off over at most three UTF-8 continuation bytes. */
+        while (message_len > PROTO_MAX_ERROR_TEXT - 3 &&
+               ((uint8_t)message[message_len] & 0xc0) == 0x80)
+            message_len--;
+    }
+    start = proto_frame_begin(w, PROTO_ERROR, flags, request_id);
+    proto_put_u16(w, code);
+    proto_put_str16(w, message, message_len);
+    return proto_frame_end(w, start);
+}
+
+/* Only for the types whose body is empty (PING, PONG, TOPICS) and for the
+ * reserved types, whose bodies v1 does not define. */
+int proto_encode_empty(struct proto_writer *w, uint8_t type, uint32_t request_id)
+{
+    size_t start;
+
+    if (type != PROTO_PING && type != PROTO_PONG && type != PROTO_TOPICS &&
+        !proto_type_reserved(type)) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, type, 0, request_id);
+    return proto_frame_end(w, start);
+}
+
+/* Patches the u16 or u32 count that follows the header of the frame at
+ * start, then the frame's length. */
+static int end_counted(struct proto_writer *w, size_t start, uint32_t count, size_t count_bytes)
+{
+    if (w->overflow)
+        return -1;
+    if (start > w->len || w->len - start < PROTO_HEADER_BYTES + count_bytes) {
+        w_fail(w);
+        return -1;
+    }
+    if (count_bytes == 2)
+        proto_wr16(w->buf + start + PROTO_HEADER_BYTES, (uint16_t)count);
+    else
+        proto_wr32(w->buf + start + PROTO_HEADER_BYTES, count);
+    return proto_frame_end(w, start);
+}
+
+size_t proto_publish_begin(struct proto_writer *w, uint32_t request_id)
+{
+    size_t start = proto_frame_begin(w, PROTO_PUBLISH, 0, request_id);
+
+    proto_put_u16(w, 0); /* count, patched by proto_publish_end() */
+    return start;
+}
+
+/* headers holds m->header_count entries (may be NULL when that is 0); the
+ * encoded m->headers slice is not used. */
+void proto_publish_add(struct proto_writer *w, const struct proto_msg *m,
+                       const struct proto_header *headers)
+{
+    uint16_t i;
+
+    if (m->topic.len > PROTO_MAX_TOPIC || m->id.len > PROTO_MAX_ID || m->key.len > PROTO_MAX_KEY ||
+        m->header_count > PROTO_MAX_HEADERS || (m->header_count > 0 && headers == NULL)) {
+        w_fail(w);
+        return;
+    }
+    for (i = 0; i < m->header_count; i++) {
+        if (headers[i].name.len == 0 || headers[i].name.len > PROTO_MAX_HEADER_NAME ||
+            headers[i].value.len > PROTO_MAX_HEADER_VALUE) {
+            w_fail(w);
+            return;
+        }
+    }
+    proto_put_str16(w, m->topic.ptr, m->topic.len);
+    proto_put_str16(w, m->id.ptr, m->id.len);
+    proto_put_str16(w, m->key.ptr, m->key.len);
+    proto_put_u64(w, m->deliver_at_ms);
+    proto_put_u16(w, m->header_count);
+    for (i = 0; i < m->header_count; i++) {
+        proto_put_str16(w, headers[i].name.ptr, headers[i].name.len);
+        proto_put_str16(w, headers[i].value.ptr, headers[i].value.len);
+    }
+    proto_put_bytes32(w, m->payload.ptr, m->payload.len);
+}
+
+int proto_publish_end(struct proto_writer *w, size_t start, uint16_t count)
+{
+    if (count == 0 || count > PROTO_MAX_BATCH) {
+        w_fail(w);
+        return -1;
+    }
+    return end_counted(w, start, count, 2);
+}
+
+/* Saturating, so that absurd inputs give SIZE_MAX rather than wrapping. */
+static size_t sat_add(size_t a, size_t b)
+{
+    return b > SIZE_MAX - a ? SIZE_MAX : a + b;
+}
+
+size_t proto_publish_msg_bytes(const struct proto_msg *m, const struct proto_header *headers)
+{
+    /* topic, id, key prefixes + deliver_at_ms + header_count + payload prefix */
+    size_t n = 2 + 2 + 2 + 8 + 2 + 4;
+    uint16_t i;
+
+    n = sat_add(n, m->topic.len);
+    n = sat_add(n, m->id.len);
+    n = sat_add(n, m->key.len);
+    n = sat_add(n, m->payload.len);
+    for (i = 0; headers && i < m->header_count; i++) {
+        n = sat_add(n, 4);
+        n = sat_add(n, headers[i].name.len);
+        n = sat_add(n, headers[i].value.len);
+    }
+    return n;
+}
+
+size_t proto_publish_ack_begin(struct proto_writer *w, uint32_t request_id)
+{
+    size_t start = proto_frame_begin(w, PROTO_PUBLISH_ACK, 0, request_id);
+
+    proto_put_u16(w, 0); /* count, patched by proto_publish_ack_end() */
+    return start;
+}
+
+void proto_publish_ack_add(struct proto_writer *w, uint64_t seq, uint8_t flags, const void *id,
+                           size_t id_len)
+{
+    if (id_len > PROTO_MAX_ID) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u64(w, seq);
+    proto_put_u8(w, flags);
+    proto_put_str16(w, id, id_len);
+}
+
+int proto_publish_ack_end(struct proto_writer *w, size_t start, uint16_t count)
+{
+    if (count == 0 || count > PROTO_MAX_BATCH) {
+        w_fail(w);
+        return -1;
+    }
+    return end_counted(w, start, count, 2);
+}
+
+size_t proto_topics_ok_begin(struct proto_writer *w, uint32_t request_id)
+{
+    size_t start = proto_frame_begin(w, PROTO_TOPICS_OK, 0, request_id);
+
+    proto_put_u32(w, 0); /* count, patched by proto_topics_ok_end() */
+    return start;
+}
+
+void proto_topics_ok_add(struct proto_writer *w, const struct proto_topic_info *t)
+{
+    if (t->name.len > PROTO_MAX_TOPIC) {
+        w_fail(w);
+        return;
+    }
+    /* entry_length: str16 name + five u64 fields. */
+    proto_put_u16(w, (uint16_t)(2 + t->name.len + 5 * 8));
+    proto_put_str16(w, t->name.ptr, t->name.len);
+    proto_put_u64(w, t->head_seq);
+    proto_put_u64(w, t->first_seq);
+    proto_put_u64(w, t->message_count);
+    proto_put_u64(w, t->bytes);
+    proto_put_u64(w, t->created_ms);
+}
+
+int proto_topics_ok_end(struct proto_writer *w, size_t start, uint32_t count)
+{
+    if (count > PROTO_MAX_TOPICS) {
+        w_fail(w);
+        return -1;
+    }
+    return end_counted(w, start, count, 4);
+}
+
+/* --- Error text -------------------------------------------------------- */
+
+const char *proto_strerror(int code)
+{
+    switch (code) {
+    case 0:
+        return "success";
+#define PROTO__STRERROR_CASE(name, num, text)                                                      \
+    case (num):                                                                                    \
+    case -(num):                                                                                   \
+        return text;
+        FERRY_ERRNO_MAP(PROTO__STRERROR_CASE)
+#undef PROTO__STRERROR_CASE
+    default:
+        return "unknown error";
+    }
+}

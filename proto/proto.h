@@ -144,7 +144,7 @@ struct proto_hello_ok {
 
 /*
  * ERROR body:
- *   u16   code      a wire code from ferry_codes.h (1..99)
+ *   u16   code      a wire code from ferry_codes.h (1..99; others are MALFORMED)
  *   str16 message   human-readable detail (<= 1024)
  * The request_id is that of the failed request, or 0 for the connection.
  */
@@ -248,8 +248,10 @@ struct proto_frame {
 /*
  * Reads the 10-byte header at buf. Returns PROTO_HEADER_BYTES when a header
  * is there, 0 when fewer bytes are available, FERRY_EMALFORMED when length <
- * PROTO_MIN_LENGTH, FERRY_EFRAME_TOO_LARGE when length > max_frame. Lets a
- * reader reject an oversized frame before it buffers any of it.
+ * PROTO_MIN_LENGTH, FERRY_EFRAME_TOO_LARGE when length > max_frame (capped at
+ * PROTO_ABSOLUTE_MAX_FRAME). The length is judged as soon as its 4 bytes are
+ * there. Lets a reader reject an oversized frame before it buffers any of it.
+ * Out-pointers may be NULL.
  */
 int proto_peek_header(const uint8_t *buf, size_t len, uint32_t max_frame, uint32_t *length_out,
                       uint8_t *type_out, uint32_t *request_id_out);
@@ -330,6 +332,10 @@ int proto_msg_check(const struct proto_msg *msg, uint32_t max_message_bytes);
  * cap it sets overflow and writes nothing more, so a caller encodes a whole
  * frame and checks once. proto_frame_begin() reserves the header and
  * proto_frame_end() patches the length field.
+ * The frame helpers below also set overflow (and return -1) when asked to
+ * encode something the decoder would reject: a field over its PROTO_MAX_*, a
+ * bad count, an ERROR code outside 1..99. So a failed frame is not always
+ * cured by a larger buffer; size it with proto_publish_msg_bytes().
  */
 struct proto_writer {
     uint8_t *buf;
@@ -359,11 +365,16 @@ int proto_frame_end(struct proto_writer *w, size_t start);
 int proto_encode_hello(struct proto_writer *w, uint32_t request_id, const struct proto_hello *h);
 int proto_encode_hello_ok(struct proto_writer *w, uint32_t request_id,
                           const struct proto_hello_ok *h);
+/* code is the positive wire code (-FERRY_E*); a message over
+ * PROTO_MAX_ERROR_TEXT is cut at a UTF-8 boundary rather than failing. */
 int proto_encode_error(struct proto_writer *w, uint32_t request_id, uint8_t flags, uint16_t code,
                        const char *message, size_t message_len);
+/* PING, PONG, TOPICS, or a reserved type; any other type fails. */
 int proto_encode_empty(struct proto_writer *w, uint8_t type, uint32_t request_id);
 
-/* PUBLISH is built incrementally: begin, add each message, end. */
+/* PUBLISH is built incrementally: begin, add each message, end. headers
+ * holds m->header_count entries (NULL only when that is 0); m->headers is
+ * not used when encoding. */
 size_t proto_publish_begin(struct proto_writer *w, uint32_t request_id);
 void proto_publish_add(struct proto_writer *w, const struct proto_msg *m,
                        const struct proto_header *headers);
@@ -416,7 +427,7 @@ static inline void proto_wr64(uint8_t *p, uint64_t v)
 }
 
 /* The static description of a FERRY_E* code (negative) or wire code
- * (positive); "unknown error" for numbers outside the table. */
+ * (positive); "success" for 0, "unknown error" for numbers outside the table. */
 const char *proto_strerror(int code);
 
 #endif /* FERRY_PROTO_H */

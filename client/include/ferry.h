@@ -16,7 +16,12 @@
  *     duration of the call only; libferry copies what it keeps.
  *   - Thread-safety: a ferry_conn may be used by one thread at a time. Calls
  *     on different connections are independent. Callbacks run on the thread
- *     that made the libferry call during which the reply arrived.
+ *     that made the libferry call during which the reply arrived. A callback
+ *     may call libferry on the same connection (publish again, flush, poll),
+ *     except ferry_close.
+ *   - When a call that takes a callback returns an error, that callback will
+ *     never be called for it; once it returned 0, the callback is called
+ *     exactly once (at the latest from ferry_close).
  *   - No call keeps a hidden global or thread-local state; ferry_strerror is
  *     safe from any thread.
  */
@@ -48,8 +53,9 @@ typedef struct ferry_conn ferry_conn;
 typedef struct ferry_options {
     const char *token;         /* auth token, NULL for none */
     const char *client_name;   /* shown in the broker's log, NULL: "libferry" */
-    int connect_timeout_ms;    /* 0: 5000; TCP connect + handshake */
-    int request_timeout_ms;    /* 0: 30000; a synchronous call waiting for its reply */
+    int connect_timeout_ms;    /* 0: 5000; TCP connect + handshake; < 0: no limit */
+    int request_timeout_ms;    /* 0: 30000; a synchronous call waiting for its reply,
+                                  or ferry_publish_async waiting for room; < 0: no limit */
     uint32_t max_in_flight;    /* 0: 1000; pipelined publishes awaiting acks */
 } ferry_options;
 
@@ -81,27 +87,43 @@ typedef struct ferry_ack {
     char id[129];      /* the message id (the broker's when it assigned one) */
 } ferry_ack;
 
-/* Connects to addr ("HOST:PORT"; NULL means FERRY_DEFAULT_SERVER) and
- * performs the handshake. opts may be NULL. On success stores a new
- * connection in *out (release with ferry_close) and returns 0. On failure
- * returns FERRY_ECONNECT, FERRY_ETIMEOUT, FERRY_EAUTH, FERRY_EVERSION, ...,
- * and, if errmsg is not NULL, writes up to errmsg_len bytes of detail. */
+/* Connects to addr ("HOST:PORT" or "[IPV6]:PORT"; NULL means
+ * FERRY_DEFAULT_SERVER) and performs the handshake. opts may be NULL. On
+ * success stores a new connection in *out (release with ferry_close) and
+ * returns 0. On failure stores NULL and returns FERRY_EINVALID (a bad
+ * address or option), FERRY_ECONNECT (unresolvable, refused, or the peer
+ * hung up during the handshake), FERRY_ETIMEOUT, FERRY_EAUTH,
+ * FERRY_EVERSION, FERRY_ETOO_MANY_CONNECTIONS, FERRY_EPROTOCOL (not a ferry
+ * broker), ...; if errmsg is not NULL it receives up to errmsg_len bytes of
+ * detail (NUL-terminated, without the address), e.g. "Connection refused".
+ * Name resolution (getaddrinfo) is not bounded by connect_timeout_ms. */
 FERRY_API int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
                             char *errmsg, size_t errmsg_len);
 
 /* Closes the connection and frees it. Pipelined publishes that were not yet
- * acknowledged get their callbacks with FERRY_ECLOSED. NULL is a no-op. */
+ * acknowledged (including any still in the write buffer: call ferry_flush
+ * first to send them) get their callbacks with FERRY_ECLOSED. NULL is a
+ * no-op. Must not be called from a callback of the same connection. */
 FERRY_API void ferry_close(ferry_conn *c);
 
 /* Publishes one message and waits for its durable acknowledgement. Fills
  * *ack when not NULL. Returns 0, a broker error (FERRY_EINVALID_TOPIC,
  * FERRY_EMESSAGE_TOO_LARGE, FERRY_ESTORAGE_FULL, ...) or a connection error.
- * Pipelined publishes already in flight are completed first (their callbacks
- * run), so ordering on the connection is preserved. */
+ * The message is first checked against the protocol's rules and the limits
+ * the broker announced (ferry_server_info_get), so an invalid topic or id
+ * (FERRY_EINVALID_TOPIC, FERRY_EINVALID_ID), a too large message
+ * (FERRY_EMESSAGE_TOO_LARGE) or a malformed header (FERRY_EINVALID) fails
+ * without a round trip. Pipelined publishes already in flight are completed
+ * first (their callbacks run), so ordering on the connection is preserved.
+ * On FERRY_ETIMEOUT the message may still be stored; publish it again with
+ * the same id to find out (a duplicate ack). The connection stays usable. */
 FERRY_API int ferry_publish(ferry_conn *c, const ferry_msg *msg, ferry_ack *ack);
 
 /* Publishes count messages atomically: the broker stores all or none. acks
- * (when not NULL) must hold count entries and is filled in order. */
+ * (when not NULL) must hold count entries and is filled in order. count is
+ * 1..max_batch and the encoded batch must fit in one frame (max_frame_bytes,
+ * else FERRY_EFRAME_TOO_LARGE); a failed check names the message by index
+ * in ferry_errmsg. Otherwise as ferry_publish. */
 FERRY_API int ferry_publish_batch(ferry_conn *c, const ferry_msg *msgs, size_t count,
                                   ferry_ack *acks);
 
@@ -110,9 +132,16 @@ FERRY_API int ferry_publish_batch(ferry_conn *c, const ferry_msg *msgs, size_t c
 typedef void (*ferry_publish_cb)(void *userdata, int status, const ferry_ack *ack);
 
 /* Queues one message for publishing without waiting for its ack. When
- * max_in_flight publishes are already unacknowledged it first waits (up to
- * request_timeout_ms) for acks to make room, running their callbacks.
- * cb may be NULL. Returns 0 once the message is sent or buffered. */
+ * max_in_flight publishes are already unacknowledged (or several MiB are
+ * buffered unsent) it first waits up to request_timeout_ms for acks to make
+ * room, running their callbacks; FERRY_ETIMEOUT if none come. cb may be
+ * NULL. Returns 0 once the message is sent or buffered; an error return
+ * (validation as in ferry_publish, a dead connection) means nothing was
+ * queued and cb will not be called.
+ * To coalesce writes, a message may stay in the write buffer (at most
+ * 64 KiB of them, for at most 200 us of further publishing) while earlier
+ * publishes are in flight; the next ferry_publish_async, ferry_poll,
+ * ferry_flush or synchronous call sends it, so end a burst with one. */
 FERRY_API int ferry_publish_async(ferry_conn *c, const ferry_msg *msg, ferry_publish_cb cb,
                                   void *userdata);
 
@@ -122,13 +151,16 @@ FERRY_API int ferry_publish_async(ferry_conn *c, const ferry_msg *msg, ferry_pub
  * reported to its callback, not here. */
 FERRY_API int ferry_flush(ferry_conn *c, int timeout_ms);
 
-/* Runs callbacks for acks that have already arrived, without blocking. */
+/* Without blocking: sends what is buffered as far as the socket takes it and
+ * runs callbacks for acks that have already arrived. Returns 0 or the error
+ * that closed the connection (pending callbacks then got it too). */
 FERRY_API int ferry_poll(ferry_conn *c);
 
-/* Publishes awaiting their ack. */
+/* Pipelined publishes (ferry_publish_async) awaiting their ack. */
 FERRY_API size_t ferry_in_flight(const ferry_conn *c);
 
-/* Round trip to the broker; fills *rtt_us when not NULL. */
+/* Round trip to the broker; fills *rtt_us when not NULL. Like every
+ * synchronous call it waits behind pipelined publishes already in flight. */
 FERRY_API int ferry_ping(ferry_conn *c, uint64_t *rtt_us);
 
 /* One topic as listed by ferry_topics(). */
@@ -141,8 +173,9 @@ typedef struct ferry_topic_info {
     int64_t created_ms;     /* Unix ms */
 } ferry_topic_info;
 
-/* Lists the broker's topics. On success *out is an array of *count entries
- * (free it with ferry_topics_free). */
+/* Lists the broker's topics, in the broker's order. On success *out is an
+ * array of *count entries, never NULL even when *count is 0 (free it with
+ * ferry_topics_free); on failure *out is NULL and *count 0. */
 FERRY_API int ferry_topics(ferry_conn *c, ferry_topic_info **out, size_t *count);
 FERRY_API void ferry_topics_free(ferry_topic_info *topics);
 
@@ -156,14 +189,18 @@ typedef struct ferry_server_info {
     char server_name[256];
 } ferry_server_info;
 
-/* Copies the handshake's limits into *out. */
+/* Copies the handshake's limits into *out. Fields are as the broker sent
+ * them except max_frame_bytes and max_batch, clamped to the protocol's
+ * maxima. */
 FERRY_API void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out);
 
 /* Static text for a FERRY_E* code; never NULL. Thread-safe. */
 FERRY_API const char *ferry_strerror(int err);
 
-/* Detail of the most recent failure on c (empty when none). Valid until the
- * next call on c. */
+/* Detail of the most recent failure on c (empty when none): the broker's own
+ * message for broker errors, else what the client saw. Each fallible call
+ * on c clears it on entry; a callback that receives an error finds its
+ * detail here while it runs. Valid until the next call on c. */
 FERRY_API const char *ferry_errmsg(const ferry_conn *c);
 
 /* "0.1.0": the library's version. */
