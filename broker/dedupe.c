@@ -38,6 +38,13 @@ uint64_t dedupe_hash(const struct dedupe_index *d, int64_t topic_id, const void 
     return h | 1;
 }
 
+/* The slot where a hash's probe starts. Bit 0 of every hash is forced to 1
+ * (0 marks empty slots), so it is shifted out. */
+static size_t home_of(uint64_t h, size_t mask)
+{
+    return (size_t)(h >> 1) & mask;
+}
+
 static int grow(struct dedupe_index *d)
 {
     size_t cap = (d->mask + 1) * 2;
@@ -48,7 +55,7 @@ static int grow(struct dedupe_index *d)
         struct dedupe_slot s = d->slots[i];
         if (!s.h)
             continue;
-        size_t j = s.h & (cap - 1);
+        size_t j = home_of(s.h, cap - 1);
         while (ns[j].h)
             j = (j + 1) & (cap - 1);
         ns[j] = s;
@@ -63,7 +70,7 @@ int dedupe_add(struct dedupe_index *d, uint64_t h, uint64_t log_id)
 {
     if ((d->count + 1) * MAX_LOAD_DEN > (d->mask + 1) * MAX_LOAD_NUM && grow(d) < 0)
         return -1;
-    size_t i = h & d->mask;
+    size_t i = home_of(h, d->mask);
     while (d->slots[i].h)
         i = (i + 1) & d->mask;
     d->slots[i].h = h;
@@ -74,7 +81,7 @@ int dedupe_add(struct dedupe_index *d, uint64_t h, uint64_t log_id)
 
 int dedupe_remove(struct dedupe_index *d, uint64_t h, uint64_t log_id)
 {
-    size_t i = h & d->mask;
+    size_t i = home_of(h, d->mask);
     while (d->slots[i].h) {
         if (d->slots[i].h == h && d->slots[i].log_id == log_id)
             break;
@@ -90,7 +97,7 @@ int dedupe_remove(struct dedupe_index *d, uint64_t h, uint64_t log_id)
         j = (j + 1) & d->mask;
         if (!d->slots[j].h)
             break;
-        size_t home = d->slots[j].h & d->mask;
+        size_t home = home_of(d->slots[j].h, d->mask);
         /* Is home cyclically outside (hole, j]? Then j may move to hole. */
         int movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
         if (movable) {
@@ -107,7 +114,7 @@ int dedupe_remove(struct dedupe_index *d, uint64_t h, uint64_t log_id)
 int dedupe_next(const struct dedupe_index *d, uint64_t h, size_t *pos, uint64_t *log_id)
 {
     /* *pos counts slots already examined from h's home. */
-    size_t i = (h + *pos) & d->mask;
+    size_t i = (home_of(h, d->mask) + *pos) & d->mask;
     while (d->slots[i].h) {
         (*pos)++;
         if (d->slots[i].h == h) {

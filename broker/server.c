@@ -101,6 +101,8 @@ static void after_work_cb(uv_work_t *req, int status)
                   proto_strerror(done->commit_status), store_last_error(b->store));
     }
     b->commits++;
+    log_debug("commit: %zu op(s), %llu message(s), %llu us", done->nops,
+              (unsigned long long)done->messages, (unsigned long long)done->commit_us);
 
     /* Replies go out in op order; connections coalesce them into writes. */
     for (size_t i = 0; i < done->nops; i++) {
