@@ -1,0 +1,89 @@
+/*
+ * cli.h - what the `ferry` command-line tool's files share.
+ *
+ * main.c owns the command table and the global options; each command lives
+ * in its own cmd_<name>.c and is one `int cmd_<name>(struct cli *, argc,
+ * argv)` returning the process exit status. Commands accept the global
+ * options after their name too (`ferry pub --server H:P t x`), through
+ * CLI_COMMON_LONGOPTS and cli_common_option().
+ *
+ * Exit statuses: 0 success, 1 a runtime or broker error, 2 a usage error.
+ * Error lines: `ferry: <what>: <ferry_strerror>(: <detail>)`, one per error.
+ */
+#ifndef FERRY_CLI_H
+#define FERRY_CLI_H
+
+#include <getopt.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "ferry.h"
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* The global options, resolved: server is never NULL. */
+struct cli {
+    const char *server;     /* --server, else $FERRY_SERVER, else FERRY_DEFAULT_SERVER */
+    const char *token_file; /* --token-file, NULL for none */
+};
+
+/* Long-option values outside the range of short options. */
+enum {
+    CLI_OPT_SERVER = 0x100,
+    CLI_OPT_TOKEN_FILE,
+    CLI_OPT_FIRST_COMMAND /* commands number their own options from here */
+};
+
+/* Every command's getopt_long table starts with these. */
+/* clang-format off */
+#define CLI_COMMON_LONGOPTS                                                    \
+    {"server", required_argument, NULL, CLI_OPT_SERVER},                       \
+    {"token-file", required_argument, NULL, CLI_OPT_TOKEN_FILE},               \
+    {"help", no_argument, NULL, 'h'}
+/* clang-format on */
+
+/* Help text for the common options, for command usage messages. */
+#define CLI_COMMON_HELP                                                                            \
+    "  --server HOST:PORT   broker address (default $FERRY_SERVER or " FERRY_DEFAULT_SERVER ")\n"  \
+    "  --token-file PATH    read the auth token from PATH\n"                                       \
+    "  -h, --help           show this help\n"
+
+typedef int (*cli_command_fn)(struct cli *cli, int argc, char **argv);
+
+/* Applies a common option returned by getopt_long. Returns 1 when opt was
+ * one (handled), 0 otherwise. */
+int cli_common_option(struct cli *cli, int opt, const char *arg);
+
+/* Reports getopt_long's '?' or ':' for command cmd; returns CLI_EXIT_USAGE. */
+int cli_bad_option(const char *cmd, int opt, char **argv);
+
+/* Prints `ferry: <cmd>: <message> (see 'ferry <cmd> --help')`; returns
+ * CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Prints `ferry: <what>: <ferry_strerror(err)>: <detail>` (the detail part
+ * only when detail is not empty); returns CLI_EXIT_FAIL. */
+int cli_fail(const char *what, int err, const char *detail);
+
+/* Connects to cli->server with the token file's token, naming the client
+ * "ferry <cmd>". On failure prints the error and returns CLI_EXIT_FAIL. */
+int cli_connect(const struct cli *cli, const char *cmd, const ferry_options *base,
+                ferry_conn **out);
+
+/* Writes s[0..len) as a JSON string, quotes included: escapes ", \ and
+ * control characters, passes valid UTF-8 through and replaces invalid bytes
+ * with U+FFFD. */
+void cli_json_string(FILE *f, const void *s, size_t len);
+
+/* The commands. */
+int cmd_pub(struct cli *cli, int argc, char **argv);
+int cmd_topics(struct cli *cli, int argc, char **argv);
+int cmd_bench(struct cli *cli, int argc, char **argv);
+
+#endif /* FERRY_CLI_H */

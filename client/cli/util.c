@@ -1,0 +1,201 @@
+/*
+ * util.c - what every command needs: option helpers, error lines, the
+ * connection (with the token file), JSON strings.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* A token is at most 1024 bytes (the protocol's limit); the file may add a
+ * trailing newline or other whitespace. */
+#define TOKEN_FILE_MAX 4096
+
+int cli_common_option(struct cli *cli, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_SERVER:
+        cli->server = arg;
+        return 1;
+    case CLI_OPT_TOKEN_FILE:
+        cli->token_file = arg;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int cli_bad_option(const char *cmd, int opt, char **argv)
+{
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    char prefix[64], hint[64];
+    snprintf(prefix, sizeof prefix, "ferry: %s%s", cmd ? cmd : "", cmd ? ": " : "");
+    snprintf(hint, sizeof hint, "ferry %s%s--help", cmd ? cmd : "", cmd ? " " : "");
+    if (opt == ':')
+        fprintf(stderr, "%soption '%s' needs a value (see '%s')\n", prefix, arg, hint);
+    else if (optopt > 0 && optopt < 0x100)
+        fprintf(stderr, "%sunknown option '-%c' (see '%s')\n", prefix, optopt, hint);
+    else
+        fprintf(stderr, "%sunknown option '%s' (see '%s')\n", prefix, arg, hint);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "ferry: %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see 'ferry %s --help')\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_fail(const char *what, int err, const char *detail)
+{
+    if (detail && *detail)
+        fprintf(stderr, "ferry: %s: %s: %s\n", what, ferry_strerror(err), detail);
+    else
+        fprintf(stderr, "ferry: %s: %s\n", what, ferry_strerror(err));
+    return CLI_EXIT_FAIL;
+}
+
+/* Reads the token: the whole file less trailing whitespace, one line. */
+static int read_token(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "ferry: cannot read token file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(buf, 1, len - 1, f);
+    int bad = ferror(f) || !feof(f);
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "ferry: token file %s: unreadable or longer than %zu bytes\n", path,
+                len - 1);
+        return -1;
+    }
+    buf[n] = '\0';
+    while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
+        buf[--n] = '\0';
+    if (n == 0 || strlen(buf) != n || strchr(buf, '\n')) {
+        fprintf(stderr, "ferry: token file %s: expected one non-empty line\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_connect(const struct cli *cli, const char *cmd, const ferry_options *base, ferry_conn **out)
+{
+    ferry_options opts = {0};
+    if (base)
+        opts = *base;
+    char name[64];
+    snprintf(name, sizeof name, "ferry %s", cmd);
+    opts.client_name = name;
+
+    char token[TOKEN_FILE_MAX];
+    if (cli->token_file) {
+        if (read_token(cli->token_file, token, sizeof token) < 0)
+            return CLI_EXIT_FAIL;
+        opts.token = token;
+    }
+
+    char detail[1024];
+    int rc = ferry_connect(cli->server, &opts, out, detail, sizeof detail);
+    memset(token, 0, sizeof token);
+    if (rc < 0) {
+        char what[512];
+        snprintf(what, sizeof what, "cannot connect to %s", cli->server);
+        return cli_fail(what, rc, detail);
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char b = s[0];
+    size_t len;
+    uint32_t cp;
+    if (b < 0x80)
+        return 1;
+    if (b >= 0xc2 && b <= 0xdf) {
+        len = 2;
+        cp = b & 0x1f;
+    } else if (b >= 0xe0 && b <= 0xef) {
+        len = 3;
+        cp = b & 0x0f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+        len = 4;
+        cp = b & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    /* Overlong forms, UTF-16 surrogates, beyond U+10FFFF. */
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+void cli_json_string(FILE *f, const void *str, size_t len)
+{
+    const unsigned char *s = str;
+    putc('"', f);
+    for (size_t i = 0; i < len;) {
+        unsigned char b = s[i];
+        switch (b) {
+        case '"':
+            fputs("\\\"", f);
+            break;
+        case '\\':
+            fputs("\\\\", f);
+            break;
+        case '\n':
+            fputs("\\n", f);
+            break;
+        case '\r':
+            fputs("\\r", f);
+            break;
+        case '\t':
+            fputs("\\t", f);
+            break;
+        case '\b':
+            fputs("\\b", f);
+            break;
+        case '\f':
+            fputs("\\f", f);
+            break;
+        default:
+            if (b < 0x20 || b == 0x7f) {
+                fprintf(f, "\\u%04x", b);
+            } else if (b >= 0x80) {
+                size_t n = utf8_len(s + i, len - i);
+                if (n == 0) {
+                    fputs("\\ufffd", f);
+                    i++;
+                } else {
+                    fwrite(s + i, 1, n, f);
+                    i += n;
+                }
+                continue;
+            } else {
+                putc(b, f);
+            }
+        }
+        i++;
+    }
+    putc('"', f);
+}

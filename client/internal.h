@@ -1,0 +1,177 @@
+/*
+ * internal.h - libferry's private state, shared by the files in client/.
+ *
+ * A ferry_conn owns one non-blocking TCP socket, a read buffer, a write
+ * buffer and a ring of pending requests. The files divide the work:
+ *
+ *   conn.c     socket, connect + handshake, buffers, non-blocking I/O and the
+ *              one wait loop (ferry__pump) every blocking call goes through
+ *   pending.c  the ring of requests awaiting replies and the routing of each
+ *              incoming frame to the request it answers
+ *   publish.c  message validation and encoding; sync, batch and pipelined
+ *              publish
+ *   admin.c    ping, topics, server info
+ *   error.c    error text, per-connection detail, connection death
+ *
+ * Invariants:
+ *   - Requests are written in the order they are queued, the broker answers
+ *     them in that order, so a reply always belongs to the ring's front entry;
+ *     anything else is FERRY_EPROTOCOL and kills the connection.
+ *   - User callbacks run only after their ring entry has been popped and the
+ *     read cursor advanced past the frame, and no code keeps a pointer into
+ *     a buffer across a callback. A callback may therefore call back into
+ *     libferry on the same connection (except ferry_close).
+ *   - Once dead is non-zero the socket is never used again and the ring is
+ *     empty; every later call returns FERRY_ECLOSED.
+ */
+#ifndef FERRY_INTERNAL_H
+#define FERRY_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ferry.h"
+#include "proto.h"
+
+/* Room for the broker's longest ERROR text (PROTO_MAX_ERROR_TEXT) plus a
+ * prefix naming what failed. */
+#define FERRY__ERRMSG_BYTES (PROTO_MAX_ERROR_TEXT + 256)
+
+/* Initial size of each buffer, and the least free space the read buffer
+ * offers each recv(): hundreds of acks arrive per system call. */
+#define FERRY__BUF_INITIAL_BYTES (64u * 1024u)
+
+/* ferry_publish_async writes at once when this much is buffered unsent. Big
+ * enough to turn hundreds of small publishes into one send(), small enough to
+ * fit in one socket buffer. */
+#define FERRY__COALESCE_BYTES (64u * 1024u)
+
+/* Below COALESCE_BYTES, ferry_publish_async still writes when the pipeline
+ * was idle or when nothing was written for this long: a steady trickle of
+ * publishes goes out at once, a tight loop is gathered into few writes. */
+#define FERRY__LINGER_US 200
+
+/* ferry_publish_async stops and drains (reading acks meanwhile) once this
+ * much is buffered unsent, so a broker that reads slower than we publish
+ * costs bounded memory, not max_in_flight * max_frame. */
+#define FERRY__WBUF_HIGH_BYTES (8u * 1024u * 1024u)
+
+/* Option defaults, as documented in ferry.h. */
+#define FERRY__DEFAULT_CONNECT_TIMEOUT_MS 5000
+#define FERRY__DEFAULT_REQUEST_TIMEOUT_MS 30000
+#define FERRY__DEFAULT_MAX_IN_FLIGHT 1000u
+
+struct ferry__waiter;
+
+/*
+ * A synchronous caller's slot. The caller keeps it on its stack and waits in
+ * ferry__pump until done; on_reply runs when the answering frame arrives and
+ * copies out whatever it needs (the frame's slices die with the read buffer).
+ * It returns the status for the caller; FERRY_EPROTOCOL also kills the
+ * connection. A caller that gives up (timeout) detaches its slot first.
+ */
+typedef int (*ferry__reply_fn)(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f);
+
+struct ferry__waiter {
+    int done;
+    int status;
+    ferry__reply_fn on_reply;
+    void *ctx; /* on_reply's output, owned by the caller */
+};
+
+/* One request awaiting its reply. Exactly one of cb (a pipelined publish,
+ * async = 1) or waiter (a synchronous call; NULL once abandoned) is used. */
+struct ferry__pending {
+    uint32_t request_id;
+    uint8_t reply_type; /* the frame type that answers it (or ERROR) */
+    uint8_t async;      /* counted in async_in_flight */
+    uint16_t count;     /* messages in a PUBLISH */
+    ferry_publish_cb cb;
+    void *userdata;
+    struct ferry__waiter *waiter;
+};
+
+struct ferry_conn {
+    int fd;
+
+    /* Limits: from the options, then from HELLO_OK. */
+    int request_timeout_ms; /* < 0: wait forever */
+    uint32_t max_in_flight;
+    uint32_t max_in_frame; /* largest frame accepted from the broker */
+    ferry_server_info info;
+
+    /* Read buffer: bytes [rpos, rlen) are received and not yet decoded. */
+    uint8_t *rbuf;
+    size_t rcap, rpos, rlen;
+
+    /* Write buffer: bytes [wpos, wlen) are encoded and not yet sent. */
+    uint8_t *wbuf;
+    size_t wcap, wpos, wlen;
+    int64_t last_write_us; /* monotonic time of the last send attempt */
+
+    /* Ring of pending requests, oldest at phead. */
+    struct ferry__pending *pend;
+    size_t pcap, phead, plen;
+    size_t async_in_flight; /* entries with async = 1 */
+    uint32_t next_id;
+
+    /* 0 while usable; else the code that killed the connection. */
+    int dead;
+    char dead_msg[FERRY__ERRMSG_BYTES];
+
+    char errmsg[FERRY__ERRMSG_BYTES];
+};
+
+/* conn.c */
+int64_t ferry__now_us(void);
+/* Deadline for a wait of timeout_ms (< 0: none, returned as -1). */
+int64_t ferry__deadline(int timeout_ms);
+/* Makes room for n more bytes at wbuf + wlen. Returns 0 or FERRY_ENOMEM. */
+int ferry__wbuf_reserve(ferry_conn *c, size_t n);
+/* Sends what the socket takes without blocking. Returns 0 or the error that
+ * killed the connection. */
+int ferry__write_some(ferry_conn *c);
+/* Receives what has arrived without blocking and dispatches every complete
+ * frame. Returns 0 or the error that killed the connection. */
+int ferry__read_some(ferry_conn *c);
+/* Drives I/O (writes, reads, callbacks) until done(c, arg) is true, the
+ * deadline (from ferry__deadline) passes, or the connection dies. Returns 0,
+ * FERRY_ETIMEOUT or the code that killed the connection. */
+int ferry__pump(ferry_conn *c, int64_t deadline_us, int (*done)(const ferry_conn *, const void *),
+                const void *arg);
+
+/* pending.c */
+uint32_t ferry__next_request_id(ferry_conn *c);
+int ferry__pending_push(ferry_conn *c, const struct ferry__pending *p);
+/* Queues the request whose frame was just appended at [frame_start, wlen)
+ * and waits for its reply until deadline_us (from ferry__deadline). When
+ * queueing fails the frame is removed again. On timeout the waiter is
+ * detached (the late reply will be dropped) and FERRY_ETIMEOUT returned;
+ * otherwise returns w->status, or the error that killed the connection. */
+int ferry__request(ferry_conn *c, size_t frame_start, uint32_t request_id, uint8_t reply_type,
+                   uint16_t count, struct ferry__waiter *w, int64_t deadline_us);
+/* Decodes and routes every complete frame in the read buffer. */
+void ferry__dispatch(ferry_conn *c);
+/* Completes every pending request with code (callbacks run). */
+void ferry__fail_all(ferry_conn *c, int code);
+
+/* error.c */
+/* Formats the connection's detail message and returns code. */
+int ferry__seterr(ferry_conn *c, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Kills the connection: closes the socket, records why (code and the detail
+ * formatted here, also left in errmsg) and fails every pending request.
+ * Returns code. Does nothing but return the original code when already dead. */
+int ferry__kill(ferry_conn *c, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Entry check of every public call: clears errmsg, and on a dead connection
+ * sets it to the original reason and returns FERRY_ECLOSED. */
+int ferry__begin(ferry_conn *c);
+
+#endif /* FERRY_INTERNAL_H */
