@@ -51,12 +51,12 @@ typedef struct ferry_conn ferry_conn;
 /* Connection options. Zero-initialise, then set what you need; every field
  * left 0 takes the default named beside it. Copied by ferry_connect. */
 typedef struct ferry_options {
-    const char *token;         /* auth token, NULL for none */
-    const char *client_name;   /* shown in the broker's log, NULL: "libferry" */
-    int connect_timeout_ms;    /* 0: 5000; TCP connect + handshake; < 0: no limit */
-    int request_timeout_ms;    /* 0: 30000; a synchronous call waiting for its reply,
-                                  or ferry_publish_async waiting for room; < 0: no limit */
-    uint32_t max_in_flight;    /* 0: 1000; pipelined publishes awaiting acks */
+    const char *token;       /* auth token, NULL for none */
+    const char *client_name; /* shown in the broker's log, NULL: "libferry" */
+    int connect_timeout_ms;  /* 0: 5000; TCP connect + handshake; < 0: no limit */
+    int request_timeout_ms;  /* 0: 30000; a synchronous call waiting for its reply,
+                                or ferry_publish_async waiting for room; < 0: no limit */
+    uint32_t max_in_flight;  /* 0: 1000; pipelined publishes awaiting acks */
 } ferry_options;
 
 /* One header of a message: a name and a value of value_len bytes. */
@@ -68,23 +68,23 @@ typedef struct ferry_header {
 
 /* A message to publish. Zero-initialise, then set the fields you need. */
 typedef struct ferry_msg {
-    const char *topic;      /* required; see docs/PROTOCOL.md for the rules */
-    const void *payload;    /* may be NULL when payload_len is 0 */
+    const char *topic;   /* required; see docs/PROTOCOL.md for the rules */
+    const void *payload; /* may be NULL when payload_len is 0 */
     size_t payload_len;
-    const char *id;         /* idempotency key, 1..128 printable ASCII; NULL:
-                               the broker assigns a unique one */
-    const void *key;        /* optional, 0..1024 bytes */
+    const char *id;  /* idempotency key, 1..128 printable ASCII; NULL:
+                        the broker assigns a unique one */
+    const void *key; /* optional, 0..1024 bytes */
     size_t key_len;
     const ferry_header *headers;
-    size_t header_count;    /* 0..64 */
-    int64_t deliver_at_ms;  /* 0: deliver at once; else Unix ms not-before */
+    size_t header_count;   /* 0..64 */
+    int64_t deliver_at_ms; /* 0: deliver at once; else Unix ms not-before */
 } ferry_msg;
 
 /* The broker's acknowledgement of one stored message. */
 typedef struct ferry_ack {
-    uint64_t seq;      /* the per-topic sequence number */
-    int duplicate;     /* 1 when the id was already stored: seq is the original */
-    char id[129];      /* the message id (the broker's when it assigned one) */
+    uint64_t seq;  /* the per-topic sequence number */
+    int duplicate; /* 1 when the id was already stored: seq is the original */
+    char id[129];  /* the message id (the broker's when it assigned one) */
 } ferry_ack;
 
 /* Connects to addr ("HOST:PORT" or "[IPV6]:PORT"; NULL means
