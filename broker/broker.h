@@ -78,6 +78,9 @@ struct broker {
     uv_tcp_t server;
     uv_signal_t sigint, sigterm;
     uv_prepare_t prepare; /* end of each pass: hands the pending batch over */
+    uv_idle_t drain;      /* while active, the loop polls without blocking */
+    int read_in_pass;     /* some connection read bytes during this pass */
+    int deferrals;        /* passes the pending batch waited for more input */
     uv_timer_t tick;      /* timeouts and maintenance, once a second */
     uv_work_t work;
 

@@ -463,6 +463,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0)
         return;
     c->rlen += (size_t)nread;
+    c->broker->read_in_pass = 1;
     conn_process(c);
     /* A frame announcing more than is buffered, with no room to read more,
      * cannot happen: on_alloc grows rbuf to the frame size. */

@@ -4,7 +4,13 @@
  * Group commit: requests decoded during a pass of the loop go into the
  * pending batch. At the end of the pass (a uv_prepare handle, which runs
  * just before the loop would block for I/O) the pending batch is handed to
- * a worker thread if none is committing. The worker runs the whole batch in
+ * a worker thread if none is committing. If that pass read new bytes, the
+ * handover waits for one more pass in which the loop polls without
+ * blocking (a uv_idle handle), so that what the sockets already hold joins
+ * the batch; this stops after a pass that read nothing, after
+ * MAX_DEFERRALS passes, or once the batch holds DEFER_MAX_BYTES. It costs
+ * one non-blocking poll per commit and no timer: an idle broker still
+ * commits a lone publish at once. The worker runs the whole batch in
  * one transaction and one fsync while the loop goes on reading sockets into
  * the next pending batch. When the commit returns, the loop sends every
  * reply of the batch and immediately hands over the next one. So the loop
@@ -32,6 +38,8 @@
 #include "store.h"
 
 #define MAINTENANCE_EVERY_MS 5000
+#define MAX_DEFERRALS 8
+#define DEFER_MAX_BYTES (1u << 20)
 
 uint64_t broker_now_ms(void)
 {
@@ -143,9 +151,29 @@ static void start_commit(struct broker *b)
     }
 }
 
+static void on_drain(uv_idle_t *h)
+{
+    (void)h; /* its presence alone makes the next poll non-blocking */
+}
+
 static void on_prepare(uv_prepare_t *h)
 {
     struct broker *b = h->data;
+    int more_may_come = b->read_in_pass;
+    b->read_in_pass = 0;
+    if (b->committing || !b->pending->nops) {
+        uv_idle_stop(&b->drain);
+        b->deferrals = 0;
+        return;
+    }
+    if (more_may_come && !b->stopping && b->deferrals < MAX_DEFERRALS &&
+        b->pending->in.len < DEFER_MAX_BYTES) {
+        b->deferrals++;
+        uv_idle_start(&b->drain, on_drain);
+        return;
+    }
+    uv_idle_stop(&b->drain);
+    b->deferrals = 0;
     start_commit(b);
 }
 
@@ -188,6 +216,7 @@ static void maybe_finish(struct broker *b)
         c = next;
     }
     uv_close((uv_handle_t *)&b->prepare, on_handle_closed);
+    uv_close((uv_handle_t *)&b->drain, on_handle_closed);
     uv_close((uv_handle_t *)&b->tick, on_handle_closed);
     log_info("all commits done; closing %d connection(s)", b->nconns);
 }
@@ -301,6 +330,8 @@ int broker_start(struct broker *b)
     uv_prepare_init(b->loop, &b->prepare);
     b->prepare.data = b;
     uv_prepare_start(&b->prepare, on_prepare);
+    uv_idle_init(b->loop, &b->drain);
+    b->drain.data = b;
     uv_timer_init(b->loop, &b->tick);
     b->tick.data = b;
     uv_timer_start(&b->tick, on_tick, 1000, 1000);
