@@ -34,11 +34,17 @@
  * bytes); they are changed during a transaction, written back to `topics`
  * before COMMIT, and restored from a saved copy if the transaction fails.
  *
+ * Checkpoints (copying the WAL back into the database file, with their own
+ * fsyncs) run on a checkpointer thread with its own connection, so a commit
+ * never waits for one; only if the WAL outgrows WAL_HARD_FRAMES because
+ * passive checkpoints cannot catch up does a commit checkpoint itself.
+ *
  * Every statement is prepared once in store_open. The store is single
  * threaded by contract (see store.h).
  */
 #include "store.h"
 
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +58,10 @@
 
 #define TOPIC_ID_MAX ((1LL << 23) - 1)
 #define SEQ_MAX ((1LL << 40) - 1)
+/* WAL frames (pages) after which the checkpointer is woken, and after
+ * which a commit checkpoints by itself to bound the WAL. */
+#define WAL_CKPT_FRAMES 4096
+#define WAL_HARD_FRAMES 65536
 /* dedupe_log rows purged per commit, at least. */
 #define DEDUPE_PURGE_MIN 2000
 
@@ -121,6 +131,15 @@ struct store {
     size_t nbuckets;
     size_t ntopics;
     struct topic *dirty; /* topics touched by the running transaction */
+
+    /* The checkpointer: its own connection and thread. */
+    sqlite3 *ckpt_db;
+    pthread_t ckpt_thread;
+    int ckpt_started;
+    pthread_mutex_t ckpt_mu;
+    pthread_cond_t ckpt_cv;
+    int ckpt_wanted, ckpt_stop;
+    int wal_frames; /* frames in the WAL after the last commit */
 
     uint64_t rng;
     struct buf scratch;
@@ -518,6 +537,93 @@ static int load_dedupe(struct store *s)
     return SQLITE_OK;
 }
 
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((struct store *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+static void *checkpointer(void *arg)
+{
+    struct store *s = arg;
+    pthread_mutex_lock(&s->ckpt_mu);
+    for (;;) {
+        while (!s->ckpt_wanted && !s->ckpt_stop)
+            pthread_cond_wait(&s->ckpt_cv, &s->ckpt_mu);
+        if (s->ckpt_stop)
+            break;
+        s->ckpt_wanted = 0;
+        pthread_mutex_unlock(&s->ckpt_mu);
+        /* PASSIVE never blocks the writer; frames it cannot copy yet are
+         * copied by the next round. */
+        sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&s->ckpt_mu);
+    }
+    pthread_mutex_unlock(&s->ckpt_mu);
+    return NULL;
+}
+
+/* Starts the checkpointer, or leaves SQLite's automatic checkpoints on
+ * when it cannot (correct, only slower). */
+static void start_checkpointer(struct store *s, const struct store_config *cfg)
+{
+    char sql[64];
+    if (sqlite3_open_v2(cfg->path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK)
+        goto fail;
+    snprintf(sql, sizeof(sql), "PRAGMA synchronous = %s", cfg->sync_full ? "FULL" : "NORMAL");
+    if (sqlite3_exec(s->ckpt_db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cv, NULL);
+    if (pthread_create(&s->ckpt_thread, NULL, checkpointer, s) != 0) {
+        pthread_mutex_destroy(&s->ckpt_mu);
+        pthread_cond_destroy(&s->ckpt_cv);
+        goto fail;
+    }
+    s->ckpt_started = 1;
+    sqlite3_wal_autocheckpoint(s->db, 0);
+    sqlite3_wal_hook(s->db, on_wal_commit, s);
+    return;
+fail:
+    sqlite3_close(s->ckpt_db);
+    s->ckpt_db = NULL;
+}
+
+static void stop_checkpointer(struct store *s)
+{
+    if (!s->ckpt_started)
+        return;
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->ckpt_stop = 1;
+    pthread_cond_signal(&s->ckpt_cv);
+    pthread_mutex_unlock(&s->ckpt_mu);
+    pthread_join(s->ckpt_thread, NULL);
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->ckpt_cv);
+    sqlite3_close(s->ckpt_db);
+    s->ckpt_db = NULL;
+    s->ckpt_started = 0;
+}
+
+/* After a commit: wake the checkpointer, or checkpoint here when the WAL
+ * has grown past the hard bound. */
+static void maybe_checkpoint(struct store *s)
+{
+    if (!s->ckpt_started || s->wal_frames < WAL_CKPT_FRAMES)
+        return;
+    if (s->wal_frames >= WAL_HARD_FRAMES) {
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        return;
+    }
+    pthread_mutex_lock(&s->ckpt_mu);
+    s->ckpt_wanted = 1;
+    pthread_cond_signal(&s->ckpt_cv);
+    pthread_mutex_unlock(&s->ckpt_mu);
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -605,6 +711,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
             return FERRY_ESTORAGE;
         }
     }
+    start_checkpointer(s, cfg);
     s->stats.topics = s->ntopics;
     *out = s;
     return 0;
@@ -614,6 +721,7 @@ void store_close(struct store *s)
 {
     if (!s)
         return;
+    stop_checkpointer(s);
     for (int i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db) {
@@ -994,6 +1102,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     if (rc == SQLITE_OK) {
         topics_settle(s, 1);
         dedupe_settle(s, 1);
+        maybe_checkpoint(s);
         s->stats.commits++;
         b->commit_status = 0;
     } else {
