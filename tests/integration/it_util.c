@@ -1,0 +1,60 @@
+/*
+ * it_util.c - see it_util.h.
+ */
+#include "it_util.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+ferry_conn *it_connect_opts(const char *addr, int request_timeout_ms, uint32_t max_in_flight)
+{
+    ferry_options o;
+    memset(&o, 0, sizeof o);
+    o.client_name = "integration-test";
+    o.request_timeout_ms = request_timeout_ms;
+    o.max_in_flight = max_in_flight;
+    ferry_conn *c = NULL;
+    char err[256] = "";
+    int r = ferry_connect(addr, &o, &c, err, sizeof err);
+    if (r != 0)
+        print_error("ferry_connect(%s): %s (%s)\n", addr, ferry_strerror(r), err);
+    assert_int_equal(r, 0);
+    assert_non_null(c);
+    return c;
+}
+
+ferry_conn *it_connect(const char *addr)
+{
+    return it_connect_opts(addr, 0, 0);
+}
+
+int it_topic(ferry_conn *c, const char *name, ferry_topic_info *out)
+{
+    ferry_topic_info *list = NULL;
+    size_t n = 0;
+    int r = ferry_topics(c, &list, &n);
+    if (r != 0)
+        print_error("ferry_topics: %s (%s)\n", ferry_strerror(r), ferry_errmsg(c));
+    assert_int_equal(r, 0);
+    int found = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(list[i].name, name) == 0) {
+            *out = list[i];
+            found = 1;
+        }
+    }
+    ferry_topics_free(list);
+    return found;
+}
+
+void it_payload(size_t i, uint8_t *buf, size_t len)
+{
+    char head[32];
+    int n = snprintf(head, sizeof head, "msg-%08zu-", i);
+    for (size_t j = 0; j < len; j++)
+        buf[j] = j < (size_t)n ? (uint8_t)head[j] : (uint8_t)('a' + (i * 7 + j) % 26);
+}
