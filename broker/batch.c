@@ -60,6 +60,7 @@ void batch_reset(struct batch *b)
     b->nops = 0;
     b->in.len = 0;
     b->out.len = 0;
+    b->topics.len = 0;
     b->messages = 0;
     b->maintenance = 0;
     b->commit_status = 0;
@@ -73,4 +74,5 @@ void batch_free(struct batch *b)
     b->nops = b->cap_ops = 0;
     buf_free(&b->in);
     buf_free(&b->out);
+    buf_free(&b->topics);
 }

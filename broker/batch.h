@@ -27,6 +27,13 @@ enum op_kind {
     OP_PUBLISH, /* in: the PUBLISH body's messages; out: PUBLISH_ACK or ERROR */
     OP_TOPICS,  /* out: TOPICS_OK */
     OP_REPLY,   /* out was encoded by the loop (an ERROR or a PONG) */
+    /* Consumer groups (group.c builds them, store.c runs them). The reply
+     * in out is encoded by the loop and replaced by an ERROR if the
+     * transaction fails. Record layouts are in store.c. */
+    OP_GROUP_SAVE,  /* in: a group's row; creates or rewrites it */
+    OP_GROUP_ACK,   /* in: a group's new ack floor and acks above it */
+    OP_FETCH,       /* in: topic and sequences; out: DELIVER frames for group.c */
+    OP_DEAD_LETTER, /* in: a message to move to its dead-letter topic */
 };
 
 struct op {
@@ -40,6 +47,9 @@ struct op {
     size_t out_off; /* the reply frame in batch->out */
     size_t out_len;
     size_t wire_bytes; /* request size, for the connection's backpressure */
+    /* OP_FETCH: who asked (a group of the loop's) and for which subscription. */
+    void *group;
+    uint32_t sub_id;
 };
 
 struct buf {
@@ -56,6 +66,10 @@ struct batch {
     struct buf out;    /* encoded reply frames */
     uint64_t messages; /* messages in all OP_PUBLISH ops */
     int maintenance;   /* run a retention / purge step in this transaction */
+    int64_t now_ms;    /* the time stamped on this batch's messages */
+    /* Filled by the store: (u64 topic id, u64 head, str16 name) for every
+     * topic this transaction created or appended to. */
+    struct buf topics;
     /* Filled by the store for logs and metrics. */
     int commit_status;  /* 0 or FERRY_E* for the whole transaction */
     uint64_t commit_us; /* time spent in the transaction */

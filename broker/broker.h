@@ -12,6 +12,8 @@
 #include "batch.h"
 
 struct store;
+struct sub;
+struct groups;
 
 struct broker_config {
     char listen_host[256];
@@ -68,6 +70,8 @@ struct conn {
     uint64_t last_active_ms;
     uint64_t accepted_ms;
 
+    struct sub *subs; /* this connection's subscriptions (group.c) */
+
     struct conn *prev, *next;
 };
 
@@ -97,6 +101,8 @@ struct broker {
     int stopping;
     int lock_fd;
 
+    struct groups *groups; /* consumer groups (group.c) */
+
     uint64_t published, duplicates, commits;
 };
 
@@ -120,6 +126,11 @@ void conn_pause_reading(struct conn *c);
 /* Ends the connection: optional fatal ERROR first, then close after flush. */
 void conn_fail(struct conn *c, int code, const char *msg);
 void conn_unref(struct conn *c);
+/* Sends a reply in request order (at once when nothing is outstanding). */
+void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len);
+void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg);
+/* Writes a frame that is not a reply (a DELIVER) at once. */
+void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len);
 void conn_tick(struct conn *c, uint64_t now_ms);
 
 uint64_t broker_now_ms(void); /* monotonic */

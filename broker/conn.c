@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "broker.h"
+#include "group.h"
 #include "log.h"
 #include "proto.h"
 
@@ -63,6 +64,7 @@ static void on_close(uv_handle_t *h)
 {
     struct conn *c = h->data;
     c->state = CONN_CLOSED;
+    groups_conn_closed(c);
     broker_conn_closed(c->broker, c);
     conn_unref(c);
 }
@@ -165,6 +167,17 @@ void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
     conn_flush(c);
 }
 
+void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
+{
+    if (c->state >= CONN_CLOSING)
+        return;
+    if (buf_append(&c->wq, frame, len) < 0) {
+        conn_fail(c, 0, NULL);
+        return;
+    }
+    conn_flush(c);
+}
+
 void conn_op_done(struct conn *c, size_t wire_bytes)
 {
     c->outstanding -= wire_bytes;
@@ -197,7 +210,7 @@ void conn_fail(struct conn *c, int code, const char *msg)
 
 /* Sends a reply at once when nothing is outstanding, else queues it behind
  * the outstanding requests so the order holds. */
-static void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len)
+void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len)
 {
     if (c->outstanding_ops == 0) {
         if (buf_append(&c->wq, frame, len) < 0) {
@@ -221,7 +234,7 @@ static void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame
         op->out_len = 0;
 }
 
-static void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg)
+void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg)
 {
     uint8_t frame[PROTO_HEADER_BYTES + 4 + 512];
     struct proto_writer w;
@@ -356,6 +369,30 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
     }
     case PROTO_HELLO:
         conn_reply_error(c, f->request_id, FERRY_EINVALID, "handshake already done");
+        return;
+    case PROTO_SUBSCRIBE:
+        groups_on_subscribe(c, f, wire_bytes);
+        return;
+    case PROTO_ACK:
+        groups_on_ack(c, f, wire_bytes);
+        return;
+    case PROTO_NACK:
+        groups_on_nack(c, f);
+        return;
+    case PROTO_TOUCH:
+        groups_on_touch(c, f);
+        return;
+    case PROTO_CREDIT:
+        groups_on_credit(c, f);
+        return;
+    case PROTO_UNSUBSCRIBE:
+        groups_on_unsubscribe(c, f);
+        return;
+    case PROTO_SEEK:
+        groups_on_seek(c, f, wire_bytes);
+        return;
+    case PROTO_GROUPS:
+        groups_on_groups(c, f);
         return;
     default:
         if (proto_type_reserved(f->type)) {

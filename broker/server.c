@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "group.h"
 #include "log.h"
 #include "proto.h"
 #include "store.h"
@@ -112,15 +113,21 @@ static void after_work_cb(uv_work_t *req, int status)
     log_debug("commit: %zu op(s), %llu message(s), %llu us", done->nops,
               (unsigned long long)done->messages, (unsigned long long)done->commit_us);
 
+    /* Fresh messages reach caught-up groups before the publishers' acks
+     * are even written; fetched ones go to their subscriptions. */
+    groups_after_commit(b, done);
+
     /* Replies go out in op order; connections coalesce them into writes. */
     for (size_t i = 0; i < done->nops; i++) {
         struct op *op = &done->ops[i];
         struct conn *c = op->conn;
-        conn_on_replies(c, done->out.data + op->out_off, op->out_len);
+        if (op->kind != OP_FETCH)
+            conn_on_replies(c, done->out.data + op->out_off, op->out_len);
         conn_op_done(c, op->wire_bytes);
         conn_unref(c);
     }
     batch_reset(done);
+    groups_dispatch_dirty(b);
 
     if (b->pending->nops || b->maintenance_due)
         start_commit(b);
@@ -215,6 +222,7 @@ static void maybe_finish(struct broker *b)
         conn_fail(c, 0, NULL);
         c = next;
     }
+    groups_close(b);
     uv_close((uv_handle_t *)&b->prepare, on_handle_closed);
     uv_close((uv_handle_t *)&b->drain, on_handle_closed);
     uv_close((uv_handle_t *)&b->tick, on_handle_closed);
@@ -293,6 +301,10 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         log_error("cannot open the store: %s", err);
         return -1;
     }
+    if (groups_init(b) != 0) {
+        log_error("cannot load consumer groups: %s", store_last_error(b->store));
+        return -1;
+    }
     struct store_stats st;
     store_get_stats(b->store, &st);
     log_info("store %s open: %llu topic(s), %llu message id(s) remembered for dedupe", path,
@@ -365,6 +377,7 @@ int broker_start(struct broker *b)
 
 void broker_destroy(struct broker *b)
 {
+    groups_free(b);
     batch_free(&b->batches[0]);
     batch_free(&b->batches[1]);
     if (b->store) {

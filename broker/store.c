@@ -60,8 +60,10 @@
 #define SEQ_MAX ((1LL << 40) - 1)
 /* WAL frames (pages) after which the checkpointer is woken, and after
  * which a commit checkpoints by itself to bound the WAL. */
-#define WAL_CKPT_FRAMES 4096
+#define WAL_CKPT_FRAMES 1000
 #define WAL_HARD_FRAMES 65536
+/* Frames left for the committer to copy itself (see maybe_checkpoint). */
+#define WAL_CKPT_TAIL 256
 /* dedupe_log rows purged per commit, at least. */
 #define DEDUPE_PURGE_MIN 2000
 
@@ -75,8 +77,11 @@ struct topic {
     size_t name_len;
     int64_t created_ms;
     struct topic_counters c;
-    struct topic_counters saved; /* valid while in_txn */
-    int in_txn;                  /* touched by the running transaction */
+    struct topic_counters saved;     /* valid while in_txn */
+    struct topic_counters persisted; /* as the topics row holds them */
+    int64_t persisted_ms;
+    int written_in_txn; /* its row is written by the running transaction */
+    int in_txn;         /* touched by the running transaction */
     int created_in_txn;
     struct topic *next_dirty;
     struct topic *hnext;
@@ -93,6 +98,12 @@ enum stmt_id {
     ST_DLOG_GET,
     ST_DLOG_OLDEST,
     ST_DLOG_DELETE_UPTO,
+    ST_GROUP_UPSERT,
+    ST_GROUP_FLOOR,
+    ST_GACK_INSERT,
+    ST_GACK_DELETE_BELOW,
+    ST_GACK_DELETE_ALL,
+    ST_FETCH,
     ST__COUNT
 };
 
@@ -110,6 +121,16 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_DLOG_GET] = "SELECT topic_id, seq, msg_id FROM dedupe_log WHERE id = ?1",
     [ST_DLOG_OLDEST] = "SELECT id, topic_id, msg_id, ts_ms FROM dedupe_log ORDER BY id LIMIT ?1",
     [ST_DLOG_DELETE_UPTO] = "DELETE FROM dedupe_log WHERE id <= ?1",
+    [ST_GROUP_UPSERT] = "INSERT INTO groups(id, topic, name, created_ms, ack_floor, ack_wait_ms, "
+                        "max_deliveries) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO "
+                        "UPDATE SET ack_floor = excluded.ack_floor, ack_wait_ms = "
+                        "excluded.ack_wait_ms, max_deliveries = excluded.max_deliveries",
+    [ST_GROUP_FLOOR] = "UPDATE groups SET ack_floor = ?2 WHERE id = ?1",
+    [ST_GACK_INSERT] = "INSERT OR IGNORE INTO group_acks(group_id, seq) VALUES (?1, ?2)",
+    [ST_GACK_DELETE_BELOW] = "DELETE FROM group_acks WHERE group_id = ?1 AND seq < ?2",
+    [ST_GACK_DELETE_ALL] = "DELETE FROM group_acks WHERE group_id = ?1",
+    [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
+                 "WHERE rid = ?1",
 };
 
 struct dd_change {
@@ -121,6 +142,9 @@ struct store {
     sqlite3_stmt *st[ST__COUNT];
     uint64_t dedupe_window_ms;
     uint64_t dedupe_max_ids;
+    /* The timestamp of the oldest dedupe_log row (INT64_MAX: none), so
+     * that commits skip the purge query while nothing is due. */
+    int64_t dd_oldest_ms, dd_oldest_before;
     struct dedupe_index dd;
     /* Index changes of the running transaction: additions are undone if it
      * fails, removals (of purged rows) are applied only if it commits. */
@@ -134,12 +158,19 @@ struct store {
 
     /* The checkpointer: its own connection and thread. */
     sqlite3 *ckpt_db;
+    /* A read-only connection for the loop thread's rare lookups. */
+    sqlite3 *rdb;
+    sqlite3_stmt *rd_ts;
     pthread_t ckpt_thread;
     int ckpt_started;
     pthread_mutex_t ckpt_mu;
     pthread_cond_t ckpt_cv;
     int ckpt_wanted, ckpt_stop;
     int wal_frames; /* frames in the WAL after the last commit */
+    int ckpt_mark;  /* wal_frames when the checkpointer was last woken */
+    /* Written by the checkpointer thread, read by the committer. */
+    int ckpt_busy;       /* a background checkpoint is running */
+    int ckpt_backfilled; /* frames the last one copied into the database */
 
     uint64_t rng;
     struct buf scratch;
@@ -355,11 +386,20 @@ static struct topic *topic_get(struct store *s, const uint8_t *name, size_t len,
 }
 
 /* Writes every touched topic's counters back (inside the transaction). */
-static int topics_flush(struct store *s)
+/*
+ * Writes touched topics' counters back (inside the transaction), but a
+ * topic's row at most once a second unless forced: under load that saves a
+ * page write per commit. What the row lags behind is recovered at open
+ * from the messages after its head (see recover_topic), so nothing is lost.
+ */
+#define TOPIC_PERSIST_MS 1000
+static int topics_flush(struct store *s, int64_t now_ms, int force)
 {
     sqlite3_stmt *st = s->st[ST_TOPIC_UPDATE];
     for (struct topic *t = s->dirty; t; t = t->next_dirty) {
-        if (!t->created_in_txn && memcmp(&t->c, &t->saved, sizeof(t->c)) == 0)
+        if (!t->created_in_txn && memcmp(&t->c, &t->persisted, sizeof(t->c)) == 0)
+            continue;
+        if (!t->created_in_txn && !force && now_ms - t->persisted_ms < TOPIC_PERSIST_MS)
             continue;
         sqlite3_bind_int64(st, 1, t->id);
         sqlite3_bind_int64(st, 2, (int64_t)t->c.head);
@@ -371,16 +411,41 @@ static int topics_flush(struct store *s)
             set_err(s, "update topic");
             return rc;
         }
+        t->written_in_txn = 1;
     }
     return SQLITE_OK;
 }
 
+/* Every topic whose row lags: touched so the next flush writes it. */
+static void topics_touch_lagging(struct store *s)
+{
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            if (memcmp(&t->c, &t->persisted, sizeof(t->c)) != 0)
+                topic_touch(s, t);
+}
+
 /* Ends the transaction's bookkeeping: keep (ok) or restore the counters. */
-static void topics_settle(struct store *s, int ok)
+static void topics_settle(struct store *s, struct batch *b, int ok)
 {
     struct topic *t = s->dirty;
     while (t) {
         struct topic *next = t->next_dirty;
+        if (ok && t->written_in_txn) {
+            t->persisted = t->c;
+            t->persisted_ms = b ? b->now_ms : 0;
+        }
+        t->written_in_txn = 0;
+        if (ok && b && (t->created_in_txn || t->c.head != t->saved.head)) {
+            /* Tell the loop: u64 id, u64 head, str16 name. */
+            uint8_t rec[18];
+            proto_wr64(rec, (uint64_t)t->id);
+            proto_wr64(rec + 8, t->c.head);
+            proto_wr16(rec + 16, (uint16_t)t->name_len);
+            if (buf_append(&b->topics, rec, sizeof(rec)) < 0 ||
+                buf_append(&b->topics, t->name, t->name_len) < 0)
+                b->topics.len = 0;
+        }
         if (!ok) {
             if (t->created_in_txn) {
                 topic_map_remove(s, t);
@@ -424,7 +489,18 @@ static const char *const migrations[] = {
     "CREATE VIEW messages_v AS SELECT t.name AS topic, m.rid & 1099511627775 AS seq,"
     "  m.msg_id AS msg_id, m.key AS key, m.headers AS headers, m.payload AS payload,"
     "  m.ts_ms AS ts_ms, m.deliver_at_ms AS deliver_at_ms"
-    "  FROM messages m JOIN topics t ON t.id = (m.rid >> 40);",
+    "  FROM messages m JOIN topics t ON t.id = (m.rid >> 40);"
+    "CREATE TABLE groups ("
+    "  id INTEGER PRIMARY KEY,"
+    "  topic TEXT NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  ack_floor INTEGER NOT NULL,"
+    "  ack_wait_ms INTEGER NOT NULL,"
+    "  max_deliveries INTEGER NOT NULL,"
+    "  UNIQUE (topic, name));"
+    "CREATE TABLE group_acks (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -474,6 +550,42 @@ static int migrate(struct store *s)
     return SQLITE_OK;
 }
 
+/* A topic's row is written at most once a second (topics_flush), so after
+ * a crash it may lag: the messages stored after its head are counted back
+ * in. They are at most a second's worth. */
+static int recover_topic(struct store *s, struct topic *t)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT rid, length(key), headers, length(payload) FROM messages "
+                                "WHERE rid > ?1 AND rid <= ?2 ORDER BY rid",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(s, "recover topic");
+        return rc;
+    }
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)t->id << 40 | t->c.head));
+    sqlite3_bind_int64(st, 2, (int64_t)((uint64_t)t->id << 40 | (uint64_t)SEQ_MAX));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        uint64_t seq = (uint64_t)sqlite3_column_int64(st, 0) & (uint64_t)SEQ_MAX;
+        const uint8_t *h = sqlite3_column_blob(st, 2);
+        size_t hl = (size_t)sqlite3_column_bytes(st, 2);
+        /* proto_msg_size: key + header names and values + payload; the
+         * stored headers add a u16 count and two u16 lengths a header. */
+        uint64_t hb = h && hl >= 2 ? hl - 2 - 4 * (uint64_t)proto_rd16(h) : 0;
+        t->c.bytes +=
+            (uint64_t)sqlite3_column_int64(st, 1) + hb + (uint64_t)sqlite3_column_int64(st, 3);
+        t->c.count++;
+        if (!t->c.first)
+            t->c.first = seq;
+        t->c.head = seq;
+    }
+    sqlite3_finalize(st);
+    t->persisted = t->c;
+    t->persisted.head = 0; /* differs: the next flush rewrites the row */
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int load_topics(struct store *s)
 {
     sqlite3_stmt *st;
@@ -507,6 +619,10 @@ static int load_topics(struct store *s)
         set_err(s, "load topics");
         return rc;
     }
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            if ((rc = recover_topic(s, t)) != SQLITE_OK)
+                return rc;
     return SQLITE_OK;
 }
 
@@ -558,7 +674,12 @@ static void *checkpointer(void *arg)
         pthread_mutex_unlock(&s->ckpt_mu);
         /* PASSIVE never blocks the writer; frames it cannot copy yet are
          * copied by the next round. */
-        sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        int nlog = 0, nckpt = 0;
+        __atomic_store_n(&s->ckpt_busy, 1, __ATOMIC_RELEASE);
+        if (sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt) ==
+            SQLITE_OK)
+            __atomic_store_n(&s->ckpt_backfilled, nckpt, __ATOMIC_RELEASE);
+        __atomic_store_n(&s->ckpt_busy, 0, __ATOMIC_RELEASE);
         pthread_mutex_lock(&s->ckpt_mu);
     }
     pthread_mutex_unlock(&s->ckpt_mu);
@@ -608,16 +729,36 @@ static void stop_checkpointer(struct store *s)
     s->ckpt_started = 0;
 }
 
-/* After a commit: wake the checkpointer, or checkpoint here when the WAL
- * has grown past the hard bound. */
+/*
+ * After a commit. The checkpointer thread copies the bulk of the WAL into
+ * the database without delaying commits, but while commits keep appending
+ * it can never copy the very last frames, and SQLite only starts the WAL
+ * over from its beginning once every frame is copied. A WAL that never
+ * restarts grows, and appending to a growing file syncs slower than
+ * rewriting one in place. So once the thread has copied all but a few
+ * frames, the committer copies the rest itself (a few pages and the
+ * database's fsync, once every ~4 MiB of WAL), and the next commit
+ * restarts the WAL.
+ */
 static void maybe_checkpoint(struct store *s)
 {
     if (!s->ckpt_started || s->wal_frames < WAL_CKPT_FRAMES)
         return;
+    int busy = __atomic_load_n(&s->ckpt_busy, __ATOMIC_ACQUIRE);
+    int done = __atomic_load_n(&s->ckpt_backfilled, __ATOMIC_ACQUIRE);
+    if (!busy && done > 0 && done <= s->wal_frames && s->wal_frames - done <= WAL_CKPT_TAIL) {
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        __atomic_store_n(&s->ckpt_backfilled, 0, __ATOMIC_RELEASE);
+        s->ckpt_mark = 0;
+        return;
+    }
     if (s->wal_frames >= WAL_HARD_FRAMES) {
         sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         return;
     }
+    if (busy || s->wal_frames - s->ckpt_mark < WAL_CKPT_TAIL)
+        return;
+    s->ckpt_mark = s->wal_frames;
     pthread_mutex_lock(&s->ckpt_mu);
     s->ckpt_wanted = 1;
     pthread_cond_signal(&s->ckpt_cv);
@@ -640,6 +781,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     }
     s->dedupe_window_ms = cfg->dedupe_window_ms;
     s->dedupe_max_ids = cfg->dedupe_max_ids ? cfg->dedupe_max_ids : 10000000;
+    s->dd_oldest_ms = INT64_MIN; /* unknown until the first purge looks */
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
         s->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)s;
     if (dedupe_init(&s->dd, splitmix64(&s->rng)) < 0) {
@@ -712,6 +854,12 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         }
     }
     start_checkpointer(s, cfg);
+    if (sqlite3_open_v2(cfg->path, &s->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) ==
+        SQLITE_OK)
+        sqlite3_prepare_v2(s->rdb,
+                           "SELECT rid, ts_ms FROM messages WHERE rid >= ?1 AND rid <= ?2 "
+                           "ORDER BY rid LIMIT 1",
+                           -1, &s->rd_ts, NULL);
     s->stats.topics = s->ntopics;
     *out = s;
     return 0;
@@ -721,7 +869,19 @@ void store_close(struct store *s)
 {
     if (!s)
         return;
+    if (s->db && s->st[ST_BEGIN] && step_done(s->st[ST_BEGIN]) == SQLITE_OK) {
+        /* Bring every topic's row up to date before a clean exit. */
+        topics_touch_lagging(s);
+        int rc = topics_flush(s, 0, 1);
+        if (rc == SQLITE_OK)
+            rc = step_done(s->st[ST_COMMIT]);
+        if (rc != SQLITE_OK && !sqlite3_get_autocommit(s->db))
+            step_done(s->st[ST_ROLLBACK]);
+        topics_settle(s, NULL, rc == SQLITE_OK);
+    }
     stop_checkpointer(s);
+    sqlite3_finalize(s->rd_ts);
+    sqlite3_close(s->rdb);
     for (int i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db) {
@@ -785,14 +945,21 @@ static int dedupe_purge(struct store *s, int64_t now_ms, uint64_t batch_msgs)
         limit = DEDUPE_PURGE_MIN;
     uint64_t live = s->dd.count;
     int64_t cutoff = now_ms - (int64_t)s->dedupe_window_ms;
+    if (s->dd_oldest_ms >= cutoff && live <= s->dedupe_max_ids)
+        return SQLITE_OK;
+    int64_t stop_ts = INT64_MIN; /* unknown: the limit ran out first */
+    int64_t seen = 0;
     sqlite3_stmt *st = s->st[ST_DLOG_OLDEST];
     sqlite3_bind_int64(st, 1, limit);
     int64_t last = 0;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t ts = sqlite3_column_int64(st, 3);
-        if (ts >= cutoff && live <= s->dedupe_max_ids)
+        seen++;
+        if (ts >= cutoff && live <= s->dedupe_max_ids) {
+            stop_ts = ts;
             break;
+        }
         last = sqlite3_column_int64(st, 0);
         uint64_t h = dedupe_hash(&s->dd, sqlite3_column_int64(st, 1), sqlite3_column_blob(st, 2),
                                  (size_t)sqlite3_column_bytes(st, 2));
@@ -809,6 +976,9 @@ static int dedupe_purge(struct store *s, int64_t now_ms, uint64_t batch_msgs)
         set_err(s, "purge dedupe");
         return rc;
     }
+    if (rc == SQLITE_DONE && seen < limit)
+        stop_ts = INT64_MAX; /* the log is empty now */
+    s->dd_oldest_ms = stop_ts;
     if (!last)
         return SQLITE_OK;
     st = s->st[ST_DLOG_DELETE_UPTO];
@@ -869,7 +1039,7 @@ static int dedupe_lookup(struct store *s, uint64_t h, int64_t topic_id, const ui
 /* Stores one message (or recognises it as a duplicate) and appends its ack
  * entry to the reply being built in b->out. Returns an SQLite code. */
 static int publish_one(struct store *s, struct batch *b, const struct proto_msg *m, int64_t now_ms,
-                       int *ferr)
+                       int *ferr, int with_ack)
 {
     struct topic *t = topic_get(s, m->topic.ptr, m->topic.len, now_ms, ferr);
     if (!t)
@@ -886,9 +1056,11 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
             return -found;
         if (found) {
             s->stats.duplicates++;
-            proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
-            proto_publish_ack_add(&w, seq, PROTO_ACK_DUPLICATE, m->id.ptr, m->id.len);
-            b->out.len += w.len;
+            if (with_ack) {
+                proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+                proto_publish_ack_add(&w, seq, PROTO_ACK_DUPLICATE, m->id.ptr, m->id.len);
+                b->out.len += w.len;
+            }
             return SQLITE_OK;
         }
     }
@@ -948,6 +1120,8 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
             return rc;
         }
         uint64_t log_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
+        if (s->dd_oldest_ms == INT64_MAX)
+            s->dd_oldest_ms = now_ms;
         if (dedupe_add(&s->dd, h, log_id) < 0 ||
             dd_note(&s->dd_added, &s->n_added, &s->cap_added, h, log_id) < 0) {
             *ferr = FERRY_EINTERNAL;
@@ -961,9 +1135,11 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     t->c.bytes += proto_msg_size(m);
     s->stats.messages_stored++;
 
-    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
-    proto_publish_ack_add(&w, seq, 0, id, id_len);
-    b->out.len += w.len;
+    if (with_ack) {
+        proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+        proto_publish_ack_add(&w, seq, 0, id, id_len);
+        b->out.len += w.len;
+    }
     return SQLITE_OK;
 }
 
@@ -986,7 +1162,7 @@ static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t n
     struct proto_msg m;
     proto_msg_iter_init(&it, &pub);
     while (proto_msg_next(&it, &m)) {
-        int rc = publish_one(s, b, &m, now_ms, ferr);
+        int rc = publish_one(s, b, &m, now_ms, ferr, 1);
         if (rc != SQLITE_OK)
             return rc;
     }
@@ -1051,6 +1227,310 @@ static int topics_op(struct store *s, struct batch *b, struct op *op)
     return 0;
 }
 
+/* ---- consumer groups -------------------------------------------------- */
+
+/* OP_GROUP_SAVE record: u64 id, u64 floor, u32 ack_wait_ms,
+ * u16 max_deliveries, str16 topic, str16 name. Creates the group or moves
+ * it (a seek): either way no ack above the floor is kept. */
+static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    uint16_t tl = proto_rd16(p + 22);
+    uint16_t nl = proto_rd16(p + 24 + tl);
+    sqlite3_stmt *st = s->st[ST_GROUP_UPSERT];
+    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+    sqlite3_bind_text(st, 2, (const char *)p + 24, tl, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, (const char *)p + 26 + tl, nl, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now_ms);
+    sqlite3_bind_int64(st, 5, (int64_t)proto_rd64(p + 8));
+    sqlite3_bind_int64(st, 6, proto_rd32(p + 16));
+    sqlite3_bind_int64(st, 7, proto_rd16(p + 20));
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        set_err(s, "save group");
+        return rc;
+    }
+    st = s->st[ST_GACK_DELETE_ALL];
+    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+    if ((rc = step_done(st)) != SQLITE_OK)
+        set_err(s, "save group");
+    return rc;
+}
+
+/* OP_GROUP_ACK record: u64 group id, u64 floor, u32 n, n x u64 seq (acked
+ * above the floor). */
+static int group_ack_op(struct store *s, struct batch *b, struct op *op)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    int64_t gid = (int64_t)proto_rd64(p);
+    int64_t floor = (int64_t)proto_rd64(p + 8);
+    uint32_t n = proto_rd32(p + 16);
+    sqlite3_stmt *st = s->st[ST_GROUP_FLOOR];
+    sqlite3_bind_int64(st, 1, gid);
+    sqlite3_bind_int64(st, 2, floor);
+    int rc = step_done(st);
+    if (rc == SQLITE_OK) {
+        st = s->st[ST_GACK_DELETE_BELOW];
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, floor);
+        rc = step_done(st);
+    }
+    st = s->st[ST_GACK_INSERT];
+    for (uint32_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 20 + 8 * (size_t)i));
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
+        set_err(s, "record acks");
+    return rc;
+}
+
+/* OP_FETCH record: u64 topic id, u32 n, n x u64 seq. Appends, for each
+ * message still stored and in request order, its u64 deliver_at_ms and a
+ * DELIVER frame (sub_id 1 and attempt 1 as placeholders, which the loop
+ * patches). */
+static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
+{
+    const uint8_t *req = b->in.data + op->in_off;
+    uint64_t topic_id = proto_rd64(req);
+    uint32_t n = proto_rd32(req + 8);
+    sqlite3_stmt *st = s->st[ST_FETCH];
+    op->out_off = b->out.len;
+    for (uint32_t i = 0; i < n; i++) {
+        /* req may move if b->in grew; it does not here (only out grows). */
+        uint64_t seq = proto_rd64(req + 12 + 8 * (size_t)i);
+        sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | seq));
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) {
+            sqlite3_reset(st);
+            continue;
+        }
+        if (rc != SQLITE_ROW) {
+            set_err(s, "fetch message");
+            sqlite3_reset(st);
+            return rc;
+        }
+        const uint8_t *hdr = sqlite3_column_blob(st, 2);
+        size_t hlen = (size_t)sqlite3_column_bytes(st, 2);
+        struct proto_deliver d = {
+            .sub_id = 1,
+            .seq = seq,
+            .attempt = 1,
+            .ts_ms = (uint64_t)sqlite3_column_int64(st, 4),
+            .id = {sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0)},
+            .key = {sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
+            .header_count = hdr && hlen >= 2 ? proto_rd16(hdr) : 0,
+            .headers = {hdr && hlen >= 2 ? hdr + 2 : NULL, hdr && hlen >= 2 ? hlen - 2 : 0},
+            .payload = {sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)},
+        };
+        size_t need = proto_deliver_bytes(&d);
+        if (buf_reserve(&b->out, 8 + need) < 0) {
+            sqlite3_reset(st);
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        struct proto_writer w;
+        proto_wr64(b->out.data + b->out.len, (uint64_t)sqlite3_column_int64(st, 5));
+        proto_writer_init(&w, b->out.data + b->out.len + 8, need);
+        if (proto_encode_deliver(&w, 0, &d) == 0)
+            b->out.len += 8 + w.len;
+        sqlite3_reset(st);
+    }
+    op->out_len = b->out.len - op->out_off;
+    return SQLITE_OK;
+}
+
+/* Appends one header pair (str16 name, str16 value) to the scratch buffer. */
+static int put_header(struct buf *h, const char *name, const void *value, size_t len)
+{
+    uint8_t l[2];
+    size_t nl = strlen(name);
+    proto_wr16(l, (uint16_t)nl);
+    if (buf_append(h, l, 2) < 0 || buf_append(h, name, nl) < 0)
+        return -1;
+    proto_wr16(l, (uint16_t)len);
+    return buf_append(h, l, 2) < 0 || buf_append(h, value, len) < 0 ? -1 : 0;
+}
+
+/*
+ * OP_DEAD_LETTER record: u64 group id, u64 floor, u64 topic id, u64 seq,
+ * u32 attempts, str16 topic, str16 group, str16 reason. Copies the message
+ * to the topic "_dead.<topic>" with headers naming where it came from, and
+ * records it as acked for the group (like OP_GROUP_ACK with one seq).
+ */
+static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms,
+                          int *ferr)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    uint64_t topic_id = proto_rd64(p + 16), seq = proto_rd64(p + 24);
+    uint32_t attempts = proto_rd32(p + 32);
+    uint16_t tl = proto_rd16(p + 36);
+    const uint8_t *tname = p + 38;
+    uint16_t gl = proto_rd16(p + 38 + tl);
+    const uint8_t *gname = p + 40 + tl;
+    uint16_t rl = proto_rd16(p + 40 + tl + gl);
+    const uint8_t *reason = p + 42 + tl + gl;
+
+    sqlite3_stmt *st = s->st[ST_FETCH];
+    sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | seq));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && (size_t)tl + 6 <= PROTO_MAX_TOPIC) {
+        /* Copy what the new message needs before the statement is reset. */
+        struct buf h = {0};
+        char dname[PROTO_MAX_TOPIC + 1];
+        char num[24];
+        memcpy(dname, "_dead.", 6);
+        memcpy(dname + 6, tname, tl);
+        const uint8_t *oh = sqlite3_column_blob(st, 2);
+        size_t ohl = (size_t)sqlite3_column_bytes(st, 2);
+        uint16_t count = oh && ohl >= 2 ? proto_rd16(oh) : 0;
+        int bad = 0;
+        if (count > PROTO_MAX_HEADERS - 6) {
+            /* Keep room for ours: drop the original's last headers. */
+            struct proto_msg om = {.header_count = count, .headers = {oh + 2, ohl - 2}};
+            struct proto_header_iter hi;
+            struct proto_header hd;
+            proto_header_iter_init(&hi, &om);
+            for (uint16_t i = 0; i < PROTO_MAX_HEADERS - 6 && proto_header_next(&hi, &hd); i++) {
+                uint8_t l[2];
+                proto_wr16(l, (uint16_t)hd.name.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.name.ptr, hd.name.len) < 0;
+                proto_wr16(l, (uint16_t)hd.value.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.value.ptr, hd.value.len) < 0;
+            }
+            count = PROTO_MAX_HEADERS - 6;
+        } else if (count) {
+            bad |= buf_append(&h, oh + 2, ohl - 2) < 0;
+        }
+        bad |= put_header(&h, "ferry-dead-topic", tname, tl) < 0;
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
+        bad |= put_header(&h, "ferry-dead-seq", num, strlen(num)) < 0;
+        bad |= put_header(&h, "ferry-dead-group", gname, gl) < 0;
+        snprintf(num, sizeof(num), "%u", attempts);
+        bad |= put_header(&h, "ferry-dead-attempts", num, strlen(num)) < 0;
+        bad |= put_header(&h, "ferry-dead-reason", reason, rl) < 0;
+        bad |= put_header(&h, "ferry-dead-id", sqlite3_column_text(st, 0),
+                          (size_t)sqlite3_column_bytes(st, 0)) < 0;
+        struct buf key = {0}, payload = {0};
+        bad |=
+            buf_append(&key, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)) < 0;
+        bad |= buf_append(&payload, sqlite3_column_blob(st, 3),
+                          (size_t)sqlite3_column_bytes(st, 3)) < 0;
+        sqlite3_reset(st);
+        if (!bad) {
+            struct proto_msg m = {
+                .topic = {(const uint8_t *)dname, (size_t)tl + 6},
+                .key = {key.data, key.len},
+                .header_count = (uint16_t)(count + 6),
+                .headers = {h.data, h.len},
+                .payload = {payload.data, payload.len},
+            };
+            rc = publish_one(s, b, &m, now_ms, ferr, 0);
+        } else {
+            *ferr = FERRY_EINTERNAL;
+            rc = SQLITE_NOMEM;
+        }
+        buf_free(&h);
+        buf_free(&key);
+        buf_free(&payload);
+        if (rc != SQLITE_OK)
+            return rc;
+    } else {
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            set_err(s, "dead-letter");
+            return rc;
+        }
+    }
+    /* The group's ack of it. */
+    int64_t gid = (int64_t)proto_rd64(p), floor = (int64_t)proto_rd64(p + 8);
+    st = s->st[ST_GROUP_FLOOR];
+    sqlite3_bind_int64(st, 1, gid);
+    sqlite3_bind_int64(st, 2, floor);
+    rc = step_done(st);
+    if (rc == SQLITE_OK && (int64_t)seq >= floor) {
+        st = s->st[ST_GACK_INSERT];
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, (int64_t)seq);
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
+        set_err(s, "dead-letter");
+    return rc;
+}
+
+int store_load_groups(struct store *s, const struct store_load_cbs *cb)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT id, name, head_seq FROM topics", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb->topic(cb->arg, sqlite3_column_int64(st, 0),
+                      (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+                      (uint64_t)sqlite3_column_int64(st, 2)) < 0)
+            break;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return FERRY_ESTORAGE;
+    rc = sqlite3_prepare_v2(
+        s->db, "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries FROM groups", -1,
+        &st, NULL);
+    if (rc != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb->group(cb->arg, sqlite3_column_int64(st, 0),
+                      (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+                      (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2),
+                      (uint64_t)sqlite3_column_int64(st, 3), (uint32_t)sqlite3_column_int64(st, 4),
+                      (uint16_t)sqlite3_column_int64(st, 5)) < 0)
+            break;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return FERRY_ESTORAGE;
+    rc = sqlite3_prepare_v2(s->db, "SELECT group_id, seq FROM group_acks", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb->ack(cb->arg, sqlite3_column_int64(st, 0), (uint64_t)sqlite3_column_int64(st, 1)) <
+            0)
+            break;
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
+}
+
+/* On the loop thread, with the store's read-only connection: the first
+ * sequence at or after time_ms (binary search over the topic's rowid
+ * range; stored timestamps only go up within a topic unless the clock was
+ * set back). Returns head + 1 when every message is older. */
+uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, uint64_t head)
+{
+    if (!s->rdb || !s->rd_ts)
+        return 1;
+    uint64_t lo = 1, hi = head + 1;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        sqlite3_bind_int64(s->rd_ts, 1, (int64_t)((uint64_t)topic_id << 40 | mid));
+        sqlite3_bind_int64(s->rd_ts, 2, (int64_t)((uint64_t)topic_id << 40 | head));
+        int64_t ts = INT64_MAX, rid = 0;
+        if (sqlite3_step(s->rd_ts) == SQLITE_ROW) {
+            rid = sqlite3_column_int64(s->rd_ts, 0);
+            ts = sqlite3_column_int64(s->rd_ts, 1);
+        }
+        sqlite3_reset(s->rd_ts);
+        if (!rid) {
+            hi = mid; /* nothing stored from mid on */
+            continue;
+        }
+        if (ts >= time_ms)
+            hi = mid;
+        else
+            lo = ((uint64_t)rid & SEQ_MAX) + 1;
+    }
+    return lo;
+}
+
 /* ---- the transaction -------------------------------------------------- */
 
 static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
@@ -1075,7 +1555,9 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
 {
     uint64_t t0 = now_us();
     int ferr = 0;
+    b->now_ms = now_ms;
     s->stored_before = s->stats.messages_stored;
+    s->dd_oldest_before = s->dd_oldest_ms;
     s->dups_before = s->stats.duplicates;
     int rc = step_done(s->st[ST_BEGIN]);
     if (rc != SQLITE_OK)
@@ -1085,6 +1567,14 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         struct op *op = &b->ops[i];
         if (op->kind == OP_PUBLISH) {
             rc = publish_op(s, b, op, now_ms, &ferr);
+        } else if (op->kind == OP_GROUP_SAVE) {
+            rc = group_save_op(s, b, op, now_ms);
+        } else if (op->kind == OP_GROUP_ACK) {
+            rc = group_ack_op(s, b, op);
+        } else if (op->kind == OP_FETCH) {
+            rc = fetch_op(s, b, op, &ferr);
+        } else if (op->kind == OP_DEAD_LETTER) {
+            rc = dead_letter_op(s, b, op, now_ms, &ferr);
         } else if (op->kind == OP_TOPICS) {
             int e = topics_op(s, b, op);
             if (e)
@@ -1093,14 +1583,16 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     }
     if (rc == SQLITE_OK)
         rc = dedupe_purge(s, now_ms, b->messages);
-    if (rc == SQLITE_OK && (rc = topics_flush(s)) == SQLITE_OK) {
+    if (rc == SQLITE_OK && b->maintenance)
+        topics_touch_lagging(s);
+    if (rc == SQLITE_OK && (rc = topics_flush(s, now_ms, b->maintenance)) == SQLITE_OK) {
         rc = step_done(s->st[ST_COMMIT]);
         if (rc != SQLITE_OK)
             set_err(s, "commit");
     }
 
     if (rc == SQLITE_OK) {
-        topics_settle(s, 1);
+        topics_settle(s, b, 1);
         dedupe_settle(s, 1);
         maybe_checkpoint(s);
         s->stats.commits++;
@@ -1109,8 +1601,9 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         int code = ferr ? ferr : map_sqlite_error(rc);
         if (!sqlite3_get_autocommit(s->db))
             step_done(s->st[ST_ROLLBACK]);
-        topics_settle(s, 0);
+        topics_settle(s, b, 0);
         dedupe_settle(s, 0);
+        s->dd_oldest_ms = s->dd_oldest_before;
         s->stats.failed_commits++;
         s->stats.messages_stored = s->stored_before;
         s->stats.duplicates = s->dups_before;
@@ -1118,7 +1611,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         /* Nothing of this transaction was kept: every publish fails. */
         for (size_t i = 0; i < b->nops; i++) {
             struct op *op = &b->ops[i];
-            if (op->kind == OP_PUBLISH) {
+            if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK) {
                 reply_error(b, op, code,
                             code == FERRY_ESTORAGE_FULL ? "storage full: message not stored"
                                                         : s->errmsg);

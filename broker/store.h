@@ -37,6 +37,22 @@ void store_close(struct store *s);
  */
 void store_commit(struct store *s, struct batch *b, int64_t now_ms);
 
+/* Loading the consumer-group state at start (loop thread, before any
+ * commit runs). Each callback returns 0, or -1 to stop with an error. */
+struct store_load_cbs {
+    void *arg;
+    int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head);
+    int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
+                 size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries);
+    int (*ack)(void *arg, int64_t group_id, uint64_t seq);
+};
+int store_load_groups(struct store *s, const struct store_load_cbs *cb);
+
+/* The first sequence of a topic stored at or after time_ms (head + 1 when
+ * none). Uses a separate read-only connection: safe on the loop thread
+ * while a commit runs on the worker. */
+uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, uint64_t head);
+
 /* Counters for logs and tests. */
 struct store_stats {
     uint64_t topics;

@@ -124,33 +124,45 @@ static int rd_header(struct cur *c, struct proto_header *h)
     return 0;
 }
 
+/* u16 header_count (0..64), then that many headers, each walked and
+ * checked; *headers is set to the encoded pairs. Shared by PUBLISH messages
+ * and DELIVER, so both follow exactly the same rules. */
+static int rd_headers(struct cur *c, uint16_t *count, struct proto_slice *headers)
+{
+    struct cur save = *c;
+    struct proto_header h;
+    const uint8_t *start;
+    uint16_t i;
+
+    if (rd_u16(c, count) < 0 || *count > PROTO_MAX_HEADERS)
+        goto fail;
+    start = c->p;
+    for (i = 0; i < *count; i++) {
+        if (rd_header(c, &h) < 0)
+            goto fail;
+    }
+    headers->ptr = start;
+    headers->len = (size_t)(c->p - start);
+    return 0;
+fail:
+    *c = save;
+    return -1;
+}
+
 /* One PUBLISH message, headers walked and checked. Structural limits only;
  * the topic alphabet and the message size are proto_msg_check()'s job. */
 static int rd_msg(struct cur *c, struct proto_msg *m)
 {
     struct cur save = *c;
-    struct proto_header h;
-    const uint8_t *headers;
-    uint16_t i;
 
     if (rd_str16(c, 0, PROTO_MAX_TOPIC, &m->topic) < 0 ||
         rd_str16(c, 0, PROTO_MAX_ID, &m->id) < 0 || rd_str16(c, 0, PROTO_MAX_KEY, &m->key) < 0 ||
-        rd_u64(c, &m->deliver_at_ms) < 0 || rd_u16(c, &m->header_count) < 0 ||
-        m->header_count > PROTO_MAX_HEADERS)
-        goto fail;
-    headers = c->p;
-    for (i = 0; i < m->header_count; i++) {
-        if (rd_header(c, &h) < 0)
-            goto fail;
+        rd_u64(c, &m->deliver_at_ms) < 0 || rd_headers(c, &m->header_count, &m->headers) < 0 ||
+        rd_bytes32(c, &m->payload) < 0) {
+        *c = save;
+        return -1;
     }
-    m->headers.ptr = headers;
-    m->headers.len = (size_t)(c->p - headers);
-    if (rd_bytes32(c, &m->payload) < 0)
-        goto fail;
     return 0;
-fail:
-    *c = save;
-    return -1;
 }
 
 /* One PUBLISH_ACK entry: u64 seq, u8 flags, str16 id (0..128). */
@@ -189,6 +201,80 @@ fail:
     return -1;
 }
 
+/* A u32 sub_id; 0 is never a subscription. */
+static int rd_sub_id(struct cur *c, uint32_t *v)
+{
+    struct cur save = *c;
+
+    if (rd_u32(c, v) < 0 || *v == 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* A u8 start position, PROTO_START_EARLIEST..PROTO_START_TIME. */
+static int rd_start(struct cur *c, uint8_t *v)
+{
+    struct cur save = *c;
+
+    if (rd_u8(c, v) < 0 || *v > PROTO_START_TIME) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* A u32 credit window, 1..PROTO_MAX_WINDOW. */
+static int rd_window(struct cur *c, uint32_t *v)
+{
+    struct cur save = *c;
+
+    if (rd_u32(c, v) < 0 || *v == 0 || *v > PROTO_MAX_WINDOW) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* One ACK_OK entry: u64 seq, u16 code (0 or a wire code). */
+static int rd_ack_ok(struct cur *c, uint64_t *seq, uint16_t *code)
+{
+    struct cur save = *c;
+
+    if (rd_u64(c, seq) < 0 || rd_u16(c, code) < 0 || *code > FERRY_WIRE_CODE_MAX) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+/* One GROUPS_OK entry, framed like a TOPICS_OK entry: u16 entry_length,
+ * then the v1 fields and whatever a later revision appends (skipped). */
+static int rd_group(struct cur *c, struct proto_group_info *g)
+{
+    struct cur save = *c;
+    struct proto_slice entry;
+    struct cur e;
+    uint16_t n;
+
+    if (rd_u16(c, &n) < 0 || rd_slice(c, n, &entry) < 0)
+        goto fail;
+    e.p = entry.ptr;
+    e.end = entry.ptr + entry.len;
+    if (rd_str16(&e, 0, PROTO_MAX_TOPIC, &g->topic) < 0 ||
+        rd_str16(&e, 0, PROTO_MAX_GROUP, &g->group) < 0 || rd_u64(&e, &g->cursor) < 0 ||
+        rd_u64(&e, &g->ack_floor) < 0 || rd_u64(&e, &g->lag) < 0 || rd_u32(&e, &g->in_flight) < 0 ||
+        rd_u32(&e, &g->consumers) < 0 || rd_u64(&e, &g->redelivered) < 0 ||
+        rd_u64(&e, &g->dead_lettered) < 0 || rd_u64(&e, &g->oldest_unacked_ms) < 0 ||
+        rd_u32(&e, &g->ack_wait_ms) < 0 || rd_u16(&e, &g->max_deliveries) < 0)
+        goto fail;
+    return 0;
+fail:
+    *c = save;
+    return -1;
+}
+
 static int type_known(uint8_t type)
 {
     switch (type) {
@@ -199,17 +285,32 @@ static int type_known(uint8_t type)
     case PROTO_PONG:
     case PROTO_PUBLISH:
     case PROTO_PUBLISH_ACK:
+    case PROTO_SUBSCRIBE:
+    case PROTO_SUBSCRIBE_OK:
+    case PROTO_DELIVER:
+    case PROTO_ACK:
+    case PROTO_NACK:
+    case PROTO_TOUCH:
+    case PROTO_CREDIT:
+    case PROTO_UNSUBSCRIBE:
+    case PROTO_SEEK:
+    case PROTO_ACK_OK:
     case PROTO_TOPICS:
     case PROTO_TOPICS_OK:
+    case PROTO_GROUPS:
+    case PROTO_GROUPS_OK:
         return 1;
     default:
-        return proto_type_reserved(type);
+        return 0;
     }
 }
 
+/* Kept for source compatibility: every type that was reserved is now
+ * defined and decoded in full. */
 int proto_type_reserved(uint8_t type)
 {
-    return type >= PROTO_SUBSCRIBE && type <= PROTO_ACK_OK;
+    (void)type;
+    return 0;
 }
 
 /*
@@ -324,6 +425,118 @@ static int decode_topics_ok(struct cur *c, struct proto_topics_ok *t)
     return 0;
 }
 
+static int decode_subscribe(struct cur *c, struct proto_subscribe *s)
+{
+    if (rd_sub_id(c, &s->sub_id) < 0 || rd_str16(c, 0, PROTO_MAX_TOPIC, &s->topic) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_GROUP, &s->group) < 0 || rd_start(c, &s->start) < 0 ||
+        rd_u64(c, &s->start_value) < 0 || rd_window(c, &s->max_in_flight) < 0 ||
+        rd_u32(c, &s->ack_wait_ms) < 0 || rd_u16(c, &s->max_deliveries) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_subscribe_ok(struct cur *c, struct proto_subscribe_ok *s)
+{
+    if (rd_sub_id(c, &s->sub_id) < 0 || rd_u64(c, &s->cursor) < 0 || rd_u64(c, &s->head_seq) < 0 ||
+        rd_u32(c, &s->ack_wait_ms) < 0 || rd_u16(c, &s->max_deliveries) < 0)
+        return -1;
+    return 0;
+}
+
+/* Headers are walked like a PUBLISH message's, so that
+ * proto_deliver_header_iter_init() + proto_header_next() cannot fail. */
+static int decode_deliver(struct cur *c, struct proto_deliver *d)
+{
+    if (rd_sub_id(c, &d->sub_id) < 0 || rd_u64(c, &d->seq) < 0 || rd_u32(c, &d->attempt) < 0 ||
+        d->attempt == 0 || rd_u64(c, &d->ts_ms) < 0 || rd_str16(c, 0, PROTO_MAX_ID, &d->id) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_KEY, &d->key) < 0 ||
+        rd_headers(c, &d->header_count, &d->headers) < 0 || rd_bytes32(c, &d->payload) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_ack(struct cur *c, struct proto_ack *a)
+{
+    if (rd_sub_id(c, &a->sub_id) < 0 || rd_u16(c, &a->count) < 0 || a->count == 0 ||
+        a->count > PROTO_MAX_ACKS || rd_slice(c, (size_t)a->count * 8, &a->seqs) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_nack(struct cur *c, struct proto_nack *n)
+{
+    if (rd_sub_id(c, &n->sub_id) < 0 || rd_u64(c, &n->seq) < 0 || rd_u32(c, &n->delay_ms) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_REASON, &n->reason) < 0)
+        return -1;
+    return 0;
+}
+
+/* TOUCH (u64 seq), CREDIT (u32 window) and UNSUBSCRIBE (nothing more). */
+static int decode_sub_op(struct cur *c, uint8_t type, struct proto_sub_op *op)
+{
+    uint32_t window;
+
+    if (rd_sub_id(c, &op->sub_id) < 0)
+        return -1;
+    switch (type) {
+    case PROTO_TOUCH:
+        return rd_u64(c, &op->value);
+    case PROTO_CREDIT:
+        if (rd_window(c, &window) < 0)
+            return -1;
+        op->value = window;
+        return 0;
+    default:
+        op->value = 0;
+        return 0;
+    }
+}
+
+static int decode_ack_ok(struct cur *c, struct proto_ack_ok *a)
+{
+    const uint8_t *start;
+    uint64_t seq;
+    uint16_t code, i;
+
+    if (rd_u16(c, &a->count) < 0 || a->count > PROTO_MAX_ACKS)
+        return -1;
+    start = c->p;
+    for (i = 0; i < a->count; i++) {
+        if (rd_ack_ok(c, &seq, &code) < 0)
+            return -1;
+    }
+    a->entries.ptr = start;
+    a->entries.len = (size_t)(c->p - start);
+    return 0;
+}
+
+static int decode_seek(struct cur *c, struct proto_seek *s)
+{
+    if (rd_str16(c, 0, PROTO_MAX_TOPIC, &s->topic) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_GROUP, &s->group) < 0 || rd_start(c, &s->start) < 0 ||
+        rd_u64(c, &s->value) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_groups_ok(struct cur *c, struct proto_groups_ok *g)
+{
+    struct proto_group_info info;
+    const uint8_t *start;
+    uint32_t i;
+
+    if (rd_u32(c, &g->count) < 0 || g->count > PROTO_MAX_GROUPS)
+        return -1;
+    start = c->p;
+    for (i = 0; i < g->count; i++) {
+        if (rd_group(c, &info) < 0)
+            return -1;
+    }
+    g->entries.ptr = start;
+    g->entries.len = (size_t)(c->p - start);
+    return 0;
+}
+
 ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struct proto_frame *out)
 {
     uint32_t length, request_id;
@@ -368,15 +581,41 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
     case PROTO_TOPICS_OK:
         rc = decode_topics_ok(&c, &out->u.topics_ok);
         break;
-    case PROTO_PING:
-    case PROTO_PONG:
-    case PROTO_TOPICS:
-        rc = 0; /* empty body: the trailing-bytes check below enforces it */
+    case PROTO_SUBSCRIBE:
+        rc = decode_subscribe(&c, &out->u.subscribe);
         break;
-    default:
-        /* Reserved consumer-group type: the body is the caller's. */
-        c.p = c.end;
-        rc = 0;
+    case PROTO_SUBSCRIBE_OK:
+        rc = decode_subscribe_ok(&c, &out->u.subscribe_ok);
+        break;
+    case PROTO_DELIVER:
+        /* Not a reply: a DELIVER always carries request_id 0. */
+        rc = request_id != 0 ? -1 : decode_deliver(&c, &out->u.deliver);
+        break;
+    case PROTO_ACK:
+        rc = decode_ack(&c, &out->u.ack);
+        break;
+    case PROTO_NACK:
+        rc = decode_nack(&c, &out->u.nack);
+        break;
+    case PROTO_TOUCH:
+    case PROTO_CREDIT:
+    case PROTO_UNSUBSCRIBE:
+        rc = decode_sub_op(&c, type, &out->u.sub_op);
+        break;
+    case PROTO_ACK_OK:
+        rc = decode_ack_ok(&c, &out->u.ack_ok);
+        break;
+    case PROTO_SEEK:
+        rc = decode_seek(&c, &out->u.seek);
+        break;
+    case PROTO_GROUPS:
+        rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.groups.topic);
+        break;
+    case PROTO_GROUPS_OK:
+        rc = decode_groups_ok(&c, &out->u.groups_ok);
+        break;
+    default:    /* PING, PONG, TOPICS */
+        rc = 0; /* empty body: the trailing-bytes check below enforces it */
         break;
     }
     if (rc < 0 || c.p != c.end)
@@ -483,6 +722,54 @@ int proto_topic_next(struct proto_topic_iter *it, struct proto_topic_info *out)
     return 1;
 }
 
+void proto_ack_ok_iter_init(struct proto_ack_ok_iter *it, const struct proto_ack_ok *a)
+{
+    range_init(&a->entries, &it->p, &it->end);
+    it->left = it->p ? a->count : 0;
+}
+
+int proto_ack_ok_next(struct proto_ack_ok_iter *it, uint64_t *seq, uint16_t *code)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_ack_ok(&c, seq, code) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_group_iter_init(struct proto_group_iter *it, const struct proto_groups_ok *g)
+{
+    range_init(&g->entries, &it->p, &it->end);
+    it->left = it->p ? g->count : 0;
+}
+
+int proto_group_next(struct proto_group_iter *it, struct proto_group_info *out)
+{
+    struct cur c = {it->p, it->end};
+
+    if (it->left == 0)
+        return 0;
+    if (rd_group(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_deliver_header_iter_init(struct proto_header_iter *it, const struct proto_deliver *d)
+{
+    range_init(&d->headers, &it->p, &it->end);
+    it->left = it->p ? d->header_count : 0;
+}
+
 /* --- Semantic checks --------------------------------------------------- */
 
 static int is_alnum(uint8_t ch)
@@ -502,6 +789,19 @@ int proto_topic_valid(const uint8_t *name, size_t len)
             return FERRY_EINVALID_TOPIC;
     }
     return 0;
+}
+
+int proto_sub_topic_valid(const uint8_t *name, size_t len)
+{
+    /* "_" + a publishable name: the topics the broker derives. */
+    if (name != NULL && len > 1 && len <= PROTO_MAX_TOPIC && name[0] == '_')
+        return proto_topic_valid(name + 1, len - 1);
+    return proto_topic_valid(name, len);
+}
+
+int proto_group_valid(const uint8_t *name, size_t len)
+{
+    return proto_topic_valid(name, len) == 0 ? 0 : FERRY_EINVALID_GROUP;
 }
 
 int proto_id_valid(const uint8_t *id, size_t len)
@@ -731,14 +1031,14 @@ int proto_encode_error(struct proto_writer *w, uint32_t request_id, uint8_t flag
     return proto_frame_end(w, start);
 }
 
-/* Only for the types whose body is empty (PING, PONG, TOPICS) and for the
- * reserved types, whose bodies v1 does not define. */
+/* Only for the types whose body is empty: PING, PONG, TOPICS. (Before the
+ * consumer-group frames were defined it also wrote their types, whose
+ * bodies were unparsed; each of them now has a body of its own.) */
 int proto_encode_empty(struct proto_writer *w, uint8_t type, uint32_t request_id)
 {
     size_t start;
 
-    if (type != PROTO_PING && type != PROTO_PONG && type != PROTO_TOPICS &&
-        !proto_type_reserved(type)) {
+    if (type != PROTO_PING && type != PROTO_PONG && type != PROTO_TOPICS) {
         w_fail(w);
         return -1;
     }
@@ -891,6 +1191,257 @@ void proto_topics_ok_add(struct proto_writer *w, const struct proto_topic_info *
 int proto_topics_ok_end(struct proto_writer *w, size_t start, uint32_t count)
 {
     if (count > PROTO_MAX_TOPICS) {
+        w_fail(w);
+        return -1;
+    }
+    return end_counted(w, start, count, 4);
+}
+
+/* --- Consumer-group frames --------------------------------------------- */
+
+int proto_encode_subscribe(struct proto_writer *w, uint32_t request_id,
+                           const struct proto_subscribe *s)
+{
+    size_t start;
+
+    if (s->sub_id == 0 || s->topic.len > PROTO_MAX_TOPIC || s->group.len > PROTO_MAX_GROUP ||
+        s->start > PROTO_START_TIME || s->max_in_flight == 0 ||
+        s->max_in_flight > PROTO_MAX_WINDOW) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_SUBSCRIBE, 0, request_id);
+    proto_put_u32(w, s->sub_id);
+    proto_put_str16(w, s->topic.ptr, s->topic.len);
+    proto_put_str16(w, s->group.ptr, s->group.len);
+    proto_put_u8(w, s->start);
+    proto_put_u64(w, s->start_value);
+    proto_put_u32(w, s->max_in_flight);
+    proto_put_u32(w, s->ack_wait_ms);
+    proto_put_u16(w, s->max_deliveries);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_subscribe_ok(struct proto_writer *w, uint32_t request_id,
+                              const struct proto_subscribe_ok *s)
+{
+    size_t start;
+
+    if (s->sub_id == 0) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_SUBSCRIBE_OK, 0, request_id);
+    proto_put_u32(w, s->sub_id);
+    proto_put_u64(w, s->cursor);
+    proto_put_u64(w, s->head_seq);
+    proto_put_u32(w, s->ack_wait_ms);
+    proto_put_u16(w, s->max_deliveries);
+    return proto_frame_end(w, start);
+}
+
+/* True when headers holds exactly count well-formed (name, value) pairs,
+ * which is what the decoder will demand of them. */
+static int headers_valid(const struct proto_slice *headers, uint16_t count)
+{
+    struct cur c;
+    struct proto_header h;
+    uint16_t i;
+
+    if (count > PROTO_MAX_HEADERS)
+        return 0;
+    if (headers->len == 0)
+        return count == 0;
+    if (headers->ptr == NULL)
+        return 0;
+    c.p = headers->ptr;
+    c.end = headers->ptr + headers->len;
+    for (i = 0; i < count; i++) {
+        if (rd_header(&c, &h) < 0)
+            return 0;
+    }
+    return c.p == c.end;
+}
+
+int proto_encode_deliver(struct proto_writer *w, uint8_t flags, const struct proto_deliver *d)
+{
+    size_t start;
+
+    if (d->sub_id == 0 || d->attempt == 0 || d->id.len > PROTO_MAX_ID ||
+        d->key.len > PROTO_MAX_KEY || !headers_valid(&d->headers, d->header_count)) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_DELIVER, flags, 0);
+    proto_put_u32(w, d->sub_id);
+    proto_put_u64(w, d->seq);
+    proto_put_u32(w, d->attempt);
+    proto_put_u64(w, d->ts_ms);
+    proto_put_str16(w, d->id.ptr, d->id.len);
+    proto_put_str16(w, d->key.ptr, d->key.len);
+    proto_put_u16(w, d->header_count);
+    proto_put_raw(w, d->headers.ptr, d->headers.len);
+    proto_put_bytes32(w, d->payload.ptr, d->payload.len);
+    return proto_frame_end(w, start);
+}
+
+size_t proto_deliver_bytes(const struct proto_deliver *d)
+{
+    /* header + sub_id + seq + attempt + ts_ms + id, key prefixes +
+     * header_count + payload prefix */
+    size_t n = PROTO_HEADER_BYTES + 4 + 8 + 4 + 8 + 2 + 2 + 2 + 4;
+
+    n = sat_add(n, d->id.len);
+    n = sat_add(n, d->key.len);
+    n = sat_add(n, d->headers.len);
+    n = sat_add(n, d->payload.len);
+    return n;
+}
+
+int proto_encode_ack(struct proto_writer *w, uint32_t request_id, uint32_t sub_id,
+                     const uint64_t *seqs, uint16_t count)
+{
+    size_t start;
+    uint16_t i;
+
+    if (sub_id == 0 || count == 0 || count > PROTO_MAX_ACKS || seqs == NULL) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_ACK, 0, request_id);
+    proto_put_u32(w, sub_id);
+    proto_put_u16(w, count);
+    for (i = 0; i < count; i++)
+        proto_put_u64(w, seqs[i]);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_nack(struct proto_writer *w, uint32_t request_id, const struct proto_nack *n)
+{
+    size_t start;
+
+    if (n->sub_id == 0 || n->reason.len > PROTO_MAX_REASON) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_NACK, 0, request_id);
+    proto_put_u32(w, n->sub_id);
+    proto_put_u64(w, n->seq);
+    proto_put_u32(w, n->delay_ms);
+    proto_put_str16(w, n->reason.ptr, n->reason.len);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_sub_op(struct proto_writer *w, uint8_t type, uint32_t request_id, uint32_t sub_id,
+                        uint64_t value)
+{
+    size_t start;
+
+    if (sub_id == 0 || (type != PROTO_TOUCH && type != PROTO_CREDIT && type != PROTO_UNSUBSCRIBE) ||
+        (type == PROTO_CREDIT && (value == 0 || value > PROTO_MAX_WINDOW))) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, type, 0, request_id);
+    proto_put_u32(w, sub_id);
+    if (type == PROTO_TOUCH)
+        proto_put_u64(w, value);
+    else if (type == PROTO_CREDIT)
+        proto_put_u32(w, (uint32_t)value);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_seek(struct proto_writer *w, uint32_t request_id, const struct proto_seek *s)
+{
+    size_t start;
+
+    if (s->topic.len > PROTO_MAX_TOPIC || s->group.len > PROTO_MAX_GROUP ||
+        s->start > PROTO_START_TIME) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_SEEK, 0, request_id);
+    proto_put_str16(w, s->topic.ptr, s->topic.len);
+    proto_put_str16(w, s->group.ptr, s->group.len);
+    proto_put_u8(w, s->start);
+    proto_put_u64(w, s->value);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_groups(struct proto_writer *w, uint32_t request_id, const void *topic,
+                        size_t topic_len)
+{
+    size_t start;
+
+    if (topic_len > PROTO_MAX_TOPIC) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_GROUPS, 0, request_id);
+    proto_put_str16(w, topic, topic_len);
+    return proto_frame_end(w, start);
+}
+
+size_t proto_ack_ok_begin(struct proto_writer *w, uint32_t request_id)
+{
+    size_t start = proto_frame_begin(w, PROTO_ACK_OK, 0, request_id);
+
+    proto_put_u16(w, 0); /* count, patched by proto_ack_ok_end() */
+    return start;
+}
+
+void proto_ack_ok_add(struct proto_writer *w, uint64_t seq, uint16_t code)
+{
+    if (code > FERRY_WIRE_CODE_MAX) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u64(w, seq);
+    proto_put_u16(w, code);
+}
+
+int proto_ack_ok_end(struct proto_writer *w, size_t start, uint16_t count)
+{
+    if (count > PROTO_MAX_ACKS) {
+        w_fail(w);
+        return -1;
+    }
+    return end_counted(w, start, count, 2);
+}
+
+size_t proto_groups_ok_begin(struct proto_writer *w, uint32_t request_id)
+{
+    size_t start = proto_frame_begin(w, PROTO_GROUPS_OK, 0, request_id);
+
+    proto_put_u32(w, 0); /* count, patched by proto_groups_ok_end() */
+    return start;
+}
+
+void proto_groups_ok_add(struct proto_writer *w, const struct proto_group_info *g)
+{
+    if (g->topic.len > PROTO_MAX_TOPIC || g->group.len > PROTO_MAX_GROUP) {
+        w_fail(w);
+        return;
+    }
+    /* entry_length: two str16 names + six u64 + three u32 + one u16. */
+    proto_put_u16(w, (uint16_t)(2 + g->topic.len + 2 + g->group.len + 6 * 8 + 3 * 4 + 2));
+    proto_put_str16(w, g->topic.ptr, g->topic.len);
+    proto_put_str16(w, g->group.ptr, g->group.len);
+    proto_put_u64(w, g->cursor);
+    proto_put_u64(w, g->ack_floor);
+    proto_put_u64(w, g->lag);
+    proto_put_u32(w, g->in_flight);
+    proto_put_u32(w, g->consumers);
+    proto_put_u64(w, g->redelivered);
+    proto_put_u64(w, g->dead_lettered);
+    proto_put_u64(w, g->oldest_unacked_ms);
+    proto_put_u32(w, g->ack_wait_ms);
+    proto_put_u16(w, g->max_deliveries);
+}
+
+int proto_groups_ok_end(struct proto_writer *w, size_t start, uint32_t count)
+{
+    if (count > PROTO_MAX_GROUPS) {
         w_fail(w);
         return -1;
     }

@@ -36,6 +36,11 @@
     X(INVALID_ID, 16, "invalid message id")                                                        \
     X(TIMEOUT_IDLE, 17, "connection idle for too long")                                            \
     X(INTERNAL, 18, "internal broker error")                                                       \
+    X(NOT_DELIVERED, 19, "the group was never given this message")                                 \
+    X(UNKNOWN_SUBSCRIPTION, 20, "no such subscription on this connection")                         \
+    X(UNKNOWN_GROUP, 21, "no such consumer group")                                                 \
+    X(INVALID_GROUP, 22, "invalid consumer group name")                                            \
+    X(UNKNOWN_TOPIC, 23, "no such topic")                                                          \
     X(CONNECT, 100, "cannot connect to the broker")                                                \
     X(TIMEOUT, 101, "operation timed out")                                                         \
     X(CLOSED, 102, "connection closed")                                                            \

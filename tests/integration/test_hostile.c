@@ -481,33 +481,55 @@ static void test_hostile_first_frame_not_hello_fatal(void **state)
     assert_int_equal(it_topic(fx->canary, "sneaky", &ti), 0);
 }
 
-static void test_hostile_reserved_types_unsupported_nonfatal(void **state)
+/* Consumer-group frames: an empty body where one is required is a
+ * MALFORMED frame (fatal); a frame only the broker sends is UNKNOWN_TYPE
+ * (fatal); a well-formed ACK naming no subscription is a per-request
+ * UNKNOWN_SUBSCRIPTION and the connection keeps working. */
+static void test_hostile_consumer_frames(void **state)
 {
     struct fx *fx = *state;
-    int fd = raw_connect_hello(fx, NULL);
-    for (uint8_t t = PROTO_SUBSCRIBE; t <= PROTO_ACK_OK; t++) {
+    static const uint8_t requests[] = {PROTO_SUBSCRIBE, PROTO_ACK,    PROTO_NACK,
+                                       PROTO_TOUCH,     PROTO_CREDIT, PROTO_UNSUBSCRIBE,
+                                       PROTO_SEEK,      PROTO_GROUPS};
+    /* Frames only the broker sends, each with a well-formed body (an empty
+     * list), so that the direction is what is wrong. */
+    static const uint8_t replies[] = {PROTO_ACK_OK, PROTO_GROUPS_OK};
+    static const uint8_t reply_body_len[] = {2, 4};
+    for (size_t i = 0; i < sizeof(requests); i++) {
+        int fd = raw_connect_hello(fx, NULL);
         uint8_t hdr[PROTO_HEADER_BYTES];
-        put_header(hdr, PROTO_MIN_LENGTH, t, 1000u + t);
-        assert_int_equal(harness_send(fd, hdr, sizeof hdr), 0);
-        uint16_t code = 0;
-        uint8_t flags = 0xff;
-        uint32_t req = 0;
-        assert_int_equal(harness_read_error(fd, IO_TIMEOUT_MS, &code, &flags, &req), 1);
-        assert_int_equal(code, -FERRY_EUNSUPPORTED);
-        assert_int_equal(flags & PROTO_ERROR_FATAL, 0);
-        assert_int_equal(req, 1000u + t);
-        send_ping_expect_pong(fd, 2000u + t);
+        put_header(hdr, PROTO_MIN_LENGTH, requests[i], 7);
+        send_hostile(fd, hdr, sizeof hdr);
+        expect_fatal(fd, FERRY_EMALFORMED);
+        close(fd);
         canary(fx);
     }
-    /* Still a working publisher. */
+    for (size_t i = 0; i < sizeof(replies); i++) {
+        int fd = raw_connect_hello(fx, NULL);
+        uint8_t frame[PROTO_HEADER_BYTES + 4] = {0};
+        put_header(frame, PROTO_MIN_LENGTH + reply_body_len[i], replies[i], 7);
+        send_hostile(fd, frame, PROTO_HEADER_BYTES + reply_body_len[i]);
+        expect_fatal(fd, FERRY_EUNKNOWN_TYPE);
+        close(fd);
+        canary(fx);
+    }
+    int fd = raw_connect_hello(fx, NULL);
     uint8_t buf[256];
-    size_t n = harness_build_publish(buf, sizeof buf, 3000, "after-reserved", "r", "x", 1);
-    assert_int_equal(harness_send(fd, buf, n), 0);
-    struct proto_frame f;
-    assert_int_equal(harness_read_frame(fd, buf, sizeof buf, IO_TIMEOUT_MS, &f), 1);
-    assert_int_equal(f.type, PROTO_PUBLISH_ACK);
-    assert_int_equal(f.request_id, 3000);
+    struct proto_writer w;
+    uint64_t seq = 1;
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_ack(&w, 41, 99, &seq, 1), 0);
+    assert_int_equal(harness_send(fd, buf, w.len), 0);
+    uint16_t code = 0;
+    uint8_t flags = 0xff;
+    uint32_t req = 0;
+    assert_int_equal(harness_read_error(fd, IO_TIMEOUT_MS, &code, &flags, &req), 1);
+    assert_int_equal(code, -FERRY_EUNKNOWN_SUBSCRIPTION);
+    assert_int_equal(flags & PROTO_ERROR_FATAL, 0);
+    assert_int_equal(req, 41);
+    send_ping_expect_pong(fd, 42);
     close(fd);
+    canary(fx);
 }
 
 /* ----- peers that leave or stop reading ------------------------------- */
@@ -813,8 +835,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hostile_unknown_type_fatal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_wrong_version_fatal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_first_frame_not_hello_fatal, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_hostile_reserved_types_unsupported_nonfatal, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_consumer_frames, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_disconnect_with_publishes_in_flight, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hostile_unread_acks_backpressure, setup_small_cache,

@@ -3,7 +3,7 @@
  *
  * The frames below are written out byte by byte, one field per line, so a
  * test failure points at a field and a reader can check the layout against
- * docs/PROTOCOL.md without running anything. The five vectors marked "spec"
+ * docs/PROTOCOL.md without running anything. The nine vectors marked "spec"
  * are also printed in the "Test vectors" section of docs/PROTOCOL.md; when
  * the test is given that file's path as argv[1] (meson does this), it checks
  * that the document still shows exactly these bytes.
@@ -190,14 +190,6 @@ static const uint8_t v_publish_ack_batch[] = {
     0x00, 0x03, 'a', '-', '9', /* id "a-9" */
 };
 
-static const uint8_t v_reserved[] = {
-    0x00, 0x00, 0x00, 0x09, /* length 9 */
-    0x22, /* type DELIVER (reserved) */
-    0x00, /* flags */
-    0x00, 0x00, 0x00, 0x05, /* request_id 5 */
-    0x01, 0x02, 0x03, /* opaque body */
-};
-
 static const uint8_t v_topics_ok_one[] = {
     0x00, 0x00, 0x00, 0x3c, /* length 60 */
     0x31, /* type TOPICS_OK */
@@ -211,6 +203,227 @@ static const uint8_t v_topics_ok_one[] = {
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, /* message_count 42 */
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0xd2, /* bytes 1234 */
     0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, /* created_ms */
+};
+
+/* --- Consumer-group frames (the four marked "spec" are in PROTOCOL.md) -- */
+
+/* spec */
+static const uint8_t v_subscribe[] = {
+    0x00, 0x00, 0x00, 0x30, /* length 48 */
+    0x20, /* type SUBSCRIBE */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x03, /* request_id 3 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+    0x00, 0x09, 'i', 'n', 'v', 'e', 'n', 't', 'o', 'r', 'y', /* group "inventory" */
+    0x00, /* start EARLIEST */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* start_value 0 */
+    0x00, 0x00, 0x00, 0x64, /* max_in_flight 100 */
+    0x00, 0x00, 0x75, 0x30, /* ack_wait_ms 30000 */
+    0x00, 0x05, /* max_deliveries 5 */
+};
+
+static const uint8_t v_subscribe_ok[] = {
+    0x00, 0x00, 0x00, 0x20, /* length 32 */
+    0x21, /* type SUBSCRIBE_OK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x03, /* request_id 3 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* cursor 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, /* head_seq 42 */
+    0x00, 0x00, 0x75, 0x30, /* ack_wait_ms 30000 */
+    0x00, 0x05, /* max_deliveries 5 */
+};
+
+/* spec: the message of v_publish, delivered for the first time. */
+static const uint8_t v_deliver[] = {
+    0x00, 0x00, 0x00, 0x3c, /* length 60 */
+    0x22, /* type DELIVER */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x00, /* request_id 0 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* seq 1 */
+    0x00, 0x00, 0x00, 0x01, /* attempt 1 */
+    0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00, /* ts_ms 1700000000000 */
+    0x00, 0x02, 'o', '1', /* id "o1" */
+    0x00, 0x00, /* key (empty) */
+    0x00, 0x01, /* header_count 1 */
+    0x00, 0x02, 'c', 't', /* header name "ct" */
+    0x00, 0x04, 'j', 's', 'o', 'n', /* header value "json" */
+    0x00, 0x00, 0x00, 0x08, '{', '"', 'i', 'd', '"', ':', '1', '}', /* payload "{"id":1}" */
+};
+
+static const uint8_t v_deliver_redelivered[] = {
+    0x00, 0x00, 0x00, 0x39, /* length 57 */
+    0x22, /* type DELIVER */
+    0x01, /* flags REDELIVERED */
+    0x00, 0x00, 0x00, 0x00, /* request_id 0 */
+    0xff, 0xff, 0xff, 0xff, /* sub_id 4294967295 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* seq 7 */
+    0x00, 0x00, 0x00, 0x03, /* attempt 3 */
+    0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x01, /* ts_ms */
+    0x00, 0x03, 'a', '-', '9', /* id "a-9" */
+    0x00, 0x03, 'c', '4', '2', /* key "c42" */
+    0x00, 0x02, /* header_count 2 */
+    0x00, 0x01, 'x', /* name "x" */
+    0x00, 0x00, /* value (empty) */
+    0x00, 0x01, 'y', /* name "y" */
+    0x00, 0x01, 'z', /* value "z" */
+    0x00, 0x00, 0x00, 0x00, /* payload (empty) */
+};
+
+/* spec */
+static const uint8_t v_ack[] = {
+    0x00, 0x00, 0x00, 0x1c, /* length 28 */
+    0x23, /* type ACK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x04, /* request_id 4 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x02, /* count 2 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* seq 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* seq 7 */
+};
+
+/* spec: seq 1 acked, seq 7 never delivered to the group. */
+static const uint8_t v_ack_ok[] = {
+    0x00, 0x00, 0x00, 0x1c, /* length 28 */
+    0x29, /* type ACK_OK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x04, /* request_id 4 */
+    0x00, 0x02, /* count 2 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* seq 1 */
+    0x00, 0x00, /* code 0 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07, /* seq 7 */
+    0x00, 0x13, /* code 19 NOT_DELIVERED */
+};
+
+static const uint8_t v_ack_ok_empty[] = {
+    0x00, 0x00, 0x00, 0x08, /* length 8 */
+    0x29, /* type ACK_OK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x08, /* request_id 8 */
+    0x00, 0x00, /* count 0 */
+};
+
+static const uint8_t v_nack[] = {
+    0x00, 0x00, 0x00, 0x1f, /* length 31 */
+    0x24, /* type NACK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x05, /* request_id 5 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, /* seq 3 */
+    0x00, 0x00, 0x13, 0x88, /* delay_ms 5000 */
+    0x00, 0x07, 't', 'i', 'm', 'e', 'o', 'u', 't', /* reason "timeout" */
+};
+
+static const uint8_t v_touch[] = {
+    0x00, 0x00, 0x00, 0x12, /* length 18 */
+    0x25, /* type TOUCH */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x06, /* request_id 6 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, /* seq 3 */
+};
+
+static const uint8_t v_credit[] = {
+    0x00, 0x00, 0x00, 0x0e, /* length 14 */
+    0x26, /* type CREDIT */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x07, /* request_id 7 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+    0x00, 0x00, 0x00, 0xc8, /* max_in_flight 200 */
+};
+
+static const uint8_t v_unsubscribe[] = {
+    0x00, 0x00, 0x00, 0x0a, /* length 10 */
+    0x27, /* type UNSUBSCRIBE */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x08, /* request_id 8 */
+    0x00, 0x00, 0x00, 0x01, /* sub_id 1 */
+};
+
+static const uint8_t v_seek[] = {
+    0x00, 0x00, 0x00, 0x22, /* length 34 */
+    0x28, /* type SEEK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x09, /* request_id 9 */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+    0x00, 0x09, 'i', 'n', 'v', 'e', 'n', 't', 'o', 'r', 'y', /* group "inventory" */
+    0x02, /* start SEQ */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x64, /* value 100 */
+};
+
+static const uint8_t v_groups[] = {
+    0x00, 0x00, 0x00, 0x0e, /* length 14 */
+    0x32, /* type GROUPS */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x0a, /* request_id 10 */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+};
+
+static const uint8_t v_groups_all[] = {
+    0x00, 0x00, 0x00, 0x08, /* length 8 */
+    0x32, /* type GROUPS */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x0a, /* request_id 10 */
+    0x00, 0x00, /* topic (empty: every topic) */
+};
+
+static const uint8_t v_groups_ok[] = {
+    0x00, 0x00, 0x00, 0xae, /* length 174 */
+    0x33, /* type GROUPS_OK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x0a, /* request_id 10 */
+    0x00, 0x00, 0x00, 0x02, /* count 2 */
+    0x00, 0x51, /* entry_length 81 */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+    0x00, 0x09, 'i', 'n', 'v', 'e', 'n', 't', 'o', 'r', 'y', /* group "inventory" */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x28, /* cursor 40 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x25, /* ack_floor 37 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06, /* lag 6 */
+    0x00, 0x00, 0x00, 0x03, /* in_flight 3 */
+    0x00, 0x00, 0x00, 0x02, /* consumers 2 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, /* redelivered 4 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* dead_lettered 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0xdc, /* oldest_unacked_ms 1500 */
+    0x00, 0x00, 0x75, 0x30, /* ack_wait_ms 30000 */
+    0x00, 0x05, /* max_deliveries 5 */
+    0x00, 0x4f, /* entry_length 79 (2 appended bytes) */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+    0x00, 0x05, 'e', 'm', 'a', 'i', 'l', /* group "email" */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2b, /* cursor 43 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2b, /* ack_floor 43 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* lag 0 */
+    0x00, 0x00, 0x00, 0x00, /* in_flight 0 */
+    0x00, 0x00, 0x00, 0x00, /* consumers 0 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* redelivered 0 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* dead_lettered 0 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, /* oldest_unacked_ms 0 */
+    0x00, 0x00, 0xea, 0x60, /* ack_wait_ms 60000 */
+    0x00, 0x00, /* max_deliveries 0 */
+    0xbe, 0xef, /* appended by a later revision */
+};
+
+/* v_groups_ok's first entry alone: what proto_groups_ok_add() writes. */
+static const uint8_t v_groups_ok_one[] = {
+    0x00, 0x00, 0x00, 0x5d, /* length 93 */
+    0x33, /* type GROUPS_OK */
+    0x00, /* flags */
+    0x00, 0x00, 0x00, 0x0a, /* request_id 10 */
+    0x00, 0x00, 0x00, 0x01, /* count 1 */
+    0x00, 0x51, /* entry_length 81 */
+    0x00, 0x06, 'o', 'r', 'd', 'e', 'r', 's', /* topic "orders" */
+    0x00, 0x09, 'i', 'n', 'v', 'e', 'n', 't', 'o', 'r', 'y', /* group "inventory" */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x28, /* cursor 40 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x25, /* ack_floor 37 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06, /* lag 6 */
+    0x00, 0x00, 0x00, 0x03, /* in_flight 3 */
+    0x00, 0x00, 0x00, 0x02, /* consumers 2 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, /* redelivered 4 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* dead_lettered 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0xdc, /* oldest_unacked_ms 1500 */
+    0x00, 0x00, 0x75, 0x30, /* ack_wait_ms 30000 */
+    0x00, 0x05, /* max_deliveries 5 */
 };
 
 /* clang-format on */
@@ -230,7 +443,10 @@ static const struct vector valid_vectors[] = {
     VEC(v_hello),     VEC(v_hello_ok),      VEC(v_publish),       VEC(v_publish_ack),
     VEC(v_error),     VEC(v_ping),          VEC(v_pong),          VEC(v_topics),
     VEC(v_topics_ok), VEC(v_topics_ok_one), VEC(v_publish_batch), VEC(v_publish_ack_batch),
-    VEC(v_reserved),
+    VEC(v_subscribe), VEC(v_subscribe_ok),  VEC(v_deliver),       VEC(v_deliver_redelivered),
+    VEC(v_ack),       VEC(v_ack_ok),        VEC(v_ack_ok_empty),  VEC(v_nack),
+    VEC(v_touch),     VEC(v_credit),        VEC(v_unsubscribe),   VEC(v_seek),
+    VEC(v_groups),    VEC(v_groups_all),    VEC(v_groups_ok),     VEC(v_groups_ok_one),
 };
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -648,29 +864,23 @@ static void test_proto_topics_ok_iterates_and_skips_appended_fields(void **state
     assert_int_equal(proto_topic_next(&it, &t), 0);
 }
 
-static void test_proto_reserved_types_decode_header_only(void **state)
+/* The consumer-group types were once reserved, with bodies left unparsed;
+ * now no type is reserved and their bodies are held to their layouts. */
+static void test_proto_no_type_is_reserved_any_more(void **state)
 {
-    struct proto_frame f;
     unsigned type;
 
     (void)state;
-    decode_ok(v_reserved, sizeof v_reserved, &f);
-    assert_int_equal(f.type, PROTO_DELIVER);
-    assert_int_equal(f.request_id, 5);
-    assert_bytes(f.body.ptr, f.body.len, "\x01\x02\x03", 3);
-
+    for (type = 0; type <= UINT8_MAX; type++)
+        assert_false(proto_type_reserved((uint8_t)type));
     for (type = PROTO_SUBSCRIBE; type <= PROTO_ACK_OK; type++) {
-        assert_true(proto_type_reserved((uint8_t)type));
-        decode_ok(scratch, build_raw((uint8_t)type, NULL, 0), &f);
-        assert_int_equal(f.type, type);
-        assert_int_equal(f.body.len, 0);
-        decode_ok(scratch, build_raw((uint8_t)type, "anything", 8), &f);
-        assert_bytes(f.body.ptr, f.body.len, "anything", 8);
+        assert_int_equal(
+            decode_copy(scratch, build_raw((uint8_t)type, NULL, 0), PROTO_DEFAULT_MAX_FRAME),
+            FERRY_EMALFORMED);
+        assert_int_equal(
+            decode_copy(scratch, build_raw((uint8_t)type, "anything", 8), PROTO_DEFAULT_MAX_FRAME),
+            FERRY_EMALFORMED);
     }
-    assert_false(proto_type_reserved(0x1f));
-    assert_false(proto_type_reserved(0x2a));
-    assert_false(proto_type_reserved(PROTO_PUBLISH));
-    assert_false(proto_type_reserved(PROTO_TOPICS));
 }
 
 static void test_proto_consecutive_frames_decode_in_order(void **state)
@@ -794,7 +1004,7 @@ static void test_proto_length_under_six_is_malformed(void **state)
 
 static void test_proto_unknown_type_is_rejected(void **state)
 {
-    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x32, 0x80, 0xff};
+    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x34, 0x80, 0xff};
     uint8_t buf[12] = {0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 1, 0xab, 0xcd};
     size_t i;
 
@@ -821,6 +1031,14 @@ static void test_proto_trailing_bytes_are_malformed(void **state)
         VEC(v_ping),          VEC(v_pong),
         VEC(v_topics),        VEC(v_topics_ok),
         VEC(v_publish_batch), VEC(v_publish_ack_batch),
+        VEC(v_subscribe),     VEC(v_subscribe_ok),
+        VEC(v_deliver),       VEC(v_deliver_redelivered),
+        VEC(v_ack),           VEC(v_ack_ok),
+        VEC(v_ack_ok_empty),  VEC(v_nack),
+        VEC(v_touch),         VEC(v_credit),
+        VEC(v_unsubscribe),   VEC(v_seek),
+        VEC(v_groups),        VEC(v_groups_all),
+        VEC(v_groups_ok),     VEC(v_groups_ok_one),
     };
     uint8_t buf[1024];
     struct proto_frame f;
@@ -860,8 +1078,11 @@ static void test_proto_empty_body_types_reject_a_body(void **state)
 
 static void test_proto_short_bodies_are_malformed(void **state)
 {
-    static const uint8_t types[] = {PROTO_HELLO,   PROTO_HELLO_OK,    PROTO_ERROR,
-                                    PROTO_PUBLISH, PROTO_PUBLISH_ACK, PROTO_TOPICS_OK};
+    static const uint8_t types[] = {
+        PROTO_HELLO,     PROTO_HELLO_OK,  PROTO_ERROR,        PROTO_PUBLISH,     PROTO_PUBLISH_ACK,
+        PROTO_TOPICS_OK, PROTO_SUBSCRIBE, PROTO_SUBSCRIBE_OK, PROTO_DELIVER,     PROTO_ACK,
+        PROTO_NACK,      PROTO_TOUCH,     PROTO_CREDIT,       PROTO_UNSUBSCRIBE, PROTO_SEEK,
+        PROTO_ACK_OK,    PROTO_GROUPS,    PROTO_GROUPS_OK};
     size_t i;
 
     (void)state;
@@ -1050,6 +1271,21 @@ enum {
     ENC_TOPICS_OK,
     ENC_PUBLISH_BATCH,
     ENC_PUBLISH_ACK_BATCH,
+    ENC_SUBSCRIBE,
+    ENC_SUBSCRIBE_OK,
+    ENC_DELIVER,
+    ENC_DELIVER_REDELIVERED,
+    ENC_ACK,
+    ENC_ACK_OK,
+    ENC_ACK_OK_EMPTY,
+    ENC_NACK,
+    ENC_TOUCH,
+    ENC_CREDIT,
+    ENC_UNSUBSCRIBE,
+    ENC_SEEK,
+    ENC_GROUPS,
+    ENC_GROUPS_ALL,
+    ENC_GROUPS_OK,
     ENC_COUNT
 };
 
@@ -1065,6 +1301,21 @@ static const struct vector encoded_vectors[ENC_COUNT] = {
     [ENC_TOPICS_OK] = VEC(v_topics_ok_one),
     [ENC_PUBLISH_BATCH] = VEC(v_publish_batch),
     [ENC_PUBLISH_ACK_BATCH] = VEC(v_publish_ack_batch),
+    [ENC_SUBSCRIBE] = VEC(v_subscribe),
+    [ENC_SUBSCRIBE_OK] = VEC(v_subscribe_ok),
+    [ENC_DELIVER] = VEC(v_deliver),
+    [ENC_DELIVER_REDELIVERED] = VEC(v_deliver_redelivered),
+    [ENC_ACK] = VEC(v_ack),
+    [ENC_ACK_OK] = VEC(v_ack_ok),
+    [ENC_ACK_OK_EMPTY] = VEC(v_ack_ok_empty),
+    [ENC_NACK] = VEC(v_nack),
+    [ENC_TOUCH] = VEC(v_touch),
+    [ENC_CREDIT] = VEC(v_credit),
+    [ENC_UNSUBSCRIBE] = VEC(v_unsubscribe),
+    [ENC_SEEK] = VEC(v_seek),
+    [ENC_GROUPS] = VEC(v_groups),
+    [ENC_GROUPS_ALL] = VEC(v_groups_all),
+    [ENC_GROUPS_OK] = VEC(v_groups_ok_one),
 };
 
 /* Encodes, with the public encoders, the frame encoded_vectors[which] shows. */
@@ -1078,6 +1329,33 @@ static int encode_vector(int which, struct proto_writer *w)
                                                          {SL("trace"), SL("abc")}};
     static const struct proto_header batch_headers2[] = {{SL("x"), {NULL, 0}}};
     static const struct proto_topic_info orders = {SL("orders"), 42, 1, 42, 1234, 1700000000000ull};
+    static const struct proto_subscribe sub = {
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5};
+    static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5};
+    static const struct proto_deliver deliver = {.sub_id = 1,
+                                                 .seq = 1,
+                                                 .attempt = 1,
+                                                 .ts_ms = 1700000000000ull,
+                                                 .id = SL("o1"),
+                                                 .header_count = 1,
+                                                 .headers = SL("\x00\x02"
+                                                               "ct\x00\x04"
+                                                               "json"),
+                                                 .payload = SL("{\"id\":1}")};
+    static const struct proto_deliver redelivered = {.sub_id = UINT32_MAX,
+                                                     .seq = 7,
+                                                     .attempt = 3,
+                                                     .ts_ms = 1700000000001ull,
+                                                     .id = SL("a-9"),
+                                                     .key = SL("c42"),
+                                                     .header_count = 2,
+                                                     .headers = SL("\x00\x01x\x00\x00"
+                                                                   "\x00\x01y\x00\x01z")};
+    static const uint64_t seqs[] = {1, 7};
+    static const struct proto_nack nack = {1, 3, 5000, SL("timeout")};
+    static const struct proto_seek seek = {SL("orders"), SL("inventory"), PROTO_START_SEQ, 100};
+    static const struct proto_group_info inventory = {
+        SL("orders"), SL("inventory"), 40, 37, 6, 3, 2, 4, 1, 1500, 30000, 5};
     struct proto_msg m;
     size_t start;
 
@@ -1128,6 +1406,43 @@ static int encode_vector(int which, struct proto_writer *w)
         proto_publish_ack_add(w, 2, 0, "m2", 2);
         proto_publish_ack_add(w, 7, PROTO_ACK_DUPLICATE, "a-9", 3);
         return proto_publish_ack_end(w, start, 3);
+    case ENC_SUBSCRIBE:
+        return proto_encode_subscribe(w, 3, &sub);
+    case ENC_SUBSCRIBE_OK:
+        return proto_encode_subscribe_ok(w, 3, &sub_ok);
+    case ENC_DELIVER:
+        return proto_encode_deliver(w, 0, &deliver);
+    case ENC_DELIVER_REDELIVERED:
+        return proto_encode_deliver(w, PROTO_DELIVER_REDELIVERED, &redelivered);
+    case ENC_ACK:
+        return proto_encode_ack(w, 4, 1, seqs, 2);
+    case ENC_ACK_OK:
+        start = proto_ack_ok_begin(w, 4);
+        proto_ack_ok_add(w, 1, 0);
+        proto_ack_ok_add(w, 7, -FERRY_ENOT_DELIVERED);
+        return proto_ack_ok_end(w, start, 2);
+    case ENC_ACK_OK_EMPTY:
+        start = proto_ack_ok_begin(w, 8);
+        return proto_ack_ok_end(w, start, 0);
+    case ENC_NACK:
+        return proto_encode_nack(w, 5, &nack);
+    case ENC_TOUCH:
+        return proto_encode_sub_op(w, PROTO_TOUCH, 6, 1, 3);
+    case ENC_CREDIT:
+        return proto_encode_sub_op(w, PROTO_CREDIT, 7, 1, 200);
+    case ENC_UNSUBSCRIBE:
+        /* The value is ignored. */
+        return proto_encode_sub_op(w, PROTO_UNSUBSCRIBE, 8, 1, 12345);
+    case ENC_SEEK:
+        return proto_encode_seek(w, 9, &seek);
+    case ENC_GROUPS:
+        return proto_encode_groups(w, 10, "orders", 6);
+    case ENC_GROUPS_ALL:
+        return proto_encode_groups(w, 10, NULL, 0);
+    case ENC_GROUPS_OK:
+        start = proto_groups_ok_begin(w, 10);
+        proto_groups_ok_add(w, &inventory);
+        return proto_groups_ok_end(w, start, 1);
     default:
         fail();
         return -1;
@@ -1179,8 +1494,7 @@ static void test_proto_encoders_fail_cleanly_at_every_short_cap(void **state)
 
 static void test_proto_round_trip_each_type(void **state)
 {
-    static const uint8_t types[] = {PROTO_PING, PROTO_PONG, PROTO_TOPICS, PROTO_SUBSCRIBE,
-                                    PROTO_ACK_OK};
+    static const uint8_t types[] = {PROTO_PING, PROTO_PONG, PROTO_TOPICS};
     size_t cap = 256 * 1024;
     uint8_t *buf = malloc(cap);
     struct proto_header headers[PROTO_MAX_HEADERS];
@@ -1241,7 +1555,7 @@ static void test_proto_round_trip_each_type(void **state)
     assert_int_equal(f.u.error.code, -FERRY_EINVALID_TOPIC);
     assert_bytes(f.u.error.message.ptr, f.u.error.message.len, big, PROTO_MAX_ERROR_TEXT);
 
-    /* Empty-body types, including reserved ones. */
+    /* Empty-body types. */
     for (i = 0; i < sizeof types; i++) {
         proto_writer_init(&w, buf, cap);
         assert_int_equal(proto_encode_empty(&w, types[i], UINT32_MAX), 0);
@@ -1526,6 +1840,14 @@ static void test_proto_encoders_reject_fields_over_max(void **state)
     assert_int_equal(proto_encode_empty(&w, PROTO_HELLO, 1), -1);
     proto_writer_init(&w, buf, sizeof buf);
     assert_int_equal(proto_encode_empty(&w, 0x77, 1), -1);
+    /* Every consumer-group frame has a body. */
+    for (i = PROTO_SUBSCRIBE; i <= PROTO_GROUPS_OK; i++) {
+        if (i == PROTO_TOPICS)
+            continue;
+        proto_writer_init(&w, buf, sizeof buf);
+        assert_int_equal(proto_encode_empty(&w, (uint8_t)i, 1), -1);
+        assert_int_equal(w.len, 0);
+    }
 }
 
 static void test_proto_encode_error_truncates_long_text(void **state)
@@ -1577,6 +1899,1107 @@ static void test_proto_publish_msg_bytes_matches_encoding(void **state)
     assert_bytes(buf, w.len, v_publish_batch + 12, w.len);
 }
 
+/* --- Consumer-group frames --------------------------------------------- */
+
+/* The fields of a SUBSCRIBE that the range tests vary. */
+struct sub_shape {
+    uint32_t sub_id;
+    size_t topic_len;
+    size_t group_len;
+    uint8_t start;
+    uint32_t max_in_flight;
+};
+
+static const struct sub_shape good_sub = {1, 6, 9, PROTO_START_EARLIEST, 100};
+
+/* SUBSCRIBE written field by field, with no regard for the maxima. */
+static size_t build_subscribe(const struct sub_shape *s)
+{
+    struct proto_writer w;
+    size_t start;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_SUBSCRIBE, 0, 1);
+    proto_put_u32(&w, s->sub_id);
+    put_filled_str16(&w, 't', s->topic_len);
+    put_filled_str16(&w, 'g', s->group_len);
+    proto_put_u8(&w, s->start);
+    proto_put_u64(&w, 0);
+    proto_put_u32(&w, s->max_in_flight);
+    proto_put_u32(&w, 0);
+    proto_put_u16(&w, 0);
+    return end_scratch(&w, start);
+}
+
+static size_t build_seek(size_t topic_len, size_t group_len, uint8_t start_pos)
+{
+    struct proto_writer w;
+    size_t start;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_SEEK, 0, 1);
+    put_filled_str16(&w, 't', topic_len);
+    put_filled_str16(&w, 'g', group_len);
+    proto_put_u8(&w, start_pos);
+    proto_put_u64(&w, 5);
+    return end_scratch(&w, start);
+}
+
+static size_t build_groups(size_t topic_len)
+{
+    struct proto_writer w;
+    size_t start;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_GROUPS, 0, 1);
+    put_filled_str16(&w, 't', topic_len);
+    return end_scratch(&w, start);
+}
+
+static size_t build_nack(uint32_t sub_id, size_t reason_len)
+{
+    struct proto_writer w;
+    size_t start;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_NACK, 0, 1);
+    proto_put_u32(&w, sub_id);
+    proto_put_u64(&w, 3);
+    proto_put_u32(&w, 0);
+    put_filled_str16(&w, 'r', reason_len);
+    return end_scratch(&w, start);
+}
+
+/* The fields of a DELIVER that the range tests vary. */
+struct deliver_shape {
+    uint32_t request_id;
+    uint32_t sub_id;
+    uint32_t attempt;
+    size_t id_len;
+    size_t key_len;
+    uint16_t header_count;
+    size_t header_name_len;
+    size_t payload_len;
+};
+
+static const struct deliver_shape good_deliver = {0, 1, 1, 2, 0, 1, 2, 8};
+
+static size_t build_deliver(const struct deliver_shape *d)
+{
+    struct proto_writer w;
+    size_t start;
+    unsigned j;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_DELIVER, 0, d->request_id);
+    proto_put_u32(&w, d->sub_id);
+    proto_put_u64(&w, 1);
+    proto_put_u32(&w, d->attempt);
+    proto_put_u64(&w, 0);
+    put_filled_str16(&w, 'i', d->id_len);
+    put_filled_str16(&w, 'k', d->key_len);
+    proto_put_u16(&w, d->header_count);
+    for (j = 0; j < d->header_count; j++) {
+        put_filled_str16(&w, 'h', d->header_name_len);
+        put_filled_str16(&w, 'v', 1);
+    }
+    proto_put_u32(&w, (uint32_t)d->payload_len);
+    proto_put_raw(&w, filled('p', d->payload_len), d->payload_len);
+    assert_false(w.overflow);
+    return end_scratch(&w, start);
+}
+
+/* ACK with count_field in the count and n sequences after it. */
+static size_t build_ack(uint32_t sub_id, uint16_t count_field, unsigned n)
+{
+    struct proto_writer w;
+    size_t start;
+    unsigned i;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_ACK, 0, 1);
+    proto_put_u32(&w, sub_id);
+    proto_put_u16(&w, count_field);
+    for (i = 0; i < n; i++)
+        proto_put_u64(&w, i + 1);
+    return end_scratch(&w, start);
+}
+
+/* ACK_OK with n entries whose code is code. */
+static size_t build_ack_ok(uint16_t count_field, unsigned n, uint16_t code)
+{
+    struct proto_writer w;
+    size_t start;
+    unsigned i;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_ACK_OK, 0, 1);
+    proto_put_u16(&w, count_field);
+    for (i = 0; i < n; i++) {
+        proto_put_u64(&w, i + 1);
+        proto_put_u16(&w, code);
+    }
+    return end_scratch(&w, start);
+}
+
+/* GROUPS_OK with n entries whose entry_length is the names + 66 + extra. */
+static size_t build_groups_ok(uint32_t count_field, unsigned n, size_t topic_len, size_t group_len,
+                              size_t extra)
+{
+    struct proto_writer w;
+    size_t start;
+    unsigned i;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, PROTO_GROUPS_OK, 0, 1);
+    proto_put_u32(&w, count_field);
+    for (i = 0; i < n; i++) {
+        proto_put_u16(&w, (uint16_t)(2 + topic_len + 2 + group_len + 62 + extra));
+        put_filled_str16(&w, 't', topic_len);
+        put_filled_str16(&w, 'g', group_len);
+        proto_put_raw(&w, filled(0, 62 + extra), 62 + extra);
+    }
+    return end_scratch(&w, start);
+}
+
+/* TOUCH (u64), CREDIT (u32) or UNSUBSCRIBE (nothing) after sub_id. */
+static size_t build_sub_op(uint8_t type, uint32_t sub_id, uint64_t value)
+{
+    struct proto_writer w;
+    size_t start;
+
+    proto_writer_init(&w, scratch, sizeof scratch);
+    start = proto_frame_begin(&w, type, 0, 1);
+    proto_put_u32(&w, sub_id);
+    if (type == PROTO_TOUCH)
+        proto_put_u64(&w, value);
+    else if (type == PROTO_CREDIT)
+        proto_put_u32(&w, (uint32_t)value);
+    return end_scratch(&w, start);
+}
+
+static ptrdiff_t decode_scratch(size_t n)
+{
+    return decode_copy(scratch, n, PROTO_DEFAULT_MAX_FRAME);
+}
+
+static void test_proto_subscribe_decodes(void **state)
+{
+    struct proto_frame f;
+
+    (void)state;
+    decode_ok(v_subscribe, sizeof v_subscribe, &f);
+    assert_int_equal(f.type, PROTO_SUBSCRIBE);
+    assert_int_equal(f.request_id, 3);
+    assert_int_equal(f.u.subscribe.sub_id, 1);
+    assert_slice(f.u.subscribe.topic, "orders");
+    assert_slice(f.u.subscribe.group, "inventory");
+    assert_int_equal(f.u.subscribe.start, PROTO_START_EARLIEST);
+    assert_int_equal(f.u.subscribe.start_value, 0);
+    assert_int_equal(f.u.subscribe.max_in_flight, 100);
+    assert_int_equal(f.u.subscribe.ack_wait_ms, 30000);
+    assert_int_equal(f.u.subscribe.max_deliveries, 5);
+}
+
+static void test_proto_subscribe_ok_decodes(void **state)
+{
+    struct proto_frame f;
+
+    (void)state;
+    decode_ok(v_subscribe_ok, sizeof v_subscribe_ok, &f);
+    assert_int_equal(f.type, PROTO_SUBSCRIBE_OK);
+    assert_int_equal(f.request_id, 3);
+    assert_int_equal(f.u.subscribe_ok.sub_id, 1);
+    assert_int_equal(f.u.subscribe_ok.cursor, 1);
+    assert_int_equal(f.u.subscribe_ok.head_seq, 42);
+    assert_int_equal(f.u.subscribe_ok.ack_wait_ms, 30000);
+    assert_int_equal(f.u.subscribe_ok.max_deliveries, 5);
+}
+
+static void test_proto_deliver_decodes_and_iterates_headers(void **state)
+{
+    struct proto_frame f;
+    struct proto_header_iter it;
+    struct proto_header h;
+
+    (void)state;
+    decode_ok(v_deliver, sizeof v_deliver, &f);
+    assert_int_equal(f.type, PROTO_DELIVER);
+    assert_int_equal(f.flags, 0);
+    assert_int_equal(f.request_id, 0);
+    assert_int_equal(f.u.deliver.sub_id, 1);
+    assert_int_equal(f.u.deliver.seq, 1);
+    assert_int_equal(f.u.deliver.attempt, 1);
+    assert_int_equal(f.u.deliver.ts_ms, 1700000000000ull);
+    assert_slice(f.u.deliver.id, "o1");
+    assert_int_equal(f.u.deliver.key.len, 0);
+    assert_int_equal(f.u.deliver.header_count, 1);
+    assert_bytes(f.u.deliver.headers.ptr, f.u.deliver.headers.len,
+                 "\x00\x02"
+                 "ct\x00\x04"
+                 "json",
+                 10);
+    assert_slice(f.u.deliver.payload, "{\"id\":1}");
+    proto_deliver_header_iter_init(&it, &f.u.deliver);
+    assert_int_equal(proto_header_next(&it, &h), 1);
+    assert_slice(h.name, "ct");
+    assert_slice(h.value, "json");
+    assert_int_equal(proto_header_next(&it, &h), 0);
+    assert_int_equal(proto_header_next(&it, &h), 0);
+
+    decode_ok(v_deliver_redelivered, sizeof v_deliver_redelivered, &f);
+    assert_int_equal(f.flags, PROTO_DELIVER_REDELIVERED);
+    assert_int_equal(f.u.deliver.sub_id, UINT32_MAX);
+    assert_int_equal(f.u.deliver.seq, 7);
+    assert_int_equal(f.u.deliver.attempt, 3);
+    assert_slice(f.u.deliver.id, "a-9");
+    assert_slice(f.u.deliver.key, "c42");
+    assert_int_equal(f.u.deliver.header_count, 2);
+    assert_int_equal(f.u.deliver.payload.len, 0);
+    proto_deliver_header_iter_init(&it, &f.u.deliver);
+    assert_int_equal(proto_header_next(&it, &h), 1);
+    assert_slice(h.name, "x");
+    assert_int_equal(h.value.len, 0);
+    assert_int_equal(proto_header_next(&it, &h), 1);
+    assert_slice(h.name, "y");
+    assert_slice(h.value, "z");
+    assert_int_equal(proto_header_next(&it, &h), 0);
+}
+
+/* The broker builds a DELIVER from a stored PUBLISH message: its encoded
+ * headers slice goes into the DELIVER as is. */
+static void test_proto_deliver_reuses_publish_headers(void **state)
+{
+    struct proto_frame f;
+    struct proto_msg_iter it;
+    struct proto_msg m;
+    struct proto_deliver d;
+    struct proto_writer w;
+    uint8_t buf[sizeof v_deliver];
+
+    (void)state;
+    decode_ok(v_publish, sizeof v_publish, &f);
+    proto_msg_iter_init(&it, &f.u.publish);
+    assert_int_equal(proto_msg_next(&it, &m), 1);
+    d = (struct proto_deliver){.sub_id = 1,
+                               .seq = 1,
+                               .attempt = 1,
+                               .ts_ms = 1700000000000ull,
+                               .id = m.id,
+                               .key = m.key,
+                               .header_count = m.header_count,
+                               .headers = m.headers,
+                               .payload = m.payload};
+    assert_int_equal(proto_deliver_bytes(&d), sizeof v_deliver);
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_deliver(&w, 0, &d), 0);
+    assert_bytes(buf, w.len, v_deliver, sizeof v_deliver);
+}
+
+static void test_proto_ack_decodes(void **state)
+{
+    struct proto_frame f;
+
+    (void)state;
+    decode_ok(v_ack, sizeof v_ack, &f);
+    assert_int_equal(f.type, PROTO_ACK);
+    assert_int_equal(f.request_id, 4);
+    assert_int_equal(f.u.ack.sub_id, 1);
+    assert_int_equal(f.u.ack.count, 2);
+    assert_ptr_equal(f.u.ack.seqs.ptr, v_ack + 16);
+    assert_int_equal(f.u.ack.seqs.len, 16);
+    assert_int_equal(proto_rd64(f.u.ack.seqs.ptr), 1);
+    assert_int_equal(proto_rd64(f.u.ack.seqs.ptr + 8), 7);
+}
+
+static void test_proto_ack_ok_iterates(void **state)
+{
+    struct proto_frame f;
+    struct proto_ack_ok_iter it;
+    uint64_t seq;
+    uint16_t code;
+
+    (void)state;
+    decode_ok(v_ack_ok, sizeof v_ack_ok, &f);
+    assert_int_equal(f.type, PROTO_ACK_OK);
+    assert_int_equal(f.request_id, 4);
+    assert_int_equal(f.u.ack_ok.count, 2);
+    proto_ack_ok_iter_init(&it, &f.u.ack_ok);
+    assert_int_equal(proto_ack_ok_next(&it, &seq, &code), 1);
+    assert_int_equal(seq, 1);
+    assert_int_equal(code, 0);
+    assert_int_equal(proto_ack_ok_next(&it, &seq, &code), 1);
+    assert_int_equal(seq, 7);
+    assert_int_equal(code, -FERRY_ENOT_DELIVERED);
+    assert_int_equal(proto_ack_ok_next(&it, &seq, &code), 0);
+    assert_int_equal(proto_ack_ok_next(&it, &seq, &code), 0);
+
+    /* The reply to CREDIT and UNSUBSCRIBE: no entries. */
+    decode_ok(v_ack_ok_empty, sizeof v_ack_ok_empty, &f);
+    assert_int_equal(f.u.ack_ok.count, 0);
+    assert_int_equal(f.u.ack_ok.entries.len, 0);
+    proto_ack_ok_iter_init(&it, &f.u.ack_ok);
+    assert_int_equal(proto_ack_ok_next(&it, &seq, &code), 0);
+}
+
+static void test_proto_nack_touch_credit_unsubscribe_decode(void **state)
+{
+    struct proto_frame f;
+
+    (void)state;
+    decode_ok(v_nack, sizeof v_nack, &f);
+    assert_int_equal(f.type, PROTO_NACK);
+    assert_int_equal(f.request_id, 5);
+    assert_int_equal(f.u.nack.sub_id, 1);
+    assert_int_equal(f.u.nack.seq, 3);
+    assert_int_equal(f.u.nack.delay_ms, 5000);
+    assert_slice(f.u.nack.reason, "timeout");
+
+    decode_ok(v_touch, sizeof v_touch, &f);
+    assert_int_equal(f.type, PROTO_TOUCH);
+    assert_int_equal(f.request_id, 6);
+    assert_int_equal(f.u.sub_op.sub_id, 1);
+    assert_int_equal(f.u.sub_op.value, 3);
+
+    decode_ok(v_credit, sizeof v_credit, &f);
+    assert_int_equal(f.type, PROTO_CREDIT);
+    assert_int_equal(f.request_id, 7);
+    assert_int_equal(f.u.sub_op.sub_id, 1);
+    assert_int_equal(f.u.sub_op.value, 200);
+
+    decode_ok(v_unsubscribe, sizeof v_unsubscribe, &f);
+    assert_int_equal(f.type, PROTO_UNSUBSCRIBE);
+    assert_int_equal(f.request_id, 8);
+    assert_int_equal(f.u.sub_op.sub_id, 1);
+    assert_int_equal(f.u.sub_op.value, 0);
+}
+
+static void test_proto_seek_and_groups_decode(void **state)
+{
+    struct proto_frame f;
+
+    (void)state;
+    decode_ok(v_seek, sizeof v_seek, &f);
+    assert_int_equal(f.type, PROTO_SEEK);
+    assert_int_equal(f.request_id, 9);
+    assert_slice(f.u.seek.topic, "orders");
+    assert_slice(f.u.seek.group, "inventory");
+    assert_int_equal(f.u.seek.start, PROTO_START_SEQ);
+    assert_int_equal(f.u.seek.value, 100);
+
+    decode_ok(v_groups, sizeof v_groups, &f);
+    assert_int_equal(f.type, PROTO_GROUPS);
+    assert_int_equal(f.request_id, 10);
+    assert_slice(f.u.groups.topic, "orders");
+    decode_ok(v_groups_all, sizeof v_groups_all, &f);
+    assert_int_equal(f.u.groups.topic.len, 0);
+}
+
+static void test_proto_groups_ok_iterates_and_skips_appended_fields(void **state)
+{
+    struct proto_frame f;
+    struct proto_group_iter it;
+    struct proto_group_info g;
+
+    (void)state;
+    decode_ok(v_groups_ok, sizeof v_groups_ok, &f);
+    assert_int_equal(f.type, PROTO_GROUPS_OK);
+    assert_int_equal(f.request_id, 10);
+    assert_int_equal(f.u.groups_ok.count, 2);
+    proto_group_iter_init(&it, &f.u.groups_ok);
+    assert_int_equal(proto_group_next(&it, &g), 1);
+    assert_slice(g.topic, "orders");
+    assert_slice(g.group, "inventory");
+    assert_int_equal(g.cursor, 40);
+    assert_int_equal(g.ack_floor, 37);
+    assert_int_equal(g.lag, 6);
+    assert_int_equal(g.in_flight, 3);
+    assert_int_equal(g.consumers, 2);
+    assert_int_equal(g.redelivered, 4);
+    assert_int_equal(g.dead_lettered, 1);
+    assert_int_equal(g.oldest_unacked_ms, 1500);
+    assert_int_equal(g.ack_wait_ms, 30000);
+    assert_int_equal(g.max_deliveries, 5);
+    /* The second entry carries 2 appended bytes; the iterator steps over
+     * them and lands exactly on the end. */
+    assert_int_equal(proto_group_next(&it, &g), 1);
+    assert_slice(g.topic, "orders");
+    assert_slice(g.group, "email");
+    assert_int_equal(g.cursor, 43);
+    assert_int_equal(g.ack_floor, 43);
+    assert_int_equal(g.lag, 0);
+    assert_int_equal(g.in_flight, 0);
+    assert_int_equal(g.consumers, 0);
+    assert_int_equal(g.oldest_unacked_ms, 0);
+    assert_int_equal(g.ack_wait_ms, 60000);
+    assert_int_equal(g.max_deliveries, 0);
+    assert_ptr_equal(it.p, v_groups_ok + sizeof v_groups_ok);
+    assert_int_equal(proto_group_next(&it, &g), 0);
+
+    /* An empty list is legal; so is an entry extended by a lot. */
+    decode_ok(scratch, build_groups_ok(0, 0, 0, 0, 0), &f);
+    assert_int_equal(f.u.groups_ok.count, 0);
+    proto_group_iter_init(&it, &f.u.groups_ok);
+    assert_int_equal(proto_group_next(&it, &g), 0);
+    decode_ok(scratch, build_groups_ok(2, 2, 3, 4, 1000), &f);
+    proto_group_iter_init(&it, &f.u.groups_ok);
+    assert_int_equal(proto_group_next(&it, &g), 1);
+    assert_int_equal(g.topic.len, 3);
+    assert_int_equal(g.group.len, 4);
+    assert_int_equal(proto_group_next(&it, &g), 1);
+    assert_int_equal(proto_group_next(&it, &g), 0);
+}
+
+/* Each consumer frame whose sub_id is 0 is MALFORMED; with 1 it passes. */
+static void test_proto_sub_id_zero_is_malformed(void **state)
+{
+    static const uint8_t sub_op_types[] = {PROTO_TOUCH, PROTO_CREDIT, PROTO_UNSUBSCRIBE};
+    struct sub_shape s = good_sub;
+    struct deliver_shape d = good_deliver;
+    uint8_t buf[64];
+    size_t i;
+
+    (void)state;
+    assert_true(decode_scratch(build_subscribe(&s)) > 0);
+    s.sub_id = 0;
+    assert_int_equal(decode_scratch(build_subscribe(&s)), FERRY_EMALFORMED);
+
+    memcpy(buf, v_subscribe_ok, sizeof v_subscribe_ok);
+    memset(buf + 10, 0, 4);
+    assert_int_equal(decode_copy(buf, sizeof v_subscribe_ok, PROTO_DEFAULT_MAX_FRAME),
+                     FERRY_EMALFORMED);
+
+    assert_true(decode_scratch(build_deliver(&d)) > 0);
+    d.sub_id = 0;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+
+    assert_true(decode_scratch(build_ack(1, 1, 1)) > 0);
+    assert_int_equal(decode_scratch(build_ack(0, 1, 1)), FERRY_EMALFORMED);
+
+    assert_true(decode_scratch(build_nack(1, 0)) > 0);
+    assert_int_equal(decode_scratch(build_nack(0, 0)), FERRY_EMALFORMED);
+
+    for (i = 0; i < sizeof sub_op_types; i++) {
+        assert_true(decode_scratch(build_sub_op(sub_op_types[i], 1, 1)) > 0);
+        assert_int_equal(decode_scratch(build_sub_op(sub_op_types[i], 0, 1)), FERRY_EMALFORMED);
+    }
+}
+
+static void test_proto_start_over_time_is_malformed(void **state)
+{
+    struct sub_shape s = good_sub;
+    unsigned start;
+
+    (void)state;
+    for (start = PROTO_START_EARLIEST; start <= PROTO_START_TIME; start++) {
+        s.start = (uint8_t)start;
+        assert_true(decode_scratch(build_subscribe(&s)) > 0);
+        assert_true(decode_scratch(build_seek(1, 1, (uint8_t)start)) > 0);
+    }
+    for (start = PROTO_START_TIME + 1; start <= UINT8_MAX; start++) {
+        s.start = (uint8_t)start;
+        assert_int_equal(decode_scratch(build_subscribe(&s)), FERRY_EMALFORMED);
+        assert_int_equal(decode_scratch(build_seek(1, 1, (uint8_t)start)), FERRY_EMALFORMED);
+    }
+}
+
+static void test_proto_window_outside_1_to_65535_is_malformed(void **state)
+{
+    static const uint32_t good[] = {1, 2, 100, PROTO_MAX_WINDOW};
+    static const uint32_t bad[] = {0, PROTO_MAX_WINDOW + 1, 0x00100000, UINT32_MAX};
+    struct sub_shape s = good_sub;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < ARRAY_LEN(good); i++) {
+        s.max_in_flight = good[i];
+        assert_true(decode_scratch(build_subscribe(&s)) > 0);
+        assert_true(decode_scratch(build_sub_op(PROTO_CREDIT, 1, good[i])) > 0);
+    }
+    for (i = 0; i < ARRAY_LEN(bad); i++) {
+        s.max_in_flight = bad[i];
+        assert_int_equal(decode_scratch(build_subscribe(&s)), FERRY_EMALFORMED);
+        assert_int_equal(decode_scratch(build_sub_op(PROTO_CREDIT, 1, bad[i])), FERRY_EMALFORMED);
+    }
+}
+
+static void test_proto_deliver_attempt_zero_and_request_id_are_malformed(void **state)
+{
+    struct deliver_shape d = good_deliver;
+    uint8_t buf[sizeof v_deliver];
+
+    (void)state;
+    d.attempt = 0;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    d.attempt = UINT32_MAX;
+    assert_true(decode_scratch(build_deliver(&d)) > 0);
+
+    /* A DELIVER is never a reply: request_id must be 0. */
+    d = good_deliver;
+    d.request_id = 1;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    memcpy(buf, v_deliver, sizeof buf);
+    buf[9] = 0x01;
+    assert_int_equal(decode_copy(buf, sizeof buf, PROTO_DEFAULT_MAX_FRAME), FERRY_EMALFORMED);
+    /* Still judged only once the frame is whole. */
+    assert_int_equal(decode_copy(buf, sizeof buf - 1, PROTO_DEFAULT_MAX_FRAME), 0);
+}
+
+static void test_proto_consumer_fields_over_their_maximum_are_malformed(void **state)
+{
+    struct sub_shape s = good_sub;
+    struct deliver_shape d;
+
+    (void)state;
+    /* SUBSCRIBE topic and group: 200 pass, 201 fail, empty is decodable. */
+    s.topic_len = PROTO_MAX_TOPIC;
+    s.group_len = PROTO_MAX_GROUP;
+    assert_true(decode_scratch(build_subscribe(&s)) > 0);
+    s.topic_len = PROTO_MAX_TOPIC + 1;
+    assert_int_equal(decode_scratch(build_subscribe(&s)), FERRY_EMALFORMED);
+    s.topic_len = PROTO_MAX_TOPIC;
+    s.group_len = PROTO_MAX_GROUP + 1;
+    assert_int_equal(decode_scratch(build_subscribe(&s)), FERRY_EMALFORMED);
+    s.topic_len = 0;
+    s.group_len = 0;
+    assert_true(decode_scratch(build_subscribe(&s)) > 0);
+
+    /* SEEK likewise. */
+    assert_true(decode_scratch(build_seek(PROTO_MAX_TOPIC, PROTO_MAX_GROUP, 0)) > 0);
+    assert_true(decode_scratch(build_seek(0, 0, 0)) > 0);
+    assert_int_equal(decode_scratch(build_seek(PROTO_MAX_TOPIC + 1, 1, 0)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_seek(1, PROTO_MAX_GROUP + 1, 0)), FERRY_EMALFORMED);
+
+    /* GROUPS topic. */
+    assert_true(decode_scratch(build_groups(PROTO_MAX_TOPIC)) > 0);
+    assert_int_equal(decode_scratch(build_groups(PROTO_MAX_TOPIC + 1)), FERRY_EMALFORMED);
+
+    /* NACK reason. */
+    assert_true(decode_scratch(build_nack(1, PROTO_MAX_REASON)) > 0);
+    assert_int_equal(decode_scratch(build_nack(1, PROTO_MAX_REASON + 1)), FERRY_EMALFORMED);
+
+    /* DELIVER: id 128, key 1024, 64 headers, header name 1..255. */
+    d = (struct deliver_shape){
+        0, 1, 1, PROTO_MAX_ID, PROTO_MAX_KEY, PROTO_MAX_HEADERS, PROTO_MAX_HEADER_NAME, 10};
+    assert_true(decode_scratch(build_deliver(&d)) > 0);
+    d.id_len = PROTO_MAX_ID + 1;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    d.id_len = PROTO_MAX_ID;
+    d.key_len = PROTO_MAX_KEY + 1;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    d.key_len = PROTO_MAX_KEY;
+    d.header_count = PROTO_MAX_HEADERS + 1;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    d.header_count = PROTO_MAX_HEADERS;
+    d.header_name_len = PROTO_MAX_HEADER_NAME + 1;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+    d.header_name_len = 0;
+    assert_int_equal(decode_scratch(build_deliver(&d)), FERRY_EMALFORMED);
+
+    /* GROUPS_OK topic and group. */
+    assert_true(decode_scratch(build_groups_ok(1, 1, PROTO_MAX_TOPIC, PROTO_MAX_GROUP, 0)) > 0);
+    assert_int_equal(decode_scratch(build_groups_ok(1, 1, PROTO_MAX_TOPIC + 1, 1, 0)),
+                     FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_groups_ok(1, 1, 1, PROTO_MAX_GROUP + 1, 0)),
+                     FERRY_EMALFORMED);
+
+    /* ACK_OK code: 0..99. */
+    assert_true(decode_scratch(build_ack_ok(1, 1, FERRY_WIRE_CODE_MAX)) > 0);
+    assert_int_equal(decode_scratch(build_ack_ok(1, 1, FERRY_WIRE_CODE_MAX + 1)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack_ok(1, 1, UINT16_MAX)), FERRY_EMALFORMED);
+}
+
+static void test_proto_consumer_counts_are_checked(void **state)
+{
+    size_t n;
+
+    (void)state;
+    /* ACK: 1..10000, and exactly that many sequences. */
+    n = build_ack(1, PROTO_MAX_ACKS, PROTO_MAX_ACKS);
+    assert_int_equal(decode_scratch(n), (ptrdiff_t)n);
+    assert_int_equal(decode_scratch(build_ack(1, 0, 0)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack(1, 0, 1)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack(1, PROTO_MAX_ACKS + 1, PROTO_MAX_ACKS + 1)),
+                     FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack(1, UINT16_MAX, 1)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack(1, 3, 2)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack(1, 2, 3)), FERRY_EMALFORMED);
+
+    /* ACK_OK: 0..10000. */
+    n = build_ack_ok(PROTO_MAX_ACKS, PROTO_MAX_ACKS, 0);
+    assert_int_equal(decode_scratch(n), (ptrdiff_t)n);
+    assert_int_equal(decode_scratch(build_ack_ok(PROTO_MAX_ACKS + 1, PROTO_MAX_ACKS + 1, 0)),
+                     FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack_ok(2, 1, 0)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_ack_ok(0, 1, 0)), FERRY_EMALFORMED);
+
+    /* GROUPS_OK: 0..100000, entries as counted, each covering the v1
+     * fields. */
+    assert_int_equal(decode_scratch(build_groups_ok(PROTO_MAX_GROUPS + 1, 0, 0, 0, 0)),
+                     FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_groups_ok(UINT32_MAX, 0, 0, 0, 0)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_groups_ok(2, 1, 1, 1, 0)), FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_groups_ok(1, 2, 1, 1, 0)), FERRY_EMALFORMED);
+    n = build_groups_ok(1, 1, 1, 1, 0);
+    proto_wr16(scratch + 14, (uint16_t)(proto_rd16(scratch + 14) - 1));
+    assert_int_equal(decode_scratch(n), FERRY_EMALFORMED);
+}
+
+static void test_proto_consumer_field_lengths_past_the_body_are_malformed(void **state)
+{
+    uint8_t buf[256];
+
+    (void)state;
+    /* SUBSCRIBE group length runs into the fixed fields and past the end. */
+    memcpy(buf, v_subscribe, sizeof v_subscribe);
+    buf[23] = 100;
+    assert_int_equal(decode_copy(buf, sizeof v_subscribe, PROTO_DEFAULT_MAX_FRAME),
+                     FERRY_EMALFORMED);
+    /* DELIVER payload length 0xffffffff. */
+    memcpy(buf, v_deliver, sizeof v_deliver);
+    memset(buf + 52, 0xff, 4);
+    assert_int_equal(decode_copy(buf, sizeof v_deliver, PROTO_DEFAULT_MAX_FRAME), FERRY_EMALFORMED);
+    /* DELIVER header_count 2, one header present. */
+    memcpy(buf, v_deliver, sizeof v_deliver);
+    buf[41] = 2;
+    assert_int_equal(decode_copy(buf, sizeof v_deliver, PROTO_DEFAULT_MAX_FRAME), FERRY_EMALFORMED);
+    /* NACK reason says 8 bytes, 7 follow. */
+    memcpy(buf, v_nack, sizeof v_nack);
+    buf[27] = 8;
+    assert_int_equal(decode_copy(buf, sizeof v_nack, PROTO_DEFAULT_MAX_FRAME), FERRY_EMALFORMED);
+    /* GROUPS_OK first entry_length past the end. */
+    memcpy(buf, v_groups_ok_one, sizeof v_groups_ok_one);
+    buf[15] = 0x52;
+    assert_int_equal(decode_copy(buf, sizeof v_groups_ok_one, PROTO_DEFAULT_MAX_FRAME),
+                     FERRY_EMALFORMED);
+    /* TOUCH cut inside seq; CREDIT with a u64 where a u32 belongs. */
+    assert_int_equal(decode_scratch(build_raw(PROTO_TOUCH, "\x00\x00\x00\x01\x00\x00\x00", 7)),
+                     FERRY_EMALFORMED);
+    assert_int_equal(decode_scratch(build_raw(
+                         PROTO_CREDIT, "\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01", 12)),
+                     FERRY_EMALFORMED);
+    /* UNSUBSCRIBE with anything after sub_id. */
+    assert_int_equal(decode_scratch(build_raw(PROTO_UNSUBSCRIBE, "\x00\x00\x00\x01\x00", 5)),
+                     FERRY_EMALFORMED);
+}
+
+static void test_proto_deliver_bytes_matches_encoding(void **state)
+{
+    uint8_t payload[3000];
+    uint8_t headers[PROTO_MAX_HEADERS * (2 + 3 + 2 + 5)];
+    struct proto_deliver d = {.sub_id = 9, .seq = 1, .attempt = 1};
+    struct proto_writer w;
+    struct proto_frame f;
+    uint8_t *buf = malloc(8192);
+    size_t hlen = 0, i, n;
+
+    (void)state;
+    assert_non_null(buf);
+    memset(payload, 'p', sizeof payload);
+    for (i = 0; i < PROTO_MAX_HEADERS; i++) {
+        memcpy(headers + hlen,
+               "\x00\x03"
+               "abc\x00\x05"
+               "value",
+               12);
+        hlen += 12;
+    }
+    /* Empty, then each variable field grown. */
+    for (i = 0; i < 5; i++) {
+        if (i >= 1)
+            d.id = (struct proto_slice){payload, PROTO_MAX_ID};
+        if (i >= 2)
+            d.key = (struct proto_slice){payload, PROTO_MAX_KEY};
+        if (i >= 3) {
+            d.header_count = PROTO_MAX_HEADERS;
+            d.headers = (struct proto_slice){headers, hlen};
+        }
+        if (i >= 4)
+            d.payload = (struct proto_slice){payload, sizeof payload};
+        n = proto_deliver_bytes(&d);
+        proto_writer_init(&w, buf, 8192);
+        assert_int_equal(proto_encode_deliver(&w, 0, &d), 0);
+        assert_int_equal(w.len, n);
+        decode_ok(buf, n, &f);
+        assert_int_equal(f.u.deliver.header_count, d.header_count);
+        /* An exactly-sized buffer is enough; one byte less is not. */
+        proto_writer_init(&w, buf, n);
+        assert_int_equal(proto_encode_deliver(&w, 0, &d), 0);
+        proto_writer_init(&w, buf, n - 1);
+        assert_int_equal(proto_encode_deliver(&w, 0, &d), -1);
+    }
+    /* PROTOCOL.md §9.10: a DELIVER is its message size + 428 bytes at most
+     * (here: a 128-byte id and 64 headers, the worst case). */
+    assert_int_equal(proto_deliver_bytes(&d),
+                     428 + PROTO_MAX_KEY + PROTO_MAX_HEADERS * (3 + 5) + sizeof payload);
+    free(buf);
+}
+
+static void test_proto_consumer_round_trips(void **state)
+{
+    static uint64_t seqs[PROTO_MAX_ACKS];
+    size_t cap = 2 * 1024 * 1024;
+    uint8_t *buf = malloc(cap);
+    uint8_t big[PROTO_MAX_KEY];
+    struct proto_writer w;
+    struct proto_frame f;
+    struct proto_subscribe sub;
+    struct proto_subscribe_ok sok;
+    struct proto_nack nack;
+    struct proto_seek seek;
+    struct proto_group_info g;
+    struct proto_group_iter git;
+    struct proto_ack_ok_iter ait;
+    uint64_t seq;
+    uint16_t code;
+    size_t start, i;
+
+    (void)state;
+    assert_non_null(buf);
+    memset(big, 'a', sizeof big);
+
+    /* SUBSCRIBE with every field at an extreme. */
+    sub = (struct proto_subscribe){UINT32_MAX,
+                                   {big, PROTO_MAX_TOPIC},
+                                   {big, PROTO_MAX_GROUP},
+                                   PROTO_START_TIME,
+                                   UINT64_MAX,
+                                   PROTO_MAX_WINDOW,
+                                   UINT32_MAX,
+                                   UINT16_MAX};
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_subscribe(&w, 11, &sub), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.type, PROTO_SUBSCRIBE);
+    assert_int_equal(f.request_id, 11);
+    assert_int_equal(f.u.subscribe.sub_id, UINT32_MAX);
+    assert_bytes(f.u.subscribe.topic.ptr, f.u.subscribe.topic.len, big, PROTO_MAX_TOPIC);
+    assert_bytes(f.u.subscribe.group.ptr, f.u.subscribe.group.len, big, PROTO_MAX_GROUP);
+    assert_int_equal(f.u.subscribe.start, PROTO_START_TIME);
+    assert_int_equal(f.u.subscribe.start_value, UINT64_MAX);
+    assert_int_equal(f.u.subscribe.max_in_flight, PROTO_MAX_WINDOW);
+    assert_int_equal(f.u.subscribe.ack_wait_ms, UINT32_MAX);
+    assert_int_equal(f.u.subscribe.max_deliveries, UINT16_MAX);
+
+    sok = (struct proto_subscribe_ok){1, UINT64_MAX, UINT64_MAX - 1, 1, 0};
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_subscribe_ok(&w, 12, &sok), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.u.subscribe_ok.sub_id, 1);
+    assert_int_equal(f.u.subscribe_ok.cursor, UINT64_MAX);
+    assert_int_equal(f.u.subscribe_ok.head_seq, UINT64_MAX - 1);
+    assert_int_equal(f.u.subscribe_ok.ack_wait_ms, 1);
+    assert_int_equal(f.u.subscribe_ok.max_deliveries, 0);
+
+    /* ACK of PROTO_MAX_ACKS sequences. */
+    for (i = 0; i < PROTO_MAX_ACKS; i++)
+        seqs[i] = UINT64_MAX - i;
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_ack(&w, 13, 2, seqs, PROTO_MAX_ACKS), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.u.ack.sub_id, 2);
+    assert_int_equal(f.u.ack.count, PROTO_MAX_ACKS);
+    for (i = 0; i < PROTO_MAX_ACKS; i++)
+        assert_int_equal(proto_rd64(f.u.ack.seqs.ptr + 8 * i), UINT64_MAX - i);
+
+    /* ACK_OK with PROTO_MAX_ACKS entries. */
+    proto_writer_init(&w, buf, cap);
+    start = proto_ack_ok_begin(&w, 13);
+    for (i = 0; i < PROTO_MAX_ACKS; i++)
+        proto_ack_ok_add(&w, seqs[i], (uint16_t)(i % (FERRY_WIRE_CODE_MAX + 1)));
+    assert_int_equal(proto_ack_ok_end(&w, start, PROTO_MAX_ACKS), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.u.ack_ok.count, PROTO_MAX_ACKS);
+    proto_ack_ok_iter_init(&ait, &f.u.ack_ok);
+    for (i = 0; proto_ack_ok_next(&ait, &seq, &code); i++) {
+        assert_int_equal(seq, seqs[i]);
+        assert_int_equal(code, i % (FERRY_WIRE_CODE_MAX + 1));
+    }
+    assert_int_equal(i, PROTO_MAX_ACKS);
+
+    /* NACK with the longest reason. */
+    nack = (struct proto_nack){3, UINT64_MAX, UINT32_MAX, {big, PROTO_MAX_REASON}};
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_nack(&w, 14, &nack), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.u.nack.sub_id, 3);
+    assert_int_equal(f.u.nack.seq, UINT64_MAX);
+    assert_int_equal(f.u.nack.delay_ms, UINT32_MAX);
+    assert_bytes(f.u.nack.reason.ptr, f.u.nack.reason.len, big, PROTO_MAX_REASON);
+
+    /* TOUCH, CREDIT, UNSUBSCRIBE. */
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_sub_op(&w, PROTO_TOUCH, 15, 4, UINT64_MAX), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.type, PROTO_TOUCH);
+    assert_int_equal(f.u.sub_op.value, UINT64_MAX);
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_sub_op(&w, PROTO_CREDIT, 16, 4, PROTO_MAX_WINDOW), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.type, PROTO_CREDIT);
+    assert_int_equal(f.u.sub_op.value, PROTO_MAX_WINDOW);
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_sub_op(&w, PROTO_UNSUBSCRIBE, 17, UINT32_MAX, 0), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.type, PROTO_UNSUBSCRIBE);
+    assert_int_equal(f.u.sub_op.sub_id, UINT32_MAX);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 4);
+
+    /* SEEK by time. */
+    seek = (struct proto_seek){{big, PROTO_MAX_TOPIC}, {big, 1}, PROTO_START_TIME, UINT64_MAX};
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_seek(&w, 18, &seek), 0);
+    decode_ok(buf, w.len, &f);
+    assert_bytes(f.u.seek.topic.ptr, f.u.seek.topic.len, big, PROTO_MAX_TOPIC);
+    assert_bytes(f.u.seek.group.ptr, f.u.seek.group.len, big, 1);
+    assert_int_equal(f.u.seek.start, PROTO_START_TIME);
+    assert_int_equal(f.u.seek.value, UINT64_MAX);
+
+    /* GROUPS with the longest topic. */
+    proto_writer_init(&w, buf, cap);
+    assert_int_equal(proto_encode_groups(&w, 19, big, PROTO_MAX_TOPIC), 0);
+    decode_ok(buf, w.len, &f);
+    assert_bytes(f.u.groups.topic.ptr, f.u.groups.topic.len, big, PROTO_MAX_TOPIC);
+
+    /* GROUPS_OK: 1000 entries, names at their maximum. */
+    proto_writer_init(&w, buf, cap);
+    start = proto_groups_ok_begin(&w, 20);
+    for (i = 0; i < 1000; i++) {
+        g = (struct proto_group_info){{big, PROTO_MAX_TOPIC},
+                                      {big, PROTO_MAX_GROUP},
+                                      i,
+                                      i + 1,
+                                      i + 2,
+                                      (uint32_t)i + 3,
+                                      (uint32_t)i + 4,
+                                      i + 5,
+                                      i + 6,
+                                      UINT64_MAX,
+                                      UINT32_MAX,
+                                      UINT16_MAX};
+        proto_groups_ok_add(&w, &g);
+    }
+    assert_int_equal(proto_groups_ok_end(&w, start, 1000), 0);
+    decode_ok(buf, w.len, &f);
+    assert_int_equal(f.u.groups_ok.count, 1000);
+    proto_group_iter_init(&git, &f.u.groups_ok);
+    for (i = 0; proto_group_next(&git, &g); i++) {
+        assert_bytes(g.topic.ptr, g.topic.len, big, PROTO_MAX_TOPIC);
+        assert_bytes(g.group.ptr, g.group.len, big, PROTO_MAX_GROUP);
+        assert_int_equal(g.cursor, i);
+        assert_int_equal(g.ack_floor, i + 1);
+        assert_int_equal(g.lag, i + 2);
+        assert_int_equal(g.in_flight, i + 3);
+        assert_int_equal(g.consumers, i + 4);
+        assert_int_equal(g.redelivered, i + 5);
+        assert_int_equal(g.dead_lettered, i + 6);
+        assert_int_equal(g.oldest_unacked_ms, UINT64_MAX);
+        assert_int_equal(g.ack_wait_ms, UINT32_MAX);
+        assert_int_equal(g.max_deliveries, UINT16_MAX);
+    }
+    assert_int_equal(i, 1000);
+
+    free(buf);
+}
+
+static void test_proto_consumer_encoders_reject_what_decoders_reject(void **state)
+{
+    static const uint64_t seqs[PROTO_MAX_ACKS + 1];
+    uint8_t buf[4096];
+    const uint8_t *fill = filled('a', 2048);
+    struct proto_writer w;
+    const struct proto_subscribe sub_ok = {
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0};
+    const struct proto_deliver del_ok = {.sub_id = 1, .attempt = 1, .id = SL("x")};
+    struct proto_subscribe sub;
+    struct proto_subscribe_ok sok = {0, 1, 1, 1, 1};
+    struct proto_deliver d;
+    struct proto_nack nack = {1, 1, 0, {NULL, 0}};
+    struct proto_seek seek = {SL("t"), SL("g"), PROTO_START_LATEST, 0};
+    struct proto_group_info g = {0};
+    size_t start;
+
+    (void)state;
+#define EXPECT_FAIL(call)                                                                          \
+    do {                                                                                           \
+        memset(buf, 0xa5, sizeof buf);                                                             \
+        proto_writer_init(&w, buf, sizeof buf);                                                    \
+        assert_int_equal((call), -1);                                                              \
+        assert_true(w.overflow);                                                                   \
+    } while (0)
+#define EXPECT_OK(call)                                                                            \
+    do {                                                                                           \
+        proto_writer_init(&w, buf, sizeof buf);                                                    \
+        assert_int_equal((call), 0);                                                               \
+        assert_true(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &(struct proto_frame){0}) >  \
+                    0);                                                                            \
+    } while (0)
+
+    EXPECT_OK(proto_encode_subscribe(&w, 1, &sub_ok));
+    sub = sub_ok;
+    sub.sub_id = 0;
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+    /* Nothing at all was written. */
+    assert_int_equal(w.len, 0);
+    assert_int_equal(buf[0], 0xa5);
+    sub = sub_ok;
+    sub.topic = (struct proto_slice){fill, PROTO_MAX_TOPIC + 1};
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+    sub = sub_ok;
+    sub.group = (struct proto_slice){fill, PROTO_MAX_GROUP + 1};
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+    sub = sub_ok;
+    sub.start = PROTO_START_TIME + 1;
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+    sub = sub_ok;
+    sub.max_in_flight = 0;
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+    sub.max_in_flight = PROTO_MAX_WINDOW + 1;
+    EXPECT_FAIL(proto_encode_subscribe(&w, 1, &sub));
+
+    EXPECT_FAIL(proto_encode_subscribe_ok(&w, 1, &sok));
+
+    EXPECT_OK(proto_encode_deliver(&w, 0, &del_ok));
+    d = del_ok;
+    d.sub_id = 0;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d = del_ok;
+    d.attempt = 0;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d = del_ok;
+    d.id = (struct proto_slice){fill, PROTO_MAX_ID + 1};
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d = del_ok;
+    d.key = (struct proto_slice){fill, PROTO_MAX_KEY + 1};
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    /* Headers must be exactly header_count well-formed pairs. */
+    d = del_ok;
+    d.header_count = 1;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.headers = (struct proto_slice)SL("\x00\x01n\x00\x01v");
+    EXPECT_OK(proto_encode_deliver(&w, 0, &d));
+    d.header_count = 2;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.header_count = 0;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.header_count = 1;
+    d.headers = (struct proto_slice)SL("\x00\x01n\x00\x01v\x00");
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.headers = (struct proto_slice)SL("\x00\x00\x00\x01v");
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.headers = (struct proto_slice)SL("\x00\x01n\x00\x02v");
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.headers = (struct proto_slice){NULL, 6};
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d.header_count = PROTO_MAX_HEADERS + 1;
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+    d = del_ok;
+    d.payload = (struct proto_slice){NULL, 1};
+    EXPECT_FAIL(proto_encode_deliver(&w, 0, &d));
+
+    EXPECT_OK(proto_encode_ack(&w, 1, 1, seqs, 2));
+    EXPECT_FAIL(proto_encode_ack(&w, 1, 0, seqs, 1));
+    EXPECT_FAIL(proto_encode_ack(&w, 1, 1, seqs, 0));
+    EXPECT_FAIL(proto_encode_ack(&w, 1, 1, seqs, PROTO_MAX_ACKS + 1));
+    EXPECT_FAIL(proto_encode_ack(&w, 1, 1, NULL, 1));
+
+    EXPECT_OK(proto_encode_nack(&w, 1, &nack));
+    nack.reason = (struct proto_slice){fill, PROTO_MAX_REASON + 1};
+    EXPECT_FAIL(proto_encode_nack(&w, 1, &nack));
+    nack.reason = (struct proto_slice){NULL, 0};
+    nack.sub_id = 0;
+    EXPECT_FAIL(proto_encode_nack(&w, 1, &nack));
+
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_TOUCH, 1, 0, 1));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_UNSUBSCRIBE, 1, 0, 0));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_CREDIT, 1, 1, 0));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_CREDIT, 1, 1, PROTO_MAX_WINDOW + 1));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_CREDIT, 1, 1, (uint64_t)1 << 32 | 1));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_ACK, 1, 1, 1));
+    EXPECT_FAIL(proto_encode_sub_op(&w, PROTO_PING, 1, 1, 1));
+
+    EXPECT_OK(proto_encode_seek(&w, 1, &seek));
+    seek.start = PROTO_START_TIME + 1;
+    EXPECT_FAIL(proto_encode_seek(&w, 1, &seek));
+    seek.start = PROTO_START_SEQ;
+    seek.topic = (struct proto_slice){fill, PROTO_MAX_TOPIC + 1};
+    EXPECT_FAIL(proto_encode_seek(&w, 1, &seek));
+    seek.topic = (struct proto_slice){NULL, 0};
+    seek.group = (struct proto_slice){fill, PROTO_MAX_GROUP + 1};
+    EXPECT_FAIL(proto_encode_seek(&w, 1, &seek));
+
+    EXPECT_FAIL(proto_encode_groups(&w, 1, fill, PROTO_MAX_TOPIC + 1));
+
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_ack_ok_begin(&w, 1);
+    proto_ack_ok_add(&w, 1, FERRY_WIRE_CODE_MAX + 1);
+    assert_int_equal(proto_ack_ok_end(&w, start, 1), -1);
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_ack_ok_begin(&w, 1);
+    assert_int_equal(proto_ack_ok_end(&w, start, PROTO_MAX_ACKS + 1), -1);
+
+    g.topic = (struct proto_slice){fill, PROTO_MAX_TOPIC + 1};
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_groups_ok_begin(&w, 1);
+    proto_groups_ok_add(&w, &g);
+    assert_int_equal(proto_groups_ok_end(&w, start, 1), -1);
+    g.topic = (struct proto_slice){NULL, 0};
+    g.group = (struct proto_slice){fill, PROTO_MAX_GROUP + 1};
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_groups_ok_begin(&w, 1);
+    proto_groups_ok_add(&w, &g);
+    assert_int_equal(proto_groups_ok_end(&w, start, 1), -1);
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_groups_ok_begin(&w, 1);
+    assert_int_equal(proto_groups_ok_end(&w, start, PROTO_MAX_GROUPS + 1), -1);
+    proto_writer_init(&w, buf, sizeof buf);
+    start = proto_groups_ok_begin(&w, 1);
+    assert_int_equal(proto_groups_ok_end(&w, start, 0), 0);
+#undef EXPECT_FAIL
+#undef EXPECT_OK
+}
+
+static void test_proto_consumer_iterators_over_empty_structs_stop(void **state)
+{
+    struct proto_ack_ok ack_ok = {0};
+    struct proto_groups_ok groups_ok = {0};
+    struct proto_deliver d = {0};
+    struct proto_ack_ok_iter ait;
+    struct proto_group_iter git;
+    struct proto_header_iter hit;
+    struct proto_group_info g;
+    struct proto_header h;
+    uint64_t seq;
+    uint16_t code;
+
+    (void)state;
+    ack_ok.count = 5;
+    proto_ack_ok_iter_init(&ait, &ack_ok);
+    assert_int_equal(proto_ack_ok_next(&ait, &seq, &code), 0);
+    groups_ok.count = 5;
+    proto_group_iter_init(&git, &groups_ok);
+    assert_int_equal(proto_group_next(&git, &g), 0);
+    d.header_count = 3;
+    proto_deliver_header_iter_init(&hit, &d);
+    assert_int_equal(proto_header_next(&hit, &h), 0);
+
+    /* A count larger than the bytes hold stops at the end of the bytes. */
+    ack_ok.entries = (struct proto_slice){v_ack_ok + 12, sizeof v_ack_ok - 12};
+    proto_ack_ok_iter_init(&ait, &ack_ok);
+    assert_int_equal(proto_ack_ok_next(&ait, &seq, &code), 1);
+    assert_int_equal(proto_ack_ok_next(&ait, &seq, &code), 1);
+    assert_int_equal(proto_ack_ok_next(&ait, &seq, &code), 0);
+    groups_ok.entries = (struct proto_slice){v_groups_ok + 14, sizeof v_groups_ok - 14};
+    proto_group_iter_init(&git, &groups_ok);
+    assert_int_equal(proto_group_next(&git, &g), 1);
+    assert_int_equal(proto_group_next(&git, &g), 1);
+    assert_int_equal(proto_group_next(&git, &g), 0);
+    d.headers = (struct proto_slice){v_deliver + 42, 10};
+    proto_deliver_header_iter_init(&hit, &d);
+    assert_int_equal(proto_header_next(&hit, &h), 1);
+    assert_int_equal(proto_header_next(&hit, &h), 0);
+}
+
 /* --- Semantic rules ---------------------------------------------------- */
 
 static int topic_ok(const char *s)
@@ -1613,6 +3036,61 @@ static void test_proto_topic_validation_rules(void **state)
     memset(name, 'a', sizeof name);
     assert_int_equal(proto_topic_valid(name, PROTO_MAX_TOPIC), 0);
     assert_int_equal(proto_topic_valid(name, PROTO_MAX_TOPIC + 1), FERRY_EINVALID_TOPIC);
+}
+
+/* Group names follow the topic rules, but answer INVALID_GROUP. */
+static void test_proto_group_validation_rules(void **state)
+{
+    static const char *good[] = {"a", "Z", "0", "inventory", "email.v2", "a_b-c.d", "9lives"};
+    static const char *bad[] = {"", "_dlq", ".hidden", "-x", "a b", "a/b", "a*", "é", "a,b"};
+    uint8_t name[PROTO_MAX_GROUP + 1];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < ARRAY_LEN(good); i++) {
+        if (proto_group_valid((const uint8_t *)good[i], strlen(good[i])) != 0)
+            fail_msg("\"%s\" was refused", good[i]);
+    }
+    for (i = 0; i < ARRAY_LEN(bad); i++) {
+        if (proto_group_valid((const uint8_t *)bad[i], strlen(bad[i])) != FERRY_EINVALID_GROUP)
+            fail_msg("\"%s\" was accepted", bad[i]);
+    }
+    assert_int_equal(proto_group_valid(NULL, 0), FERRY_EINVALID_GROUP);
+    assert_int_equal(proto_group_valid((const uint8_t *)"a\0b", 3), FERRY_EINVALID_GROUP);
+    memset(name, 'g', sizeof name);
+    assert_int_equal(proto_group_valid(name, PROTO_MAX_GROUP), 0);
+    assert_int_equal(proto_group_valid(name, PROTO_MAX_GROUP + 1), FERRY_EINVALID_GROUP);
+}
+
+/* A consumer may also name the topics the broker derives: '_' + a name. */
+static void test_proto_sub_topic_validation_rules(void **state)
+{
+    static const char *good[] = {"orders", "a", "_dead.orders", "_a", "_9", "_x-y.z"};
+    static const char *bad[] = {"", "_", "__dead", "_.x", "_-x", "_a b", ".x", "-x", "a*", "_é"};
+    uint8_t name[PROTO_MAX_TOPIC + 1];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < ARRAY_LEN(good); i++) {
+        if (proto_sub_topic_valid((const uint8_t *)good[i], strlen(good[i])) != 0)
+            fail_msg("\"%s\" was refused", good[i]);
+    }
+    for (i = 0; i < ARRAY_LEN(bad); i++) {
+        if (proto_sub_topic_valid((const uint8_t *)bad[i], strlen(bad[i])) != FERRY_EINVALID_TOPIC)
+            fail_msg("\"%s\" was accepted", bad[i]);
+    }
+    assert_int_equal(proto_sub_topic_valid(NULL, 0), FERRY_EINVALID_TOPIC);
+    assert_int_equal(proto_sub_topic_valid(NULL, 5), FERRY_EINVALID_TOPIC);
+    /* Still not publishable. */
+    assert_int_equal(topic_ok("_dead.orders"), FERRY_EINVALID_TOPIC);
+    /* 200 bytes in all, the '_' included. */
+    memset(name, 'a', sizeof name);
+    name[0] = '_';
+    assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC), 0);
+    assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC + 1), FERRY_EINVALID_TOPIC);
+    name[0] = 'a';
+    assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC), 0);
+    assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC + 1), FERRY_EINVALID_TOPIC);
 }
 
 static void test_proto_id_validation_rules(void **state)
@@ -1735,7 +3213,8 @@ static void test_proto_strerror_covers_each_code(void **state)
 #undef CHECK_TEXT
     assert_string_equal(proto_strerror(-FERRY_EMALFORMED), "malformed frame");
     assert_string_equal(proto_strerror(0), "success");
-    assert_string_equal(proto_strerror(19), "unknown error");
+    assert_string_equal(proto_strerror(24), "unknown error");
+    assert_string_equal(proto_strerror(-24), "unknown error");
     assert_string_equal(proto_strerror(-99), "unknown error");
     assert_string_equal(proto_strerror(1000), "unknown error");
     assert_string_equal(proto_strerror(INT_MIN), "unknown error");
@@ -1821,6 +3300,10 @@ static void test_proto_spec_vectors_match_protocol_md(void **state)
         {"publish", v_publish, sizeof v_publish},
         {"publish_ack", v_publish_ack, sizeof v_publish_ack},
         {"error", v_error, sizeof v_error},
+        {"subscribe", v_subscribe, sizeof v_subscribe},
+        {"deliver", v_deliver, sizeof v_deliver},
+        {"ack", v_ack, sizeof v_ack},
+        {"ack_ok", v_ack_ok, sizeof v_ack_ok},
     };
     uint8_t bytes[256];
     char *text;
@@ -1855,7 +3338,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_publish_batch_iterates_messages_and_headers),
         cmocka_unit_test(test_proto_publish_ack_batch_iterates),
         cmocka_unit_test(test_proto_topics_ok_iterates_and_skips_appended_fields),
-        cmocka_unit_test(test_proto_reserved_types_decode_header_only),
+        cmocka_unit_test(test_proto_no_type_is_reserved_any_more),
         cmocka_unit_test(test_proto_consecutive_frames_decode_in_order),
         cmocka_unit_test(test_proto_peek_header_reports_fields),
         cmocka_unit_test(test_proto_truncated_frames_need_more_at_every_offset),
@@ -1883,8 +3366,30 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_encoders_reject_fields_over_max),
         cmocka_unit_test(test_proto_encode_error_truncates_long_text),
         cmocka_unit_test(test_proto_publish_msg_bytes_matches_encoding),
+        cmocka_unit_test(test_proto_subscribe_decodes),
+        cmocka_unit_test(test_proto_subscribe_ok_decodes),
+        cmocka_unit_test(test_proto_deliver_decodes_and_iterates_headers),
+        cmocka_unit_test(test_proto_deliver_reuses_publish_headers),
+        cmocka_unit_test(test_proto_ack_decodes),
+        cmocka_unit_test(test_proto_ack_ok_iterates),
+        cmocka_unit_test(test_proto_nack_touch_credit_unsubscribe_decode),
+        cmocka_unit_test(test_proto_seek_and_groups_decode),
+        cmocka_unit_test(test_proto_groups_ok_iterates_and_skips_appended_fields),
+        cmocka_unit_test(test_proto_sub_id_zero_is_malformed),
+        cmocka_unit_test(test_proto_start_over_time_is_malformed),
+        cmocka_unit_test(test_proto_window_outside_1_to_65535_is_malformed),
+        cmocka_unit_test(test_proto_deliver_attempt_zero_and_request_id_are_malformed),
+        cmocka_unit_test(test_proto_consumer_fields_over_their_maximum_are_malformed),
+        cmocka_unit_test(test_proto_consumer_counts_are_checked),
+        cmocka_unit_test(test_proto_consumer_field_lengths_past_the_body_are_malformed),
+        cmocka_unit_test(test_proto_deliver_bytes_matches_encoding),
+        cmocka_unit_test(test_proto_consumer_round_trips),
+        cmocka_unit_test(test_proto_consumer_encoders_reject_what_decoders_reject),
+        cmocka_unit_test(test_proto_consumer_iterators_over_empty_structs_stop),
         cmocka_unit_test(test_proto_topic_validation_rules),
         cmocka_unit_test(test_proto_id_validation_rules),
+        cmocka_unit_test(test_proto_group_validation_rules),
+        cmocka_unit_test(test_proto_sub_topic_validation_rules),
         cmocka_unit_test(test_proto_msg_size_counts_key_headers_payload),
         cmocka_unit_test(test_proto_msg_check_enforces_size_topic_and_id),
         cmocka_unit_test(test_proto_iterators_over_empty_structs_stop),

@@ -1,0 +1,1515 @@
+/*
+ * group.c - consumer groups on the loop thread.
+ *
+ * A group is a durable cursor on a topic. For the sequences it has reached
+ * it tracks, in memory:
+ *
+ *   floor   every sequence below is acked (persisted)
+ *   next    the next sequence to deliver for the first time
+ *   acked   a bitmap of the sequences in [floor, next) acked out of order
+ *           (persisted as rows of group_acks)
+ *   entries one per sequence in [floor, next) that is not acked:
+ *             FETCHING  given to a subscription, its bytes being read
+ *             INFLIGHT  delivered, leased until due_ms
+ *             READY     waiting for a subscription with room (a lease
+ *                       expired, a nack, a disconnect); in the ready queue
+ *             WAITING   nacked with a delay, ready at due_ms
+ *
+ * Invariant: every sequence in [floor, next) is either acked or has an
+ * entry. The floor moves up over acked sequences as soon as the lowest
+ * unacked one is acked.
+ *
+ * Delivery is pushed: a commit that stores messages hands them to the
+ * groups that have caught up with the topic straight from the batch's
+ * memory (no read), and a group that is behind, or redeliveries, read their
+ * messages through an OP_FETCH in the next commit. Nothing polls: leases
+ * and nack delays sit in one min-heap of due times behind a single
+ * uv_timer armed for the earliest.
+ *
+ * Flow control: a subscription has a window (max in flight); a message is
+ * given to it only while its in-flight count is below the window, and each
+ * ack, nack or expiry frees a slot. Subscriptions of a group take turns.
+ */
+#include "group.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "batch.h"
+#include "broker.h"
+#include "log.h"
+#include "store.h"
+
+/* Most sequences one OP_FETCH reads. */
+#define FETCH_MAX 256
+
+enum entry_state { E_FETCHING = 1, E_INFLIGHT, E_READY, E_WAITING };
+
+struct sub;
+
+struct entry {
+    uint64_t seq; /* 0: empty slot */
+    struct sub *holder;
+    uint64_t due_ms;
+    uint32_t attempt; /* deliveries so far */
+    uint8_t state;
+    uint8_t nacked; /* the last delivery ended in a nack (else a lease expiry) */
+};
+
+struct entry_map {
+    struct entry *slots;
+    size_t mask;
+    size_t count;
+};
+
+struct sub {
+    struct conn *conn;
+    struct group *group;
+    uint32_t sub_id;
+    uint32_t window;
+    uint32_t in_flight; /* entries FETCHING or INFLIGHT held by this sub */
+    uint32_t ack_wait_ms;
+    struct sub *next_in_group;
+    struct sub *next_in_conn;
+};
+
+struct ltopic {
+    char *name;
+    size_t name_len;
+    int64_t id; /* 0 until the store has created the topic */
+    uint64_t head;
+    struct group *groups;
+    struct ltopic *hnext;
+};
+
+struct group {
+    struct ltopic *topic;
+    char *name;
+    size_t name_len;
+    int64_t id;
+    uint64_t floor, next;
+    /* acked bits for [floor, floor + acked_cap), circular by seq. */
+    uint64_t *acked;
+    size_t acked_cap; /* power of two, in bits */
+    struct entry_map map;
+    /* Sequences whose entry became READY, oldest first (a ring). */
+    uint64_t *ready;
+    size_t ready_cap, ready_head, ready_len;
+    struct sub *subs;
+    struct sub *turn; /* the subscription served first next time */
+    uint32_t ack_wait_ms;
+    uint16_t max_deliveries;
+    int fetching_first; /* an OP_FETCH for first deliveries is pending */
+    int dirty;
+    struct group *next_in_topic;
+    struct group *next_dirty;
+    uint64_t redelivered, dead_lettered;
+};
+
+struct timer_item {
+    uint64_t due_ms;
+    struct group *group;
+    uint64_t seq;
+};
+
+struct groups {
+    struct broker *broker;
+    struct ltopic **buckets;
+    size_t nbuckets, ntopics;
+    struct timer_item *heap;
+    size_t heap_len, heap_cap;
+    uv_timer_t timer;
+    uint64_t timer_due; /* 0: not armed */
+    struct group *dirty;
+    int64_t next_group_id;
+    int closing;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static struct groups *G(struct broker *b)
+{
+    return b->groups;
+}
+
+static uint64_t name_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static char *dup_bytes(const void *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = 0;
+    }
+    return s;
+}
+
+/* ---- topics ----------------------------------------------------------- */
+
+static struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, int create)
+{
+    if (g->nbuckets) {
+        struct ltopic *t = g->buckets[name_hash(name, len) & (g->nbuckets - 1)];
+        for (; t; t = t->hnext)
+            if (t->name_len == len && memcmp(t->name, name, len) == 0)
+                return t;
+    }
+    if (!create)
+        return NULL;
+    if (g->ntopics + 1 > g->nbuckets) {
+        size_t n = g->nbuckets ? g->nbuckets * 2 : 64;
+        struct ltopic **nb = calloc(n, sizeof(*nb));
+        if (!nb)
+            return NULL;
+        for (size_t i = 0; i < g->nbuckets; i++) {
+            struct ltopic *x = g->buckets[i];
+            while (x) {
+                struct ltopic *nx = x->hnext;
+                size_t h = name_hash((const uint8_t *)x->name, x->name_len) & (n - 1);
+                x->hnext = nb[h];
+                nb[h] = x;
+                x = nx;
+            }
+        }
+        free(g->buckets);
+        g->buckets = nb;
+        g->nbuckets = n;
+    }
+    struct ltopic *t = calloc(1, sizeof(*t));
+    if (!t || !(t->name = dup_bytes(name, len))) {
+        free(t);
+        return NULL;
+    }
+    t->name_len = len;
+    size_t h = name_hash(name, len) & (g->nbuckets - 1);
+    t->hnext = g->buckets[h];
+    g->buckets[h] = t;
+    g->ntopics++;
+    return t;
+}
+
+static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t len)
+{
+    for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+        if (gr->name_len == len && memcmp(gr->name, name, len) == 0)
+            return gr;
+    return NULL;
+}
+
+/* ---- entries: open addressing keyed by seq ---------------------------- */
+
+static size_t seq_home(uint64_t seq, size_t mask)
+{
+    return (size_t)((seq * 0x9e3779b97f4a7c15ULL) >> 20) & mask;
+}
+
+static struct entry *entry_get(struct group *gr, uint64_t seq)
+{
+    if (!gr->map.slots)
+        return NULL;
+    size_t i = seq_home(seq, gr->map.mask);
+    while (gr->map.slots[i].seq) {
+        if (gr->map.slots[i].seq == seq)
+            return &gr->map.slots[i];
+        i = (i + 1) & gr->map.mask;
+    }
+    return NULL;
+}
+
+static int entry_grow(struct group *gr)
+{
+    size_t cap = gr->map.slots ? (gr->map.mask + 1) * 2 : 64;
+    struct entry *ns = calloc(cap, sizeof(*ns));
+    if (!ns)
+        return -1;
+    if (gr->map.slots) {
+        for (size_t i = 0; i <= gr->map.mask; i++) {
+            if (!gr->map.slots[i].seq)
+                continue;
+            size_t j = seq_home(gr->map.slots[i].seq, cap - 1);
+            while (ns[j].seq)
+                j = (j + 1) & (cap - 1);
+            ns[j] = gr->map.slots[i];
+        }
+    }
+    free(gr->map.slots);
+    gr->map.slots = ns;
+    gr->map.mask = cap - 1;
+    return 0;
+}
+
+/* Adds an entry for seq (which must not have one). NULL when out of memory.
+ * The pointer is valid until the next add or remove. */
+static struct entry *entry_add(struct group *gr, uint64_t seq)
+{
+    if (!gr->map.slots || (gr->map.count + 1) * 10 > (gr->map.mask + 1) * 7) {
+        if (entry_grow(gr) < 0)
+            return NULL;
+    }
+    size_t i = seq_home(seq, gr->map.mask);
+    while (gr->map.slots[i].seq)
+        i = (i + 1) & gr->map.mask;
+    struct entry *e = &gr->map.slots[i];
+    memset(e, 0, sizeof(*e));
+    e->seq = seq;
+    gr->map.count++;
+    return e;
+}
+
+static void entry_remove(struct group *gr, struct entry *e)
+{
+    size_t mask = gr->map.mask;
+    size_t hole = (size_t)(e - gr->map.slots);
+    size_t j = hole;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!gr->map.slots[j].seq)
+            break;
+        size_t home = seq_home(gr->map.slots[j].seq, mask);
+        int movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
+        if (movable) {
+            gr->map.slots[hole] = gr->map.slots[j];
+            hole = j;
+        }
+    }
+    memset(&gr->map.slots[hole], 0, sizeof(gr->map.slots[hole]));
+    gr->map.count--;
+}
+
+/* ---- acked bitmap ----------------------------------------------------- */
+
+static int acked_test(const struct group *gr, uint64_t seq)
+{
+    if (seq < gr->floor)
+        return 1;
+    if (seq >= gr->floor + gr->acked_cap)
+        return 0;
+    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
+    return (int)((gr->acked[bit / 64] >> (bit % 64)) & 1);
+}
+
+static void acked_clear_bit(struct group *gr, uint64_t seq)
+{
+    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
+    gr->acked[bit / 64] &= ~(1ULL << (bit % 64));
+}
+
+/* Makes the bitmap cover [floor, seq]. */
+static int acked_reserve(struct group *gr, uint64_t seq)
+{
+    if (seq < gr->floor + gr->acked_cap)
+        return 0;
+    size_t cap = gr->acked_cap ? gr->acked_cap : 4096;
+    while (seq >= gr->floor + cap)
+        cap *= 2;
+    uint64_t *nb = calloc(cap / 64, sizeof(uint64_t));
+    if (!nb)
+        return -1;
+    for (uint64_t s = gr->floor; s < gr->floor + gr->acked_cap; s++) {
+        if (acked_test(gr, s)) {
+            size_t bit = (size_t)(s & (cap - 1));
+            nb[bit / 64] |= 1ULL << (bit % 64);
+        }
+    }
+    free(gr->acked);
+    gr->acked = nb;
+    gr->acked_cap = cap;
+    return 0;
+}
+
+static int acked_set(struct group *gr, uint64_t seq)
+{
+    if (acked_reserve(gr, seq) < 0)
+        return -1;
+    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
+    gr->acked[bit / 64] |= 1ULL << (bit % 64);
+    return 0;
+}
+
+/* Moves the floor over acked sequences, clearing their bits. */
+static void floor_advance(struct group *gr)
+{
+    while (gr->floor < gr->next && acked_test(gr, gr->floor)) {
+        acked_clear_bit(gr, gr->floor);
+        gr->floor++;
+    }
+}
+
+/* ---- ready queue ------------------------------------------------------ */
+
+static int ready_push(struct group *gr, uint64_t seq)
+{
+    if (gr->ready_len == gr->ready_cap) {
+        size_t cap = gr->ready_cap ? gr->ready_cap * 2 : 64;
+        uint64_t *nr = malloc(cap * sizeof(*nr));
+        if (!nr)
+            return -1;
+        for (size_t i = 0; i < gr->ready_len; i++)
+            nr[i] = gr->ready[(gr->ready_head + i) % gr->ready_cap];
+        free(gr->ready);
+        gr->ready = nr;
+        gr->ready_cap = cap;
+        gr->ready_head = 0;
+    }
+    gr->ready[(gr->ready_head + gr->ready_len) % gr->ready_cap] = seq;
+    gr->ready_len++;
+    return 0;
+}
+
+static int ready_pop(struct group *gr, uint64_t *seq)
+{
+    if (!gr->ready_len)
+        return 0;
+    *seq = gr->ready[gr->ready_head];
+    gr->ready_head = (gr->ready_head + 1) % gr->ready_cap;
+    gr->ready_len--;
+    return 1;
+}
+
+/* ---- timers ------------------------------------------------------------ */
+
+/* Earlier first; equal times in sequence order, so that a burst of
+ * expired leases is redelivered in order. */
+static int timer_less(const struct timer_item *a, const struct timer_item *b)
+{
+    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
+}
+
+static void heap_swap(struct timer_item *a, struct timer_item *b)
+{
+    struct timer_item t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void timer_rearm(struct groups *g)
+{
+    if (g->closing)
+        return;
+    if (!g->heap_len) {
+        uv_timer_stop(&g->timer);
+        g->timer_due = 0;
+        return;
+    }
+    uint64_t due = g->heap[0].due_ms;
+    if (g->timer_due == due)
+        return;
+    uint64_t now = broker_now_ms();
+    uv_timer_start(&g->timer, on_timer, due > now ? due - now : 0, 0);
+    g->timer_due = due;
+}
+
+static void timer_add(struct groups *g, struct group *gr, uint64_t seq, uint64_t due)
+{
+    if (g->heap_len == g->heap_cap) {
+        size_t cap = g->heap_cap ? g->heap_cap * 2 : 256;
+        struct timer_item *nh = realloc(g->heap, cap * sizeof(*nh));
+        if (!nh) {
+            log_error("out of memory for delivery timers");
+            return;
+        }
+        g->heap = nh;
+        g->heap_cap = cap;
+    }
+    size_t i = g->heap_len++;
+    g->heap[i] = (struct timer_item){due, gr, seq};
+    while (i && timer_less(&g->heap[i], &g->heap[(i - 1) / 2])) {
+        heap_swap(&g->heap[(i - 1) / 2], &g->heap[i]);
+        i = (i - 1) / 2;
+    }
+    if (i == 0)
+        timer_rearm(g);
+}
+
+static void heap_pop(struct groups *g)
+{
+    g->heap[0] = g->heap[--g->heap_len];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < g->heap_len && timer_less(&g->heap[l], &g->heap[m]))
+            m = l;
+        if (r < g->heap_len && timer_less(&g->heap[r], &g->heap[m]))
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(&g->heap[i], &g->heap[m]);
+        i = m;
+    }
+}
+
+static void mark_dirty(struct groups *g, struct group *gr)
+{
+    if (!gr->dirty) {
+        gr->dirty = 1;
+        gr->next_dirty = g->dirty;
+        g->dirty = gr;
+    }
+}
+
+/* An entry goes back to the group for redelivery. */
+static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e)
+{
+    if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+        e->holder->in_flight--;
+    e->holder = NULL;
+    e->state = E_READY;
+    e->due_ms = 0;
+    if (ready_push(gr, e->seq) < 0)
+        log_error("out of memory queueing a redelivery");
+    mark_dirty(g, gr);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct groups *g = t->data;
+    uint64_t now = broker_now_ms();
+    g->timer_due = 0;
+    while (g->heap_len && g->heap[0].due_ms <= now) {
+        struct timer_item it = g->heap[0];
+        heap_pop(g);
+        struct entry *e = entry_get(it.group, it.seq);
+        /* Stale items (acked, touched, redelivered since) are skipped. */
+        if (!e || e->due_ms != it.due_ms)
+            continue;
+        if (e->state == E_INFLIGHT) {
+            it.group->redelivered++;
+            entry_make_ready(g, it.group, e);
+        } else if (e->state == E_WAITING) {
+            entry_make_ready(g, it.group, e);
+        }
+    }
+    timer_rearm(g);
+    groups_dispatch_dirty(g->broker);
+}
+
+/* ---- delivery ---------------------------------------------------------- */
+
+/* The next subscription of gr with room, taking turns; NULL if none. */
+static struct sub *pick_sub(struct group *gr)
+{
+    struct sub *start = gr->turn ? gr->turn : gr->subs;
+    struct sub *s = start;
+    if (!s)
+        return NULL;
+    do {
+        struct sub *next = s->next_in_group ? s->next_in_group : gr->subs;
+        if (s->in_flight < s->window && s->conn->state == CONN_READY) {
+            gr->turn = next;
+            return s;
+        }
+        s = next;
+    } while (s != start);
+    return NULL;
+}
+
+/* Writes one DELIVER frame, already encoded with placeholder sub_id and
+ * attempt, to s's connection after patching them. */
+static void send_deliver(struct sub *s, uint8_t *frame, size_t len, uint32_t attempt)
+{
+    proto_wr32(frame + PROTO_HEADER_BYTES, s->sub_id);
+    proto_wr32(frame + PROTO_HEADER_BYTES + 12, attempt);
+    frame[5] = attempt > 1 ? PROTO_DELIVER_REDELIVERED : 0;
+    conn_send_raw(s->conn, frame, len);
+}
+
+static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, struct sub *s)
+{
+    uint64_t now = broker_now_ms();
+    e->state = E_INFLIGHT;
+    e->holder = s;
+    e->nacked = 0;
+    e->attempt++;
+    e->due_ms = now + s->ack_wait_ms;
+    timer_add(g, gr, e->seq, e->due_ms);
+}
+
+/* Queues an OP_FETCH of seqs for s. */
+static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
+                 uint32_t n)
+{
+    struct broker *b = g->broker;
+    struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
+    if (!op)
+        return -1;
+    struct batch *bt = b->pending;
+    op->group = gr;
+    op->sub_id = s->sub_id;
+    op->count = (uint16_t)n;
+    op->in_off = bt->in.len;
+    uint8_t hdr[12];
+    proto_wr64(hdr, (uint64_t)gr->topic->id);
+    proto_wr32(hdr + 8, n);
+    if (buf_reserve(&bt->in, 12 + (size_t)n * 8) < 0)
+        return -1;
+    buf_append(&bt->in, hdr, 12);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t q[8];
+        proto_wr64(q, seqs[i]);
+        buf_append(&bt->in, q, 8);
+    }
+    op->in_len = bt->in.len - op->in_off;
+    return 0;
+}
+
+/* Out of attempts: the message moves to the topic's dead-letter topic
+ * (store.c copies it with headers saying why) and counts as acked here. */
+static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struct entry *e)
+{
+    struct broker *b = g->broker;
+    uint64_t seq = e->seq;
+    uint32_t attempts = e->attempt;
+    const char *reason = e->nacked ? "nacked" : "lease expired";
+    entry_remove(gr, e);
+    acked_set(gr, seq);
+    floor_advance(gr);
+    gr->dead_lettered++;
+    struct op *op = broker_enqueue(b, s->conn, OP_DEAD_LETTER, 0);
+    if (!op) {
+        log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
+        return;
+    }
+    struct batch *bt = b->pending;
+    op->in_off = bt->in.len;
+    uint8_t rec[36], l[2];
+    proto_wr64(rec, (uint64_t)gr->id);
+    proto_wr64(rec + 8, gr->floor);
+    proto_wr64(rec + 16, (uint64_t)gr->topic->id);
+    proto_wr64(rec + 24, seq);
+    proto_wr32(rec + 32, attempts);
+    buf_append(&bt->in, rec, sizeof(rec));
+    proto_wr16(l, (uint16_t)gr->topic->name_len);
+    buf_append(&bt->in, l, 2);
+    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
+    proto_wr16(l, (uint16_t)gr->name_len);
+    buf_append(&bt->in, l, 2);
+    buf_append(&bt->in, gr->name, gr->name_len);
+    proto_wr16(l, (uint16_t)strlen(reason));
+    buf_append(&bt->in, l, 2);
+    buf_append(&bt->in, reason, strlen(reason));
+    op->in_len = bt->in.len - op->in_off;
+    log_info("group %s: %s/%llu dead-lettered after %u attempt(s) (%s)", gr->name, gr->topic->name,
+             (unsigned long long)seq, attempts, reason);
+}
+
+/* Gives every subscription of gr with room what it can get now. */
+static void dispatch(struct groups *g, struct group *gr)
+{
+    uint64_t seqs[FETCH_MAX];
+    if (g->closing || g->broker->stopping)
+        return;
+    for (;;) {
+        struct sub *s = pick_sub(gr);
+        if (!s)
+            return;
+        uint32_t room = s->window - s->in_flight;
+        if (room > FETCH_MAX)
+            room = FETCH_MAX;
+        uint32_t n = 0;
+        uint64_t seq;
+        while (n < room && ready_pop(gr, &seq)) {
+            struct entry *e = entry_get(gr, seq);
+            if (!e || e->state != E_READY)
+                continue;
+            if (gr->max_deliveries && e->attempt >= gr->max_deliveries) {
+                dead_letter(g, gr, s, e);
+                continue;
+            }
+            e->state = E_FETCHING;
+            e->holder = s;
+            s->in_flight++;
+            seqs[n++] = seq;
+        }
+        if (n == 0 && !gr->fetching_first && gr->next <= gr->topic->head && gr->topic->id) {
+            while (n < room && gr->next <= gr->topic->head) {
+                if (acked_test(gr, gr->next)) {
+                    /* Acked before a restart (group_acks): skip it. */
+                    gr->next++;
+                    continue;
+                }
+                if (acked_reserve(gr, gr->next) < 0)
+                    break;
+                struct entry *e = entry_add(gr, gr->next);
+                if (!e)
+                    break;
+                e->state = E_FETCHING;
+                e->holder = s;
+                s->in_flight++;
+                seqs[n++] = gr->next++;
+            }
+            if (n)
+                gr->fetching_first = 1;
+        }
+        if (n == 0)
+            return;
+        if (fetch(g, gr, s, seqs, n) < 0) {
+            log_error("out of memory fetching deliveries");
+            return;
+        }
+    }
+}
+
+void groups_dispatch_dirty(struct broker *b)
+{
+    struct groups *g = G(b);
+    if (!g)
+        return;
+    while (g->dirty) {
+        struct group *gr = g->dirty;
+        g->dirty = gr->next_dirty;
+        gr->dirty = 0;
+        gr->next_dirty = NULL;
+        dispatch(g, gr);
+    }
+}
+
+/* ---- after a commit ----------------------------------------------------- */
+
+/* How long until a message with this not-before time is due (0: now). */
+static uint64_t delay_ms(uint64_t deliver_at_ms)
+{
+    int64_t now = broker_wall_ms();
+    return deliver_at_ms > (uint64_t)now ? deliver_at_ms - (uint64_t)now : 0;
+}
+
+/* A delayed message: no delivery yet; it becomes READY when due. */
+static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint64_t ms)
+{
+    if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+        e->holder->in_flight--;
+    e->holder = NULL;
+    e->state = E_WAITING;
+    e->due_ms = broker_now_ms() + ms;
+    timer_add(g, gr, e->seq, e->due_ms);
+}
+
+/* Live delivery: a message just stored goes straight to each caught-up
+ * group with a subscription that has room, from the batch's memory. */
+static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto_msg *m,
+                          uint64_t seq, const uint8_t *id, size_t id_len, int64_t ts)
+{
+    uint8_t stack[4096];
+    uint8_t *frame = NULL;
+    size_t flen = 0;
+    for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
+        if (gr->next != seq || gr->fetching_first)
+            continue;
+        struct sub *s = pick_sub(gr);
+        if (!s || acked_reserve(gr, seq) < 0)
+            continue;
+        struct entry *e = entry_add(gr, seq);
+        if (!e)
+            continue;
+        gr->next++;
+        if (delay_ms(m->deliver_at_ms)) {
+            entry_wait(g, gr, e, delay_ms(m->deliver_at_ms));
+            continue;
+        }
+        entry_inflight(g, gr, e, s);
+        s->in_flight++;
+        if (!frame) {
+            struct proto_deliver d = {
+                .sub_id = 1,
+                .seq = seq,
+                .attempt = 1,
+                .ts_ms = (uint64_t)ts,
+                .id = {id, id_len},
+                .key = m->key,
+                .header_count = m->header_count,
+                .headers = m->headers,
+                .payload = m->payload,
+            };
+            flen = proto_deliver_bytes(&d);
+            frame = flen <= sizeof(stack) ? stack : malloc(flen);
+            if (!frame)
+                return;
+            struct proto_writer w;
+            proto_writer_init(&w, frame, flen);
+            if (proto_encode_deliver(&w, 0, &d) < 0) {
+                if (frame != stack)
+                    free(frame);
+                return;
+            }
+        }
+        send_deliver(s, frame, flen, e->attempt);
+    }
+    if (frame && frame != stack)
+        free(frame);
+}
+
+static void apply_topic_updates(struct groups *g, struct batch *done)
+{
+    const uint8_t *p = done->topics.data, *end = p + done->topics.len;
+    while (p && p + 18 <= end) {
+        int64_t id = (int64_t)proto_rd64(p);
+        uint64_t head = proto_rd64(p + 8);
+        uint16_t n = proto_rd16(p + 16);
+        if (p + 18 + n > end)
+            break;
+        struct ltopic *t = topic_lookup(g, p + 18, n, 1);
+        if (t) {
+            t->id = id;
+            if (head > t->head) {
+                t->head = head;
+                /* Messages not published by a client (dead letters) reach
+                 * their groups through a fetch. */
+                for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                    mark_dirty(g, gr);
+            }
+        }
+        p += 18 + n;
+    }
+}
+
+/* Fresh messages of one PUBLISH op, paired with their ack entries. */
+static void publish_op_done(struct groups *g, struct batch *done, struct op *op)
+{
+    struct proto_frame f;
+    if (op->out_len == 0 ||
+        proto_decode(done->out.data + op->out_off, op->out_len, PROTO_ABSOLUTE_MAX_FRAME, &f) <=
+            0 ||
+        f.type != PROTO_PUBLISH_ACK)
+        return;
+    struct proto_publish pub = {.count = op->count,
+                                .msgs = {done->in.data + op->in_off, op->in_len}};
+    struct proto_msg_iter mi;
+    struct proto_ack_iter ai;
+    struct proto_msg m;
+    struct proto_ack_entry a;
+    proto_msg_iter_init(&mi, &pub);
+    proto_ack_iter_init(&ai, &f.u.publish_ack);
+    while (proto_msg_next(&mi, &m) && proto_ack_next(&ai, &a)) {
+        if (a.flags & PROTO_ACK_DUPLICATE)
+            continue;
+        struct ltopic *t = topic_lookup(g, m.topic.ptr, m.topic.len, 0);
+        if (!t || !t->groups)
+            continue;
+        deliver_fresh(g, t, &m, a.seq, a.id.ptr, a.id.len, done->now_ms);
+        for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+            if (gr->next <= a.seq)
+                mark_dirty(g, gr);
+    }
+}
+
+static struct sub *sub_find(struct conn *c, uint32_t sub_id)
+{
+    for (struct sub *s = c->subs; s; s = s->next_in_conn)
+        if (s->sub_id == sub_id)
+            return s;
+    return NULL;
+}
+
+/* Fetched messages go to the subscription that asked, if it still holds
+ * their entries; sequences the store did not return are gone (deleted by
+ * retention) and count as acked. */
+static void fetch_done(struct groups *g, struct batch *done, struct op *op)
+{
+    struct group *gr = op->group;
+    if (done->commit_status) {
+        /* The read failed with its transaction: try these again. */
+        const uint8_t *rq = done->in.data + op->in_off;
+        uint32_t cnt = proto_rd32(rq + 8);
+        for (uint32_t i = 0; i < cnt; i++) {
+            struct entry *e = entry_get(gr, proto_rd64(rq + 12 + 8 * (size_t)i));
+            if (e && e->state == E_FETCHING)
+                entry_make_ready(g, gr, e);
+        }
+        gr->fetching_first = 0;
+        return;
+    }
+    struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, op->sub_id) : NULL;
+    const uint8_t *req = done->in.data + op->in_off;
+    uint32_t n = proto_rd32(req + 8);
+    const uint8_t *seqp = req + 12;
+    int first = 0;
+
+    const uint8_t *p = done->out.data + op->out_off, *end = p + op->out_len;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t seq = proto_rd64(seqp + 8 * i);
+        struct entry *e = entry_get(gr, seq);
+        if (e && e->attempt == 0)
+            first = 1;
+        /* The store returns frames in request order, skipping missing ones. */
+        uint8_t *frame = NULL;
+        size_t flen = 0;
+        uint64_t deliver_at = 0;
+        if (p + 8 + PROTO_HEADER_BYTES + 12 <= end &&
+            proto_rd64(p + 8 + PROTO_HEADER_BYTES + 4) == seq) {
+            deliver_at = proto_rd64(p);
+            flen = 4 + (size_t)proto_rd32(p + 8);
+            frame = (uint8_t *)p + 8;
+            p += 8 + flen;
+        }
+        if (!e || e->state != E_FETCHING)
+            continue; /* acked, or the group was moved by a seek */
+        if (!frame) {
+            /* Deleted before it could be delivered: nothing to deliver. */
+            if (e->holder)
+                e->holder->in_flight--;
+            entry_remove(gr, e);
+            acked_set(gr, seq);
+            floor_advance(gr);
+            continue;
+        }
+        if (e->attempt == 0 && delay_ms(deliver_at)) {
+            entry_wait(g, gr, e, delay_ms(deliver_at));
+            continue;
+        }
+        if (!s || e->holder != s) {
+            entry_make_ready(g, gr, e);
+            continue;
+        }
+        entry_inflight(g, gr, e, s);
+        send_deliver(s, frame, flen, e->attempt);
+    }
+    if (first)
+        gr->fetching_first = 0;
+    mark_dirty(g, gr);
+}
+
+void groups_after_commit(struct broker *b, struct batch *done)
+{
+    struct groups *g = G(b);
+    if (!g)
+        return;
+    if (done->commit_status == 0)
+        apply_topic_updates(g, done);
+    for (size_t i = 0; i < done->nops; i++) {
+        struct op *op = &done->ops[i];
+        if (op->kind == OP_PUBLISH && done->commit_status == 0)
+            publish_op_done(g, done, op);
+        else if (op->kind == OP_FETCH)
+            fetch_done(g, done, op);
+    }
+}
+
+/* ---- subscriptions ------------------------------------------------------ */
+
+static void sub_end(struct groups *g, struct sub *s)
+{
+    struct group *gr = s->group;
+    /* Its in-flight messages go back to the group at once. */
+    if (gr->map.slots) {
+        for (size_t i = 0; i <= gr->map.mask; i++) {
+            struct entry *e = &gr->map.slots[i];
+            if (e->seq && e->holder == s && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+                entry_make_ready(g, gr, e);
+        }
+    }
+    struct sub **pp = &gr->subs;
+    while (*pp && *pp != s)
+        pp = &(*pp)->next_in_group;
+    if (*pp)
+        *pp = s->next_in_group;
+    if (gr->turn == s)
+        gr->turn = NULL;
+    mark_dirty(g, gr);
+    free(s);
+}
+
+void groups_conn_closed(struct conn *c)
+{
+    struct groups *g = G(c->broker);
+    struct sub *s = c->subs;
+    c->subs = NULL;
+    while (s) {
+        struct sub *next = s->next_in_conn;
+        sub_end(g, s);
+        s = next;
+    }
+    if (g)
+        groups_dispatch_dirty(c->broker);
+}
+
+static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t *name, size_t len)
+{
+    struct group *gr = calloc(1, sizeof(*gr));
+    if (!gr || !(gr->name = dup_bytes(name, len))) {
+        free(gr);
+        return NULL;
+    }
+    gr->name_len = len;
+    gr->topic = t;
+    gr->id = ++g->next_group_id;
+    gr->next_in_topic = t->groups;
+    t->groups = gr;
+    return gr;
+}
+
+/* Queues an OP_GROUP_SAVE whose reply (already encoded) goes out after the
+ * commit. Record: u64 id, u64 floor, u32 ack_wait, u16 max_deliveries,
+ * str16 topic, str16 group. */
+static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_id,
+                             size_t wire_bytes)
+{
+    struct broker *b = c->broker;
+    struct op *op = broker_enqueue(b, c, OP_GROUP_SAVE, wire_bytes);
+    if (!op)
+        return NULL;
+    op->request_id = request_id;
+    struct batch *bt = b->pending;
+    op->in_off = bt->in.len;
+    uint8_t rec[22];
+    proto_wr64(rec, (uint64_t)gr->id);
+    proto_wr64(rec + 8, gr->floor);
+    proto_wr32(rec + 16, gr->ack_wait_ms);
+    proto_wr16(rec + 20, gr->max_deliveries);
+    uint8_t l[2];
+    buf_append(&bt->in, rec, sizeof(rec));
+    proto_wr16(l, (uint16_t)gr->topic->name_len);
+    buf_append(&bt->in, l, 2);
+    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
+    proto_wr16(l, (uint16_t)gr->name_len);
+    buf_append(&bt->in, l, 2);
+    buf_append(&bt->in, gr->name, gr->name_len);
+    op->in_len = bt->in.len - op->in_off;
+    return op;
+}
+
+/* Puts a loop-encoded reply into op's output. */
+static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, size_t len)
+{
+    op->out_off = bt->out.len;
+    op->out_len = buf_append(&bt->out, frame, len) == 0 ? len : 0;
+}
+
+/* The first sequence of a topic at or after a position; for TIME the
+ * store is asked. */
+static uint64_t start_seq(struct broker *b, struct ltopic *t, uint8_t start, uint64_t value)
+{
+    switch (start) {
+    case PROTO_START_LATEST:
+        return t->head + 1;
+    case PROTO_START_SEQ:
+        return value ? value : 1;
+    case PROTO_START_TIME:
+        return t->id ? store_seq_at_time(b->store, t->id, (int64_t)value, t->head) : 1;
+    default:
+        return 1;
+    }
+}
+
+void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_subscribe *sp = &f->u.subscribe;
+    int rc;
+    if ((rc = proto_topic_valid(sp->topic.ptr, sp->topic.len)) != 0 &&
+        !(sp->topic.len > 1 && sp->topic.ptr[0] == '_' &&
+          proto_topic_valid(sp->topic.ptr + 1, sp->topic.len - 1) == 0)) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        return;
+    }
+    if (proto_group_valid(sp->group.ptr, sp->group.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP,
+                         "group names are 1-200 bytes of [A-Za-z0-9._-], starting with a "
+                         "letter or digit");
+        return;
+    }
+    if (sub_find(c, sp->sub_id)) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID,
+                         "sub_id already used by a subscription on this connection");
+        return;
+    }
+    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
+    if (!t) {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    struct group *gr = group_find(t, sp->group.ptr, sp->group.len);
+    int created = 0;
+    if (!gr) {
+        gr = group_new(g, t, sp->group.ptr, sp->group.len);
+        if (!gr) {
+            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+            return;
+        }
+        gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
+        gr->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : GROUP_DEFAULT_ACK_WAIT_MS;
+        gr->max_deliveries = sp->max_deliveries ? sp->max_deliveries : GROUP_DEFAULT_MAX_DELIVERIES;
+        created = 1;
+        log_info("group %s created on topic %s at sequence %llu", gr->name, t->name,
+                 (unsigned long long)gr->floor);
+    }
+    struct sub *s = calloc(1, sizeof(*s));
+    if (!s) {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    s->conn = c;
+    s->group = gr;
+    s->sub_id = sp->sub_id;
+    s->window = sp->max_in_flight;
+    s->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : gr->ack_wait_ms;
+    s->next_in_conn = c->subs;
+    c->subs = s;
+    s->next_in_group = gr->subs;
+    gr->subs = s;
+
+    struct proto_subscribe_ok ok = {
+        .sub_id = sp->sub_id,
+        .cursor = gr->next,
+        .head_seq = t->head,
+        .ack_wait_ms = s->ack_wait_ms,
+        .max_deliveries = gr->max_deliveries,
+    };
+    uint8_t frame[64];
+    struct proto_writer w;
+    proto_writer_init(&w, frame, sizeof(frame));
+    proto_encode_subscribe_ok(&w, f->request_id, &ok);
+    if (created) {
+        struct op *op = save_group(c, gr, f->request_id, wire_bytes);
+        if (op)
+            op_set_reply(op, c->broker->pending, frame, w.len);
+    } else {
+        conn_reply(c, f->request_id, frame, w.len);
+    }
+    mark_dirty(g, gr);
+}
+
+/* Acks one sequence in memory. Returns the ACK_OK code for it. */
+static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *changed)
+{
+    if (seq == 0 || seq >= gr->next)
+        return (uint16_t)-FERRY_ENOT_DELIVERED;
+    if (acked_test(gr, seq))
+        return 0; /* already acked: idempotent */
+    struct entry *e = entry_get(gr, seq);
+    if (!e)
+        return 0;
+    if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+        e->holder->in_flight--;
+    entry_remove(gr, e);
+    if (acked_set(gr, seq) < 0)
+        return (uint16_t)-FERRY_EINTERNAL;
+    *changed = 1;
+    mark_dirty(g, gr);
+    return 0;
+}
+
+void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_ack *a = &f->u.ack;
+    struct sub *s = sub_find(c, a->sub_id);
+    if (!s) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        return;
+    }
+    struct group *gr = s->group;
+    size_t need = PROTO_HEADER_BYTES + 2 + (size_t)a->count * 10;
+    uint8_t *frame = malloc(need);
+    if (!frame) {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, frame, need);
+    size_t start = proto_ack_ok_begin(&w, f->request_id);
+    int changed = 0;
+    uint64_t old_floor = gr->floor;
+    for (uint16_t i = 0; i < a->count; i++) {
+        uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
+        proto_ack_ok_add(&w, seq, ack_one(g, gr, seq, &changed));
+    }
+    proto_ack_ok_end(&w, start, a->count);
+    floor_advance(gr);
+    if (!changed) {
+        conn_reply(c, f->request_id, frame, w.len);
+        free(frame);
+        return;
+    }
+    /* Persist: u64 group id, u64 floor, u32 n, n x u64 acked seqs >= floor. */
+    struct broker *b = c->broker;
+    struct op *op = broker_enqueue(b, c, OP_GROUP_ACK, wire_bytes);
+    if (!op) {
+        free(frame);
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    op->request_id = f->request_id;
+    struct batch *bt = b->pending;
+    op->in_off = bt->in.len;
+    uint8_t rec[20];
+    proto_wr64(rec, (uint64_t)gr->id);
+    proto_wr64(rec + 8, gr->floor);
+    uint32_t n = 0;
+    buf_append(&bt->in, rec, 20);
+    for (uint16_t i = 0; i < a->count; i++) {
+        uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
+        if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq)) {
+            uint8_t q[8];
+            proto_wr64(q, seq);
+            buf_append(&bt->in, q, 8);
+            n++;
+        }
+    }
+    proto_wr32(bt->in.data + op->in_off + 16, n);
+    op->in_len = bt->in.len - op->in_off;
+    (void)old_floor;
+    op_set_reply(op, bt, frame, w.len);
+    free(frame);
+}
+
+static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_t code, int any)
+{
+    uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
+    struct proto_writer w;
+    proto_writer_init(&w, frame, sizeof(frame));
+    size_t start = proto_ack_ok_begin(&w, request_id);
+    if (any)
+        proto_ack_ok_add(&w, seq, code);
+    proto_ack_ok_end(&w, start, any ? 1 : 0);
+    conn_reply(c, request_id, frame, w.len);
+}
+
+/* The entry a nack or touch names, if this subscription holds it. */
+static struct entry *held_entry(struct sub *s, uint64_t seq, uint16_t *code)
+{
+    struct group *gr = s->group;
+    if (seq == 0 || seq >= gr->next) {
+        *code = (uint16_t)-FERRY_ENOT_DELIVERED;
+        return NULL;
+    }
+    struct entry *e = entry_get(gr, seq);
+    *code = 0;
+    if (!e || e->holder != s || e->state != E_INFLIGHT)
+        return NULL; /* acked, or no longer this consumer's: nothing to do */
+    return e;
+}
+
+void groups_on_nack(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_nack *n = &f->u.nack;
+    struct sub *s = sub_find(c, n->sub_id);
+    if (!s) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        return;
+    }
+    uint16_t code;
+    struct entry *e = held_entry(s, n->seq, &code);
+    if (e) {
+        s->in_flight--;
+        e->holder = NULL;
+        e->nacked = 1;
+        if (n->delay_ms) {
+            e->state = E_WAITING;
+            e->due_ms = broker_now_ms() + n->delay_ms;
+            timer_add(g, s->group, e->seq, e->due_ms);
+        } else {
+            e->holder = NULL;
+            e->state = E_READY;
+            ready_push(s->group, e->seq);
+        }
+        mark_dirty(g, s->group);
+    }
+    reply_one(c, f->request_id, n->seq, code, 1);
+}
+
+void groups_on_touch(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_sub_op *t = &f->u.sub_op;
+    struct sub *s = sub_find(c, t->sub_id);
+    if (!s) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        return;
+    }
+    uint16_t code;
+    struct entry *e = held_entry(s, t->value, &code);
+    if (e) {
+        e->due_ms = broker_now_ms() + s->ack_wait_ms;
+        timer_add(g, s->group, e->seq, e->due_ms);
+    }
+    reply_one(c, f->request_id, t->value, code, 1);
+}
+
+void groups_on_credit(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_sub_op *t = &f->u.sub_op;
+    struct sub *s = sub_find(c, t->sub_id);
+    if (!s) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        return;
+    }
+    s->window = (uint32_t)t->value;
+    mark_dirty(g, s->group);
+    reply_one(c, f->request_id, 0, 0, 0);
+}
+
+void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_sub_op *t = &f->u.sub_op;
+    struct sub **pp = &c->subs;
+    while (*pp && (*pp)->sub_id != t->sub_id)
+        pp = &(*pp)->next_in_conn;
+    if (!*pp) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        return;
+    }
+    struct sub *s = *pp;
+    *pp = s->next_in_conn;
+    sub_end(g, s);
+    reply_one(c, f->request_id, 0, 0, 0);
+}
+
+void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_seek *sk = &f->u.seek;
+    if (proto_group_valid(sk->group.ptr, sk->group.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        return;
+    }
+    struct ltopic *t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 0);
+    if (!t && proto_topic_valid(sk->topic.ptr, sk->topic.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        return;
+    }
+    if (!t)
+        t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 1);
+    struct group *gr = t ? group_find(t, sk->group.ptr, sk->group.len) : NULL;
+    if (t && !gr) {
+        gr = group_new(g, t, sk->group.ptr, sk->group.len);
+        if (gr) {
+            gr->ack_wait_ms = GROUP_DEFAULT_ACK_WAIT_MS;
+            gr->max_deliveries = GROUP_DEFAULT_MAX_DELIVERIES;
+        }
+    }
+    if (!gr) {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    uint64_t target = start_seq(c->broker, t, sk->start, sk->value);
+    /* Forget everything in flight: from the target on, all is delivered
+     * again. Subscriptions keep their windows. */
+    if (gr->map.slots) {
+        for (size_t i = 0; i <= gr->map.mask; i++) {
+            struct entry *e = &gr->map.slots[i];
+            if (e->seq && e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+                e->holder->in_flight--;
+        }
+        memset(gr->map.slots, 0, (gr->map.mask + 1) * sizeof(*gr->map.slots));
+        gr->map.count = 0;
+    }
+    if (gr->acked)
+        memset(gr->acked, 0, gr->acked_cap / 8);
+    gr->ready_len = 0;
+    gr->fetching_first = 0;
+    gr->floor = gr->next = target;
+    log_info("group %s on topic %s moved to sequence %llu", gr->name, t->name,
+             (unsigned long long)target);
+    uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
+    struct proto_writer w;
+    proto_writer_init(&w, frame, sizeof(frame));
+    size_t start = proto_ack_ok_begin(&w, f->request_id);
+    proto_ack_ok_add(&w, target, 0);
+    proto_ack_ok_end(&w, start, 1);
+    struct op *op = save_group(c, gr, f->request_id, wire_bytes);
+    if (op)
+        op_set_reply(op, c->broker->pending, frame, w.len);
+    mark_dirty(g, gr);
+}
+
+void groups_on_groups(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_groups *q = &f->u.groups;
+    struct buf out = {0};
+    if (buf_reserve(&out, 4096) < 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    uint32_t count = 0;
+    struct proto_writer w;
+    proto_writer_init(&w, out.data, out.cap);
+    size_t start = proto_groups_ok_begin(&w, f->request_id);
+    out.len = w.len;
+    uint64_t now = broker_now_ms();
+    for (size_t i = 0; i < g->nbuckets; i++) {
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext) {
+            if (q->topic.len &&
+                (q->topic.len != t->name_len || memcmp(q->topic.ptr, t->name, t->name_len)))
+                continue;
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
+                uint32_t in_flight = 0, consumers = 0;
+                uint64_t acked_above = 0, oldest = 0;
+                for (struct sub *s = gr->subs; s; s = s->next_in_group)
+                    consumers++;
+                if (gr->map.slots) {
+                    for (size_t k = 0; k <= gr->map.mask; k++) {
+                        struct entry *e = &gr->map.slots[k];
+                        if (!e->seq)
+                            continue;
+                        if (e->state == E_INFLIGHT || e->state == E_FETCHING)
+                            in_flight++;
+                        if (e->state == E_INFLIGHT && e->due_ms >= gr->ack_wait_ms) {
+                            uint64_t since = e->due_ms - gr->ack_wait_ms;
+                            if (now > since && now - since > oldest)
+                                oldest = now - since;
+                        }
+                    }
+                }
+                for (uint64_t s = gr->floor; s < gr->next; s++)
+                    acked_above += (uint64_t)acked_test(gr, s);
+                uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
+                struct proto_group_info gi = {
+                    .topic = {(const uint8_t *)t->name, t->name_len},
+                    .group = {(const uint8_t *)gr->name, gr->name_len},
+                    .cursor = gr->next,
+                    .ack_floor = gr->floor,
+                    .lag = total - acked_above,
+                    .in_flight = in_flight,
+                    .consumers = consumers,
+                    .redelivered = gr->redelivered,
+                    .dead_lettered = gr->dead_lettered,
+                    .oldest_unacked_ms = oldest,
+                    .ack_wait_ms = gr->ack_wait_ms,
+                    .max_deliveries = gr->max_deliveries,
+                };
+                if (buf_reserve(&out, 2 + 4 + t->name_len + gr->name_len + 128) < 0)
+                    continue;
+                proto_writer_init(&w, out.data, out.cap);
+                w.len = out.len;
+                proto_groups_ok_add(&w, &gi);
+                out.len = w.len;
+                count++;
+            }
+        }
+    }
+    proto_writer_init(&w, out.data, out.cap);
+    w.len = out.len;
+    if (proto_groups_ok_end(&w, start, count) == 0)
+        conn_reply(c, f->request_id, out.data, w.len);
+    else
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot list groups");
+    buf_free(&out);
+}
+
+/* ---- lifecycle ------------------------------------------------------------ */
+
+static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, uint64_t head)
+{
+    struct groups *g = arg;
+    struct ltopic *t = topic_lookup(g, (const uint8_t *)name, len, 1);
+    if (!t)
+        return -1;
+    t->id = id;
+    t->head = head;
+    return 0;
+}
+
+static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topic_len,
+                           const char *name, size_t name_len, uint64_t floor, uint32_t ack_wait_ms,
+                           uint16_t max_deliveries)
+{
+    struct groups *g = arg;
+    struct ltopic *t = topic_lookup(g, (const uint8_t *)topic, topic_len, 1);
+    if (!t)
+        return -1;
+    struct group *gr = group_new(g, t, (const uint8_t *)name, name_len);
+    if (!gr)
+        return -1;
+    gr->id = id;
+    if (id > g->next_group_id)
+        g->next_group_id = id;
+    gr->floor = gr->next = floor;
+    gr->ack_wait_ms = ack_wait_ms;
+    gr->max_deliveries = max_deliveries;
+    return 0;
+}
+
+static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
+{
+    struct groups *g = arg;
+    /* Acks above the floor: the group's cursor restarts at the floor, and
+     * these are skipped when it gets there. */
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                if (gr->id == group_id)
+                    return acked_set(gr, seq);
+    return 0;
+}
+
+int groups_init(struct broker *b)
+{
+    struct groups *g = calloc(1, sizeof(*g));
+    if (!g)
+        return -1;
+    g->broker = b;
+    b->groups = g;
+    uv_timer_init(b->loop, &g->timer);
+    g->timer.data = g;
+    struct store_load_cbs cbs = {
+        .arg = g,
+        .topic = on_loaded_topic,
+        .group = on_loaded_group,
+        .ack = on_loaded_ack,
+    };
+    if (store_load_groups(b->store, &cbs) != 0)
+        return -1;
+    /* Sequences acked above the floor: the restart cursor skips them. */
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                gr->next = gr->floor;
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void groups_close(struct broker *b)
+{
+    struct groups *g = G(b);
+    if (g && !g->closing) {
+        g->closing = 1;
+        uv_close((uv_handle_t *)&g->timer, on_timer_closed);
+    }
+}
+
+void groups_free(struct broker *b)
+{
+    struct groups *g = G(b);
+    if (!g)
+        return;
+    for (size_t i = 0; i < g->nbuckets; i++) {
+        struct ltopic *t = g->buckets[i];
+        while (t) {
+            struct ltopic *nt = t->hnext;
+            struct group *gr = t->groups;
+            while (gr) {
+                struct group *ng = gr->next_in_topic;
+                free(gr->map.slots);
+                free(gr->acked);
+                free(gr->ready);
+                free(gr->name);
+                free(gr);
+                gr = ng;
+            }
+            free(t->name);
+            free(t);
+            t = nt;
+        }
+    }
+    free(g->buckets);
+    free(g->heap);
+    free(g);
+    b->groups = NULL;
+}

@@ -1,0 +1,56 @@
+/*
+ * group.h - consumer groups: subscriptions, push delivery with credit,
+ * leases, acks, redelivery, seek.
+ *
+ * All of this state lives on the loop thread. What must survive a restart
+ * is persisted through the group commit (store.c): each group's row (its
+ * ack floor and settings) and the sequences acked above the floor. What is
+ * in flight is not persisted: after a restart every message from the floor
+ * up that is not recorded as acked is delivered again, which is exactly
+ * at-least-once.
+ */
+#ifndef FERRY_BROKER_GROUP_H
+#define FERRY_BROKER_GROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+
+struct broker;
+struct conn;
+struct batch;
+struct op;
+struct store;
+
+#define GROUP_DEFAULT_ACK_WAIT_MS 30000u
+#define GROUP_DEFAULT_MAX_DELIVERIES 5u
+
+/* Sets up the (empty) group registry and loads groups from the store. */
+int groups_init(struct broker *b);
+/* Closes the timer handle (shutdown), then groups_free after the loop. */
+void groups_close(struct broker *b);
+void groups_free(struct broker *b);
+
+/* Frame handlers, called by conn.c for a READY connection. */
+void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
+void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
+void groups_on_nack(struct conn *c, const struct proto_frame *f);
+void groups_on_touch(struct conn *c, const struct proto_frame *f);
+void groups_on_credit(struct conn *c, const struct proto_frame *f);
+void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f);
+void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
+void groups_on_groups(struct conn *c, const struct proto_frame *f);
+
+/* The connection is closing: its subscriptions end and their in-flight
+ * messages go back to their groups at once. */
+void groups_conn_closed(struct conn *c);
+
+/* After a commit (loop thread): learn new topic heads, push fresh messages
+ * to caught-up groups straight from the batch, hand fetched messages to
+ * their subscriptions. Called before the batch's replies are sent. */
+void groups_after_commit(struct broker *b, struct batch *done);
+/* After the replies of a commit went out: deliver what became possible. */
+void groups_dispatch_dirty(struct broker *b);
+
+#endif
