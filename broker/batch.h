@@ -67,8 +67,8 @@ struct batch {
     uint64_t messages; /* messages in all OP_PUBLISH ops */
     int maintenance;   /* run a retention / purge step in this transaction */
     int64_t now_ms;    /* the time stamped on this batch's messages */
-    /* Filled by the store: (u64 topic id, u64 head, str16 name) for every
-     * topic this transaction created or appended to. */
+    /* Filled by the store: (u64 topic id, u64 head, u64 first, str16 name)
+     * for every topic this transaction created, appended to or trimmed. */
     struct buf topics;
     /* Filled by the store for logs and metrics. */
     int commit_status;  /* 0 or FERRY_E* for the whole transaction */

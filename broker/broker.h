@@ -27,6 +27,8 @@ struct broker_config {
     uint32_t max_batch;
     uint64_t dedupe_window_ms;
     uint64_t dedupe_max_ids;
+    uint64_t retention_max_age_ms, retention_max_count, retention_max_bytes;
+    int retention_delete_acked;
     int max_connections;
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms; /* 0: never */

@@ -78,6 +78,7 @@ struct ltopic {
     size_t name_len;
     int64_t id; /* 0 until the store has created the topic */
     uint64_t head;
+    uint64_t first; /* the lowest sequence retention kept (0: unknown) */
     struct group *groups;
     struct ltopic *hnext;
 };
@@ -630,6 +631,10 @@ static void dispatch(struct groups *g, struct group *gr)
             s->in_flight++;
             seqs[n++] = seq;
         }
+        if (gr->next < gr->topic->first && gr->next == gr->floor && gr->map.count == 0) {
+            /* Retention deleted what this group had not reached yet. */
+            gr->floor = gr->next = gr->topic->first;
+        }
         if (n == 0 && !gr->fetching_first && gr->next <= gr->topic->head && gr->topic->id) {
             while (n < room && gr->next <= gr->topic->head) {
                 if (acked_test(gr, gr->next)) {
@@ -750,15 +755,21 @@ static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto
 static void apply_topic_updates(struct groups *g, struct batch *done)
 {
     const uint8_t *p = done->topics.data, *end = p + done->topics.len;
-    while (p && p + 18 <= end) {
+    while (p && p + 26 <= end) {
         int64_t id = (int64_t)proto_rd64(p);
         uint64_t head = proto_rd64(p + 8);
-        uint16_t n = proto_rd16(p + 16);
-        if (p + 18 + n > end)
+        uint64_t first = proto_rd64(p + 16);
+        uint16_t n = proto_rd16(p + 24);
+        if (p + 26 + n > end)
             break;
-        struct ltopic *t = topic_lookup(g, p + 18, n, 1);
+        struct ltopic *t = topic_lookup(g, p + 26, n, 1);
         if (t) {
             t->id = id;
+            if (first > t->first) {
+                t->first = first;
+                for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                    mark_dirty(g, gr);
+            }
             if (head > t->head) {
                 t->head = head;
                 /* Messages not published by a client (dead letters) reach
@@ -767,7 +778,7 @@ static void apply_topic_updates(struct groups *g, struct batch *done)
                     mark_dirty(g, gr);
             }
         }
-        p += 18 + n;
+        p += 26 + n;
     }
 }
 

@@ -33,6 +33,11 @@ static const char usage[] =
     "  --dedupe-max-ids N        remember at most N ids (the oldest are forgotten\n"
     "                            first); the index costs up to 32 bytes an id\n"
     "                            (default 10000000)\n"
+    "  --retention-max-age DURATION    delete messages older than this (default: keep)\n"
+    "  --retention-max-count N   keep at most the N newest messages of each topic\n"
+    "  --retention-max-bytes N   keep at most N bytes (key + headers + payload) a topic\n"
+    "  --retention-delete-acked  delete messages once every group of their topic\n"
+    "                            has acked them (topics without groups keep theirs)\n"
     "  --max-connections N       connections beyond this are refused (default 1024)\n"
     "  --handshake-timeout DURATION  close connections that have not sent HELLO\n"
     "                            by then (default 10s)\n"
@@ -167,6 +172,10 @@ int main(int argc, char **argv)
         OPT_DEDUPE,
         OPT_DEDUPE_MS,
         OPT_MAXCONN,
+        OPT_RET_AGE,
+        OPT_RET_COUNT,
+        OPT_RET_BYTES,
+        OPT_RET_ACKED,
         OPT_DEDUPE_MAX,
         OPT_HSTIMEOUT,
         OPT_IDLE,
@@ -187,6 +196,10 @@ int main(int argc, char **argv)
         {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
         {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
         {"max-connections", required_argument, NULL, OPT_MAXCONN},
+        {"retention-max-age", required_argument, NULL, OPT_RET_AGE},
+        {"retention-max-count", required_argument, NULL, OPT_RET_COUNT},
+        {"retention-max-bytes", required_argument, NULL, OPT_RET_BYTES},
+        {"retention-delete-acked", no_argument, NULL, OPT_RET_ACKED},
         {"dedupe-max-ids", required_argument, NULL, OPT_DEDUPE_MAX},
         {"handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT},
         {"idle-timeout", required_argument, NULL, OPT_IDLE},
@@ -243,6 +256,24 @@ int main(int argc, char **argv)
             if (parse_uint(optarg, 1ull << 32, &v) < 0 || v < 1)
                 return bad("--dedupe-max-ids", optarg);
             cfg.dedupe_max_ids = v;
+            break;
+        case OPT_RET_AGE:
+            if (parse_duration_ms(optarg, &cfg.retention_max_age_ms) < 0 ||
+                !cfg.retention_max_age_ms)
+                return bad("--retention-max-age", optarg);
+            break;
+        case OPT_RET_COUNT:
+            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+                return bad("--retention-max-count", optarg);
+            cfg.retention_max_count = v;
+            break;
+        case OPT_RET_BYTES:
+            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+                return bad("--retention-max-bytes", optarg);
+            cfg.retention_max_bytes = v;
+            break;
+        case OPT_RET_ACKED:
+            cfg.retention_delete_acked = 1;
             break;
         case OPT_MAXCONN:
             if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)

@@ -38,7 +38,7 @@
 #include "proto.h"
 #include "store.h"
 
-#define MAINTENANCE_EVERY_MS 5000
+#define MAINTENANCE_EVERY_MS 1000
 #define MAX_DEFERRALS 8
 #define DEFER_MAX_BYTES (1u << 20)
 
@@ -294,6 +294,10 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         .cache_mb = cfg->cache_mb,
         .dedupe_window_ms = cfg->dedupe_window_ms,
         .dedupe_max_ids = cfg->dedupe_max_ids,
+        .retention_max_age_ms = cfg->retention_max_age_ms,
+        .retention_max_count = cfg->retention_max_count,
+        .retention_max_bytes = cfg->retention_max_bytes,
+        .retention_delete_acked = cfg->retention_delete_acked,
         .max_db_bytes = cfg->max_db_bytes,
     };
     int rc = store_open(&sc, &b->store, err, sizeof(err));

@@ -104,6 +104,9 @@ enum stmt_id {
     ST_GACK_DELETE_BELOW,
     ST_GACK_DELETE_ALL,
     ST_FETCH,
+    ST_RET_SCAN,
+    ST_RET_DELETE,
+    ST_MIN_FLOOR,
     ST__COUNT
 };
 
@@ -129,6 +132,10 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_GACK_INSERT] = "INSERT OR IGNORE INTO group_acks(group_id, seq) VALUES (?1, ?2)",
     [ST_GACK_DELETE_BELOW] = "DELETE FROM group_acks WHERE group_id = ?1 AND seq < ?2",
     [ST_GACK_DELETE_ALL] = "DELETE FROM group_acks WHERE group_id = ?1",
+    [ST_RET_SCAN] = "SELECT rid, ts_ms, length(key), headers, length(payload) FROM messages "
+                    "WHERE rid >= ?1 AND rid <= ?2 ORDER BY rid LIMIT ?3",
+    [ST_RET_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid <= ?2",
+    [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
 };
@@ -137,7 +144,17 @@ struct dd_change {
     uint64_t h, log_id;
 };
 
+/* Retention limits; 0 means no limit. */
+struct retention {
+    uint64_t max_age_ms;
+    uint64_t max_count;
+    uint64_t max_bytes;
+    int delete_acked;
+};
+
 struct store {
+    struct retention retention; /* the defaults for every topic */
+    uint64_t retained_deleted;
     sqlite3 *db;
     sqlite3_stmt *st[ST__COUNT];
     uint64_t dedupe_window_ms;
@@ -436,12 +453,14 @@ static void topics_settle(struct store *s, struct batch *b, int ok)
             t->persisted_ms = b ? b->now_ms : 0;
         }
         t->written_in_txn = 0;
-        if (ok && b && (t->created_in_txn || t->c.head != t->saved.head)) {
-            /* Tell the loop: u64 id, u64 head, str16 name. */
-            uint8_t rec[18];
+        if (ok && b &&
+            (t->created_in_txn || t->c.head != t->saved.head || t->c.first != t->saved.first)) {
+            /* Tell the loop: u64 id, u64 head, u64 first, str16 name. */
+            uint8_t rec[26];
             proto_wr64(rec, (uint64_t)t->id);
             proto_wr64(rec + 8, t->c.head);
-            proto_wr16(rec + 16, (uint16_t)t->name_len);
+            proto_wr64(rec + 16, t->c.first);
+            proto_wr16(rec + 24, (uint16_t)t->name_len);
             if (buf_append(&b->topics, rec, sizeof(rec)) < 0 ||
                 buf_append(&b->topics, t->name, t->name_len) < 0)
                 b->topics.len = 0;
@@ -475,7 +494,11 @@ static const char *const migrations[] = {
     "  head_seq INTEGER NOT NULL DEFAULT 0,"
     "  first_seq INTEGER NOT NULL DEFAULT 0,"
     "  msg_count INTEGER NOT NULL DEFAULT 0,"
-    "  bytes INTEGER NOT NULL DEFAULT 0);"
+    "  bytes INTEGER NOT NULL DEFAULT 0,"
+    "  max_age_ms INTEGER," /* retention; NULL: the broker's default */
+    "  max_count INTEGER,"
+    "  max_bytes INTEGER,"
+    "  delete_acked INTEGER);"
     "CREATE TABLE messages ("
     "  rid INTEGER PRIMARY KEY,"
     "  msg_id TEXT NOT NULL,"
@@ -780,6 +803,10 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         return FERRY_ENOMEM;
     }
     s->dedupe_window_ms = cfg->dedupe_window_ms;
+    s->retention.max_age_ms = cfg->retention_max_age_ms;
+    s->retention.max_count = cfg->retention_max_count;
+    s->retention.max_bytes = cfg->retention_max_bytes;
+    s->retention.delete_acked = cfg->retention_delete_acked;
     s->dedupe_max_ids = cfg->dedupe_max_ids ? cfg->dedupe_max_ids : 10000000;
     s->dd_oldest_ms = INT64_MIN; /* unknown until the first purge looks */
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
@@ -1531,6 +1558,114 @@ uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, u
     return lo;
 }
 
+/* ---- retention ---------------------------------------------------------- */
+
+/* Rows deleted per topic and commit, at least: small steps, so that a large
+ * purge never makes one commit (and the acks waiting on it) slow. */
+#define RETENTION_STEP_MIN 2000
+
+/* The bytes a stored row counts (as proto_msg_size). */
+static uint64_t row_bytes(sqlite3_stmt *st)
+{
+    const uint8_t *h = sqlite3_column_blob(st, 3);
+    size_t hl = (size_t)sqlite3_column_bytes(st, 3);
+    uint64_t hb = h && hl >= 2 ? hl - 2 - 4 * (uint64_t)proto_rd16(h) : 0;
+    return (uint64_t)sqlite3_column_int64(st, 2) + hb + (uint64_t)sqlite3_column_int64(st, 4);
+}
+
+/*
+ * Deletes from the front of topic t what its retention no longer keeps:
+ * beyond max_count, older than max_age, beyond max_bytes, and (with
+ * delete_acked) what every group of the topic has acked. At most `budget`
+ * rows; returns an SQLite code.
+ */
+static int retain_topic(struct store *s, struct topic *t, int64_t now_ms, int64_t budget)
+{
+    const struct retention *r = &s->retention;
+    if (!t->c.count || (!r->max_age_ms && !r->max_count && !r->max_bytes && !r->delete_acked))
+        return SQLITE_OK;
+    uint64_t keep_from = t->c.first; /* the first sequence that stays */
+    if (r->max_count && t->c.count > r->max_count)
+        keep_from = t->c.head - r->max_count + 1;
+    if (r->delete_acked) {
+        sqlite3_stmt *q = s->st[ST_MIN_FLOOR];
+        sqlite3_bind_text(q, 1, t->name, (int)t->name_len, SQLITE_STATIC);
+        if (sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int64(q, 1) > 0) {
+            uint64_t floor = (uint64_t)sqlite3_column_int64(q, 0);
+            if (floor > keep_from)
+                keep_from = floor > t->c.head + 1 ? t->c.head + 1 : floor;
+        }
+        sqlite3_reset(q);
+    }
+    int64_t cutoff = r->max_age_ms ? now_ms - (int64_t)r->max_age_ms : INT64_MIN;
+    if (keep_from <= t->c.first && !r->max_age_ms && (!r->max_bytes || t->c.bytes <= r->max_bytes))
+        return SQLITE_OK;
+
+    /* Walk from the front, deciding row by row. */
+    sqlite3_stmt *st = s->st[ST_RET_SCAN];
+    uint64_t base = (uint64_t)t->id << 40;
+    sqlite3_bind_int64(st, 1, (int64_t)(base | t->c.first));
+    sqlite3_bind_int64(st, 2, (int64_t)(base | t->c.head));
+    sqlite3_bind_int64(st, 3, budget);
+    uint64_t last = 0, n = 0, bytes = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        uint64_t seq = (uint64_t)sqlite3_column_int64(st, 0) & (uint64_t)SEQ_MAX;
+        uint64_t size = row_bytes(st);
+        int go = seq < keep_from || sqlite3_column_int64(st, 1) < cutoff ||
+                 (r->max_bytes && t->c.bytes - bytes > r->max_bytes);
+        if (!go)
+            break;
+        last = seq;
+        n++;
+        bytes += size;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        set_err(s, "retention");
+        return rc;
+    }
+    if (!n)
+        return SQLITE_OK;
+    st = s->st[ST_RET_DELETE];
+    sqlite3_bind_int64(st, 1, (int64_t)(base | t->c.first));
+    sqlite3_bind_int64(st, 2, (int64_t)(base | last));
+    if ((rc = step_done(st)) != SQLITE_OK) {
+        set_err(s, "retention");
+        return rc;
+    }
+    topic_touch(s, t);
+    t->c.count -= n;
+    t->c.bytes -= bytes;
+    t->c.first = t->c.count ? last + 1 : 0;
+    s->retained_deleted += n;
+    return SQLITE_OK;
+}
+
+/* Inside the transaction: retention for the topics this commit touched,
+ * and for every topic on a maintenance commit (time passes for idle
+ * topics too). */
+static int retention_step(struct store *s, struct batch *b, int64_t now_ms)
+{
+    const struct retention *r = &s->retention;
+    if (!r->max_age_ms && !r->max_count && !r->max_bytes && !r->delete_acked)
+        return SQLITE_OK;
+    int64_t budget = (int64_t)b->messages * 2;
+    if (budget < RETENTION_STEP_MIN)
+        budget = RETENTION_STEP_MIN;
+    int rc = SQLITE_OK;
+    if (b->maintenance) {
+        for (size_t i = 0; rc == SQLITE_OK && i < s->nbuckets; i++)
+            for (struct topic *t = s->buckets[i]; rc == SQLITE_OK && t; t = t->hnext)
+                rc = retain_topic(s, t, now_ms, budget);
+        return rc;
+    }
+    /* topic_touch prepends to s->dirty; the ones already there are walked. */
+    for (struct topic *t = s->dirty; rc == SQLITE_OK && t; t = t->next_dirty)
+        rc = retain_topic(s, t, now_ms, budget);
+    return rc;
+}
+
 /* ---- the transaction -------------------------------------------------- */
 
 static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
@@ -1583,6 +1718,8 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     }
     if (rc == SQLITE_OK)
         rc = dedupe_purge(s, now_ms, b->messages);
+    if (rc == SQLITE_OK)
+        rc = retention_step(s, b, now_ms);
     if (rc == SQLITE_OK && b->maintenance)
         topics_touch_lagging(s);
     if (rc == SQLITE_OK && (rc = topics_flush(s, now_ms, b->maintenance)) == SQLITE_OK) {
