@@ -73,6 +73,8 @@ struct conn {
     uint64_t accepted_ms;
 
     struct sub *subs; /* this connection's subscriptions (group.c) */
+    int flush_queued; /* on the broker's flush_list */
+    struct conn *next_flush;
 
     struct conn *prev, *next;
 };
@@ -104,6 +106,8 @@ struct broker {
     int lock_fd;
 
     struct groups *groups; /* consumer groups (group.c) */
+    int defer_flush;       /* answering a batch: flush connections at its end */
+    struct conn *flush_list;
 
     uint64_t published, duplicates, commits;
 };
@@ -124,6 +128,8 @@ void conn_accept(struct broker *b);
 void conn_on_replies(struct conn *c, const uint8_t *data, size_t len);
 void conn_op_done(struct conn *c, size_t wire_bytes);
 void conn_resume_reading(struct conn *c);
+/* Flushes the connections that queued replies while defer_flush was set. */
+void conn_flush_deferred(struct broker *b);
 void conn_pause_reading(struct conn *c);
 /* Ends the connection: optional fatal ERROR first, then close after flush. */
 void conn_fail(struct conn *c, int code, const char *msg);

@@ -137,6 +137,27 @@ static void conn_flush(struct conn *c)
             conn_close_now(c);
         return;
     }
+    /* Most writes complete at once: try that first (no write request, no
+     * epoll change); hand uv_write only what the socket did not take. */
+    uv_buf_t tb = uv_buf_init((char *)c->wq.data, (unsigned)c->wq.len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &tb, 1);
+    if (n > 0) {
+        if ((size_t)n == c->wq.len) {
+            c->wq.len = 0;
+            /* (A connection paused for its unsent replies is resumed after
+             * the next commit; resuming here could re-enter conn_process.) */
+            if (c->state == CONN_CLOSING)
+                conn_close_now(c);
+            return;
+        }
+        memmove(c->wq.data, c->wq.data + n, c->wq.len - (size_t)n);
+        c->wq.len -= (size_t)n;
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+        c->wq.len = 0;
+        c->state = CONN_CLOSING;
+        conn_close_now(c);
+        return;
+    }
     struct buf t = c->wbusy;
     c->wbusy = c->wq;
     c->wq = t;
@@ -154,6 +175,36 @@ static void conn_flush(struct conn *c)
     c->refs++;
 }
 
+/* While a finished batch is being answered, connections are flushed once
+ * at its end (broker_flush_deferred) so their replies leave in one write. */
+static void conn_flush_soon(struct conn *c)
+{
+    struct broker *b = c->broker;
+    if (!b->defer_flush) {
+        conn_flush(c);
+        return;
+    }
+    if (!c->flush_queued) {
+        c->flush_queued = 1;
+        c->refs++;
+        c->next_flush = b->flush_list;
+        b->flush_list = c;
+    }
+}
+
+void conn_flush_deferred(struct broker *b)
+{
+    b->defer_flush = 0;
+    while (b->flush_list) {
+        struct conn *c = b->flush_list;
+        b->flush_list = c->next_flush;
+        c->next_flush = NULL;
+        c->flush_queued = 0;
+        conn_flush(c);
+        conn_unref(c);
+    }
+}
+
 /* Appends reply bytes (from a finished batch) and writes them. */
 void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
 {
@@ -164,7 +215,7 @@ void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
         conn_fail(c, 0, NULL);
         return;
     }
-    conn_flush(c);
+    conn_flush_soon(c);
 }
 
 void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
@@ -175,7 +226,7 @@ void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
         conn_fail(c, 0, NULL);
         return;
     }
-    conn_flush(c);
+    conn_flush_soon(c);
 }
 
 void conn_op_done(struct conn *c, size_t wire_bytes)

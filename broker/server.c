@@ -115,6 +115,7 @@ static void after_work_cb(uv_work_t *req, int status)
 
     /* Fresh messages reach caught-up groups before the publishers' acks
      * are even written; fetched ones go to their subscriptions. */
+    b->defer_flush = 1;
     groups_after_commit(b, done);
 
     /* Replies go out in op order; connections coalesce them into writes. */
@@ -128,6 +129,7 @@ static void after_work_cb(uv_work_t *req, int status)
     }
     batch_reset(done);
     groups_dispatch_dirty(b);
+    conn_flush_deferred(b);
 
     if (b->pending->nops || b->maintenance_due)
         start_commit(b);
