@@ -564,7 +564,8 @@ void conn_tick(struct conn *c, uint64_t now_ms)
         conn_fail(c, FERRY_ETIMEOUT_IDLE, "no handshake within the handshake timeout");
         return;
     }
-    if (c->state == CONN_READY && cfg->idle_timeout_ms && c->outstanding_ops == 0 &&
+    /* A consumer waiting for deliveries is not idle. */
+    if (c->state == CONN_READY && cfg->idle_timeout_ms && c->outstanding_ops == 0 && !c->subs &&
         now_ms - c->last_active_ms > cfg->idle_timeout_ms)
         conn_fail(c, FERRY_ETIMEOUT_IDLE, "idle for longer than the idle timeout");
 }

@@ -571,6 +571,16 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     uint64_t seq = e->seq;
     uint32_t attempts = e->attempt;
     const char *reason = e->nacked ? "nacked" : "lease expired";
+    if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC) {
+        /* "_dead.<topic>" would exceed the name limit: the message stays
+         * unacked and parked (no timer) until a seek moves the group. */
+        e->state = E_WAITING;
+        e->due_ms = 0;
+        log_warn("group %s: %s/%llu is out of attempts, and the topic's name is too long for a "
+                 "dead-letter topic: parked",
+                 gr->name, gr->topic->name, (unsigned long long)seq);
+        return;
+    }
     entry_remove(gr, e);
     acked_set(gr, seq);
     floor_advance(gr);
@@ -1015,9 +1025,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
     struct groups *g = G(c->broker);
     const struct proto_subscribe *sp = &f->u.subscribe;
     int rc;
-    if ((rc = proto_topic_valid(sp->topic.ptr, sp->topic.len)) != 0 &&
-        !(sp->topic.len > 1 && sp->topic.ptr[0] == '_' &&
-          proto_topic_valid(sp->topic.ptr + 1, sp->topic.len - 1) == 0)) {
+    if ((rc = proto_sub_topic_valid(sp->topic.ptr, sp->topic.len)) != 0) {
         conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
@@ -1286,7 +1294,7 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         return;
     }
     struct ltopic *t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 0);
-    if (!t && proto_topic_valid(sk->topic.ptr, sk->topic.len) != 0) {
+    if (!t && proto_sub_topic_valid(sk->topic.ptr, sk->topic.len) != 0) {
         conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
