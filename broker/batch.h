@@ -30,10 +30,11 @@ enum op_kind {
     /* Consumer groups (group.c builds them, store.c runs them). The reply
      * in out is encoded by the loop and replaced by an ERROR if the
      * transaction fails. Record layouts are in store.c. */
-    OP_GROUP_SAVE,  /* in: a group's row; creates or rewrites it */
-    OP_GROUP_ACK,   /* in: a group's new ack floor and acks above it */
-    OP_FETCH,       /* in: topic and sequences; out: DELIVER frames for group.c */
-    OP_DEAD_LETTER, /* in: a message to move to its dead-letter topic */
+    OP_GROUP_SAVE,   /* in: a group's row; creates or rewrites it */
+    OP_GROUP_ACK,    /* in: a group's new ack floor and acks above it */
+    OP_FETCH,        /* in: topic and sequences; out: DELIVER frames for group.c */
+    OP_DEAD_LETTER,  /* in: a message to move to its dead-letter topic */
+    OP_TOPIC_CONFIG, /* in: a TOPIC_CONFIG body; out: its ACK_OK */
 };
 
 struct op {

@@ -385,6 +385,39 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
     b->messages += p->count;
 }
 
+/* TOPIC_CONFIG: set a topic's retention; the ACK_OK goes out after the
+ * commit. */
+static void on_topic_config(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
+{
+    const struct proto_topic_config *tc = &f->u.topic_config;
+    if (proto_sub_topic_valid(tc->topic.ptr, tc->topic.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        return;
+    }
+    struct op *op = broker_enqueue(c->broker, c, OP_TOPIC_CONFIG, wire_bytes);
+    if (!op) {
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    struct batch *b = c->broker->pending;
+    op->request_id = f->request_id;
+    op->in_off = b->in.len;
+    op->in_len = f->body.len;
+    uint8_t frame[PROTO_HEADER_BYTES + 2];
+    struct proto_writer w;
+    proto_writer_init(&w, frame, sizeof(frame));
+    size_t start = proto_ack_ok_begin(&w, f->request_id);
+    proto_ack_ok_end(&w, start, 0);
+    op->out_off = b->out.len;
+    if (buf_append(&b->in, f->body.ptr, f->body.len) < 0 || buf_append(&b->out, frame, w.len) < 0) {
+        op->kind = OP_REPLY;
+        op->out_len = 0;
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    op->out_len = w.len;
+}
+
 /* Handles one decoded frame. */
 static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
 {
@@ -444,6 +477,9 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
         return;
     case PROTO_GROUPS:
         groups_on_groups(c, f);
+        return;
+    case PROTO_TOPIC_CONFIG:
+        on_topic_config(c, f, wire_bytes);
         return;
     default:
         if (proto_type_reserved(f->type)) {

@@ -71,8 +71,28 @@ struct topic_counters {
     uint64_t head, first, count, bytes;
 };
 
+/* Retention limits; 0 means no limit. */
+struct retention {
+    uint64_t max_age_ms;
+    uint64_t max_count;
+    uint64_t max_bytes;
+    int delete_acked;
+};
+
+/* A topic's own retention: each field UINT64_MAX (delete_acked -1) when
+ * it follows the broker's default. */
+struct topic_retention {
+    uint64_t max_age_ms, max_count, max_bytes;
+    int delete_acked;
+};
+
+#define RATE_SLOTS 10 /* seconds the publish rate is averaged over */
+
 struct topic {
     int64_t id;
+    struct topic_retention own, saved_own;
+    uint64_t rate_count[RATE_SLOTS]; /* messages stored in second rate_sec[i] */
+    int64_t rate_sec[RATE_SLOTS];
     char *name;
     size_t name_len;
     int64_t created_ms;
@@ -107,6 +127,7 @@ enum stmt_id {
     ST_RET_SCAN,
     ST_RET_DELETE,
     ST_MIN_FLOOR,
+    ST_TOPIC_CONFIG,
     ST__COUNT
 };
 
@@ -135,6 +156,8 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RET_SCAN] = "SELECT rid, ts_ms, length(key), headers, length(payload) FROM messages "
                     "WHERE rid >= ?1 AND rid <= ?2 ORDER BY rid LIMIT ?3",
     [ST_RET_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid <= ?2",
+    [ST_TOPIC_CONFIG] = "UPDATE topics SET max_age_ms = ?2, max_count = ?3, max_bytes = ?4, "
+                        "delete_acked = ?5 WHERE id = ?1",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
@@ -142,14 +165,6 @@ static const char *const stmt_sql[ST__COUNT] = {
 
 struct dd_change {
     uint64_t h, log_id;
-};
-
-/* Retention limits; 0 means no limit. */
-struct retention {
-    uint64_t max_age_ms;
-    uint64_t max_count;
-    uint64_t max_bytes;
-    int delete_acked;
 };
 
 struct store {
@@ -195,6 +210,9 @@ struct store {
     uint64_t stored_before, dups_before; /* stats at BEGIN, restored on failure */
     char errmsg[256];
 };
+
+static void topic_count_rate(struct topic *t, int64_t now_ms);
+static struct retention effective_retention(const struct store *s, const struct topic *t);
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -337,6 +355,7 @@ static struct topic *topic_new(const char *name, size_t len)
     memcpy(t->name, name, len);
     t->name[len] = 0;
     t->name_len = len;
+    t->own = (struct topic_retention){UINT64_MAX, UINT64_MAX, UINT64_MAX, -1};
     return t;
 }
 
@@ -355,6 +374,7 @@ static void topic_touch(struct store *s, struct topic *t)
         return;
     t->in_txn = 1;
     t->saved = t->c;
+    t->saved_own = t->own;
     t->next_dirty = s->dirty;
     s->dirty = t;
 }
@@ -473,6 +493,7 @@ static void topics_settle(struct store *s, struct batch *b, int ok)
                 continue;
             }
             t->c = t->saved;
+            t->own = t->saved_own;
         }
         t->in_txn = 0;
         t->created_in_txn = 0;
@@ -614,7 +635,7 @@ static int load_topics(struct store *s)
     sqlite3_stmt *st;
     int rc = sqlite3_prepare_v2(s->db,
                                 "SELECT id, name, created_ms, head_seq, first_seq, msg_count, "
-                                "bytes FROM topics",
+                                "bytes, max_age_ms, max_count, max_bytes, delete_acked FROM topics",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK) {
         set_err(s, "load topics");
@@ -636,6 +657,17 @@ static int load_topics(struct store *s)
         t->c.first = (uint64_t)sqlite3_column_int64(st, 4);
         t->c.count = (uint64_t)sqlite3_column_int64(st, 5);
         t->c.bytes = (uint64_t)sqlite3_column_int64(st, 6);
+        t->own.max_age_ms = sqlite3_column_type(st, 7) == SQLITE_NULL
+                                ? UINT64_MAX
+                                : (uint64_t)sqlite3_column_int64(st, 7);
+        t->own.max_count = sqlite3_column_type(st, 8) == SQLITE_NULL
+                               ? UINT64_MAX
+                               : (uint64_t)sqlite3_column_int64(st, 8);
+        t->own.max_bytes = sqlite3_column_type(st, 9) == SQLITE_NULL
+                               ? UINT64_MAX
+                               : (uint64_t)sqlite3_column_int64(st, 9);
+        t->own.delete_acked =
+            sqlite3_column_type(st, 10) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 10);
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
@@ -1160,6 +1192,7 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
         t->c.first = seq;
     t->c.count++;
     t->c.bytes += proto_msg_size(m);
+    topic_count_rate(t, now_ms);
     s->stats.messages_stored++;
 
     if (with_ack) {
@@ -1214,7 +1247,29 @@ static int cmp_topic(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-static int topics_op(struct store *s, struct batch *b, struct op *op)
+/* Messages stored per second over the last RATE_SLOTS seconds. */
+static uint64_t topic_rate(const struct topic *t, int64_t now_ms)
+{
+    int64_t sec = now_ms / 1000;
+    uint64_t sum = 0;
+    for (int i = 0; i < RATE_SLOTS; i++)
+        if (t->rate_sec[i] > sec - RATE_SLOTS && t->rate_sec[i] <= sec)
+            sum += t->rate_count[i];
+    return sum / RATE_SLOTS;
+}
+
+static void topic_count_rate(struct topic *t, int64_t now_ms)
+{
+    int64_t sec = now_ms / 1000;
+    int i = (int)(sec % RATE_SLOTS);
+    if (t->rate_sec[i] != sec) {
+        t->rate_sec[i] = sec;
+        t->rate_count[i] = 0;
+    }
+    t->rate_count[i]++;
+}
+
+static int topics_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
 {
     struct topic **all = malloc((s->ntopics ? s->ntopics : 1) * sizeof(*all));
     if (!all)
@@ -1226,7 +1281,7 @@ static int topics_op(struct store *s, struct batch *b, struct op *op)
     qsort(all, n, sizeof(*all), cmp_topic);
     if (n > PROTO_MAX_TOPICS)
         n = PROTO_MAX_TOPICS;
-    size_t need = PROTO_HEADER_BYTES + 4 + n * (2 + 2 + PROTO_MAX_TOPIC + 5 * 8);
+    size_t need = PROTO_HEADER_BYTES + 4 + n * (2 + 2 + PROTO_MAX_TOPIC + 9 * 8 + 1);
     if (buf_reserve(&b->out, need) < 0) {
         free(all);
         return FERRY_EINTERNAL;
@@ -1242,7 +1297,14 @@ static int topics_op(struct store *s, struct batch *b, struct op *op)
             .message_count = all[i]->c.count,
             .bytes = all[i]->c.bytes,
             .created_ms = (uint64_t)all[i]->created_ms,
+            .has_config = 1,
         };
+        struct retention r = effective_retention(s, all[i]);
+        ti.max_age_ms = r.max_age_ms;
+        ti.max_count = r.max_count;
+        ti.max_bytes = r.max_bytes;
+        ti.delete_acked = (uint8_t)(r.delete_acked ? 1 : 0);
+        ti.publish_rate = topic_rate(all[i], now_ms);
         proto_topics_ok_add(&w, &ti);
     }
     free(all);
@@ -1579,9 +1641,25 @@ static uint64_t row_bytes(sqlite3_stmt *st)
  * delete_acked) what every group of the topic has acked. At most `budget`
  * rows; returns an SQLite code.
  */
+/* A topic's retention: its own settings, else the broker's defaults. */
+static struct retention effective_retention(const struct store *s, const struct topic *t)
+{
+    struct retention r = s->retention;
+    if (t->own.max_age_ms != UINT64_MAX)
+        r.max_age_ms = t->own.max_age_ms;
+    if (t->own.max_count != UINT64_MAX)
+        r.max_count = t->own.max_count;
+    if (t->own.max_bytes != UINT64_MAX)
+        r.max_bytes = t->own.max_bytes;
+    if (t->own.delete_acked >= 0)
+        r.delete_acked = t->own.delete_acked;
+    return r;
+}
+
 static int retain_topic(struct store *s, struct topic *t, int64_t now_ms, int64_t budget)
 {
-    const struct retention *r = &s->retention;
+    const struct retention rr = effective_retention(s, t);
+    const struct retention *r = &rr;
     if (!t->c.count || (!r->max_age_ms && !r->max_count && !r->max_bytes && !r->delete_acked))
         return SQLITE_OK;
     uint64_t keep_from = t->c.first; /* the first sequence that stays */
@@ -1647,9 +1725,6 @@ static int retain_topic(struct store *s, struct topic *t, int64_t now_ms, int64_
  * topics too). */
 static int retention_step(struct store *s, struct batch *b, int64_t now_ms)
 {
-    const struct retention *r = &s->retention;
-    if (!r->max_age_ms && !r->max_count && !r->max_bytes && !r->delete_acked)
-        return SQLITE_OK;
     int64_t budget = (int64_t)b->messages * 2;
     if (budget < RETENTION_STEP_MIN)
         budget = RETENTION_STEP_MIN;
@@ -1664,6 +1739,42 @@ static int retention_step(struct store *s, struct batch *b, int64_t now_ms)
     for (struct topic *t = s->dirty; rc == SQLITE_OK && t; t = t->next_dirty)
         rc = retain_topic(s, t, now_ms, budget);
     return rc;
+}
+
+/* OP_TOPIC_CONFIG record: the TOPIC_CONFIG body (str16 topic, u64 max_age_ms,
+ * u64 max_count, u64 max_bytes, u8 delete_acked). */
+static int topic_config_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms,
+                           int *ferr)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    uint16_t tl = proto_rd16(p);
+    struct topic *t = topic_get(s, p + 2, tl, now_ms, ferr);
+    if (!t)
+        return SQLITE_ERROR;
+    const uint8_t *v = p + 2 + tl;
+    struct topic_retention own = {proto_rd64(v), proto_rd64(v + 8), proto_rd64(v + 16),
+                                  v[24] == PROTO_DELETE_ACKED_DEFAULT ? -1 : v[24]};
+    sqlite3_stmt *st = s->st[ST_TOPIC_CONFIG];
+    sqlite3_bind_int64(st, 1, t->id);
+    uint64_t vals[3] = {own.max_age_ms, own.max_count, own.max_bytes};
+    for (int i = 0; i < 3; i++) {
+        if (vals[i] == UINT64_MAX)
+            sqlite3_bind_null(st, 2 + i);
+        else
+            sqlite3_bind_int64(st, 2 + i, (int64_t)(vals[i] > INT64_MAX ? INT64_MAX : vals[i]));
+    }
+    if (own.delete_acked < 0)
+        sqlite3_bind_null(st, 5);
+    else
+        sqlite3_bind_int(st, 5, own.delete_acked);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        set_err(s, "configure topic");
+        return rc;
+    }
+    /* Takes effect at once; a failed commit restores it in topics_settle. */
+    t->own = own;
+    return SQLITE_OK;
 }
 
 /* ---- the transaction -------------------------------------------------- */
@@ -1708,10 +1819,12 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
             rc = group_ack_op(s, b, op);
         } else if (op->kind == OP_FETCH) {
             rc = fetch_op(s, b, op, &ferr);
+        } else if (op->kind == OP_TOPIC_CONFIG) {
+            rc = topic_config_op(s, b, op, now_ms, &ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
             rc = dead_letter_op(s, b, op, now_ms, &ferr);
         } else if (op->kind == OP_TOPICS) {
-            int e = topics_op(s, b, op);
+            int e = topics_op(s, b, op, now_ms);
             if (e)
                 reply_error(b, op, e, "cannot list topics");
         }
@@ -1748,7 +1861,8 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         /* Nothing of this transaction was kept: every publish fails. */
         for (size_t i = 0; i < b->nops; i++) {
             struct op *op = &b->ops[i];
-            if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK) {
+            if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
+                op->kind == OP_TOPIC_CONFIG) {
                 reply_error(b, op, code,
                             code == FERRY_ESTORAGE_FULL ? "storage full: message not stored"
                                                         : s->errmsg);

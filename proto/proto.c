@@ -195,6 +195,18 @@ static int rd_topic(struct cur *c, struct proto_topic_info *t)
         rd_u64(&e, &t->first_seq) < 0 || rd_u64(&e, &t->message_count) < 0 ||
         rd_u64(&e, &t->bytes) < 0 || rd_u64(&e, &t->created_ms) < 0)
         goto fail;
+    /* The retention fields came later: an entry too short for them lacks
+     * them; bytes after what this revision knows are skipped. */
+    t->has_config = 0;
+    t->max_age_ms = t->max_count = t->max_bytes = t->publish_rate = 0;
+    t->delete_acked = 0;
+    if (e.end - e.p >= 4 * 8 + 1) {
+        if (rd_u64(&e, &t->max_age_ms) < 0 || rd_u64(&e, &t->max_count) < 0 ||
+            rd_u64(&e, &t->max_bytes) < 0 || rd_u8(&e, &t->delete_acked) < 0 ||
+            rd_u64(&e, &t->publish_rate) < 0)
+            goto fail;
+        t->has_config = 1;
+    }
     return 0;
 fail:
     *c = save;
@@ -299,6 +311,7 @@ static int type_known(uint8_t type)
     case PROTO_TOPICS_OK:
     case PROTO_GROUPS:
     case PROTO_GROUPS_OK:
+    case PROTO_TOPIC_CONFIG:
         return 1;
     default:
         return 0;
@@ -614,6 +627,16 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
     case PROTO_GROUPS_OK:
         rc = decode_groups_ok(&c, &out->u.groups_ok);
         break;
+    case PROTO_TOPIC_CONFIG: {
+        struct proto_topic_config *tc = &out->u.topic_config;
+        rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &tc->topic) < 0 || rd_u64(&c, &tc->max_age_ms) < 0 ||
+                     rd_u64(&c, &tc->max_count) < 0 || rd_u64(&c, &tc->max_bytes) < 0 ||
+                     rd_u8(&c, &tc->delete_acked) < 0 ||
+                     (tc->delete_acked > 1 && tc->delete_acked != PROTO_DELETE_ACKED_DEFAULT)
+                 ? -1
+                 : 0;
+        break;
+    }
     default:    /* PING, PONG, TOPICS */
         rc = 0; /* empty body: the trailing-bytes check below enforces it */
         break;
@@ -1178,14 +1201,22 @@ void proto_topics_ok_add(struct proto_writer *w, const struct proto_topic_info *
         w_fail(w);
         return;
     }
-    /* entry_length: str16 name + five u64 fields. */
-    proto_put_u16(w, (uint16_t)(2 + t->name.len + 5 * 8));
+    /* entry_length: str16 name + five u64, then (has_config) four u64 and
+     * a u8. */
+    proto_put_u16(w, (uint16_t)(2 + t->name.len + 5 * 8 + (t->has_config ? 4 * 8 + 1 : 0)));
     proto_put_str16(w, t->name.ptr, t->name.len);
     proto_put_u64(w, t->head_seq);
     proto_put_u64(w, t->first_seq);
     proto_put_u64(w, t->message_count);
     proto_put_u64(w, t->bytes);
     proto_put_u64(w, t->created_ms);
+    if (t->has_config) {
+        proto_put_u64(w, t->max_age_ms);
+        proto_put_u64(w, t->max_count);
+        proto_put_u64(w, t->max_bytes);
+        proto_put_u8(w, t->delete_acked);
+        proto_put_u64(w, t->publish_rate);
+    }
 }
 
 int proto_topics_ok_end(struct proto_writer *w, size_t start, uint32_t count)
@@ -1379,6 +1410,25 @@ int proto_encode_groups(struct proto_writer *w, uint32_t request_id, const void 
     }
     start = proto_frame_begin(w, PROTO_GROUPS, 0, request_id);
     proto_put_str16(w, topic, topic_len);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_topic_config(struct proto_writer *w, uint32_t request_id,
+                              const struct proto_topic_config *t)
+{
+    size_t start;
+
+    if (t->topic.len > PROTO_MAX_TOPIC ||
+        (t->delete_acked > 1 && t->delete_acked != PROTO_DELETE_ACKED_DEFAULT)) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_TOPIC_CONFIG, 0, request_id);
+    proto_put_str16(w, t->topic.ptr, t->topic.len);
+    proto_put_u64(w, t->max_age_ms);
+    proto_put_u64(w, t->max_count);
+    proto_put_u64(w, t->max_bytes);
+    proto_put_u8(w, t->delete_acked);
     return proto_frame_end(w, start);
 }
 

@@ -87,17 +87,18 @@
 #define PROTO_MAX_GROUPS 100000      /* entries in one GROUPS_OK */
 
 enum proto_type {
-    PROTO_HELLO = 0x01,       /* client -> server */
-    PROTO_HELLO_OK = 0x02,    /* server -> client */
-    PROTO_ERROR = 0x03,       /* server -> client */
-    PROTO_PING = 0x04,        /* either way; empty body */
-    PROTO_PONG = 0x05,        /* reply to PING; empty body */
-    PROTO_PUBLISH = 0x10,     /* client -> server: 1..PROTO_MAX_BATCH messages, atomic */
-    PROTO_PUBLISH_ACK = 0x11, /* server -> client */
-    PROTO_TOPICS = 0x30,      /* client -> server; empty body */
-    PROTO_TOPICS_OK = 0x31,   /* server -> client */
-    PROTO_GROUPS = 0x32,      /* client -> server */
-    PROTO_GROUPS_OK = 0x33,   /* server -> client */
+    PROTO_HELLO = 0x01,        /* client -> server */
+    PROTO_HELLO_OK = 0x02,     /* server -> client */
+    PROTO_ERROR = 0x03,        /* server -> client */
+    PROTO_PING = 0x04,         /* either way; empty body */
+    PROTO_PONG = 0x05,         /* reply to PING; empty body */
+    PROTO_PUBLISH = 0x10,      /* client -> server: 1..PROTO_MAX_BATCH messages, atomic */
+    PROTO_PUBLISH_ACK = 0x11,  /* server -> client */
+    PROTO_TOPICS = 0x30,       /* client -> server; empty body */
+    PROTO_TOPICS_OK = 0x31,    /* server -> client */
+    PROTO_GROUPS = 0x32,       /* client -> server */
+    PROTO_GROUPS_OK = 0x33,    /* server -> client */
+    PROTO_TOPIC_CONFIG = 0x34, /* client -> server; answered by ACK_OK (no entries) */
     /* Consumer groups (see the layouts below). */
     PROTO_SUBSCRIBE = 0x20,
     PROTO_SUBSCRIBE_OK = 0x21,
@@ -224,8 +225,32 @@ struct proto_ack_entry {
  *     u64   message_count   messages stored
  *     u64   bytes           stored key + header + payload bytes
  *     u64   created_ms      Unix ms
+ *   then (absent from entries of brokers that predate them):
+ *     u64   max_age_ms      the topic's effective retention; 0: no limit
+ *     u64   max_count
+ *     u64   max_bytes
+ *     u8    delete_acked    1: messages go once every group acked them
+ *     u64   publish_rate    messages stored per second, over the last 10 s
  *     ...   (later revisions may append fields inside the entry)
+ *
+ * TOPIC_CONFIG body (client -> server), answered by ACK_OK with no entry:
+ *   str16 topic             the topic (created if missing)
+ *   u64   max_age_ms        PROTO_RETENTION_DEFAULT: the broker's default;
+ *   u64   max_count           0: no limit; else the limit
+ *   u64   max_bytes
+ *   u8    delete_acked      0 off, 1 on, PROTO_DELETE_ACKED_DEFAULT: default
  */
+#define PROTO_RETENTION_DEFAULT UINT64_MAX
+#define PROTO_DELETE_ACKED_DEFAULT 0xff
+
+struct proto_topic_config {
+    struct proto_slice topic;
+    uint64_t max_age_ms;
+    uint64_t max_count;
+    uint64_t max_bytes;
+    uint8_t delete_acked;
+};
+
 struct proto_topics_ok {
     uint32_t count;
     struct proto_slice entries; /* validated */
@@ -238,6 +263,13 @@ struct proto_topic_info {
     uint64_t message_count;
     uint64_t bytes;
     uint64_t created_ms;
+    /* Appended fields; has_config is 0 when the entry lacks them. */
+    int has_config;
+    uint64_t max_age_ms;
+    uint64_t max_count;
+    uint64_t max_bytes;
+    uint8_t delete_acked;
+    uint64_t publish_rate;
 };
 
 /*
@@ -416,6 +448,7 @@ struct proto_frame {
         struct proto_seek seek;
         struct proto_groups groups;
         struct proto_groups_ok groups_ok;
+        struct proto_topic_config topic_config;
     } u;
 };
 
@@ -636,6 +669,9 @@ struct proto_group_iter {
 };
 void proto_group_iter_init(struct proto_group_iter *it, const struct proto_groups_ok *g);
 int proto_group_next(struct proto_group_iter *it, struct proto_group_info *out);
+
+int proto_encode_topic_config(struct proto_writer *w, uint32_t request_id,
+                              const struct proto_topic_config *t);
 
 /* Headers of a DELIVER, walked like a message's. */
 void proto_deliver_header_iter_init(struct proto_header_iter *it, const struct proto_deliver *d);

@@ -1002,9 +1002,92 @@ static void test_proto_length_under_six_is_malformed(void **state)
     assert_int_equal(decode_copy(buf, sizeof buf, PROTO_DEFAULT_MAX_FRAME), sizeof buf);
 }
 
+/* TOPIC_CONFIG from literal bytes, truncation, a bad delete_acked; a
+ * TOPICS_OK entry with the appended retention fields round-trips, and one
+ * without them still decodes (has_config 0). */
+static void test_proto_topic_config_and_extended_topic_entry(void **state)
+{
+    (void)state;
+    static const uint8_t frame[] = {
+        0x00, 0x00, 0x00, 0x23, 0x34, 0x00, 0x00, 0x00, 0x00, 0x09, /* header */
+        0x00, 0x02, 't',  'x',                                      /* topic */
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xe8,             /* max_age_ms 1000 */
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,             /* max_count default */
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             /* max_bytes none */
+        0x01,                                                       /* delete_acked */
+    };
+    struct proto_frame f;
+    assert_int_equal(proto_decode(frame, sizeof(frame), PROTO_DEFAULT_MAX_FRAME, &f),
+                     (ptrdiff_t)sizeof(frame));
+    assert_int_equal(f.type, PROTO_TOPIC_CONFIG);
+    assert_int_equal(f.request_id, 9);
+    assert_int_equal(f.u.topic_config.topic.len, 2);
+    assert_int_equal(f.u.topic_config.max_age_ms, 1000);
+    assert_true(f.u.topic_config.max_count == PROTO_RETENTION_DEFAULT);
+    assert_int_equal(f.u.topic_config.max_bytes, 0);
+    assert_int_equal(f.u.topic_config.delete_acked, 1);
+    for (size_t n = 0; n < sizeof(frame); n++)
+        assert_int_equal(proto_decode(frame, n, PROTO_DEFAULT_MAX_FRAME, &f), 0);
+    uint8_t buf[512];
+    struct proto_writer w;
+    proto_writer_init(&w, buf, sizeof(buf));
+    struct proto_topic_config tc = {
+        {(const uint8_t *)"tx", 2}, 1000, PROTO_RETENTION_DEFAULT, 0, 1};
+    assert_int_equal(proto_encode_topic_config(&w, 9, &tc), 0);
+    assert_int_equal(w.len, sizeof(frame));
+    assert_memory_equal(buf, frame, sizeof(frame));
+    uint8_t bad[sizeof(frame)];
+    memcpy(bad, frame, sizeof(frame));
+    bad[sizeof(frame) - 1] = 2;
+    assert_int_equal(proto_decode(bad, sizeof(bad), PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    tc.delete_acked = 2;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_topic_config(&w, 9, &tc), -1);
+
+    struct proto_topic_info in[2] = {
+        {.name = {(const uint8_t *)"a", 1},
+         .head_seq = 5,
+         .first_seq = 2,
+         .message_count = 4,
+         .bytes = 40,
+         .created_ms = 7,
+         .has_config = 1,
+         .max_age_ms = 60000,
+         .max_count = 10,
+         .max_bytes = 0,
+         .delete_acked = 1,
+         .publish_rate = 123},
+        {.name = {(const uint8_t *)"b", 1},
+         .head_seq = 1,
+         .first_seq = 1,
+         .message_count = 1,
+         .bytes = 1,
+         .created_ms = 8},
+    };
+    proto_writer_init(&w, buf, sizeof(buf));
+    size_t start = proto_topics_ok_begin(&w, 3);
+    proto_topics_ok_add(&w, &in[0]);
+    proto_topics_ok_add(&w, &in[1]);
+    assert_int_equal(proto_topics_ok_end(&w, start, 2), 0);
+    assert_true(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f) > 0);
+    struct proto_topic_iter it;
+    struct proto_topic_info out;
+    proto_topic_iter_init(&it, &f.u.topics_ok);
+    assert_true(proto_topic_next(&it, &out));
+    assert_int_equal(out.has_config, 1);
+    assert_int_equal(out.max_age_ms, 60000);
+    assert_int_equal(out.max_count, 10);
+    assert_int_equal(out.delete_acked, 1);
+    assert_int_equal(out.publish_rate, 123);
+    assert_true(proto_topic_next(&it, &out));
+    assert_int_equal(out.has_config, 0);
+    assert_int_equal(out.head_seq, 1);
+    assert_false(proto_topic_next(&it, &out));
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
-    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x34, 0x80, 0xff};
+    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x35, 0x80, 0xff};
     uint8_t buf[12] = {0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 1, 0xab, 0xcd};
     size_t i;
 
@@ -1328,7 +1411,12 @@ static int encode_vector(int which, struct proto_writer *w)
     static const struct proto_header batch_headers0[] = {{SL("ct"), SL("json")},
                                                          {SL("trace"), SL("abc")}};
     static const struct proto_header batch_headers2[] = {{SL("x"), {NULL, 0}}};
-    static const struct proto_topic_info orders = {SL("orders"), 42, 1, 42, 1234, 1700000000000ull};
+    static const struct proto_topic_info orders = {.name = SL("orders"),
+                                                   .head_seq = 42,
+                                                   .first_seq = 1,
+                                                   .message_count = 42,
+                                                   .bytes = 1234,
+                                                   .created_ms = 1700000000000ull};
     static const struct proto_subscribe sub = {
         1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5};
     static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5};
@@ -1625,7 +1713,12 @@ static void test_proto_round_trip_each_type(void **state)
     proto_writer_init(&w, buf, cap);
     start = proto_topics_ok_begin(&w, 8);
     for (i = 0; i < 100; i++) {
-        t = (struct proto_topic_info){{big, PROTO_MAX_TOPIC}, i, i + 1, i + 2, i + 3, UINT64_MAX};
+        t = (struct proto_topic_info){.name = {big, PROTO_MAX_TOPIC},
+                                      .head_seq = i,
+                                      .first_seq = i + 1,
+                                      .message_count = i + 2,
+                                      .bytes = i + 3,
+                                      .created_ms = UINT64_MAX};
         proto_topics_ok_add(&w, &t);
     }
     assert_int_equal(proto_topics_ok_end(&w, start, 100), 0);
@@ -1773,7 +1866,7 @@ static void test_proto_encoders_reject_fields_over_max(void **state)
     struct proto_header hs[PROTO_MAX_HEADERS + 1];
     struct proto_msg ok = {.topic = SL("t")}, m;
     struct proto_hello hello = {1, {NULL, 0}, {NULL, 0}};
-    struct proto_topic_info t = {{NULL, 0}, 0, 0, 0, 0, 0};
+    struct proto_topic_info t = {.name = {NULL, 0}};
     const uint8_t *fill = filled('a', 2048);
     size_t start, i;
 
@@ -3345,6 +3438,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_oversized_length_is_rejected_from_header),
         cmocka_unit_test(test_proto_length_under_six_is_malformed),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
+        cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_trailing_bytes_are_malformed),
         cmocka_unit_test(test_proto_empty_body_types_reject_a_body),
         cmocka_unit_test(test_proto_short_bodies_are_malformed),
