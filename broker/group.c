@@ -1343,6 +1343,19 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
     mark_dirty(g, gr);
 }
 
+static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)
+{
+    int r = memcmp(a, b, al < bl ? al : bl);
+    return r ? r : (al > bl) - (al < bl);
+}
+
+static int cmp_group(const void *x, const void *y)
+{
+    const struct group *a = *(struct group *const *)x, *b = *(struct group *const *)y;
+    int r = cmp_bytes(a->topic->name, a->topic->name_len, b->topic->name, b->topic->name_len);
+    return r ? r : cmp_bytes(a->name, a->name_len, b->name, b->name_len);
+}
+
 void groups_on_groups(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
@@ -1358,57 +1371,73 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     size_t start = proto_groups_ok_begin(&w, f->request_id);
     out.len = w.len;
     uint64_t now = broker_now_ms();
-    for (size_t i = 0; i < g->nbuckets; i++) {
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext) {
-            if (q->topic.len &&
-                (q->topic.len != t->name_len || memcmp(q->topic.ptr, t->name, t->name_len)))
-                continue;
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
-                uint32_t in_flight = 0, consumers = 0;
-                uint64_t acked_above = 0, oldest = 0;
-                for (struct sub *s = gr->subs; s; s = s->next_in_group)
-                    consumers++;
-                if (gr->map.slots) {
-                    for (size_t k = 0; k <= gr->map.mask; k++) {
-                        struct entry *e = &gr->map.slots[k];
-                        if (!e->seq)
-                            continue;
-                        if (e->state == E_INFLIGHT || e->state == E_FETCHING)
-                            in_flight++;
-                        if (e->state == E_INFLIGHT && e->due_ms >= gr->ack_wait_ms) {
-                            uint64_t since = e->due_ms - gr->ack_wait_ms;
-                            if (now > since && now - since > oldest)
-                                oldest = now - since;
-                        }
-                    }
-                }
-                for (uint64_t s = gr->floor; s < gr->next; s++)
-                    acked_above += (uint64_t)acked_test(gr, s);
-                uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
-                struct proto_group_info gi = {
-                    .topic = {(const uint8_t *)t->name, t->name_len},
-                    .group = {(const uint8_t *)gr->name, gr->name_len},
-                    .cursor = gr->next,
-                    .ack_floor = gr->floor,
-                    .lag = total - acked_above,
-                    .in_flight = in_flight,
-                    .consumers = consumers,
-                    .redelivered = gr->redelivered,
-                    .dead_lettered = gr->dead_lettered,
-                    .oldest_unacked_ms = oldest,
-                    .ack_wait_ms = gr->ack_wait_ms,
-                    .max_deliveries = gr->max_deliveries,
-                };
-                if (buf_reserve(&out, 2 + 4 + t->name_len + gr->name_len + 128) < 0)
+    /* Listed in byte order of topic, then group name. */
+    size_t ngroups = 0;
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                ngroups++;
+    struct group **all = malloc((ngroups ? ngroups : 1) * sizeof(*all));
+    if (!all) {
+        buf_free(&out);
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    size_t na = 0;
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            if (!q->topic.len ||
+                (q->topic.len == t->name_len && !memcmp(q->topic.ptr, t->name, t->name_len)))
+                for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                    all[na++] = gr;
+    qsort(all, na, sizeof(*all), cmp_group);
+    for (size_t ai = 0; ai < na; ai++) {
+        struct group *gr = all[ai];
+        struct ltopic *t = gr->topic;
+        uint32_t in_flight = 0, consumers = 0;
+        uint64_t acked_above = 0, oldest = 0;
+        for (struct sub *s = gr->subs; s; s = s->next_in_group)
+            consumers++;
+        if (gr->map.slots) {
+            for (size_t k = 0; k <= gr->map.mask; k++) {
+                struct entry *e = &gr->map.slots[k];
+                if (!e->seq)
                     continue;
-                proto_writer_init(&w, out.data, out.cap);
-                w.len = out.len;
-                proto_groups_ok_add(&w, &gi);
-                out.len = w.len;
-                count++;
+                if (e->state == E_INFLIGHT || e->state == E_FETCHING)
+                    in_flight++;
+                if (e->state == E_INFLIGHT && e->due_ms >= gr->ack_wait_ms) {
+                    uint64_t since = e->due_ms - gr->ack_wait_ms;
+                    if (now > since && now - since > oldest)
+                        oldest = now - since;
+                }
             }
         }
+        for (uint64_t s = gr->floor; s < gr->next; s++)
+            acked_above += (uint64_t)acked_test(gr, s);
+        uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
+        struct proto_group_info gi = {
+            .topic = {(const uint8_t *)t->name, t->name_len},
+            .group = {(const uint8_t *)gr->name, gr->name_len},
+            .cursor = gr->next,
+            .ack_floor = gr->floor,
+            .lag = total - acked_above,
+            .in_flight = in_flight,
+            .consumers = consumers,
+            .redelivered = gr->redelivered,
+            .dead_lettered = gr->dead_lettered,
+            .oldest_unacked_ms = oldest,
+            .ack_wait_ms = gr->ack_wait_ms,
+            .max_deliveries = gr->max_deliveries,
+        };
+        if (buf_reserve(&out, 2 + 4 + t->name_len + gr->name_len + 128) < 0)
+            continue;
+        proto_writer_init(&w, out.data, out.cap);
+        w.len = out.len;
+        proto_groups_ok_add(&w, &gi);
+        out.len = w.len;
+        count++;
     }
+    free(all);
     proto_writer_init(&w, out.data, out.cap);
     w.len = out.len;
     if (proto_groups_ok_end(&w, start, count) == 0)
