@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "batch.h"
 
 struct store;
@@ -39,6 +40,7 @@ struct broker_config {
      * commit holds more than this. */
     size_t batch_max_bytes;
     char ready_file[4096];
+    struct auth auth; /* tokens from the config file; none: no authentication */
 };
 
 /* Connection states; see conn.c for the transitions. */
@@ -72,8 +74,10 @@ struct conn {
     uint64_t last_active_ms;
     uint64_t accepted_ms;
 
-    struct sub *subs; /* this connection's subscriptions (group.c) */
-    int flush_queued; /* on the broker's flush_list */
+    struct sub *subs;               /* this connection's subscriptions (group.c) */
+    const struct auth_token *token; /* who authenticated (NULL: nobody / auth off) */
+    int auth_failed;                /* a wrong token: answered by the next tick */
+    int flush_queued;               /* on the broker's flush_list */
     struct conn *next_flush;
 
     struct conn *prev, *next;

@@ -308,6 +308,21 @@ static void on_hello(struct conn *c, const struct proto_frame *f)
         return;
     }
     const struct broker_config *cfg = &c->broker->cfg;
+    if (auth_enabled(&cfg->auth)) {
+        c->token = auth_check(&cfg->auth, h->token.ptr, h->token.len);
+        if (!c->token) {
+            /* Answered by the next tick (within a second): a wrong token
+             * costs the guesser time, never the broker. Not logged: it
+             * may be someone's real secret, mistyped. */
+            conn_pause_reading(c);
+            c->auth_failed = 1;
+            log_info("conn %llu %s: refused: %s token", (unsigned long long)c->id, c->peer,
+                     h->token.len ? "wrong" : "no");
+            return;
+        }
+        log_debug("conn %llu %s: authenticated as %s", (unsigned long long)c->id, c->peer,
+                  auth_token_name(c->token));
+    }
     struct proto_hello_ok ok = {
         .version = PROTO_VERSION,
         .max_frame_bytes = cfg->max_frame_bytes,
@@ -418,6 +433,57 @@ static void on_topic_config(struct conn *c, const struct proto_frame *f, size_t 
     op->out_len = w.len;
 }
 
+/* Checks the connection's token against what the frame asks for; replies
+ * DENIED (and returns 0) when it may not. */
+static int conn_permitted(struct conn *c, const struct proto_frame *f)
+{
+    const struct auth *a = &c->broker->cfg.auth;
+    if (!auth_enabled(a))
+        return 1;
+    char msg[320];
+    const struct proto_slice *topic = NULL;
+    enum auth_right right = AUTH_CONSUME;
+    switch (f->type) {
+    case PROTO_PUBLISH: {
+        struct proto_msg_iter it;
+        struct proto_msg m;
+        proto_msg_iter_init(&it, &f->u.publish);
+        while (proto_msg_next(&it, &m)) {
+            if (!auth_allows(a, c->token, AUTH_PUBLISH, m.topic.ptr, m.topic.len)) {
+                snprintf(msg, sizeof(msg), "token %s may not publish to %.*s",
+                         auth_token_name(c->token), (int)m.topic.len, (const char *)m.topic.ptr);
+                conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
+                return 0;
+            }
+        }
+        return 1;
+    }
+    case PROTO_SUBSCRIBE:
+        topic = &f->u.subscribe.topic;
+        break;
+    case PROTO_SEEK:
+        topic = &f->u.seek.topic;
+        break;
+    case PROTO_TOPICS:
+    case PROTO_GROUPS:
+    case PROTO_TOPIC_CONFIG:
+        if (auth_admin(a, c->token))
+            return 1;
+        snprintf(msg, sizeof(msg), "token %s has no admin right", auth_token_name(c->token));
+        conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
+        return 0;
+    default:
+        return 1; /* acks and the like act on a subscription already allowed */
+    }
+    if (auth_allows(a, c->token, right, topic->ptr, topic->len) ||
+        (f->type == PROTO_SEEK && auth_admin(a, c->token)))
+        return 1;
+    snprintf(msg, sizeof(msg), "token %s may not consume %.*s", auth_token_name(c->token),
+             (int)topic->len, (const char *)topic->ptr);
+    conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
+    return 0;
+}
+
 /* Handles one decoded frame. */
 static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
 {
@@ -429,6 +495,8 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
         on_hello(c, f);
         return;
     }
+    if (!conn_permitted(c, f))
+        return;
     switch (f->type) {
     case PROTO_PUBLISH:
         on_publish(c, f, wire_bytes);
@@ -596,6 +664,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void conn_tick(struct conn *c, uint64_t now_ms)
 {
     const struct broker_config *cfg = &c->broker->cfg;
+    if (c->auth_failed) {
+        c->auth_failed = 0;
+        conn_fail(c, FERRY_EAUTH, "wrong or missing token");
+        return;
+    }
     if (c->state == CONN_HANDSHAKE && now_ms - c->accepted_ms > cfg->handshake_timeout_ms) {
         conn_fail(c, FERRY_ETIMEOUT_IDLE, "no handshake within the handshake timeout");
         return;

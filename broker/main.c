@@ -9,6 +9,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <ini.h>
+
+#include "auth.h"
 #include "broker.h"
 #include "log.h"
 #include "proto.h"
@@ -45,6 +48,10 @@ static const char usage[] =
     "  --cache-mb N              SQLite page cache in MiB (default 128)\n"
     "  --max-db-mb N             cap the database at N MiB: publishes beyond it fail\n"
     "                            with \"storage full\" (default: no cap)\n"
+    "  --config FILE             read settings ([broker]: these options without --)\n"
+    "                            and tokens ([token NAME]) from FILE; the command\n"
+    "                            line overrides it. Without tokens ferryd only\n"
+    "                            listens on loopback addresses\n"
     "  --ready-file PATH         once listening, write HOST:PORT to PATH\n"
     "  --log-level LEVEL         debug, info (default), warn or error\n"
     "  --help, --version\n";
@@ -144,6 +151,268 @@ static int bad(const char *opt, const char *val)
     return 2;
 }
 
+enum {
+    OPT_LISTEN = 256,
+    OPT_DATA,
+    OPT_SYNC,
+    OPT_MAXMSG,
+    OPT_MAXBATCH,
+    OPT_DEDUPE,
+    OPT_DEDUPE_MS,
+    OPT_MAXCONN,
+    OPT_RET_AGE,
+    OPT_RET_COUNT,
+    OPT_RET_BYTES,
+    OPT_RET_ACKED,
+    OPT_DEDUPE_MAX,
+    OPT_HSTIMEOUT,
+    OPT_IDLE,
+    OPT_IDLE_MS,
+    OPT_CACHE,
+    OPT_MAXDB,
+    OPT_READY,
+    OPT_LOGLEVEL,
+    OPT_HELP,
+    OPT_VERSION,
+    OPT_CONFIG
+};
+static const struct option opts[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"data", required_argument, NULL, OPT_DATA},
+    {"sync", required_argument, NULL, OPT_SYNC},
+    {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
+    {"max-batch", required_argument, NULL, OPT_MAXBATCH},
+    {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
+    {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
+    {"max-connections", required_argument, NULL, OPT_MAXCONN},
+    {"retention-max-age", required_argument, NULL, OPT_RET_AGE},
+    {"retention-max-count", required_argument, NULL, OPT_RET_COUNT},
+    {"retention-max-bytes", required_argument, NULL, OPT_RET_BYTES},
+    {"retention-delete-acked", no_argument, NULL, OPT_RET_ACKED},
+    {"dedupe-max-ids", required_argument, NULL, OPT_DEDUPE_MAX},
+    {"handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE},
+    {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
+    {"cache-mb", required_argument, NULL, OPT_CACHE},
+    {"max-db-mb", required_argument, NULL, OPT_MAXDB},
+    {"ready-file", required_argument, NULL, OPT_READY},
+    {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+    {"config", required_argument, NULL, OPT_CONFIG},
+    {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+#define OPTION_HELP 100
+#define OPTION_VERSION 101
+
+/* Applies one option, from the command line or the config file. Returns 0,
+ * 2 for a bad value (after saying so), or OPTION_HELP / OPTION_VERSION. */
+static int set_option(struct broker_config *cfg, int ch, const char *optarg)
+{
+    unsigned long long v;
+    switch (ch) {
+    case OPT_LISTEN:
+        if (parse_listen(optarg, cfg) < 0)
+            return bad("--listen", optarg);
+        break;
+    case OPT_DATA:
+        if (!*optarg || strlen(optarg) >= sizeof(cfg->data_dir) - 32)
+            return bad("--data", optarg);
+        strcpy(cfg->data_dir, optarg);
+        break;
+    case OPT_SYNC:
+        if (!strcmp(optarg, "full"))
+            cfg->sync_full = 1;
+        else if (!strcmp(optarg, "normal"))
+            cfg->sync_full = 0;
+        else
+            return bad("--sync", optarg);
+        break;
+    case OPT_MAXMSG:
+        if (parse_uint(optarg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
+            return bad("--max-message-bytes", optarg);
+        cfg->max_message_bytes = (uint32_t)v;
+        break;
+    case OPT_MAXBATCH:
+        if (parse_uint(optarg, PROTO_MAX_BATCH, &v) < 0 || v < 1)
+            return bad("--max-batch", optarg);
+        cfg->max_batch = (uint32_t)v;
+        break;
+    case OPT_DEDUPE:
+        if (parse_duration_ms(optarg, &cfg->dedupe_window_ms) < 0 || !cfg->dedupe_window_ms)
+            return bad("--dedupe-window", optarg);
+        break;
+    case OPT_DEDUPE_MS:
+        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--dedupe-window-ms", optarg);
+        cfg->dedupe_window_ms = v;
+        break;
+    case OPT_DEDUPE_MAX:
+        if (parse_uint(optarg, 1ull << 32, &v) < 0 || v < 1)
+            return bad("--dedupe-max-ids", optarg);
+        cfg->dedupe_max_ids = v;
+        break;
+    case OPT_RET_AGE:
+        if (parse_duration_ms(optarg, &cfg->retention_max_age_ms) < 0 || !cfg->retention_max_age_ms)
+            return bad("--retention-max-age", optarg);
+        break;
+    case OPT_RET_COUNT:
+        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--retention-max-count", optarg);
+        cfg->retention_max_count = v;
+        break;
+    case OPT_RET_BYTES:
+        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--retention-max-bytes", optarg);
+        cfg->retention_max_bytes = v;
+        break;
+    case OPT_RET_ACKED:
+        cfg->retention_delete_acked = 1;
+        break;
+    case OPT_MAXCONN:
+        if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)
+            return bad("--max-connections", optarg);
+        cfg->max_connections = (int)v;
+        break;
+    case OPT_HSTIMEOUT:
+        if (parse_duration_ms(optarg, &cfg->handshake_timeout_ms) < 0)
+            return bad("--handshake-timeout", optarg);
+        break;
+    case OPT_IDLE:
+        if (parse_duration_ms(optarg, &cfg->idle_timeout_ms) < 0)
+            return bad("--idle-timeout", optarg);
+        break;
+    case OPT_IDLE_MS:
+        if (parse_uint(optarg, UINT64_MAX, &v) < 0)
+            return bad("--idle-timeout-ms", optarg);
+        cfg->idle_timeout_ms = v;
+        break;
+    case OPT_CACHE:
+        if (parse_uint(optarg, 1 << 20, &v) < 0 || v < 1)
+            return bad("--cache-mb", optarg);
+        cfg->cache_mb = (int)v;
+        break;
+    case OPT_MAXDB:
+        if (parse_uint(optarg, 1ull << 30, &v) < 0 || v < 1)
+            return bad("--max-db-mb", optarg);
+        cfg->max_db_bytes = v << 20;
+        break;
+    case OPT_READY:
+        if (strlen(optarg) >= sizeof(cfg->ready_file) - 8)
+            return bad("--ready-file", optarg);
+        strcpy(cfg->ready_file, optarg);
+        break;
+    case OPT_LOGLEVEL:
+        if (!strcmp(optarg, "debug"))
+            log_set_level(LOG_DEBUG);
+        else if (!strcmp(optarg, "info"))
+            log_set_level(LOG_INFO);
+        else if (!strcmp(optarg, "warn"))
+            log_set_level(LOG_WARN);
+        else if (!strcmp(optarg, "error"))
+            log_set_level(LOG_ERROR);
+        else
+            return bad("--log-level", optarg);
+        break;
+    case 'h':
+    case OPT_HELP:
+        return OPTION_HELP;
+    case OPT_VERSION:
+        return OPTION_VERSION;
+    case OPT_CONFIG:
+        return 0; /* read before any other option */
+    default:
+        fputs(usage, stderr);
+        return 2;
+    }
+    return 0;
+}
+
+/* ---- the config file ------------------------------------------------- */
+
+struct config_ctx {
+    struct broker_config *cfg;
+    const char *path;
+    int status;
+};
+
+/* inih calls this for every "key = value" line. [broker] keys are the
+ * long option names; [token NAME] sections define tokens (auth.h). */
+static int on_config(void *user, const char *section, const char *name, const char *value)
+{
+    struct config_ctx *cx = user;
+    char err[256];
+    if (strncmp(section, "token ", 6) == 0) {
+        if (auth_set(&cx->cfg->auth, section + 6, name, value, err, sizeof(err)) < 0) {
+            fprintf(stderr, "ferryd: %s: %s\n", cx->path, err);
+            cx->status = 2;
+            return 0;
+        }
+        return 1;
+    }
+    if (strcmp(section, "broker") != 0) {
+        fprintf(stderr, "ferryd: %s: unknown section [%s]\n", cx->path, section);
+        cx->status = 2;
+        return 0;
+    }
+    for (const struct option *o = opts; o->name; o++) {
+        if (strcmp(o->name, name) != 0 || o->val == OPT_CONFIG || o->val == OPT_HELP ||
+            o->val == OPT_VERSION)
+            continue;
+        const char *v = value;
+        if (o->has_arg == no_argument) {
+            if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
+                return 1;
+            v = NULL;
+        }
+        if (set_option(cx->cfg, o->val, v) != 0) {
+            cx->status = 2;
+            return 0;
+        }
+        return 1;
+    }
+    fprintf(stderr, "ferryd: %s: unknown setting \"%s\" in [broker]\n", cx->path, name);
+    cx->status = 2;
+    return 0;
+}
+
+static int load_config(struct broker_config *cfg, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        fprintf(stderr, "ferryd: cannot read config %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    struct config_ctx cx = {cfg, path, 0};
+    int rc = ini_parse(path, on_config, &cx);
+    if (cx.status)
+        return cx.status;
+    if (rc != 0) {
+        if (rc > 0)
+            fprintf(stderr, "ferryd: %s:%d: cannot parse this line\n", path, rc);
+        else
+            fprintf(stderr, "ferryd: cannot read config %s\n", path);
+        return 2;
+    }
+    char err[256];
+    if (auth_finish(&cfg->auth, err, sizeof(err)) < 0) {
+        fprintf(stderr, "ferryd: %s: %s\n", path, err);
+        return 2;
+    }
+    if (cfg->auth.ntokens && (st.st_mode & 077))
+        fprintf(stderr,
+                "ferryd: warning: %s holds token secrets and is readable by others "
+                "(chmod 600 it)\n",
+                path);
+    return 0;
+}
+
+static int is_loopback(const char *host)
+{
+    return !strcmp(host, "::1") || !strncmp(host, "127.", 4);
+}
+
 int main(int argc, char **argv)
 {
     struct broker_config cfg;
@@ -163,177 +432,42 @@ int main(int argc, char **argv)
     cfg.conn_max_pending_bytes = 8u << 20;
     cfg.batch_max_bytes = 64u << 20;
 
-    enum {
-        OPT_LISTEN = 256,
-        OPT_DATA,
-        OPT_SYNC,
-        OPT_MAXMSG,
-        OPT_MAXBATCH,
-        OPT_DEDUPE,
-        OPT_DEDUPE_MS,
-        OPT_MAXCONN,
-        OPT_RET_AGE,
-        OPT_RET_COUNT,
-        OPT_RET_BYTES,
-        OPT_RET_ACKED,
-        OPT_DEDUPE_MAX,
-        OPT_HSTIMEOUT,
-        OPT_IDLE,
-        OPT_IDLE_MS,
-        OPT_CACHE,
-        OPT_MAXDB,
-        OPT_READY,
-        OPT_LOGLEVEL,
-        OPT_HELP,
-        OPT_VERSION
-    };
-    static const struct option opts[] = {
-        {"listen", required_argument, NULL, OPT_LISTEN},
-        {"data", required_argument, NULL, OPT_DATA},
-        {"sync", required_argument, NULL, OPT_SYNC},
-        {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
-        {"max-batch", required_argument, NULL, OPT_MAXBATCH},
-        {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
-        {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
-        {"max-connections", required_argument, NULL, OPT_MAXCONN},
-        {"retention-max-age", required_argument, NULL, OPT_RET_AGE},
-        {"retention-max-count", required_argument, NULL, OPT_RET_COUNT},
-        {"retention-max-bytes", required_argument, NULL, OPT_RET_BYTES},
-        {"retention-delete-acked", no_argument, NULL, OPT_RET_ACKED},
-        {"dedupe-max-ids", required_argument, NULL, OPT_DEDUPE_MAX},
-        {"handshake-timeout", required_argument, NULL, OPT_HSTIMEOUT},
-        {"idle-timeout", required_argument, NULL, OPT_IDLE},
-        {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
-        {"cache-mb", required_argument, NULL, OPT_CACHE},
-        {"max-db-mb", required_argument, NULL, OPT_MAXDB},
-        {"ready-file", required_argument, NULL, OPT_READY},
-        {"log-level", required_argument, NULL, OPT_LOGLEVEL},
-        {"help", no_argument, NULL, OPT_HELP},
-        {"version", no_argument, NULL, OPT_VERSION},
-        {NULL, 0, NULL, 0},
-    };
-    int ch;
-    unsigned long long v;
+    /* The config file first, so that the command line overrides it. */
+    int ch, rc;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+        if (ch == OPT_CONFIG && (rc = load_config(&cfg, optarg)) != 0) {
+            auth_free(&cfg.auth);
+            return rc;
+        }
+    opterr = 1;
+    optind = 1;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (ch) {
-        case OPT_LISTEN:
-            if (parse_listen(optarg, &cfg) < 0)
-                return bad("--listen", optarg);
-            break;
-        case OPT_DATA:
-            if (!*optarg || strlen(optarg) >= sizeof(cfg.data_dir) - 32)
-                return bad("--data", optarg);
-            strcpy(cfg.data_dir, optarg);
-            break;
-        case OPT_SYNC:
-            if (!strcmp(optarg, "full"))
-                cfg.sync_full = 1;
-            else if (!strcmp(optarg, "normal"))
-                cfg.sync_full = 0;
+        rc = set_option(&cfg, ch, optarg);
+        if (rc == OPTION_HELP || rc == OPTION_VERSION) {
+            if (rc == OPTION_HELP)
+                fputs(usage, stdout);
             else
-                return bad("--sync", optarg);
-            break;
-        case OPT_MAXMSG:
-            if (parse_uint(optarg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
-                return bad("--max-message-bytes", optarg);
-            cfg.max_message_bytes = (uint32_t)v;
-            break;
-        case OPT_MAXBATCH:
-            if (parse_uint(optarg, PROTO_MAX_BATCH, &v) < 0 || v < 1)
-                return bad("--max-batch", optarg);
-            cfg.max_batch = (uint32_t)v;
-            break;
-        case OPT_DEDUPE:
-            if (parse_duration_ms(optarg, &cfg.dedupe_window_ms) < 0 || !cfg.dedupe_window_ms)
-                return bad("--dedupe-window", optarg);
-            break;
-        case OPT_DEDUPE_MS:
-            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-                return bad("--dedupe-window-ms", optarg);
-            cfg.dedupe_window_ms = v;
-            break;
-        case OPT_DEDUPE_MAX:
-            if (parse_uint(optarg, 1ull << 32, &v) < 0 || v < 1)
-                return bad("--dedupe-max-ids", optarg);
-            cfg.dedupe_max_ids = v;
-            break;
-        case OPT_RET_AGE:
-            if (parse_duration_ms(optarg, &cfg.retention_max_age_ms) < 0 ||
-                !cfg.retention_max_age_ms)
-                return bad("--retention-max-age", optarg);
-            break;
-        case OPT_RET_COUNT:
-            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-                return bad("--retention-max-count", optarg);
-            cfg.retention_max_count = v;
-            break;
-        case OPT_RET_BYTES:
-            if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-                return bad("--retention-max-bytes", optarg);
-            cfg.retention_max_bytes = v;
-            break;
-        case OPT_RET_ACKED:
-            cfg.retention_delete_acked = 1;
-            break;
-        case OPT_MAXCONN:
-            if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)
-                return bad("--max-connections", optarg);
-            cfg.max_connections = (int)v;
-            break;
-        case OPT_HSTIMEOUT:
-            if (parse_duration_ms(optarg, &cfg.handshake_timeout_ms) < 0)
-                return bad("--handshake-timeout", optarg);
-            break;
-        case OPT_IDLE:
-            if (parse_duration_ms(optarg, &cfg.idle_timeout_ms) < 0)
-                return bad("--idle-timeout", optarg);
-            break;
-        case OPT_IDLE_MS:
-            if (parse_uint(optarg, UINT64_MAX, &v) < 0)
-                return bad("--idle-timeout-ms", optarg);
-            cfg.idle_timeout_ms = v;
-            break;
-        case OPT_CACHE:
-            if (parse_uint(optarg, 1 << 20, &v) < 0 || v < 1)
-                return bad("--cache-mb", optarg);
-            cfg.cache_mb = (int)v;
-            break;
-        case OPT_MAXDB:
-            if (parse_uint(optarg, 1ull << 30, &v) < 0 || v < 1)
-                return bad("--max-db-mb", optarg);
-            cfg.max_db_bytes = v << 20;
-            break;
-        case OPT_READY:
-            if (strlen(optarg) >= sizeof(cfg.ready_file) - 8)
-                return bad("--ready-file", optarg);
-            strcpy(cfg.ready_file, optarg);
-            break;
-        case OPT_LOGLEVEL:
-            if (!strcmp(optarg, "debug"))
-                log_set_level(LOG_DEBUG);
-            else if (!strcmp(optarg, "info"))
-                log_set_level(LOG_INFO);
-            else if (!strcmp(optarg, "warn"))
-                log_set_level(LOG_WARN);
-            else if (!strcmp(optarg, "error"))
-                log_set_level(LOG_ERROR);
-            else
-                return bad("--log-level", optarg);
-            break;
-        case 'h':
-        case OPT_HELP:
-            fputs(usage, stdout);
+                puts("ferryd " FERRY_BROKER_VERSION);
+            auth_free(&cfg.auth);
             return 0;
-        case OPT_VERSION:
-            puts("ferryd " FERRY_BROKER_VERSION);
-            return 0;
-        default:
-            fputs(usage, stderr);
-            return 2;
+        }
+        if (rc) {
+            auth_free(&cfg.auth);
+            return rc;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "ferryd: unexpected argument: %s\n", argv[optind]);
+        auth_free(&cfg.auth);
+        return 2;
+    }
+    if (!auth_enabled(&cfg.auth) && !is_loopback(cfg.listen_host)) {
+        fprintf(stderr,
+                "ferryd: refusing to listen on %s without authentication: configure tokens in "
+                "a config file (--config, see docs/OPERATIONS.md) or listen on 127.0.0.1\n",
+                cfg.listen_host);
+        auth_free(&cfg.auth);
         return 2;
     }
     cfg.max_frame_bytes = PROTO_DEFAULT_MAX_FRAME;
@@ -369,11 +503,12 @@ int main(int argc, char **argv)
     }
     broker_destroy(b);
     free(b);
-    int rc = uv_loop_close(&loop);
+    rc = uv_loop_close(&loop);
     if (rc != 0 && status == 0) {
         log_error("event loop closed with handles still open: %s", uv_strerror(rc));
         status = 1;
     }
+    auth_free(&cfg.auth);
     log_info("stopped");
     return status;
 }

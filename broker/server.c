@@ -362,8 +362,9 @@ int broker_start(struct broker *b)
     int loopback = strcmp(b->cfg.listen_host, "127.0.0.1") == 0 ||
                    strcmp(b->cfg.listen_host, "::1") == 0 ||
                    strcmp(b->cfg.listen_host, "localhost") == 0;
-    log_info("listening on %s:%d (%s)", b->cfg.listen_host, port,
-             loopback ? "loopback only" : "reachable from the network, no authentication");
+    log_info("listening on %s:%d (%s; %s)", b->cfg.listen_host, port,
+             loopback ? "loopback only" : "reachable from the network",
+             auth_enabled(&b->cfg.auth) ? "tokens required" : "no authentication");
     log_info("data folder %s, sync %s%s", b->cfg.data_dir, b->cfg.sync_full ? "full" : "normal",
              b->cfg.sync_full ? " (fsync before every ack)"
                               : " (acked writes survive a crash of ferryd, not of the machine)");
