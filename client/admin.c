@@ -1,5 +1,6 @@
 /*
- * admin.c - requests that are not publishes: ping, topics, server info.
+ * admin.c - requests that are neither publishing nor consuming: ping,
+ * topics, consumer groups (list, seek), server info.
  *
  * Each is a synchronous round trip through ferry__request, so it waits
  * behind any pipelined publishes (whose callbacks run first). Replies are
@@ -108,6 +109,163 @@ int ferry_topics(ferry_conn *c, ferry_topic_info **out, size_t *count)
 void ferry_topics_free(ferry_topic_info *topics)
 {
     free(topics);
+}
+
+struct groups_out {
+    ferry_group_info *list;
+    size_t count;
+};
+
+static int on_groups_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    struct groups_out *out = w->ctx;
+    const struct proto_groups_ok *g = &f->u.groups_ok;
+
+    ferry_group_info *list = calloc(g->count ? g->count : 1, sizeof *list);
+    if (!list)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory for %u groups", (unsigned)g->count);
+
+    struct proto_group_iter it;
+    struct proto_group_info e;
+    proto_group_iter_init(&it, g);
+    for (uint32_t i = 0; i < g->count; i++) {
+        if (proto_group_next(&it, &e) != 1 || e.topic.len > PROTO_MAX_TOPIC ||
+            e.group.len > PROTO_MAX_GROUP) {
+            free(list);
+            return ferry__seterr(c, FERRY_EPROTOCOL, "a malformed GROUPS_OK entry");
+        }
+        ferry_group_info *d = &list[i];
+        memcpy(d->topic, e.topic.ptr, e.topic.len);
+        d->topic[e.topic.len] = '\0';
+        memcpy(d->group, e.group.ptr, e.group.len);
+        d->group[e.group.len] = '\0';
+        d->cursor = e.cursor;
+        d->ack_floor = e.ack_floor;
+        d->lag = e.lag;
+        d->in_flight = e.in_flight;
+        d->consumers = e.consumers;
+        d->redelivered = e.redelivered;
+        d->dead_lettered = e.dead_lettered;
+        d->oldest_unacked_ms = e.oldest_unacked_ms;
+        d->ack_wait_ms = e.ack_wait_ms;
+        d->max_deliveries = e.max_deliveries;
+    }
+    out->list = list;
+    out->count = g->count;
+    return 0;
+}
+
+int ferry_groups(ferry_conn *c, const char *topic, ferry_group_info **out, size_t *count)
+{
+    if (!c)
+        return FERRY_EINVALID;
+    if (out)
+        *out = NULL;
+    if (count)
+        *count = 0;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    if (!out || !count)
+        return ferry__seterr(c, FERRY_EINVALID, "out and count must not be NULL");
+    size_t tlen = topic ? strlen(topic) : 0;
+    if (tlen > 0 && (rc = ferry__check_names(c, topic, NULL)) < 0)
+        return rc;
+
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t start = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + start, c->wcap - start);
+    if (proto_encode_groups(&pw, id, topic, tlen) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode GROUPS");
+    c->wlen += pw.len;
+
+    struct groups_out res = {0};
+    struct ferry__waiter w = {.on_reply = on_groups_ok, .ctx = &res};
+    rc = ferry__request(c, start, id, PROTO_GROUPS_OK, 0, &w,
+                        ferry__deadline(c->request_timeout_ms));
+    if (rc < 0) {
+        free(res.list);
+        return rc;
+    }
+    *out = res.list;
+    *count = res.count;
+    return 0;
+}
+
+void ferry_groups_free(ferry_group_info *groups)
+{
+    free(groups);
+}
+
+/* SEEK is answered by ACK_OK with one entry: the new cursor and a code. */
+struct seek_out {
+    uint64_t cursor;
+    int entry_failed;
+};
+
+static int on_seek_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    struct seek_out *out = w->ctx;
+    const struct proto_ack_ok *a = &f->u.ack_ok;
+    struct proto_ack_ok_iter it;
+    uint64_t seq;
+    uint16_t code;
+    proto_ack_ok_iter_init(&it, a);
+    if (a->count != 1 || proto_ack_ok_next(&it, &seq, &code) != 1)
+        return ferry__seterr(c, FERRY_EPROTOCOL, "ACK_OK with %u entries for a SEEK",
+                             (unsigned)a->count);
+    if (code > FERRY_WIRE_CODE_MAX)
+        return ferry__seterr(c, FERRY_EPROTOCOL, "ACK_OK with code %u for a SEEK", (unsigned)code);
+    if (code != 0) {
+        out->entry_failed = 1;
+        return -(int)code;
+    }
+    out->cursor = seq;
+    return 0;
+}
+
+int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
+               uint64_t value, uint64_t *cursor_out)
+{
+    if (!c)
+        return FERRY_EINVALID;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    rc = ferry__check_names(c, topic, group ? group : "");
+    if (rc < 0)
+        return rc;
+    if ((unsigned)start > FERRY_START_TIME)
+        return ferry__seterr(c, FERRY_EINVALID, "unknown start %d", (int)start);
+
+    size_t tlen = strlen(topic), glen = strlen(group);
+    struct proto_seek s = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .group = {(const uint8_t *)group, glen},
+        .start = (uint8_t)start,
+        .value = value,
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 2 + glen + 1 + 8) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t fstart = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + fstart, c->wcap - fstart);
+    if (proto_encode_seek(&pw, id, &s) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode SEEK");
+    c->wlen += pw.len;
+
+    struct seek_out res = {0};
+    struct ferry__waiter w = {.on_reply = on_seek_ok, .ctx = &res};
+    rc = ferry__request(c, fstart, id, PROTO_ACK_OK, 0, &w, ferry__deadline(c->request_timeout_ms));
+    if (rc < 0 && res.entry_failed)
+        ferry__seterr(c, rc, "topic %s, group %s", topic, group);
+    if (rc == 0 && cursor_out)
+        *cursor_out = res.cursor;
+    return rc;
 }
 
 void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out)

@@ -15,6 +15,9 @@
  *   write  [wpos, wlen) encoded, not yet sent. Encoders append at wlen and
  *          may roll wlen back when validation fails; sends advance wpos.
  *
+ * Every wait also runs what the consumer side needs before blocking: queued
+ * deliveries that now have a callback, and pipelined acks to encode.
+ *
  * Frame limits: until HELLO_OK the broker may send at most
  * PROTO_HANDSHAKE_MAX_FRAME (an unknown peer cannot make us buffer more).
  * After it we send at most the broker's max_frame_bytes and accept up to
@@ -299,6 +302,7 @@ int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
     }
     c->fd = -1;
     c->next_id = 1;
+    c->next_sub_id = 1;
     c->max_in_frame = PROTO_HANDSHAKE_MAX_FRAME;
     c->info.max_frame_bytes = PROTO_HANDSHAKE_MAX_FRAME;
     c->request_timeout_ms = FERRY__DEFAULT_REQUEST_TIMEOUT_MS;
@@ -348,6 +352,7 @@ void ferry_close(ferry_conn *c)
     if (!c)
         return;
     ferry__kill(c, FERRY_ECLOSED, "ferry_close was called");
+    ferry__consume_close(c);
     free(c->rbuf);
     free(c->wbuf);
     free(c->pend);
@@ -455,8 +460,14 @@ int ferry__pump(ferry_conn *c, int64_t deadline_us, int (*done)(const ferry_conn
     for (;;) {
         if (c->dead)
             return c->dead;
+        if (c->dq_backlog)
+            ferry__run_backlog(c);
         if (done(c, arg))
             return 0;
+        /* Pipelined acks hold window slots until sent: send them before
+         * waiting, or the broker could wait for them while we wait for it. */
+        if (c->acks_unsent > 0)
+            ferry__acks_encode(c);
         if (ferry__write_some(c) < 0)
             continue;
 

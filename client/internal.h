@@ -10,7 +10,9 @@
  *              incoming frame to the request it answers
  *   publish.c  message validation and encoding; sync, batch and pipelined
  *              publish
- *   admin.c    ping, topics, server info
+ *   consume.c  subscriptions, the delivery queue, ack/nack/touch/credit
+ *              (synchronous and pipelined), unsubscribe
+ *   admin.c    ping, topics, groups, seek, server info
  *   error.c    error text, per-connection detail, connection death
  *
  * Invariants:
@@ -23,10 +25,17 @@
  *     libferry on the same connection (except ferry_close).
  *   - Once dead is non-zero the socket is never used again and the ring is
  *     empty; every later call returns FERRY_ECLOSED.
+ *   - DELIVER frames (request id 0) are not replies: they may arrive between
+ *     any two replies and never touch the ring. A delivery for a subscription
+ *     with a callback goes to it at once; any other joins the connection's
+ *     delivery queue in arrival order. The broker sends no more than each
+ *     subscription's window unacknowledged, so the queue is bounded by the
+ *     sum of the windows.
  */
 #ifndef FERRY_INTERNAL_H
 #define FERRY_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +69,7 @@
 #define FERRY__DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define FERRY__DEFAULT_REQUEST_TIMEOUT_MS 30000
 #define FERRY__DEFAULT_MAX_IN_FLIGHT 1000u
+#define FERRY__DEFAULT_SUB_WINDOW 100u
 
 struct ferry__waiter;
 
@@ -79,16 +89,60 @@ struct ferry__waiter {
     void *ctx; /* on_reply's output, owned by the caller */
 };
 
-/* One request awaiting its reply. Exactly one of cb (a pipelined publish,
- * async = 1) or waiter (a synchronous call; NULL once abandoned) is used. */
+/* One request awaiting its reply, of one of three kinds:
+ *   async = 1       a pipelined publish: cb (may be NULL) gets the outcome;
+ *   ack_async = 1   a pipelined ACK (ferry_ack_async): the first failure is
+ *                   kept in ack_err for the next ferry_flush;
+ *   otherwise       a synchronous call: waiter, or NULL once its caller gave
+ *                   up (timeout) or never waited (fire and forget): the
+ *                   reply is then checked and dropped. */
 struct ferry__pending {
     uint32_t request_id;
     uint8_t reply_type; /* the frame type that answers it (or ERROR) */
     uint8_t async;      /* counted in async_in_flight */
-    uint16_t count;     /* messages in a PUBLISH */
+    uint8_t ack_async;  /* counted in acks_in_flight */
+    uint16_t count;     /* messages in a PUBLISH, sequences in an ACK */
+    uint32_t sub_id;    /* ack_async: the subscription, for error text */
     ferry_publish_cb cb;
     void *userdata;
     struct ferry__waiter *waiter;
+};
+
+/* A subscription (ferry.h: ferry_sub). Referenced by its connection while
+ * attached (c != NULL) and by every delivery of it not yet freed; freed
+ * when the last reference goes, so ferry_delivery_free and ferry_ack on a
+ * delivery never touch freed memory, whatever the order of
+ * ferry_unsubscribe, ferry_close and ferry_delivery_free. refs is atomic
+ * because a delivery may be freed on another thread. */
+struct ferry_sub {
+    ferry_conn *c; /* NULL once unsubscribed or its connection closed */
+    uint32_t sub_id;
+    int closing; /* UNSUBSCRIBE sent: deliveries for it are dropped */
+    int ended;   /* once detached: what calls on its deliveries return */
+    _Atomic unsigned long refs;
+    struct ferry_sub *next; /* the connection's list */
+
+    char topic[PROTO_MAX_TOPIC + 1];
+    char group[PROTO_MAX_GROUP + 1];
+    uint32_t window; /* max_in_flight granted to the broker */
+    uint32_t ack_wait_ms;
+    uint16_t max_deliveries;
+
+    ferry_delivery_cb cb;
+    void *userdata;
+
+    /* Sequences acked with ferry_ack_async and not yet encoded. */
+    uint64_t *acks;
+    size_t nacks, acks_cap;
+};
+
+/* A delivery as allocated: the public part first, then the strings and
+ * bytes it points to, in the same block. */
+struct ferry__delivery {
+    ferry_delivery pub;
+    struct ferry_sub *sub; /* holds a reference */
+    uint32_t sub_id;
+    struct ferry__delivery *next; /* the connection's queue */
 };
 
 struct ferry_conn {
@@ -114,6 +168,20 @@ struct ferry_conn {
     size_t pcap, phead, plen;
     size_t async_in_flight; /* entries with async = 1 */
     uint32_t next_id;
+
+    /* Consumer side (consume.c). */
+    struct ferry_sub *subs; /* attached subscriptions */
+    uint32_t next_sub_id;
+    struct ferry__delivery *dq_head, *dq_tail; /* queued deliveries, oldest first */
+    size_t dq_len;
+    int dq_backlog;         /* the queue may hold deliveries of subscriptions that
+                               now have a callback */
+    uint64_t cb_deliveries; /* delivery callbacks run so far */
+    int cb_depth;           /* > 0 while a delivery callback runs */
+    size_t acks_unsent;     /* sum of the subscriptions' nacks */
+    size_t acks_in_flight;  /* entries with ack_async = 1 */
+    int ack_err;            /* first failure of a pipelined ack since the last flush */
+    char ack_errmsg[FERRY__ERRMSG_BYTES];
 
     /* 0 while usable; else the code that killed the connection. */
     int dead;
@@ -154,6 +222,33 @@ int ferry__request(ferry_conn *c, size_t frame_start, uint32_t request_id, uint8
 void ferry__dispatch(ferry_conn *c);
 /* Completes every pending request with code (callbacks run). */
 void ferry__fail_all(ferry_conn *c, int code);
+/* Queues a request whose frame was just appended, without waiting: its reply
+ * is checked in turn and dropped. Returns 0 or FERRY_ENOMEM (the frame is
+ * then removed again). */
+int ferry__request_nowait(ferry_conn *c, size_t frame_start, uint32_t request_id,
+                          uint8_t reply_type);
+
+/* consume.c */
+/* Routes a DELIVER frame: to its subscription's callback, else the queue. */
+void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f);
+/* Encodes every subscription's unsent async acks as ACK frames (one per
+ * subscription, split at PROTO_MAX_ACKS) and queues their replies. */
+void ferry__acks_encode(ferry_conn *c);
+/* Hands queued deliveries of subscriptions that now have a callback to it. */
+void ferry__run_backlog(ferry_conn *c);
+/* Records the first failure of a pipelined ack (for ferry_flush). */
+void ferry__ack_failed(ferry_conn *c, uint32_t sub_id, uint64_t seq, int code, const char *detail);
+/* Reads an ACK_OK into the first failing entry: returns 0 when every code is
+ * 0, the entry's FERRY_E* (setting *seq_out) otherwise, or FERRY_EPROTOCOL
+ * when it does not have expect entries. */
+int ferry__ack_ok_status(ferry_conn *c, const struct proto_frame *f, size_t expect,
+                         uint64_t *seq_out);
+/* Checks a topic (publishable or broker-derived) and a group name as the
+ * broker will; errmsg says why. Returns 0, FERRY_EINVALID_TOPIC or
+ * FERRY_EINVALID_GROUP. group NULL skips the group. */
+int ferry__check_names(ferry_conn *c, const char *topic, const char *group);
+/* At ferry_close: frees the queue and detaches every subscription. */
+void ferry__consume_close(ferry_conn *c);
 
 /* error.c */
 /* Formats the connection's detail message and returns code. */

@@ -2,13 +2,16 @@
  * pending.c - requests awaiting replies, and routing each incoming frame.
  *
  * Every request written to the broker is queued here, in write order, as a
- * ring entry: a pipelined publish (callback + userdata) or a synchronous call
- * (a waiter on its caller's stack). The broker answers requests in order, so
- * each reply must carry the front entry's request id and the frame type that
+ * ring entry: a pipelined publish (callback + userdata), a pipelined ack
+ * (ferry_ack_async; failures kept for ferry_flush) or a synchronous call
+ * (a waiter on its caller's stack, or none for a reply nobody waits for). The broker answers
+ * requests in order, so each reply must carry the front entry's request id and the frame type that
  * entry expects (or ERROR); any other frame breaks the stream and kills the
  * connection with FERRY_EPROTOCOL, failing every entry.
  *
  * Frames that are not replies:
+ *   DELIVER               request id 0, routed by consume.c to its
+ *                         subscription's callback or the delivery queue;
  *   PING                  answered with PONG (same request id);
  *   ERROR, FATAL flag     the broker is closing: every entry fails with the
  *                         code and the connection is dead;
@@ -18,6 +21,7 @@
  * entry is popped before its callback runs, so a callback may publish again
  * (or flush, or poll), which may in turn dispatch later frames.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +53,8 @@ int ferry__pending_push(ferry_conn *c, const struct ferry__pending *p)
     c->plen++;
     if (p->async)
         c->async_in_flight++;
+    if (p->ack_async)
+        c->acks_in_flight++;
     return 0;
 }
 
@@ -64,6 +70,8 @@ static void pending_pop(ferry_conn *c, struct ferry__pending *out)
     c->plen--;
     if (out->async)
         c->async_in_flight--;
+    if (out->ack_async)
+        c->acks_in_flight--;
 }
 
 static int waiter_done(const ferry_conn *c, const void *arg)
@@ -102,6 +110,17 @@ int ferry__request(ferry_conn *c, size_t frame_start, uint32_t request_id, uint8
         return ferry__seterr(c, FERRY_ETIMEOUT, "no reply from the broker within the timeout");
     }
     return rc;
+}
+
+int ferry__request_nowait(ferry_conn *c, size_t frame_start, uint32_t request_id,
+                          uint8_t reply_type)
+{
+    struct ferry__pending p = {.request_id = request_id, .reply_type = reply_type};
+    if (ferry__pending_push(c, &p) < 0) {
+        c->wlen = frame_start;
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    }
+    return 0;
 }
 
 /* Kills the connection keeping the detail already in errmsg. */
@@ -171,6 +190,12 @@ static void route_error(ferry_conn *c, const struct proto_frame *f)
     }
     struct ferry__pending p;
     pending_pop(c, &p);
+    if (p.ack_async) {
+        char detail[FERRY__ERRMSG_BYTES];
+        snprintf(detail, sizeof detail, "%.*s", mlen, (const char *)m->ptr);
+        ferry__ack_failed(c, p.sub_id, 0, code, detail);
+        return;
+    }
     ferry__seterr(c, code, "%.*s", mlen, (const char *)m->ptr);
     if (p.waiter) {
         p.waiter->status = code;
@@ -210,6 +235,16 @@ static void route_reply(ferry_conn *c, const struct proto_frame *f)
         pending_pop(c, &p);
         if (p.cb)
             p.cb(p.userdata, 0, &ack);
+    } else if (h->ack_async) {
+        uint64_t seq = 0;
+        int status = ferry__ack_ok_status(c, f, h->count, &seq);
+        if (status == FERRY_EPROTOCOL) {
+            kill_with_errmsg(c, FERRY_EPROTOCOL);
+            return;
+        }
+        pending_pop(c, &p);
+        if (status < 0)
+            ferry__ack_failed(c, p.sub_id, seq, status, "");
     } else if (h->waiter) {
         int status = h->waiter->on_reply ? h->waiter->on_reply(c, h->waiter, f) : 0;
         if (status == FERRY_EPROTOCOL) {
@@ -240,6 +275,9 @@ static void route(ferry_conn *c, const struct proto_frame *f)
     }
     case PROTO_ERROR:
         route_error(c, f);
+        return;
+    case PROTO_DELIVER:
+        ferry__on_deliver(c, f);
         return;
     default:
         route_reply(c, f);

@@ -302,7 +302,8 @@ int ferry_publish_async(ferry_conn *c, const ferry_msg *msg, ferry_publish_cb cb
 static int all_acked(const ferry_conn *c, const void *arg)
 {
     (void)arg;
-    return c->async_in_flight == 0 && c->wpos == c->wlen;
+    return c->async_in_flight == 0 && c->acks_in_flight == 0 && c->acks_unsent == 0 &&
+           c->wpos == c->wlen;
 }
 
 int ferry_flush(ferry_conn *c, int timeout_ms)
@@ -314,8 +315,14 @@ int ferry_flush(ferry_conn *c, int timeout_ms)
         return rc;
     rc = ferry__pump(c, ferry__deadline(timeout_ms), all_acked, NULL);
     if (rc == FERRY_ETIMEOUT)
-        return ferry__seterr(c, rc, "%zu publishes still unacknowledged after %d ms",
-                             c->async_in_flight, timeout_ms);
+        return ferry__seterr(c, rc, "%zu publishes and %zu acks still unacknowledged after %d ms",
+                             c->async_in_flight, c->acks_in_flight + c->acks_unsent, timeout_ms);
+    if (rc == 0 && c->ack_err < 0) {
+        /* Reported once: the next flush starts afresh. */
+        rc = ferry__seterr(c, c->ack_err, "%s", c->ack_errmsg);
+        c->ack_err = 0;
+        c->ack_errmsg[0] = '\0';
+    }
     return rc;
 }
 
@@ -326,7 +333,16 @@ int ferry_poll(ferry_conn *c)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
-    if (ferry__write_some(c) < 0 || ferry__read_some(c) < 0 || ferry__write_some(c) < 0)
+    if (c->dq_backlog)
+        ferry__run_backlog(c);
+    if (c->acks_unsent > 0)
+        ferry__acks_encode(c);
+    if (ferry__write_some(c) < 0 || ferry__read_some(c) < 0)
+        return c->dead;
+    /* Callbacks run by the read may have acked. */
+    if (c->acks_unsent > 0)
+        ferry__acks_encode(c);
+    if (ferry__write_some(c) < 0)
         return c->dead;
     return 0;
 }

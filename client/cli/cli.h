@@ -81,9 +81,32 @@ int cli_connect(const struct cli *cli, const char *cmd, const ferry_options *bas
  * with U+FFFD. */
 void cli_json_string(FILE *f, const void *s, size_t len);
 
+/* 1 when s[0..len) is valid UTF-8 (as cli_json_string judges it). */
+int cli_utf8_valid(const void *s, size_t len);
+
+/* Writes data[0..len) as standard base64 (RFC 4648, with padding). */
+void cli_base64(FILE *f, const void *data, size_t len);
+
+/* Parses a position in a topic, as --from and --to take it:
+ *   earliest | latest       the oldest stored message | only new ones
+ *   SEQ                     a sequence number, 1 or more
+ *   MSms                    a time in Unix milliseconds ("1767225600000ms")
+ *   YYYY-MM-DDTHH:MM:SS[.fff]Z, YYYY-MM-DD   a time in UTC (ISO 8601)
+ * Returns 0 with *start and *value set, or -1. */
+int cli_parse_position(const char *arg, ferry_start *start, uint64_t *value);
+
+/* Help text describing the positions above, for usage messages. */
+#define CLI_POSITION_HELP                                                                          \
+    "POSITION is earliest, latest, a sequence number (42), a UTC time in\n"                        \
+    "ISO 8601 (2026-11-27T04:00:00Z, 2026-11-27T04:00:00.250Z, 2026-11-27)\n"                      \
+    "or Unix milliseconds with an ms suffix (1795752000000ms).\n"
+
 /* The commands. */
 int cmd_pub(struct cli *cli, int argc, char **argv);
+int cmd_sub(struct cli *cli, int argc, char **argv);
 int cmd_topics(struct cli *cli, int argc, char **argv);
+int cmd_groups(struct cli *cli, int argc, char **argv);
+int cmd_seek(struct cli *cli, int argc, char **argv);
 int cmd_bench(struct cli *cli, int argc, char **argv);
 
 #endif /* FERRY_CLI_H */

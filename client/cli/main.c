@@ -18,7 +18,10 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"pub", cmd_pub, "publish messages to a topic"},
+    {"sub", cmd_sub, "receive messages of a consumer group"},
     {"topics", cmd_topics, "list the broker's topics"},
+    {"groups", cmd_groups, "list consumer groups and their progress"},
+    {"seek", cmd_seek, "move a consumer group to a sequence or a time"},
     {"bench", cmd_bench, "measure publish throughput and latency"},
 };
 

@@ -1,12 +1,15 @@
 /*
  * util.c - what every command needs: option helpers, error lines, the
- * connection (with the token file), JSON strings.
+ * connection (with the token file), JSON strings, base64, positions in a
+ * topic.
  */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 
@@ -198,4 +201,137 @@ void cli_json_string(FILE *f, const void *str, size_t len)
         i++;
     }
     putc('"', f);
+}
+
+int cli_utf8_valid(const void *str, size_t len)
+{
+    const unsigned char *s = str;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_len(s + i, len - i);
+        if (n == 0)
+            return 0;
+        i += n;
+    }
+    return 1;
+}
+
+void cli_base64(FILE *f, const void *data, size_t len)
+{
+    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = data;
+    size_t i = 0;
+    for (; i + 3 <= len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        putc(abc[v >> 18], f);
+        putc(abc[(v >> 12) & 63], f);
+        putc(abc[(v >> 6) & 63], f);
+        putc(abc[v & 63], f);
+    }
+    if (len - i == 1) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        putc(abc[v >> 18], f);
+        putc(abc[(v >> 12) & 63], f);
+        fputs("==", f);
+    } else if (len - i == 2) {
+        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
+        putc(abc[v >> 18], f);
+        putc(abc[(v >> 12) & 63], f);
+        putc(abc[(v >> 6) & 63], f);
+        putc('=', f);
+    }
+}
+
+/* Parses exactly `digits` decimal digits at s. */
+static int fixed_digits(const char *s, int digits, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < digits; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS[.fraction]Z" or "YYYY-MM-DD" (midnight UTC) to
+ * Unix ms. Returns 0 or -1. */
+static int parse_iso8601(const char *s, uint64_t *ms_out)
+{
+    struct tm tm = {0};
+    int year, mon, day, hh = 0, mm = 0, ss = 0, ms = 0;
+    if (fixed_digits(s, 4, &year) < 0 || s[4] != '-' || fixed_digits(s + 5, 2, &mon) < 0 ||
+        s[7] != '-' || fixed_digits(s + 8, 2, &day) < 0)
+        return -1;
+    const char *p = s + 10;
+    if (*p != '\0') {
+        if ((*p != 'T' && *p != 't') || fixed_digits(p + 1, 2, &hh) < 0 || p[3] != ':' ||
+            fixed_digits(p + 4, 2, &mm) < 0 || p[6] != ':' || fixed_digits(p + 7, 2, &ss) < 0)
+            return -1;
+        p += 9;
+        if (*p == '.') {
+            p++;
+            int n = 0, scale = 100;
+            while (*p >= '0' && *p <= '9') {
+                if (n < 3)
+                    ms += (*p - '0') * scale;
+                scale /= 10;
+                n++;
+                p++;
+            }
+            if (n == 0 || n > 9)
+                return -1;
+        }
+        if ((*p != 'Z' && *p != 'z') || p[1] != '\0')
+            return -1;
+    }
+    if (year < 1970 || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 59)
+        return -1;
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hh;
+    tm.tm_min = mm;
+    tm.tm_sec = ss;
+    time_t t = timegm(&tm);
+    /* timegm normalises 2026-02-30 into March: refuse what moved. */
+    if (t == (time_t)-1 || tm.tm_mday != day || tm.tm_mon != mon - 1)
+        return -1;
+    *ms_out = (uint64_t)t * 1000u + (uint64_t)ms;
+    return 0;
+}
+
+int cli_parse_position(const char *arg, ferry_start *start, uint64_t *value)
+{
+    *value = 0;
+    if (strcmp(arg, "earliest") == 0) {
+        *start = FERRY_START_EARLIEST;
+        return 0;
+    }
+    if (strcmp(arg, "latest") == 0) {
+        *start = FERRY_START_LATEST;
+        return 0;
+    }
+    size_t digits = strspn(arg, "0123456789");
+    if (digits > 0 && digits <= 19 && (arg[digits] == '\0' || strcmp(arg + digits, "ms") == 0)) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(arg, &end, 10);
+        if (errno != 0)
+            return -1;
+        if (arg[digits] == '\0') {
+            if (v == 0)
+                return -1; /* sequences start at 1 */
+            *start = FERRY_START_SEQ;
+        } else {
+            *start = FERRY_START_TIME;
+        }
+        *value = v;
+        return 0;
+    }
+    if (parse_iso8601(arg, value) == 0) {
+        *start = FERRY_START_TIME;
+        return 0;
+    }
+    return -1;
 }

@@ -3,7 +3,10 @@
  *
  * A ferry_conn is one TCP connection to ferryd speaking protocol v1
  * (docs/PROTOCOL.md). It publishes messages, one at a time or as atomic
- * batches, synchronously or pipelined with a bounded in-flight window.
+ * batches, synchronously or pipelined with a bounded in-flight window; and
+ * it consumes: subscriptions to consumer groups, whose deliveries are
+ * pushed by the broker within a credit window and received with
+ * ferry_receive or a callback, then acked, nacked or touched.
  *
  * Conventions used by every function below:
  *   - Fallible calls return 0 on success or a negative FERRY_E* code
@@ -102,8 +105,14 @@ FERRY_API int ferry_connect(const char *addr, const ferry_options *opts, ferry_c
 
 /* Closes the connection and frees it. Pipelined publishes that were not yet
  * acknowledged (including any still in the write buffer: call ferry_flush
- * first to send them) get their callbacks with FERRY_ECLOSED. NULL is a
- * no-op. Must not be called from a callback of the same connection. */
+ * first to send them) get their callbacks with FERRY_ECLOSED; pipelined acks
+ * not yet sent are lost (the broker redelivers those messages). Every
+ * subscription of c ends and its ferry_sub handle is freed: do not call
+ * ferry_unsubscribe on it afterwards. Deliveries already returned stay
+ * valid until ferry_delivery_free; acking them fails with FERRY_ECLOSED.
+ * Deliveries still queued are dropped (the broker gives them to another
+ * consumer). NULL is a no-op. Must not be called from a callback of the
+ * same connection. */
 FERRY_API void ferry_close(ferry_conn *c);
 
 /* Publishes one message and waits for its durable acknowledgement. Fills
@@ -146,14 +155,19 @@ FERRY_API int ferry_publish_async(ferry_conn *c, const ferry_msg *msg, ferry_pub
                                   void *userdata);
 
 /* Sends everything buffered and waits until every pipelined publish has its
- * ack (callbacks run here). timeout_ms < 0 waits forever. Returns 0, or
- * FERRY_ETIMEOUT / a connection error; a broker error for one publish is
- * reported to its callback, not here. */
+ * ack (callbacks run here) and every pipelined ack (ferry_delivery_ack_async) its
+ * ACK_OK. timeout_ms < 0 waits forever. Returns 0, FERRY_ETIMEOUT, a
+ * connection error, or the first error a pipelined ack met since the
+ * previous flush (e.g. FERRY_ENOT_DELIVERED; ferry_errmsg names the
+ * sequence; reported once). A broker error for one publish is reported to
+ * its callback, not here. */
 FERRY_API int ferry_flush(ferry_conn *c, int timeout_ms);
 
-/* Without blocking: sends what is buffered as far as the socket takes it and
- * runs callbacks for acks that have already arrived. Returns 0 or the error
- * that closed the connection (pending callbacks then got it too). */
+/* Without blocking: sends what is buffered (pipelined acks included) as far
+ * as the socket takes it, runs callbacks for acks that have already arrived
+ * and delivery callbacks for deliveries that have (others are queued for
+ * ferry_receive). Returns 0 or the error that closed the connection (pending
+ * callbacks then got it too). */
 FERRY_API int ferry_poll(ferry_conn *c);
 
 /* Pipelined publishes (ferry_publish_async) awaiting their ack. */
@@ -162,6 +176,223 @@ FERRY_API size_t ferry_in_flight(const ferry_conn *c);
 /* Round trip to the broker; fills *rtt_us when not NULL. Like every
  * synchronous call it waits behind pipelined publishes already in flight. */
 FERRY_API int ferry_ping(ferry_conn *c, uint64_t *rtt_us);
+
+/*
+ * Consuming.
+ *
+ * A consumer group is a named, durable cursor on a topic: every group gets
+ * every message, and the consumers of one group share them. ferry_subscribe
+ * joins a group (creating it at the given start when it does not exist yet)
+ * and grants the broker a window of max_in_flight unacknowledged
+ * deliveries; the broker pushes messages as they come, never more than the
+ * window. Acks and nacks free slots, so credit needs no further care.
+ *
+ * Each delivery carries a lease (ack wait). ferry_delivery_ack ends it; ferry_delivery_nack
+ * gives the message back for redelivery (after an optional delay);
+ * ferry_delivery_touch extends the lease. A lease that expires, or a connection that
+ * closes, gives the message to another consumer of the group (attempt + 1,
+ * redelivered set); after the group's max deliveries it goes to the
+ * topic's dead-letter topic. Acks are idempotent: acking twice, or after a
+ * redelivery was acked elsewhere, succeeds.
+ *
+ * Deliveries arrive on the connection between any replies. Those of a
+ * subscription with a callback (ferry_sub_set_callback) go to it during
+ * whichever call reads them; the others wait in the connection's queue, in
+ * arrival order, for ferry_receive. Nothing is dropped while waiting for an
+ * unrelated reply (a publish ack, an ACK_OK). The queue is bounded by the
+ * sum of the windows.
+ *
+ * Ownership: a ferry_delivery is the caller's from ferry_receive (or from
+ * the callback) until ferry_delivery_free; its fields stay valid until then
+ * and are independent of every later call, including ferry_unsubscribe and
+ * ferry_close. ferry_delivery_free may be called from any thread; every
+ * other call on a delivery (ferry_delivery_ack, ...) uses its connection and follows
+ * the connection's one-thread-at-a-time rule.
+ */
+
+/* Where a group that does not exist yet begins. */
+typedef enum ferry_start {
+    FERRY_START_EARLIEST = 0, /* the oldest message still stored */
+    FERRY_START_LATEST = 1,   /* only messages published from now on */
+    FERRY_START_SEQ = 2,      /* start_value is the first sequence to deliver */
+    FERRY_START_TIME = 3,     /* start_value is Unix ms: the first message stored
+                                 at or after it */
+} ferry_start;
+
+/* Subscription options. Zero-initialise, then set what you need; every field
+ * left 0 takes the default named beside it. Copied by ferry_subscribe. */
+typedef struct ferry_sub_options {
+    ferry_start start;       /* for a new group only; an existing group keeps
+                                its cursor (move it with ferry_seek) */
+    uint64_t start_value;    /* FERRY_START_SEQ / FERRY_START_TIME */
+    uint32_t max_in_flight;  /* 0: 100; 1..65535 unacked deliveries at once */
+    uint32_t ack_wait_ms;    /* 0: the group's lease; for a new group, non-zero
+                                also becomes the group's */
+    uint16_t max_deliveries; /* new group only: attempts before dead-lettering;
+                                0: the broker's default */
+} ferry_sub_options;
+
+/* One subscription on a connection; freed by ferry_unsubscribe or
+ * ferry_close. */
+typedef struct ferry_sub ferry_sub;
+
+/* One delivered message. Every pointer is valid until ferry_delivery_free;
+ * id, key, each header's name and value, and payload are each followed by
+ * a NUL byte not counted in their lengths, so text can be used as a C
+ * string (binary data may contain NULs of its own). */
+typedef struct ferry_delivery {
+    ferry_sub *sub; /* the subscription it came to; as a handle valid only
+                       while that subscription is (see ferry_unsubscribe) */
+    const char *topic;
+    const char *group;
+    uint64_t seq;     /* the message's sequence number in the topic */
+    uint32_t attempt; /* 1 for the first delivery */
+    int redelivered;  /* 1 when attempt > 1 */
+    int64_t ts_ms;    /* when the broker stored it, Unix ms */
+    const char *id;   /* the message id */
+    const void *key;  /* empty (key_len 0) when it has none */
+    size_t key_len;
+    const ferry_header *headers;
+    size_t header_count;
+    const void *payload;
+    size_t payload_len;
+} ferry_delivery;
+
+/* Joins consumer group `group` of `topic` and waits for the broker's
+ * SUBSCRIBE_OK. Both are 1..200 of [A-Za-z0-9._-] starting with a letter or
+ * digit; the topic may also be one the broker derives, "_" followed by such a
+ * name (the dead letters of a topic, see docs/PROTOCOL.md).
+ * opts may be NULL. On success stores the subscription in *out and returns
+ * 0; deliveries may then arrive during any call on c. On failure *out is
+ * NULL: FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (an
+ * option out of range), FERRY_EDENIED, FERRY_EUNSUPPORTED (a broker without
+ * consumer groups), a connection error, or FERRY_ETIMEOUT (then an
+ * UNSUBSCRIBE is sent after it, in case the broker did subscribe). One
+ * connection may hold any number of subscriptions, several of the same group
+ * included. */
+FERRY_API int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
+                              const ferry_sub_options *opts, ferry_sub **out);
+
+/* Ends the subscription: first sends its pipelined acks, then UNSUBSCRIBE,
+ * and waits for the broker's ACK_OK. The broker gives every message still
+ * unacked by this subscription back to the group at once, including those
+ * queued here and not yet received: they are dropped, as is any delivery
+ * for it that arrives meanwhile (its callback is not called any more).
+ * Frees s in every case, even when an error is returned; deliveries already
+ * received stay valid, and ferry_delivery_ack on them then fails with
+ * FERRY_EUNKNOWN_SUBSCRIPTION. Returns 0, FERRY_ETIMEOUT, or a connection
+ * error (the broker then returns the messages when it sees the connection
+ * close). NULL is a no-op returning 0. */
+FERRY_API int ferry_unsubscribe(ferry_sub *s);
+
+/* Returns the next queued delivery of any subscription of c without a
+ * callback, waiting up to timeout_ms for one (0: do not wait beyond reading
+ * what has arrived; < 0: wait forever). Pipelined acks are sent before
+ * waiting. On success *out is the caller's (ferry_delivery_free). Returns
+ * FERRY_ETIMEOUT (*out NULL) when none arrived; delivery callbacks and
+ * publish callbacks may have run meanwhile.
+ * With out NULL it serves callbacks only: it returns 0 once at least one
+ * delivery callback has run, FERRY_ETIMEOUT when none did within
+ * timeout_ms; queued deliveries stay queued. */
+FERRY_API int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out);
+
+/* Frees a delivery (without acking it). NULL is a no-op. Thread-safe: may
+ * be called from any thread, even while its connection is in use. */
+FERRY_API void ferry_delivery_free(ferry_delivery *d);
+
+/* Acks d and waits for the broker's ACK_OK, which it sends once the ack is
+ * durable. Returns 0 (also when d was acked before: acks are idempotent),
+ * FERRY_ENOT_DELIVERED (the group never had it), FERRY_EUNKNOWN_SUBSCRIPTION
+ * (d's subscription has ended; the message was given back to the group),
+ * FERRY_ECLOSED, or another error. d stays the caller's. */
+FERRY_API int ferry_delivery_ack(const ferry_delivery *d);
+
+/* Acks d without waiting for the reply: the ack is queued and sent, batched
+ * with the other pipelined acks of the same subscription into one ACK frame,
+ * once a quarter of the window is waiting, after 200 us without a write, or
+ * at the next call that waits or polls (ferry_receive, ferry_poll,
+ * ferry_flush, any synchronous call). Until sent, it still holds its slot
+ * in the window. Failures that arrive later are reported by the next
+ * ferry_flush. Returns 0 once queued, or an error found at once
+ * (FERRY_EUNKNOWN_SUBSCRIPTION, FERRY_ECLOSED, FERRY_ENOMEM). Call
+ * ferry_flush before ferry_close to be sure the acks reached the broker. */
+FERRY_API int ferry_delivery_ack_async(const ferry_delivery *d);
+
+/* Acks n (1 or more) sequences of s in one round trip (one ACK frame per
+ * 10000) and waits for the replies. Returns 0 when every one succeeded, else
+ * the first failure (e.g. FERRY_ENOT_DELIVERED) with its sequence in
+ * ferry_errmsg; the others were still applied. */
+FERRY_API int ferry_sub_ack(ferry_sub *s, const uint64_t *seqs, size_t n);
+
+/* Gives d back to the group for redelivery, not before delay_ms (0: at
+ * once; the group's backoff schedule may add to it). reason (NULL for none;
+ * at most 1024 bytes) is kept as the last reason, shown in the dead-letter
+ * headers. Waits for the broker's reply. Returns as ferry_delivery_ack. */
+FERRY_API int ferry_delivery_nack(const ferry_delivery *d, uint32_t delay_ms, const char *reason);
+
+/* Extends d's lease by the subscription's ack wait from now, for a handler
+ * that needs longer. Waits for the broker's reply. Returns as ferry_delivery_ack. */
+FERRY_API int ferry_delivery_touch(const ferry_delivery *d);
+
+/* Sets s's window (1..65535 unacked deliveries) and waits for the broker's
+ * reply. Shrinking takes effect as acks come in; deliveries already sent
+ * are not taken back. */
+FERRY_API int ferry_sub_set_window(ferry_sub *s, uint32_t max_in_flight);
+
+/* Receives one delivery of a subscription with a callback. d is the
+ * callback's own (not borrowed, unlike other callback arguments): free it
+ * with ferry_delivery_free, now or later, on any thread. The callback may
+ * call libferry on the same connection (ferry_delivery_ack, ferry_publish,
+ * ...), except ferry_close. Delivery callbacks of one connection never nest:
+ * deliveries that arrive while one runs (say during its synchronous ack)
+ * wait, in order, until it returns; so a callback must not wait for another
+ * delivery (ferry_receive with out NULL would only time out). */
+typedef void (*ferry_delivery_cb)(void *userdata, ferry_delivery *d);
+
+/* From now on, s's deliveries go to cb (NULL: to the queue again) during
+ * whichever call on its connection reads them: ferry_receive, ferry_poll,
+ * or any synchronous call. Deliveries of s already queued go to cb at the
+ * start of the next such call, in order. Returns 0, or FERRY_EINVALID for
+ * a NULL s. */
+FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *userdata);
+
+/* Moves the cursor of group `group` on `topic` to start (with value, as in
+ * ferry_sub_options; a group that does not exist is created there) and
+ * waits until the move is durable. The group then delivers every message
+ * from the new cursor on again, as first deliveries (replay), or skips those
+ * below it. Its in-flight deliveries are forgotten: their slots are freed,
+ * and acking one of them later succeeds below the new cursor and fails with
+ * FERRY_ENOT_DELIVERED at or above it. Fills *cursor_out (may be NULL) with
+ * the new cursor: the next sequence the group will deliver. Returns 0,
+ * FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID, another broker
+ * error, or a connection error. */
+FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
+                         uint64_t value, uint64_t *cursor_out);
+
+/* One consumer group as listed by ferry_groups(). */
+typedef struct ferry_group_info {
+    char topic[201];
+    char group[201];
+    uint64_t cursor;            /* the next sequence delivered for the first time */
+    uint64_t ack_floor;         /* every sequence below it is done (acked or
+                                   dead-lettered) */
+    uint64_t lag;               /* messages not yet done: waiting, in flight or
+                                   awaiting redelivery */
+    uint32_t in_flight;         /* delivered, not yet acked */
+    uint32_t consumers;         /* live subscriptions */
+    uint64_t redelivered;       /* redeliveries so far */
+    uint64_t dead_lettered;     /* messages moved to the dead-letter topic */
+    uint64_t oldest_unacked_ms; /* age of the oldest message not yet done; 0: none */
+    uint32_t ack_wait_ms;       /* the group's lease */
+    uint16_t max_deliveries;    /* attempts before dead-lettering; 0: no limit */
+} ferry_group_info;
+
+/* Lists the consumer groups of topic (NULL or "": of every topic), in the
+ * broker's order. On success *out is an array of *count entries, never NULL
+ * even when *count is 0 (free it with ferry_groups_free); on failure *out is
+ * NULL and *count 0. */
+FERRY_API int ferry_groups(ferry_conn *c, const char *topic, ferry_group_info **out, size_t *count);
+FERRY_API void ferry_groups_free(ferry_group_info *groups);
 
 /* One topic as listed by ferry_topics(). */
 typedef struct ferry_topic_info {

@@ -1,0 +1,167 @@
+/*
+ * cmd_groups.c - `ferry groups [TOPIC]`: list consumer groups and their
+ * progress.
+ *
+ * A table sorted by topic, then group (TOPIC, GROUP, CURSOR, LAG, IN_FLIGHT,
+ * CONSUMERS, REDELIVERED, DEAD, OLDEST_UNACKED as a duration), or with
+ * --json one JSON array of objects carrying every field.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+enum { OPT_JSON = CLI_OPT_FIRST_COMMAND };
+
+static const char usage_text[] =
+    "Usage: ferry groups [OPTIONS] [TOPIC]\n"
+    "\n"
+    "Lists the consumer groups of TOPIC, or of every topic: the cursor (next\n"
+    "sequence delivered for the first time), lag (messages not yet done),\n"
+    "messages in flight, live consumers, redeliveries, dead-lettered messages\n"
+    "and the age of the oldest unacked delivery.\n"
+    "\n"
+    "Options:\n"
+    "  --json               print a JSON array of objects with the keys topic,\n"
+    "                       group, cursor, ack_floor, lag, in_flight, consumers,\n"
+    "                       redelivered, dead_lettered, oldest_unacked_ms,\n"
+    "                       ack_wait_ms, max_deliveries\n" CLI_COMMON_HELP;
+
+static int by_topic_group(const void *a, const void *b)
+{
+    const ferry_group_info *x = a, *y = b;
+    int d = strcmp(x->topic, y->topic);
+    return d ? d : strcmp(x->group, y->group);
+}
+
+/* A short duration: "-" for 0, then 850ms, 12.3s, 4m05s, 2h03m, 3d04h. */
+static void format_age(uint64_t ms, char *buf, size_t len)
+{
+    if (ms == 0)
+        snprintf(buf, len, "-");
+    else if (ms < 1000)
+        snprintf(buf, len, "%" PRIu64 "ms", ms);
+    else if (ms < 60000)
+        snprintf(buf, len, "%" PRIu64 ".%" PRIu64 "s", ms / 1000, ms % 1000 / 100);
+    else if (ms < 3600000)
+        snprintf(buf, len, "%" PRIu64 "m%02" PRIu64 "s", ms / 60000, ms / 1000 % 60);
+    else if (ms < 86400000)
+        snprintf(buf, len, "%" PRIu64 "h%02" PRIu64 "m", ms / 3600000, ms / 60000 % 60);
+    else
+        snprintf(buf, len, "%" PRIu64 "d%02" PRIu64 "h", ms / 86400000, ms / 3600000 % 24);
+}
+
+static void print_json(const ferry_group_info *g, size_t n)
+{
+    putchar('[');
+    for (size_t i = 0; i < n; i++) {
+        fputs(i ? ",{\"topic\":" : "{\"topic\":", stdout);
+        cli_json_string(stdout, g[i].topic, strlen(g[i].topic));
+        fputs(",\"group\":", stdout);
+        cli_json_string(stdout, g[i].group, strlen(g[i].group));
+        printf(",\"cursor\":%" PRIu64 ",\"ack_floor\":%" PRIu64 ",\"lag\":%" PRIu64
+               ",\"in_flight\":%" PRIu32 ",\"consumers\":%" PRIu32 ",\"redelivered\":%" PRIu64
+               ",\"dead_lettered\":%" PRIu64 ",\"oldest_unacked_ms\":%" PRIu64
+               ",\"ack_wait_ms\":%" PRIu32 ",\"max_deliveries\":%u}",
+               g[i].cursor, g[i].ack_floor, g[i].lag, g[i].in_flight, g[i].consumers,
+               g[i].redelivered, g[i].dead_lettered, g[i].oldest_unacked_ms, g[i].ack_wait_ms,
+               (unsigned)g[i].max_deliveries);
+    }
+    puts("]");
+}
+
+static int width_u64(uint64_t v)
+{
+    char buf[24];
+    return snprintf(buf, sizeof buf, "%" PRIu64, v);
+}
+
+#define WIDEN(w, v)                                                                                \
+    do {                                                                                           \
+        int x_ = width_u64(v);                                                                     \
+        w = x_ > w ? x_ : w;                                                                       \
+    } while (0)
+
+static void print_table(const ferry_group_info *g, size_t n)
+{
+    int w_topic = 5, w_group = 5, w_cursor = 6, w_lag = 3, w_inf = 9, w_cons = 9, w_red = 11,
+        w_dead = 4;
+    for (size_t i = 0; i < n; i++) {
+        int len = (int)strlen(g[i].topic);
+        w_topic = len > w_topic ? len : w_topic;
+        len = (int)strlen(g[i].group);
+        w_group = len > w_group ? len : w_group;
+        WIDEN(w_cursor, g[i].cursor);
+        WIDEN(w_lag, g[i].lag);
+        WIDEN(w_inf, g[i].in_flight);
+        WIDEN(w_cons, g[i].consumers);
+        WIDEN(w_red, g[i].redelivered);
+        WIDEN(w_dead, g[i].dead_lettered);
+    }
+    printf("%-*s  %-*s  %*s  %*s  %*s  %*s  %*s  %*s  %s\n", w_topic, "TOPIC", w_group, "GROUP",
+           w_cursor, "CURSOR", w_lag, "LAG", w_inf, "IN_FLIGHT", w_cons, "CONSUMERS", w_red,
+           "REDELIVERED", w_dead, "DEAD", "OLDEST_UNACKED");
+    for (size_t i = 0; i < n; i++) {
+        char age[32];
+        format_age(g[i].oldest_unacked_ms, age, sizeof age);
+        printf("%-*s  %-*s  %*" PRIu64 "  %*" PRIu64 "  %*" PRIu32 "  %*" PRIu32 "  %*" PRIu64
+               "  %*" PRIu64 "  %s\n",
+               w_topic, g[i].topic, w_group, g[i].group, w_cursor, g[i].cursor, w_lag, g[i].lag,
+               w_inf, g[i].in_flight, w_cons, g[i].consumers, w_red, g[i].redelivered, w_dead,
+               g[i].dead_lettered, age);
+    }
+}
+
+int cmd_groups(struct cli *cli, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"json", no_argument, NULL, OPT_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    int json = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        if (cli_common_option(cli, opt, optarg))
+            continue;
+        switch (opt) {
+        case 'h':
+            fputs(usage_text, stdout);
+            return CLI_EXIT_OK;
+        case OPT_JSON:
+            json = 1;
+            break;
+        default:
+            return cli_bad_option("groups", opt, argv);
+        }
+    }
+    if (argc - optind > 1)
+        return cli_usage_error("groups", "unexpected argument '%s'", argv[optind + 1]);
+    const char *topic = optind < argc ? argv[optind] : NULL;
+
+    ferry_conn *c;
+    int rc = cli_connect(cli, "groups", NULL, &c);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    ferry_group_info *groups;
+    size_t n;
+    rc = ferry_groups(c, topic, &groups, &n);
+    if (rc < 0) {
+        rc = cli_fail("groups", rc, ferry_errmsg(c));
+        ferry_close(c);
+        return rc;
+    }
+    ferry_close(c);
+
+    qsort(groups, n, sizeof *groups, by_topic_group);
+    if (json)
+        print_json(groups, n);
+    else
+        print_table(groups, n);
+    ferry_groups_free(groups);
+    if (fflush(stdout) != 0)
+        return cli_fail("groups", FERRY_EIO, "cannot write standard output");
+    return CLI_EXIT_OK;
+}
