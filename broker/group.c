@@ -53,7 +53,8 @@ struct entry {
     uint64_t due_ms;
     uint32_t attempt; /* deliveries so far */
     uint8_t state;
-    uint8_t nacked; /* the last delivery ended in a nack (else a lease expiry) */
+    uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
+    uint64_t sent_ms; /* when the current delivery went out */
 };
 
 struct entry_map {
@@ -69,6 +70,7 @@ struct sub {
     uint32_t window;
     uint32_t in_flight; /* entries FETCHING or INFLIGHT held by this sub */
     uint32_t ack_wait_ms;
+    int awaiting_ok; /* its SUBSCRIBE_OK waits for the commit creating the group */
     struct sub *next_in_group;
     struct sub *next_in_conn;
 };
@@ -89,6 +91,8 @@ struct group {
     size_t name_len;
     int64_t id;
     uint64_t floor, next;
+    uint64_t origin;  /* where the group started (or was last moved to) */
+    uint64_t reached; /* the highest `next` before a seek: given out below */
     /* acked bits for [floor, floor + acked_cap), circular by seq. */
     uint64_t *acked;
     size_t acked_cap; /* power of two, in bits */
@@ -484,7 +488,10 @@ static void on_timer(uv_timer_t *t)
         if (!e || e->due_ms != it.due_ms)
             continue;
         if (e->state == E_INFLIGHT) {
-            it.group->redelivered++;
+            /* The next turn goes to another subscription than the one
+             * that let the lease run out. */
+            if (e->holder)
+                it.group->turn = e->holder->next_in_group;
             entry_make_ready(g, it.group, e);
         } else if (e->state == E_WAITING) {
             entry_make_ready(g, it.group, e);
@@ -505,7 +512,7 @@ static struct sub *pick_sub(struct group *gr)
         return NULL;
     do {
         struct sub *next = s->next_in_group ? s->next_in_group : gr->subs;
-        if (s->in_flight < s->window && s->conn->state == CONN_READY) {
+        if (s->in_flight < s->window && s->conn->state == CONN_READY && !s->awaiting_ok) {
             gr->turn = next;
             return s;
         }
@@ -531,6 +538,9 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
     e->holder = s;
     e->nacked = 0;
     e->attempt++;
+    e->sent_ms = now;
+    if (e->attempt > 1)
+        gr->redelivered++;
     e->due_ms = now + s->ack_wait_ms;
     timer_add(g, gr, e->seq, e->due_ms);
 }
@@ -898,6 +908,39 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     mark_dirty(g, gr);
 }
 
+static void sub_end(struct groups *g, struct sub *s);
+
+/* The commit creating a subscription's group is done: deliveries may
+ * start (they follow the SUBSCRIBE_OK, which goes out with this batch's
+ * replies). If it failed, the client got an ERROR: the subscription ends. */
+static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
+{
+    struct conn *c = op->conn;
+    struct sub **pp = &c->subs;
+    while (*pp && (*pp)->sub_id != op->sub_id)
+        pp = &(*pp)->next_in_conn;
+    struct sub *s = *pp;
+    if (!s || !s->awaiting_ok)
+        return;
+    if (done->commit_status) {
+        *pp = s->next_in_conn;
+        sub_end(g, s);
+        return;
+    }
+    s->awaiting_ok = 0;
+    mark_dirty(g, s->group);
+}
+
+void groups_after_replies(struct broker *b, struct batch *done)
+{
+    struct groups *g = G(b);
+    if (!g)
+        return;
+    for (size_t i = 0; i < done->nops; i++)
+        if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].sub_id)
+            subscribe_done(g, done, &done->ops[i]);
+}
+
 void groups_after_commit(struct broker *b, struct batch *done)
 {
     struct groups *g = G(b);
@@ -969,7 +1012,7 @@ static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t
 
 /* Queues an OP_GROUP_SAVE whose reply (already encoded) goes out after the
  * commit. Record: u64 id, u64 floor, u32 ack_wait, u16 max_deliveries,
- * str16 topic, str16 group. */
+ * u64 origin, str16 topic, str16 group. */
 static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_id,
                              size_t wire_bytes)
 {
@@ -980,11 +1023,12 @@ static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_
     op->request_id = request_id;
     struct batch *bt = b->pending;
     op->in_off = bt->in.len;
-    uint8_t rec[22];
+    uint8_t rec[30];
     proto_wr64(rec, (uint64_t)gr->id);
     proto_wr64(rec + 8, gr->floor);
     proto_wr32(rec + 16, gr->ack_wait_ms);
     proto_wr16(rec + 20, gr->max_deliveries);
+    proto_wr64(rec + 22, gr->origin);
     uint8_t l[2];
     buf_append(&bt->in, rec, sizeof(rec));
     proto_wr16(l, (uint16_t)gr->topic->name_len);
@@ -1053,7 +1097,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
             conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
             return;
         }
-        gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
+        gr->origin = gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
         gr->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : GROUP_DEFAULT_ACK_WAIT_MS;
         gr->max_deliveries = sp->max_deliveries ? sp->max_deliveries : GROUP_DEFAULT_MAX_DELIVERIES;
         created = 1;
@@ -1087,9 +1131,14 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
     proto_writer_init(&w, frame, sizeof(frame));
     proto_encode_subscribe_ok(&w, f->request_id, &ok);
     if (created) {
+        /* Nothing is delivered before the SUBSCRIBE_OK, which waits for
+         * the commit that creates the group. */
         struct op *op = save_group(c, gr, f->request_id, wire_bytes);
-        if (op)
+        if (op) {
             op_set_reply(op, c->broker->pending, frame, w.len);
+            op->sub_id = s->sub_id;
+            s->awaiting_ok = 1;
+        }
     } else {
         conn_reply(c, f->request_id, frame, w.len);
     }
@@ -1099,7 +1148,9 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
 /* Acks one sequence in memory. Returns the ACK_OK code for it. */
 static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *changed)
 {
-    if (seq == 0 || seq >= gr->next)
+    if (seq && seq < gr->reached && (seq >= gr->next || seq < gr->origin))
+        return 0; /* given out before a seek moved the group: no effect */
+    if (seq == 0 || seq >= gr->next || seq < gr->origin)
         return (uint16_t)-FERRY_ENOT_DELIVERED;
     if (acked_test(gr, seq))
         return 0; /* already acked: idempotent */
@@ -1196,7 +1247,7 @@ static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_
 static struct entry *held_entry(struct sub *s, uint64_t seq, uint16_t *code)
 {
     struct group *gr = s->group;
-    if (seq == 0 || seq >= gr->next) {
+    if (seq == 0 || seq >= gr->next || seq < gr->origin) {
         *code = (uint16_t)-FERRY_ENOT_DELIVERED;
         return NULL;
     }
@@ -1328,7 +1379,9 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         memset(gr->acked, 0, gr->acked_cap / 8);
     gr->ready_len = 0;
     gr->fetching_first = 0;
-    gr->floor = gr->next = target;
+    if (gr->next > gr->reached)
+        gr->reached = gr->next;
+    gr->origin = gr->floor = gr->next = target;
     log_info("group %s on topic %s moved to sequence %llu", gr->name, t->name,
              (unsigned long long)target);
     uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
@@ -1360,6 +1413,10 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
     const struct proto_groups *q = &f->u.groups;
+    if (q->topic.len && !topic_lookup(g, q->topic.ptr, q->topic.len, 0)) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
+        return;
+    }
     struct buf out = {0};
     if (buf_reserve(&out, 4096) < 0) {
         conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
@@ -1405,11 +1462,8 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
                     continue;
                 if (e->state == E_INFLIGHT || e->state == E_FETCHING)
                     in_flight++;
-                if (e->state == E_INFLIGHT && e->due_ms >= gr->ack_wait_ms) {
-                    uint64_t since = e->due_ms - gr->ack_wait_ms;
-                    if (now > since && now - since > oldest)
-                        oldest = now - since;
-                }
+                if (e->state == E_INFLIGHT && now > e->sent_ms && now - e->sent_ms > oldest)
+                    oldest = now - e->sent_ms;
             }
         }
         for (uint64_t s = gr->floor; s < gr->next; s++)
@@ -1449,7 +1503,8 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, uint64_t head)
+static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
+                           uint64_t first)
 {
     struct groups *g = arg;
     struct ltopic *t = topic_lookup(g, (const uint8_t *)name, len, 1);
@@ -1457,12 +1512,13 @@ static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, 
         return -1;
     t->id = id;
     t->head = head;
+    t->first = first;
     return 0;
 }
 
 static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topic_len,
                            const char *name, size_t name_len, uint64_t floor, uint32_t ack_wait_ms,
-                           uint16_t max_deliveries)
+                           uint16_t max_deliveries, uint64_t origin)
 {
     struct groups *g = arg;
     struct ltopic *t = topic_lookup(g, (const uint8_t *)topic, topic_len, 1);
@@ -1475,6 +1531,7 @@ static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topi
     if (id > g->next_group_id)
         g->next_group_id = id;
     gr->floor = gr->next = floor;
+    gr->origin = origin;
     gr->ack_wait_ms = ack_wait_ms;
     gr->max_deliveries = max_deliveries;
     return 0;

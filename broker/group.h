@@ -50,6 +50,9 @@ void groups_conn_closed(struct conn *c);
  * to caught-up groups straight from the batch, hand fetched messages to
  * their subscriptions. Called before the batch's replies are sent. */
 void groups_after_commit(struct broker *b, struct batch *done);
+/* After the replies of a commit were queued (SUBSCRIBE_OKs included):
+ * subscriptions of groups this commit created may now receive. */
+void groups_after_replies(struct broker *b, struct batch *done);
 /* After the replies of a commit went out: deliver what became possible. */
 void groups_dispatch_dirty(struct broker *b);
 

@@ -125,8 +125,10 @@ static void after_work_cb(uv_work_t *req, int status)
         if (op->kind != OP_FETCH)
             conn_on_replies(c, done->out.data + op->out_off, op->out_len);
         conn_op_done(c, op->wire_bytes);
-        conn_unref(c);
     }
+    groups_after_replies(b, done);
+    for (size_t i = 0; i < done->nops; i++)
+        conn_unref(done->ops[i].conn);
     batch_reset(done);
     groups_dispatch_dirty(b);
     conn_flush_deferred(b);
@@ -168,6 +170,9 @@ static void on_drain(uv_idle_t *h)
 static void on_prepare(uv_prepare_t *h)
 {
     struct broker *b = h->data;
+    /* Groups that frames of this pass changed (acks, nacks, new
+     * subscriptions) get what they can now, before the loop waits. */
+    groups_dispatch_dirty(b);
     int more_may_come = b->read_in_pass;
     b->read_in_pass = 0;
     if (b->committing || !b->pending->nops) {

@@ -146,9 +146,10 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_DLOG_OLDEST] = "SELECT id, topic_id, msg_id, ts_ms FROM dedupe_log ORDER BY id LIMIT ?1",
     [ST_DLOG_DELETE_UPTO] = "DELETE FROM dedupe_log WHERE id <= ?1",
     [ST_GROUP_UPSERT] = "INSERT INTO groups(id, topic, name, created_ms, ack_floor, ack_wait_ms, "
-                        "max_deliveries) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO "
-                        "UPDATE SET ack_floor = excluded.ack_floor, ack_wait_ms = "
-                        "excluded.ack_wait_ms, max_deliveries = excluded.max_deliveries",
+                        "max_deliveries, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON "
+                        "CONFLICT(id) DO UPDATE SET ack_floor = excluded.ack_floor, ack_wait_ms = "
+                        "excluded.ack_wait_ms, max_deliveries = excluded.max_deliveries, origin = "
+                        "excluded.origin",
     [ST_GROUP_FLOOR] = "UPDATE groups SET ack_floor = ?2 WHERE id = ?1",
     [ST_GACK_INSERT] = "INSERT OR IGNORE INTO group_acks(group_id, seq) VALUES (?1, ?2)",
     [ST_GACK_DELETE_BELOW] = "DELETE FROM group_acks WHERE group_id = ?1 AND seq < ?2",
@@ -542,6 +543,7 @@ static const char *const migrations[] = {
     "  ack_floor INTEGER NOT NULL,"
     "  ack_wait_ms INTEGER NOT NULL,"
     "  max_deliveries INTEGER NOT NULL,"
+    "  origin INTEGER NOT NULL DEFAULT 1,"
     "  UNIQUE (topic, name));"
     "CREATE TABLE group_acks (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
     "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
@@ -1319,21 +1321,22 @@ static int topics_op(struct store *s, struct batch *b, struct op *op, int64_t no
 /* ---- consumer groups -------------------------------------------------- */
 
 /* OP_GROUP_SAVE record: u64 id, u64 floor, u32 ack_wait_ms,
- * u16 max_deliveries, str16 topic, str16 name. Creates the group or moves
+ * u16 max_deliveries, u64 origin, str16 topic, str16 name. Creates the group or moves
  * it (a seek): either way no ack above the floor is kept. */
 static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
 {
     const uint8_t *p = b->in.data + op->in_off;
-    uint16_t tl = proto_rd16(p + 22);
-    uint16_t nl = proto_rd16(p + 24 + tl);
+    uint16_t tl = proto_rd16(p + 30);
+    uint16_t nl = proto_rd16(p + 32 + tl);
     sqlite3_stmt *st = s->st[ST_GROUP_UPSERT];
     sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
-    sqlite3_bind_text(st, 2, (const char *)p + 24, tl, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, (const char *)p + 26 + tl, nl, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, (const char *)p + 32, tl, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, (const char *)p + 34 + tl, nl, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, now_ms);
     sqlite3_bind_int64(st, 5, (int64_t)proto_rd64(p + 8));
     sqlite3_bind_int64(st, 6, proto_rd32(p + 16));
     sqlite3_bind_int64(st, 7, proto_rd16(p + 20));
+    sqlite3_bind_int64(st, 8, (int64_t)proto_rd64(p + 22));
     int rc = step_done(st);
     if (rc != SQLITE_OK) {
         set_err(s, "save group");
@@ -1552,20 +1555,18 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
 int store_load_groups(struct store *s, const struct store_load_cbs *cb)
 {
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->db, "SELECT id, name, head_seq FROM topics", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return FERRY_ESTORAGE;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        if (cb->topic(cb->arg, sqlite3_column_int64(st, 0),
-                      (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
-                      (uint64_t)sqlite3_column_int64(st, 2)) < 0)
-            break;
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE)
-        return FERRY_ESTORAGE;
+    int rc;
+    /* The in-memory counters, not the rows: a row may lag behind the
+     * messages after a crash (recover_topic brought the counters up). */
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            if (cb->topic(cb->arg, t->id, t->name, t->name_len, t->c.head, t->c.first) < 0)
+                return FERRY_ENOMEM;
     rc = sqlite3_prepare_v2(
-        s->db, "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries FROM groups", -1,
-        &st, NULL);
+        s->db,
+        "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries, origin FROM "
+        "groups",
+        -1, &st, NULL);
     if (rc != SQLITE_OK)
         return FERRY_ESTORAGE;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
@@ -1573,7 +1574,8 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
                       (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
                       (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2),
                       (uint64_t)sqlite3_column_int64(st, 3), (uint32_t)sqlite3_column_int64(st, 4),
-                      (uint16_t)sqlite3_column_int64(st, 5)) < 0)
+                      (uint16_t)sqlite3_column_int64(st, 5),
+                      (uint64_t)sqlite3_column_int64(st, 6)) < 0)
             break;
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)

@@ -46,9 +46,11 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms);
  * commit runs). Each callback returns 0, or -1 to stop with an error. */
 struct store_load_cbs {
     void *arg;
-    int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head);
+    int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
+                 uint64_t first);
     int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
-                 size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries);
+                 size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
+                 uint64_t origin);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
 };
 int store_load_groups(struct store *s, const struct store_load_cbs *cb);
