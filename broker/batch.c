@@ -6,6 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+void batch_publish_of(const struct batch *b, const struct op *op, struct proto_publish *pub)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    size_t n = op->in_len;
+    memset(pub, 0, sizeof(*pub));
+    pub->count = op->count;
+    if (op->producer) {
+        uint16_t plen = proto_rd16(p);
+        pub->has_producer = 1;
+        pub->producer.ptr = p + 2;
+        pub->producer.len = plen;
+        p += 2 + plen;
+        n -= 2 + (size_t)plen;
+    }
+    pub->msgs.ptr = p;
+    pub->msgs.len = n;
+}
+
 int buf_reserve(struct buf *b, size_t n)
 {
     if (b->cap - b->len >= n)

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto.h"
+
 struct conn;
 
 enum op_kind {
@@ -51,6 +53,9 @@ struct op {
     /* OP_FETCH: who asked (a group of the loop's) and for which subscription. */
     void *group;
     uint32_t sub_id;
+    /* OP_PUBLISH with a producer: in holds u16 length, the producer id, then
+     * the messages (each preceded by its u64 producer_seq). */
+    int producer;
 };
 
 struct buf {
@@ -75,6 +80,9 @@ struct batch {
     int commit_status;  /* 0 or FERRY_E* for the whole transaction */
     uint64_t commit_us; /* time spent in the transaction */
 };
+
+/* The PUBLISH an OP_PUBLISH op holds, for proto_msg_iter_init(). */
+void batch_publish_of(const struct batch *b, const struct op *op, struct proto_publish *pub);
 
 /* Makes sure b has room for n more bytes. Returns 0 or -1 (out of memory). */
 int buf_reserve(struct buf *b, size_t n);

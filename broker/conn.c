@@ -389,14 +389,19 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
     op->request_id = f->request_id;
     op->count = p->count;
     op->in_off = b->in.len;
-    op->in_len = p->msgs.len;
-    if (buf_append(&b->in, p->msgs.ptr, p->msgs.len) < 0) {
+    op->producer = p->has_producer;
+    uint8_t plen[2];
+    proto_wr16(plen, (uint16_t)p->producer.len);
+    if ((p->has_producer && (buf_append(&b->in, plen, 2) < 0 ||
+                             buf_append(&b->in, p->producer.ptr, p->producer.len) < 0)) ||
+        buf_append(&b->in, p->msgs.ptr, p->msgs.len) < 0) {
         /* Turn it into an error reply rather than lose the ordering. */
         op->kind = OP_REPLY;
         op->out_len = 0;
         conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }
+    op->in_len = b->in.len - op->in_off;
     b->messages += p->count;
 }
 

@@ -811,8 +811,8 @@ static void publish_op_done(struct groups *g, struct batch *done, struct op *op)
             0 ||
         f.type != PROTO_PUBLISH_ACK)
         return;
-    struct proto_publish pub = {.count = op->count,
-                                .msgs = {done->in.data + op->in_off, op->in_len}};
+    struct proto_publish pub;
+    batch_publish_of(done, op, &pub);
     struct proto_msg_iter mi;
     struct proto_ack_iter ai;
     struct proto_msg m;

@@ -128,6 +128,7 @@ enum stmt_id {
     ST_RET_DELETE,
     ST_MIN_FLOOR,
     ST_TOPIC_CONFIG,
+    ST_PRODUCER_SET,
     ST__COUNT
 };
 
@@ -157,11 +158,25 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_RET_SCAN] = "SELECT rid, ts_ms, length(key), headers, length(payload) FROM messages "
                     "WHERE rid >= ?1 AND rid <= ?2 ORDER BY rid LIMIT ?3",
     [ST_RET_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid <= ?2",
+    [ST_PRODUCER_SET] = "INSERT INTO producers(id, hwm, updated_ms) VALUES (?1, ?2, ?3) "
+                        "ON CONFLICT(id) DO UPDATE SET hwm = excluded.hwm, "
+                        "updated_ms = excluded.updated_ms",
     [ST_TOPIC_CONFIG] = "UPDATE topics SET max_age_ms = ?2, max_count = ?3, max_bytes = ?4, "
                         "delete_acked = ?5 WHERE id = ?1",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
+};
+
+/* A producer's high-water mark (the outbox relay's sequence): anything at
+ * or below it was stored before. */
+struct producer {
+    char *id;
+    size_t id_len;
+    uint64_t hwm, saved_hwm;
+    int in_txn;
+    struct producer *next;
+    struct producer *next_dirty;
 };
 
 struct dd_change {
@@ -205,6 +220,9 @@ struct store {
     int ckpt_busy;       /* a background checkpoint is running */
     int ckpt_backfilled; /* frames the last one copied into the database */
 
+    struct producer *producers; /* few: one per outbox database */
+    struct producer *dirty_producers;
+
     uint64_t rng;
     struct buf scratch;
     struct store_stats stats;
@@ -213,6 +231,8 @@ struct store {
 };
 
 static void topic_count_rate(struct topic *t, int64_t now_ms);
+static struct producer *producer_get(struct store *s, const uint8_t *id, size_t len);
+static void producer_touch(struct store *s, struct producer *p);
 static struct retention effective_retention(const struct store *s, const struct topic *t);
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -546,7 +566,9 @@ static const char *const migrations[] = {
     "  origin INTEGER NOT NULL DEFAULT 1,"
     "  UNIQUE (topic, name));"
     "CREATE TABLE group_acks (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
-    "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
+    "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;"
+    "CREATE TABLE producers (id TEXT PRIMARY KEY, hwm INTEGER NOT NULL,"
+    "  updated_ms INTEGER NOT NULL) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -681,6 +703,27 @@ static int load_topics(struct store *s)
             if ((rc = recover_topic(s, t)) != SQLITE_OK)
                 return rc;
     return SQLITE_OK;
+}
+
+static int load_producers(struct store *s)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT id, hwm FROM producers", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(s, "load producers");
+        return rc;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct producer *p =
+            producer_get(s, sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        if (!p) {
+            sqlite3_finalize(st);
+            return SQLITE_NOMEM;
+        }
+        p->hwm = (uint64_t)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 /* Rebuilds the in-memory index from dedupe_log. */
@@ -899,7 +942,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     }
 
     if ((rc = migrate(s)) != SQLITE_OK || (rc = load_topics(s)) != SQLITE_OK ||
-        (rc = load_dedupe(s)) != SQLITE_OK) {
+        (rc = load_dedupe(s)) != SQLITE_OK || (rc = load_producers(s)) != SQLITE_OK) {
         if (!s->errmsg[0])
             set_err(s, "open");
         snprintf(err, errlen, "%s", s->errmsg);
@@ -958,6 +1001,12 @@ void store_close(struct store *s)
         }
     }
     free(s->buckets);
+    while (s->producers) {
+        struct producer *p = s->producers;
+        s->producers = p->next;
+        free(p->id);
+        free(p);
+    }
     dedupe_free(&s->dd);
     free(s->dd_added);
     free(s->dd_removed);
@@ -1100,7 +1149,7 @@ static int dedupe_lookup(struct store *s, uint64_t h, int64_t topic_id, const ui
 /* Stores one message (or recognises it as a duplicate) and appends its ack
  * entry to the reply being built in b->out. Returns an SQLite code. */
 static int publish_one(struct store *s, struct batch *b, const struct proto_msg *m, int64_t now_ms,
-                       int *ferr, int with_ack)
+                       int *ferr, int with_ack, struct producer *pr)
 {
     struct topic *t = topic_get(s, m->topic.ptr, m->topic.len, now_ms, ferr);
     if (!t)
@@ -1110,12 +1159,19 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     int rc;
 
     uint64_t h = 0;
-    if (m->id.len) {
-        h = dedupe_hash(&s->dd, t->id, m->id.ptr, m->id.len);
-        int found = dedupe_lookup(s, h, t->id, m->id.ptr, m->id.len, &seq);
-        if (found < 0)
-            return -found;
-        if (found) {
+    /* At or below its producer's high-water mark: stored before, however
+     * long ago. The original sequence is known while the id is remembered
+     * (else 0). */
+    int below_hwm = pr && m->producer_seq && m->producer_seq <= pr->hwm;
+    if (m->id.len || below_hwm) {
+        int found = 0;
+        if (m->id.len) {
+            h = dedupe_hash(&s->dd, t->id, m->id.ptr, m->id.len);
+            found = dedupe_lookup(s, h, t->id, m->id.ptr, m->id.len, &seq);
+            if (found < 0)
+                return -found;
+        }
+        if (found || below_hwm) {
             s->stats.duplicates++;
             if (with_ack) {
                 proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
@@ -1189,6 +1245,10 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
             return SQLITE_NOMEM;
         }
     }
+    if (pr && m->producer_seq > pr->hwm) {
+        producer_touch(s, pr);
+        pr->hwm = m->producer_seq;
+    }
     t->c.head = seq;
     if (!t->c.first)
         t->c.first = seq;
@@ -1205,6 +1265,65 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     return SQLITE_OK;
 }
 
+static struct producer *producer_get(struct store *s, const uint8_t *id, size_t len)
+{
+    for (struct producer *p = s->producers; p; p = p->next)
+        if (p->id_len == len && memcmp(p->id, id, len) == 0)
+            return p;
+    struct producer *p = calloc(1, sizeof(*p));
+    if (!p || !(p->id = malloc(len + 1))) {
+        free(p);
+        return NULL;
+    }
+    memcpy(p->id, id, len);
+    p->id[len] = 0;
+    p->id_len = len;
+    p->next = s->producers;
+    s->producers = p;
+    return p;
+}
+
+static void producer_touch(struct store *s, struct producer *p)
+{
+    if (p->in_txn)
+        return;
+    p->in_txn = 1;
+    p->saved_hwm = p->hwm;
+    p->next_dirty = s->dirty_producers;
+    s->dirty_producers = p;
+}
+
+/* Inside the transaction: the touched producers' marks. */
+static int producers_flush(struct store *s, int64_t now_ms)
+{
+    sqlite3_stmt *st = s->st[ST_PRODUCER_SET];
+    for (struct producer *p = s->dirty_producers; p; p = p->next_dirty) {
+        sqlite3_bind_text(st, 1, p->id, (int)p->id_len, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (int64_t)p->hwm);
+        sqlite3_bind_int64(st, 3, now_ms);
+        int rc = step_done(st);
+        if (rc != SQLITE_OK) {
+            set_err(s, "producer mark");
+            return rc;
+        }
+    }
+    return SQLITE_OK;
+}
+
+static void producers_settle(struct store *s, int ok)
+{
+    struct producer *p = s->dirty_producers;
+    while (p) {
+        struct producer *next = p->next_dirty;
+        if (!ok)
+            p->hwm = p->saved_hwm;
+        p->in_txn = 0;
+        p->next_dirty = NULL;
+        p = next;
+    }
+    s->dirty_producers = NULL;
+}
+
 static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr)
 {
     /* Room for the whole ack up front, so entries are written in place. */
@@ -1219,12 +1338,18 @@ static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t n
     op->out_off = b->out.len;
     b->out.len += w.len;
 
-    struct proto_publish pub = {.count = op->count, .msgs = {b->in.data + op->in_off, op->in_len}};
+    struct proto_publish pub;
+    batch_publish_of(b, op, &pub);
+    struct producer *pr = NULL;
+    if (pub.has_producer && !(pr = producer_get(s, pub.producer.ptr, pub.producer.len))) {
+        *ferr = FERRY_EINTERNAL;
+        return SQLITE_NOMEM;
+    }
     struct proto_msg_iter it;
     struct proto_msg m;
     proto_msg_iter_init(&it, &pub);
     while (proto_msg_next(&it, &m)) {
-        int rc = publish_one(s, b, &m, now_ms, ferr, 1);
+        int rc = publish_one(s, b, &m, now_ms, ferr, 1, pr);
         if (rc != SQLITE_OK)
             return rc;
     }
@@ -1518,7 +1643,7 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
                 .headers = {h.data, h.len},
                 .payload = {payload.data, payload.len},
             };
-            rc = publish_one(s, b, &m, now_ms, ferr, 0);
+            rc = publish_one(s, b, &m, now_ms, ferr, 0, NULL);
         } else {
             *ferr = FERRY_EINTERNAL;
             rc = SQLITE_NOMEM;
@@ -1835,6 +1960,8 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         rc = dedupe_purge(s, now_ms, b->messages);
     if (rc == SQLITE_OK)
         rc = retention_step(s, b, now_ms);
+    if (rc == SQLITE_OK)
+        rc = producers_flush(s, now_ms);
     if (rc == SQLITE_OK && b->maintenance)
         topics_touch_lagging(s);
     if (rc == SQLITE_OK && (rc = topics_flush(s, now_ms, b->maintenance)) == SQLITE_OK) {
@@ -1846,6 +1973,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     if (rc == SQLITE_OK) {
         topics_settle(s, b, 1);
         dedupe_settle(s, 1);
+        producers_settle(s, 1);
         maybe_checkpoint(s);
         s->stats.commits++;
         b->commit_status = 0;
@@ -1855,6 +1983,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
             step_done(s->st[ST_ROLLBACK]);
         topics_settle(s, b, 0);
         dedupe_settle(s, 0);
+        producers_settle(s, 0);
         s->dd_oldest_ms = s->dd_oldest_before;
         s->stats.failed_commits++;
         s->stats.messages_stored = s->stored_before;

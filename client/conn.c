@@ -257,6 +257,11 @@ static int check_options(const ferry_options *o, char *why, size_t why_len)
 {
     if (!o)
         return 0;
+    if (o->producer_id &&
+        proto_id_valid((const uint8_t *)o->producer_id, strlen(o->producer_id)) != 0) {
+        snprintf(why, why_len, "producer_id must be 1-128 bytes of printable ASCII");
+        return FERRY_EINVALID;
+    }
     if (o->token && strlen(o->token) > PROTO_MAX_TOKEN) {
         snprintf(why, why_len, "token longer than %u bytes", (unsigned)PROTO_MAX_TOKEN);
         return FERRY_EINVALID;
@@ -315,6 +320,8 @@ int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
             connect_timeout_ms = opts->connect_timeout_ms < 0 ? -1 : opts->connect_timeout_ms;
         if (opts->max_in_flight != 0)
             c->max_in_flight = opts->max_in_flight;
+        if (opts->producer_id)
+            snprintf(c->producer_id, sizeof(c->producer_id), "%s", opts->producer_id);
     }
 
     c->rbuf = malloc(FERRY__BUF_INITIAL_BYTES);

@@ -153,6 +153,7 @@ struct ferry_conn {
     uint32_t max_in_flight;
     uint32_t max_in_frame; /* largest frame accepted from the broker */
     ferry_server_info info;
+    char producer_id[PROTO_MAX_ID + 1]; /* empty: none (ferry_options.producer_id) */
 
     /* Read buffer: bytes [rpos, rlen) are received and not yet decoded. */
     uint8_t *rbuf;

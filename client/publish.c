@@ -152,13 +152,24 @@ static int encode_publish(ferry_conn *c, const ferry_msg *msgs, size_t count, ui
         return ferry__seterr(c, FERRY_EINVALID, "batch of %zu messages; the broker accepts %u",
                              count, (unsigned)c->info.max_batch);
 
-    size_t total = PROTO_HEADER_BYTES + 2;
+    /* With a producer id, messages that carry a producer_seq go in a
+     * producer frame; a batch is all one or all the other. */
+    int producer = c->producer_id[0] && msgs[0].producer_seq != 0;
+    size_t plen = producer ? strlen(c->producer_id) : 0;
+    size_t total = PROTO_HEADER_BYTES + 2 + (producer ? 2 + plen : 0);
     for (size_t i = 0; i < count; i++) {
         where_fmt(where, sizeof where, count, i);
+        if ((msgs[i].producer_seq != 0) != (msgs[0].producer_seq != 0))
+            return ferry__seterr(c, FERRY_EINVALID,
+                                 "%seither every message of a batch has a producer_seq or none",
+                                 where);
+        if (msgs[i].producer_seq && !c->producer_id[0])
+            return ferry__seterr(c, FERRY_EINVALID,
+                                 "%sproducer_seq needs ferry_options.producer_id", where);
         int rc = convert_msg(c, where, &msgs[i], &pm, hdrs);
         if (rc < 0)
             return rc;
-        total += proto_publish_msg_bytes(&pm, hdrs);
+        total += proto_publish_msg_bytes(&pm, hdrs) + (producer ? 8 : 0);
     }
     if (total - 4 > c->info.max_frame_bytes) {
         if (count == 1)
@@ -176,10 +187,14 @@ static int encode_publish(ferry_conn *c, const ferry_msg *msgs, size_t count, ui
 
     struct proto_writer w;
     proto_writer_init(&w, c->wbuf + c->wlen, total);
-    size_t start = proto_publish_begin(&w, request_id);
+    size_t start = producer ? proto_publish_begin_producer(&w, request_id, c->producer_id, plen)
+                            : proto_publish_begin(&w, request_id);
     for (size_t i = 0; i < count; i++) {
         convert_msg(c, "", &msgs[i], &pm, hdrs); /* passed above */
-        proto_publish_add(&w, &pm, hdrs);
+        if (producer)
+            proto_publish_add_seq(&w, msgs[i].producer_seq, &pm, hdrs);
+        else
+            proto_publish_add(&w, &pm, hdrs);
     }
     if (proto_publish_end(&w, start, (uint16_t)count) < 0 || w.len != total)
         return ferry__seterr(c, FERRY_EINVALID, "cannot encode PUBLISH (%zu of %zu bytes)", w.len,

@@ -384,16 +384,24 @@ static int decode_error(struct cur *c, struct proto_error *e)
 }
 
 /* Walks every message once so that proto_msg_next() cannot fail later. */
-static int decode_publish(struct cur *c, struct proto_publish *pub)
+static int decode_publish(struct cur *c, struct proto_publish *pub, int producer)
 {
     struct proto_msg m;
     const uint8_t *start;
     uint16_t i;
+    uint64_t pseq;
 
+    pub->has_producer = producer;
+    pub->producer.ptr = NULL;
+    pub->producer.len = 0;
+    if (producer && (rd_str16(c, 1, PROTO_MAX_ID, &pub->producer) < 0))
+        return -1;
     if (rd_u16(c, &pub->count) < 0 || pub->count == 0 || pub->count > PROTO_MAX_BATCH)
         return -1;
     start = c->p;
     for (i = 0; i < pub->count; i++) {
+        if (producer && (rd_u64(c, &pseq) < 0 || pseq == 0))
+            return -1;
         if (rd_msg(c, &m) < 0)
             return -1;
     }
@@ -586,7 +594,7 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
         rc = decode_error(&c, &out->u.error);
         break;
     case PROTO_PUBLISH:
-        rc = decode_publish(&c, &out->u.publish);
+        rc = decode_publish(&c, &out->u.publish, out->flags & PROTO_PUBLISH_PRODUCER);
         break;
     case PROTO_PUBLISH_ACK:
         rc = decode_publish_ack(&c, &out->u.publish_ack);
@@ -665,6 +673,7 @@ void proto_msg_iter_init(struct proto_msg_iter *it, const struct proto_publish *
 {
     range_init(&pub->msgs, &it->p, &it->end);
     it->left = it->p ? pub->count : 0;
+    it->producer = pub->has_producer;
 }
 
 int proto_msg_next(struct proto_msg_iter *it, struct proto_msg *out)
@@ -673,7 +682,8 @@ int proto_msg_next(struct proto_msg_iter *it, struct proto_msg *out)
 
     if (it->left == 0)
         return 0;
-    if (rd_msg(&c, out) < 0) {
+    out->producer_seq = 0;
+    if ((it->producer && rd_u64(&c, &out->producer_seq) < 0) || rd_msg(&c, out) < 0) {
         it->left = 0;
         return 0;
     }
@@ -1125,11 +1135,48 @@ void proto_publish_add(struct proto_writer *w, const struct proto_msg *m,
     proto_put_bytes32(w, m->payload.ptr, m->payload.len);
 }
 
+size_t proto_publish_begin_producer(struct proto_writer *w, uint32_t request_id,
+                                    const void *producer, size_t producer_len)
+{
+    size_t start = proto_frame_begin(w, PROTO_PUBLISH, PROTO_PUBLISH_PRODUCER, request_id);
+
+    if (producer_len == 0 || producer_len > PROTO_MAX_ID) {
+        w_fail(w);
+        return start;
+    }
+    proto_put_str16(w, producer, producer_len);
+    proto_put_u16(w, 0); /* count, patched by proto_publish_end() */
+    return start;
+}
+
+void proto_publish_add_seq(struct proto_writer *w, uint64_t producer_seq, const struct proto_msg *m,
+                           const struct proto_header *headers)
+{
+    if (producer_seq == 0) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u64(w, producer_seq);
+    proto_publish_add(w, m, headers);
+}
+
 int proto_publish_end(struct proto_writer *w, size_t start, uint16_t count)
 {
     if (count == 0 || count > PROTO_MAX_BATCH) {
         w_fail(w);
         return -1;
+    }
+    if (!w->overflow && start + PROTO_HEADER_BYTES + 2 <= w->len &&
+        (w->buf[start + 5] & PROTO_PUBLISH_PRODUCER)) {
+        /* The count follows the producer id. */
+        size_t at =
+            start + PROTO_HEADER_BYTES + 2 + proto_rd16(w->buf + start + PROTO_HEADER_BYTES);
+        if (at + 2 > w->len) {
+            w_fail(w);
+            return -1;
+        }
+        proto_wr16(w->buf + at, count);
+        return proto_frame_end(w, start);
     }
     return end_counted(w, start, count, 2);
 }

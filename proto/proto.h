@@ -177,10 +177,22 @@ struct proto_error {
  *     header_count x (str16 name (1..255), str16 value)
  *     bytes32 payload
  * The whole frame is one atomic unit: all messages are stored, or none.
+ *
+ * With the frame flag PROTO_PUBLISH_PRODUCER the body is instead:
+ *   str16 producer_id               1..128 bytes, as a message id
+ *   u16   count
+ *   count x (u64 producer_seq, message as above)   producer_seq >= 1
+ * The broker keeps each producer's high-water mark of producer_seq: a
+ * message at or below it is a duplicate, however long after (see
+ * docs/PROTOCOL.md §6.4).
  */
+#define PROTO_PUBLISH_PRODUCER 0x01
+
 struct proto_publish {
     uint16_t count;
-    struct proto_slice msgs; /* the encoded messages, already validated */
+    struct proto_slice msgs;     /* the encoded messages, already validated */
+    struct proto_slice producer; /* empty unless PROTO_PUBLISH_PRODUCER */
+    int has_producer;
 };
 
 struct proto_msg {
@@ -191,6 +203,7 @@ struct proto_msg {
     uint16_t header_count;
     struct proto_slice headers; /* header_count encoded (name, value) pairs */
     struct proto_slice payload;
+    uint64_t producer_seq; /* 0 unless the frame carries a producer */
 };
 
 struct proto_header {
@@ -486,6 +499,7 @@ struct proto_msg_iter {
     const uint8_t *p;
     const uint8_t *end;
     uint16_t left;
+    int producer; /* each message is preceded by its u64 producer_seq */
 };
 void proto_msg_iter_init(struct proto_msg_iter *it, const struct proto_publish *pub);
 int proto_msg_next(struct proto_msg_iter *it, struct proto_msg *out);
@@ -587,6 +601,13 @@ int proto_encode_error(struct proto_writer *w, uint32_t request_id, uint8_t flag
 /* PING, PONG or TOPICS; any other type fails (every other type has a
  * body). */
 int proto_encode_empty(struct proto_writer *w, uint8_t type, uint32_t request_id);
+
+/* A PUBLISH with a producer (PROTO_PUBLISH_PRODUCER): begin with this, add
+ * each message with proto_publish_add_seq(), end with proto_publish_end(). */
+size_t proto_publish_begin_producer(struct proto_writer *w, uint32_t request_id,
+                                    const void *producer, size_t producer_len);
+void proto_publish_add_seq(struct proto_writer *w, uint64_t producer_seq, const struct proto_msg *m,
+                           const struct proto_header *headers);
 
 /* PUBLISH is built incrementally: begin, add each message, end. headers
  * holds m->header_count entries (NULL only when that is 0); m->headers is

@@ -60,6 +60,14 @@ typedef struct ferry_options {
     int request_timeout_ms;  /* 0: 30000; a synchronous call waiting for its reply,
                                 or ferry_publish_async waiting for room; < 0: no limit */
     uint32_t max_in_flight;  /* 0: 1000; pipelined publishes awaiting acks */
+    const char *producer_id; /* NULL: none. 1..128 printable ASCII naming a
+                                producer whose messages carry producer_seq:
+                                the broker then keeps the producer's
+                                high-water mark and acks any producer_seq at
+                                or below it as a duplicate, however long after
+                                (the outbox relay's clock-free dedupe). One
+                                producer id must be used by one publisher at a
+                                time, with producer_seq increasing. */
 } ferry_options;
 
 /* One header of a message: a name and a value of value_len bytes. */
@@ -81,6 +89,13 @@ typedef struct ferry_msg {
     const ferry_header *headers;
     size_t header_count;   /* 0..64 */
     int64_t deliver_at_ms; /* 0: deliver at once; else Unix ms not-before */
+    uint64_t producer_seq; /* with ferry_options.producer_id: this message's
+                              position in the producer's stream (>= 1,
+                              increasing); 0: none. In one batch either every
+                              message has one or none does. A duplicate found
+                              this way is acked with duplicate = 1 and the
+                              original seq, or seq 0 when the broker no
+                              longer remembers the message id. */
 } ferry_msg;
 
 /* The broker's acknowledgement of one stored message. */
