@@ -1085,6 +1085,66 @@ static void test_proto_topic_config_and_extended_topic_entry(void **state)
     assert_false(proto_topic_next(&it, &out));
 }
 
+/* A producer PUBLISH: literal bytes, the iterator's producer_seq, every
+ * truncation, producer_seq 0 and an empty producer id rejected. */
+static void test_proto_publish_with_producer(void **state)
+{
+    (void)state;
+    static const uint8_t frame[] = {
+        0x00, 0x00, 0x00, 0x2d, 0x10, 0x01, 0x00, 0x00, 0x00, 0x05, /* header, flag PRODUCER */
+        0x00, 0x02, 'p',  '1',                                      /* producer_id */
+        0x00, 0x01,                                                 /* count */
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x07,             /* producer_seq 7 */
+        0x00, 0x01, 't',                                            /* topic */
+        0x00, 0x02, 'i',  'd',                                      /* id */
+        0x00, 0x00,                                                 /* key */
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,             /* deliver_at_ms */
+        0x00, 0x00,                                                 /* header_count */
+        0x00, 0x00, 0x00, 0x02, 'h',  'i',                          /* payload */
+    };
+    struct proto_frame f;
+    assert_int_equal(proto_decode(frame, sizeof(frame), PROTO_DEFAULT_MAX_FRAME, &f),
+                     (ptrdiff_t)sizeof(frame));
+    assert_int_equal(f.type, PROTO_PUBLISH);
+    assert_int_equal(f.u.publish.has_producer, 1);
+    assert_int_equal(f.u.publish.producer.len, 2);
+    assert_memory_equal(f.u.publish.producer.ptr, "p1", 2);
+    struct proto_msg_iter it;
+    struct proto_msg m;
+    proto_msg_iter_init(&it, &f.u.publish);
+    assert_true(proto_msg_next(&it, &m));
+    assert_int_equal(m.producer_seq, 7);
+    assert_int_equal(m.id.len, 2);
+    assert_int_equal(m.payload.len, 2);
+    assert_false(proto_msg_next(&it, &m));
+    for (size_t n = 0; n < sizeof(frame); n++)
+        assert_int_equal(proto_decode(frame, n, PROTO_DEFAULT_MAX_FRAME, &f), 0);
+
+    uint8_t buf[128];
+    struct proto_writer w;
+    proto_writer_init(&w, buf, sizeof(buf));
+    size_t start = proto_publish_begin_producer(&w, 5, "p1", 2);
+    struct proto_msg pm = {.topic = {(const uint8_t *)"t", 1},
+                           .id = {(const uint8_t *)"id", 2},
+                           .payload = {(const uint8_t *)"hi", 2}};
+    proto_publish_add_seq(&w, 7, &pm, NULL);
+    assert_int_equal(proto_publish_end(&w, start, 1), 0);
+    assert_int_equal(w.len, sizeof(frame));
+    assert_memory_equal(buf, frame, sizeof(frame));
+
+    uint8_t bad[sizeof(frame)];
+    memcpy(bad, frame, sizeof(frame));
+    bad[23] = 0; /* producer_seq 0 */
+    assert_int_equal(proto_decode(bad, sizeof(bad), PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    proto_writer_init(&w, buf, sizeof(buf));
+    start = proto_publish_begin_producer(&w, 5, "", 0);
+    assert_true(w.overflow);
+    proto_writer_init(&w, buf, sizeof(buf));
+    start = proto_publish_begin_producer(&w, 5, "p1", 2);
+    proto_publish_add_seq(&w, 0, &pm, NULL);
+    assert_true(w.overflow);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
     static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x35, 0x80, 0xff};
@@ -3439,6 +3499,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_length_under_six_is_malformed),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
+        cmocka_unit_test(test_proto_publish_with_producer),
         cmocka_unit_test(test_proto_trailing_bytes_are_malformed),
         cmocka_unit_test(test_proto_empty_body_types_reject_a_body),
         cmocka_unit_test(test_proto_short_bodies_are_malformed),
