@@ -30,6 +30,10 @@ struct broker_config {
     uint64_t dedupe_max_ids;
     uint64_t retention_max_age_ms, retention_max_count, retention_max_bytes;
     int retention_delete_acked;
+    /* Waits before redelivering after a lease ran out (the k-th value for
+     * the k-th redelivery, the last repeated). */
+    uint64_t backoff_ms[16];
+    uint32_t backoff_count;
     int max_connections;
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms; /* 0: never */

@@ -55,6 +55,7 @@ struct entry {
     uint8_t state;
     uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
     uint64_t sent_ms; /* when the current delivery went out */
+    char *reason;     /* the last nack's reason (malloc'd), or NULL */
 };
 
 struct entry_map {
@@ -271,6 +272,8 @@ static struct entry *entry_add(struct group *gr, uint64_t seq)
 
 static void entry_remove(struct group *gr, struct entry *e)
 {
+    free(e->reason);
+    e->reason = NULL;
     size_t mask = gr->map.mask;
     size_t hole = (size_t)(e - gr->map.slots);
     size_t j = hole;
@@ -475,6 +478,20 @@ static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e
     mark_dirty(g, gr);
 }
 
+static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint64_t ms);
+
+/* The broker's backoff before redelivering a message whose lease ran out
+ * after `attempts` deliveries: the k-th value for the k-th redelivery, the
+ * last one repeated; 0 without a schedule. */
+static uint64_t redelivery_backoff(const struct broker *b, uint32_t attempts)
+{
+    const struct broker_config *cfg = &b->cfg;
+    if (!cfg->backoff_count || attempts == 0)
+        return 0;
+    uint32_t i = attempts - 1 < cfg->backoff_count ? attempts - 1 : cfg->backoff_count - 1;
+    return cfg->backoff_ms[i];
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
@@ -492,7 +509,11 @@ static void on_timer(uv_timer_t *t)
              * that let the lease run out. */
             if (e->holder)
                 it.group->turn = e->holder->next_in_group;
-            entry_make_ready(g, it.group, e);
+            uint64_t wait = redelivery_backoff(g->broker, e->attempt);
+            if (wait)
+                entry_wait(g, it.group, e, wait);
+            else
+                entry_make_ready(g, it.group, e);
         } else if (e->state == E_WAITING) {
             entry_make_ready(g, it.group, e);
         }
@@ -580,7 +601,11 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     struct broker *b = g->broker;
     uint64_t seq = e->seq;
     uint32_t attempts = e->attempt;
-    const char *reason = e->nacked ? "nacked" : "lease expired";
+    char reason[256];
+    if (e->nacked && e->reason)
+        snprintf(reason, sizeof(reason), "nacked: %s", e->reason);
+    else
+        snprintf(reason, sizeof(reason), "%s", e->nacked ? "nacked" : "lease expired");
     if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC) {
         /* "_dead.<topic>" would exceed the name limit: the message stays
          * unacked and parked (no timer) until a seek moves the group. */
@@ -1273,6 +1298,18 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
         s->in_flight--;
         e->holder = NULL;
         e->nacked = 1;
+        free(e->reason);
+        e->reason = NULL;
+        if (n->reason.len) {
+            size_t rl = n->reason.len < 200 ? n->reason.len : 200;
+            if ((e->reason = malloc(rl + 1))) {
+                for (size_t i = 0; i < rl; i++) {
+                    uint8_t ch = n->reason.ptr[i];
+                    e->reason[i] = ch >= 0x20 && ch != 0x7f ? (char)ch : '?';
+                }
+                e->reason[rl] = 0;
+            }
+        }
         if (n->delay_ms) {
             e->state = E_WAITING;
             e->due_ms = broker_now_ms() + n->delay_ms;
@@ -1372,6 +1409,8 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
             if (e->seq && e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
                 e->holder->in_flight--;
         }
+        for (size_t i = 0; i <= gr->map.mask; i++)
+            free(gr->map.slots[i].reason);
         memset(gr->map.slots, 0, (gr->map.mask + 1) * sizeof(*gr->map.slots));
         gr->map.count = 0;
     }
@@ -1601,6 +1640,8 @@ void groups_free(struct broker *b)
             struct group *gr = t->groups;
             while (gr) {
                 struct group *ng = gr->next_in_topic;
+                for (size_t k = 0; gr->map.slots && k <= gr->map.mask; k++)
+                    free(gr->map.slots[k].reason);
                 free(gr->map.slots);
                 free(gr->acked);
                 free(gr->ready);

@@ -41,6 +41,10 @@ static const char usage[] =
     "  --retention-max-bytes N   keep at most N bytes (key + headers + payload) a topic\n"
     "  --retention-delete-acked  delete messages once every group of their topic\n"
     "                            has acked them (topics without groups keep theirs)\n"
+    "  --redelivery-backoff LIST wait before redelivering a message whose lease ran\n"
+    "                            out: the k-th of these durations before the k-th\n"
+    "                            redelivery, the last repeated, e.g. 1s,5s,30s\n"
+    "                            (default: at once)\n"
     "  --max-connections N       connections beyond this are refused (default 1024)\n"
     "  --handshake-timeout DURATION  close connections that have not sent HELLO\n"
     "                            by then (default 10s)\n"
@@ -160,6 +164,7 @@ enum {
     OPT_DEDUPE,
     OPT_DEDUPE_MS,
     OPT_MAXCONN,
+    OPT_BACKOFF,
     OPT_RET_AGE,
     OPT_RET_COUNT,
     OPT_RET_BYTES,
@@ -185,6 +190,7 @@ static const struct option opts[] = {
     {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
     {"dedupe-window-ms", required_argument, NULL, OPT_DEDUPE_MS},
     {"max-connections", required_argument, NULL, OPT_MAXCONN},
+    {"redelivery-backoff", required_argument, NULL, OPT_BACKOFF},
     {"retention-max-age", required_argument, NULL, OPT_RET_AGE},
     {"retention-max-count", required_argument, NULL, OPT_RET_COUNT},
     {"retention-max-bytes", required_argument, NULL, OPT_RET_BYTES},
@@ -270,6 +276,21 @@ static int set_option(struct broker_config *cfg, int ch, const char *optarg)
     case OPT_RET_ACKED:
         cfg->retention_delete_acked = 1;
         break;
+    case OPT_BACKOFF: {
+        char list[256];
+        if (strlen(optarg) >= sizeof(list))
+            return bad("--redelivery-backoff", optarg);
+        strcpy(list, optarg);
+        cfg->backoff_count = 0;
+        char *save = NULL;
+        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            if (cfg->backoff_count == 16 ||
+                parse_duration_ms(tok, &cfg->backoff_ms[cfg->backoff_count]) < 0)
+                return bad("--redelivery-backoff", optarg);
+            cfg->backoff_count++;
+        }
+        break;
+    }
     case OPT_MAXCONN:
         if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)
             return bad("--max-connections", optarg);
