@@ -1036,8 +1036,8 @@ static void test_consume_ack_never_delivered_seq_not_delivered(void **state)
 }
 
 /*
- * docs/PROTOCOL.md §9.5: NOT_DELIVERED also when the sequence "is below
- * every cursor the group has had". A group created at sequence 4 was never
+ * docs/PROTOCOL.md §9.5: NOT_DELIVERED also for a sequence "below the
+ * position the group started at". A group created at sequence 4 was never
  * given 1..3.
  *
  * Broker bug this test found (at commit 20507c2): broker/group.c ack_one()
@@ -1140,7 +1140,7 @@ static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
     assert_string_equal(x1->topic, "_dead.orders");
     assert_int_equal(x1->seq, 1);
     assert_int_equal(x1->attempt, 1);
-    expect_dead(x1, "orders", 1, "inventory", 2, "nacked", "order-42");
+    expect_dead(x1, "orders", 1, "inventory", 2, "nacked: bad sku again", "order-42");
     assert_int_equal(x1->key_len, 6);
     assert_memory_equal(x1->key, "cust-7", 6);
     assert_int_equal(x1->payload_len, sizeof body);
@@ -1334,8 +1334,9 @@ static void test_consume_seek_by_sequence_and_time(void **state)
 /*
  * PROTOCOL.md §9.7: SEEK forgets the group's in-flight deliveries (their
  * slots are freed and everything from the new cursor is delivered again as
- * attempt 1), and "a consumer that acks a forgotten delivery gets code 0
- * for a sequence below the new cursor".
+ * attempt 1), and "a consumer that acks a forgotten delivery gets code 0,
+ * and the ack has no effect" (§9.5), also when the forgotten sequence is
+ * below the group's new start.
  */
 static void test_consume_seek_forgets_in_flight(void **state)
 {
