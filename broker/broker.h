@@ -98,6 +98,8 @@ struct broker {
     int read_in_pass;     /* some connection read bytes during this pass */
     int deferrals;        /* passes the pending batch waited for more input */
     uv_timer_t tick;      /* timeouts and maintenance, once a second */
+    uv_timer_t linger;    /* at shutdown: cuts off clients that do not read */
+    int linger_active;
     uv_work_t work;
 
     struct batch batches[2];
@@ -142,6 +144,8 @@ void conn_pause_reading(struct conn *c);
 /* Ends the connection: optional fatal ERROR first, then close after flush. */
 void conn_fail(struct conn *c, int code, const char *msg);
 void conn_unref(struct conn *c);
+/* Closes at once, dropping unsent replies (shutdown of a stuck client). */
+void conn_abort(struct conn *c);
 /* Sends a reply in request order (at once when nothing is outstanding). */
 void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len);
 void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg);

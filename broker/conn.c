@@ -76,6 +76,14 @@ static void conn_close_now(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
+void conn_abort(struct conn *c)
+{
+    conn_pause_reading(c);
+    c->state = CONN_CLOSING;
+    c->wq.len = 0;
+    conn_close_now(c);
+}
+
 void conn_pause_reading(struct conn *c)
 {
     if (c->reading) {

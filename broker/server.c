@@ -39,6 +39,8 @@
 #include "store.h"
 
 #define MAINTENANCE_EVERY_MS 1000
+/* At shutdown, how long connections may take to read their last replies. */
+#define SHUTDOWN_GRACE_MS 3000
 #define MAX_DEFERRALS 8
 #define DEFER_MAX_BYTES (1u << 20)
 
@@ -56,6 +58,7 @@ int64_t broker_wall_ms(void)
 
 static void start_commit(struct broker *b);
 static void maybe_finish(struct broker *b);
+static void on_handle_closed(uv_handle_t *h);
 
 int broker_batch_full(const struct broker *b)
 {
@@ -86,6 +89,10 @@ void broker_conn_closed(struct broker *b, struct conn *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     b->nconns--;
+    if (b->stopping == 2 && b->nconns == 0 && b->linger_active) {
+        b->linger_active = 0;
+        uv_close((uv_handle_t *)&b->linger, on_handle_closed);
+    }
     maybe_finish(b);
 }
 
@@ -217,6 +224,18 @@ static void on_handle_closed(uv_handle_t *h)
 
 /* During shutdown: once nothing is committing or pending, end every
  * connection (their replies are queued) and release the loop's handles. */
+static void on_linger(uv_timer_t *t)
+{
+    struct broker *b = t->data;
+    if (b->nconns)
+        log_warn("%d connection(s) did not take their last replies within %d ms: closing them",
+                 b->nconns, SHUTDOWN_GRACE_MS);
+    for (struct conn *c = b->conns; c; c = c->next)
+        conn_abort(c);
+    b->linger_active = 0;
+    uv_close((uv_handle_t *)&b->linger, on_handle_closed);
+}
+
 static void maybe_finish(struct broker *b)
 {
     if (b->stopping != 1 || b->committing || b->pending->nops)
@@ -234,6 +253,14 @@ static void maybe_finish(struct broker *b)
     uv_close((uv_handle_t *)&b->drain, on_handle_closed);
     uv_close((uv_handle_t *)&b->tick, on_handle_closed);
     log_info("all commits done; closing %d connection(s)", b->nconns);
+    /* A client that does not read would keep its replies, and ferryd,
+     * waiting forever: after a grace period the rest are cut off. */
+    if (b->nconns) {
+        uv_timer_init(b->loop, &b->linger);
+        b->linger.data = b;
+        b->linger_active = 1;
+        uv_timer_start(&b->linger, on_linger, SHUTDOWN_GRACE_MS, 0);
+    }
 }
 
 static void on_signal(uv_signal_t *s, int signum)
