@@ -105,6 +105,8 @@ struct group {
     struct sub *turn; /* the subscription served first next time */
     uint32_t ack_wait_ms;
     uint16_t max_deliveries;
+    uint8_t backoff_count; /* 0: the broker's --redelivery-backoff */
+    uint32_t backoff_ms[PROTO_MAX_BACKOFF];
     int fetching_first; /* an OP_FETCH for first deliveries is pending */
     int dirty;
     struct group *next_in_topic;
@@ -483,10 +485,17 @@ static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint
 /* The broker's backoff before redelivering a message whose lease ran out
  * after `attempts` deliveries: the k-th value for the k-th redelivery, the
  * last one repeated; 0 without a schedule. */
-static uint64_t redelivery_backoff(const struct broker *b, uint32_t attempts)
+static uint64_t redelivery_backoff(const struct broker *b, const struct group *gr,
+                                   uint32_t attempts)
 {
+    if (attempts == 0)
+        return 0;
+    if (gr->backoff_count) {
+        uint32_t i = attempts - 1 < gr->backoff_count ? attempts - 1 : gr->backoff_count - 1u;
+        return gr->backoff_ms[i];
+    }
     const struct broker_config *cfg = &b->cfg;
-    if (!cfg->backoff_count || attempts == 0)
+    if (!cfg->backoff_count)
         return 0;
     uint32_t i = attempts - 1 < cfg->backoff_count ? attempts - 1 : cfg->backoff_count - 1;
     return cfg->backoff_ms[i];
@@ -509,7 +518,7 @@ static void on_timer(uv_timer_t *t)
              * that let the lease run out. */
             if (e->holder)
                 it.group->turn = e->holder->next_in_group;
-            uint64_t wait = redelivery_backoff(g->broker, e->attempt);
+            uint64_t wait = redelivery_backoff(g->broker, it.group, e->attempt);
             if (wait)
                 entry_wait(g, it.group, e, wait);
             else
@@ -1037,7 +1046,7 @@ static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t
 
 /* Queues an OP_GROUP_SAVE whose reply (already encoded) goes out after the
  * commit. Record: u64 id, u64 floor, u32 ack_wait, u16 max_deliveries,
- * u64 origin, str16 topic, str16 group. */
+ * u64 origin, str16 topic, str16 group, u8 n, n x u32 backoff ms. */
 static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_id,
                              size_t wire_bytes)
 {
@@ -1062,6 +1071,13 @@ static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_
     proto_wr16(l, (uint16_t)gr->name_len);
     buf_append(&bt->in, l, 2);
     buf_append(&bt->in, gr->name, gr->name_len);
+    uint8_t n = gr->backoff_count;
+    buf_append(&bt->in, &n, 1);
+    for (uint8_t i = 0; i < n; i++) {
+        uint8_t v[4];
+        proto_wr32(v, gr->backoff_ms[i]);
+        buf_append(&bt->in, v, 4);
+    }
     op->in_len = bt->in.len - op->in_off;
     return op;
 }
@@ -1125,6 +1141,8 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
         gr->origin = gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
         gr->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : GROUP_DEFAULT_ACK_WAIT_MS;
         gr->max_deliveries = sp->max_deliveries ? sp->max_deliveries : GROUP_DEFAULT_MAX_DELIVERIES;
+        gr->backoff_count = sp->backoff_count;
+        memcpy(gr->backoff_ms, sp->backoff_ms, sizeof(gr->backoff_ms));
         created = 1;
         log_info("group %s created on topic %s at sequence %llu", gr->name, t->name,
                  (unsigned long long)gr->floor);
@@ -1557,7 +1575,7 @@ static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, 
 
 static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topic_len,
                            const char *name, size_t name_len, uint64_t floor, uint32_t ack_wait_ms,
-                           uint16_t max_deliveries, uint64_t origin)
+                           uint16_t max_deliveries, uint64_t origin, const char *backoff)
 {
     struct groups *g = arg;
     struct ltopic *t = topic_lookup(g, (const uint8_t *)topic, topic_len, 1);
@@ -1572,6 +1590,15 @@ static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topi
     gr->floor = gr->next = floor;
     gr->origin = origin;
     gr->ack_wait_ms = ack_wait_ms;
+    /* "1000,5000,30000" */
+    for (const char *p = backoff; p && *p && gr->backoff_count < PROTO_MAX_BACKOFF;) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p)
+            break;
+        gr->backoff_ms[gr->backoff_count++] = (uint32_t)v;
+        p = *end == ',' ? end + 1 : end;
+    }
     gr->max_deliveries = max_deliveries;
     return 0;
 }

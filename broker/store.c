@@ -147,10 +147,11 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_DLOG_OLDEST] = "SELECT id, topic_id, msg_id, ts_ms FROM dedupe_log ORDER BY id LIMIT ?1",
     [ST_DLOG_DELETE_UPTO] = "DELETE FROM dedupe_log WHERE id <= ?1",
     [ST_GROUP_UPSERT] = "INSERT INTO groups(id, topic, name, created_ms, ack_floor, ack_wait_ms, "
-                        "max_deliveries, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON "
+                        "max_deliveries, origin, backoff) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                        "?9) ON "
                         "CONFLICT(id) DO UPDATE SET ack_floor = excluded.ack_floor, ack_wait_ms = "
                         "excluded.ack_wait_ms, max_deliveries = excluded.max_deliveries, origin = "
-                        "excluded.origin",
+                        "excluded.origin, backoff = excluded.backoff",
     [ST_GROUP_FLOOR] = "UPDATE groups SET ack_floor = ?2 WHERE id = ?1",
     [ST_GACK_INSERT] = "INSERT OR IGNORE INTO group_acks(group_id, seq) VALUES (?1, ?2)",
     [ST_GACK_DELETE_BELOW] = "DELETE FROM group_acks WHERE group_id = ?1 AND seq < ?2",
@@ -564,6 +565,7 @@ static const char *const migrations[] = {
     "  ack_wait_ms INTEGER NOT NULL,"
     "  max_deliveries INTEGER NOT NULL,"
     "  origin INTEGER NOT NULL DEFAULT 1,"
+    "  backoff TEXT,"
     "  UNIQUE (topic, name));"
     "CREATE TABLE group_acks (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
     "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;"
@@ -1446,7 +1448,8 @@ static int topics_op(struct store *s, struct batch *b, struct op *op, int64_t no
 /* ---- consumer groups -------------------------------------------------- */
 
 /* OP_GROUP_SAVE record: u64 id, u64 floor, u32 ack_wait_ms,
- * u16 max_deliveries, u64 origin, str16 topic, str16 name. Creates the group or moves
+ * u16 max_deliveries, u64 origin, str16 topic, str16 name, u8 n, n x u32
+ * backoff ms. Creates the group or moves
  * it (a seek): either way no ack above the floor is kept. */
 static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
 {
@@ -1462,6 +1465,17 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     sqlite3_bind_int64(st, 6, proto_rd32(p + 16));
     sqlite3_bind_int64(st, 7, proto_rd16(p + 20));
     sqlite3_bind_int64(st, 8, (int64_t)proto_rd64(p + 22));
+    /* After the names: u8 n, n x u32 ms, stored as "1000,5000". */
+    const uint8_t *bp = p + 34 + tl + nl;
+    char backoff[16 * 12] = "";
+    size_t bl = 0;
+    for (uint8_t i = 0; i < bp[0] && i < 16; i++)
+        bl += (size_t)snprintf(backoff + bl, sizeof(backoff) - bl, "%s%u", i ? "," : "",
+                               proto_rd32(bp + 1 + 4 * (size_t)i));
+    if (bl)
+        sqlite3_bind_text(st, 9, backoff, (int)bl, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 9);
     int rc = step_done(st);
     if (rc != SQLITE_OK) {
         set_err(s, "save group");
@@ -1689,8 +1703,8 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
                 return FERRY_ENOMEM;
     rc = sqlite3_prepare_v2(
         s->db,
-        "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries, origin FROM "
-        "groups",
+        "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries, origin, backoff "
+        "FROM groups",
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return FERRY_ESTORAGE;
@@ -1699,8 +1713,8 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
                       (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
                       (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2),
                       (uint64_t)sqlite3_column_int64(st, 3), (uint32_t)sqlite3_column_int64(st, 4),
-                      (uint16_t)sqlite3_column_int64(st, 5),
-                      (uint64_t)sqlite3_column_int64(st, 6)) < 0)
+                      (uint16_t)sqlite3_column_int64(st, 5), (uint64_t)sqlite3_column_int64(st, 6),
+                      (const char *)sqlite3_column_text(st, 7)) < 0)
             break;
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)

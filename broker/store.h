@@ -50,7 +50,7 @@ struct store_load_cbs {
                  uint64_t first);
     int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
                  size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
-                 uint64_t origin);
+                 uint64_t origin, const char *backoff);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
 };
 int store_load_groups(struct store *s, const struct store_load_cbs *cb);

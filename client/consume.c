@@ -766,6 +766,9 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
                              (unsigned)o.max_in_flight, (unsigned)PROTO_MAX_WINDOW);
     if ((unsigned)o.start > FERRY_START_TIME)
         return ferry__seterr(c, FERRY_EINVALID, "unknown start %d", (int)o.start);
+    if (o.backoff_count > PROTO_MAX_BACKOFF)
+        return ferry__seterr(c, FERRY_EINVALID, "%u backoff values; at most %d",
+                             (unsigned)o.backoff_count, (int)PROTO_MAX_BACKOFF);
 
     struct ferry_sub *s = calloc(1, sizeof *s);
     if (!s)
@@ -791,9 +794,14 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
         .max_in_flight = o.max_in_flight,
         .ack_wait_ms = o.ack_wait_ms,
         .max_deliveries = o.max_deliveries,
+        .backoff_count = o.backoff_count,
     };
+    memcpy(ps.backoff_ms, o.backoff_ms, sizeof(ps.backoff_ms));
     struct proto_writer w;
-    rc = frame_open(c, PROTO_HEADER_BYTES + 4 + 2 + tlen + 2 + glen + 1 + 8 + 4 + 4 + 2, &w);
+    rc = frame_open(c,
+                    PROTO_HEADER_BYTES + 4 + 2 + tlen + 2 + glen + 1 + 8 + 4 + 4 + 2 + 1 +
+                        4 * (size_t)o.backoff_count,
+                    &w);
     size_t start = c->wlen;
     uint32_t id = ferry__next_request_id(c);
     if (rc == 0)

@@ -453,6 +453,17 @@ static int decode_subscribe(struct cur *c, struct proto_subscribe *s)
         rd_u64(c, &s->start_value) < 0 || rd_window(c, &s->max_in_flight) < 0 ||
         rd_u32(c, &s->ack_wait_ms) < 0 || rd_u16(c, &s->max_deliveries) < 0)
         return -1;
+    /* The optional backoff schedule. */
+    s->backoff_count = 0;
+    if (c->p == c->end)
+        return 0;
+    /* Present means at least one entry: a count of 0 is sent by omitting it. */
+    if (rd_u8(c, &s->backoff_count) < 0 || s->backoff_count == 0 ||
+        s->backoff_count > PROTO_MAX_BACKOFF)
+        return -1;
+    for (uint8_t i = 0; i < s->backoff_count; i++)
+        if (rd_u32(c, &s->backoff_ms[i]) < 0)
+            return -1;
     return 0;
 }
 
@@ -1284,7 +1295,7 @@ int proto_encode_subscribe(struct proto_writer *w, uint32_t request_id,
 
     if (s->sub_id == 0 || s->topic.len > PROTO_MAX_TOPIC || s->group.len > PROTO_MAX_GROUP ||
         s->start > PROTO_START_TIME || s->max_in_flight == 0 ||
-        s->max_in_flight > PROTO_MAX_WINDOW) {
+        s->max_in_flight > PROTO_MAX_WINDOW || s->backoff_count > PROTO_MAX_BACKOFF) {
         w_fail(w);
         return -1;
     }
@@ -1297,6 +1308,11 @@ int proto_encode_subscribe(struct proto_writer *w, uint32_t request_id,
     proto_put_u32(w, s->max_in_flight);
     proto_put_u32(w, s->ack_wait_ms);
     proto_put_u16(w, s->max_deliveries);
+    if (s->backoff_count) {
+        proto_put_u8(w, s->backoff_count);
+        for (uint8_t i = 0; i < s->backoff_count; i++)
+            proto_put_u32(w, s->backoff_ms[i]);
+    }
     return proto_frame_end(w, start);
 }
 

@@ -85,6 +85,7 @@
 #define PROTO_MAX_WINDOW 65535       /* SUBSCRIBE / CREDIT max_in_flight */
 #define PROTO_MAX_REASON 1024        /* NACK reason bytes */
 #define PROTO_MAX_GROUPS 100000      /* entries in one GROUPS_OK */
+#define PROTO_MAX_BACKOFF 16         /* SUBSCRIBE backoff schedule entries */
 
 enum proto_type {
     PROTO_HELLO = 0x01,        /* client -> server */
@@ -300,6 +301,12 @@ struct proto_topic_info {
  *                         subscription at once (its credit window)
  *   u32   ack_wait_ms     lease of each delivery; 0: the group's setting
  *   u16   max_deliveries  attempts before dead-lettering; 0: the group's
+ *   then, optionally (a SUBSCRIBE may end before it):
+ *   u8    backoff_count   1..PROTO_MAX_BACKOFF (none: leave the field out)
+ *   backoff_count x u32   the new group's redelivery backoff in ms: the k-th
+ *                         before the k-th redelivery after an expired lease,
+ *                         the last repeated (new group only, like
+ *                         max_deliveries)
  *
  * SUBSCRIBE_OK (server -> client):
  *   u32   sub_id
@@ -362,6 +369,8 @@ struct proto_subscribe {
     uint32_t max_in_flight;
     uint32_t ack_wait_ms;
     uint16_t max_deliveries;
+    uint8_t backoff_count; /* 0: none given */
+    uint32_t backoff_ms[16];
 };
 
 struct proto_subscribe_ok {

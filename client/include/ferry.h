@@ -245,6 +245,11 @@ typedef struct ferry_sub_options {
                                 also becomes the group's */
     uint16_t max_deliveries; /* new group only: attempts before dead-lettering;
                                 0: the broker's default */
+    uint8_t backoff_count;   /* new group only: 0, or how many of backoff_ms
+                                are its redelivery backoff (at most 16) */
+    uint32_t backoff_ms[16]; /* wait before the k-th redelivery after an
+                                expired lease (the last value repeats); without
+                                it the broker's --redelivery-backoff applies */
 } ferry_sub_options;
 
 /* One subscription on a connection; freed by ferry_unsubscribe or

@@ -1145,6 +1145,47 @@ static void test_proto_publish_with_producer(void **state)
     assert_true(w.overflow);
 }
 
+/* SUBSCRIBE's optional backoff schedule round-trips; over the maximum, or
+ * cut inside the list, is MALFORMED; without it the frame is as before. */
+static void test_proto_subscribe_backoff_schedule(void **state)
+{
+    (void)state;
+    struct proto_subscribe sub = {.sub_id = 3,
+                                  .topic = {(const uint8_t *)"t", 1},
+                                  .group = {(const uint8_t *)"g", 1},
+                                  .max_in_flight = 10,
+                                  .backoff_count = 3,
+                                  .backoff_ms = {1000, 5000, 30000}};
+    uint8_t buf[256];
+    struct proto_writer w;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_subscribe(&w, 1, &sub), 0);
+    struct proto_frame f;
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.u.subscribe.backoff_count, 3);
+    assert_int_equal(f.u.subscribe.backoff_ms[2], 30000);
+    /* The last u32 cut short: malformed (the length says the body ends
+     * inside the list). */
+    uint8_t cut[256];
+    memcpy(cut, buf, w.len);
+    proto_wr32(cut, (uint32_t)(w.len - 4 - 2));
+    assert_int_equal(proto_decode(cut, w.len - 2, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    /* Over the maximum. */
+    memcpy(cut, buf, w.len);
+    cut[w.len - 13] = PROTO_MAX_BACKOFF + 1;
+    assert_int_equal(proto_decode(cut, w.len, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    sub.backoff_count = PROTO_MAX_BACKOFF + 1;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_subscribe(&w, 1, &sub), -1);
+    /* Without a schedule: count 0 on decode, no trailing byte on encode. */
+    sub.backoff_count = 0;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_subscribe(&w, 1, &sub), 0);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.u.subscribe.backoff_count, 0);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 4 + 3 + 3 + 1 + 8 + 4 + 4 + 2);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
     static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x35, 0x80, 0xff};
@@ -1478,7 +1519,7 @@ static int encode_vector(int which, struct proto_writer *w)
                                                    .bytes = 1234,
                                                    .created_ms = 1700000000000ull};
     static const struct proto_subscribe sub = {
-        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5};
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5, 0, {0}};
     static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5};
     static const struct proto_deliver deliver = {.sub_id = 1,
                                                  .seq = 1,
@@ -2819,7 +2860,9 @@ static void test_proto_consumer_round_trips(void **state)
                                    UINT64_MAX,
                                    PROTO_MAX_WINDOW,
                                    UINT32_MAX,
-                                   UINT16_MAX};
+                                   UINT16_MAX,
+                                   0,
+                                   {0}};
     proto_writer_init(&w, buf, cap);
     assert_int_equal(proto_encode_subscribe(&w, 11, &sub), 0);
     decode_ok(buf, w.len, &f);
@@ -2962,7 +3005,7 @@ static void test_proto_consumer_encoders_reject_what_decoders_reject(void **stat
     const uint8_t *fill = filled('a', 2048);
     struct proto_writer w;
     const struct proto_subscribe sub_ok = {
-        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0};
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0, 0, {0}};
     const struct proto_deliver del_ok = {.sub_id = 1, .attempt = 1, .id = SL("x")};
     struct proto_subscribe sub;
     struct proto_subscribe_ok sok = {0, 1, 1, 1, 1};
@@ -3500,6 +3543,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
+        cmocka_unit_test(test_proto_subscribe_backoff_schedule),
         cmocka_unit_test(test_proto_trailing_bytes_are_malformed),
         cmocka_unit_test(test_proto_empty_body_types_reject_a_body),
         cmocka_unit_test(test_proto_short_bodies_are_malformed),
