@@ -446,7 +446,12 @@ out:
 
 static void bench_usage(FILE *f)
 {
-    fprintf(f, "usage: ferry bench pub [options]   (ferry bench pub --help for options)\n");
+    fprintf(f, "usage: ferry bench pub|consume|e2e|backlog [options]\n"
+               "  pub      publish throughput and publish->ack latency\n"
+               "  consume  consume+ack throughput of one group, one or more consumers\n"
+               "  e2e      publish->delivery latency at a steady rate\n"
+               "  backlog  publish and consume+ack rates with and without a large backlog\n"
+               "(ferry bench SUBCOMMAND --help for its options)\n");
 }
 
 int ferry_bench_main(int argc, char **argv)
@@ -462,6 +467,15 @@ int ferry_bench_main(int argc, char **argv)
     }
     if (strcmp(argv[1], "pub") == 0) {
         return bench_pub(argc - 2, argv + 2);
+    }
+    if (strcmp(argv[1], "consume") == 0) {
+        return bench_consume_main(argc - 2, argv + 2);
+    }
+    if (strcmp(argv[1], "e2e") == 0) {
+        return bench_e2e_main(argc - 2, argv + 2);
+    }
+    if (strcmp(argv[1], "backlog") == 0) {
+        return bench_backlog_main(argc - 2, argv + 2);
     }
     fprintf(stderr, "ferry bench: unknown benchmark '%s'\n", argv[1]);
     bench_usage(stderr);

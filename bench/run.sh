@@ -35,8 +35,6 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=${BUILD:-$REPO/build}
-FERRYD=${FERRYD:-$BUILD/broker/ferryd}
 REPS=${REPS:-3}
 N1=${N1:-5000}
 N1000=${N1000:-200000}
@@ -44,116 +42,16 @@ SIZE=${SIZE:-100}
 SYNCS=${SYNCS:-full normal}
 FRESH=${FRESH:-run}
 RAW_INDEX=${RAW_INDEX:-unique}
-BENCH_DIR=${BENCH_DIR:-$REPO}
 
-if [[ -z ${FERRY:-} ]]; then
-    if [[ -x $BUILD/client/cli/ferry ]]; then
-        FERRY=$BUILD/client/cli/ferry
-    else
-        FERRY=$BUILD/bench/ferry-bench
-    fi
-fi
-if [[ $(basename "$FERRY") == ferry-bench ]]; then
-    BENCH=("$FERRY")
-else
-    BENCH=("$FERRY" bench)
-fi
+[[ $FRESH == run || $FRESH == mode ]] || { echo "run.sh: FRESH must be run or mode" >&2; exit 1; }
+[[ $RAW_INDEX == unique || $RAW_INDEX == none ]] ||
+    { echo "run.sh: RAW_INDEX must be unique or none" >&2; exit 1; }
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: REPS must be a positive integer" >&2; exit 1; }
 
-die() {
-    echo "run.sh: $*" >&2
-    exit 1
-}
-log() { echo "run.sh: $*" >&2; }
-
-[[ -x $FERRYD ]] || die "no broker at $FERRYD (build it, or set FERRYD)"
-[[ -x $FERRY ]] || die "no ferry CLI or ferry-bench at $FERRY (build it, or set FERRY)"
-[[ $FRESH == run || $FRESH == mode ]] || die "FRESH must be run or mode"
-[[ $RAW_INDEX == unique || $RAW_INDEX == none ]] || die "RAW_INDEX must be unique or none"
-[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer"
-
-BROKER_PID=
-BROKER_TMP=
-BROKER_ADDR=
-WORK=$(mktemp -d "$BENCH_DIR/bench-run.XXXXXX")
-RESULTS=$WORK/results
-: >"$RESULTS"
-
-stop_broker() {
-    if [[ -n $BROKER_PID ]]; then
-        kill -TERM "$BROKER_PID" 2>/dev/null || true
-        # ferryd finishes its commit in flight and exits; give it 10 s.
-        local i
-        for ((i = 0; i < 200; i++)); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.05
-        done
-        if kill -0 "$BROKER_PID" 2>/dev/null; then
-            log "ferryd (pid $BROKER_PID) ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$BROKER_PID" 2>/dev/null || true
-        fi
-        wait "$BROKER_PID" 2>/dev/null || true
-        BROKER_PID=
-    fi
-    if [[ -n $BROKER_TMP ]]; then
-        rm -rf -- "$BROKER_TMP"
-        BROKER_TMP=
-    fi
-}
-
-cleanup() {
-    stop_broker
-    rm -rf -- "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start_broker SYNC: a ferryd on a fresh data dir and an ephemeral port;
-# sets BROKER_PID and BROKER_ADDR.
-start_broker() {
-    local sync=$1
-    BROKER_TMP=$(mktemp -d "$WORK/broker.XXXXXX")
-    "$FERRYD" --listen 127.0.0.1:0 --data "$BROKER_TMP/data" --sync "$sync" \
-        --ready-file "$BROKER_TMP/ready" 2>"$BROKER_TMP/ferryd.log" &
-    BROKER_PID=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        # Complete once the line "HOST:PORT\n" is there.
-        if [[ -s $BROKER_TMP/ready && $(tail -c 1 "$BROKER_TMP/ready" | wc -l) -eq 1 ]]; then
-            BROKER_ADDR=$(head -n 1 "$BROKER_TMP/ready")
-            return 0
-        fi
-        if ! kill -0 "$BROKER_PID" 2>/dev/null; then
-            cat "$BROKER_TMP/ferryd.log" >&2 || true
-            die "ferryd exited before it was ready"
-        fi
-        sleep 0.05
-    done
-    cat "$BROKER_TMP/ferryd.log" >&2 || true
-    die "ferryd was not ready after 10 s"
-}
-
-# field JSON NAME: a number (or true/false/null) from the bench's flat JSON.
-field() {
-    sed -n 's/.*"'"$2"'":\([^,}]*\).*/\1/p' <<<"$1"
-}
-
-# median: of the numbers on stdin (mean of the middle two for an even count).
-median() {
-    sort -g | awk '{ v[NR] = $1 }
-        END {
-            if (NR == 0) { print "nan"; exit }
-            if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
-        }'
-}
-
-# Formatting: thousands separators, and µs shown as µs or ms.
-thousands() { awk -v v="$1" 'BEGIN {
-    s = sprintf("%.0f", v); o = ""
-    while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
-    print s o }'; }
-dur() { awk -v v="$1" 'BEGIN {
-    if (v < 1000) printf "%.0f µs\n", v; else printf "%.2f ms\n", v / 1000 }'; }
+# Binaries, the scratch directory, the broker's life cycle and the helpers
+# field, median, thousands and dur.
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
 
 # run_one SYNC W N REP: one bench run; appends "SYNC W JSON" to $RESULTS.
 run_one() {
@@ -165,9 +63,7 @@ run_one() {
     if ! out=$("${BENCH[@]}" pub --server "$BROKER_ADDR" --messages "$n" --size "$SIZE" \
         --window "$w" --sync "$sync" --topic "bench-$sync-w$w-$rep" --raw-dir "$WORK" \
         --raw-index "$RAW_INDEX" --json); then
-        if [[ -n $BROKER_TMP ]]; then
-            tail -n 20 "$BROKER_TMP/ferryd.log" >&2 || true
-        fi
+        broker_log_tail
         die "bench failed (sync $sync, W=$w, run $rep): $out"
     fi
     echo "$sync $w $out" >>"$RESULTS"

@@ -1,6 +1,6 @@
 /*
  * admin.c - requests that are neither publishing nor consuming: ping,
- * topics, consumer groups (list, seek), server info.
+ * topics (list, retention), consumer groups (list, seek), server info.
  *
  * Each is a synchronous round trip through ferry__request, so it waits
  * behind any pipelined publishes (whose callbacks run first). Replies are
@@ -74,6 +74,14 @@ static int on_topics_ok(ferry_conn *c, struct ferry__waiter *w, const struct pro
         d->message_count = e.message_count;
         d->bytes = e.bytes;
         d->created_ms = (int64_t)e.created_ms;
+        if (e.has_config) {
+            d->has_retention = 1;
+            d->max_age_ms = e.max_age_ms;
+            d->max_count = e.max_count;
+            d->max_bytes = e.max_bytes;
+            d->delete_acked = e.delete_acked != 0;
+            d->publish_rate = e.publish_rate;
+        }
     }
     out->list = list;
     out->count = t->count;
@@ -198,6 +206,55 @@ int ferry_groups(ferry_conn *c, const char *topic, ferry_group_info **out, size_
 void ferry_groups_free(ferry_group_info *groups)
 {
     free(groups);
+}
+
+/* TOPIC_CONFIG is answered, once durable, by ACK_OK without entries. */
+static int on_topic_config_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    (void)w;
+    uint64_t seq = 0;
+    return ferry__ack_ok_status(c, f, 0, &seq);
+}
+
+int ferry_topic_config(ferry_conn *c, const char *topic, const ferry_retention *r)
+{
+    if (!c)
+        return FERRY_EINVALID;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    rc = ferry__check_names(c, topic, NULL);
+    if (rc < 0)
+        return rc;
+    ferry_retention dflt = {FERRY_RETENTION_DEFAULT, FERRY_RETENTION_DEFAULT,
+                            FERRY_RETENTION_DEFAULT, FERRY_DELETE_ACKED_DEFAULT};
+    if (!r)
+        r = &dflt;
+    if (r->delete_acked < FERRY_DELETE_ACKED_DEFAULT || r->delete_acked > 1)
+        return ferry__seterr(c, FERRY_EINVALID, "delete_acked %d; use 0, 1 or -1 (default)",
+                             r->delete_acked);
+
+    size_t tlen = strlen(topic);
+    struct proto_topic_config tc = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .max_age_ms = r->max_age_ms,
+        .max_count = r->max_count,
+        .max_bytes = r->max_bytes,
+        .delete_acked = r->delete_acked < 0 ? PROTO_DELETE_ACKED_DEFAULT : (uint8_t)r->delete_acked,
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 3 * 8 + 1) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t start = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + start, c->wcap - start);
+    if (proto_encode_topic_config(&pw, id, &tc) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode TOPIC_CONFIG");
+    c->wlen += pw.len;
+
+    struct ferry__waiter w = {.on_reply = on_topic_config_ok};
+    return ferry__request(c, start, id, PROTO_ACK_OK, 0, &w,
+                          ferry__deadline(c->request_timeout_ms));
 }
 
 /* SEEK is answered by ACK_OK with one entry: the new cursor and a code. */

@@ -15,6 +15,7 @@
 
 #include <getopt.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "ferry.h"
@@ -95,6 +96,12 @@ void cli_base64(FILE *f, const void *data, size_t len);
  * Returns 0 with *start and *value set, or -1. */
 int cli_parse_position(const char *arg, ferry_start *start, uint64_t *value);
 
+/* Parses a decimal number in [min, max] given to option opt of command cmd
+ * (no sign, no suffix). Returns CLI_EXIT_OK with *out set, or prints a
+ * usage error and returns CLI_EXIT_USAGE. */
+int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t min, uint64_t max,
+                     uint64_t *out);
+
 /* Help text describing the positions above, for usage messages. */
 #define CLI_POSITION_HELP                                                                          \
     "POSITION is earliest, latest, a sequence number (42), a UTC time in\n"                        \
@@ -107,6 +114,8 @@ int cmd_sub(struct cli *cli, int argc, char **argv);
 int cmd_topics(struct cli *cli, int argc, char **argv);
 int cmd_groups(struct cli *cli, int argc, char **argv);
 int cmd_seek(struct cli *cli, int argc, char **argv);
+int cmd_dead(struct cli *cli, int argc, char **argv);
+int cmd_relay(struct cli *cli, int argc, char **argv);
 int cmd_bench(struct cli *cli, int argc, char **argv);
 
 #endif /* FERRY_CLI_H */

@@ -19,9 +19,11 @@ static const struct {
 } commands[] = {
     {"pub", cmd_pub, "publish messages to a topic"},
     {"sub", cmd_sub, "receive messages of a consumer group"},
-    {"topics", cmd_topics, "list the broker's topics"},
+    {"topics", cmd_topics, "list topics, or set one's retention (topics set)"},
     {"groups", cmd_groups, "list consumer groups and their progress"},
     {"seek", cmd_seek, "move a consumer group to a sequence or a time"},
+    {"dead", cmd_dead, "replay dead letters back to their topic (dead replay)"},
+    {"relay", cmd_relay, "relay an application's outbox table to the broker"},
     {"bench", cmd_bench, "measure publish throughput and latency"},
 };
 

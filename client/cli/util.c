@@ -1,9 +1,10 @@
 /*
  * util.c - what every command needs: option helpers, error lines, the
  * connection (with the token file), JSON strings, base64, positions in a
- * topic.
+ * topic, numbers.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -334,4 +335,18 @@ int cli_parse_position(const char *arg, ferry_start *start, uint64_t *value)
         return 0;
     }
     return -1;
+}
+
+int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t min, uint64_t max,
+                     uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(arg, &end, 10);
+    if (errno != 0 || end == arg || *end != '\0' || arg[0] < '0' || arg[0] > '9' || v < min ||
+        v > max)
+        return cli_usage_error(cmd, "%s wants a number from %" PRIu64 " to %" PRIu64 ", not '%s'",
+                               opt, min, max, arg);
+    *out = v;
+    return CLI_EXIT_OK;
 }

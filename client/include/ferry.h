@@ -422,13 +422,57 @@ typedef struct ferry_topic_info {
     uint64_t message_count; /* messages stored */
     uint64_t bytes;         /* key + header + payload bytes stored */
     int64_t created_ms;     /* Unix ms */
+    /* The topic's effective retention and publish rate. A broker that
+     * predates them does not report them: has_retention is then 0 and the
+     * fields below are 0. */
+    int has_retention;     /* 1 when the broker reported the fields below */
+    uint64_t max_age_ms;   /* messages older than this are deleted; 0: no limit */
+    uint64_t max_count;    /* at most this many are kept; 0: no limit */
+    uint64_t max_bytes;    /* at most this many bytes are kept; 0: no limit */
+    int delete_acked;      /* 1: deleted once every group of the topic acked them */
+    uint64_t publish_rate; /* messages stored per second, over the last 10 s */
 } ferry_topic_info;
 
-/* Lists the broker's topics, in the broker's order. On success *out is an
- * array of *count entries, never NULL even when *count is 0 (free it with
- * ferry_topics_free); on failure *out is NULL and *count 0. */
+/* Lists the broker's topics, in the broker's order, including the ones it
+ * derives (names starting with '_', such as the dead letters
+ * "_dead.<topic>"). On success *out is an array of *count entries, never
+ * NULL even when *count is 0 (free it with ferry_topics_free); on failure
+ * *out is NULL and *count 0. */
 FERRY_API int ferry_topics(ferry_conn *c, ferry_topic_info **out, size_t *count);
 FERRY_API void ferry_topics_free(ferry_topic_info *topics);
+
+/* In a ferry_retention limit: follow the broker's default (its
+ * --retention-* options) rather than a value of the topic's own. */
+#define FERRY_RETENTION_DEFAULT UINT64_MAX
+/* In ferry_retention.delete_acked: follow the broker's default. */
+#define FERRY_DELETE_ACKED_DEFAULT (-1)
+
+/* One topic's retention, for ferry_topic_config. Each limit is
+ * FERRY_RETENTION_DEFAULT (the broker's default), 0 (no limit) or the
+ * limit. Note that a zero-initialised ferry_retention means "no limits,
+ * delete_acked off", not "the broker's defaults": set each field. */
+typedef struct ferry_retention {
+    uint64_t max_age_ms; /* delete messages older than this (ms since stored) */
+    uint64_t max_count;  /* keep at most this many messages */
+    uint64_t max_bytes;  /* keep at most this many bytes (key + headers + payload) */
+    int delete_acked;    /* 1: delete a message once every group of the topic
+                            acked it; 0: do not; FERRY_DELETE_ACKED_DEFAULT (-1):
+                            the broker's default */
+} ferry_retention;
+
+/* Sets the retention of topic (creating the topic if it does not exist yet)
+ * and waits until the change is durable. All four settings are replaced:
+ * there is no "leave as it is" (ferry_topics reports only effective values,
+ * which cannot tell an explicit setting from a default). r NULL sets every
+ * one to the broker's default. The topic may be one the broker derives
+ * ("_dead.orders"). Retention deletes from the front of the topic, in steps
+ * within the broker's commits and once a second, so a new limit takes a
+ * moment to be reached on a large topic; ferry_topics shows the new
+ * settings at once. Returns 0, FERRY_EINVALID_TOPIC, FERRY_EINVALID
+ * (delete_acked not -1, 0 or 1), FERRY_EDENIED (the token lacks the admin
+ * right), another broker error, or a connection error (a broker that
+ * predates TOPIC_CONFIG closes the connection with FERRY_EUNKNOWN_TYPE). */
+FERRY_API int ferry_topic_config(ferry_conn *c, const char *topic, const ferry_retention *r);
 
 /* The limits the broker announced at the handshake. */
 typedef struct ferry_server_info {
@@ -456,6 +500,344 @@ FERRY_API const char *ferry_errmsg(const ferry_conn *c);
 
 /* "0.1.0": the library's version. */
 FERRY_API const char *ferry_version(void);
+
+/*
+ * The inbox: exactly-once effects on the consuming side (docs/INBOX.md).
+ *
+ * The broker delivers at least once: a message comes again after a lease
+ * expiry, a nack, a disconnect or a crash anywhere between a handler's
+ * work and the broker's record of its ack. A consumer whose effects live
+ * in a SQLite database makes each of them happen exactly once by recording
+ * the message's id in the table ferry_inbox of that same database, in the
+ * same transaction as the effect:
+ *
+ *   BEGIN IMMEDIATE; claim (group, id); effect, only when the claim is
+ *   fresh; COMMIT; then ack.
+ *
+ * Why exactly once, for every message the group receives:
+ *   - at most once: the claim is the primary key (group, message id) of
+ *     ferry_inbox, so of all the transactions that try to record one
+ *     message, at most one commits; the effect commits with its claim or
+ *     not at all (one transaction), and every later delivery, in this
+ *     process or another on the same database, finds the claim and skips
+ *     the handler (BEGIN IMMEDIATE orders them: the second waits for the
+ *     first's COMMIT, then sees its row);
+ *   - at least once: the ack is sent only after the COMMIT returned, so
+ *     the broker forgets no message whose effect is not durable; a crash
+ *     or failure before the COMMIT leaves neither claim nor effect, and the
+ *     broker delivers the message again, until it succeeds or the group's
+ *     max deliveries send it to the dead-letter topic;
+ *   - a crash between the COMMIT and the ack, or a lost ack, costs one
+ *     redelivery, which finds the claim and is acked without running the
+ *     handler;
+ *   - claims are purged only after the window (ferry_inbox_window_ms), so
+ *     no redelivery can come after its claim is gone. A SEEK (replay) that
+ *     goes back further than the window runs the handlers again: that is
+ *     what a replay is for. Within the window it finds the claims.
+ * The effect must be made through db, inside the transaction the helper
+ * opened (no COMMIT, ROLLBACK or BEGIN in the handler; SAVEPOINTs are
+ * fine). Anything outside the database (an HTTP call, a real e-mail) stays
+ * at least once. "Durable" means the database's synchronous setting:
+ * journal_mode=WAL with synchronous=NORMAL survives a kill -9 of the
+ * process, synchronous=FULL also a power loss.
+ *
+ * A database error is FERRY_ESTORAGE (sqlite3_errmsg(db) has the detail);
+ * a database that stayed locked beyond the connection's busy timeout and
+ * the retries below is FERRY_ETIMEOUT. The inbox functions take the
+ * application's own sqlite3 handle; libferry does not open databases. A
+ * handle is used by one thread at a time, as SQLite requires of a
+ * connection in its multi-thread mode.
+ */
+typedef struct sqlite3 sqlite3;
+
+/* ferry_inbox_claim and ferry_inbox_handle: the message was processed
+ * before (the handler was skipped), or is recorded now. */
+#define FERRY_INBOX_SEEN 0
+#define FERRY_INBOX_FRESH 1
+/* ferry_inbox_handle: the handler failed; its transaction was rolled back
+ * and the delivery nacked for a retry. */
+#define FERRY_INBOX_RETRY 2
+
+/* The least window an inbox claim is kept: 7 days. It covers the
+ * redelivery horizon of any reasonable group setting and, beyond it,
+ * outages: a message whose ack was lost is redelivered only when the
+ * broker and a consumer of the group run again. */
+#define FERRY_INBOX_MIN_WINDOW_MS (7LL * 24 * 60 * 60 * 1000)
+
+/* Test hook (crash tests only): when this environment variable holds a
+ * number N >= 1, the process calls _exit(9) right after the COMMIT that
+ * holds its Nth fresh claim in ferry_inbox_handle(_batch), before any ack
+ * of that transaction is sent. Counted per process; inert unless set. */
+#define FERRY_INBOX_TEST_EXIT_ENV "FERRY_TEST_INBOX_EXIT_AFTER_COMMIT"
+
+/* Creates the inbox's tables in db when they do not exist yet: ferry_inbox
+ * (grp TEXT, msg_id TEXT, topic TEXT, seq INTEGER, processed_ms INTEGER,
+ * PRIMARY KEY (grp, msg_id)) WITHOUT ROWID, its index on processed_ms, and
+ * ferry_inbox_meta (name, value), which records the layout's version
+ * ('schema_version'). Idempotent: call it at every start; when all is in
+ * place it only reads. Otherwise it runs in its own transaction, or in a
+ * savepoint of the caller's when one is open. Returns 0, FERRY_EUNSUPPORTED
+ * (the database holds a newer layout than this libferry knows),
+ * FERRY_ESTORAGE, FERRY_ETIMEOUT or FERRY_EINVALID (db NULL). */
+FERRY_API int ferry_inbox_install(sqlite3 *db);
+
+/* Records d's message id for group (the application's name for this
+ * consumer, normally the consumer group; any non-empty text) in the
+ * transaction the caller has open on db, and says whether it is new:
+ * FERRY_INBOX_FRESH (1): recorded now, apply the effect in the same
+ * transaction; FERRY_INBOX_SEEN (0): processed before, skip it (and ack).
+ * The claim is undone if the caller rolls back. Call it first in the
+ * transaction, opened with BEGIN IMMEDIATE (a deferred transaction may
+ * fail with SQLITE_BUSY_SNAPSHOT at its first write). Returns 1, 0,
+ * FERRY_EINVALID (an argument NULL or empty, or no transaction open),
+ * FERRY_EINVALID_ID (d has no id), FERRY_ESTORAGE or FERRY_ETIMEOUT.
+ * Message ids are unique within a topic; when one group name serves
+ * several topics whose ids may coincide, use a group name per topic. */
+FERRY_API int ferry_inbox_claim(sqlite3 *db, const char *group, const ferry_delivery *d);
+
+/* A message handler for ferry_inbox_handle: applies d's effect through db,
+ * inside the transaction that is open (not ending it). Returns 0 on
+ * success; anything else is a failure that rolls the transaction back and
+ * nacks d. */
+typedef int (*ferry_inbox_handler)(void *userdata, sqlite3 *db, const ferry_delivery *d);
+
+/* Processes d exactly once (see above): BEGIN IMMEDIATE, ferry_inbox_claim,
+ * h only when the claim is fresh, COMMIT, then the ack, pipelined
+ * (ferry_delivery_ack_async: sent with the connection's next call; its
+ * loss costs one redelivery, which is skipped). A handler failure (h
+ * returns non-zero) or a database failure rolls back and nacks d with
+ * delay retry_delay_ms. SQLITE_BUSY on BEGIN or COMMIT, beyond db's own
+ * busy timeout, is retried with backoff for half of d's lease (1..10 s).
+ * No transaction may be open on db. d stays the caller's (free it after).
+ * Returns:
+ *   FERRY_INBOX_FRESH (1)  the handler ran and its effect committed; acked
+ *   FERRY_INBOX_SEEN (0)   processed before: skipped, acked again
+ *   FERRY_INBOX_RETRY (2)  the handler failed: rolled back, nacked
+ *   < 0                    FERRY_EINVALID (no transaction may be open, an
+ *                          argument NULL), a database error (FERRY_ESTORAGE,
+ *                          FERRY_ETIMEOUT: rolled back, nacked), or the
+ *                          error of the ack or nack (a closed connection:
+ *                          the broker redelivers; a failed ack comes after
+ *                          a successful COMMIT, so the effect is kept). */
+FERRY_API int ferry_inbox_handle(sqlite3 *db, const char *group, ferry_delivery *d,
+                                 ferry_inbox_handler h, void *userdata, uint32_t retry_delay_ms);
+
+/* ferry_inbox_handle for n deliveries (1 or more) in ONE transaction: one
+ * BEGIN IMMEDIATE and one COMMIT (one fsync) for the lot, the consumer's
+ * group commit. Each delivery is claimed and handled in a savepoint of its
+ * own, so a handler failure rolls back only that delivery's claim and
+ * effect, which is then nacked with retry_delay_ms; the others commit and
+ * are acked after the COMMIT. A consumer takes what has arrived
+ * (ferry_receive with timeout 0 after a first delivery) and hands it over:
+ * alone when idle, in batches under load. A message that appears twice in
+ * one batch is handled once. outcomes (NULL, or n entries) receives each
+ * delivery's result as ferry_inbox_handle returns it. Returns 0, or the
+ * error that undid the whole batch (BEGIN, COMMIT, a handler that ended the
+ * transaction; every delivery then nacked, its outcome that error), or
+ * FERRY_EINVALID / FERRY_ENOMEM before anything was done. The deliveries
+ * stay the caller's. */
+FERRY_API int ferry_inbox_handle_batch(sqlite3 *db, const char *group, ferry_delivery *const *ds,
+                                       size_t n, ferry_inbox_handler h, void *userdata,
+                                       uint32_t retry_delay_ms, int *outcomes);
+
+/* Deletes claims processed more than older_than_ms ago (by the wall
+ * clock), oldest first, at most max_rows of them (0: all). Runs in the
+ * caller's transaction when one is open, else on its own. Returns the
+ * number deleted, FERRY_EINVALID (a negative argument), FERRY_ESTORAGE or
+ * FERRY_ETIMEOUT. Call it every so often from the consumer with
+ * older_than_ms = ferry_inbox_window_ms(...) and a bounded max_rows.
+ * A window shorter than the redelivery horizon lets a late redelivery run
+ * its handler a second time: keep the rule of ferry_inbox_window_ms. */
+FERRY_API int ferry_inbox_purge(sqlite3 *db, int64_t older_than_ms, int max_rows);
+
+/* The window an inbox claim must be kept: the redelivery horizon, the
+ * longest a message may still be delivered after its first delivery,
+ * max_deliveries x (ack_wait_ms + max_delay_ms), but never less than
+ * FERRY_INBOX_MIN_WINDOW_MS. ack_wait_ms and max_deliveries are the
+ * group's (ferry_sub_info_get after subscribing: what SUBSCRIBE_OK said;
+ * with several consumers, the longest lease any of them uses); max_delay_ms
+ * is the longest nack delay the application uses plus the longest it
+ * extends a lease with ferry_delivery_touch. max_deliveries 0 (no limit)
+ * has no horizon: INT64_MAX (nothing is ever old enough; give such a group
+ * a max_deliveries). */
+FERRY_API int64_t ferry_inbox_window_ms(uint32_t ack_wait_ms, uint16_t max_deliveries,
+                                        uint32_t max_delay_ms);
+
+/* A subscription's settings, as the broker confirmed them (SUBSCRIBE_OK). */
+typedef struct ferry_sub_info {
+    char topic[201];
+    char group[201];
+    uint32_t max_in_flight;  /* the window granted (ferry_sub_set_window) */
+    uint32_t ack_wait_ms;    /* the lease of each delivery */
+    uint16_t max_deliveries; /* the group's attempts before dead-lettering; 0: no limit */
+} ferry_sub_info;
+
+/* Copies s's settings into *out. Returns 0, or FERRY_EINVALID when s or
+ * out is NULL. */
+FERRY_API int ferry_sub_info_get(const ferry_sub *s, ferry_sub_info *out);
+
+/*
+ * The transactional outbox and its relay (docs/OUTBOX.md).
+ *
+ * A producer that changes its own SQLite database and must announce the
+ * change writes the message into the table ferry_outbox of that database,
+ * in the same transaction (ferry_outbox_put, or a plain INSERT from any
+ * language: docs/OUTBOX.md is the table's contract). The message then
+ * exists if and only if the change committed. A relay (ferry_relay_*, or
+ * the `ferry relay` sidecar) reads the committed rows in seq order (which
+ * is commit order), publishes them in atomic batches with the row's msg_id
+ * as the message id and, under the database's producer id, the row's seq
+ * as producer_seq, and marks them sent only after the broker's durable
+ * ack. A crash anywhere only causes a re-publish, which the broker acks as
+ * a duplicate however long after (its producer high-water mark), so every
+ * committed message is stored exactly once.
+ *
+ * The outbox functions take the application's own sqlite3 handle and work
+ * in whatever transaction it has open. A database error is FERRY_ESTORAGE
+ * (sqlite3_errmsg(db) has the detail), a lock held beyond the busy timeout
+ * FERRY_ETIMEOUT.
+ */
+
+/* The outbox layout this libferry creates and understands. */
+#define FERRY_OUTBOX_SCHEMA_VERSION 1
+
+/* Creates the outbox tables in db when they do not exist yet (ferry_outbox,
+ * its two partial indexes, and ferry_outbox_meta with the schema version
+ * and this database's producer id, generated once). Idempotent and cheap
+ * once installed (one read): call it at every start. Takes the write lock
+ * only when something is missing: in its own transaction, or in a savepoint
+ * of the caller's when one is open. Returns 0, FERRY_EUNSUPPORTED (the
+ * database holds a newer outbox layout), FERRY_ESTORAGE, FERRY_ETIMEOUT or
+ * FERRY_EINVALID (db NULL). */
+FERRY_API int ferry_outbox_install(sqlite3 *db);
+
+/* Inserts msg into the outbox in the transaction the caller has open on db
+ * (without one, the row commits at once); it is published once that
+ * transaction commits, and never if it rolls back. msg->id is the message
+ * id when set (1..128 printable ASCII, unique in the outbox), else one is
+ * generated (32 lower-case hex digits); either way it is copied into id_out
+ * when not NULL. msg->producer_seq is ignored (the relay numbers rows by
+ * their seq). Headers are stored as a JSON object, so their names and
+ * values must be UTF-8 text without NUL bytes. Checks what the broker will
+ * check except the size limit it announces: returns 0, FERRY_EINVALID_TOPIC,
+ * FERRY_EINVALID_ID, FERRY_EINVALID (key over 1024 bytes, a bad header,
+ * negative deliver_at_ms), FERRY_ENOMEM, FERRY_ESTORAGE (e.g. an id already
+ * in the outbox: SQLITE_CONSTRAINT_UNIQUE; the caller's transaction stays
+ * open) or FERRY_ETIMEOUT. After the COMMIT, ferry_relay_notify wakes a
+ * relay running in the same process at once; any other relay notices within
+ * its poll interval. */
+FERRY_API int ferry_outbox_put(sqlite3 *db, const ferry_msg *msg, char id_out[129]);
+
+/* The state of an outbox, for monitoring (`ferry relay --status`). */
+typedef struct ferry_outbox_stats {
+    char producer_id[129];       /* this database's producer id */
+    uint64_t waiting;            /* rows not yet sent */
+    uint64_t oldest_waiting_seq; /* the first of them; 0: none */
+    int64_t oldest_waiting_ms;   /* its age (now - created_ms); 0: none */
+    uint64_t last_sent_seq;      /* the last row sent, while it is kept; 0: none */
+    int64_t last_sent_ms;        /* when it was marked sent, Unix ms; 0: none */
+    uint64_t last_broker_seq;    /* its sequence number in its topic (0: the broker
+                                    acked a re-publish without remembering it) */
+    uint64_t failed;             /* rows the relay gave up on (error set) */
+} ferry_outbox_stats;
+
+/* Fills *out from db's outbox (one read transaction unless the caller has
+ * one open). Costs O(waiting + failed rows). Returns 0, FERRY_EUNSUPPORTED
+ * (no outbox installed), FERRY_ESTORAGE, FERRY_ETIMEOUT or FERRY_EINVALID. */
+FERRY_API int ferry_outbox_stats_get(sqlite3 *db, ferry_outbox_stats *out);
+
+typedef struct ferry_relay ferry_relay;
+
+/* Log levels of the relay's log lines. */
+#define FERRY_LOG_DEBUG 0
+#define FERRY_LOG_INFO 1
+#define FERRY_LOG_WARN 2
+#define FERRY_LOG_ERROR 3
+
+/* Receives each log line (no newline); called on the thread running
+ * ferry_relay_run. */
+typedef void (*ferry_relay_log_fn)(void *userdata, int level, const char *line);
+
+/* ferry_relay_options.retention_ms: never purge sent rows. */
+#define FERRY_RELAY_KEEP_FOREVER (-1)
+
+/* The file whose flock makes one relay per database active: the database's
+ * path followed by this. Created next to it, never deleted. */
+#define FERRY_RELAY_LOCK_SUFFIX ".relay.lock"
+
+/* Test hook (crash tests only): when this environment variable holds N >= 1
+ * at ferry_relay_new, the process calls _exit(9) right after the broker
+ * acked its Nth batch, before the rows are marked sent. */
+#define FERRY_RELAY_CRASH_ENV "FERRY_RELAY_CRASH_AFTER_ACK"
+
+/* Relay options. Zero-initialise, then set what you need; every field left
+ * 0 takes the default named beside it. Copied by ferry_relay_new. */
+typedef struct ferry_relay_options {
+    const char *db_path;    /* required: the application's database file */
+    const char *server;     /* NULL: FERRY_DEFAULT_SERVER */
+    const char *token;      /* NULL: none */
+    uint32_t batch;         /* 0: 1000; 1..10000 rows per PUBLISH (also bounded
+                               by the broker's max_batch and max frame) */
+    int64_t retention_ms;   /* 0: 1 hour; sent rows are deleted this long after
+                               they were sent; FERRY_RELAY_KEEP_FOREVER: never */
+    int poll_interval_ms;   /* 0: 5; how often PRAGMA data_version is read for
+                               commits of other connections; 1..10000 */
+    int drain;              /* 1: ferry_relay_run returns once no row is waiting */
+    ferry_relay_log_fn log; /* NULL: timestamped lines on stderr */
+    void *log_userdata;
+} ferry_relay_options;
+
+/* Creates a relay for opts->db_path; nothing is opened until ferry_relay_run.
+ * Returns 0 with *out set, FERRY_EINVALID (errmsg, when not NULL, says
+ * which option) or FERRY_ENOMEM. */
+FERRY_API int ferry_relay_new(const ferry_relay_options *opts, ferry_relay **out, char *errmsg,
+                              size_t errmsg_len);
+
+/* Runs the relay on the calling thread until ferry_relay_stop (or, with
+ * drain, until nothing is waiting). First takes the database's relay lock
+ * (FERRY_RELAY_LOCK_SUFFIX), standing by while another relay holds it and
+ * taking over when that one stops or dies; then opens its own connection
+ * to the database (installing the outbox when missing) and to the broker,
+ * reconnecting with backoff (100 ms doubling to 5 s) while the broker is
+ * unreachable. Logs through opts->log: its start, the lock, connection
+ * changes, failures, and the lag every 10 s while there is traffic.
+ * Returns 0 once stopped, or a fatal error: FERRY_ESTORAGE (the database
+ * cannot be opened or used), FERRY_EUNSUPPORTED (a newer outbox layout),
+ * FERRY_EAUTH / FERRY_EVERSION (the broker refused us), FERRY_EBUSY
+ * (already running on another thread). A stop takes effect at once while
+ * idle or standing by; otherwise after the publish or connection attempt in
+ * flight (normally milliseconds; at most the 30 s request timeout or the
+ * 5 s connect timeout against a broker that hangs). Rows published but not
+ * yet marked are published again by the next run, as duplicates. */
+FERRY_API int ferry_relay_run(ferry_relay *r);
+
+/* Asks ferry_relay_run to return. Thread-safe and async-signal-safe (may be
+ * called from a signal handler). NULL is a no-op. */
+FERRY_API void ferry_relay_stop(ferry_relay *r);
+
+/* Wakes the relay to look for new rows now, rather than at its next
+ * data_version check: call it after committing a transaction that wrote to
+ * the outbox, when the relay runs in the same process. Thread-safe and
+ * async-signal-safe. NULL is a no-op. */
+FERRY_API void ferry_relay_notify(ferry_relay *r);
+
+/* Frees the relay; it must not be running. NULL is a no-op. */
+FERRY_API void ferry_relay_free(ferry_relay *r);
+
+/* What a relay has done since ferry_relay_new; readable from any thread. */
+typedef struct ferry_relay_stats {
+    int active;          /* 1 while it holds the database's relay lock */
+    int connected;       /* 1 while connected to the broker */
+    uint64_t published;  /* rows acked by the broker and marked sent */
+    uint64_t duplicates; /* of those, re-publishes the broker already had */
+    uint64_t failed;     /* rows marked failed (never publishable) */
+    uint64_t purged;     /* sent rows deleted after the retention */
+    uint64_t reconnects; /* connections after the first */
+    uint64_t last_seq;   /* the last row marked sent */
+} ferry_relay_stats;
+
+/* Copies r's counters into *out (all 0 for a NULL r). */
+FERRY_API void ferry_relay_stats_get(const ferry_relay *r, ferry_relay_stats *out);
 
 #ifdef __cplusplus
 }

@@ -236,9 +236,9 @@ static void fill_topic(const char *addr, const char *topic, int count, size_t pa
 }
 
 /* Splits text into lines and each line into whitespace-separated tokens:
- * tok[line][i], at most 8 lines of 8 tokens. Returns the line count. */
+ * tok[line][i], at most 8 lines of 12 tokens. Returns the line count. */
 #define MAX_LINES 8
-#define MAX_TOKENS 8
+#define MAX_TOKENS 12
 static int split_table(char *text, char *tok[MAX_LINES][MAX_TOKENS], int ntok[MAX_LINES])
 {
     int lines = 0;
@@ -252,12 +252,12 @@ static int split_table(char *text, char *tok[MAX_LINES][MAX_TOKENS], int ntok[MA
     return lines;
 }
 
-/* One row of the table: name, messages, bytes, first, head, then an ISO
- * 8601 UTC time. */
+/* One row of the table: name, messages, bytes, first, head, an ISO 8601
+ * UTC time, the publish rate, no dead letters and no retention ("-"). */
 static void assert_topic_row(char *const *tok, int ntok, const char *name, const char *messages,
                              const char *bytes, const char *first, const char *head)
 {
-    assert_int_equal(ntok, 6);
+    assert_int_equal(ntok, 9);
     assert_string_equal(tok[0], name);
     assert_string_equal(tok[1], messages);
     assert_string_equal(tok[2], bytes);
@@ -266,6 +266,9 @@ static void assert_topic_row(char *const *tok, int ntok, const char *name, const
     assert_int_equal(strlen(tok[5]), 20); /* 2026-01-02T03:04:05Z */
     assert_int_equal(tok[5][10], 'T');
     assert_int_equal(tok[5][19], 'Z');
+    assert_true(tok[6][0] >= '0' && tok[6][0] <= '9'); /* RATE */
+    assert_string_equal(tok[7], "0");                  /* DEAD */
+    assert_string_equal(tok[8], "-");                  /* RETENTION */
 }
 
 static void test_cli_topics_lists_counts(void **state)
@@ -283,11 +286,14 @@ static void test_cli_topics_lists_counts(void **state)
     int ntok[MAX_LINES];
     /* A header, then one row per topic sorted by name. */
     assert_int_equal(split_table(out.out, tok, ntok), 3);
-    assert_int_equal(ntok[0], 6);
+    assert_int_equal(ntok[0], 9);
     assert_string_equal(tok[0][0], "TOPIC");
     assert_string_equal(tok[0][1], "MESSAGES");
     assert_string_equal(tok[0][2], "BYTES");
     assert_string_equal(tok[0][4], "HEAD");
+    assert_string_equal(tok[0][6], "RATE");
+    assert_string_equal(tok[0][7], "DEAD");
+    assert_string_equal(tok[0][8], "RETENTION");
     assert_topic_row(tok[1], ntok[1], "t1", "3", "30", "1", "3");
     assert_topic_row(tok[2], ntok[2], "t2", "1", "7", "1", "1");
     harness_output_free(&out);

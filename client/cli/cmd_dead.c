@@ -1,0 +1,376 @@
+/*
+ * cmd_dead.c - `ferry dead replay TOPIC`: publish the dead letters of TOPIC
+ * (the broker's topic `_dead.TOPIC`, PROTOCOL.md §9.6) back to TOPIC.
+ *
+ * It consumes `_dead.TOPIC` as consumer group --group (default
+ * ferry-replay, created at the earliest dead letter), and for each dead
+ * letter publishes a copy to TOPIC: same key and payload, the original
+ * headers without the broker's `ferry-dead-*` ones, plus
+ * `ferry-replayed-from: _dead.TOPIC/<dead seq>`. The copy's message id is
+ * `<ferry-dead-id>~replay-<dead seq>`: derived from the dead letter alone,
+ * so a replay interrupted and run again (or a group sought back) is
+ * acknowledged by the broker as a duplicate, never stored twice. Only after
+ * the publish is durable is the dead letter acked (pipelined); a failed
+ * publish stops the command and leaves that dead letter unacked: the
+ * unsubscribe at exit gives it back to the group for the next run.
+ *
+ * One line per dead letter: `<dead seq> -> <new seq>`, plus ` duplicate`
+ * when the broker already had the copy (the number is then the original).
+ *
+ * The group is created with the largest max_deliveries (65535), so the
+ * replay group itself never dead-letters a dead letter. --count shrinks the
+ * window as in `ferry sub`, so that no more dead letters are taken than
+ * wanted. Waits are sliced so that SIGINT and SIGTERM end it promptly.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+#define DEAD_DEFAULT_GROUP "ferry-replay"
+#define DEAD_DEFAULT_TIMEOUT_MS 1000
+#define DEAD_WINDOW 100 /* dead letters in flight at once */
+#define DEAD_SLICE_MS 200
+#define DEAD_FLUSH_TIMEOUT_MS 30000
+#define DEAD_PREFIX "_dead."
+#define DEAD_HEADER_PREFIX "ferry-dead-"
+#define DEAD_ID_HEADER "ferry-dead-id"
+#define REPLAYED_FROM_HEADER "ferry-replayed-from"
+#define TOPIC_MAX 200
+#define ID_MAX 128
+#define HEADERS_MAX 64
+
+enum { OPT_GROUP = CLI_OPT_FIRST_COMMAND, OPT_COUNT, OPT_TIMEOUT_MS };
+
+static const char usage_text[] =
+    "Usage: ferry dead replay [OPTIONS] TOPIC\n"
+    "\n"
+    "Publishes the dead letters of TOPIC (the messages the broker moved to\n"
+    "_dead.TOPIC after their group's maximum deliveries) back to TOPIC, and\n"
+    "prints one line per dead letter: '<dead seq> -> <new seq>', followed by\n"
+    "' duplicate' when that copy was already published (by an earlier run).\n"
+    "\n"
+    "Each copy has the dead letter's key and payload, its original headers\n"
+    "without the ferry-dead-* ones, the header\n"
+    "'ferry-replayed-from: _dead.TOPIC/<dead seq>' and the message id\n"
+    "'<original id>~replay-<dead seq>'. A dead letter is acked (in the replay\n"
+    "group) only once its copy is durably stored, so an interrupted replay\n"
+    "can simply be run again.\n"
+    "\n"
+    "Options:\n"
+    "  --group GROUP        the consumer group on _dead.TOPIC that tracks what\n"
+    "                       was replayed (default " DEAD_DEFAULT_GROUP "); a new one starts\n"
+    "                       at the earliest dead letter. To replay again:\n"
+    "                       ferry seek _dead.TOPIC --group GROUP --to earliest\n"
+    "  --count N            stop after N dead letters\n"
+    "  --timeout-ms N       stop after N ms without a dead letter (default 1000)\n" CLI_COMMON_HELP
+    "\n"
+    "Exit status: 0 after --count dead letters, the timeout or a signal; 1 an\n"
+    "error (the dead letter being replayed stays in _dead.TOPIC, unacked);\n"
+    "2 a usage error. To look at dead letters without replaying them:\n"
+    "ferry sub _dead.TOPIC --group inspect --no-ack --json\n";
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static int install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second signal ends it at once */
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+        return -1;
+    signal(SIGPIPE, SIG_IGN); /* a closed stdout shows as EPIPE from fflush */
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct replay_opts {
+    const char *topic;
+    char dead_topic[sizeof DEAD_PREFIX + TOPIC_MAX];
+    const char *group;
+    uint64_t count; /* 0: no limit */
+    long timeout_ms;
+};
+
+/* FNV-1a, 64 bits: a stable digest of an id too long to quote whole. */
+static uint64_t fnv1a(const char *s, size_t n)
+{
+    uint64_t h = 14695981039346656037u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211u;
+    }
+    return h;
+}
+
+/* The copy's message id: "<base>~replay-<seq>", base being the original
+ * id (the dead letter's ferry-dead-id header, or its own id without one).
+ * When that is over 128 bytes, base is cut and followed by "~" and a digest
+ * of the whole of it, so the id stays the same for every run. */
+static void replay_id(const ferry_delivery *d, char out[ID_MAX + 1])
+{
+    const char *base = d->id;
+    size_t blen = strlen(d->id);
+    for (size_t i = 0; i < d->header_count; i++) /* the last: the broker's own */
+        if (strcmp(d->headers[i].name, DEAD_ID_HEADER) == 0) {
+            base = d->headers[i].value;
+            blen = d->headers[i].value_len;
+        }
+    char suffix[48];
+    int slen = snprintf(suffix, sizeof suffix, "~replay-%" PRIu64, d->seq);
+    if (blen + (size_t)slen <= ID_MAX) {
+        snprintf(out, ID_MAX + 1, "%.*s%s", (int)blen, base, suffix);
+        return;
+    }
+    /* "~" + 16 hex digits of digest. */
+    size_t keep = ID_MAX - (size_t)slen - 17;
+    snprintf(out, ID_MAX + 1, "%.*s~%016" PRIx64 "%s", (int)keep, base, fnv1a(base, blen), suffix);
+}
+
+/* Publishes the copy of d to o->topic and waits for its durable ack. */
+static int republish(ferry_conn *c, const struct replay_opts *o, const ferry_delivery *d,
+                     ferry_ack *ack)
+{
+    ferry_header headers[HEADERS_MAX];
+    size_t n = 0;
+    for (size_t i = 0; i < d->header_count; i++) {
+        if (strncmp(d->headers[i].name, DEAD_HEADER_PREFIX, strlen(DEAD_HEADER_PREFIX)) == 0)
+            continue;
+        if (n == HEADERS_MAX - 1) {
+            char detail[128];
+            snprintf(detail, sizeof detail,
+                     "dead letter %" PRIu64 " has more than %d headers besides ferry-dead-*",
+                     d->seq, HEADERS_MAX - 1);
+            return cli_fail("dead replay", FERRY_EINVALID, detail);
+        }
+        headers[n++] = d->headers[i];
+    }
+    char from[sizeof o->dead_topic + 24];
+    snprintf(from, sizeof from, "%s/%" PRIu64, o->dead_topic, d->seq);
+    headers[n].name = REPLAYED_FROM_HEADER;
+    headers[n].value = from;
+    headers[n].value_len = strlen(from);
+    n++;
+
+    char id[ID_MAX + 1];
+    replay_id(d, id);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = o->topic;
+    m.id = id;
+    m.key = d->key;
+    m.key_len = d->key_len;
+    m.headers = headers;
+    m.header_count = n;
+    m.payload = d->payload;
+    m.payload_len = d->payload_len;
+    int rc = ferry_publish(c, &m, ack);
+    if (rc < 0) {
+        char what[64];
+        snprintf(what, sizeof what, "dead replay: dead letter %" PRIu64, d->seq);
+        return cli_fail(what, rc, ferry_errmsg(c));
+    }
+    return CLI_EXIT_OK;
+}
+
+/* The replay loop. Returns the exit status. */
+static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint32_t window)
+{
+    uint64_t done = 0;
+    int64_t last_ms = now_ms();
+    while (!stop_signal && (o->count == 0 || done < o->count)) {
+        int64_t left_ms = last_ms + o->timeout_ms - now_ms();
+        int slice = left_ms <= 0 ? 0 : left_ms < DEAD_SLICE_MS ? (int)left_ms : DEAD_SLICE_MS;
+        ferry_delivery *d;
+        int rc = ferry_receive(c, slice, &d);
+        if (rc == FERRY_ETIMEOUT) {
+            if (now_ms() - last_ms >= o->timeout_ms)
+                break;
+            continue;
+        }
+        if (rc < 0)
+            return cli_fail("dead replay", rc, ferry_errmsg(c));
+
+        ferry_ack ack;
+        int status = republish(c, o, d, &ack);
+        if (status != CLI_EXIT_OK) {
+            ferry_delivery_free(d); /* unacked: back to the group at exit */
+            return status;
+        }
+        done++;
+
+        /* With --count, shrink the window to what is still wanted before
+         * the ack frees a slot, so the broker does not send more. */
+        uint64_t wanted = o->count ? o->count - done : 0;
+        if (wanted > 0 && wanted < window) {
+            window = (uint32_t)wanted;
+            rc = ferry_sub_set_window(s, window);
+            if (rc < 0) {
+                ferry_delivery_free(d);
+                return cli_fail("dead replay", rc, ferry_errmsg(c));
+            }
+        }
+        /* The copy is durable: the dead letter is done. */
+        rc = ferry_delivery_ack_async(d);
+        uint64_t dead_seq = d->seq;
+        ferry_delivery_free(d);
+        if (rc < 0)
+            return cli_fail("dead replay: ack", rc, ferry_errmsg(c));
+
+        printf("%" PRIu64 " -> %" PRIu64 "%s\n", dead_seq, ack.seq,
+               ack.duplicate ? " duplicate" : "");
+        if (fflush(stdout) != 0) {
+            int err = errno;
+            if (err == EPIPE)
+                return CLI_EXIT_OK; /* the reader left: stop quietly */
+            fprintf(stderr, "ferry: dead replay: writing standard output: %s\n", strerror(err));
+            return CLI_EXIT_FAIL;
+        }
+        last_ms = now_ms();
+    }
+    return CLI_EXIT_OK;
+}
+
+/* 1 when the broker lists the topic, 0 when not, < 0 (status printed) on
+ * failure. */
+static int topic_exists(ferry_conn *c, const char *name)
+{
+    ferry_topic_info *t;
+    size_t n;
+    int rc = ferry_topics(c, &t, &n);
+    if (rc < 0) {
+        cli_fail("dead replay", rc, ferry_errmsg(c));
+        return -1;
+    }
+    int found = 0;
+    for (size_t i = 0; i < n && !found; i++)
+        found = strcmp(t[i].name, name) == 0;
+    ferry_topics_free(t);
+    return found;
+}
+
+static int run_replay(struct cli *cli, const struct replay_opts *o)
+{
+    if (install_signals() < 0)
+        return cli_fail("dead replay", FERRY_EIO, strerror(errno));
+    ferry_conn *c;
+    int status = cli_connect(cli, "dead replay", NULL, &c);
+    if (status != CLI_EXIT_OK)
+        return status;
+
+    /* No dead-letter topic: nothing to replay. Subscribing would create an
+     * empty _dead.TOPIC (and the group) for nothing. */
+    int exists = topic_exists(c, o->dead_topic);
+    if (exists <= 0) {
+        ferry_close(c);
+        return exists < 0 ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+    }
+
+    uint32_t window = DEAD_WINDOW;
+    if (o->count && o->count < window)
+        window = (uint32_t)o->count;
+    ferry_sub_options so = {
+        .start = FERRY_START_EARLIEST,
+        .max_in_flight = window,
+        .max_deliveries = UINT16_MAX,
+    };
+    ferry_sub *s;
+    int rc = ferry_subscribe(c, o->dead_topic, o->group, &so, &s);
+    if (rc < 0) {
+        status = cli_fail("dead replay", rc, ferry_errmsg(c));
+        ferry_close(c);
+        return status;
+    }
+
+    status = replay(c, s, o, window);
+
+    /* Wait for the acks of what was replayed, then leave the group, which
+     * gives back whatever was received and not replayed. */
+    rc = ferry_flush(c, DEAD_FLUSH_TIMEOUT_MS);
+    if (rc < 0 && status == CLI_EXIT_OK)
+        status = cli_fail("dead replay: ack", rc, ferry_errmsg(c));
+    rc = ferry_unsubscribe(s);
+    if (rc < 0 && status == CLI_EXIT_OK && rc != FERRY_ECLOSED)
+        status = cli_fail("dead replay: unsubscribe", rc, ferry_errmsg(c));
+    ferry_close(c);
+    return status;
+}
+
+int cmd_dead(struct cli *cli, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        CLI_COMMON_LONGOPTS,
+        {"group", required_argument, NULL, OPT_GROUP},
+        {"count", required_argument, NULL, OPT_COUNT},
+        {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
+        {NULL, 0, NULL, 0},
+    };
+    struct replay_opts o = {.group = DEAD_DEFAULT_GROUP, .timeout_ms = DEAD_DEFAULT_TIMEOUT_MS};
+    uint64_t v;
+    int rc;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        if (cli_common_option(cli, opt, optarg))
+            continue;
+        switch (opt) {
+        case 'h':
+            fputs(usage_text, stdout);
+            return CLI_EXIT_OK;
+        case OPT_GROUP:
+            o.group = optarg;
+            break;
+        case OPT_COUNT:
+            rc = cli_parse_number("dead replay", "--count", optarg, 1, UINT64_MAX, &o.count);
+            if (rc != CLI_EXIT_OK)
+                return rc;
+            break;
+        case OPT_TIMEOUT_MS:
+            rc = cli_parse_number("dead replay", "--timeout-ms", optarg, 0, 1000000000, &v);
+            if (rc != CLI_EXIT_OK)
+                return rc;
+            o.timeout_ms = (long)v;
+            break;
+        default:
+            return cli_bad_option("dead", opt, argv);
+        }
+    }
+    int npos = argc - optind;
+    if (npos < 1)
+        return cli_usage_error("dead", "missing the subcommand: replay");
+    if (strcmp(argv[optind], "replay") != 0)
+        return cli_usage_error("dead", "unknown subcommand '%s' (there is: replay)", argv[optind]);
+    if (npos < 2)
+        return cli_usage_error("dead replay", "missing TOPIC");
+    if (npos > 2)
+        return cli_usage_error("dead replay", "unexpected argument '%s'", argv[optind + 2]);
+    o.topic = argv[optind + 1];
+    if (o.topic[0] == '_')
+        return cli_usage_error("dead replay",
+                               "'%s' is a topic of the broker's own; name the topic the dead "
+                               "letters came from ('orders' for _dead.orders)",
+                               o.topic);
+    if (strlen(o.topic) > TOPIC_MAX - strlen(DEAD_PREFIX))
+        return cli_usage_error("dead replay",
+                               "a topic of more than %zu bytes has no dead-letter topic",
+                               TOPIC_MAX - strlen(DEAD_PREFIX));
+    snprintf(o.dead_topic, sizeof o.dead_topic, "%s%s", DEAD_PREFIX, o.topic);
+    return run_replay(cli, &o);
+}

@@ -1,0 +1,48 @@
+/*
+ * consumer.h - the loop both consuming services run: connect to ferryd
+ * (again and again while it is down), join the consumer group, and hand
+ * what arrives to ferry_inbox_handle_batch with the service's handler, so that
+ * each order's effect is applied exactly once in the service's database.
+ * Every so often it purges inbox claims older than the window that
+ * ferry_inbox_window_ms derives from the subscription's settings.
+ */
+#ifndef ORDERS_CONSUMER_H
+#define ORDERS_CONSUMER_H
+
+#include <stdint.h>
+
+#include <ferry.h>
+#include <sqlite3.h>
+
+struct consumer_cfg {
+    /* Set by the service. */
+    const char *prog;
+    const char *group;      /* default group name (--group overrides) */
+    const char *schema_sql; /* the service's own tables */
+    const char *count_sql;  /* SELECT count(*) of the effects applied so far */
+    ferry_inbox_handler handler;
+    void *handler_ctx;
+
+    /* From the command line (consumer_parse_args). */
+    const char *server;
+    const char *db_path;
+    const char *topic;
+    const char *synchronous;
+    uint32_t window;
+    uint32_t ack_wait_ms;
+    uint16_t max_deliveries;
+    uint32_t retry_delay_ms;
+    int64_t purge_window_ms; /* 0: ferry_inbox_window_ms's rule */
+    int purge_every_ms;
+    int64_t until; /* exit once count_sql reaches it; 0: run until a signal */
+};
+
+/* Fills cfg's command-line part from argv (exits on --help or a usage
+ * error); about is the service's one-paragraph description for --help. */
+void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const char *about);
+
+/* Runs the service until SIGINT/SIGTERM or --until. Returns the exit
+ * status: 0, or 1 when the database could not be opened. */
+int consumer_run(const struct consumer_cfg *cfg);
+
+#endif /* ORDERS_CONSUMER_H */

@@ -1,0 +1,97 @@
+/*
+ * inventory_service - consumer group "inventory" on topic "orders": reserves
+ * stock for each order in its own database, inventory.db, exactly once.
+ *
+ * Tables (besides the inbox):
+ *   stock(sku, on_hand, reserved)       seeded with 20 products (sku-0..sku-19,
+ *                                       as order_service uses), plenty of each
+ *   reservations(id, order_id, sku, qty, status, order_created_us, effect_us)
+ *                                       one row per applied order; no unique
+ *                                       constraint on order_id on purpose: a
+ *                                       second application would show as a
+ *                                       second row (orders_check looks)
+ *
+ * The handler runs inside ferry_inbox_handle's transaction: the reservation,
+ * the stock counter and the inbox claim commit together or not at all.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "common.h"
+#include "consumer.h"
+
+/* clang-format off */
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS stock ("
+    "  sku TEXT PRIMARY KEY,"
+    "  on_hand INTEGER NOT NULL,"
+    "  reserved INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS reservations ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  order_id INTEGER NOT NULL,"
+    "  sku TEXT NOT NULL,"
+    "  qty INTEGER NOT NULL,"
+    "  status TEXT NOT NULL,"               /* reserved | backorder */
+    "  order_created_us INTEGER NOT NULL,"  /* from the event: the producer's commit */
+    "  stored_ms INTEGER NOT NULL,"         /* when ferryd stored the event */
+    "  effect_us INTEGER NOT NULL);"        /* just before this transaction's COMMIT */
+    "CREATE INDEX IF NOT EXISTS reservations_order ON reservations(order_id);"
+    "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < 20)"
+    "  INSERT OR IGNORE INTO stock(sku, on_hand) SELECT 'sku-' || i, 100000000 FROM n;";
+/* clang-format on */
+
+/* Reserves d's order. Returns 0, or -1 (rolled back and retried). */
+static int reserve(void *userdata, sqlite3 *db, const ferry_delivery *d)
+{
+    (void)userdata;
+    struct order o;
+    if (order_from_json(d->payload, d->payload_len, &o) < 0)
+        return -1; /* poison: retried, then dead-lettered by the broker */
+
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "UPDATE stock SET reserved = reserved + ?1"
+                           " WHERE sku = ?2 AND on_hand - reserved >= ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int(st, 1, o.qty);
+    sqlite3_bind_text(st, 2, o.sku, -1, SQLITE_STATIC);
+    int src = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (src != SQLITE_DONE)
+        return -1;
+    const char *status = sqlite3_changes(db) == 1 ? "reserved" : "backorder";
+
+    if (sqlite3_prepare_v2(
+            db,
+            "INSERT INTO reservations(order_id, sku, qty, status,"
+            " order_created_us, stored_ms, effect_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, o.order_id);
+    sqlite3_bind_text(st, 2, o.sku, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, o.qty);
+    sqlite3_bind_text(st, 4, status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, o.created_us);
+    sqlite3_bind_int64(st, 6, d->ts_ms);
+    sqlite3_bind_int64(st, 7, common_wall_us());
+    src = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return src == SQLITE_DONE ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct consumer_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.prog = "inventory_service";
+    cfg.group = "inventory";
+    cfg.schema_sql = schema;
+    cfg.count_sql = "SELECT count(*) FROM reservations";
+    cfg.handler = reserve;
+    consumer_parse_args(&cfg, argc, argv,
+                        "Consumer group 'inventory' of topic 'orders': reserves stock for each\n"
+                        "order in its database, exactly once (ferry_inbox_handle).");
+    common_signals();
+    return consumer_run(&cfg);
+}
