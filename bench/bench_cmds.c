@@ -403,7 +403,16 @@ static void backlog_usage(FILE *f)
             "                      (default 1000)\n"
             "  --consumers C       consumers in the timed consume runs (default 1)\n"
             "  --warmup K          warm-up messages (default: M; 0 for none)\n"
-            "  --json              print one JSON object instead of text\n",
+            "  --edge-ok           let the newest topic be a measured one (see below)\n"
+            "  --json              print one JSON object instead of text\n"
+            "\n"
+            "Messages of all topics share one table keyed by (topic id, seq), so the\n"
+            "topic created last appends at the right edge of the B-tree, which is cheaper\n"
+            "than appending in the middle, as every older topic does. By default the\n"
+            "empty topics are created (one message each) before the backlog topic and a\n"
+            "topic PREFIX.last after both, so that (a) and (b) both append in the middle.\n"
+            "With --edge-ok the empty topic of each round is created when it is first\n"
+            "measured, the newest topic then, and (a) gets the right edge.\n",
             FERRY_DEFAULT_SERVER);
 }
 
@@ -418,8 +427,25 @@ struct phase {
 struct backlog_opts {
     const char *server;
     size_t backlog, messages, rounds, size, window, consumers, warm;
-    int json;
+    int edge_ok, json;
 };
+
+/* Publishes one message to topic (creating it). Returns 0 or -1 (reported). */
+static int publish_one(const char *server, const char *topic, struct bench_rng *rng)
+{
+    struct bench_workload w;
+    struct bench_fill_result fr;
+    if (bench_workload_init(&w, 1, 16, rng) < 0) {
+        fprintf(stderr, "ferry bench: out of memory\n");
+        return -1;
+    }
+    int rc = bench_fill(server, topic, &w, 0, 1, 1, &fr);
+    bench_workload_free(&w);
+    if (rc < 0) {
+        fprintf(stderr, "ferry bench: %s\n", fr.error);
+    }
+    return rc;
+}
 
 /* Publishes warmup + n fresh messages to topic (timed after the warm-up, as
  * `bench pub`), then consumes the n timed ones with a fresh group. Returns
@@ -533,6 +559,7 @@ int bench_backlog_main(int argc, char **argv)
         {"--window", BENCH_OPT_SIZE, &o.window, 1, CMD_MAX_SUB_WINDOW},
         {"--consumers", BENCH_OPT_SIZE, &o.consumers, 1, CMD_MAX_CONSUMERS},
         {"--warmup", BENCH_OPT_SIZE, &o.warm, 0, CMD_MAX_MESSAGES},
+        {"--edge-ok", BENCH_OPT_FLAG, &o.edge_ok, 0, 0},
         {"--json", BENCH_OPT_FLAG, &o.json, 0, 0},
     };
     int prc = bench_opts_parse("backlog", argc, argv, spec, sizeof spec / sizeof spec[0]);
@@ -550,8 +577,9 @@ int bench_backlog_main(int argc, char **argv)
         fprintf(stderr, "ferry bench backlog: --topic is at most 150 characters\n");
         return 2;
     }
-    char t_warm[200], t_full[200], idle[200];
+    char t_warm[200], t_full[200], idle[200], t_edge[200];
     snprintf(t_warm, sizeof t_warm, "%s.warmup", prefix);
+    snprintf(t_edge, sizeof t_edge, "%s.last", prefix);
     snprintf(t_full, sizeof t_full, "%s.backlog", prefix);
     snprintf(idle, sizeof idle, "%s.idle", prefix);
 
@@ -579,6 +607,23 @@ int bench_backlog_main(int argc, char **argv)
         }
     }
 
+    /* Topic placement. Messages are keyed (topic id << 40 | seq) in one
+     * table, so the newest topic appends at the right edge of its B-tree
+     * and every older one in the middle, which costs more per message
+     * whatever the backlog. Unless --edge-ok, the empty topics are created
+     * (one message each) before the backlog topic, and a topic created
+     * after all of them takes the right edge, so that (a) and (b) both
+     * append in the middle, like any topic but the newest. */
+    if (!o.edge_ok) {
+        for (size_t r = 0; r < o.rounds; r++) {
+            char t_empty[200];
+            snprintf(t_empty, sizeof t_empty, "%s.empty.%zu", prefix, r + 1);
+            if (publish_one(o.server, t_empty, &rng) < 0) {
+                goto out;
+            }
+        }
+    }
+
     /* The backlog: its group exists first, so that no retention of the
      * "delete once acked" kind could take the messages. */
     if (bench_group_create(o.server, t_full, idle, err, sizeof err) < 0) {
@@ -594,6 +639,9 @@ int bench_backlog_main(int argc, char **argv)
         goto out;
     }
     bench_workload_free(&wfill);
+    if (!o.edge_ok && publish_one(o.server, t_edge, &rng) < 0) {
+        goto out;
+    }
 
     /* Rounds, (a) first in odd rounds and (b) first in even ones, so that
      * a drift of the machine over the run does not favour either. */
@@ -635,8 +683,9 @@ int bench_backlog_main(int argc, char **argv)
         printf(",\"topic_prefix\":");
         bench_json_string(prefix);
         printf(",\"backlog\":%zu,\"messages\":%zu,\"rounds\":%zu,\"size\":%zu,\"window\":%zu,"
-               "\"consumers\":%zu,\"warmup\":%zu",
-               o.backlog, o.messages, o.rounds, o.size, o.window, o.consumers, o.warm);
+               "\"consumers\":%zu,\"warmup\":%zu,\"edge_ok\":%s",
+               o.backlog, o.messages, o.rounds, o.size, o.window, o.consumers, o.warm,
+               o.edge_ok ? "true" : "false");
         printf(",\"fill_s\":%.6f,\"stored_backlog_topic\":%llu", fill.wall_s,
                (unsigned long long)stored);
         printf(",\"pub_empty\":%.1f,\"pub_backlog\":%.1f,\"pub_ratio\":%.3f", mpa, mpb, pub_ratio);
@@ -653,6 +702,10 @@ int bench_backlog_main(int argc, char **argv)
         printf("ferry bench backlog: %zu msgs x %zu B per phase, %zu round(s), backlog %zu, "
                "window %zu, %zu consumer(s), warm-up %zu\n",
                o.messages, o.size, o.rounds, o.backlog, o.window, o.consumers, o.warm);
+        printf("  placement    %s\n",
+               o.edge_ok ? "--edge-ok: (a) appends at the right edge of the messages B-tree, "
+                           "(b) in the middle"
+                         : "(a) and (b) both append in the middle of the messages B-tree");
         printf("  fill         %s msgs into %s in %.2f s (untimed); group %s never consumes\n",
                bench_fmt_thousands((double)o.backlog, x, sizeof x), t_full, fill.wall_s, idle);
         printf("  %-12s %16s %16s %8s   (median of %zu rounds)\n", "", "empty topic",

@@ -39,13 +39,21 @@
 /* A send this late counts as behind schedule. */
 #define E2E_BEHIND_NS 1000000
 
+struct e2e_pub;
+
+struct e2e_slot {
+    struct e2e_pub *p;
+    size_t i;
+};
+
 struct e2e_shared {
     const struct bench_e2e_config *cfg;
-    size_t total;      /* messages to publish */
-    size_t warm;       /* the first warm of them are not measured */
-    int64_t *send_ns;  /* per message: the time written into its payload */
-    int64_t *lat_ns;   /* per message: delivery latency, -1 until received */
-    int8_t *pub_state; /* per message: 0 not sent, 1 sent, 2 acked, -1 failed */
+    size_t total;           /* messages to publish */
+    size_t warm;            /* the first warm of them are not measured */
+    int64_t *send_ns;       /* per message: the time written into its payload */
+    int64_t *lat_ns;        /* per message: delivery latency, -1 until received */
+    int8_t *pub_state;      /* per message: 0 not sent, 1 sent, 2 acked, -1 failed */
+    struct e2e_slot *slots; /* per message: its ack callback's userdata */
     atomic_size_t acked;
     atomic_int pub_done; /* 1: every publish has its outcome */
     atomic_int abort;
@@ -69,11 +77,6 @@ struct e2e_cons {
     size_t received, duplicates, foreign;
     int rc;
     char errmsg[256];
-};
-
-struct e2e_slot {
-    struct e2e_pub *p;
-    size_t i;
 };
 
 static void e2e_pub_fail(struct e2e_pub *p, int rc, const char *what)
@@ -113,14 +116,14 @@ static void *e2e_pub_thread(void *arg)
     struct e2e_pub *p = arg;
     struct e2e_shared *sh = p->sh;
     const struct bench_e2e_config *cfg = sh->cfg;
-    struct e2e_slot *slots = calloc(sh->total, sizeof *slots);
+    /* The slots are the run's, not this thread's: a callback that comes
+     * only at ferry_close (after a failed flush) still finds its slot. */
+    struct e2e_slot *slots = sh->slots;
     unsigned char *payload = malloc(cfg->size);
-    if (slots == NULL || payload == NULL) {
+    if (payload == NULL) {
         snprintf(p->errmsg, sizeof p->errmsg, "out of memory");
         p->rc = FERRY_ENOMEM;
         atomic_store(&sh->pub_done, 1);
-        free(slots);
-        free(payload);
         return NULL;
     }
     struct bench_rng rng;
@@ -131,7 +134,6 @@ static void *e2e_pub_thread(void *arg)
 
     if (bench_gate_wait(&sh->gate) < 0) {
         atomic_store(&sh->pub_done, 1);
-        free(slots);
         free(payload);
         return NULL;
     }
@@ -180,7 +182,6 @@ static void *e2e_pub_thread(void *arg)
         e2e_pub_fail(p, rc, "flush");
     }
     atomic_store(&sh->pub_done, 1);
-    free(slots);
     free(payload);
     return NULL;
 }
@@ -306,9 +307,10 @@ int bench_e2e_run(const struct bench_e2e_config *cfg, struct bench_e2e_result *r
     sh.send_ns = calloc(sh.total, sizeof *sh.send_ns);
     sh.lat_ns = malloc(sh.total * sizeof *sh.lat_ns);
     sh.pub_state = calloc(sh.total, sizeof *sh.pub_state);
+    sh.slots = calloc(sh.total, sizeof *sh.slots);
     lat = malloc(sh.total * sizeof *lat);
     if (sh.total == 0 || sh.send_ns == NULL || sh.lat_ns == NULL || sh.pub_state == NULL ||
-        lat == NULL) {
+        sh.slots == NULL || lat == NULL) {
         snprintf(res->error, sizeof res->error,
                  sh.total == 0 ? "nothing to publish" : "out of memory");
         goto out;
@@ -413,5 +415,6 @@ out:
     free(sh.send_ns);
     free(sh.lat_ns);
     free(sh.pub_state);
+    free(sh.slots);
     return rc;
 }

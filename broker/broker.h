@@ -82,6 +82,7 @@ struct conn {
     const struct auth_token *token; /* who authenticated (NULL: nobody / auth off) */
     int auth_failed;                /* a wrong token: answered by the next tick */
     int flush_queued;               /* on the broker's flush_list */
+    uint32_t fetching;              /* messages being read for this connection's deliveries */
     struct conn *next_flush;
 
     struct conn *prev, *next;

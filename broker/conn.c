@@ -131,6 +131,8 @@ static void on_write(uv_write_t *req, int status)
         conn_close_now(c);
     else
         conn_resume_reading(c);
+    if (c->subs && c->state == CONN_READY)
+        groups_conn_writable(c);
     conn_unref(c);
 }
 

@@ -108,6 +108,8 @@ struct group {
     uint8_t backoff_count; /* 0: the broker's --redelivery-backoff */
     uint32_t backoff_ms[PROTO_MAX_BACKOFF];
     int fetching_first; /* an OP_FETCH for first deliveries is pending */
+    int acks_unsaved;   /* a commit holding this group's acks failed: the next
+                           ACK rewrites the whole ack state */
     int dirty;
     struct group *next_in_topic;
     struct group *next_dirty;
@@ -534,6 +536,16 @@ static void on_timer(uv_timer_t *t)
 /* ---- delivery ---------------------------------------------------------- */
 
 /* The next subscription of gr with room, taking turns; NULL if none. */
+/* DELIVERs count against the connection's limit of unsent bytes, and the
+ * messages being fetched for it against a cap of their own: a consumer
+ * that stops reading its socket costs the broker a bounded amount,
+ * whatever its windows. */
+#define CONN_MAX_FETCHING 1024
+static int conn_can_take_deliveries(const struct conn *c)
+{
+    return c->wq.len < c->broker->cfg.conn_max_pending_bytes && c->fetching < CONN_MAX_FETCHING;
+}
+
 static struct sub *pick_sub(struct group *gr)
 {
     struct sub *start = gr->turn ? gr->turn : gr->subs;
@@ -542,7 +554,8 @@ static struct sub *pick_sub(struct group *gr)
         return NULL;
     do {
         struct sub *next = s->next_in_group ? s->next_in_group : gr->subs;
-        if (s->in_flight < s->window && s->conn->state == CONN_READY && !s->awaiting_ok) {
+        if (s->in_flight < s->window && s->conn->state == CONN_READY && !s->awaiting_ok &&
+            conn_can_take_deliveries(s->conn)) {
             gr->turn = next;
             return s;
         }
@@ -585,6 +598,7 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
         return -1;
     struct batch *bt = b->pending;
     op->group = gr;
+    s->conn->fetching += n;
     op->sub_id = s->sub_id;
     op->count = (uint16_t)n;
     op->in_off = bt->in.len;
@@ -630,6 +644,8 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     floor_advance(gr);
     gr->dead_lettered++;
     struct op *op = broker_enqueue(b, s->conn, OP_DEAD_LETTER, 0);
+    if (op)
+        op->group = gr;
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
@@ -880,6 +896,7 @@ static struct sub *sub_find(struct conn *c, uint32_t sub_id)
 static void fetch_done(struct groups *g, struct batch *done, struct op *op)
 {
     struct group *gr = op->group;
+    op->conn->fetching -= proto_rd32(done->in.data + op->in_off + 8);
     if (done->commit_status) {
         /* The read failed with its transaction: try these again. */
         const uint8_t *rq = done->in.data + op->in_off;
@@ -988,6 +1005,9 @@ void groups_after_commit(struct broker *b, struct batch *done)
             publish_op_done(g, done, op);
         else if (op->kind == OP_FETCH)
             fetch_done(g, done, op);
+        else if ((op->kind == OP_GROUP_ACK || op->kind == OP_DEAD_LETTER) && op->group &&
+                 (done->commit_status || op->status))
+            ((struct group *)op->group)->acks_unsaved = 1;
     }
 }
 
@@ -1013,6 +1033,15 @@ static void sub_end(struct groups *g, struct sub *s)
         gr->turn = NULL;
     mark_dirty(g, gr);
     free(s);
+}
+
+void groups_conn_writable(struct conn *c)
+{
+    struct groups *g = G(c->broker);
+    if (!g || !conn_can_take_deliveries(c))
+        return;
+    for (struct sub *s = c->subs; s; s = s->next_in_conn)
+        mark_dirty(g, s->group);
 }
 
 void groups_conn_closed(struct conn *c)
@@ -1237,7 +1266,7 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     }
     proto_ack_ok_end(&w, start, a->count);
     floor_advance(gr);
-    if (!changed) {
+    if (!changed && !gr->acks_unsaved) {
         conn_reply(c, f->request_id, frame, w.len);
         free(frame);
         return;
@@ -1258,13 +1287,29 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     proto_wr64(rec + 8, gr->floor);
     uint32_t n = 0;
     buf_append(&bt->in, rec, 20);
-    for (uint16_t i = 0; i < a->count; i++) {
-        uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-        if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq)) {
-            uint8_t q[8];
-            proto_wr64(q, seq);
-            buf_append(&bt->in, q, 8);
-            n++;
+    op->group = gr;
+    if (gr->acks_unsaved) {
+        /* An earlier commit of acks failed (its client got an ERROR): this
+         * one saves every ack above the floor, so that an ACK_OK always
+         * means durable. */
+        for (uint64_t seq = gr->floor; seq < gr->next; seq++) {
+            if (acked_test(gr, seq)) {
+                uint8_t q[8];
+                proto_wr64(q, seq);
+                buf_append(&bt->in, q, 8);
+                n++;
+            }
+        }
+        gr->acks_unsaved = 0;
+    } else {
+        for (uint16_t i = 0; i < a->count; i++) {
+            uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
+            if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq)) {
+                uint8_t q[8];
+                proto_wr64(q, seq);
+                buf_append(&bt->in, q, 8);
+                n++;
+            }
         }
     }
     proto_wr32(bt->in.data + op->in_off + 16, n);

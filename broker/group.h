@@ -45,6 +45,9 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f);
 /* The connection is closing: its subscriptions end and their in-flight
  * messages go back to their groups at once. */
 void groups_conn_closed(struct conn *c);
+/* The connection's unsent replies drained: its subscriptions may receive
+ * again (DELIVERs count against the connection's outgoing limit). */
+void groups_conn_writable(struct conn *c);
 
 /* After a commit (loop thread): learn new topic heads, push fresh messages
  * to caught-up groups straight from the batch, hand fetched messages to

@@ -1938,11 +1938,13 @@ static void reply_error(struct batch *b, struct op *op, int code, const char *ms
     b->out.len += w.len;
 }
 
-void store_commit(struct store *s, struct batch *b, int64_t now_ms)
+/* One transaction over the batch. With only_small, publishes and dead
+ * letters are left out (and so are purging and retention): the second try
+ * after the disk filled up, so that acks and group changes, which need
+ * little space, still get through. Returns an SQLite code; on failure
+ * everything of the transaction was rolled back and undone in memory. */
+static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_small, int *ferr)
 {
-    uint64_t t0 = now_us();
-    int ferr = 0;
-    b->now_ms = now_ms;
     s->stored_before = s->stats.messages_stored;
     s->dd_oldest_before = s->dd_oldest_ms;
     s->dups_before = s->stats.duplicates;
@@ -1953,30 +1955,32 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     for (size_t i = 0; rc == SQLITE_OK && i < b->nops; i++) {
         struct op *op = &b->ops[i];
         if (op->kind == OP_PUBLISH) {
-            rc = publish_op(s, b, op, now_ms, &ferr);
+            if (!only_small)
+                rc = publish_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_GROUP_SAVE) {
             rc = group_save_op(s, b, op, now_ms);
         } else if (op->kind == OP_GROUP_ACK) {
             rc = group_ack_op(s, b, op);
         } else if (op->kind == OP_FETCH) {
-            rc = fetch_op(s, b, op, &ferr);
+            rc = fetch_op(s, b, op, ferr);
         } else if (op->kind == OP_TOPIC_CONFIG) {
-            rc = topic_config_op(s, b, op, now_ms, &ferr);
+            rc = topic_config_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
-            rc = dead_letter_op(s, b, op, now_ms, &ferr);
+            if (!only_small)
+                rc = dead_letter_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_TOPICS) {
             int e = topics_op(s, b, op, now_ms);
             if (e)
                 reply_error(b, op, e, "cannot list topics");
         }
     }
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK && !only_small)
         rc = dedupe_purge(s, now_ms, b->messages);
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK && !only_small)
         rc = retention_step(s, b, now_ms);
     if (rc == SQLITE_OK)
         rc = producers_flush(s, now_ms);
-    if (rc == SQLITE_OK && b->maintenance)
+    if (rc == SQLITE_OK && b->maintenance && !only_small)
         topics_touch_lagging(s);
     if (rc == SQLITE_OK && (rc = topics_flush(s, now_ms, b->maintenance)) == SQLITE_OK) {
         rc = step_done(s->st[ST_COMMIT]);
@@ -1990,29 +1994,79 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         producers_settle(s, 1);
         maybe_checkpoint(s);
         s->stats.commits++;
+        return SQLITE_OK;
+    }
+    if (!sqlite3_get_autocommit(s->db))
+        step_done(s->st[ST_ROLLBACK]);
+    topics_settle(s, b, 0);
+    dedupe_settle(s, 0);
+    producers_settle(s, 0);
+    s->dd_oldest_ms = s->dd_oldest_before;
+    s->stats.failed_commits++;
+    s->stats.messages_stored = s->stored_before;
+    s->stats.duplicates = s->dups_before;
+    return rc;
+}
+
+/* Whether a batch holds small writes worth a second try on a full disk. */
+static int has_small_writes(const struct batch *b)
+{
+    for (size_t i = 0; i < b->nops; i++)
+        if (b->ops[i].kind == OP_GROUP_ACK || b->ops[i].kind == OP_GROUP_SAVE ||
+            b->ops[i].kind == OP_TOPIC_CONFIG || b->ops[i].kind == OP_FETCH)
+            return 1;
+    return 0;
+}
+
+void store_commit(struct store *s, struct batch *b, int64_t now_ms)
+{
+    uint64_t t0 = now_us();
+    int ferr = 0;
+    b->now_ms = now_ms;
+    int rc = run_txn(s, b, now_ms, 0, &ferr);
+    if (rc == SQLITE_OK) {
         b->commit_status = 0;
-    } else {
-        int code = ferr ? ferr : map_sqlite_error(rc);
-        if (!sqlite3_get_autocommit(s->db))
-            step_done(s->st[ST_ROLLBACK]);
-        topics_settle(s, b, 0);
-        dedupe_settle(s, 0);
-        producers_settle(s, 0);
-        s->dd_oldest_ms = s->dd_oldest_before;
-        s->stats.failed_commits++;
-        s->stats.messages_stored = s->stored_before;
-        s->stats.duplicates = s->dups_before;
-        b->commit_status = code;
-        /* Nothing of this transaction was kept: every publish fails. */
+        b->commit_us = now_us() - t0;
+        return;
+    }
+    int code = ferr ? ferr : map_sqlite_error(rc);
+    const char *why = code == FERRY_ESTORAGE_FULL ? "storage full: message not stored" : s->errmsg;
+    if (code == FERRY_ESTORAGE_FULL && has_small_writes(b)) {
+        /* The disk is full: the publishes fail, but acks and group changes
+         * take a second transaction of their own, so that consumers keep
+         * going while producers wait for space. */
+        size_t mark = b->out.len;
         for (size_t i = 0; i < b->nops; i++) {
             struct op *op = &b->ops[i];
-            if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
-                op->kind == OP_TOPIC_CONFIG) {
-                reply_error(b, op, code,
-                            code == FERRY_ESTORAGE_FULL ? "storage full: message not stored"
-                                                        : s->errmsg);
-            }
+            if (op->kind == OP_FETCH)
+                op->out_len = 0; /* read again */
         }
+        b->topics.len = 0;
+        /* Copy the WAL back first: the next transaction can then start the
+         * WAL over and write into space the file already has. */
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        int ferr2 = 0;
+        if (run_txn(s, b, now_ms, 1, &ferr2) == SQLITE_OK) {
+            for (size_t i = 0; i < b->nops; i++) {
+                struct op *op = &b->ops[i];
+                if (op->kind == OP_PUBLISH)
+                    reply_error(b, op, code, why);
+                else if (op->kind == OP_DEAD_LETTER)
+                    op->status = code;
+            }
+            b->commit_status = 0;
+            b->commit_us = now_us() - t0;
+            return;
+        }
+        b->out.len = mark;
+    }
+    b->commit_status = code;
+    /* Nothing of this transaction was kept: every write fails. */
+    for (size_t i = 0; i < b->nops; i++) {
+        struct op *op = &b->ops[i];
+        if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
+            op->kind == OP_TOPIC_CONFIG)
+            reply_error(b, op, code, why);
     }
     b->commit_us = now_us() - t0;
 }

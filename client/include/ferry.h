@@ -656,8 +656,12 @@ FERRY_API int ferry_inbox_purge(sqlite3 *db, int64_t older_than_ms, int max_rows
  * FERRY_INBOX_MIN_WINDOW_MS. ack_wait_ms and max_deliveries are the
  * group's (ferry_sub_info_get after subscribing: what SUBSCRIBE_OK said;
  * with several consumers, the longest lease any of them uses); max_delay_ms
- * is the longest nack delay the application uses plus the longest it
- * extends a lease with ferry_delivery_touch. max_deliveries 0 (no limit)
+ * is the longest wait between two attempts, the larger of the longest nack
+ * delay the application uses and the longest step of the group's
+ * redelivery backoff (its SUBSCRIBE backoff_ms, else ferryd's
+ * --redelivery-backoff; SUBSCRIBE_OK does not report it), plus the longest
+ * the application extends a lease with ferry_delivery_touch.
+ * max_deliveries 0 (no limit)
  * has no horizon: INT64_MAX (nothing is ever old enough; give such a group
  * a max_deliveries). */
 FERRY_API int64_t ferry_inbox_window_ms(uint32_t ack_wait_ms, uint16_t max_deliveries,

@@ -184,7 +184,8 @@ static int join(struct run *r, int *down_logged)
     ferry_sub_info si;
     ferry_sub_info_get(s, &si);
     /* The window rule (docs/INBOX.md): the group's horizon with our
-     * longest nack delay, never less than 7 days; a demonstration may ask
+     * longest nack delay (the example's groups have no redelivery backoff
+     * and never touch), never less than 7 days; a demonstration may ask
      * for less. */
     r->window_ms =
         cfg->purge_window_ms > 0
