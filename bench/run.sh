@@ -32,6 +32,8 @@
 #   RAW_INDEX  unique | none: whether the raw-SQLite table's msg_id has a
 #            UNIQUE index (default unique, the ceiling the issue defines)
 #   BENCH_DIR  where data directories go (default: the repository)
+#   WAIT_IDLE  1 (default): before each run, wait until the CPUs are idle
+#            (see bench/lib.sh); 0: do not wait
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -56,6 +58,7 @@ RAW_INDEX=${RAW_INDEX:-unique}
 # run_one SYNC W N REP: one bench run; appends "SYNC W JSON" to $RESULTS.
 run_one() {
     local sync=$1 w=$2 n=$3 rep=$4 out
+    wait_idle
     if [[ $FRESH == run ]]; then
         start_broker "$sync"
     fi
