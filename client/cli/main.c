@@ -24,7 +24,7 @@ static const struct {
     {"seek", cmd_seek, "move a consumer group to a sequence or a time"},
     {"dead", cmd_dead, "replay dead letters back to their topic (dead replay)"},
     {"relay", cmd_relay, "relay an application's outbox table to the broker"},
-    {"bench", cmd_bench, "measure publish throughput and latency"},
+    {"bench", cmd_bench, "load generator: publish, consume, e2e, backlog"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
