@@ -40,6 +40,9 @@
 #include "log.h"
 #include "store.h"
 
+/* The longest delay a NACK may ask for (longer ones are cut to it). */
+#define MAX_NACK_DELAY_MS (24ull * 3600 * 1000)
+
 /* Most sequences one OP_FETCH reads. */
 #define FETCH_MAX 256
 
@@ -1134,6 +1137,28 @@ static uint64_t start_seq(struct broker *b, struct ltopic *t, uint8_t start, uin
     }
 }
 
+/* The longest a message of gr can take from one delivery to its last
+ * redelivery: every attempt's lease plus the longest wait before the next
+ * (a backoff step, or a nack delay, which ferryd caps at
+ * MAX_NACK_DELAY_MS). An inbox that keeps its records this long can never
+ * run a handler twice for a redelivery. UINT64_MAX without a delivery
+ * limit. Touches extend leases: applications that touch add their own
+ * margin (docs/INBOX.md). */
+static uint64_t redelivery_horizon(const struct broker *b, const struct group *gr,
+                                   uint32_t ack_wait_ms)
+{
+    if (!gr->max_deliveries)
+        return UINT64_MAX;
+    uint64_t wait = MAX_NACK_DELAY_MS;
+    for (uint32_t k = 1; k <= gr->max_deliveries; k++) {
+        uint64_t w = redelivery_backoff(b, gr, k);
+        if (w > wait)
+            wait = w;
+    }
+    uint64_t lease = ack_wait_ms > gr->ack_wait_ms ? ack_wait_ms : gr->ack_wait_ms;
+    return (uint64_t)gr->max_deliveries * (lease + wait);
+}
+
 void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
 {
     struct groups *g = G(c->broker);
@@ -1197,6 +1222,8 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
         .head_seq = t->head,
         .ack_wait_ms = s->ack_wait_ms,
         .max_deliveries = gr->max_deliveries,
+        .has_horizon = 1,
+        .redelivery_horizon_ms = redelivery_horizon(c->broker, gr, s->ack_wait_ms),
     };
     uint8_t frame[64];
     struct proto_writer w;
@@ -1375,7 +1402,9 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
         }
         if (n->delay_ms) {
             e->state = E_WAITING;
-            e->due_ms = broker_now_ms() + n->delay_ms;
+            /* Capped, so that the redelivery horizon stays finite. */
+            e->due_ms = broker_now_ms() +
+                        (n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
             timer_add(g, s->group, e->seq, e->due_ms);
         } else {
             e->holder = NULL;

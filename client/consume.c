@@ -728,6 +728,7 @@ static int on_subscribe_ok(ferry_conn *c, struct ferry__waiter *w, const struct 
                              (unsigned)ok->sub_id, (unsigned)s->sub_id);
     s->ack_wait_ms = ok->ack_wait_ms;
     s->max_deliveries = ok->max_deliveries;
+    s->horizon_ms = ok->has_horizon ? ok->redelivery_horizon_ms : 0;
     return 0;
 }
 

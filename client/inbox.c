@@ -519,5 +519,6 @@ int ferry_sub_info_get(const ferry_sub *s, ferry_sub_info *out)
     out->max_in_flight = s->window;
     out->ack_wait_ms = s->ack_wait_ms;
     out->max_deliveries = s->max_deliveries;
+    out->redelivery_horizon_ms = s->horizon_ms;
     return 0;
 }

@@ -127,6 +127,7 @@ struct ferry_sub {
     uint32_t window; /* max_in_flight granted to the broker */
     uint32_t ack_wait_ms;
     uint16_t max_deliveries;
+    uint64_t horizon_ms; /* from SUBSCRIBE_OK; 0: the broker did not say */
 
     ferry_delivery_cb cb;
     void *userdata;

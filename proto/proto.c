@@ -472,6 +472,13 @@ static int decode_subscribe_ok(struct cur *c, struct proto_subscribe_ok *s)
     if (rd_sub_id(c, &s->sub_id) < 0 || rd_u64(c, &s->cursor) < 0 || rd_u64(c, &s->head_seq) < 0 ||
         rd_u32(c, &s->ack_wait_ms) < 0 || rd_u16(c, &s->max_deliveries) < 0)
         return -1;
+    s->has_horizon = 0;
+    s->redelivery_horizon_ms = 0;
+    if (c->p != c->end) {
+        if (rd_u64(c, &s->redelivery_horizon_ms) < 0)
+            return -1;
+        s->has_horizon = 1;
+    }
     return 0;
 }
 
@@ -1331,6 +1338,8 @@ int proto_encode_subscribe_ok(struct proto_writer *w, uint32_t request_id,
     proto_put_u64(w, s->head_seq);
     proto_put_u32(w, s->ack_wait_ms);
     proto_put_u16(w, s->max_deliveries);
+    if (s->has_horizon)
+        proto_put_u64(w, s->redelivery_horizon_ms);
     return proto_frame_end(w, start);
 }
 

@@ -314,6 +314,7 @@ struct proto_topic_info {
  *   u64   head_seq        the topic's head when subscribing
  *   u32   ack_wait_ms     the lease this subscription gets
  *   u16   max_deliveries  the group's setting
+ *   then, optionally: u64 redelivery_horizon_ms (see the struct)
  *
  * DELIVER (server -> client, request_id 0, flags PROTO_DELIVER_REDELIVERED
  * when attempt > 1):
@@ -379,6 +380,11 @@ struct proto_subscribe_ok {
     uint64_t head_seq;
     uint32_t ack_wait_ms;
     uint16_t max_deliveries;
+    /* Optional (absent from older brokers): the longest a message of this
+     * group can take from a delivery to its last redelivery; UINT64_MAX: no
+     * bound. An inbox keeps its records at least this long. */
+    int has_horizon;
+    uint64_t redelivery_horizon_ms;
 };
 
 struct proto_deliver {

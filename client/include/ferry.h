@@ -671,9 +671,14 @@ FERRY_API int64_t ferry_inbox_window_ms(uint32_t ack_wait_ms, uint16_t max_deliv
 typedef struct ferry_sub_info {
     char topic[201];
     char group[201];
-    uint32_t max_in_flight;  /* the window granted (ferry_sub_set_window) */
-    uint32_t ack_wait_ms;    /* the lease of each delivery */
-    uint16_t max_deliveries; /* the group's attempts before dead-lettering; 0: no limit */
+    uint32_t max_in_flight;         /* the window granted (ferry_sub_set_window) */
+    uint32_t ack_wait_ms;           /* the lease of each delivery */
+    uint16_t max_deliveries;        /* the group's attempts before dead-lettering; 0: no limit */
+    uint64_t redelivery_horizon_ms; /* the broker's bound on how long after a delivery
+                                       the message can be redelivered (leases, backoff,
+                                       nack delays); UINT64_MAX: unbounded; 0: the
+                                       broker did not say. Pass it to
+                                       ferry_inbox_window_ms' callers as the floor. */
 } ferry_sub_info;
 
 /* Copies s's settings into *out. Returns 0, or FERRY_EINVALID when s or

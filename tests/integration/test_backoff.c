@@ -74,6 +74,11 @@ static void test_backoff_group_schedule_delays_redelivery(void **state)
                            .backoff_ms = {600, 1200}};
     ferry_sub *s;
     assert_int_equal(ferry_subscribe(c, "jobs", "slow", &o, &s), 0);
+    /* The broker's horizon: 10 attempts x (lease + the longest wait, here
+     * the 24-hour cap on nack delays). */
+    ferry_sub_info info;
+    assert_int_equal(ferry_sub_info_get(s, &info), 0);
+    assert_int_equal(info.redelivery_horizon_ms, 10ull * (200 + 24ull * 3600 * 1000));
     wait_delivery(c, 1);
     /* Lease 200 ms, then the first backoff value. */
     int64_t t = wait_delivery(c, 2);

@@ -1186,6 +1186,35 @@ static void test_proto_subscribe_backoff_schedule(void **state)
     assert_int_equal(w.len, PROTO_HEADER_BYTES + 4 + 3 + 3 + 1 + 8 + 4 + 4 + 2);
 }
 
+/* SUBSCRIBE_OK's optional redelivery horizon: present, absent, cut. */
+static void test_proto_subscribe_ok_horizon(void **state)
+{
+    (void)state;
+    struct proto_subscribe_ok ok = {.sub_id = 2,
+                                    .cursor = 5,
+                                    .ack_wait_ms = 1000,
+                                    .max_deliveries = 3,
+                                    .has_horizon = 1,
+                                    .redelivery_horizon_ms = 123456};
+    uint8_t buf[64];
+    struct proto_writer w;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_subscribe_ok(&w, 9, &ok), 0);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 4 + 8 + 8 + 4 + 2 + 8);
+    struct proto_frame f;
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.u.subscribe_ok.has_horizon, 1);
+    assert_int_equal(f.u.subscribe_ok.redelivery_horizon_ms, 123456);
+    /* Cut inside the horizon: malformed. */
+    proto_wr32(buf, (uint32_t)(w.len - 4 - 3));
+    assert_int_equal(proto_decode(buf, w.len - 3, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    ok.has_horizon = 0;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_subscribe_ok(&w, 9, &ok), 0);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.u.subscribe_ok.has_horizon, 0);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
     static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x35, 0x80, 0xff};
@@ -1520,7 +1549,7 @@ static int encode_vector(int which, struct proto_writer *w)
                                                    .created_ms = 1700000000000ull};
     static const struct proto_subscribe sub = {
         1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5, 0, {0}};
-    static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5};
+    static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5, 0, 0};
     static const struct proto_deliver deliver = {.sub_id = 1,
                                                  .seq = 1,
                                                  .attempt = 1,
@@ -2877,7 +2906,7 @@ static void test_proto_consumer_round_trips(void **state)
     assert_int_equal(f.u.subscribe.ack_wait_ms, UINT32_MAX);
     assert_int_equal(f.u.subscribe.max_deliveries, UINT16_MAX);
 
-    sok = (struct proto_subscribe_ok){1, UINT64_MAX, UINT64_MAX - 1, 1, 0};
+    sok = (struct proto_subscribe_ok){1, UINT64_MAX, UINT64_MAX - 1, 1, 0, 0, 0};
     proto_writer_init(&w, buf, cap);
     assert_int_equal(proto_encode_subscribe_ok(&w, 12, &sok), 0);
     decode_ok(buf, w.len, &f);
@@ -3008,7 +3037,7 @@ static void test_proto_consumer_encoders_reject_what_decoders_reject(void **stat
         1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0, 0, {0}};
     const struct proto_deliver del_ok = {.sub_id = 1, .attempt = 1, .id = SL("x")};
     struct proto_subscribe sub;
-    struct proto_subscribe_ok sok = {0, 1, 1, 1, 1};
+    struct proto_subscribe_ok sok = {0, 1, 1, 1, 1, 0, 0};
     struct proto_deliver d;
     struct proto_nack nack = {1, 1, 0, {NULL, 0}};
     struct proto_seek seek = {SL("t"), SL("g"), PROTO_START_LATEST, 0};
@@ -3544,6 +3573,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
         cmocka_unit_test(test_proto_subscribe_backoff_schedule),
+        cmocka_unit_test(test_proto_subscribe_ok_horizon),
         cmocka_unit_test(test_proto_trailing_bytes_are_malformed),
         cmocka_unit_test(test_proto_empty_body_types_reject_a_body),
         cmocka_unit_test(test_proto_short_bodies_are_malformed),
