@@ -827,6 +827,8 @@ static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto
 
 static void apply_topic_updates(struct groups *g, struct batch *done)
 {
+    if (!done->topics.data)
+        return;
     const uint8_t *p = done->topics.data, *end = p + done->topics.len;
     while (p && p + 26 <= end) {
         int64_t id = (int64_t)proto_rd64(p);

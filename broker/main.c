@@ -214,63 +214,63 @@ static const struct option opts[] = {
 
 /* Applies one option, from the command line or the config file. Returns 0,
  * 2 for a bad value (after saying so), or OPTION_HELP / OPTION_VERSION. */
-static int set_option(struct broker_config *cfg, int ch, const char *optarg)
+static int set_option(struct broker_config *cfg, int ch, const char *arg)
 {
     unsigned long long v;
     switch (ch) {
     case OPT_LISTEN:
-        if (parse_listen(optarg, cfg) < 0)
-            return bad("--listen", optarg);
+        if (parse_listen(arg, cfg) < 0)
+            return bad("--listen", arg);
         break;
     case OPT_DATA:
-        if (!*optarg || strlen(optarg) >= sizeof(cfg->data_dir) - 32)
-            return bad("--data", optarg);
-        strcpy(cfg->data_dir, optarg);
+        if (!*arg || strlen(arg) >= sizeof(cfg->data_dir) - 32)
+            return bad("--data", arg);
+        strcpy(cfg->data_dir, arg);
         break;
     case OPT_SYNC:
-        if (!strcmp(optarg, "full"))
+        if (!strcmp(arg, "full"))
             cfg->sync_full = 1;
-        else if (!strcmp(optarg, "normal"))
+        else if (!strcmp(arg, "normal"))
             cfg->sync_full = 0;
         else
-            return bad("--sync", optarg);
+            return bad("--sync", arg);
         break;
     case OPT_MAXMSG:
-        if (parse_uint(optarg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
-            return bad("--max-message-bytes", optarg);
+        if (parse_uint(arg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
+            return bad("--max-message-bytes", arg);
         cfg->max_message_bytes = (uint32_t)v;
         break;
     case OPT_MAXBATCH:
-        if (parse_uint(optarg, PROTO_MAX_BATCH, &v) < 0 || v < 1)
-            return bad("--max-batch", optarg);
+        if (parse_uint(arg, PROTO_MAX_BATCH, &v) < 0 || v < 1)
+            return bad("--max-batch", arg);
         cfg->max_batch = (uint32_t)v;
         break;
     case OPT_DEDUPE:
-        if (parse_duration_ms(optarg, &cfg->dedupe_window_ms) < 0 || !cfg->dedupe_window_ms)
-            return bad("--dedupe-window", optarg);
+        if (parse_duration_ms(arg, &cfg->dedupe_window_ms) < 0 || !cfg->dedupe_window_ms)
+            return bad("--dedupe-window", arg);
         break;
     case OPT_DEDUPE_MS:
-        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-            return bad("--dedupe-window-ms", optarg);
+        if (parse_uint(arg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--dedupe-window-ms", arg);
         cfg->dedupe_window_ms = v;
         break;
     case OPT_DEDUPE_MAX:
-        if (parse_uint(optarg, 1ull << 32, &v) < 0 || v < 1)
-            return bad("--dedupe-max-ids", optarg);
+        if (parse_uint(arg, 1ull << 32, &v) < 0 || v < 1)
+            return bad("--dedupe-max-ids", arg);
         cfg->dedupe_max_ids = v;
         break;
     case OPT_RET_AGE:
-        if (parse_duration_ms(optarg, &cfg->retention_max_age_ms) < 0 || !cfg->retention_max_age_ms)
-            return bad("--retention-max-age", optarg);
+        if (parse_duration_ms(arg, &cfg->retention_max_age_ms) < 0 || !cfg->retention_max_age_ms)
+            return bad("--retention-max-age", arg);
         break;
     case OPT_RET_COUNT:
-        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-            return bad("--retention-max-count", optarg);
+        if (parse_uint(arg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--retention-max-count", arg);
         cfg->retention_max_count = v;
         break;
     case OPT_RET_BYTES:
-        if (parse_uint(optarg, UINT64_MAX, &v) < 0 || v < 1)
-            return bad("--retention-max-bytes", optarg);
+        if (parse_uint(arg, UINT64_MAX, &v) < 0 || v < 1)
+            return bad("--retention-max-bytes", arg);
         cfg->retention_max_bytes = v;
         break;
     case OPT_RET_ACKED:
@@ -278,63 +278,63 @@ static int set_option(struct broker_config *cfg, int ch, const char *optarg)
         break;
     case OPT_BACKOFF: {
         char list[256];
-        if (strlen(optarg) >= sizeof(list))
-            return bad("--redelivery-backoff", optarg);
-        strcpy(list, optarg);
+        if (strlen(arg) >= sizeof(list))
+            return bad("--redelivery-backoff", arg);
+        strcpy(list, arg);
         cfg->backoff_count = 0;
         char *save = NULL;
         for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
             if (cfg->backoff_count == 16 ||
                 parse_duration_ms(tok, &cfg->backoff_ms[cfg->backoff_count]) < 0)
-                return bad("--redelivery-backoff", optarg);
+                return bad("--redelivery-backoff", arg);
             cfg->backoff_count++;
         }
         break;
     }
     case OPT_MAXCONN:
-        if (parse_uint(optarg, 1000000, &v) < 0 || v < 1)
-            return bad("--max-connections", optarg);
+        if (parse_uint(arg, 1000000, &v) < 0 || v < 1)
+            return bad("--max-connections", arg);
         cfg->max_connections = (int)v;
         break;
     case OPT_HSTIMEOUT:
-        if (parse_duration_ms(optarg, &cfg->handshake_timeout_ms) < 0)
-            return bad("--handshake-timeout", optarg);
+        if (parse_duration_ms(arg, &cfg->handshake_timeout_ms) < 0)
+            return bad("--handshake-timeout", arg);
         break;
     case OPT_IDLE:
-        if (parse_duration_ms(optarg, &cfg->idle_timeout_ms) < 0)
-            return bad("--idle-timeout", optarg);
+        if (parse_duration_ms(arg, &cfg->idle_timeout_ms) < 0)
+            return bad("--idle-timeout", arg);
         break;
     case OPT_IDLE_MS:
-        if (parse_uint(optarg, UINT64_MAX, &v) < 0)
-            return bad("--idle-timeout-ms", optarg);
+        if (parse_uint(arg, UINT64_MAX, &v) < 0)
+            return bad("--idle-timeout-ms", arg);
         cfg->idle_timeout_ms = v;
         break;
     case OPT_CACHE:
-        if (parse_uint(optarg, 1 << 20, &v) < 0 || v < 1)
-            return bad("--cache-mb", optarg);
+        if (parse_uint(arg, 1 << 20, &v) < 0 || v < 1)
+            return bad("--cache-mb", arg);
         cfg->cache_mb = (int)v;
         break;
     case OPT_MAXDB:
-        if (parse_uint(optarg, 1ull << 30, &v) < 0 || v < 1)
-            return bad("--max-db-mb", optarg);
+        if (parse_uint(arg, 1ull << 30, &v) < 0 || v < 1)
+            return bad("--max-db-mb", arg);
         cfg->max_db_bytes = v << 20;
         break;
     case OPT_READY:
-        if (strlen(optarg) >= sizeof(cfg->ready_file) - 8)
-            return bad("--ready-file", optarg);
-        strcpy(cfg->ready_file, optarg);
+        if (strlen(arg) >= sizeof(cfg->ready_file) - 8)
+            return bad("--ready-file", arg);
+        strcpy(cfg->ready_file, arg);
         break;
     case OPT_LOGLEVEL:
-        if (!strcmp(optarg, "debug"))
+        if (!strcmp(arg, "debug"))
             log_set_level(LOG_DEBUG);
-        else if (!strcmp(optarg, "info"))
+        else if (!strcmp(arg, "info"))
             log_set_level(LOG_INFO);
-        else if (!strcmp(optarg, "warn"))
+        else if (!strcmp(arg, "warn"))
             log_set_level(LOG_WARN);
-        else if (!strcmp(optarg, "error"))
+        else if (!strcmp(arg, "error"))
             log_set_level(LOG_ERROR);
         else
-            return bad("--log-level", optarg);
+            return bad("--log-level", arg);
         break;
     case 'h':
     case OPT_HELP:
