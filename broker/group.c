@@ -965,6 +965,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
 }
 
 static void sub_end(struct groups *g, struct sub *s);
+static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id);
 
 /* The commit creating a subscription's group is done: deliveries may
  * start (they follow the SUBSCRIBE_OK, which goes out with this batch's
@@ -1272,11 +1273,9 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
 {
     struct groups *g = G(c->broker);
     const struct proto_ack *a = &f->u.ack;
-    struct sub *s = sub_find(c, a->sub_id);
-    if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+    struct sub *s = sub_or_reply(c, f, a->sub_id);
+    if (!s)
         return;
-    }
     struct group *gr = s->group;
     size_t need = PROTO_HEADER_BYTES + 2 + (size_t)a->count * 10;
     uint8_t *frame = malloc(need);
@@ -1348,6 +1347,16 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     free(frame);
 }
 
+/* The connection's subscription sub_id, or NULL after replying
+ * UNKNOWN_SUBSCRIPTION to the frame. */
+static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id)
+{
+    struct sub *s = sub_find(c, sub_id);
+    if (!s)
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+    return s;
+}
+
 static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_t code, int any)
 {
     uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
@@ -1379,16 +1388,12 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
     const struct proto_nack *n = &f->u.nack;
-    struct sub *s = sub_find(c, n->sub_id);
-    if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+    struct sub *s = sub_or_reply(c, f, n->sub_id);
+    if (!s)
         return;
-    }
     uint16_t code;
     struct entry *e = held_entry(s, n->seq, &code);
     if (e) {
-        s->in_flight--;
-        e->holder = NULL;
         e->nacked = 1;
         free(e->reason);
         e->reason = NULL;
@@ -1402,18 +1407,13 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
                 e->reason[rl] = 0;
             }
         }
-        if (n->delay_ms) {
-            e->state = E_WAITING;
-            /* Capped, so that the redelivery horizon stays finite. */
-            e->due_ms = broker_now_ms() +
-                        (n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
-            timer_add(g, s->group, e->seq, e->due_ms);
-        } else {
-            e->holder = NULL;
-            e->state = E_READY;
-            ready_push(s->group, e->seq);
-        }
-        mark_dirty(g, s->group);
+        /* The delay is capped, so that the redelivery horizon stays finite. */
+        if (n->delay_ms)
+            entry_wait(g, s->group, e,
+                       n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
+        else
+            entry_make_ready(g, s->group, e);
+        mark_dirty(g, s->group); /* its slot is free */
     }
     reply_one(c, f->request_id, n->seq, code, 1);
 }
@@ -1422,11 +1422,9 @@ void groups_on_touch(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
     const struct proto_sub_op *t = &f->u.sub_op;
-    struct sub *s = sub_find(c, t->sub_id);
-    if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+    struct sub *s = sub_or_reply(c, f, t->sub_id);
+    if (!s)
         return;
-    }
     uint16_t code;
     struct entry *e = held_entry(s, t->value, &code);
     if (e) {
@@ -1440,11 +1438,9 @@ void groups_on_credit(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
     const struct proto_sub_op *t = &f->u.sub_op;
-    struct sub *s = sub_find(c, t->sub_id);
-    if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+    struct sub *s = sub_or_reply(c, f, t->sub_id);
+    if (!s)
         return;
-    }
     s->window = (uint32_t)t->value;
     mark_dirty(g, s->group);
     reply_one(c, f->request_id, 0, 0, 0);
