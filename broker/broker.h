@@ -22,7 +22,8 @@ struct broker_config {
     char data_dir[4096];
     int sync_full;
     int cache_mb;
-    uint64_t max_db_bytes; /* 0: unlimited */
+    uint64_t max_db_bytes;  /* 0: unlimited */
+    uint64_t reserve_bytes; /* disk kept for acks on a full disk (reserve.h) */
     uint32_t max_message_bytes;
     uint32_t max_frame_bytes; /* derived: max(4 MiB, max_message + 64 KiB) */
     uint32_t max_batch;

@@ -52,6 +52,10 @@ static const char usage[] =
     "  --cache-mb N              SQLite page cache in MiB (default 128)\n"
     "  --max-db-mb N             cap the database at N MiB: publishes beyond it fail\n"
     "                            with \"storage full\" (default: no cap)\n"
+    "  --disk-reserve-mb N       keep N MiB of disk allocated in the data folder\n"
+    "                            (ferry.reserve) and free it when the disk fills,\n"
+    "                            so that acks still fit while publishes are\n"
+    "                            refused; 0: none (default 64)\n"
     "  --config FILE             read settings ([broker]: these options without --)\n"
     "                            and tokens ([token NAME]) from FILE; the command\n"
     "                            line overrides it. Without tokens ferryd only\n"
@@ -175,6 +179,7 @@ enum {
     OPT_IDLE_MS,
     OPT_CACHE,
     OPT_MAXDB,
+    OPT_RESERVE,
     OPT_READY,
     OPT_LOGLEVEL,
     OPT_HELP,
@@ -201,6 +206,7 @@ static const struct option opts[] = {
     {"idle-timeout-ms", required_argument, NULL, OPT_IDLE_MS},
     {"cache-mb", required_argument, NULL, OPT_CACHE},
     {"max-db-mb", required_argument, NULL, OPT_MAXDB},
+    {"disk-reserve-mb", required_argument, NULL, OPT_RESERVE},
     {"ready-file", required_argument, NULL, OPT_READY},
     {"log-level", required_argument, NULL, OPT_LOGLEVEL},
     {"config", required_argument, NULL, OPT_CONFIG},
@@ -318,6 +324,11 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
         if (parse_uint(arg, 1ull << 30, &v) < 0 || v < 1)
             return bad("--max-db-mb", arg);
         cfg->max_db_bytes = v << 20;
+        break;
+    case OPT_RESERVE:
+        if (parse_uint(arg, 1ull << 20, &v) < 0)
+            return bad("--disk-reserve-mb", arg);
+        cfg->reserve_bytes = v << 20;
         break;
     case OPT_READY:
         if (strlen(arg) >= sizeof(cfg->ready_file) - 8)
@@ -452,6 +463,7 @@ int main(int argc, char **argv)
     cfg.idle_timeout_ms = 0;
     cfg.conn_max_pending_bytes = 8u << 20;
     cfg.batch_max_bytes = 64u << 20;
+    cfg.reserve_bytes = 64u << 20;
 
     /* The config file first, so that the command line overrides it. */
     int ch, rc;

@@ -333,6 +333,8 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         .retention_max_bytes = cfg->retention_max_bytes,
         .retention_delete_acked = cfg->retention_delete_acked,
         .max_db_bytes = cfg->max_db_bytes,
+        .reserve_dir = cfg->data_dir,
+        .reserve_bytes = cfg->reserve_bytes,
     };
     int rc = store_open(&sc, &b->store, err, sizeof(err));
     if (rc) {

@@ -55,6 +55,7 @@
 #include "dedupe.h"
 #include "ferry_codes.h"
 #include "proto.h"
+#include "reserve.h"
 
 #define TOPIC_ID_MAX ((1LL << 23) - 1)
 #define SEQ_MAX ((1LL << 40) - 1)
@@ -223,6 +224,10 @@ struct store {
 
     struct producer *producers; /* few: one per outbox database */
     struct producer *dirty_producers;
+
+    /* Disk space for acks on a full disk, and the page cap (0: none). */
+    struct reserve rsv;
+    uint64_t cap_pages;
 
     uint64_t rng;
     struct buf scratch;
@@ -867,6 +872,14 @@ static void maybe_checkpoint(struct store *s)
     pthread_mutex_unlock(&s->ckpt_mu);
 }
 
+/* SQLite keeps max_page_count at least the current size. */
+static void set_max_pages(struct store *s, uint64_t pages)
+{
+    char sql[96];
+    snprintf(sql, sizeof(sql), "PRAGMA max_page_count = %llu", (unsigned long long)pages);
+    sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+}
+
 static int64_t wall_ms(void)
 {
     struct timespec ts;
@@ -925,11 +938,11 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         return FERRY_ESTORAGE;
     }
     if (cfg->max_db_bytes) {
-        char cap[96];
-        snprintf(cap, sizeof(cap), "PRAGMA max_page_count = %llu",
-                 (unsigned long long)(cfg->max_db_bytes / 4096 ? cfg->max_db_bytes / 4096 : 1));
-        sqlite3_exec(s->db, cap, NULL, NULL, NULL);
+        s->cap_pages = cfg->max_db_bytes / 4096 ? cfg->max_db_bytes / 4096 : 1;
+        set_max_pages(s, s->cap_pages);
     }
+    if (cfg->reserve_dir)
+        reserve_init(&s->rsv, cfg->reserve_dir, cfg->reserve_bytes);
     /* WAL must really be on: group commit and crash safety assume it. */
     sqlite3_stmt *jm;
     if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &jm, NULL) == SQLITE_OK) {
@@ -2023,18 +2036,32 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     uint64_t t0 = now_us();
     int ferr = 0;
     b->now_ms = now_ms;
-    int rc = run_txn(s, b, now_ms, 0, &ferr);
+    /* While the disk reserve is released, publishes and dead letters are
+     * refused without a try: the space left is for acks. */
+    int refused = !reserve_restore(&s->rsv, now_ms);
+    int rc = refused ? SQLITE_FULL : run_txn(s, b, now_ms, 0, &ferr);
     if (rc == SQLITE_OK) {
         b->commit_status = 0;
         b->commit_us = now_us() - t0;
         return;
     }
     int code = ferr ? ferr : map_sqlite_error(rc);
-    const char *why = code == FERRY_ESTORAGE_FULL ? "storage full: message not stored" : s->errmsg;
-    if (code == FERRY_ESTORAGE_FULL && has_small_writes(b)) {
+    const char *why = s->errmsg;
+    if (refused)
+        why = "storage full: the disk is full; message not stored (publishing resumes once "
+              "space is freed)";
+    else if (code == FERRY_ESTORAGE_FULL)
+        why = "storage full: message not stored";
+    if (code == FERRY_ESTORAGE_FULL && !refused &&
+        (!s->cap_pages || reserve_fs_free(&s->rsv) < s->rsv.bytes))
+        reserve_release(&s->rsv); /* the filesystem, not the cap, is full */
+    if (refused || (code == FERRY_ESTORAGE_FULL && has_small_writes(b))) {
         /* The disk is full: the publishes fail, but acks and group changes
          * take a second transaction of their own, so that consumers keep
-         * going while producers wait for space. */
+         * going while producers wait for space. Under a page cap they may
+         * take the database up to the reserve's size beyond it. (Refused
+         * publishes take this path too, so that the batch's reads, such
+         * as topic listings, are answered.) */
         size_t mark = b->out.len;
         for (size_t i = 0; i < b->nops; i++) {
             struct op *op = &b->ops[i];
@@ -2044,9 +2071,15 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         b->topics.len = 0;
         /* Copy the WAL back first: the next transaction can then start the
          * WAL over and write into space the file already has. */
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (!refused)
+            sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (s->cap_pages)
+            set_max_pages(s, s->cap_pages + s->rsv.bytes / 4096);
         int ferr2 = 0;
-        if (run_txn(s, b, now_ms, 1, &ferr2) == SQLITE_OK) {
+        rc = run_txn(s, b, now_ms, 1, &ferr2);
+        if (s->cap_pages)
+            set_max_pages(s, s->cap_pages);
+        if (rc == SQLITE_OK) {
             for (size_t i = 0; i < b->nops; i++) {
                 struct op *op = &b->ops[i];
                 if (op->kind == OP_PUBLISH)

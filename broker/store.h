@@ -22,6 +22,10 @@ struct store_config {
     uint64_t dedupe_window_ms; /* ids are remembered this long... */
     uint64_t dedupe_max_ids;   /* ...unless more than this many (0: 10,000,000) */
     uint64_t max_db_bytes;     /* 0: no cap; else publishes fail with STORAGE_FULL beyond */
+    /* Space kept for acks when the disk or the cap is full (reserve.h):
+     * reserve_dir/ferry.reserve of reserve_bytes (0: none; NULL dir: none). */
+    const char *reserve_dir;
+    uint64_t reserve_bytes;
     /* Retention for every topic; 0 (false) means no such limit. */
     uint64_t retention_max_age_ms;
     uint64_t retention_max_count;

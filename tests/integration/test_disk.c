@@ -15,6 +15,11 @@
  *          retention deletes it and its pages are reused, so publishing
  *          resumes by itself.
  *
+ * ferryd runs with a disk reserve of RESERVE_MB_STR MiB (--disk-reserve-mb):
+ * when the filesystem fills, it deletes the reserve file so that acks
+ * still fit, and refuses publishes until space returns; so no ack may be
+ * refused with STORAGE_FULL in either variant.
+ *
  * In each: group LIVE consumes from the start, group LATE is created at
  * sequence 1 but only starts consuming once the disk is full, so it must
  * read everything back from a full store. A producer publishes batches of
@@ -53,6 +58,9 @@
 #define FS_MB 24
 #define FILLER_MB 8
 #define CAP_MB 8
+/* --disk-reserve-mb: the space kept for acks once the disk is full. */
+#define RESERVE_MB_STR "2"
+#define RESERVE_BYTES (2u << 20)
 #define BATCH 20
 #define PAYLOAD_BYTES 2000
 /* Far more than fits in either variant: the disk must fill first. */
@@ -178,7 +186,8 @@ static int start_cap(struct fx *fx)
 {
     char mb[16];
     snprintf(mb, sizeof mb, "%d", CAP_MB);
-    const char *const args[] = {"--max-db-mb", mb, "--retention-delete-acked", NULL};
+    const char *const args[] = {
+        "--max-db-mb", mb, "--retention-delete-acked", "--disk-reserve-mb", RESERVE_MB_STR, NULL};
     fx->cap_mode = 1;
     return harness_start(&fx->b, args);
 }
@@ -209,7 +218,8 @@ static int setup_tmpfs(void **state)
     *state = fx;
     if (mount_small_fs(fx) != 0)
         return start_cap(fx);
-    return harness_start_dir(&fx->b, fx->data, NULL);
+    static const char *const args[] = {"--disk-reserve-mb", RESERVE_MB_STR, NULL};
+    return harness_start_dir(&fx->b, fx->data, args);
 }
 
 static int setup_cap(void **state)
@@ -454,20 +464,6 @@ static void catch_up(struct fx *fx, ferry_conn *c, size_t *next, int retry, cons
                 done = atomic_load(&cs[i]->confirmed[s]);
         if (done)
             break;
-        if (harness_now_ms() - start > CATCH_UP_MS && retry && !known_bugs_fatal() &&
-            atomic_load(&fx->live.ack_other) == 0 && atomic_load(&fx->late.ack_other) == 0) {
-            /* Known limitation: on a filesystem with no space left at all,
-             * the WAL cannot take even an ack's page, so acks are refused
-             * with STORAGE_FULL too (a clear error; the consumer retries).
-             * Before ferryd made every ACK_OK durable, a re-ack was
-             * answered without a write and this phase passed. What must
-             * hold is checked: only STORAGE_FULL refusals, and a full
-             * catch-up once space returns (the next phase). */
-            print_message("KNOWN LIMITATION: %s: acks refused as storage full while the disk "
-                          "is full (%zu and %zu); going on to free space\n",
-                          what, atomic_load(&fx->live.ack_full), atomic_load(&fx->late.ack_full));
-            break;
-        }
         if (harness_now_ms() - start > CATCH_UP_MS) {
             harness_dump_log(&fx->b);
             fail_msg("%s: the groups did not ack everything stored (head %" PRIu64
@@ -584,6 +580,21 @@ static void check_groups_after_restart(struct fx *fx, uint64_t head)
     ferry_close(c);
 }
 
+/* The size of the data folder's disk reserve file, or -1 if there is none. */
+static long long reserve_size(struct fx *fx)
+{
+    char path[HARNESS_PATH_BYTES + 32];
+    snprintf(path, sizeof path, "%s/ferry.reserve", fx->mounted ? fx->data : fx->b.data_dir);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    /* Allocated, not sparse: the blocks must really be set aside. */
+    if ((long long)st.st_blocks * 512 < (long long)st.st_size)
+        fail_msg("%s is sparse: %lld bytes, %lld allocated", path, (long long)st.st_size,
+                 (long long)st.st_blocks * 512);
+    return (long long)st.st_size;
+}
+
 static void full_disk_scenario(struct fx *fx)
 {
     print_message("%s\n", fx->cap_mode ? "variant: --max-db-mb cap with --retention-delete-acked"
@@ -596,6 +607,7 @@ static void full_disk_scenario(struct fx *fx)
     assert_int_equal(ferry_connect(fx->b.addr, &o, &c, err, sizeof err), 0);
 
     size_t next = 0;
+    assert_int_equal(reserve_size(fx), RESERVE_BYTES);
     assert_int_equal(publish_batch(fx, c, &next), 0);
     /* Group LATE exists from seq 1 but nobody consumes it yet. */
     uint64_t cursor = 0;
@@ -615,11 +627,20 @@ static void full_disk_scenario(struct fx *fx)
     print_message("storage full after %zu acked messages: \"%s\"\n", next, ferry_errmsg(c));
     /* The connection is still usable. */
     assert_int_equal(ferry_ping(c, NULL), 0);
+    /* On a full filesystem the reserve was given up for the acks; a full
+     * database under a cap leaves it alone. */
+    if (fx->mounted)
+        assert_int_equal(reserve_size(fx), -1);
+    else
+        assert_int_equal(reserve_size(fx), RESERVE_BYTES);
 
     /* Full: the late group reads everything back, both groups ack it all,
      * while the producer keeps knocking. */
     consumer_start(fx, &fx->late);
     catch_up(fx, c, &next, 1, "disk full");
+    /* The reserve took every ack: none was refused. */
+    assert_int_equal(atomic_load(&fx->live.ack_full) + atomic_load(&fx->late.ack_full), 0);
+    assert_int_equal(atomic_load(&fx->live.ack_other) + atomic_load(&fx->late.ack_other), 0);
 
     /* Space comes back. */
     if (fx->cap_mode) {
@@ -643,6 +664,7 @@ static void full_disk_scenario(struct fx *fx)
     }
     print_message("publishing resumed %lld ms after space came back (%zu refused before)\n",
                   (long long)(harness_now_ms() - start), refused);
+    assert_int_equal(reserve_size(fx), RESERVE_BYTES); /* set aside again */
     for (int i = 0; i < 10; i++)
         assert_int_equal(publish_batch(fx, c, &next), 0);
     catch_up(fx, c, &next, 0, "after resuming");
