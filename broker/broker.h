@@ -42,7 +42,8 @@ struct broker_config {
      * socket, exceed this stops being read until they drain. */
     size_t conn_max_pending_bytes;
     /* All connections stop being read while the batch waiting for the
-     * commit holds more than this. */
+     * commit holds more than this; those with much awaiting commit, at an
+     * eighth of it (conn.c). */
     size_t batch_max_bytes;
     char ready_file[4096];
     struct auth auth; /* tokens from the config file; none: no authentication */
@@ -113,7 +114,6 @@ struct broker {
     struct conn *conns;
     int nconns;
     uint64_t next_conn_id;
-    int paused_all; /* every connection's reading is paused (batch full) */
     int stopping;
     int lock_fd;
 
@@ -132,7 +132,6 @@ void broker_destroy(struct broker *b);
 
 /* Called by conn.c. */
 struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes);
-int broker_batch_full(const struct broker *b);
 void broker_conn_closed(struct broker *b, struct conn *c);
 
 /* conn.c */

@@ -24,7 +24,10 @@
  *
  * Backpressure: when a connection's requests awaiting commit, or its unsent
  * replies, exceed conn_max_pending_bytes, the connection stops being read
- * (and stops decoding what it has buffered) until they drain.
+ * (and stops decoding what it has buffered) until they drain. While the
+ * pending batch is over an eighth of batch_max_bytes, connections with
+ * more than LIGHT_CONN_BYTES awaiting commit stop too; over the whole limit,
+ * every connection does.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -92,10 +95,21 @@ void conn_pause_reading(struct conn *c)
     }
 }
 
+/* A connection with more than this awaiting commit counts as heavy. */
+#define LIGHT_CONN_BYTES (256u << 10)
+
 static int over_limit(const struct conn *c)
 {
-    size_t lim = c->broker->cfg.conn_max_pending_bytes;
-    return c->outstanding > lim || c->wq.len > lim || broker_batch_full(c->broker);
+    const struct broker *b = c->broker;
+    size_t lim = b->cfg.conn_max_pending_bytes;
+    if (c->outstanding > lim || c->wq.len > lim)
+        return 1;
+    /* Heavy connections stop at an eighth of the batch limit: the rest is
+     * kept for connections with little in flight, so that producers
+     * flooding faster than the disk do not stall the others, and commits
+     * stay short enough for their acks to come soon. */
+    size_t batch = b->pending->in.len, batch_lim = b->cfg.batch_max_bytes;
+    return batch > batch_lim || (c->outstanding > LIGHT_CONN_BYTES && batch > batch_lim / 8);
 }
 
 void conn_resume_reading(struct conn *c)

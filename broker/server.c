@@ -60,11 +60,6 @@ static void start_commit(struct broker *b);
 static void maybe_finish(struct broker *b);
 static void on_handle_closed(uv_handle_t *h);
 
-int broker_batch_full(const struct broker *b)
-{
-    return b->pending->in.len > b->cfg.batch_max_bytes;
-}
-
 struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes)
 {
     struct op *op = batch_add(b->pending, kind);
