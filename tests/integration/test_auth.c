@@ -197,25 +197,34 @@ static void test_auth_secrets_never_logged(void **state)
 static void test_auth_no_tokens_no_network_listen(void **state)
 {
     (void)state;
-    const char *ferryd = getenv("FERRYD");
-    assert_non_null(ferryd);
+    /* FERRYD, behind FERRYD_WRAPPER when that is set. */
+    struct harness_cmd ferryd;
+    int argc = harness_ferryd_argv(&ferryd);
+    assert_true(argc > 0);
     char dir[] = "/tmp/ferry-auth-dir-XXXXXX";
     assert_non_null(mkdtemp(dir));
+    char *argv[HARNESS_MAX_WRAPPER_ARGS + 8];
+    memcpy(argv, ferryd.argv, (size_t)argc * sizeof *argv);
+    argv[argc++] = "--listen";
+    argv[argc++] = "0.0.0.0:0";
+    argv[argc++] = "--data";
+    argv[argc++] = dir;
+    argv[argc] = NULL;
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         int devnull = open("/dev/null", 1);
         dup2(devnull, 2);
-        execl(ferryd, ferryd, "--listen", "0.0.0.0:0", "--data", dir, (char *)NULL);
+        execv(ferryd.path, argv);
         _exit(127);
     }
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 2);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    char rm[128];
+    snprintf(rm, sizeof(rm), "rm -rf %s", dir);
+    assert_int_equal(system(rm), 0);
 }
 
 int main(void)

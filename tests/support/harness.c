@@ -5,6 +5,11 @@
  * The broker's stdout and stderr go to DIR/ferryd.log, opened O_APPEND so
  * that the log of every run of one test, crashes included, reads in order;
  * each run is preceded by a "=== harness: start" line.
+ *
+ * FERRYD_WRAPPER (see harness.h) puts a command such as valgrind in front
+ * of ferryd. Such a wrapper must exec the broker in place (valgrind does:
+ * its launcher execs the tool, which loads ferryd into the same process),
+ * so that b->pid stays the broker's pid for kill(), waitpid() and /proc.
  */
 #include "harness.h"
 
@@ -117,6 +122,91 @@ int harness_check_log(const struct harness_broker *b)
     return 0;
 }
 
+/* True when FERRYD_WRAPPER holds a command. */
+static int wrapped(void)
+{
+    const char *w = getenv("FERRYD_WRAPPER");
+    return w && w[strspn(w, " \t")];
+}
+
+int harness_slowdown(void)
+{
+    const char *v = getenv("FERRY_UNDER_VALGRIND");
+    if (wrapped() || (v && *v && strcmp(v, "0") != 0))
+        return HARNESS_WRAPPER_SCALE;
+    return 1;
+}
+
+int harness_ready_timeout_ms(void)
+{
+    return HARNESS_READY_TIMEOUT_MS * harness_slowdown();
+}
+
+int harness_stop_timeout_ms(void)
+{
+    return HARNESS_STOP_TIMEOUT_MS * harness_slowdown();
+}
+
+/* The path execv() needs for a command name: itself when it holds a '/',
+ * else the first executable file of that name on $PATH. */
+static int resolve_command(const char *name, char *out, size_t cap)
+{
+    if (strchr(name, '/')) {
+        if ((size_t)snprintf(out, cap, "%s", name) >= cap)
+            return -ENAMETOOLONG;
+        return 0;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path;;) {
+        size_t n = strcspn(p, ":");
+        if ((size_t)snprintf(out, cap, "%.*s/%s", (int)(n ? n : 1), n ? p : ".", name) < cap &&
+            access(out, X_OK) == 0)
+            return 0;
+        if (!p[n])
+            return -ENOENT;
+        p += n + 1;
+    }
+}
+
+int harness_ferryd_argv(struct harness_cmd *cmd)
+{
+    const char *exe = getenv("FERRYD");
+    memset(cmd, 0, sizeof *cmd);
+    if (!exe || !*exe) {
+        fprintf(stderr, "harness: the environment variable FERRYD is not set\n");
+        return -EINVAL;
+    }
+    const char *w = getenv("FERRYD_WRAPPER");
+    if (w && (size_t)snprintf(cmd->words, sizeof cmd->words, "%s", w) >= sizeof cmd->words) {
+        fprintf(stderr, "harness: FERRYD_WRAPPER is longer than %zu bytes\n",
+                sizeof cmd->words - 1);
+        return -E2BIG;
+    }
+    char *save = NULL;
+    for (char *t = strtok_r(cmd->words, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+        if (cmd->argc == HARNESS_MAX_WRAPPER_ARGS) {
+            fprintf(stderr, "harness: FERRYD_WRAPPER has more than %d words\n",
+                    HARNESS_MAX_WRAPPER_ARGS);
+            return -E2BIG;
+        }
+        cmd->argv[cmd->argc++] = t;
+    }
+    if (cmd->argc > 0) {
+        int r = resolve_command(cmd->argv[0], cmd->path, sizeof cmd->path);
+        if (r != 0) {
+            fprintf(stderr, "harness: FERRYD_WRAPPER: %s: not found on PATH\n", cmd->argv[0]);
+            return r;
+        }
+    } else {
+        snprintf(cmd->path, sizeof cmd->path, "%s", exe);
+    }
+    cmd->argv[cmd->argc++] = (char *)exe;
+    cmd->argv[cmd->argc] = NULL;
+    return cmd->argc;
+}
+
 /* Reads the ready file once. Returns 1 and fills b->addr when it holds a
  * complete "HOST:PORT\n" line, else 0. */
 static int read_ready(struct harness_broker *b)
@@ -136,24 +226,24 @@ static int read_ready(struct harness_broker *b)
     return 1;
 }
 
-/* Forks and execs ferryd for the current run, then waits for its ready
- * file. The argument vector is built before fork so that the child only
- * makes async-signal-safe calls. */
+/* Forks and execs ferryd (behind FERRYD_WRAPPER, if set) for the current
+ * run, then waits for its ready file. The argument vector is built before
+ * fork so that the child only makes async-signal-safe calls. */
 static int spawn(struct harness_broker *b)
 {
-    const char *exe = getenv("FERRYD");
-    if (!exe || !*exe) {
-        fprintf(stderr, "harness: the environment variable FERRYD is not set\n");
-        return -EINVAL;
-    }
     if (b->pid != 0)
         return -EBUSY;
+    struct harness_cmd cmd;
+    int r = harness_ferryd_argv(&cmd);
+    if (r < 0)
+        return r;
     unlink(b->ready_path);
     b->addr[0] = '\0';
 
-    char *argv[8 + HARNESS_MAX_ARGS];
+    char *argv[HARNESS_MAX_WRAPPER_ARGS + 8 + HARNESS_MAX_ARGS];
     int argc = 0;
-    argv[argc++] = (char *)exe;
+    for (int i = 0; i < cmd.argc; i++)
+        argv[argc++] = cmd.argv[i];
     argv[argc++] = "--listen";
     argv[argc++] = "127.0.0.1:0";
     argv[argc++] = "--data";
@@ -167,7 +257,7 @@ static int spawn(struct harness_broker *b)
     int logfd = open(b->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (logfd < 0)
         return -errno;
-    dprintf(logfd, "=== harness: start %s", exe);
+    dprintf(logfd, "=== harness: start %s", argv[0]);
     for (int i = 1; i < argc; i++)
         dprintf(logfd, " %s", argv[i]);
     dprintf(logfd, "\n");
@@ -194,8 +284,8 @@ static int spawn(struct harness_broker *b)
             dup2(devnull, STDIN_FILENO);
         dup2(logfd, STDOUT_FILENO);
         dup2(logfd, STDERR_FILENO);
-        execv(exe, argv);
-        static const char msg[] = "harness: execv of FERRYD failed\n";
+        execv(cmd.path, argv);
+        static const char msg[] = "harness: execv of FERRYD (or FERRYD_WRAPPER) failed\n";
         ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)ignored;
         _exit(127);
@@ -204,7 +294,8 @@ static int spawn(struct harness_broker *b)
     close(logfd);
     b->pid = pid;
 
-    int64_t deadline = harness_now_ms() + HARNESS_READY_TIMEOUT_MS;
+    int ready_ms = harness_ready_timeout_ms();
+    int64_t deadline = harness_now_ms() + ready_ms;
     for (;;) {
         if (read_ready(b))
             return 0;
@@ -217,7 +308,7 @@ static int spawn(struct harness_broker *b)
             return -ECHILD;
         }
         if (harness_now_ms() >= deadline) {
-            fprintf(stderr, "harness: ferryd not ready after %d ms\n", HARNESS_READY_TIMEOUT_MS);
+            fprintf(stderr, "harness: ferryd not ready after %d ms\n", ready_ms);
             harness_dump_log(b);
             harness_kill9(b);
             return -ETIMEDOUT;
@@ -293,10 +384,10 @@ int harness_stop_signal(struct harness_broker *b, int sig)
     if (b->pid == 0)
         return -ESRCH;
     kill(b->pid, sig);
-    int r = wait_exit(b->pid, HARNESS_STOP_TIMEOUT_MS);
+    int stop_ms = harness_stop_timeout_ms();
+    int r = wait_exit(b->pid, stop_ms);
     if (r == -ETIMEDOUT) {
-        fprintf(stderr, "harness: ferryd ignored signal %d for %d ms; killing it\n", sig,
-                HARNESS_STOP_TIMEOUT_MS);
+        fprintf(stderr, "harness: ferryd ignored signal %d for %d ms; killing it\n", sig, stop_ms);
         harness_dump_log(b);
         harness_kill9(b);
         return -ETIMEDOUT;
@@ -330,6 +421,14 @@ void harness_cleanup(struct harness_broker *b)
 {
     if (!b)
         return;
+    if (b->pid != 0 && wrapped()) {
+        /* The test is over and has judged the broker; stopping it cleanly
+         * lets the wrapper's checks at exit (valgrind's leak check) see
+         * this run too. Only the status is not judged here. */
+        int st = harness_stop(b);
+        if (st != 0)
+            fprintf(stderr, "harness: cleanup: ferryd behind FERRYD_WRAPPER stopped with %d\n", st);
+    }
     if (b->pid != 0)
         harness_kill9(b);
     if (b->dir[0]) {
@@ -359,6 +458,27 @@ long harness_rss_kib(pid_t pid)
     }
     fclose(f);
     return kib;
+}
+
+const char *harness_rss_unreliable(pid_t pid)
+{
+    const char *e = getenv("FERRY_UNDER_VALGRIND");
+    if (e && *e && strcmp(e, "0") != 0)
+        return "valgrind";
+    char path[64], line[512];
+    const char *why = NULL;
+    snprintf(path, sizeof path, "/proc/%ld/maps", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    while (!why && fgets(line, sizeof line, f)) {
+        if (strstr(line, "vgpreload_"))
+            why = "valgrind";
+        else if (strstr(line, "libasan") || strstr(line, "libtsan"))
+            why = "a sanitizer";
+    }
+    fclose(f);
+    return why;
 }
 
 int harness_db_open(const struct harness_broker *b, sqlite3 **out)

@@ -19,6 +19,21 @@
  * Nothing here asserts: each call returns 0 / a count on success and a
  * negative errno-style value on failure, and the tests assert on that.
  * Set HARNESS_KEEP=1 to keep the temporary directory for a post-mortem.
+ *
+ * FERRYD_WRAPPER, when set, is a command put in front of ferryd's path in
+ * every broker the harness starts (split on spaces and tabs, no quoting;
+ * its first word is looked up on $PATH), e.g.
+ *   FERRYD_WRAPPER="valgrind --error-exitcode=99 --log-file=/tmp/vg/ferryd.%p.log"
+ * (script/valgrind sets it). The wrapper must exec ferryd in place, as
+ * valgrind does, so that the pid the harness signals, waits for and reads
+ * /proc of is the broker's. With a wrapper the start and stop timeouts are
+ * HARNESS_WRAPPER_SCALE times longer (harness_slowdown), and
+ * harness_cleanup stops a broker still running with SIGTERM instead of
+ * killing it, so that the wrapper's checks at exit (valgrind's leak check)
+ * cover every run but the deliberate crashes. The exit status a test sees
+ * is the wrapper's: valgrind's --error-exitcode replaces a clean exit's 0
+ * when it found errors, so such a finding fails the test that stops the
+ * broker.
  */
 #ifndef FERRY_TEST_HARNESS_H
 #define FERRY_TEST_HARNESS_H
@@ -36,6 +51,11 @@
 #define HARNESS_READY_TIMEOUT_MS 10000
 /* How long stop waits for a clean exit after SIGTERM before it kills. */
 #define HARNESS_STOP_TIMEOUT_MS 30000
+/* The factor on both under FERRYD_WRAPPER or valgrind (harness_slowdown):
+ * memcheck runs a process 20-50 times slower, on a shared machine. */
+#define HARNESS_WRAPPER_SCALE 10
+/* Words FERRYD_WRAPPER may have. */
+#define HARNESS_MAX_WRAPPER_ARGS 32
 /* Extra command-line arguments a broker may be given. */
 #define HARNESS_MAX_ARGS 16
 /* Paths inside the temporary directory stay far below this. */
@@ -51,6 +71,34 @@ struct harness_broker {
     int nargs;
     char *args[HARNESS_MAX_ARGS]; /* copies of the extra arguments */
 };
+
+/* The command line that starts ferryd: FERRYD_WRAPPER's words, then
+ * $FERRYD. argv[0..argc-1] point into words (or the environment); path is
+ * what to pass to execv(). */
+struct harness_cmd {
+    char words[2048];
+    char path[HARNESS_PATH_BYTES];
+    char *argv[HARNESS_MAX_WRAPPER_ARGS + 2];
+    int argc;
+};
+
+/* Fills *cmd; the caller appends ferryd's arguments to a copy of argv.
+ * Returns argc, or a negative errno after printing why (FERRYD unset, the
+ * wrapper too long or not found). For tests that start a ferryd of their
+ * own rather than through harness_start. */
+int harness_ferryd_argv(struct harness_cmd *cmd);
+
+/* How many times longer than usual a test should allow for what must
+ * happen "within seconds": HARNESS_WRAPPER_SCALE when FERRYD_WRAPPER is set
+ * or FERRY_UNDER_VALGRIND is (to anything but 0; script/valgrind sets
+ * both), else 1. For time limits that only guard against a hang, never for
+ * a bound a test exists to check. */
+int harness_slowdown(void);
+
+/* HARNESS_READY_TIMEOUT_MS and HARNESS_STOP_TIMEOUT_MS times
+ * harness_slowdown(). */
+int harness_ready_timeout_ms(void);
+int harness_stop_timeout_ms(void);
 
 /* Creates a fresh temporary directory, uses DIR/data as the data folder and
  * starts ferryd with extra_args (a NULL-terminated list, or NULL), e.g.
@@ -81,8 +129,9 @@ int harness_stop_signal(struct harness_broker *b, int sig);
 /* SIGKILL and reap: the crash. Returns 0, or -ESRCH when not running. */
 int harness_kill9(struct harness_broker *b);
 
-/* Kills a broker still running, removes the temporary directory (unless
- * HARNESS_KEEP is set) and frees the argument copies. NULL-safe. */
+/* Kills a broker still running (stops it, under FERRYD_WRAPPER), removes
+ * the temporary directory (unless HARNESS_KEEP is set) and frees the
+ * argument copies. NULL-safe. */
 void harness_cleanup(struct harness_broker *b);
 
 /* Prints the broker's log to stderr, framed, for diagnosis. */
@@ -97,6 +146,15 @@ int harness_check_log(const struct harness_broker *b);
 
 /* The broker's resident set in KiB from /proc/PID/status, or -1. */
 long harness_rss_kib(pid_t pid);
+
+/* Why pid's RSS says nothing about its own memory use, or NULL when it
+ * does: "valgrind" when FERRY_UNDER_VALGRIND is set (to anything but 0;
+ * script/valgrind sets it, and then every process runs several times slower
+ * too) or pid maps valgrind's preload (memcheck's shadow memory counts in
+ * its RSS), "a sanitizer" when it maps libasan or libtsan (whose allocator
+ * quarantines freed memory). Tests print the figure and skip an RSS bound
+ * then. */
+const char *harness_rss_unreliable(pid_t pid);
 
 /* Opens DIR/data/ferry.db read-write (no create) for white-box checks.
  * Only while the broker is stopped: the broker owns the file otherwise. */
