@@ -614,22 +614,6 @@ static void test_hostile_disconnect_with_publishes_in_flight(void **state)
     canary(fx);
 }
 
-/* True when the process maps a sanitizer runtime, whose allocator keeps
- * freed memory in quarantine and so makes RSS meaningless as a bound. */
-static int sanitized(pid_t pid)
-{
-    char path[64], line[512];
-    int found = 0;
-    snprintf(path, sizeof path, "/proc/%ld/maps", (long)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, "libasan") || strstr(line, "libtsan");
-    fclose(f);
-    return found;
-}
-
 /* A peer that pipelines publishes and never reads an ack: the broker must
  * stop reading it (backpressure) rather than buffer replies without bound,
  * and go on serving everyone else. */
@@ -675,8 +659,12 @@ static void test_hostile_unread_acks_backpressure(void **state)
     assert_true(stalled);
     assert_true(sent < give_up_bytes);
     /* The broker may hold a few of its 8 MiB per-connection and batch
-     * buffers and its 8 MiB page cache; not the flood. */
-    if (!sanitized(fx->b.pid))
+     * buffers and its 8 MiB page cache; not the flood. A sanitizer's
+     * quarantine or valgrind's shadow memory makes the figure meaningless. */
+    const char *why = harness_rss_unreliable(fx->b.pid);
+    if (why)
+        print_message("VmRSS growth %ld KiB not asserted under %s\n", rss1 - rss0, why);
+    else
         assert_true(rss1 <= rss0 + 80 * 1024);
 
     /* Everyone else is served meanwhile. */
