@@ -133,13 +133,19 @@ struct bench_raw_result {
 int bench_raw_run(const char *dir, const char *sync_mode, int unique_id,
                   const struct bench_workload *w, size_t first, struct bench_raw_result *res);
 
+/* What the fdatasync probe writes before each fdatasync. */
+enum bench_fsync_probe {
+    BENCH_FSYNC_OVERWRITE,   /* 100 bytes over preallocated, durable bytes */
+    BENCH_FSYNC_APPEND,      /* 100 bytes appended: the file grows */
+    BENCH_FSYNC_APPEND_PAGE, /* a 4 KiB page appended: a new block each time */
+};
+
 /*
- * Writes 100 bytes and calls fdatasync, samples times, on a file in dir,
- * either appending (append != 0, the file grows) or overwriting the same
- * preallocated bytes. Removes the file afterwards. Returns 0 or -1.
+ * Writes and calls fdatasync, samples times, on a file in dir, as kind
+ * says. Removes the file afterwards. Returns 0 or -1.
  */
-int bench_fdatasync_probe(const char *dir, size_t samples, int append, struct bench_pct *out,
-                          char *err, size_t err_len);
+int bench_fdatasync_probe(const char *dir, size_t samples, enum bench_fsync_probe kind,
+                          struct bench_pct *out, char *err, size_t err_len);
 
 /* ---- bench_opts.c ---- */
 

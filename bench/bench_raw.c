@@ -28,6 +28,8 @@
 #define RAW_DB_NAME "raw.db"
 #define RAW_FSYNC_NAME "fdatasync.dat"
 #define RAW_FSYNC_WRITE 100
+/* The page-append probe's write: one 4 KiB block, new each time. */
+#define RAW_FSYNC_PAGE 4096
 /* The overwrite probe cycles through this many preallocated bytes. */
 #define RAW_FSYNC_REGION (128 * 1024)
 
@@ -127,16 +129,18 @@ out:
     return rc;
 }
 
-int bench_fdatasync_probe(const char *dir, size_t samples, int append, struct bench_pct *out,
-                          char *err, size_t err_len)
+int bench_fdatasync_probe(const char *dir, size_t samples, enum bench_fsync_probe kind,
+                          struct bench_pct *out, char *err, size_t err_len)
 {
+    int append = kind != BENCH_FSYNC_OVERWRITE;
+    size_t wlen = kind == BENCH_FSYNC_APPEND_PAGE ? RAW_FSYNC_PAGE : RAW_FSYNC_WRITE;
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, RAW_FSYNC_NAME) >= sizeof path) {
         snprintf(err, err_len, "fdatasync probe: directory name too long");
         return -1;
     }
     int64_t *ns = calloc(samples > 0 ? samples : 1, sizeof *ns);
-    unsigned char buf[RAW_FSYNC_WRITE];
+    unsigned char buf[RAW_FSYNC_PAGE];
     memset(buf, 'f', sizeof buf);
     int rc = -1;
     int fd = -1;
@@ -163,8 +167,8 @@ int bench_fdatasync_probe(const char *dir, size_t samples, int append, struct be
     for (size_t i = 0; i < samples; i++) {
         off_t off = (off_t)((i * RAW_FSYNC_WRITE) % (RAW_FSYNC_REGION - RAW_FSYNC_WRITE));
         int64_t t0 = bench_now_ns();
-        ssize_t n = append ? write(fd, buf, sizeof buf) : pwrite(fd, buf, sizeof buf, off);
-        if (n != (ssize_t)sizeof buf || fdatasync(fd) != 0) {
+        ssize_t n = append ? write(fd, buf, wlen) : pwrite(fd, buf, wlen, off);
+        if (n != (ssize_t)wlen || fdatasync(fd) != 0) {
             snprintf(err, err_len, "fdatasync probe: %s: %s", path, strerror(errno));
             goto out;
         }
