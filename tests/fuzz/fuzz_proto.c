@@ -286,6 +286,11 @@ static void walk_frame(const struct proto_frame *f, const uint8_t *lo, const uin
     case PROTO_GROUPS:
         check_name(f->u.groups.topic, lo, hi);
         break;
+    case PROTO_TOPIC_CONFIG:
+        check_name(f->u.topic_config.topic, lo, hi);
+        CHECK(f->u.topic_config.delete_acked <= 1 ||
+              f->u.topic_config.delete_acked == PROTO_DELETE_ACKED_DEFAULT);
+        break;
     case PROTO_GROUPS_OK: {
         struct proto_group_iter it;
         struct proto_group_info g;
@@ -404,6 +409,8 @@ static int reencode(const struct proto_frame *f, struct proto_writer *w)
         return proto_encode_seek(w, f->request_id, &f->u.seek);
     case PROTO_GROUPS:
         return proto_encode_groups(w, f->request_id, f->u.groups.topic.ptr, f->u.groups.topic.len);
+    case PROTO_TOPIC_CONFIG:
+        return proto_encode_topic_config(w, f->request_id, &f->u.topic_config);
     case PROTO_GROUPS_OK: {
         struct proto_group_iter it;
         struct proto_group_info g;
@@ -608,6 +615,13 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
     case PROTO_GROUPS:
         CHECK(slice_eq(f->u.groups.topic, g->u.groups.topic));
         break;
+    case PROTO_TOPIC_CONFIG: {
+        const struct proto_topic_config *a = &f->u.topic_config, *b = &g->u.topic_config;
+        CHECK(slice_eq(a->topic, b->topic) && a->max_age_ms == b->max_age_ms &&
+              a->max_count == b->max_count && a->max_bytes == b->max_bytes &&
+              a->delete_acked == b->delete_acked);
+        break;
+    }
     case PROTO_GROUPS_OK:
         check_same_groups(&f->u.groups_ok, &g->u.groups_ok);
         break;
