@@ -47,9 +47,10 @@ void reserve_init(struct reserve *r, const char *dir, uint64_t bytes)
     }
     int e = allocate(r);
     if (e != 0) {
-        log_warn("cannot set aside the %.0f MiB disk reserve %s: %s; on a full disk, acks may "
-                 "fail as well as publishes",
-                 mib(bytes), r->path, strerror(e));
+        log_warn("cannot set aside the %.0f MiB disk reserve %s: %s; until it can be (once "
+                 "%.0f MiB are free), acks may fail as well as publishes on a full disk",
+                 mib(bytes), r->path, strerror(e), mib(2 * bytes));
+        r->wanted = 1;
         return;
     }
     r->held = 1;
@@ -87,22 +88,27 @@ int reserve_release(struct reserve *r)
 
 int reserve_restore(struct reserve *r, int64_t now_ms)
 {
-    if (!r->released)
+    if (!r->released && !r->wanted)
         return 1;
+    int ok = !r->released; /* a wanted reserve does not hold publishes back */
     if (now_ms < r->check_ms)
-        return 0;
+        return ok;
     r->check_ms = now_ms + CHECK_EVERY_MS;
     uint64_t free_bytes = reserve_fs_free(r);
     if (free_bytes < 2 * r->bytes)
-        return 0;
+        return ok;
     int e = allocate(r);
     if (e != 0) {
-        log_warn("cannot allocate the disk reserve %s again: %s", r->path, strerror(e));
-        return 0;
+        if (r->released)
+            log_warn("cannot allocate the disk reserve %s again: %s", r->path, strerror(e));
+        return ok;
     }
     r->held = 1;
-    r->released = 0;
-    log_info("storage: %.0f MiB free again; disk reserve restored, publishes accepted",
-             mib(free_bytes));
+    if (r->released)
+        log_info("storage: %.0f MiB free again; disk reserve restored, publishes accepted",
+                 mib(free_bytes));
+    else
+        log_info("disk reserve %s set aside (%.0f MiB)", r->path, mib(r->bytes));
+    r->released = r->wanted = 0;
     return 1;
 }

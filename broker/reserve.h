@@ -23,11 +23,13 @@ struct reserve {
     uint64_t bytes;   /* the configured size; 0: no reserve */
     int held;         /* the file holds its blocks */
     int released;     /* deleted on a full disk: publishes are refused */
+    int wanted;       /* could not be allocated at start: tried again later */
     int64_t check_ms; /* when released: the next free-space check */
 };
 
 /* Allocates (or completes) dir/ferry.reserve of bytes. A reserve that
- * cannot be allocated is logged and left out; 0 bytes removes the file. */
+ * cannot be allocated is logged and tried again once twice its size is
+ * free (publishes are not refused meanwhile); 0 bytes removes the file. */
 void reserve_init(struct reserve *r, const char *dir, uint64_t bytes);
 
 /* The bytes free for an unprivileged writer on the filesystem of the
@@ -38,9 +40,10 @@ uint64_t reserve_fs_free(const struct reserve *r);
  * the following small writes fit. Returns 1 if space was released. */
 int reserve_release(struct reserve *r);
 
-/* While released: at most every 200 ms, checks whether the filesystem has
- * twice the reserve free and if so allocates the file again. Returns 1
- * once publishes may go to disk again (also when nothing was released). */
+/* While released (or wanted): at most every 200 ms, checks whether the
+ * filesystem has twice the reserve free and if so allocates the file
+ * again. Returns 1 once publishes may go to disk again (also when nothing
+ * was released). */
 int reserve_restore(struct reserve *r, int64_t now_ms);
 
 #endif
