@@ -98,6 +98,7 @@ struct fx {
     char filler[320];
     char data[320];
     int cap_mode;
+    int filler_mb; /* 0: FILLER_MB */
     struct consumer live, late;
     /* Producer records: id number -> acked seq (0: not acked). */
     uint64_t *seq_of;
@@ -172,7 +173,7 @@ static int mount_small_fs(struct fx *fx)
     fx->mounted = 1;
     snprintf(fx->filler, sizeof fx->filler, "%s/filler", fx->mnt);
     snprintf(fx->data, sizeof fx->data, "%s/data", fx->mnt);
-    int r = write_filler(fx->filler, FILLER_MB);
+    int r = write_filler(fx->filler, fx->filler_mb ? fx->filler_mb : FILLER_MB);
     if (r != 0) {
         print_message("test_disk: cannot write the filler: %s; using --max-db-mb %d instead\n",
                       strerror(-r), CAP_MB);
@@ -875,6 +876,68 @@ static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **sta
                  "marked it acked), nothing made it durable");
 }
 
+/* ----- a reserve that does not fit at start --------------------------------- */
+
+#define LATE_FILLER_MB 18
+#define LATE_RESERVE_MB "8"
+
+static int setup_tmpfs_late_reserve(void **state)
+{
+    struct fx *fx = fx_new();
+    if (!fx)
+        return -1;
+    *state = fx;
+    fx->filler_mb = LATE_FILLER_MB;
+    if (mount_small_fs(fx) != 0) {
+        unmount_all(fx);
+        return 0; /* the test skips */
+    }
+    static const char *const args[] = {"--disk-reserve-mb", LATE_RESERVE_MB, NULL};
+    return harness_start_dir(&fx->b, fx->data, args);
+}
+
+/* Whether ferryd's log holds text. */
+static int log_contains(const struct harness_broker *b, const char *text)
+{
+    FILE *f = fopen(b->log_path, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+/* With 6 MiB free, an 8 MiB reserve cannot be set aside: ferryd says so and
+ * serves anyway; once space is freed, it sets the reserve aside by itself. */
+static void test_disk_reserve_set_aside_once_space_is_free(void **state)
+{
+    struct fx *fx = *state;
+    if (!fx->mounted) {
+        print_message("no small tmpfs (needs root): skipped\n");
+        skip();
+    }
+    assert_int_equal(reserve_size(fx), -1);
+    assert_true(log_contains(&fx->b, "cannot set aside the 8 MiB disk reserve"));
+    ferry_conn *c = it_connect_opts(fx->b.addr, REQUEST_TIMEOUT_MS, 0);
+    size_t next = 0;
+    assert_int_equal(publish_batch(fx, c, &next), 0); /* publishes are not held back */
+    assert_int_equal(unlink(fx->filler), 0);
+    int64_t start = harness_now_ms();
+    while (reserve_size(fx) < 0) {
+        if (harness_now_ms() - start > RESUME_MS)
+            fail_msg("the reserve was not set aside within %d ms of space coming back", RESUME_MS);
+        sleep_ms(50);
+    }
+    assert_int_equal(reserve_size(fx), 8u << 20);
+    print_message("reserve set aside %lld ms after space came back\n",
+                  (long long)(harness_now_ms() - start));
+    assert_int_equal(publish_batch(fx, c, &next), 0);
+    ferry_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -884,6 +947,8 @@ int main(void)
                                         setup_cap, teardown),
         cmocka_unit_test_setup_teardown(test_disk_ack_refused_as_full_then_acked_again_is_durable,
                                         setup_small_cap, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_reserve_set_aside_once_space_is_free,
+                                        setup_tmpfs_late_reserve, teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))
