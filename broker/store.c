@@ -872,6 +872,27 @@ static void maybe_checkpoint(struct store *s)
     pthread_mutex_unlock(&s->ckpt_mu);
 }
 
+/* On a full disk the WAL must not grow into the space kept for acks: past
+ * FULL_WAL_FRAMES it is copied back and restarted, so that the next
+ * commits reuse the blocks its file already has. A checkpoint that cannot
+ * finish at once (a reader, the checkpointer thread) is tried again after
+ * the next commit. */
+#define FULL_WAL_FRAMES 64
+
+static void shrink_wal(struct store *s)
+{
+    if (s->wal_frames < FULL_WAL_FRAMES)
+        return;
+    sqlite3_busy_timeout(s->db, 100);
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    sqlite3_busy_timeout(s->db, 5000);
+    if (rc == SQLITE_OK) {
+        s->wal_frames = 0;
+        s->ckpt_mark = 0;
+        __atomic_store_n(&s->ckpt_backfilled, 0, __ATOMIC_RELEASE);
+    }
+}
+
 /* SQLite keeps max_page_count at least the current size. */
 static void set_max_pages(struct store *s, uint64_t pages)
 {
@@ -2087,6 +2108,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
                 else if (op->kind == OP_DEAD_LETTER)
                     op->status = code;
             }
+            shrink_wal(s);
             b->commit_status = 0;
             b->commit_us = now_us() - t0;
             return;
