@@ -42,8 +42,8 @@ struct broker_config {
      * socket, exceed this stops being read until they drain. */
     size_t conn_max_pending_bytes;
     /* All connections stop being read while the batch waiting for the
-     * commit holds more than this; those with much awaiting commit, at an
-     * eighth of it (conn.c). */
+     * commit holds more than this; those with much awaiting commit, at
+     * 1/32 of it (conn.c). */
     size_t batch_max_bytes;
     char ready_file[4096];
     struct auth auth; /* tokens from the config file; none: no authentication */

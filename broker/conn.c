@@ -25,7 +25,7 @@
  * Backpressure: when a connection's requests awaiting commit, or its unsent
  * replies, exceed conn_max_pending_bytes, the connection stops being read
  * (and stops decoding what it has buffered) until they drain. While the
- * pending batch is over an eighth of batch_max_bytes, connections with
+ * pending batch is over 1/32 of batch_max_bytes, connections with
  * more than LIGHT_CONN_BYTES awaiting commit stop too; over the whole limit,
  * every connection does.
  */
@@ -104,12 +104,12 @@ static int over_limit(const struct conn *c)
     size_t lim = b->cfg.conn_max_pending_bytes;
     if (c->outstanding > lim || c->wq.len > lim)
         return 1;
-    /* Heavy connections stop at an eighth of the batch limit: the rest is
+    /* Heavy connections stop at 1/32 of the batch limit: the rest is
      * kept for connections with little in flight, so that producers
      * flooding faster than the disk do not stall the others, and commits
      * stay short enough for their acks to come soon. */
     size_t batch = b->pending->in.len, batch_lim = b->cfg.batch_max_bytes;
-    return batch > batch_lim || (c->outstanding > LIGHT_CONN_BYTES && batch > batch_lim / 8);
+    return batch > batch_lim || (c->outstanding > LIGHT_CONN_BYTES && batch > batch_lim / 32);
 }
 
 void conn_resume_reading(struct conn *c)
