@@ -538,7 +538,6 @@ static void on_timer(uv_timer_t *t)
 
 /* ---- delivery ---------------------------------------------------------- */
 
-/* The next subscription of gr with room, taking turns; NULL if none. */
 /* DELIVERs count against the connection's limit of unsent bytes, and the
  * messages being fetched for it against a cap of their own: a consumer
  * that stops reading its socket costs the broker a bounded amount,
@@ -549,6 +548,7 @@ static int conn_can_take_deliveries(const struct conn *c)
     return c->wq.len < c->broker->cfg.conn_max_pending_bytes && c->fetching < CONN_MAX_FETCHING;
 }
 
+/* The next subscription of gr with room, taking turns; NULL if none. */
 static struct sub *pick_sub(struct group *gr)
 {
     struct sub *start = gr->turn ? gr->turn : gr->subs;
@@ -647,12 +647,11 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     floor_advance(gr);
     gr->dead_lettered++;
     struct op *op = broker_enqueue(b, s->conn, OP_DEAD_LETTER, 0);
-    if (op)
-        op->group = gr;
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
     }
+    op->group = gr;
     struct batch *bt = b->pending;
     op->in_off = bt->in.len;
     uint8_t rec[36], l[2];
@@ -830,7 +829,7 @@ static void apply_topic_updates(struct groups *g, struct batch *done)
     if (!done->topics.data)
         return;
     const uint8_t *p = done->topics.data, *end = p + done->topics.len;
-    while (p && p + 26 <= end) {
+    while (p + 26 <= end) {
         int64_t id = (int64_t)proto_rd64(p);
         uint64_t head = proto_rd64(p + 8);
         uint64_t first = proto_rd64(p + 16);

@@ -15,14 +15,17 @@
 
 #define CHECK_EVERY_MS 200
 
-/* Allocates the file's blocks. Returns 0 or an errno value; on failure no
- * file is left behind. */
+/* Allocates the file's blocks (those a file left by an earlier run already
+ * has are kept; a larger one is cut to size). Returns 0 or an errno value;
+ * on failure no file is left behind. */
 static int allocate(struct reserve *r)
 {
     int fd = open(r->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
         return errno;
-    int e = ftruncate(fd, 0) == 0 ? posix_fallocate(fd, 0, (off_t)r->bytes) : errno;
+    int e = posix_fallocate(fd, 0, (off_t)r->bytes);
+    if (e == 0 && ftruncate(fd, (off_t)r->bytes) != 0)
+        e = errno;
     if (e == 0 && fsync(fd) != 0)
         e = errno;
     close(fd);
@@ -69,13 +72,13 @@ uint64_t reserve_fs_free(const struct reserve *r)
     return (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
 }
 
-int reserve_release(struct reserve *r)
+void reserve_release(struct reserve *r)
 {
     if (!r->held)
-        return 0;
+        return;
     if (unlink(r->path) != 0) {
         log_error("storage full: cannot delete the disk reserve %s: %s", r->path, strerror(errno));
-        return 0;
+        return;
     }
     r->held = 0;
     r->released = 1;
@@ -83,7 +86,6 @@ int reserve_release(struct reserve *r)
     log_warn("storage full: released the %.0f MiB disk reserve for acks and group changes; "
              "publishes are refused until %.0f MiB are free in the data folder",
              mib(r->bytes), mib(2 * r->bytes));
-    return 1;
 }
 
 int reserve_restore(struct reserve *r, int64_t now_ms)

@@ -37,8 +37,8 @@ void reserve_init(struct reserve *r, const char *dir, uint64_t bytes);
 uint64_t reserve_fs_free(const struct reserve *r);
 
 /* A commit failed for lack of space: deletes the file (if held) so that
- * the following small writes fit. Returns 1 if space was released. */
-int reserve_release(struct reserve *r);
+ * the following small writes fit. */
+void reserve_release(struct reserve *r);
 
 /* While released (or wanted): at most every 200 ms, checks whether the
  * filesystem has twice the reserve free and if so allocates the file
