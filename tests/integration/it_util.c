@@ -6,9 +6,12 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
+
+#include "harness.h"
 
 ferry_conn *it_connect_opts(const char *addr, int request_timeout_ms, uint32_t max_in_flight)
 {
@@ -57,4 +60,20 @@ void it_payload(size_t i, uint8_t *buf, size_t len)
     int n = snprintf(head, sizeof head, "msg-%08zu-", i);
     for (size_t j = 0; j < len; j++)
         buf[j] = j < (size_t)n ? (uint8_t)head[j] : (uint8_t)('a' + (i * 7 + j) % 26);
+}
+
+int it_file_count(const char *path, const char *needle)
+{
+    size_t len;
+    char *s = harness_slurp(path, &len);
+    int n = 0;
+    for (const char *p = s; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    free(s);
+    return n;
+}
+
+int it_file_has(const char *path, const char *needle)
+{
+    return it_file_count(path, needle) > 0;
 }

@@ -26,4 +26,10 @@ int it_topic(ferry_conn *c, const char *name, ferry_topic_info *out);
  * payload can be re-derived from its index when checking the store. */
 void it_payload(size_t i, uint8_t *buf, size_t len);
 
+/* Number of times needle occurs in the file at path (a log, say). */
+int it_file_count(const char *path, const char *needle);
+
+/* 1 when the file at path contains needle. */
+int it_file_has(const char *path, const char *needle);
+
 #endif /* FERRY_IT_UTIL_H */

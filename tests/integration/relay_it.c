@@ -3,6 +3,8 @@
  */
 #include "relay_it.h"
 
+#include "it_util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -189,61 +191,23 @@ void rit_kill9(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n - 1 == 0) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb)
-                break;
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf)
-        buf[n] = '\0';
-    return buf;
-}
-
 void rit_dump(const char *path)
 {
-    char *s = slurp(path);
+    size_t len;
+    char *s = harness_slurp(path, &len);
     fprintf(stderr, "----- %s -----\n%s----- end of %s -----\n", path, s ? s : "", path);
     free(s);
-}
-
-int rit_log_count(const char *path, const char *needle)
-{
-    char *s = slurp(path);
-    int n = 0;
-    for (const char *p = s; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    free(s);
-    return n;
-}
-
-int rit_log_has(const char *path, const char *needle)
-{
-    return rit_log_count(path, needle) > 0;
 }
 
 int rit_wait_log(const char *path, const char *needle, int timeout_ms)
 {
     int64_t deadline = harness_now_ms() + timeout_ms;
     while (harness_now_ms() < deadline) {
-        if (rit_log_has(path, needle))
+        if (it_file_has(path, needle))
             return 1;
         rit_sleep_ms(20);
     }
-    if (rit_log_has(path, needle))
+    if (it_file_has(path, needle))
         return 1;
     fprintf(stderr, "no \"%s\" within %d ms in:\n", needle, timeout_ms);
     rit_dump(path);

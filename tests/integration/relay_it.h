@@ -53,12 +53,6 @@ void rit_kill9(pid_t pid);
  * timeout_ms (the file is then printed). */
 int rit_wait_log(const char *path, const char *needle, int timeout_ms);
 
-/* 1 when the file at path contains needle. */
-int rit_log_has(const char *path, const char *needle);
-
-/* Number of times needle occurs in the file at path. */
-int rit_log_count(const char *path, const char *needle);
-
 /* Prints the file at path to stderr, framed. */
 void rit_dump(const char *path);
 

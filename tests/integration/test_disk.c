@@ -438,8 +438,6 @@ static void expect_storage_full(ferry_conn *c, int rc, const char *when)
     assert_non_null(strstr(ferry_errmsg(c), "storage full"));
 }
 
-static int known_bugs_fatal(void);
-
 static uint64_t head_seq(ferry_conn *c)
 {
     ferry_topic_info ti;
@@ -455,10 +453,9 @@ static void catch_up(struct fx *fx, ferry_conn *c, size_t *next, int retry, cons
     int64_t start = harness_now_ms();
     size_t attempts = 0, failed = 0;
     uint64_t head = head_seq(c);
-    int done = 0;
     for (;;) {
         consumers_check(fx);
-        done = 1;
+        int done = 1;
         struct consumer *cs[2] = {&fx->live, &fx->late};
         for (int i = 0; i < 2; i++)
             for (uint64_t s = 1; done && s <= head; s++)
@@ -490,12 +487,12 @@ static void catch_up(struct fx *fx, ferry_conn *c, size_t *next, int retry, cons
         }
         sleep_ms(PRODUCER_RETRY_MS);
     }
-    print_message("%s: %s %" PRIu64 " stored in %lld ms (acks refused as storage full and "
-                  "retried: %zu and %zu); the producer retried %zu times meanwhile, %zu refused "
-                  "with storage full\n",
-                  what, done ? "both groups acked all" : "the groups had not yet acked all", head,
-                  (long long)(harness_now_ms() - start), atomic_load(&fx->live.ack_full),
-                  atomic_load(&fx->late.ack_full), attempts, failed);
+    print_message("%s: both groups acked all %" PRIu64 " stored in %lld ms (acks refused as "
+                  "storage full and retried: %zu and %zu); the producer retried %zu times "
+                  "meanwhile, %zu refused with storage full\n",
+                  what, head, (long long)(harness_now_ms() - start),
+                  atomic_load(&fx->live.ack_full), atomic_load(&fx->late.ack_full), attempts,
+                  failed);
 }
 
 /* ----- the checks ---------------------------------------------------------- */
@@ -581,20 +578,6 @@ static void check_groups_after_restart(struct fx *fx, uint64_t head)
     ferry_close(c);
 }
 
-/* Whether ferryd's log holds text. */
-static int log_contains(const struct harness_broker *b, const char *text)
-{
-    FILE *f = fopen(b->log_path, "r");
-    if (!f)
-        return 0;
-    char line[1024];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, text) != NULL;
-    fclose(f);
-    return found;
-}
-
 /* The size of the data folder's disk reserve file, or -1 if there is none. */
 static long long reserve_size(struct fx *fx)
 {
@@ -646,7 +629,8 @@ static void full_disk_scenario(struct fx *fx)
      * be back already if truncating the WAL freed enough); a full database
      * under a cap leaves it alone. */
     if (fx->mounted)
-        assert_true(log_contains(&fx->b, "released the " RESERVE_MB_STR " MiB disk reserve"));
+        assert_true(
+            it_file_has(fx->b.log_path, "released the " RESERVE_MB_STR " MiB disk reserve"));
     else
         assert_int_equal(reserve_size(fx), RESERVE_BYTES);
 
@@ -754,14 +738,6 @@ static int raw_reply(int fd, uint32_t request_id, uint8_t *got, size_t got_len, 
     }
 }
 
-/* FERRY_KNOWN_BUGS=1: a known broker bug fails its test instead of
- * skipping it with a message. */
-static int known_bugs_fatal(void)
-{
-    const char *e = getenv("FERRY_KNOWN_BUGS");
-    return e && *e && strcmp(e, "0") != 0;
-}
-
 /*
  * An ACK_OK on a full disk must mean what every ACK_OK means: the ack is
  * durable, so the message is never delivered to the group again (ferry.h:
@@ -773,15 +749,13 @@ static int known_bugs_fatal(void)
  * it should. Whichever ACK_OK it gets, after kill -9 and a restart seq 3
  * must not come again.
  *
- * Broker bug this test found: groups_on_ack() (broker/group.c) marks the
- * sequence acked in memory (ack_one: entry removed, acked bit set) before
- * the commit that persists it, and nothing undoes that when the commit
- * fails (the client gets the ERROR). The client's second ack then finds the
- * bit set, counts as "already acked" (changed = 0) and is answered ACK_OK at
- * once, with no write at all. Unless a later ack moves the persisted floor
- * past it, the ack is lost at the next crash and the message is delivered
- * again: here seq 3 (floor held at 1) after kill -9. Any failed commit does
- * this (STORAGE as well as STORAGE_FULL), not only a full disk.
+ * The broker bug this test found, now fixed: groups_on_ack() marked the
+ * sequence acked in memory before the commit that persists it, and nothing
+ * undid that when the commit failed. The client's second ack then found
+ * the bit set, counted as "already acked" and was answered ACK_OK with no
+ * write at all; the ack was lost at the next crash (seq 3 delivered again
+ * after kill -9). A group whose ack commit failed now rewrites its whole
+ * ack state with its next ACK (acks_unsaved in broker/group.c).
  */
 static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **state)
 {
@@ -878,13 +852,6 @@ static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **sta
         d = NULL;
     }
     ferry_close(c);
-    if (again && !known_bugs_fatal()) {
-        print_message("KNOWN BROKER BUG (see the comment above this test): seq 3 was delivered "
-                      "again after kill -9 although its second ack was answered ACK_OK. Not "
-                      "failing the suite until broker/group.c is fixed; FERRY_KNOWN_BUGS=1 "
-                      "makes this a failure\n");
-        skip();
-    }
     if (again)
         fail_msg("seq 3 was delivered again after kill -9 although its second ack was answered "
                  "ACK_OK: that ACK_OK came from memory (the first, failed commit had already "
@@ -894,7 +861,6 @@ static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **sta
 /* ----- a reserve that does not fit at start --------------------------------- */
 
 #define LATE_FILLER_MB (FS_MB - 6)
-#define LATE_RESERVE_MB "8"
 
 static int setup_tmpfs_late_reserve(void **state)
 {
@@ -907,11 +873,11 @@ static int setup_tmpfs_late_reserve(void **state)
         unmount_all(fx);
         return 0; /* the test skips */
     }
-    static const char *const args[] = {"--disk-reserve-mb", LATE_RESERVE_MB, NULL};
+    static const char *const args[] = {"--disk-reserve-mb", RESERVE_MB_STR, NULL};
     return harness_start_dir(&fx->b, fx->data, args);
 }
 
-/* With 6 MiB free, an 8 MiB reserve cannot be set aside: ferryd says so and
+/* With 6 MiB free, the 8 MiB reserve cannot be set aside: ferryd says so and
  * serves anyway; once space is freed, it sets the reserve aside by itself. */
 static void test_disk_reserve_set_aside_once_space_is_free(void **state)
 {
@@ -921,7 +887,8 @@ static void test_disk_reserve_set_aside_once_space_is_free(void **state)
         skip();
     }
     assert_int_equal(reserve_size(fx), -1);
-    assert_true(log_contains(&fx->b, "cannot set aside the 8 MiB disk reserve"));
+    assert_true(
+        it_file_has(fx->b.log_path, "cannot set aside the " RESERVE_MB_STR " MiB disk reserve"));
     ferry_conn *c = it_connect_opts(fx->b.addr, REQUEST_TIMEOUT_MS, 0);
     size_t next = 0;
     assert_int_equal(publish_batch(fx, c, &next), 0); /* publishes are not held back */
@@ -932,7 +899,7 @@ static void test_disk_reserve_set_aside_once_space_is_free(void **state)
             fail_msg("the reserve was not set aside within %d ms of space coming back", RESUME_MS);
         sleep_ms(50);
     }
-    assert_int_equal(reserve_size(fx), 8u << 20);
+    assert_int_equal(reserve_size(fx), RESERVE_BYTES);
     print_message("reserve set aside %lld ms after space came back\n",
                   (long long)(harness_now_ms() - start));
     assert_int_equal(publish_batch(fx, c, &next), 0);

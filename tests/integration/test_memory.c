@@ -307,9 +307,9 @@ static void rss_sample(struct fx *fx, struct rss_watch *w)
 
 /* Asserts the peak since base_kib was measured against base_kib +
  * bound_mib (whose terms `terms` spells out), or only reports it under a
- * sanitizer or valgrind. Returns 1 when within the bound (or not asserted). */
-static int within_bound(struct fx *fx, const struct rss_watch *w, long base_kib, long bound_mib,
-                        const char *terms, const char *what, int fatal)
+ * sanitizer or valgrind. */
+static void within_bound(struct fx *fx, const struct rss_watch *w, long base_kib, long bound_mib,
+                         const char *terms, const char *what)
 {
     long bound_kib = base_kib + bound_mib * 1024;
     long hwm = hwm_kib(fx->b.pid);
@@ -320,23 +320,12 @@ static int within_bound(struct fx *fx, const struct rss_watch *w, long base_kib,
     const char *why = rss_unreliable(fx->b.pid);
     if (why) {
         print_message("%s: ferryd runs under %s: RSS not asserted under %s\n", what, why, why);
-        return 1;
+        return;
     }
-    if (w->max_kib <= bound_kib && hwm <= bound_kib)
-        return 1;
-    if (fatal)
+    if (w->max_kib > bound_kib || hwm > bound_kib)
         fail_msg("%s: ferryd's memory exceeds the bound its limits give: VmRSS max %ld KiB, "
                  "VmHWM %ld KiB > %ld KiB (%ld KiB before + %s)",
                  what, w->max_kib, hwm, bound_kib, base_kib, terms);
-    return 0;
-}
-
-/* FERRY_KNOWN_BUGS=1: a known broker bug fails its test instead of
- * skipping it with a message. */
-static int known_bugs_fatal(void)
-{
-    const char *e = getenv("FERRY_KNOWN_BUGS");
-    return e && *e && strcmp(e, "0") != 0;
 }
 
 /* ----- (a) a consumer that stops reading ------------------------------------ */
@@ -481,7 +470,7 @@ static void test_memory_consumer_stops_reading_100000_waiting(void **state)
              "(connections) + %d MiB slack",
              CACHE_MB, SLOW_WINDOW, SLOW_DELIVER_BYTES, PER_CONN_MIB, SLACK_MIB);
     within_bound(fx, &rw, base, bound, terms,
-                 "a consumer not reading, 100,000 messages of 1 KiB waiting", 1);
+                 "a consumer not reading, 100,000 messages of 1 KiB waiting");
 
     /* Reading again, the consumer gets its whole window, in order. */
     static uint8_t rbuf[1 << 16];
@@ -506,15 +495,13 @@ static void test_memory_consumer_stops_reading_100000_waiting(void **state)
  * 8 MiB of unsent replies before ferryd stops reading it; a broker that
  * held DELIVERs to that limit too would stay within the bound below.
  *
- * Broker bug this test found: DELIVER frames are not subject to the
- * connection's outgoing limit. pick_sub() (broker/group.c) only checks the
- * subscription's window and the connection's state, never its write
- * queue, and conn_send_raw() appends without a limit; dispatch() fetches a
- * whole window at once into the batch's replies. So a client that stops
- * reading makes ferryd buffer windows x subscriptions x message size (twice,
- * counting the fetch batch kept for reuse): with 65535-message windows,
- * 1 MiB messages and any number of subscriptions per connection, nothing
- * bounds it. Here 16 x 20000 deliveries of 1 KiB.
+ * The broker bug this test found, now fixed: DELIVER frames were not
+ * subject to the connection's outgoing limit, so a client that stopped
+ * reading made ferryd buffer windows x subscriptions x message size, which
+ * nothing bounded. pick_sub() (broker/group.c) now skips connections whose
+ * unsent bytes or messages being fetched are over their limits
+ * (conn_can_take_deliveries), and the subscriptions resume once the
+ * connection's write queue drains. Here 16 x 20000 deliveries of 1 KiB.
  */
 static void test_memory_connection_many_subscriptions_not_reading(void **state)
 {
@@ -545,18 +532,11 @@ static void test_memory_connection_many_subscriptions_not_reading(void **state)
              "%d MiB cache + %d MiB (the slow connection) + 8 MiB (one fetch for it) + %d MiB "
              "(the canary) + %d MiB slack",
              CACHE_MB, PER_CONN_MIB, PER_CONN_MIB, SLACK_MIB);
-    int ok = within_bound(fx, &rw, base, bound, terms,
-                          "one connection, 16 subscriptions of window 20000, not reading",
-                          known_bugs_fatal());
+    within_bound(fx, &rw, base, bound, terms,
+                 "one connection, 16 subscriptions of window 20000, not reading");
     close(fd);
     size_t from = atomic_load(&fx->can.rounds);
     canary_progress(fx, from, 3, "after the slow consumer left");
-    if (!ok) {
-        print_message("KNOWN BROKER BUG (see the comment above this test): DELIVERs ignore the "
-                      "connection's 8 MiB outgoing limit. Not failing the suite until "
-                      "broker/group.c is fixed; FERRY_KNOWN_BUGS=1 makes this a failure\n");
-        skip();
-    }
 }
 
 /* ----- (b) producers flooding -------------------------------------------------- */
@@ -671,7 +651,7 @@ static void test_memory_flooding_producers_never_reading_acks(void **state)
              "%d x %d MiB (connections) + %d MiB slack",
              CACHE_MB, BATCHES_MIB, FLOODERS + 1, PER_CONN_MIB, SLACK_MIB);
     within_bound(fx, &rw, fx->rss0_kib, bound, terms,
-                 "8 connections flooding pipelined publishes, acks unread", 1);
+                 "8 connections flooding pipelined publishes, acks unread");
 
     for (int i = 0; i < FLOODERS; i++)
         close(fds[i]);

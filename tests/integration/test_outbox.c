@@ -75,7 +75,7 @@ static int teardown(void **state)
         if (fx->db)
             sqlite3_close(fx->db);
         rc = harness_check_log(&fx->b);
-        if (rit_log_has(fx->log_path, "runtime error:") || rit_log_has(fx->log_path, "Sanitizer")) {
+        if (it_file_has(fx->log_path, "runtime error:") || it_file_has(fx->log_path, "Sanitizer")) {
             rit_dump(fx->log_path);
             rc = -1;
         }
@@ -342,7 +342,7 @@ static void test_rows_from_the_sqlite3_shell_relayed_like_the_librarys(void **st
     assert_int_equal(rit_count(fx->db_path, "broker_seq = seq"), 13);
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
-    assert_true(rit_log_has(fx->log_path, "stopped; relayed 13 rows"));
+    assert_true(it_file_has(fx->log_path, "stopped; relayed 13 rows"));
 }
 
 static void test_headers_json_arrive_as_headers(void **state)
@@ -451,7 +451,7 @@ static void test_unpublishable_row_marked_failed_and_kept(void **state)
     assert_int_equal(rit_count(fx->db_path, "seq = 4 AND error LIKE '%larger than%'"
                                             " AND sent_ms IS NOT NULL AND broker_seq IS NULL"),
                      1);
-    assert_true(rit_log_has(fx->log_path, "seq 4 can never be published"));
+    assert_true(it_file_has(fx->log_path, "seq 4 can never be published"));
 
     struct harness_output out;
     cli(fx, &out, "--status", NULL, NULL, NULL);
@@ -520,7 +520,7 @@ static void test_relay_logs_its_lag_every_10_s(void **state)
     snprintf(nowhere, sizeof nowhere, "127.0.0.1:%d", rit_free_port());
     fx->relay = rit_relay_start(fx->db_path, nowhere, fx->log_path, NULL, NULL);
     assert_true(rit_wait_log(fx->log_path, "lag: 5 rows waiting, oldest ", 20000));
-    assert_true(rit_log_has(fx->log_path, "not connected to the broker"));
+    assert_true(it_file_has(fx->log_path, "not connected to the broker"));
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
 }

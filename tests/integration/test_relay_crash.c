@@ -87,7 +87,7 @@ static int teardown(void **state)
         rc = harness_check_log(&fx->b);
         const char *logs[] = {fx->log_a, fx->log_b};
         for (int i = 0; i < 2; i++) {
-            if (rit_log_has(logs[i], "runtime error:") || rit_log_has(logs[i], "Sanitizer")) {
+            if (it_file_has(logs[i], "runtime error:") || it_file_has(logs[i], "Sanitizer")) {
                 rit_dump(logs[i]);
                 rc = -1;
             }
@@ -219,7 +219,7 @@ static void crash_after_ack(struct fx *fx, int expect_forgotten)
     if (st != 9)
         rit_dump(fx->log_a);
     assert_int_equal(st, 9);
-    assert_true(rit_log_has(fx->log_a, "before marking them sent"));
+    assert_true(it_file_has(fx->log_a, "before marking them sent"));
     assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 1000);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), N); /* none marked */
 
@@ -264,15 +264,15 @@ static void test_two_relays_one_active_second_takes_over(void **state)
     assert_true(rit_wait_log(fx->log_b, "standing by", WAIT_MS));
     char want[64];
     snprintf(want, sizeof want, "another relay (pid %d)", (int)fx->relay_a);
-    assert_true(rit_log_has(fx->log_b, want));
+    assert_true(it_file_has(fx->log_b, want));
 
     for (int i = 0; i < 10; i++)
         rit_put_n(fx->db, "orders", "o", i * 100, 100);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 1000);
     /* Only the active one connected to the broker. */
-    assert_false(rit_log_has(fx->log_b, "connected to"));
-    assert_int_equal(rit_log_count(fx->log_b, "standing by"), 1); /* logged once */
+    assert_false(it_file_has(fx->log_b, "connected to"));
+    assert_int_equal(it_file_count(fx->log_b, "standing by"), 1); /* logged once */
 
     rit_kill9(fx->relay_a);
     fx->relay_a = 0;
@@ -280,7 +280,7 @@ static void test_two_relays_one_active_second_takes_over(void **state)
     for (int i = 10; i < 20; i++)
         rit_put_n(fx->db, "orders", "o", i * 100, 100);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
-    assert_true(rit_log_has(fx->log_b, "connected to"));
+    assert_true(it_file_has(fx->log_b, "connected to"));
 
     /* A third one now stands by behind the second. */
     fx->relay_a = rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, NULL);
@@ -321,7 +321,7 @@ static void test_relay_catches_up_after_broker_starts(void **state)
     rit_put_n(fx->db, "orders", "o", 500, 500);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), 1000);
     /* Logged once, not at every attempt. */
-    assert_int_equal(rit_log_count(fx->log_a, "retrying with backoff"), 1);
+    assert_int_equal(it_file_count(fx->log_a, "retrying with backoff"), 1);
 
     int64_t t0 = harness_now_ms();
     assert_int_equal(harness_restart(&fx->b), 0);
@@ -329,7 +329,7 @@ static void test_relay_catches_up_after_broker_starts(void **state)
     int64_t took = harness_now_ms() - t0;
     fprintf(stderr, "caught up %d rows %" PRId64 " ms after the broker started\n", 1000, took);
     assert_true(took < 10000); /* the backoff is capped at 5 s */
-    assert_true(rit_log_has(fx->log_a, "failed attempt"));
+    assert_true(it_file_has(fx->log_a, "failed attempt"));
     assert_int_equal(rit_relay_stop(fx->relay_a), 0);
     fx->relay_a = 0;
     assert_stored_once(fx, "orders", "o", 1000);
@@ -363,8 +363,8 @@ static void test_broker_killed_under_a_backlog_nothing_lost_nothing_twice(void *
     assert_true(rit_wait_drained(fx->db_path, 60000));
     assert_int_equal(rit_relay_stop(fx->relay_a), 0);
     fx->relay_a = 0;
-    assert_true(rit_log_count(fx->log_a, "lost the broker connection") +
-                    rit_log_count(fx->log_a, "failed: ") >=
+    assert_true(it_file_count(fx->log_a, "lost the broker connection") +
+                    it_file_count(fx->log_a, "failed: ") >=
                 1);
     assert_stored_once(fx, "orders", "o", N);
 }

@@ -129,10 +129,16 @@ static int wrapped(void)
     return w && w[strspn(w, " \t")];
 }
 
-int harness_slowdown(void)
+/* True when FERRY_UNDER_VALGRIND says so (script/valgrind sets it). */
+static int valgrind_said(void)
 {
     const char *v = getenv("FERRY_UNDER_VALGRIND");
-    if (wrapped() || (v && *v && strcmp(v, "0") != 0))
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+int harness_slowdown(void)
+{
+    if (wrapped() || valgrind_said())
         return HARNESS_WRAPPER_SCALE;
     return 1;
 }
@@ -462,8 +468,7 @@ long harness_rss_kib(pid_t pid)
 
 const char *harness_rss_unreliable(pid_t pid)
 {
-    const char *e = getenv("FERRY_UNDER_VALGRIND");
-    if (e && *e && strcmp(e, "0") != 0)
+    if (valgrind_said())
         return "valgrind";
     char path[64], line[512];
     const char *why = NULL;
@@ -818,8 +823,7 @@ size_t harness_build_publish(uint8_t *buf, size_t cap, uint32_t request_id, cons
 
 /* ----- child processes -------------------------------------------------- */
 
-/* Reads a whole file into a NUL-terminated malloc'd buffer. */
-static char *slurp(const char *path, size_t *len)
+char *harness_slurp(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     size_t cap = 4096, n = 0;
@@ -904,8 +908,8 @@ int harness_run(const char *dir, char *const argv[], const char *stdin_data, int
         st = -1;
     }
     out->status = st;
-    out->out = slurp(out_path, &out->out_len);
-    out->err = slurp(err_path, &out->err_len);
+    out->out = harness_slurp(out_path, &out->out_len);
+    out->err = harness_slurp(err_path, &out->err_len);
     if (!out->out || !out->err) {
         harness_output_free(out);
         return -ENOMEM;

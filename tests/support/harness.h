@@ -137,6 +137,11 @@ void harness_cleanup(struct harness_broker *b);
 /* Prints the broker's log to stderr, framed, for diagnosis. */
 void harness_dump_log(const struct harness_broker *b);
 
+/* Reads the whole file at path into a NUL-terminated malloc'd buffer
+ * (empty when the file cannot be read; NULL only without memory) and sets
+ * *len to its length. The caller frees it. */
+char *harness_slurp(const char *path, size_t *len);
+
 /* Scans the broker's log (every run so far) for sanitizer reports
  * (AddressSanitizer, LeakSanitizer, UndefinedBehaviorSanitizer "runtime
  * error:"). Returns 0 when there are none; otherwise prints the log and
