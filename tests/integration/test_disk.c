@@ -906,6 +906,43 @@ static void test_disk_reserve_set_aside_once_space_is_free(void **state)
     ferry_close(c);
 }
 
+/* ----- a bad --disk-reserve-mb ---------------------------------------------- */
+
+/* ferryd refuses a reserve that is not a number of MiB up to 1 TiB, with a
+ * one-line reason and exit status 2, before touching any data folder. */
+static void test_disk_reserve_option_bad_values_refused(void **state)
+{
+    (void)state;
+    struct harness_cmd ferryd;
+    int argc0 = harness_ferryd_argv(&ferryd);
+    assert_true(argc0 > 0);
+    char dir[] = "/tmp/ferry-disk-opt-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const char *const bad[] = {"lots", "-1", "1048577", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[HARNESS_MAX_WRAPPER_ARGS + 8];
+        memcpy(argv, ferryd.argv, (size_t)argc0 * sizeof *argv);
+        argv[0] = ferryd.path;
+        int argc = argc0;
+        argv[argc++] = "--data";
+        argv[argc++] = dir;
+        argv[argc++] = "--disk-reserve-mb";
+        argv[argc++] = (char *)bad[i];
+        argv[argc] = NULL;
+        struct harness_output out;
+        assert_int_equal(harness_run(dir, argv, NULL, harness_ready_timeout_ms(), &out), 0);
+        if (out.status != 2 || !strstr(out.err, "invalid value for --disk-reserve-mb"))
+            fail_msg("--disk-reserve-mb '%s': status %d, stderr: %s", bad[i], out.status, out.err);
+        harness_output_free(&out);
+    }
+    char reserve[64];
+    snprintf(reserve, sizeof reserve, "%s/ferry.reserve", dir);
+    assert_int_equal(access(reserve, F_OK), -1); /* nothing was set aside */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -917,6 +954,7 @@ int main(void)
                                         setup_small_cap, teardown),
         cmocka_unit_test_setup_teardown(test_disk_reserve_set_aside_once_space_is_free,
                                         setup_tmpfs_late_reserve, teardown),
+        cmocka_unit_test(test_disk_reserve_option_bad_values_refused),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))
