@@ -287,7 +287,7 @@ int cmd_sub(struct cli *cli, int argc, char **argv)
     };
     struct sub_opts o = {
         .start = FERRY_START_EARLIEST, .window = SUB_DEFAULT_WINDOW, .timeout_ms = -1};
-    uint64_t v;
+    uint64_t v = 0; /* set by parse_number on success; gcc -O3 cannot tell */
     int rc;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
