@@ -21,6 +21,7 @@ struct broker_config {
     int listen_port;
     char data_dir[4096];
     int sync_full;
+    uint64_t sync_interval_ms; /* --sync normal: the WAL's fsync period */
     int cache_mb;
     uint64_t max_db_bytes;  /* 0: unlimited */
     uint64_t reserve_bytes; /* disk kept for acks on a full disk (reserve.h) */

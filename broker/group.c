@@ -117,7 +117,12 @@ struct group {
     struct group *next_in_topic;
     struct group *next_dirty;
     uint64_t redelivered, dead_lettered;
+    uint64_t read_error_ms; /* when a failed fetch was last logged */
 };
+
+/* A fetch that could not read its messages (a disk read error) is tried
+ * again after this long, not at once: a bad sector fails every try. */
+#define FETCH_RETRY_MS 1000
 
 struct timer_item {
     uint64_t due_ms;
@@ -901,16 +906,27 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
 {
     struct group *gr = op->group;
     op->conn->fetching -= proto_rd32(done->in.data + op->in_off + 8);
-    if (done->commit_status) {
-        /* The read failed with its transaction: try these again. */
+    if (op->status) {
+        /* The read failed (store.c logged why; fetches run apart from the
+         * commit's writes, which stood): its messages wait and are fetched
+         * again. */
         const uint8_t *rq = done->in.data + op->in_off;
         uint32_t cnt = proto_rd32(rq + 8);
         for (uint32_t i = 0; i < cnt; i++) {
             struct entry *e = entry_get(gr, proto_rd64(rq + 12 + 8 * (size_t)i));
             if (e && e->state == E_FETCHING)
-                entry_make_ready(g, gr, e);
+                entry_wait(g, gr, e, FETCH_RETRY_MS);
         }
         gr->fetching_first = 0;
+        uint64_t now = broker_now_ms();
+        if (!gr->read_error_ms || now - gr->read_error_ms >= 10000) {
+            gr->read_error_ms = now;
+            log_error("group %s of topic %s: %s while fetching %u message(s); trying again "
+                      "every %d ms",
+                      gr->name, gr->topic->name,
+                      op->status == FERRY_ESTORAGE ? "disk read error" : "out of memory", cnt,
+                      FETCH_RETRY_MS);
+        }
         return;
     }
     struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, op->sub_id) : NULL;

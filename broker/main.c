@@ -26,9 +26,12 @@ static const char usage[] =
     "  --data DIR                data folder, created if missing (default ./ferry-data)\n"
     "  --sync full|normal        full (default): every publish is fsynced to disk\n"
     "                            before it is acknowledged; survives power loss.\n"
-    "                            normal: acknowledged once written to the OS; survives\n"
-    "                            a crash or kill -9 of ferryd, but a power loss or OS\n"
-    "                            crash can lose the last acknowledged messages\n"
+    "                            normal: acknowledged once written to the OS and\n"
+    "                            fsynced every --sync-interval; survives a crash or\n"
+    "                            kill -9 of ferryd, but a power loss or OS crash\n"
+    "                            loses what was acknowledged in the last interval\n"
+    "  --sync-interval DURATION  with --sync normal, fsync the WAL this often when\n"
+    "                            anything was written (default 1s; 10ms to 1h)\n"
     "  --max-message-bytes N     largest key + headers + payload (default 1048576)\n"
     "  --max-batch N             most messages in one batch publish (default 10000)\n"
     "  --dedupe-window DURATION  how long message ids are remembered for idempotent\n"
@@ -163,6 +166,7 @@ enum {
     OPT_LISTEN = 256,
     OPT_DATA,
     OPT_SYNC,
+    OPT_SYNC_INTERVAL,
     OPT_MAXMSG,
     OPT_MAXBATCH,
     OPT_DEDUPE,
@@ -190,6 +194,7 @@ static const struct option opts[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
     {"data", required_argument, NULL, OPT_DATA},
     {"sync", required_argument, NULL, OPT_SYNC},
+    {"sync-interval", required_argument, NULL, OPT_SYNC_INTERVAL},
     {"max-message-bytes", required_argument, NULL, OPT_MAXMSG},
     {"max-batch", required_argument, NULL, OPT_MAXBATCH},
     {"dedupe-window", required_argument, NULL, OPT_DEDUPE},
@@ -240,6 +245,11 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
             cfg->sync_full = 0;
         else
             return bad("--sync", arg);
+        break;
+    case OPT_SYNC_INTERVAL:
+        if (parse_duration_ms(arg, &cfg->sync_interval_ms) < 0 || cfg->sync_interval_ms < 10 ||
+            cfg->sync_interval_ms > 3600000)
+            return bad("--sync-interval", arg);
         break;
     case OPT_MAXMSG:
         if (parse_uint(arg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
@@ -453,6 +463,7 @@ int main(int argc, char **argv)
     cfg.listen_port = 7411;
     strcpy(cfg.data_dir, "./ferry-data");
     cfg.sync_full = 1;
+    cfg.sync_interval_ms = 1000;
     cfg.cache_mb = 128;
     cfg.max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
     cfg.max_batch = PROTO_MAX_BATCH;

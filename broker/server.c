@@ -320,6 +320,7 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     struct store_config sc = {
         .path = path,
         .sync_full = cfg->sync_full,
+        .sync_interval_ms = cfg->sync_interval_ms,
         .cache_mb = cfg->cache_mb,
         .dedupe_window_ms = cfg->dedupe_window_ms,
         .dedupe_max_ids = cfg->dedupe_max_ids,
@@ -394,9 +395,13 @@ int broker_start(struct broker *b)
     log_info("listening on %s:%d (%s; %s)", b->cfg.listen_host, port,
              loopback ? "loopback only" : "reachable from the network",
              auth_enabled(&b->cfg.auth) ? "tokens required" : "no authentication");
-    log_info("data folder %s, sync %s%s", b->cfg.data_dir, b->cfg.sync_full ? "full" : "normal",
-             b->cfg.sync_full ? " (fsync before every ack)"
-                              : " (acked writes survive a crash of ferryd, not of the machine)");
+    if (b->cfg.sync_full)
+        log_info("data folder %s, sync full (fsync before every ack)", b->cfg.data_dir);
+    else
+        log_info("data folder %s, sync normal (fsync every %llu ms: a power loss loses at most "
+                 "the acks of the last %llu ms)",
+                 b->cfg.data_dir, (unsigned long long)b->cfg.sync_interval_ms,
+                 (unsigned long long)b->cfg.sync_interval_ms);
 
     if (b->cfg.ready_file[0]) {
         char tmp[4200];

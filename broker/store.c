@@ -44,6 +44,8 @@
  */
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -51,11 +53,14 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dedupe.h"
 #include "ferry_codes.h"
+#include "log.h"
 #include "proto.h"
 #include "reserve.h"
+#include "store_io.h"
 
 #define TOPIC_ID_MAX ((1LL << 23) - 1)
 #define SEQ_MAX ((1LL << 40) - 1)
@@ -110,6 +115,7 @@ struct topic {
 
 enum stmt_id {
     ST_BEGIN,
+    ST_BEGIN_READ,
     ST_COMMIT,
     ST_ROLLBACK,
     ST_TOPIC_INSERT,
@@ -135,6 +141,7 @@ enum stmt_id {
 
 static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_BEGIN_READ] = "BEGIN DEFERRED",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_TOPIC_INSERT] = "INSERT INTO topics(name, created_ms) VALUES (?1, ?2)",
@@ -216,6 +223,17 @@ struct store {
     pthread_mutex_t ckpt_mu;
     pthread_cond_t ckpt_cv;
     int ckpt_wanted, ckpt_stop;
+    /* Held while a checkpoint runs, by whichever thread runs it: a
+     * checkpoint that fails exits the process holding it, so that no
+     * other checkpoint can complete (and restart the WAL) meanwhile. */
+    pthread_mutex_t ckpt_run_mu;
+    /* --sync normal: the checkpointer fsyncs the WAL every sync_interval_ms
+     * when a commit wrote to it since (wal_dirty, set by the committer). */
+    int sync_full;
+    uint64_t sync_interval_ms;
+    int wal_dirty;
+    int wal_fd;
+    char *path;     /* the database file */
     int wal_frames; /* frames in the WAL after the last commit */
     int ckpt_mark;  /* wal_frames when the checkpointer was last woken */
     /* Written by the checkpointer thread, read by the committer. */
@@ -293,9 +311,17 @@ static void make_id(struct store *s, int64_t now_ms, char out[37])
     out[o] = 0;
 }
 
+/* The reason of the last failure on s->db, as the client and the log see
+ * it. A page that cannot be read is a "disk read error" whatever SQLite's
+ * words for it ("database disk image is malformed"). */
 static void set_err(struct store *s, const char *what)
 {
-    snprintf(s->errmsg, sizeof(s->errmsg), "%s: %s", what, sqlite3_errmsg(s->db));
+    int rc = sqlite3_extended_errcode(s->db);
+    if (store_io_is_read_error(rc))
+        snprintf(s->errmsg, sizeof(s->errmsg), "%s: disk read error (%s)", what,
+                 sqlite3_errmsg(s->db));
+    else
+        snprintf(s->errmsg, sizeof(s->errmsg), "%s: %s", what, sqlite3_errmsg(s->db));
 }
 
 static int map_sqlite_error(int rc)
@@ -768,13 +794,109 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
+/*
+ * Every checkpoint goes through here. A checkpoint copies WAL frames into
+ * the database file and fsyncs it; if any of that fails, SQLite may already
+ * count frames as copied whose pages never reached the disk (store_io.h),
+ * and the process exits with ckpt_run_mu held, before any other checkpoint
+ * can complete and let the WAL start over. With wait 0 the checkpoint is
+ * skipped (SQLITE_BUSY) while another runs, as SQLite itself would.
+ */
+static int checkpoint(struct store *s, sqlite3 *db, int mode, int wait, int *nlog, int *nckpt)
+{
+    if (wait)
+        pthread_mutex_lock(&s->ckpt_run_mu);
+    else if (pthread_mutex_trylock(&s->ckpt_run_mu) != 0)
+        return SQLITE_BUSY;
+    int rc = sqlite3_wal_checkpoint_v2(db, NULL, mode, nlog, nckpt);
+    if (store_io_is_fatal(rc))
+        store_io_fatal(s->path, "a checkpoint", rc, sqlite3_system_errno(db));
+    pthread_mutex_unlock(&s->ckpt_run_mu);
+    return rc;
+}
+
+/* Makes the data folder's entries (the database and WAL files) durable. */
+static int fsync_dir_of(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 1;
+    if (n == 0)
+        n = 1; /* "/ferry.db" */
+    if (n >= sizeof(dir))
+        return -1;
+    memcpy(dir, slash ? path : ".", n);
+    dir[n] = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
+/*
+ * --sync normal: SQLite fsyncs the WAL only when it checkpoints, which at a
+ * low rate may be never. The checkpointer fsyncs it every sync_interval_ms
+ * when commits wrote to it since, so that a power loss loses at most the
+ * last interval of acknowledged work. fsync on a second descriptor flushes
+ * the same file. A failure is fatal like a checkpoint's: the WAL pages
+ * Linux dropped hold committed frames that a later checkpoint would copy
+ * from a disk that never got them.
+ */
+static void sync_wal(struct store *s)
+{
+    if (!__atomic_exchange_n(&s->wal_dirty, 0, __ATOMIC_ACQ_REL))
+        return;
+    char wal[4200];
+    snprintf(wal, sizeof(wal), "%s-wal", s->path);
+    if (s->wal_fd < 0) {
+        s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+        if (s->wal_fd < 0) {
+            log_warn("cannot open %s to fsync it: %s", wal, strerror(errno));
+            return;
+        }
+        /* The WAL's directory entry, too: SQLite syncs it only at the WAL's
+         * first fsync of its own, which here may come much later. */
+        if (fsync_dir_of(s->path) != 0) {
+            store_io_count();
+            store_io_fatal(wal, "the periodic WAL fsync (the folder's entry)",
+                           SQLITE_IOERR_DIR_FSYNC, errno);
+        }
+    }
+    if (fdatasync(s->wal_fd) != 0) {
+        store_io_count();
+        store_io_fatal(wal, "the periodic WAL fsync", SQLITE_IOERR_FSYNC, errno);
+    }
+}
+
 static void *checkpointer(void *arg)
 {
     struct store *s = arg;
+    uint64_t interval = s->sync_full ? 0 : s->sync_interval_ms;
     pthread_mutex_lock(&s->ckpt_mu);
     for (;;) {
-        while (!s->ckpt_wanted && !s->ckpt_stop)
-            pthread_cond_wait(&s->ckpt_cv, &s->ckpt_mu);
+        while (!s->ckpt_wanted && !s->ckpt_stop) {
+            if (!interval) {
+                pthread_cond_wait(&s->ckpt_cv, &s->ckpt_mu);
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += (time_t)(interval / 1000);
+            until.tv_nsec += (long)(interval % 1000) * 1000000L;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000L;
+            }
+            if (pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &until) == ETIMEDOUT) {
+                pthread_mutex_unlock(&s->ckpt_mu);
+                sync_wal(s);
+                pthread_mutex_lock(&s->ckpt_mu);
+            }
+        }
         if (s->ckpt_stop)
             break;
         s->ckpt_wanted = 0;
@@ -783,29 +905,36 @@ static void *checkpointer(void *arg)
          * copied by the next round. */
         int nlog = 0, nckpt = 0;
         __atomic_store_n(&s->ckpt_busy, 1, __ATOMIC_RELEASE);
-        if (sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt) ==
-            SQLITE_OK)
+        if (checkpoint(s, s->ckpt_db, SQLITE_CHECKPOINT_PASSIVE, 1, &nlog, &nckpt) == SQLITE_OK)
             __atomic_store_n(&s->ckpt_backfilled, nckpt, __ATOMIC_RELEASE);
         __atomic_store_n(&s->ckpt_busy, 0, __ATOMIC_RELEASE);
         pthread_mutex_lock(&s->ckpt_mu);
     }
     pthread_mutex_unlock(&s->ckpt_mu);
+    if (interval)
+        sync_wal(s); /* what the last commits wrote */
     return NULL;
 }
 
-/* Starts the checkpointer, or leaves SQLite's automatic checkpoints on
- * when it cannot (correct, only slower). */
-static void start_checkpointer(struct store *s, const struct store_config *cfg)
+/* Starts the checkpointer thread, which every checkpoint but the committer's
+ * own catch-up runs on (SQLite's automatic checkpoints are off). */
+static int start_checkpointer(struct store *s, const struct store_config *cfg)
 {
-    char sql[64];
     if (sqlite3_open_v2(cfg->path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK)
         goto fail;
-    snprintf(sql, sizeof(sql), "PRAGMA synchronous = %s", cfg->sync_full ? "FULL" : "NORMAL");
-    if (sqlite3_exec(s->ckpt_db, sql, NULL, NULL, NULL) != SQLITE_OK)
+    sqlite3_extended_result_codes(s->ckpt_db, 1);
+    if (sqlite3_exec(s->ckpt_db,
+                     cfg->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+                     NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     pthread_mutex_init(&s->ckpt_mu, NULL);
-    pthread_cond_init(&s->ckpt_cv, NULL);
+    /* The periodic WAL fsync waits on the monotonic clock. */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->ckpt_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&s->ckpt_thread, NULL, checkpointer, s) != 0) {
         pthread_mutex_destroy(&s->ckpt_mu);
         pthread_cond_destroy(&s->ckpt_cv);
@@ -814,10 +943,13 @@ static void start_checkpointer(struct store *s, const struct store_config *cfg)
     s->ckpt_started = 1;
     sqlite3_wal_autocheckpoint(s->db, 0);
     sqlite3_wal_hook(s->db, on_wal_commit, s);
-    return;
+    return 0;
 fail:
+    snprintf(s->errmsg, sizeof(s->errmsg), "cannot start the checkpointer: %s",
+             s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : "out of memory");
     sqlite3_close(s->ckpt_db);
     s->ckpt_db = NULL;
+    return -1;
 }
 
 static void stop_checkpointer(struct store *s)
@@ -849,18 +981,20 @@ static void stop_checkpointer(struct store *s)
  */
 static void maybe_checkpoint(struct store *s)
 {
+    if (!s->sync_full)
+        __atomic_store_n(&s->wal_dirty, 1, __ATOMIC_RELEASE);
     if (!s->ckpt_started || s->wal_frames < WAL_CKPT_FRAMES)
         return;
     int busy = __atomic_load_n(&s->ckpt_busy, __ATOMIC_ACQUIRE);
     int done = __atomic_load_n(&s->ckpt_backfilled, __ATOMIC_ACQUIRE);
     if (!busy && done > 0 && done <= s->wal_frames && s->wal_frames - done <= WAL_CKPT_TAIL) {
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 0, NULL, NULL);
         __atomic_store_n(&s->ckpt_backfilled, 0, __ATOMIC_RELEASE);
         s->ckpt_mark = 0;
         return;
     }
     if (s->wal_frames >= WAL_HARD_FRAMES) {
-        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 1, NULL, NULL);
         return;
     }
     if (busy || s->wal_frames - s->ckpt_mark < WAL_CKPT_TAIL)
@@ -884,7 +1018,7 @@ static void shrink_wal(struct store *s)
     if (s->wal_frames < FULL_WAL_FRAMES)
         return;
     sqlite3_busy_timeout(s->db, 100);
-    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+    int rc = checkpoint(s, s->db, SQLITE_CHECKPOINT_RESTART, 1, NULL, NULL);
     sqlite3_busy_timeout(s->db, 5000);
     if (rc == SQLITE_OK) {
         s->wal_frames = 0;
@@ -915,6 +1049,16 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         snprintf(err, errlen, "out of memory");
         return FERRY_ENOMEM;
     }
+    store_io_init();
+    s->wal_fd = -1;
+    s->sync_full = cfg->sync_full;
+    s->sync_interval_ms = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
+    if (!(s->path = strdup(cfg->path))) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return FERRY_ENOMEM;
+    }
+    pthread_mutex_init(&s->ckpt_run_mu, NULL);
     s->dedupe_window_ms = cfg->dedupe_window_ms;
     s->retention.max_age_ms = cfg->retention_max_age_ms;
     s->retention.max_count = cfg->retention_max_count;
@@ -925,6 +1069,8 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
         s->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)s;
     if (dedupe_init(&s->dd, splitmix64(&s->rng)) < 0) {
+        pthread_mutex_destroy(&s->ckpt_run_mu);
+        free(s->path);
         free(s);
         snprintf(err, errlen, "out of memory");
         return FERRY_ENOMEM;
@@ -949,7 +1095,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
              "PRAGMA temp_store = MEMORY;"
              "PRAGMA journal_size_limit = 67108864;"
              "PRAGMA foreign_keys = OFF;",
-             cfg->sync_full ? "FULL" : "NORMAL", (cfg->cache_mb > 0 ? cfg->cache_mb : 128) * 1024);
+             "FULL", (cfg->cache_mb > 0 ? cfg->cache_mb : 128) * 1024);
     char *emsg = NULL;
     rc = sqlite3_exec(s->db, pragmas, NULL, NULL, &emsg);
     if (rc != SQLITE_OK) {
@@ -985,6 +1131,16 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         store_close(s);
         return FERRY_ESTORAGE;
     }
+    /* The schema and the migrations were committed with synchronous=FULL
+     * (a power cut must never take the schema); now the configured mode,
+     * and the folder's entries for the files just created. */
+    if (!cfg->sync_full && sqlite3_exec(s->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL))
+        set_err(s, "configure");
+    if (fsync_dir_of(cfg->path) != 0) {
+        snprintf(err, errlen, "fsync of the folder of %s: %s", cfg->path, strerror(errno));
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
     for (int i = 0; i < ST__COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {
@@ -993,7 +1149,11 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
             return FERRY_ESTORAGE;
         }
     }
-    start_checkpointer(s, cfg);
+    if (start_checkpointer(s, cfg) != 0) {
+        snprintf(err, errlen, "%s", s->errmsg);
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
     if (sqlite3_open_v2(cfg->path, &s->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) ==
         SQLITE_OK)
         sqlite3_prepare_v2(s->rdb,
@@ -1025,9 +1185,17 @@ void store_close(struct store *s)
     for (int i = 0; i < ST__COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->db) {
-        /* A clean close checkpoints the WAL into the database file. */
+        /* A clean close copies the WAL into the database file and deletes
+         * it; done here first, checked like every checkpoint, so that a
+         * failing disk still exits with the WAL in place. */
+        if (s->st[ST_BEGIN])
+            checkpoint(s, s->db, SQLITE_CHECKPOINT_TRUNCATE, 1, NULL, NULL);
         sqlite3_close(s->db);
     }
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
+    pthread_mutex_destroy(&s->ckpt_run_mu);
+    free(s->path);
     for (size_t i = 0; i < s->nbuckets; i++) {
         struct topic *t = s->buckets[i];
         while (t) {
@@ -1056,6 +1224,7 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->topics = s->ntopics;
     out->dedupe_ids = s->dd.count;
     out->dedupe_bytes = dedupe_memory(&s->dd);
+    out->io_errors = store_io_errors();
 }
 
 const char *store_last_error(const struct store *s)
@@ -1554,7 +1723,8 @@ static int group_ack_op(struct store *s, struct batch *b, struct op *op)
 /* OP_FETCH record: u64 topic id, u32 n, n x u64 seq. Appends, for each
  * message still stored and in request order, its u64 deliver_at_ms and a
  * DELIVER frame (sub_id 1 and attempt 1 as placeholders, which the loop
- * patches). */
+ * patches). A read that fails fails this op alone (op->status; see
+ * fetch_all); only running out of memory fails the commit. */
 static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
 {
     const uint8_t *req = b->in.data + op->in_off;
@@ -1572,9 +1742,14 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
             continue;
         }
         if (rc != SQLITE_ROW) {
-            set_err(s, "fetch message");
             sqlite3_reset(st);
-            return rc;
+            set_err(s, "fetch message");
+            b->out.len = op->out_off;
+            op->out_len = 0;
+            op->status = FERRY_ESTORAGE;
+            log_error("topic id %llu: %s while fetching seq %llu; the group reads it again later",
+                      (unsigned long long)topic_id, s->errmsg, (unsigned long long)seq);
+            return SQLITE_OK;
         }
         const uint8_t *hdr = sqlite3_column_blob(st, 2);
         size_t hlen = (size_t)sqlite3_column_bytes(st, 2);
@@ -1604,6 +1779,31 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
     }
     op->out_len = b->out.len - op->out_off;
     return SQLITE_OK;
+}
+
+/*
+ * Every OP_FETCH of the batch, in one read transaction of its own before
+ * the write transaction. Fetches read committed messages only, so they need
+ * nothing of the batch's writes; kept apart, a read that fails (a bad
+ * sector: SQLite rolls back the whole transaction on any I/O error) costs
+ * the fetches and not the publishes and acks of other connections.
+ */
+static void fetch_all(struct store *s, struct batch *b)
+{
+    size_t i = 0;
+    while (i < b->nops && b->ops[i].kind != OP_FETCH)
+        i++;
+    if (i == b->nops)
+        return;
+    int in_read = step_done(s->st[ST_BEGIN_READ]) == SQLITE_OK;
+    int ferr = 0;
+    for (; i < b->nops; i++) {
+        struct op *op = &b->ops[i];
+        if (op->kind == OP_FETCH && fetch_op(s, b, op, &ferr) != SQLITE_OK)
+            op->status = ferr ? ferr : FERRY_EINTERNAL;
+    }
+    if (in_read && !sqlite3_get_autocommit(s->db) && step_done(s->st[ST_COMMIT]) != SQLITE_OK)
+        step_done(s->st[ST_ROLLBACK]);
 }
 
 /* Appends one header pair (str16 name, str16 value) to the scratch buffer. */
@@ -1995,8 +2195,6 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
             rc = group_save_op(s, b, op, now_ms);
         } else if (op->kind == OP_GROUP_ACK) {
             rc = group_ack_op(s, b, op);
-        } else if (op->kind == OP_FETCH) {
-            rc = fetch_op(s, b, op, ferr);
         } else if (op->kind == OP_TOPIC_CONFIG) {
             rc = topic_config_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
@@ -2047,7 +2245,7 @@ static int has_small_writes(const struct batch *b)
 {
     for (size_t i = 0; i < b->nops; i++)
         if (b->ops[i].kind == OP_GROUP_ACK || b->ops[i].kind == OP_GROUP_SAVE ||
-            b->ops[i].kind == OP_TOPIC_CONFIG || b->ops[i].kind == OP_FETCH)
+            b->ops[i].kind == OP_TOPIC_CONFIG)
             return 1;
     return 0;
 }
@@ -2060,6 +2258,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     /* While the disk reserve is released, publishes and dead letters are
      * refused without a try: the space left is for acks. */
     int refused = !reserve_restore(&s->rsv, now_ms);
+    fetch_all(s, b);
     int rc = refused ? SQLITE_FULL : run_txn(s, b, now_ms, 0, &ferr);
     if (rc == SQLITE_OK) {
         b->commit_status = 0;
@@ -2084,16 +2283,11 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
          * publishes take this path too, so that the batch's reads, such
          * as topic listings, are answered.) */
         size_t mark = b->out.len;
-        for (size_t i = 0; i < b->nops; i++) {
-            struct op *op = &b->ops[i];
-            if (op->kind == OP_FETCH)
-                op->out_len = 0; /* read again */
-        }
         b->topics.len = 0;
         /* Copy the WAL back first: the next transaction can then start the
          * WAL over and write into space the file already has. */
         if (!refused)
-            sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+            checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 1, NULL, NULL);
         if (s->cap_pages)
             set_max_pages(s, s->cap_pages + s->rsv.bytes / 4096);
         int ferr2 = 0;

@@ -18,6 +18,7 @@ struct store;
 struct store_config {
     const char *path;          /* the database file */
     int sync_full;             /* 1: fsync every commit (synchronous=FULL) */
+    uint64_t sync_interval_ms; /* sync_full 0: fsync the WAL this often (0: 1000) */
     int cache_mb;              /* SQLite page cache */
     uint64_t dedupe_window_ms; /* ids are remembered this long... */
     uint64_t dedupe_max_ids;   /* ...unless more than this many (0: 10,000,000) */
@@ -42,7 +43,12 @@ void store_close(struct store *s);
  * Runs every op of b in one transaction and encodes each op's reply into
  * b->out. If the transaction fails, nothing of it is kept and every
  * OP_PUBLISH is answered with an ERROR carrying the cause (STORAGE_FULL,
- * STORAGE). now_ms stamps the messages.
+ * STORAGE). now_ms stamps the messages. An OP_FETCH whose read fails is
+ * answered alone (op->status FERRY_ESTORAGE, nothing in out) while the
+ * rest of the transaction commits.
+ *
+ * Never returns if a checkpoint it runs fails (store_io.h): the process
+ * exits so that WAL recovery repairs what SQLite can no longer trust.
  */
 void store_commit(struct store *s, struct batch *b, int64_t now_ms);
 
@@ -75,6 +81,7 @@ struct store_stats {
     uint64_t dedupe_evicted; /* ids forgotten early: over dedupe_max_ids */
     uint64_t dedupe_ids;     /* ids remembered now */
     uint64_t dedupe_bytes;   /* memory of the in-memory index */
+    uint64_t io_errors;      /* I/O errors met by the process (store_io.h) */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 
