@@ -426,8 +426,10 @@ void broker_destroy(struct broker *b)
         store_get_stats(b->store, &st);
         store_close(b->store);
         b->store = NULL;
-        log_info("store closed: %llu message(s) stored, %llu duplicate(s) this run",
-                 (unsigned long long)st.messages_stored, (unsigned long long)st.duplicates);
+        log_info("store closed: %llu message(s) stored, %llu duplicate(s), %llu I/O error(s) "
+                 "this run",
+                 (unsigned long long)st.messages_stored, (unsigned long long)st.duplicates,
+                 (unsigned long long)st.io_errors);
     }
     if (b->lock_fd >= 0) {
         close(b->lock_fd);

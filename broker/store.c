@@ -318,8 +318,8 @@ static void set_err(struct store *s, const char *what)
 {
     int rc = sqlite3_extended_errcode(s->db);
     if (store_io_is_read_error(rc))
-        snprintf(s->errmsg, sizeof(s->errmsg), "%s: disk read error (%s)", what,
-                 sqlite3_errmsg(s->db));
+        snprintf(s->errmsg, sizeof(s->errmsg), "%s: disk read error (a page of %s cannot be read)",
+                 what, s->path);
     else
         snprintf(s->errmsg, sizeof(s->errmsg), "%s: %s", what, sqlite3_errmsg(s->db));
 }

@@ -95,8 +95,10 @@ static int parse_os_error(const char *msg)
     if (strncmp(msg, "os_unix.c:", 10) != 0)
         return -1;
     const char *p = strstr(msg, ") ");
-    if (!p)
+    const char *num = strstr(msg, ": (");
+    if (!p || !num)
         return -1;
+    int err = atoi(num + 3);
     const char *call = p + 2, *open = strchr(call, '(');
     const char *close = open ? strstr(open, ") - ") : NULL;
     if (!open || !close)
@@ -105,7 +107,9 @@ static int parse_os_error(const char *msg)
     snprintf(last_op, sizeof(last_op), "%s%.*s of %.*s", op ? "" : "call ",
              op ? (int)strlen(op) : (int)(open - call), op ? op : call, (int)(close - open - 1),
              open + 1);
-    snprintf(last_detail, sizeof(last_detail), "%s", close + 4);
+    /* Some builds of SQLite leave the text empty (no strerror_r). */
+    snprintf(last_detail, sizeof(last_detail), "%s",
+             close[4] ? close + 4 : err > 0 ? strerror(err) : "unknown error");
     return 0;
 }
 
