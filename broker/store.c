@@ -994,7 +994,7 @@ static void maybe_checkpoint(struct store *s)
         return;
     }
     if (s->wal_frames >= WAL_HARD_FRAMES) {
-        checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 1, NULL, NULL);
+        checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 0, NULL, NULL);
         return;
     }
     if (busy || s->wal_frames - s->ckpt_mark < WAL_CKPT_TAIL)
@@ -1018,7 +1018,7 @@ static void shrink_wal(struct store *s)
     if (s->wal_frames < FULL_WAL_FRAMES)
         return;
     sqlite3_busy_timeout(s->db, 100);
-    int rc = checkpoint(s, s->db, SQLITE_CHECKPOINT_RESTART, 1, NULL, NULL);
+    int rc = checkpoint(s, s->db, SQLITE_CHECKPOINT_RESTART, 0, NULL, NULL);
     sqlite3_busy_timeout(s->db, 5000);
     if (rc == SQLITE_OK) {
         s->wal_frames = 0;
@@ -2287,7 +2287,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
         /* Copy the WAL back first: the next transaction can then start the
          * WAL over and write into space the file already has. */
         if (!refused)
-            checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 1, NULL, NULL);
+            checkpoint(s, s->db, SQLITE_CHECKPOINT_PASSIVE, 0, NULL, NULL);
         if (s->cap_pages)
             set_max_pages(s, s->cap_pages + s->rsv.bytes / 4096);
         int ferr2 = 0;
