@@ -32,6 +32,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef FERRY_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "broker.h"
 #include "group.h"
 #include "log.h"
@@ -264,6 +268,9 @@ static void on_signal(uv_signal_t *s, int signum)
     if (b->stopping)
         return;
     log_info("received %s: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+#ifdef FERRY_HAVE_SYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
     b->stopping = 1;
     uv_close((uv_handle_t *)&b->server, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigint, on_handle_closed);
@@ -413,6 +420,11 @@ int broker_start(struct broker *b)
             return -1;
         }
     }
+#ifdef FERRY_HAVE_SYSTEMD
+    /* Type=notify: systemd considers ferryd started once it listens. A
+     * no-op when not started by systemd ($NOTIFY_SOCKET unset). */
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s:%d", b->cfg.listen_host, port);
+#endif
     return 0;
 }
 
