@@ -73,6 +73,33 @@ keys = set(re.findall(r"^# ([a-z][a-z-]*) = ", broker, re.M))
 case("dist_sample_conf_lists_every_option", opts <= keys,
      f"ferry.conf lacks {sorted(opts - keys)}")
 
+# Type=notify: ferryd tells $NOTIFY_SOCKET it is ready once it listens,
+# and that it is stopping on SIGTERM (when built with libsystemd; the unit
+# is Type=exec otherwise, and then nothing is expected).
+notify = "Type=notify" in open(unit).read()
+if notify:
+    import socket
+    d = tempfile.mkdtemp(prefix="ferry-notify-")
+    sock_path = os.path.join(d, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    p = subprocess.Popen([ferryd, "--listen", "127.0.0.1:0", "--data", os.path.join(d, "data")],
+                         env=dict(os.environ, NOTIFY_SOCKET=sock_path),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    said = []
+    try:
+        said.append(sock.recv(4096).decode())
+        p.send_signal(signal.SIGTERM)
+        said.append(sock.recv(4096).decode())
+    except OSError as e:
+        said.append(f"({e})")
+    rc = p.wait(timeout=30)
+    sock.close()
+    shutil.rmtree(d, ignore_errors=True)
+    case("dist_ferryd_notifies_systemd", "READY=1" in said[0] and len(said) > 1 and
+         "STOPPING=1" in said[1] and rc == 0, f"messages {said}, exit {rc}")
+
 # Documentation= names man pages, which verify looks up with man(1): the
 # ones just built, in a MANPATH of their own.
 manpath = tempfile.mkdtemp(prefix="ferry-man-")
