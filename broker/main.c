@@ -65,7 +65,7 @@ static const char usage[] =
     "                            listens on loopback addresses\n"
     "  --ready-file PATH         once listening, write HOST:PORT to PATH\n"
     "  --log-level LEVEL         debug, info (default), warn or error\n"
-    "  --help, --version\n";
+    "  -h, --help, -V, --version\n";
 
 /* Parses "123", "123ms", "30s", "5m", "48h", "7d" into milliseconds. */
 static int parse_duration_ms(const char *s, uint64_t *out)
@@ -357,6 +357,8 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
         else
             return bad("--log-level", arg);
         break;
+    case 'V':
+        return OPTION_VERSION;
     case 'h':
     case OPT_HELP:
         return OPTION_HELP;
@@ -450,6 +452,20 @@ static int load_config(struct broker_config *cfg, const char *path)
     return 0;
 }
 
+/* A data folder or database made before (by another program, or a ferryd
+ * with a looser umask) may be open to other local users, who could then
+ * read every message with sqlite3: say so once at start. */
+static void warn_if_shared(const char *dir, const char *file)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s%s", dir, file);
+    if (stat(path, &st) == 0 && (st.st_mode & 077))
+        log_warn("%s is open to other users (mode %04o): they can read every message; chmod %s "
+                 "it",
+                 path, (unsigned)(st.st_mode & 07777), S_ISDIR(st.st_mode) ? "700" : "600");
+}
+
 static int is_loopback(const char *host)
 {
     return !strcmp(host, "::1") || !strncmp(host, "127.", 4);
@@ -479,14 +495,14 @@ int main(int argc, char **argv)
     /* The config file first, so that the command line overrides it. */
     int ch, rc;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1)
+    while ((ch = getopt_long(argc, argv, "hV", opts, NULL)) != -1)
         if (ch == OPT_CONFIG && (rc = load_config(&cfg, optarg)) != 0) {
             auth_free(&cfg.auth);
             return rc;
         }
     opterr = 1;
     optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
         rc = set_option(&cfg, ch, optarg);
         if (rc == OPTION_HELP || rc == OPTION_VERSION) {
             if (rc == OPTION_HELP)
@@ -519,12 +535,18 @@ int main(int argc, char **argv)
         cfg.max_frame_bytes = cfg.max_message_bytes + 65536u;
 
     signal(SIGPIPE, SIG_IGN);
+    /* Messages are private: every folder and file ferryd creates (the data
+     * folder, the database, its WAL, the lock, the reserve) is its user's
+     * only, whatever the umask it was started with. */
+    umask(077);
     if (mkdir_p(cfg.data_dir) < 0) {
         fprintf(stderr, "ferryd: cannot create data folder %s: %s\n", cfg.data_dir,
                 strerror(errno));
         return 1;
     }
     log_info("ferryd %s starting", FERRY_BROKER_VERSION);
+    warn_if_shared(cfg.data_dir, "");
+    warn_if_shared(cfg.data_dir, "/ferry.db");
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {

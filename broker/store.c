@@ -1,7 +1,9 @@
 /*
  * store.c - the SQLite store behind ferryd.
  *
- * On-disk format (schema version 1, PRAGMA user_version = 1):
+ * On-disk format (schema version 1, PRAGMA user_version = 1; PRAGMA
+ * application_id = 0x46455259, "FERY": ferryd opens no database of another
+ * program, see check_owner):
  *
  *   topics(id, name, created_ms, head_seq, first_seq, msg_count, bytes)
  *       One row per topic. head_seq is the last sequence handed out and is
@@ -651,6 +653,55 @@ static int migrate(struct store *s)
     return SQLITE_OK;
 }
 
+/* PRAGMA application_id of a database made by ferryd: "FERY". */
+#define FERRY_APPLICATION_ID 1178948185 /* 0x46455259 */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/*
+ * Before ferryd changes anything in the file (even its journal mode): is it
+ * ferryd's? A database with Ferry's application id is; so is an empty one
+ * (new: it gets the id) and one with Ferry's tables and no id (made by a
+ * ferryd before the id existed; it gets it too). Anything else is some
+ * other program's database, which ferryd must not fill with its tables.
+ */
+static int check_owner(struct store *s)
+{
+    int64_t app = 0, tables = 0, ours = 0;
+    int rc = get_int(s, "PRAGMA application_id", &app);
+    if (rc == SQLITE_OK)
+        rc = get_int(s, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'", &tables);
+    if (rc == SQLITE_OK)
+        rc = get_int(s,
+                     "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN "
+                     "('topics', 'messages', 'dedupe_log', 'meta')",
+                     &ours);
+    if (rc != SQLITE_OK) {
+        set_err(s, "read the database header");
+        return rc;
+    }
+    if (app == FERRY_APPLICATION_ID || (app == 0 && (tables == 0 || ours == 4)))
+        return SQLITE_OK;
+    snprintf(s->errmsg, sizeof(s->errmsg),
+             "%s is not a Ferry database (application_id 0x%08llx, %lld table(s)); refusing to "
+             "add Ferry's tables to it: give --data a folder of its own",
+             s->path, (unsigned long long)(uint32_t)app, (long long)tables);
+    return SQLITE_ERROR;
+}
+
+/* Gives a database ferryd adopted (check_owner) Ferry's application id. */
+static int mark_owner(struct store *s)
+{
+    int64_t app = 0;
+    int rc = get_int(s, "PRAGMA application_id", &app);
+    if (rc == SQLITE_OK && app != FERRY_APPLICATION_ID)
+        rc = sqlite3_exec(s->db, "PRAGMA application_id = " STR(FERRY_APPLICATION_ID), NULL, NULL,
+                          NULL);
+    if (rc != SQLITE_OK)
+        set_err(s, "mark the database as Ferry's");
+    return rc;
+}
+
 /* A topic's row is written at most once a second (topics_flush), so after
  * a crash it may lag: the messages stored after its head are counted back
  * in. They are at most a second's worth. */
@@ -1086,6 +1137,11 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, 5000);
+    if (check_owner(s) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", s->errmsg);
+        store_close(s);
+        return FERRY_ESTORAGE;
+    }
 
     char pragmas[512];
     snprintf(pragmas, sizeof(pragmas),
@@ -1123,7 +1179,9 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         }
     }
 
-    if ((rc = migrate(s)) != SQLITE_OK || (rc = load_topics(s)) != SQLITE_OK ||
+    if ((rc = migrate(s)) != SQLITE_OK ||
+        (rc = mark_owner(s)) != SQLITE_OK ||
+        (rc = load_topics(s)) != SQLITE_OK ||
         (rc = load_dedupe(s)) != SQLITE_OK || (rc = load_producers(s)) != SQLITE_OK) {
         if (!s->errmsg[0])
             set_err(s, "open");

@@ -34,18 +34,35 @@
 #define PUB_MAX_LINE_ERRORS 20 /* per-line errors printed before only counting */
 #define PUB_READ_CHUNK (64 * 1024)
 
-enum { OPT_ID = CLI_OPT_FIRST_COMMAND, OPT_ID_PREFIX, OPT_KEY, OPT_HEADER, OPT_JSON };
+enum {
+    OPT_ID = CLI_OPT_FIRST_COMMAND,
+    OPT_ID_PREFIX,
+    OPT_KEY,
+    OPT_HEADER,
+    OPT_JSON,
+    OPT_FILE,
+    OPT_LINES
+};
+
+/* The largest file --file reads: more than any broker accepts as one
+ * message (it answers MESSAGE_TOO_LARGE with its own limit). */
+#define PUB_MAX_FILE_BYTES (256u << 20)
 
 static const char usage_text[] =
     "Usage: ferry pub [OPTIONS] TOPIC [DATA]\n"
     "\n"
     "Publishes DATA as one message and prints its sequence number (followed by\n"
-    "' duplicate' when the broker already stored that message id). Without DATA,\n"
-    "publishes each line of standard input as one message and prints one line\n"
-    "per message, in input order.\n"
+    "' duplicate' when the broker already stored that message id). With --file,\n"
+    "publishes the whole file (or all of standard input, '-') as one message.\n"
+    "Otherwise (--lines, the default without DATA) publishes each line of\n"
+    "standard input as one message and prints one line per message, in order.\n"
     "\n"
     "Options:\n"
-    "  --id ID              message id (idempotency key); DATA only\n"
+    "  --file PATH          the file's bytes are the payload of one message\n"
+    "                       ('-': all of standard input)\n"
+    "  --lines              one message per line of standard input (the default\n"
+    "                       without DATA or --file)\n"
+    "  --id ID              message id (idempotency key); DATA or --file only\n"
     "  --id-prefix PREFIX   stdin only: line N gets the id PREFIX<N>\n"
     "  --key KEY            message key\n"
     "  --header NAME=VALUE  add a header (repeatable, at most 64)\n"
@@ -90,17 +107,56 @@ static void fill_msg(const struct pub_opts *o, ferry_msg *m)
     m->header_count = o->header_count;
 }
 
-static int publish_one(ferry_conn *c, const struct pub_opts *o, const char *data)
+static int publish_one(ferry_conn *c, const struct pub_opts *o, const char *data, size_t len)
 {
     ferry_msg m;
     fill_msg(o, &m);
     m.payload = data;
-    m.payload_len = strlen(data);
+    m.payload_len = len;
     ferry_ack ack;
     int rc = ferry_publish(c, &m, &ack);
     if (rc < 0)
         return cli_fail("pub", rc, ferry_errmsg(c));
     print_ack(o, &ack);
+    return CLI_EXIT_OK;
+}
+
+/* Reads all of path ("-": standard input) into a malloc'd buffer. Returns
+ * 0, or prints why and returns CLI_EXIT_FAIL. */
+static int read_file(const char *path, char **out, size_t *len)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) {
+        fprintf(stderr, "ferry: pub: cannot open %s: %s\n", path, strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    size_t cap = 64 * 1024, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n == cap) {
+            char *bigger = cap < PUB_MAX_FILE_BYTES ? realloc(buf, cap * 2) : NULL;
+            if (!bigger)
+                break;
+            buf = bigger;
+            cap *= 2;
+        }
+        size_t k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (k == 0)
+            break;
+    }
+    int bad = !buf || ferror(f) || n == cap;
+    int e = errno;
+    if (f != stdin)
+        fclose(f);
+    if (bad) {
+        fprintf(stderr, "ferry: pub: cannot read %s: %s\n", path,
+                !buf || n == cap ? "larger than 256 MiB, or out of memory" : strerror(e));
+        free(buf);
+        return CLI_EXIT_FAIL;
+    }
+    *out = buf;
+    *len = n;
     return CLI_EXIT_OK;
 }
 
@@ -298,9 +354,13 @@ int cmd_pub(struct cli *cli, int argc, char **argv)
         {"key", required_argument, NULL, OPT_KEY},
         {"header", required_argument, NULL, OPT_HEADER},
         {"json", no_argument, NULL, OPT_JSON},
+        {"file", required_argument, NULL, OPT_FILE},
+        {"lines", no_argument, NULL, OPT_LINES},
         {NULL, 0, NULL, 0},
     };
     struct pub_opts o = {0};
+    const char *file = NULL;
+    int lines = 0;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (cli_common_option(cli, opt, optarg))
@@ -331,6 +391,12 @@ int cmd_pub(struct cli *cli, int argc, char **argv)
         case OPT_JSON:
             o.json = 1;
             break;
+        case OPT_FILE:
+            file = optarg;
+            break;
+        case OPT_LINES:
+            lines = 1;
+            break;
         default:
             return cli_bad_option("pub", opt, argv);
         }
@@ -342,9 +408,13 @@ int cmd_pub(struct cli *cli, int argc, char **argv)
         return cli_usage_error("pub", "unexpected argument '%s'", argv[optind + 2]);
     o.topic = argv[optind];
     const char *data = npos == 2 ? argv[optind + 1] : NULL;
+    if ((data != NULL) + (file != NULL) + lines > 1)
+        return cli_usage_error("pub", "give one of DATA, --file and --lines");
+    if (file && o.id_prefix)
+        return cli_usage_error("pub", "--id-prefix is for lines from standard input; use --id");
     if (data && o.id_prefix)
         return cli_usage_error("pub", "--id-prefix is for lines from standard input; use --id");
-    if (!data && o.id)
+    if (!data && !file && o.id)
         return cli_usage_error("pub", "--id names one message; for lines from standard input "
                                       "use --id-prefix");
     if (o.id_prefix && strlen(o.id_prefix) > 100)
@@ -355,7 +425,16 @@ int cmd_pub(struct cli *cli, int argc, char **argv)
     int rc = cli_connect(cli, "pub", &opts, &c);
     if (rc != CLI_EXIT_OK)
         return rc;
-    rc = data ? publish_one(c, &o, data) : publish_stdin(c, &o);
+    if (file) {
+        char *buf = NULL;
+        size_t len = 0;
+        rc = read_file(file, &buf, &len);
+        if (rc == CLI_EXIT_OK)
+            rc = publish_one(c, &o, buf, len);
+        free(buf);
+    } else {
+        rc = data ? publish_one(c, &o, data, strlen(data)) : publish_stdin(c, &o);
+    }
     ferry_close(c);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "ferry: pub: writing standard output: %s\n", strerror(errno));

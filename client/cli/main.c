@@ -70,8 +70,33 @@ static int help(struct cli *cli, int argc, char **argv)
     return run(cli, 2, args);
 }
 
+/*
+ * getopt_long takes any unambiguous prefix of a long option, so "--token
+ * SECRET" would be read as --token-file and the secret echoed in "cannot
+ * read SECRET". The option that names a secret's file is taken only in
+ * full; a prefix of it is refused without repeating the word after it.
+ */
+static int refuse_token_prefix(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        const char *a = argv[i];
+        size_t n = strcspn(a, "=");
+        if (n > 2 && n < strlen("--token-file") && !strncmp(a, "--token-file", n) &&
+            n >= strlen("--to")) {
+            fprintf(stderr,
+                    "ferry: unknown option '%.*s': a token is read from a file, give "
+                    "--token-file PATH in full\n",
+                    (int)n, a);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    return CLI_EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
+    if (refuse_token_prefix(argc, argv) != CLI_EXIT_OK)
+        return CLI_EXIT_USAGE;
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"version", no_argument, NULL, 'V'},

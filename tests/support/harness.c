@@ -343,7 +343,7 @@ static int prepare(struct harness_broker *b, const char *data_dir, const char *c
         snprintf(b->data_dir, sizeof b->data_dir, "%s/data", b->dir);
     snprintf(b->log_path, sizeof b->log_path, "%s/ferryd.log", b->dir);
     snprintf(b->ready_path, sizeof b->ready_path, "%s/ready", b->dir);
-    if (mkdir(b->data_dir, 0755) != 0 && errno != EEXIST)
+    if (mkdir(b->data_dir, 0700) != 0 && errno != EEXIST)
         return -errno;
     for (; extra_args && extra_args[b->nargs]; b->nargs++) {
         if (b->nargs == HARNESS_MAX_ARGS)
