@@ -1179,10 +1179,9 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         }
     }
 
-    if ((rc = migrate(s)) != SQLITE_OK ||
-        (rc = mark_owner(s)) != SQLITE_OK ||
-        (rc = load_topics(s)) != SQLITE_OK ||
-        (rc = load_dedupe(s)) != SQLITE_OK || (rc = load_producers(s)) != SQLITE_OK) {
+    if ((rc = migrate(s)) != SQLITE_OK || (rc = mark_owner(s)) != SQLITE_OK ||
+        (rc = load_topics(s)) != SQLITE_OK || (rc = load_dedupe(s)) != SQLITE_OK ||
+        (rc = load_producers(s)) != SQLITE_OK) {
         if (!s->errmsg[0])
             set_err(s, "open");
         snprintf(err, errlen, "%s", s->errmsg);
