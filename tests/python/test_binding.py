@@ -319,3 +319,14 @@ def test_pip_install_offline_against_an_installed_libferry(tmpdir_path):
                         "ferry.version())"], capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHONPATH=target, LD_LIBRARY_PATH=libdir))
     assert r.returncode == 0 and r.stdout.startswith(target), r.stdout + r.stderr
+
+
+def test_orders_story_in_python():
+    """examples/orders-python/run.py: outbox, relay and inbox with kill -9s
+    of the consumer; every order's effect exactly once."""
+    source = os.environ["FERRY_SOURCE_ROOT"]
+    r = subprocess.run([sys.executable, os.path.join(source, "examples", "orders-python", "run.py"),
+                        "--orders", "300", "--rate", "300", "--kills", "3",
+                        "--build", os.environ["FERRY_BUILD_ROOT"]],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "exactly once" in r.stdout, r.stdout + r.stderr
