@@ -74,7 +74,8 @@ static int help(struct cli *cli, int argc, char **argv)
  * getopt_long takes any unambiguous prefix of a long option, so "--token
  * SECRET" would be read as --token-file and the secret echoed in "cannot
  * read SECRET". The option that names a secret's file is taken only in
- * full; a prefix of it is refused without repeating the word after it.
+ * full; a prefix of it (from "--tok": "--to" is seek's own option) is
+ * refused without repeating the word after it.
  */
 static int refuse_token_prefix(int argc, char **argv)
 {
@@ -82,7 +83,7 @@ static int refuse_token_prefix(int argc, char **argv)
         const char *a = argv[i];
         size_t n = strcspn(a, "=");
         if (n > 2 && n < strlen("--token-file") && !strncmp(a, "--token-file", n) &&
-            n >= strlen("--to")) {
+            n >= strlen("--tok")) {
             fprintf(stderr,
                     "ferry: unknown option '%.*s': a token is read from a file, give "
                     "--token-file PATH in full\n",

@@ -295,6 +295,13 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     assert_int_equal(out.status, 2);
     assert_null(strstr(out.err, "s3cr3t"));
     harness_output_free(&out);
+    /* "--to" is seek's own option, not a prefix to refuse. */
+    assert_int_equal(harness_start_dir(&fx->b, fx->data, NULL), 0);
+    run_cli(fx, (char *[]){"seek", "--server", fx->b.addr, "t", "--group", "g", "--to", "1", NULL},
+            NULL, &out);
+    if (out.status != 0)
+        fail_msg("ferry seek --to: %d %s", out.status, out.err);
+    harness_output_free(&out);
 }
 
 int main(void)
