@@ -39,7 +39,7 @@ enum {
 #define LIMIT_MAX ((uint64_t)INT64_MAX)
 
 static const char usage_text[] =
-    "Usage: ferry topics [OPTIONS]\n"
+    "Usage: ferry topics [OPTIONS] [TOPIC]\n"
     "       ferry topics set TOPIC [--max-age DURATION|none|default]\n"
     "                              [--max-count N|none|default]\n"
     "                              [--max-bytes SIZE|none|default]\n"
@@ -50,6 +50,7 @@ static const char usage_text[] =
     "time (UTC), publish rate (messages/s over the last 10 s), dead letters\n"
     "(messages in _dead.TOPIC) and retention (e.g. 'age=7d count=10000\n"
     "bytes=1GiB acked'; '-' when nothing is deleted; '?' from an older broker).\n"
+    "With TOPIC, only that topic (an error when there is none).\n"
     "\n"
     "'topics set' replaces TOPIC's retention (creating the topic if needed) and\n"
     "prints its row. Each setting not given is set to the broker's default (its\n"
@@ -272,8 +273,10 @@ static void print_table(const ferry_topic_info *t, const uint64_t *dead, size_t 
 }
 
 /* Lists the topics and prints them (only: just that one, which must be
- * listed). Returns the exit status. */
-static int list(ferry_conn *c, const char *what, int json, const char *only)
+ * listed; asked: the user named it, so its absence is "no such topic"
+ * rather than a broker that does not list what it just made). Returns the
+ * exit status. */
+static int list(ferry_conn *c, const char *what, int json, const char *only, int asked)
 {
     ferry_topic_info *topics;
     size_t n;
@@ -293,8 +296,13 @@ static int list(ferry_conn *c, const char *what, int json, const char *only)
         snprintf(key.name, sizeof key.name, "%s", only);
         if (!bsearch(&key, topics, n, sizeof *topics, by_name)) {
             char detail[300];
-            snprintf(detail, sizeof detail, "the broker does not list topic %s", only);
-            status = cli_fail(what, FERRY_EPROTOCOL, detail);
+            if (asked) {
+                snprintf(detail, sizeof detail, "no such topic: %s", only);
+                status = cli_fail(what, FERRY_EUNKNOWN_TOPIC, detail);
+            } else {
+                snprintf(detail, sizeof detail, "the broker does not list topic %s", only);
+                status = cli_fail(what, FERRY_EPROTOCOL, detail);
+            }
         }
     }
     if (status == CLI_EXIT_OK) {
@@ -424,7 +432,7 @@ static int run_set(struct cli *cli, const char *topic, const ferry_retention *r,
         ferry_close(c);
         return rc;
     }
-    rc = list(c, "topics set", json, topic);
+    rc = list(c, "topics set", json, topic, 0);
     ferry_close(c);
     return rc;
 }
@@ -489,8 +497,8 @@ int cmd_topics(struct cli *cli, int argc, char **argv)
             return rc;
         return run_set(cli, argv[optind + 1], &r, json);
     }
-    if (npos > 0)
-        return cli_usage_error("topics", "unexpected argument '%s'", argv[optind]);
+    if (npos > 1)
+        return cli_usage_error("topics", "unexpected argument '%s'", argv[optind + 1]);
     if (set_opt)
         return cli_usage_error("topics", "%s only goes with 'ferry topics set TOPIC'", set_opt);
 
@@ -498,7 +506,7 @@ int cmd_topics(struct cli *cli, int argc, char **argv)
     int rc = cli_connect(cli, "topics", NULL, &c);
     if (rc != CLI_EXIT_OK)
         return rc;
-    rc = list(c, "topics", json, NULL);
+    rc = list(c, "topics", json, npos == 1 ? argv[optind] : NULL, 1);
     ferry_close(c);
     return rc;
 }

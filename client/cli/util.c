@@ -60,7 +60,12 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 
 int cli_fail(const char *what, int err, const char *detail)
 {
-    if (detail && *detail)
+    /* A broker message that already begins with the code's text ("no such
+     * topic") is not said twice. */
+    const char *text = ferry_strerror(err);
+    if (detail && *detail && !strncmp(detail, text, strlen(text)))
+        fprintf(stderr, "ferry: %s: %s\n", what, detail);
+    else if (detail && *detail)
         fprintf(stderr, "ferry: %s: %s: %s\n", what, ferry_strerror(err), detail);
     else
         fprintf(stderr, "ferry: %s: %s\n", what, ferry_strerror(err));

@@ -604,7 +604,8 @@ static void test_usage_errors(void **state)
     cli_usage(fx, "topics", "set", "t", "--max-bytes", "1GB", NULL);
     cli_usage(fx, "topics", "set", "t", "--delete-acked", "maybe", NULL);
     cli_usage(fx, "topics", "--max-age", "1d", NULL);
-    cli_usage(fx, "topics", "unset", NULL);
+    cli_usage(fx, "topics", "unset", "x",
+              NULL); /* "topics NAME" lists NAME; two words are an error */
     cli_usage(fx, "dead", NULL);
     cli_usage(fx, "dead", "list", "t", NULL);
     cli_usage(fx, "dead", "replay", NULL);

@@ -295,8 +295,30 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     assert_int_equal(out.status, 2);
     assert_null(strstr(out.err, "s3cr3t"));
     harness_output_free(&out);
-    /* "--to" is seek's own option, not a prefix to refuse. */
+    /* The CLI's rough edges: one topic by name; "no such topic" once. */
     assert_int_equal(harness_start_dir(&fx->b, fx->data, NULL), 0);
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "named";
+    m.payload = "x";
+    m.payload_len = 1;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(c, &m, &ack), 0);
+    ferry_close(c);
+    run_cli(fx, (char *[]){"topics", "--server", fx->b.addr, "named", NULL}, NULL, &out);
+    assert_int_equal(out.status, 0);
+    assert_non_null(strstr(out.out, "named"));
+    harness_output_free(&out);
+    run_cli(fx, (char *[]){"topics", "--server", fx->b.addr, "nosuch", NULL}, NULL, &out);
+    assert_int_equal(out.status, 1);
+    assert_string_equal(out.err, "ferry: topics: no such topic: nosuch\n");
+    harness_output_free(&out);
+    run_cli(fx, (char *[]){"groups", "--server", fx->b.addr, "nosuch", NULL}, NULL, &out);
+    assert_int_equal(out.status, 1);
+    assert_null(strstr(out.err, "no such topic: no such topic"));
+    harness_output_free(&out);
+    /* "--to" is seek's own option, not a prefix to refuse. */
     run_cli(fx, (char *[]){"seek", "--server", fx->b.addr, "t", "--group", "g", "--to", "1", NULL},
             NULL, &out);
     if (out.status != 0)
