@@ -50,6 +50,13 @@ EOF
 
 while [ $# -gt 0 ]; do
     case $1 in
+    --orders | --rate | --relay | --latency-from | --sync | --build)
+        if [ $# -lt 2 ]; then
+            echo "run.sh: $1 needs a value (--help)" >&2
+            exit 2
+        fi ;;
+    esac
+    case $1 in
     --orders) orders=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --relay) relay=$2; shift 2 ;;

@@ -326,6 +326,19 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     harness_output_free(&out);
 }
 
+static void test_ops_example_option_without_value_is_a_usage_error(void **state)
+{
+    struct fx *fx = *state;
+    const char *sh = getenv("ORDERS_RUN_SH");
+    assert_non_null(sh);
+    struct harness_output out;
+    char *argv[] = {(char *)sh, "--orders", NULL};
+    assert_int_equal(harness_run(fx->dir, argv, NULL, RUN_TIMEOUT_MS, &out), 0);
+    assert_int_equal(out.status, 2);
+    assert_non_null(strstr(out.err, "--orders needs a value"));
+    harness_output_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +354,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ops_pub_file_is_one_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ops_token_prefix_is_refused_without_echo, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_ops_example_option_without_value_is_a_usage_error,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
