@@ -417,6 +417,12 @@ static void nap(ferry_relay *r, int64_t deadline_us)
  * Returns 0 when held, 1 when stopped while waiting, or an error. */
 static int lock_acquire(ferry_relay *r)
 {
+    /* A mistyped --db must not leave a lock file behind for a database
+     * that does not exist. */
+    if (access(r->db_path, F_OK) != 0) {
+        rlog(r, FERRY_LOG_ERROR, "cannot open the database %s: %s", r->db_path, strerror(errno));
+        return FERRY_ESTORAGE;
+    }
     r->lock_fd = open(r->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (r->lock_fd < 0) {
         rlog(r, FERRY_LOG_ERROR, "cannot open the lock file %s: %s", r->lock_path, strerror(errno));

@@ -326,6 +326,20 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     harness_output_free(&out);
 }
 
+static void test_ops_relay_on_a_missing_database_leaves_nothing(void **state)
+{
+    struct fx *fx = *state;
+    char db[HARNESS_PATH_BYTES + 16], lock[HARNESS_PATH_BYTES + 32];
+    snprintf(db, sizeof db, "%s/typo.db", fx->dir);
+    snprintf(lock, sizeof lock, "%s.relay.lock", db);
+    struct harness_output out;
+    run_cli(fx, (char *[]){"relay", "--db", db, "--server", "127.0.0.1:1", NULL}, NULL, &out);
+    assert_int_equal(out.status, 1);
+    harness_output_free(&out);
+    assert_int_equal(access(db, F_OK), -1);
+    assert_int_equal(access(lock, F_OK), -1);
+}
+
 static void test_ops_example_option_without_value_is_a_usage_error(void **state)
 {
     struct fx *fx = *state;
@@ -356,6 +370,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ops_example_option_without_value_is_a_usage_error,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ops_relay_on_a_missing_database_leaves_nothing, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
