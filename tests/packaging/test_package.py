@@ -23,7 +23,7 @@ if rc != 0:
     finish()
 
 debs = {os.path.basename(d).split("_")[0]: d for d in glob.glob(os.path.join(out, "*.deb"))}
-case("package_three_packages", {"ferry", "libferry0", "libferry-dev"} <= set(debs),
+case("package_four_packages", {"ferry", "libferry0", "libferry-dev", "python3-ferry"} <= set(debs),
      f"built: {sorted(debs)}")
 
 root = tempfile.mkdtemp(prefix="ferry-root-")
@@ -33,6 +33,8 @@ try:
                   "lib/systemd/system/ferryd.service", "usr/share/man/man8/ferryd.8.gz",
                   "usr/share/man/man1/ferry.1.gz", "usr/share/man/man5/ferry.conf.5.gz"],
         "libferry0": ["usr/lib/*/libferry.so.0"],
+        "python3-ferry": ["usr/lib/python3/dist-packages/ferry/__init__.py",
+                          "usr/lib/python3/dist-packages/ferry/_ferry.cpython-*.so"],
         "libferry-dev": ["usr/include/ferry.h", "usr/include/ferry_codes.h",
                          "usr/lib/*/libferry.a", "usr/lib/*/libferry.so",
                          "usr/lib/*/pkgconfig/ferry.pc", "usr/share/man/man3/libferry.3.gz"],
@@ -55,6 +57,11 @@ try:
     rc, man = run(["man", "-l", os.path.join(root, "usr/share/man/man8/ferryd.8.gz")],
                   env=dict(os.environ, MANWIDTH="80"))
     case("package_man_page_reads", rc == 0 and "ferryd" in man, man[:2000])
+
+    # The Python package imports from the scratch root.
+    rc, py = run(["/usr/bin/python3", "-c", "import ferry; print(ferry.version())"],
+                 env=dict(env, PYTHONPATH=os.path.join(root, "usr/lib/python3/dist-packages")))
+    case("package_python3_ferry_imports", rc == 0 and py.startswith("0."), py)
 
     # A client built against the unpacked -dev package alone.
     prog = os.path.join(root, "hello.c")
