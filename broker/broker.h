@@ -75,7 +75,8 @@ struct conn {
     uv_write_t wreq;
     int writing;
 
-    size_t outstanding;       /* request bytes queued for the commit */
+    size_t outstanding;       /* request bytes (and ops) queued for the commit */
+    size_t replies_owed;      /* reply bytes those ops may still produce */
     uint64_t outstanding_ops; /* requests not yet replied */
     uint64_t last_active_ms;
     uint64_t accepted_ms;
@@ -132,12 +133,16 @@ void broker_destroy(struct broker *b);
 
 /* Called by conn.c. */
 struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes);
+/* Raises what op's connection is owed in reply bytes to at least bytes:
+ * the largest reply the op can get (an op the store answers starts at
+ * OP_ERROR_REPLY_MAX, an OP_REPLY at 0). */
+void broker_owe_reply(struct op *op, size_t bytes);
 void broker_conn_closed(struct broker *b, struct conn *c);
 
 /* conn.c */
 void conn_accept(struct broker *b);
 void conn_on_replies(struct conn *c, const uint8_t *data, size_t len);
-void conn_op_done(struct conn *c, size_t wire_bytes);
+void conn_op_done(struct conn *c, const struct op *op);
 void conn_resume_reading(struct conn *c);
 /* Flushes the connections that queued replies while defer_flush was set. */
 void conn_flush_deferred(struct broker *b);

@@ -63,10 +63,31 @@ void conn_unref(struct conn *c)
         conn_free(c);
 }
 
+/* What a closed connection leaves in the pending batch is not done: its
+ * listings would only be thrown away (the batch with the worker cannot be
+ * touched; it is answered, to nobody, when it returns). Its buffers go at
+ * once, not when its last op is answered. */
+static void conn_release(struct conn *c)
+{
+    struct batch *b = c->broker->pending;
+    if (c->outstanding_ops)
+        for (size_t i = 0; i < b->nops; i++)
+            if (b->ops[i].conn == c && b->ops[i].kind == OP_TOPICS) {
+                b->ops[i].kind = OP_REPLY;
+                b->ops[i].out_len = 0;
+            }
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rlen = c->rcap = 0;
+    buf_free(&c->wq);
+    buf_free(&c->wbusy);
+}
+
 static void on_close(uv_handle_t *h)
 {
     struct conn *c = h->data;
     c->state = CONN_CLOSED;
+    conn_release(c);
     groups_conn_closed(c);
     broker_conn_closed(c->broker, c);
     conn_unref(c);
@@ -102,7 +123,9 @@ static int over_limit(const struct conn *c)
 {
     const struct broker *b = c->broker;
     size_t lim = b->cfg.conn_max_pending_bytes;
-    if (c->outstanding > lim || c->wq.len > lim)
+    /* Replies count from the moment their request is taken: those owed by
+     * requests awaiting commit, those queued and the write in flight. */
+    if (c->outstanding > lim || c->wq.len + c->wbusy.len + c->replies_owed > lim)
         return 1;
     /* Heavy connections stop at 1/32 of the batch limit: the rest is
      * kept for connections with little in flight, so that producers
@@ -253,9 +276,10 @@ void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
     conn_flush_soon(c);
 }
 
-void conn_op_done(struct conn *c, size_t wire_bytes)
+void conn_op_done(struct conn *c, const struct op *op)
 {
-    c->outstanding -= wire_bytes;
+    c->outstanding -= op->wire_bytes;
+    c->replies_owed -= op->reply_bytes;
     c->outstanding_ops--;
 }
 
@@ -305,6 +329,7 @@ void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_
     struct batch *b = c->broker->pending;
     op->out_off = b->out.len;
     op->out_len = len;
+    broker_owe_reply(op, len);
     if (buf_append(&b->out, frame, len) < 0)
         op->out_len = 0;
 }
@@ -386,7 +411,11 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
     struct proto_msg_iter it;
     struct proto_msg m;
     proto_msg_iter_init(&it, p);
+    /* Its PUBLISH_ACK: an entry per message, with the message's id or the
+     * 36 characters of the one the broker assigns. */
+    size_t ack_bytes = PROTO_HEADER_BYTES + 2;
     for (unsigned i = 0; proto_msg_next(&it, &m); i++) {
+        ack_bytes += 8 + 1 + 2 + (m.id.len ? m.id.len : 36);
         int rc = proto_msg_check(&m, cfg->max_message_bytes);
         if (rc) {
             char msg[160];
@@ -409,6 +438,7 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
         conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }
+    broker_owe_reply(op, ack_bytes);
     struct batch *b = c->broker->pending;
     op->request_id = f->request_id;
     op->count = p->count;
@@ -542,9 +572,10 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
         return;
     case PROTO_TOPICS: {
         struct op *op = broker_enqueue(c->broker, c, OP_TOPICS, wire_bytes);
-        if (op)
+        if (op) {
             op->request_id = f->request_id;
-        else
+            broker_owe_reply(op, groups_topics_ok_bound(c->broker));
+        } else
             conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }

@@ -129,6 +129,7 @@ struct groups {
     struct broker *broker;
     struct ltopic **buckets;
     size_t nbuckets, ntopics;
+    size_t topic_name_bytes; /* of every topic, summed (a TOPICS_OK's size) */
     struct timer_item *heap;
     size_t heap_len, heap_cap;
     uv_timer_t timer;
@@ -206,7 +207,27 @@ static struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t
     t->hnext = g->buckets[h];
     g->buckets[h] = t;
     g->ntopics++;
+    g->topic_name_bytes += len;
     return t;
+}
+
+/* A TOPICS_OK entry: entry_length, the name, eleven fields (§4.7). */
+#define TOPICS_OK_ENTRY_BYTES(name_len) (2 + 2 + (size_t)(name_len) + 5 * 8 + 3 * 8 + 1 + 8)
+
+size_t groups_topics_ok_bound(struct broker *b)
+{
+    struct groups *g = G(b);
+    /* The loop knows every topic the last commit left; the batches pending
+     * and committing may create one per message and per op at most. */
+    size_t fresh = b->pending->messages + b->pending->nops;
+    if (b->committing)
+        fresh += b->committing->messages + b->committing->nops;
+    size_t n = g->ntopics + fresh;
+    size_t bytes = PROTO_HEADER_BYTES + 4;
+    if (n > PROTO_MAX_TOPICS)
+        return bytes + PROTO_MAX_TOPICS * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
+    return bytes + g->ntopics * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
+           fresh * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
 }
 
 static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t len)
@@ -1121,6 +1142,7 @@ static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, 
 {
     op->out_off = bt->out.len;
     op->out_len = buf_append(&bt->out, frame, len) == 0 ? len : 0;
+    broker_owe_reply(op, len);
 }
 
 /* The first sequence of a topic at or after a position; for TIME the

@@ -67,11 +67,23 @@ struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, s
         return NULL;
     op->conn = c;
     op->request_id = 0;
-    op->wire_bytes = wire_bytes;
+    /* The op's own memory counts with the request: otherwise a flood of
+     * tiny requests would cost far more than the bytes it sends. */
+    op->wire_bytes = wire_bytes + sizeof(*op);
     c->refs++;
-    c->outstanding += wire_bytes;
+    c->outstanding += op->wire_bytes;
     c->outstanding_ops++;
+    if (kind != OP_REPLY && kind != OP_FETCH && kind != OP_DEAD_LETTER)
+        broker_owe_reply(op, OP_ERROR_REPLY_MAX);
     return op;
+}
+
+void broker_owe_reply(struct op *op, size_t bytes)
+{
+    if (bytes <= op->reply_bytes)
+        return;
+    op->conn->replies_owed += bytes - op->reply_bytes;
+    op->reply_bytes = bytes;
 }
 
 void broker_conn_closed(struct broker *b, struct conn *c)
@@ -126,7 +138,7 @@ static void after_work_cb(uv_work_t *req, int status)
         struct conn *c = op->conn;
         if (op->kind != OP_FETCH)
             conn_on_replies(c, done->out.data + op->out_off, op->out_len);
-        conn_op_done(c, op->wire_bytes);
+        conn_op_done(c, op);
     }
     groups_after_replies(b, done);
     for (size_t i = 0; i < done->nops; i++)

@@ -1956,9 +1956,10 @@ static int topic_config_op(struct store *s, struct batch *b, struct op *op, int6
 
 static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
 {
+    /* Cut to what the op's connection was charged for it (batch.h). */
     size_t mlen = strlen(msg);
-    if (mlen > PROTO_MAX_ERROR_TEXT)
-        mlen = PROTO_MAX_ERROR_TEXT;
+    if (mlen > OP_ERROR_TEXT_MAX)
+        mlen = OP_ERROR_TEXT_MAX;
     op->status = code;
     if (buf_reserve(&b->out, PROTO_HEADER_BYTES + 4 + mlen) < 0) {
         op->out_len = 0; /* the connection layer treats this as fatal */
