@@ -84,6 +84,8 @@ struct conn {
     struct sub *subs;               /* this connection's subscriptions (group.c) */
     const struct auth_token *token; /* who authenticated (NULL: nobody / auth off) */
     int auth_failed;                /* a wrong token: answered by the next tick */
+    uint32_t hello_request_id;      /* for that answer */
+    uint64_t auth_failed_ms;        /* when it came */
     int flush_queued;               /* on the broker's flush_list */
     uint32_t fetching;              /* messages being read for this connection's deliveries */
     struct conn *next_flush;
@@ -149,6 +151,9 @@ void conn_flush_deferred(struct broker *b);
 void conn_pause_reading(struct conn *c);
 /* Ends the connection: optional fatal ERROR first, then close after flush. */
 void conn_fail(struct conn *c, int code, const char *msg);
+/* As conn_fail, with the request id of the frame the error answers (a
+ * HELLO refused with VERSION or AUTH, a first frame that is not HELLO). */
+void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char *msg);
 void conn_unref(struct conn *c);
 /* Closes at once, dropping unsent replies (shutdown of a stuck client). */
 void conn_abort(struct conn *c);

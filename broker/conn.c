@@ -285,6 +285,11 @@ void conn_op_done(struct conn *c, const struct op *op)
 
 void conn_fail(struct conn *c, int code, const char *msg)
 {
+    conn_fail_request(c, 0, code, msg);
+}
+
+void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char *msg)
+{
     if (c->state >= CONN_CLOSING)
         return;
     conn_pause_reading(c);
@@ -296,7 +301,8 @@ void conn_fail(struct conn *c, int code, const char *msg)
         if (mlen > 256)
             mlen = 256;
         proto_writer_init(&w, frame, sizeof(frame));
-        proto_encode_error(&w, 0, PROTO_ERROR_FATAL, (uint16_t)-code, msg ? msg : "", mlen);
+        proto_encode_error(&w, request_id, PROTO_ERROR_FATAL, (uint16_t)-code, msg ? msg : "",
+                           mlen);
         /* Replies still queued are dropped: the fatal error is the last word. */
         c->wq.len = 0;
         if (!w.overflow)
@@ -353,18 +359,20 @@ static void on_hello(struct conn *c, const struct proto_frame *f)
         char msg[96];
         snprintf(msg, sizeof(msg), "client speaks version %u, this broker speaks %u", h->version,
                  PROTO_VERSION);
-        conn_fail(c, FERRY_EVERSION, msg);
+        conn_fail_request(c, f->request_id, FERRY_EVERSION, msg);
         return;
     }
     const struct broker_config *cfg = &c->broker->cfg;
     if (auth_enabled(&cfg->auth)) {
         c->token = auth_check(&cfg->auth, h->token.ptr, h->token.len);
         if (!c->token) {
-            /* Answered by the next tick (within a second): a wrong token
+            /* Answered AUTH_DELAY_MS later (by a tick): a wrong token
              * costs the guesser time, never the broker. Not logged: it
              * may be someone's real secret, mistyped. */
             conn_pause_reading(c);
             c->auth_failed = 1;
+            c->auth_failed_ms = broker_now_ms();
+            c->hello_request_id = f->request_id;
             log_info("conn %llu %s: refused: %s token", (unsigned long long)c->id, c->peer,
                      h->token.len ? "wrong" : "no");
             return;
@@ -424,7 +432,7 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
                          (unsigned long long)proto_msg_size(&m), cfg->max_message_bytes);
             else if (rc == FERRY_EINVALID_TOPIC)
                 snprintf(msg, sizeof(msg),
-                         "message %u: topic names are 1-200 bytes of [A-Za-z0-9._-], starting "
+                         "message %u: topic names are 1-194 bytes of [A-Za-z0-9._-], starting "
                          "with a letter or digit",
                          i);
             else
@@ -548,7 +556,7 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
 {
     if (c->state == CONN_HANDSHAKE) {
         if (f->type != PROTO_HELLO) {
-            conn_fail(c, FERRY_EHANDSHAKE, "the first frame must be HELLO");
+            conn_fail_request(c, f->request_id, FERRY_EHANDSHAKE, "the first frame must be HELLO");
             return;
         }
         on_hello(c, f);
@@ -622,6 +630,31 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
     }
 }
 
+/* Whether clients send this frame type (PROTOCOL.md §4): the others are
+ * UNKNOWN_TYPE from the header alone, whatever their body (§2 rule 2). */
+static int client_sends(uint8_t type)
+{
+    switch (type) {
+    case PROTO_HELLO:
+    case PROTO_PING:
+    case PROTO_PONG:
+    case PROTO_PUBLISH:
+    case PROTO_SUBSCRIBE:
+    case PROTO_ACK:
+    case PROTO_NACK:
+    case PROTO_TOUCH:
+    case PROTO_CREDIT:
+    case PROTO_UNSUBSCRIBE:
+    case PROTO_SEEK:
+    case PROTO_TOPICS:
+    case PROTO_GROUPS:
+    case PROTO_TOPIC_CONFIG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* Decodes and dispatches the complete frames in rbuf, until it runs out,
  * the connection fails, or backpressure says stop. */
 static void conn_process(struct conn *c)
@@ -634,6 +667,14 @@ static void conn_process(struct conn *c)
         }
         struct proto_frame f;
         ptrdiff_t n = proto_decode(c->rbuf + off, c->rlen - off, frame_limit(c), &f);
+        /* The type is judged once the header's first five bytes are in,
+         * before the body is looked at (or waited for), when the length
+         * passed rule 1. */
+        if (n >= 0 && c->rlen - off >= 5) {
+            uint32_t len = proto_rd32(c->rbuf + off);
+            if (len >= PROTO_MIN_LENGTH && len <= frame_limit(c) && !client_sends(c->rbuf[off + 4]))
+                n = FERRY_EUNKNOWN_TYPE;
+        }
         if (n == 0)
             break;
         if (n < 0) {
@@ -643,7 +684,8 @@ static void conn_process(struct conn *c)
                 snprintf(msg, sizeof(msg), "frame of %u bytes exceeds the limit of %u", len,
                          frame_limit(c));
             } else if (n == FERRY_EUNKNOWN_TYPE) {
-                snprintf(msg, sizeof(msg), "unknown frame type 0x%02x", c->rbuf[off + 4]);
+                snprintf(msg, sizeof(msg), "frame type 0x%02x is not one a client sends",
+                         c->rbuf[off + 4]);
             } else {
                 snprintf(msg, sizeof(msg), "cannot decode frame");
             }
@@ -721,13 +763,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
      * cannot happen: on_alloc grows rbuf to the frame size. */
 }
 
+/* How long a wrong token waits for its AUTH error: the guesser's time, not
+ * the broker's (the connection is not read meanwhile). */
+#define AUTH_DELAY_MS 500
+
 void conn_tick(struct conn *c, uint64_t now_ms)
 {
     const struct broker_config *cfg = &c->broker->cfg;
     if (c->auth_failed) {
-        c->auth_failed = 0;
-        conn_fail(c, FERRY_EAUTH, "wrong or missing token");
-        return;
+        if (now_ms - c->auth_failed_ms >= AUTH_DELAY_MS) {
+            c->auth_failed = 0;
+            conn_fail_request(c, c->hello_request_id, FERRY_EAUTH, "wrong or missing token");
+        }
+        return; /* a refused HELLO is answered with AUTH, not a timeout */
     }
     if (c->state == CONN_HANDSHAKE && now_ms - c->accepted_ms > cfg->handshake_timeout_ms) {
         conn_fail(c, FERRY_ETIMEOUT_IDLE, "no handshake within the handshake timeout");

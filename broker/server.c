@@ -39,6 +39,11 @@
 #include "store.h"
 
 #define MAINTENANCE_EVERY_MS 1000
+/* The tick checks every connection's timeouts: a twentieth of the shortest
+ * timeout, between TICK_MIN_MS and a second, so that each fires within 5%
+ * (or TICK_MIN_MS) of its setting (PROTOCOL.md §1). */
+#define TICK_MIN_MS 20
+#define TICK_MAX_MS 1000
 /* At shutdown, how long connections may take to read their last replies. */
 #define SHUTDOWN_GRACE_MS 3000
 #define MAX_DEFERRALS 8
@@ -393,7 +398,12 @@ int broker_start(struct broker *b)
     b->drain.data = b;
     uv_timer_init(b->loop, &b->tick);
     b->tick.data = b;
-    uv_timer_start(&b->tick, on_tick, 1000, 1000);
+    uint64_t shortest = b->cfg.handshake_timeout_ms;
+    if (b->cfg.idle_timeout_ms && b->cfg.idle_timeout_ms < shortest)
+        shortest = b->cfg.idle_timeout_ms;
+    uint64_t tick = shortest / 20;
+    tick = tick < TICK_MIN_MS ? TICK_MIN_MS : tick > TICK_MAX_MS ? TICK_MAX_MS : tick;
+    uv_timer_start(&b->tick, on_tick, tick, tick);
     uv_signal_init(b->loop, &b->sigint);
     uv_signal_init(b->loop, &b->sigterm);
     b->sigint.data = b->sigterm.data = b;
