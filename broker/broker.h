@@ -5,6 +5,7 @@
 #ifndef FERRY_BROKER_H
 #define FERRY_BROKER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -125,6 +126,10 @@ struct broker {
     struct conn *flush_list;
 
     uint64_t published, duplicates, commits;
+    /* Replies larger than what their op owed its connection: each breaks
+     * the per-connection bound (conn.c), so there must never be one. Read
+     * by tests (fuzz_conn) from another thread, hence atomic. */
+    _Atomic uint64_t reply_overruns;
 };
 
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg);

@@ -141,8 +141,14 @@ static void after_work_cb(uv_work_t *req, int status)
     for (size_t i = 0; i < done->nops; i++) {
         struct op *op = &done->ops[i];
         struct conn *c = op->conn;
-        if (op->kind != OP_FETCH)
+        if (op->kind != OP_FETCH) {
+            if (op->out_len > op->reply_bytes) {
+                atomic_fetch_add(&b->reply_overruns, 1);
+                log_error("conn %llu: a %zu-byte reply where %zu were owed (op kind %d)",
+                          (unsigned long long)c->id, op->out_len, op->reply_bytes, (int)op->kind);
+            }
             conn_on_replies(c, done->out.data + op->out_off, op->out_len);
+        }
         conn_op_done(c, op);
     }
     groups_after_replies(b, done);
