@@ -39,6 +39,11 @@ enum op_kind {
     OP_TOPIC_CONFIG, /* in: a TOPIC_CONFIG body; out: its ACK_OK */
 };
 
+/* The largest ERROR the store puts in place of an op's reply when the
+ * transaction fails (store.c cuts its detail to fit). */
+#define OP_ERROR_TEXT_MAX 200
+#define OP_ERROR_REPLY_MAX (PROTO_HEADER_BYTES + 4 + OP_ERROR_TEXT_MAX)
+
 struct op {
     enum op_kind kind;
     struct conn *conn;
@@ -49,7 +54,12 @@ struct op {
     size_t in_len;
     size_t out_off; /* the reply frame in batch->out */
     size_t out_len;
-    size_t wire_bytes; /* request size, for the connection's backpressure */
+    /* What the op costs its connection until it is answered, for the
+     * connection's bounds (conn.c): the request bytes and the op itself,
+     * and the most reply bytes it can produce (reply_bytes, at least
+     * OP_ERROR_REPLY_MAX for an op the store answers). */
+    size_t wire_bytes;
+    size_t reply_bytes;
     /* OP_FETCH: who asked (a group of the loop's) and for which subscription. */
     void *group;
     uint32_t sub_id;

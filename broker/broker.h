@@ -5,6 +5,7 @@
 #ifndef FERRY_BROKER_H
 #define FERRY_BROKER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -76,7 +77,8 @@ struct conn {
     uv_write_t wreq;
     int writing;
 
-    size_t outstanding;       /* request bytes queued for the commit */
+    size_t outstanding;       /* request bytes (and ops) queued for the commit */
+    size_t replies_owed;      /* reply bytes those ops may still produce */
     uint64_t outstanding_ops; /* requests not yet replied */
     uint64_t last_active_ms;
     uint64_t accepted_ms;
@@ -84,6 +86,8 @@ struct conn {
     struct sub *subs;               /* this connection's subscriptions (group.c) */
     const struct auth_token *token; /* who authenticated (NULL: nobody / auth off) */
     int auth_failed;                /* a wrong token: answered by the next tick */
+    uint32_t hello_request_id;      /* for that answer */
+    uint64_t auth_failed_ms;        /* when it came */
     int flush_queued;               /* on the broker's flush_list */
     uint32_t fetching;              /* messages being read for this connection's deliveries */
     struct conn *next_flush;
@@ -123,6 +127,10 @@ struct broker {
     struct conn *flush_list;
 
     uint64_t published, duplicates, commits;
+    /* Replies larger than what their op owed its connection: each breaks
+     * the per-connection bound (conn.c), so there must never be one. Read
+     * by tests (fuzz_conn) from another thread, hence atomic. */
+    _Atomic uint64_t reply_overruns;
 };
 
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg);
@@ -133,18 +141,25 @@ void broker_destroy(struct broker *b);
 
 /* Called by conn.c. */
 struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes);
+/* Raises what op's connection is owed in reply bytes to at least bytes:
+ * the largest reply the op can get (an op the store answers starts at
+ * OP_ERROR_REPLY_MAX, an OP_REPLY at 0). */
+void broker_owe_reply(struct op *op, size_t bytes);
 void broker_conn_closed(struct broker *b, struct conn *c);
 
 /* conn.c */
 void conn_accept(struct broker *b);
 void conn_on_replies(struct conn *c, const uint8_t *data, size_t len);
-void conn_op_done(struct conn *c, size_t wire_bytes);
+void conn_op_done(struct conn *c, const struct op *op);
 void conn_resume_reading(struct conn *c);
 /* Flushes the connections that queued replies while defer_flush was set. */
 void conn_flush_deferred(struct broker *b);
 void conn_pause_reading(struct conn *c);
 /* Ends the connection: optional fatal ERROR first, then close after flush. */
 void conn_fail(struct conn *c, int code, const char *msg);
+/* As conn_fail, with the request id of the frame the error answers (a
+ * HELLO refused with VERSION or AUTH, a first frame that is not HELLO). */
+void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char *msg);
 void conn_unref(struct conn *c);
 /* Closes at once, dropping unsent replies (shutdown of a stuck client). */
 void conn_abort(struct conn *c);

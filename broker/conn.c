@@ -63,10 +63,31 @@ void conn_unref(struct conn *c)
         conn_free(c);
 }
 
+/* What a closed connection leaves in the pending batch is not done: its
+ * listings would only be thrown away (the batch with the worker cannot be
+ * touched; it is answered, to nobody, when it returns). Its buffers go at
+ * once, not when its last op is answered. */
+static void conn_release(struct conn *c)
+{
+    struct batch *b = c->broker->pending;
+    if (c->outstanding_ops)
+        for (size_t i = 0; i < b->nops; i++)
+            if (b->ops[i].conn == c && b->ops[i].kind == OP_TOPICS) {
+                b->ops[i].kind = OP_REPLY;
+                b->ops[i].out_len = 0;
+            }
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rlen = c->rcap = 0;
+    buf_free(&c->wq);
+    buf_free(&c->wbusy);
+}
+
 static void on_close(uv_handle_t *h)
 {
     struct conn *c = h->data;
     c->state = CONN_CLOSED;
+    conn_release(c);
     groups_conn_closed(c);
     broker_conn_closed(c->broker, c);
     conn_unref(c);
@@ -102,7 +123,9 @@ static int over_limit(const struct conn *c)
 {
     const struct broker *b = c->broker;
     size_t lim = b->cfg.conn_max_pending_bytes;
-    if (c->outstanding > lim || c->wq.len > lim)
+    /* Replies count from the moment their request is taken: those owed by
+     * requests awaiting commit, those queued and the write in flight. */
+    if (c->outstanding > lim || c->wq.len + c->wbusy.len + c->replies_owed > lim)
         return 1;
     /* Heavy connections stop at 1/32 of the batch limit: the rest is
      * kept for connections with little in flight, so that producers
@@ -253,13 +276,19 @@ void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
     conn_flush_soon(c);
 }
 
-void conn_op_done(struct conn *c, size_t wire_bytes)
+void conn_op_done(struct conn *c, const struct op *op)
 {
-    c->outstanding -= wire_bytes;
+    c->outstanding -= op->wire_bytes;
+    c->replies_owed -= op->reply_bytes;
     c->outstanding_ops--;
 }
 
 void conn_fail(struct conn *c, int code, const char *msg)
+{
+    conn_fail_request(c, 0, code, msg);
+}
+
+void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char *msg)
 {
     if (c->state >= CONN_CLOSING)
         return;
@@ -272,7 +301,8 @@ void conn_fail(struct conn *c, int code, const char *msg)
         if (mlen > 256)
             mlen = 256;
         proto_writer_init(&w, frame, sizeof(frame));
-        proto_encode_error(&w, 0, PROTO_ERROR_FATAL, (uint16_t)-code, msg ? msg : "", mlen);
+        proto_encode_error(&w, request_id, PROTO_ERROR_FATAL, (uint16_t)-code, msg ? msg : "",
+                           mlen);
         /* Replies still queued are dropped: the fatal error is the last word. */
         c->wq.len = 0;
         if (!w.overflow)
@@ -305,6 +335,7 @@ void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_
     struct batch *b = c->broker->pending;
     op->out_off = b->out.len;
     op->out_len = len;
+    broker_owe_reply(op, len);
     if (buf_append(&b->out, frame, len) < 0)
         op->out_len = 0;
 }
@@ -328,18 +359,20 @@ static void on_hello(struct conn *c, const struct proto_frame *f)
         char msg[96];
         snprintf(msg, sizeof(msg), "client speaks version %u, this broker speaks %u", h->version,
                  PROTO_VERSION);
-        conn_fail(c, FERRY_EVERSION, msg);
+        conn_fail_request(c, f->request_id, FERRY_EVERSION, msg);
         return;
     }
     const struct broker_config *cfg = &c->broker->cfg;
     if (auth_enabled(&cfg->auth)) {
         c->token = auth_check(&cfg->auth, h->token.ptr, h->token.len);
         if (!c->token) {
-            /* Answered by the next tick (within a second): a wrong token
+            /* Answered AUTH_DELAY_MS later (by a tick): a wrong token
              * costs the guesser time, never the broker. Not logged: it
              * may be someone's real secret, mistyped. */
             conn_pause_reading(c);
             c->auth_failed = 1;
+            c->auth_failed_ms = broker_now_ms();
+            c->hello_request_id = f->request_id;
             log_info("conn %llu %s: refused: %s token", (unsigned long long)c->id, c->peer,
                      h->token.len ? "wrong" : "no");
             return;
@@ -386,7 +419,11 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
     struct proto_msg_iter it;
     struct proto_msg m;
     proto_msg_iter_init(&it, p);
+    /* Its PUBLISH_ACK: an entry per message, with the message's id or the
+     * 36 characters of the one the broker assigns. */
+    size_t ack_bytes = PROTO_HEADER_BYTES + 2;
     for (unsigned i = 0; proto_msg_next(&it, &m); i++) {
+        ack_bytes += 8 + 1 + 2 + (m.id.len ? m.id.len : 36);
         int rc = proto_msg_check(&m, cfg->max_message_bytes);
         if (rc) {
             char msg[160];
@@ -395,7 +432,7 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
                          (unsigned long long)proto_msg_size(&m), cfg->max_message_bytes);
             else if (rc == FERRY_EINVALID_TOPIC)
                 snprintf(msg, sizeof(msg),
-                         "message %u: topic names are 1-200 bytes of [A-Za-z0-9._-], starting "
+                         "message %u: topic names are 1-194 bytes of [A-Za-z0-9._-], starting "
                          "with a letter or digit",
                          i);
             else
@@ -409,6 +446,7 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
         conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }
+    broker_owe_reply(op, ack_bytes);
     struct batch *b = c->broker->pending;
     op->request_id = f->request_id;
     op->count = p->count;
@@ -518,7 +556,7 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
 {
     if (c->state == CONN_HANDSHAKE) {
         if (f->type != PROTO_HELLO) {
-            conn_fail(c, FERRY_EHANDSHAKE, "the first frame must be HELLO");
+            conn_fail_request(c, f->request_id, FERRY_EHANDSHAKE, "the first frame must be HELLO");
             return;
         }
         on_hello(c, f);
@@ -542,9 +580,10 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
         return;
     case PROTO_TOPICS: {
         struct op *op = broker_enqueue(c->broker, c, OP_TOPICS, wire_bytes);
-        if (op)
+        if (op) {
             op->request_id = f->request_id;
-        else
+            broker_owe_reply(op, groups_topics_ok_bound(c->broker));
+        } else
             conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }
@@ -591,6 +630,31 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
     }
 }
 
+/* Whether clients send this frame type (PROTOCOL.md §4): the others are
+ * UNKNOWN_TYPE from the header alone, whatever their body (§2 rule 2). */
+static int client_sends(uint8_t type)
+{
+    switch (type) {
+    case PROTO_HELLO:
+    case PROTO_PING:
+    case PROTO_PONG:
+    case PROTO_PUBLISH:
+    case PROTO_SUBSCRIBE:
+    case PROTO_ACK:
+    case PROTO_NACK:
+    case PROTO_TOUCH:
+    case PROTO_CREDIT:
+    case PROTO_UNSUBSCRIBE:
+    case PROTO_SEEK:
+    case PROTO_TOPICS:
+    case PROTO_GROUPS:
+    case PROTO_TOPIC_CONFIG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* Decodes and dispatches the complete frames in rbuf, until it runs out,
  * the connection fails, or backpressure says stop. */
 static void conn_process(struct conn *c)
@@ -603,6 +667,14 @@ static void conn_process(struct conn *c)
         }
         struct proto_frame f;
         ptrdiff_t n = proto_decode(c->rbuf + off, c->rlen - off, frame_limit(c), &f);
+        /* The type is judged once the header's first five bytes are in,
+         * before the body is looked at (or waited for), when the length
+         * passed rule 1. */
+        if (n >= 0 && c->rlen - off >= 5) {
+            uint32_t len = proto_rd32(c->rbuf + off);
+            if (len >= PROTO_MIN_LENGTH && len <= frame_limit(c) && !client_sends(c->rbuf[off + 4]))
+                n = FERRY_EUNKNOWN_TYPE;
+        }
         if (n == 0)
             break;
         if (n < 0) {
@@ -612,7 +684,8 @@ static void conn_process(struct conn *c)
                 snprintf(msg, sizeof(msg), "frame of %u bytes exceeds the limit of %u", len,
                          frame_limit(c));
             } else if (n == FERRY_EUNKNOWN_TYPE) {
-                snprintf(msg, sizeof(msg), "unknown frame type 0x%02x", c->rbuf[off + 4]);
+                snprintf(msg, sizeof(msg), "frame type 0x%02x is not one a client sends",
+                         c->rbuf[off + 4]);
             } else {
                 snprintf(msg, sizeof(msg), "cannot decode frame");
             }
@@ -690,13 +763,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
      * cannot happen: on_alloc grows rbuf to the frame size. */
 }
 
+/* How long a wrong token waits for its AUTH error: the guesser's time, not
+ * the broker's (the connection is not read meanwhile). */
+#define AUTH_DELAY_MS 500
+
 void conn_tick(struct conn *c, uint64_t now_ms)
 {
     const struct broker_config *cfg = &c->broker->cfg;
     if (c->auth_failed) {
-        c->auth_failed = 0;
-        conn_fail(c, FERRY_EAUTH, "wrong or missing token");
-        return;
+        if (now_ms - c->auth_failed_ms >= AUTH_DELAY_MS) {
+            c->auth_failed = 0;
+            conn_fail_request(c, c->hello_request_id, FERRY_EAUTH, "wrong or missing token");
+        }
+        return; /* a refused HELLO is answered with AUTH, not a timeout */
     }
     if (c->state == CONN_HANDSHAKE && now_ms - c->accepted_ms > cfg->handshake_timeout_ms) {
         conn_fail(c, FERRY_ETIMEOUT_IDLE, "no handshake within the handshake timeout");

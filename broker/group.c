@@ -56,7 +56,8 @@ struct entry {
     uint64_t due_ms;
     uint32_t attempt; /* deliveries so far */
     uint8_t state;
-    uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
+    uint8_t nacked;   /* how the last delivery ended: 0 its lease expired, 1 a
+                         nack, 2 given back (a disconnect or UNSUBSCRIBE) */
     uint64_t sent_ms; /* when the current delivery went out */
     char *reason;     /* the last nack's reason (malloc'd), or NULL */
 };
@@ -134,6 +135,7 @@ struct groups {
     struct broker *broker;
     struct ltopic **buckets;
     size_t nbuckets, ntopics;
+    size_t topic_name_bytes; /* of every topic, summed (a TOPICS_OK's size) */
     struct timer_item *heap;
     size_t heap_len, heap_cap;
     uv_timer_t timer;
@@ -211,7 +213,27 @@ static struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t
     t->hnext = g->buckets[h];
     g->buckets[h] = t;
     g->ntopics++;
+    g->topic_name_bytes += len;
     return t;
+}
+
+/* A TOPICS_OK entry: entry_length, the name, eleven fields (§4.7). */
+#define TOPICS_OK_ENTRY_BYTES(name_len) (2 + 2 + (size_t)(name_len) + 5 * 8 + 3 * 8 + 1 + 8)
+
+size_t groups_topics_ok_bound(struct broker *b)
+{
+    struct groups *g = G(b);
+    /* The loop knows every topic the last commit left; the batches pending
+     * and committing may create one per message and per op at most. */
+    size_t fresh = b->pending->messages + b->pending->nops;
+    if (b->committing)
+        fresh += b->committing->messages + b->committing->nops;
+    size_t n = g->ntopics + fresh;
+    size_t bytes = PROTO_HEADER_BYTES + 4;
+    if (n > PROTO_MAX_TOPICS)
+        return bytes + PROTO_MAX_TOPICS * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
+    return bytes + g->ntopics * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
+           fresh * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
 }
 
 static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t len)
@@ -625,6 +647,23 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     return 0;
 }
 
+/* Whether "_dead.<topic>" fits in a topic name: on a topic where it does
+ * not (a derived topic with a long name, or one an older broker created),
+ * a group has no delivery limit, since its messages could go nowhere. */
+static int dead_letter_fits(const struct ltopic *t)
+{
+    return t->name_len + 6 <= PROTO_MAX_TOPIC;
+}
+
+/* A new group's delivery limit from SUBSCRIBE's max_deliveries: 0 asks
+ * for the default, PROTO_DELIVERIES_UNLIMITED for none (reported as 0). */
+static uint16_t delivery_limit(const struct ltopic *t, uint16_t requested)
+{
+    if (!dead_letter_fits(t) || requested == PROTO_DELIVERIES_UNLIMITED)
+        return 0;
+    return requested ? requested : GROUP_DEFAULT_MAX_DELIVERIES;
+}
+
 /* Out of attempts: the message moves to the topic's dead-letter topic
  * (store.c copies it with headers saying why) and counts as acked here. */
 static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struct entry *e)
@@ -633,20 +672,13 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     uint64_t seq = e->seq;
     uint32_t attempts = e->attempt;
     char reason[256];
-    if (e->nacked && e->reason)
+    if (e->nacked == 1 && e->reason)
         snprintf(reason, sizeof(reason), "nacked: %s", e->reason);
     else
-        snprintf(reason, sizeof(reason), "%s", e->nacked ? "nacked" : "lease expired");
-    if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC) {
-        /* "_dead.<topic>" would exceed the name limit: the message stays
-         * unacked and parked (no timer) until a seek moves the group. */
-        e->state = E_WAITING;
-        e->due_ms = 0;
-        log_warn("group %s: %s/%llu is out of attempts, and the topic's name is too long for a "
-                 "dead-letter topic: parked",
-                 gr->name, gr->topic->name, (unsigned long long)seq);
-        return;
-    }
+        snprintf(reason, sizeof(reason), "%s",
+                 e->nacked == 1   ? "nacked"
+                 : e->nacked == 2 ? "given back"
+                                  : "lease expired");
     entry_remove(gr, e);
     acked_set(gr, seq);
     floor_advance(gr);
@@ -699,7 +731,8 @@ static void dispatch(struct groups *g, struct group *gr)
             struct entry *e = entry_get(gr, seq);
             if (!e || e->state != E_READY)
                 continue;
-            if (gr->max_deliveries && e->attempt >= gr->max_deliveries) {
+            if (gr->max_deliveries && e->attempt >= gr->max_deliveries &&
+                dead_letter_fits(gr->topic)) {
                 dead_letter(g, gr, s, e);
                 continue;
             }
@@ -1041,8 +1074,11 @@ static void sub_end(struct groups *g, struct sub *s)
     if (gr->map.slots) {
         for (size_t i = 0; i <= gr->map.mask; i++) {
             struct entry *e = &gr->map.slots[i];
-            if (e->seq && e->holder == s && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+            if (e->seq && e->holder == s && (e->state == E_INFLIGHT || e->state == E_FETCHING)) {
+                if (e->state == E_INFLIGHT)
+                    e->nacked = 2;
                 entry_make_ready(g, gr, e);
+            }
         }
     }
     struct sub **pp = &gr->subs;
@@ -1137,6 +1173,7 @@ static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, 
 {
     op->out_off = bt->out.len;
     op->out_len = buf_append(&bt->out, frame, len) == 0 ? len : 0;
+    broker_owe_reply(op, len);
 }
 
 /* The first sequence of a topic at or after a position; for TIME the
@@ -1212,7 +1249,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
         }
         gr->origin = gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
         gr->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : GROUP_DEFAULT_ACK_WAIT_MS;
-        gr->max_deliveries = sp->max_deliveries ? sp->max_deliveries : GROUP_DEFAULT_MAX_DELIVERIES;
+        gr->max_deliveries = delivery_limit(t, sp->max_deliveries);
         gr->backoff_count = sp->backoff_count;
         memcpy(gr->backoff_ms, sp->backoff_ms, sizeof(gr->backoff_ms));
         created = 1;
@@ -1498,7 +1535,7 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         gr = group_new(g, t, sk->group.ptr, sk->group.len);
         if (gr) {
             gr->ack_wait_ms = GROUP_DEFAULT_ACK_WAIT_MS;
-            gr->max_deliveries = GROUP_DEFAULT_MAX_DELIVERIES;
+            gr->max_deliveries = delivery_limit(t, 0);
         }
     }
     if (!gr) {
@@ -1571,7 +1608,7 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     proto_writer_init(&w, out.data, out.cap);
     size_t start = proto_groups_ok_begin(&w, f->request_id);
     out.len = w.len;
-    uint64_t now = broker_now_ms();
+    int64_t wall = broker_wall_ms();
     /* Listed in byte order of topic, then group name. */
     size_t ngroups = 0;
     for (size_t i = 0; i < g->nbuckets; i++)
@@ -1596,7 +1633,7 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
         struct group *gr = all[ai];
         struct ltopic *t = gr->topic;
         uint32_t in_flight = 0, consumers = 0;
-        uint64_t acked_above = 0, oldest = 0;
+        uint64_t acked_above = 0;
         for (struct sub *s = gr->subs; s; s = s->next_in_group)
             consumers++;
         if (gr->map.slots) {
@@ -1606,10 +1643,15 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
                     continue;
                 if (e->state == E_INFLIGHT || e->state == E_FETCHING)
                     in_flight++;
-                if (e->state == E_INFLIGHT && now > e->sent_ms && now - e->sent_ms > oldest)
-                    oldest = now - e->sent_ms;
             }
         }
+        /* The oldest message not yet done is the first one still stored
+         * from the floor on, whether waiting, in flight or to be
+         * redelivered: its age since it was stored. */
+        uint64_t oldest = 0;
+        int64_t ts = t->id ? store_first_ts(c->broker->store, t->id, gr->floor, t->head) : -1;
+        if (ts >= 0 && wall > ts)
+            oldest = (uint64_t)(wall - ts);
         for (uint64_t s = gr->floor; s < gr->next; s++)
             acked_above += (uint64_t)acked_test(gr, s);
         uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
@@ -1686,7 +1728,7 @@ static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topi
         gr->backoff_ms[gr->backoff_count++] = (uint32_t)v;
         p = *end == ',' ? end + 1 : end;
     }
-    gr->max_deliveries = max_deliveries;
+    gr->max_deliveries = dead_letter_fits(t) ? max_deliveries : 0;
     return 0;
 }
 

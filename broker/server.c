@@ -43,6 +43,11 @@
 #include "store.h"
 
 #define MAINTENANCE_EVERY_MS 1000
+/* The tick checks every connection's timeouts: a twentieth of the shortest
+ * timeout, between TICK_MIN_MS and a second, so that each fires within 5%
+ * (or TICK_MIN_MS) of its setting (PROTOCOL.md §1). */
+#define TICK_MIN_MS 20
+#define TICK_MAX_MS 1000
 /* At shutdown, how long connections may take to read their last replies. */
 #define SHUTDOWN_GRACE_MS 3000
 #define MAX_DEFERRALS 8
@@ -71,11 +76,23 @@ struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, s
         return NULL;
     op->conn = c;
     op->request_id = 0;
-    op->wire_bytes = wire_bytes;
+    /* The op's own memory counts with the request: otherwise a flood of
+     * tiny requests would cost far more than the bytes it sends. */
+    op->wire_bytes = wire_bytes + sizeof(*op);
     c->refs++;
-    c->outstanding += wire_bytes;
+    c->outstanding += op->wire_bytes;
     c->outstanding_ops++;
+    if (kind != OP_REPLY && kind != OP_FETCH && kind != OP_DEAD_LETTER)
+        broker_owe_reply(op, OP_ERROR_REPLY_MAX);
     return op;
+}
+
+void broker_owe_reply(struct op *op, size_t bytes)
+{
+    if (bytes <= op->reply_bytes)
+        return;
+    op->conn->replies_owed += bytes - op->reply_bytes;
+    op->reply_bytes = bytes;
 }
 
 void broker_conn_closed(struct broker *b, struct conn *c)
@@ -128,9 +145,15 @@ static void after_work_cb(uv_work_t *req, int status)
     for (size_t i = 0; i < done->nops; i++) {
         struct op *op = &done->ops[i];
         struct conn *c = op->conn;
-        if (op->kind != OP_FETCH)
+        if (op->kind != OP_FETCH) {
+            if (op->out_len > op->reply_bytes) {
+                atomic_fetch_add(&b->reply_overruns, 1);
+                log_error("conn %llu: a %zu-byte reply where %zu were owed (op kind %d)",
+                          (unsigned long long)c->id, op->out_len, op->reply_bytes, (int)op->kind);
+            }
             conn_on_replies(c, done->out.data + op->out_off, op->out_len);
-        conn_op_done(c, op->wire_bytes);
+        }
+        conn_op_done(c, op);
     }
     groups_after_replies(b, done);
     for (size_t i = 0; i < done->nops; i++)
@@ -389,7 +412,12 @@ int broker_start(struct broker *b)
     b->drain.data = b;
     uv_timer_init(b->loop, &b->tick);
     b->tick.data = b;
-    uv_timer_start(&b->tick, on_tick, 1000, 1000);
+    uint64_t shortest = b->cfg.handshake_timeout_ms;
+    if (b->cfg.idle_timeout_ms && b->cfg.idle_timeout_ms < shortest)
+        shortest = b->cfg.idle_timeout_ms;
+    uint64_t tick = shortest / 20;
+    tick = tick < TICK_MIN_MS ? TICK_MIN_MS : tick > TICK_MAX_MS ? TICK_MAX_MS : tick;
+    uv_timer_start(&b->tick, on_tick, tick, tick);
     uv_signal_init(b->loop, &b->sigint);
     uv_signal_init(b->loop, &b->sigterm);
     b->sigint.data = b->sigterm.data = b;

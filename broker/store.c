@@ -1716,6 +1716,11 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     const uint8_t *p = b->in.data + op->in_off;
     uint16_t tl = proto_rd16(p + 30);
     uint16_t nl = proto_rd16(p + 32 + tl);
+    /* A group creates its topic (PROTOCOL.md §9.1), which TOPICS then
+     * lists like any other. */
+    int err = 0;
+    if (!topic_get(s, p + 32, tl, now_ms, &err))
+        return err == FERRY_EINTERNAL ? SQLITE_NOMEM : SQLITE_ERROR;
     sqlite3_stmt *st = s->st[ST_GROUP_UPSERT];
     sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
     sqlite3_bind_text(st, 2, (const char *)p + 32, tl, SQLITE_STATIC);
@@ -2052,6 +2057,19 @@ uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, u
     return lo;
 }
 
+int64_t store_first_ts(struct store *s, int64_t topic_id, uint64_t from, uint64_t head)
+{
+    if (!s->rdb || !s->rd_ts || from > head || from == 0)
+        return -1;
+    sqlite3_bind_int64(s->rd_ts, 1, (int64_t)((uint64_t)topic_id << 40 | from));
+    sqlite3_bind_int64(s->rd_ts, 2, (int64_t)((uint64_t)topic_id << 40 | head));
+    int64_t ts = -1;
+    if (sqlite3_step(s->rd_ts) == SQLITE_ROW)
+        ts = sqlite3_column_int64(s->rd_ts, 1);
+    sqlite3_reset(s->rd_ts);
+    return ts;
+}
+
 /* ---- retention ---------------------------------------------------------- */
 
 /* Rows deleted per topic and commit, at least: small steps, so that a large
@@ -2213,9 +2231,10 @@ static int topic_config_op(struct store *s, struct batch *b, struct op *op, int6
 
 static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
 {
+    /* Cut to what the op's connection was charged for it (batch.h). */
     size_t mlen = strlen(msg);
-    if (mlen > PROTO_MAX_ERROR_TEXT)
-        mlen = PROTO_MAX_ERROR_TEXT;
+    if (mlen > OP_ERROR_TEXT_MAX)
+        mlen = OP_ERROR_TEXT_MAX;
     op->status = code;
     if (buf_reserve(&b->out, PROTO_HEADER_BYTES + 4 + mlen) < 0) {
         op->out_len = 0; /* the connection layer treats this as fatal */

@@ -70,6 +70,11 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb);
  * while a commit runs on the worker. */
 uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, uint64_t head);
 
+/* When the first message of a topic stored in [from, head] was stored
+ * (Unix ms), or -1 when none is. The same read-only connection as
+ * store_seq_at_time, so also safe on the loop thread. */
+int64_t store_first_ts(struct store *s, int64_t topic_id, uint64_t from, uint64_t head);
+
 /* Counters for logs and tests. */
 struct store_stats {
     uint64_t topics;

@@ -120,7 +120,7 @@ static int check_encoded(ferry_conn *c, const uint8_t *frame, size_t len, size_t
                                  "%s\"%.*s\": a topic is 1-%u of [A-Za-z0-9._-], starting "
                                  "with a letter or digit",
                                  where, (int)m.topic.len, (const char *)m.topic.ptr,
-                                 (unsigned)PROTO_MAX_TOPIC);
+                                 (unsigned)PROTO_MAX_PUBLISH_TOPIC);
         case FERRY_EINVALID_ID:
             return ferry__seterr(
                 c, rc, "%s\"%.*s\": an id is 1-%u printable ASCII characters, no spaces", where,

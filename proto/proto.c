@@ -828,11 +828,12 @@ static int is_alnum(uint8_t ch)
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
 }
 
-int proto_topic_valid(const uint8_t *name, size_t len)
+/* 1..max bytes of A-Z a-z 0-9 . _ -, the first a letter or digit. */
+static int name_valid(const uint8_t *name, size_t len, size_t max)
 {
     size_t i;
 
-    if (name == NULL || len == 0 || len > PROTO_MAX_TOPIC || !is_alnum(name[0]))
+    if (name == NULL || len == 0 || len > max || !is_alnum(name[0]))
         return FERRY_EINVALID_TOPIC;
     for (i = 1; i < len; i++) {
         uint8_t ch = name[i];
@@ -842,17 +843,24 @@ int proto_topic_valid(const uint8_t *name, size_t len)
     return 0;
 }
 
+int proto_topic_valid(const uint8_t *name, size_t len)
+{
+    return name_valid(name, len, PROTO_MAX_PUBLISH_TOPIC);
+}
+
 int proto_sub_topic_valid(const uint8_t *name, size_t len)
 {
-    /* "_" + a publishable name: the topics the broker derives. */
+    /* "_" + a name: the topics the broker derives. Up to 200 bytes, so
+     * that every dead-letter topic, and a topic an older broker created
+     * with a longer name, can be named. */
     if (name != NULL && len > 1 && len <= PROTO_MAX_TOPIC && name[0] == '_')
-        return proto_topic_valid(name + 1, len - 1);
-    return proto_topic_valid(name, len);
+        return name_valid(name + 1, len - 1, PROTO_MAX_TOPIC - 1);
+    return name_valid(name, len, PROTO_MAX_TOPIC);
 }
 
 int proto_group_valid(const uint8_t *name, size_t len)
 {
-    return proto_topic_valid(name, len) == 0 ? 0 : FERRY_EINVALID_GROUP;
+    return name_valid(name, len, PROTO_MAX_GROUP) == 0 ? 0 : FERRY_EINVALID_GROUP;
 }
 
 int proto_id_valid(const uint8_t *id, size_t len)

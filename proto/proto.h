@@ -69,7 +69,10 @@
 #define PROTO_DEFAULT_MAX_MESSAGE (1024u * 1024u)
 
 /* Field maxima, fixed by the protocol (not configurable). */
-#define PROTO_MAX_TOPIC 200          /* topic name bytes */
+#define PROTO_MAX_TOPIC 200 /* topic name bytes */
+/* A topic a client names into existence (a publish): room for the 6 bytes
+ * of "_dead." in front of it, its dead-letter topic (PROTOCOL.md §8). */
+#define PROTO_MAX_PUBLISH_TOPIC (PROTO_MAX_TOPIC - 6)
 #define PROTO_MAX_ID 128             /* message id bytes */
 #define PROTO_MAX_KEY 1024           /* message key bytes */
 #define PROTO_MAX_HEADERS 64         /* headers per message */
@@ -86,6 +89,9 @@
 #define PROTO_MAX_REASON 1024        /* NACK reason bytes */
 #define PROTO_MAX_GROUPS 100000      /* entries in one GROUPS_OK */
 #define PROTO_MAX_BACKOFF 16         /* SUBSCRIBE backoff schedule entries */
+/* SUBSCRIBE max_deliveries asking for no delivery limit (0 asks for the
+ * broker's default). */
+#define PROTO_DELIVERIES_UNLIMITED 0xffffu
 
 enum proto_type {
     PROTO_HELLO = 0x01,        /* client -> server */

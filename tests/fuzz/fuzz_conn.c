@@ -25,6 +25,9 @@
  *   - after our valid HELLO the first frame is its HELLO_OK;
  *   - a FATAL ERROR is the broker's last word: nothing follows it but the
  *     close;
+ *   - no reply is larger than what its request was charged against the
+ *     connection's bound when it was read (broker.reply_overruns), so no
+ *     frame sequence makes the broker hold more than that bound (issue 20);
  *   - every LIVENESS_EVERY inputs, and after the last, a fresh connection
  *     completes a handshake and a PING within LIVENESS_MS: no input wedges
  *     the broker for everyone else.
@@ -394,6 +397,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(out);
     close(fd);
 
+    /* Every reply fitted what its request was charged when it was read:
+     * so no frame sequence holds more than the per-connection bound. */
+    if (atomic_load(&fz.b.reply_overruns) != 0) {
+        fprintf(stderr, "fuzz_conn: a reply exceeded what its request owed the connection\n");
+        abort();
+    }
     if (++fz.inputs % LIVENESS_EVERY == 0 && !liveness()) {
         fprintf(stderr, "fuzz_conn: after input %lu the broker no longer answers a PING\n",
                 fz.inputs);

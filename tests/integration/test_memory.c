@@ -164,22 +164,6 @@ static const char *rss_unreliable(pid_t pid)
     return harness_rss_unreliable(pid);
 }
 
-/* VmHWM, the peak resident set, in KiB (or -1). */
-static long hwm_kib(pid_t pid)
-{
-    char path[64], line[256];
-    long kib = -1;
-    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, "VmHWM:", 6) == 0)
-            kib = strtol(line + 6, NULL, 10);
-    fclose(f);
-    return kib;
-}
-
 /* ----- the canary ------------------------------------------------------------ */
 
 static void canary_fail(struct canary *cn, const char *fmt, ...)
@@ -312,7 +296,7 @@ static void within_bound(struct fx *fx, const struct rss_watch *w, long base_kib
                          const char *terms, const char *what)
 {
     long bound_kib = base_kib + bound_mib * 1024;
-    long hwm = hwm_kib(fx->b.pid);
+    long hwm = harness_hwm_kib(fx->b.pid);
     print_message("%s: ferryd VmRSS %ld KiB before, max %ld KiB over %ld samples, VmHWM %ld KiB; "
                   "bound %ld KiB = %ld KiB + %s = %ld MiB\n",
                   what, base_kib, w->max_kib, w->samples, hwm, bound_kib, base_kib, terms,

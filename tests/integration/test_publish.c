@@ -987,8 +987,13 @@ static void test_publish_invalid_topic_rejected_connection_usable(void **state)
         assert_int_equal(r, FERRY_EINVALID_TOPIC);
         pub_expect(fx->c, "ok", NULL, ++seq, 0);
     }
+    /* 195 bytes is one too many: "_dead." + the name must fit (issue 20). */
+    too_long[PROTO_MAX_PUBLISH_TOPIC + 1] = '\0';
+    ferry_msg lm = msg_of(too_long, NULL, "x");
+    ferry_ack lack;
+    assert_int_equal(ferry_publish(fx->c, &lm, &lack), FERRY_EINVALID_TOPIC);
     /* The longest legal name and the whole alphabet are accepted. */
-    too_long[PROTO_MAX_TOPIC] = '\0';
+    too_long[PROTO_MAX_PUBLISH_TOPIC] = '\0';
     pub_expect(fx->c, too_long, NULL, 1, 0);
     pub_expect(fx->c, "Az09._-", NULL, 1, 0);
     /* Invalid ids are refused the same way. */

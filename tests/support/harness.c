@@ -448,22 +448,34 @@ void harness_cleanup(struct harness_broker *b)
     memset(b, 0, sizeof *b);
 }
 
-long harness_rss_kib(pid_t pid)
+/* A "Name:   N kB" line of /proc/PID/status, in KiB, or -1. */
+static long proc_status_kib(pid_t pid, const char *name)
 {
     char path[64], line[256];
+    size_t nl = strlen(name);
     long kib = -1;
     snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
     while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kib = strtol(line + 6, NULL, 10);
+        if (strncmp(line, name, nl) == 0 && line[nl] == ':') {
+            kib = strtol(line + nl + 1, NULL, 10);
             break;
         }
     }
     fclose(f);
     return kib;
+}
+
+long harness_rss_kib(pid_t pid)
+{
+    return proc_status_kib(pid, "VmRSS");
+}
+
+long harness_hwm_kib(pid_t pid)
+{
+    return proc_status_kib(pid, "VmHWM");
 }
 
 const char *harness_rss_unreliable(pid_t pid)
@@ -767,6 +779,19 @@ int harness_read_error(int fd, int timeout_ms, uint16_t *code, uint8_t *flags, u
     if (request_id)
         *request_id = f.request_id;
     return 1;
+}
+
+int harness_request(int fd, const void *frame, size_t len, uint8_t *buf, size_t cap, int timeout_ms,
+                    struct proto_frame *out)
+{
+    int r = harness_send(fd, frame, len);
+    if (r < 0)
+        return r;
+    for (;;) {
+        r = harness_read_frame(fd, buf, cap, timeout_ms, out);
+        if (r != 1 || out->type != PROTO_DELIVER)
+            return r;
+    }
 }
 
 size_t harness_build_hello(uint8_t *buf, size_t cap, uint16_t version, uint32_t request_id)

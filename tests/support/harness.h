@@ -152,6 +152,9 @@ int harness_check_log(const struct harness_broker *b);
 /* The broker's resident set in KiB from /proc/PID/status, or -1. */
 long harness_rss_kib(pid_t pid);
 
+/* Its peak resident set (VmHWM) in KiB, or -1. */
+long harness_hwm_kib(pid_t pid);
+
 /* Why pid's RSS says nothing about its own memory use, or NULL when it
  * does: "valgrind" when FERRY_UNDER_VALGRIND is set (to anything but 0;
  * script/valgrind sets it, and then every process runs several times slower
@@ -227,6 +230,12 @@ int harness_wait_closed(int fd, int timeout_ms);
  * harness_read_frame. */
 int harness_read_error(int fd, int timeout_ms, uint16_t *code, uint8_t *flags,
                        uint32_t *request_id);
+
+/* Sends the len bytes of frame and reads the next frame that is not a
+ * DELIVER (deliveries may come between replies, PROTOCOL.md §9.2) into buf,
+ * decoded into *out. Returns harness_read_frame's result (1: a frame). */
+int harness_request(int fd, const void *frame, size_t len, uint8_t *buf, size_t cap, int timeout_ms,
+                    struct proto_frame *out);
 
 /* Encodes a HELLO with the given version (no name, no token) into buf.
  * Returns the frame's length in bytes, or 0 when cap is too small. */

@@ -3258,8 +3258,12 @@ static void test_proto_topic_validation_rules(void **state)
     assert_int_equal(proto_topic_valid((const uint8_t *)"a\0b", 3), FERRY_EINVALID_TOPIC);
     assert_int_equal(proto_topic_valid(NULL, 0), FERRY_EINVALID_TOPIC);
 
+    /* 194 bytes at most, so that "_dead.<topic>" fits in 200 (issue 20). */
     memset(name, 'a', sizeof name);
-    assert_int_equal(proto_topic_valid(name, PROTO_MAX_TOPIC), 0);
+    assert_int_equal(PROTO_MAX_PUBLISH_TOPIC, 194);
+    assert_int_equal(proto_topic_valid(name, PROTO_MAX_PUBLISH_TOPIC), 0);
+    assert_int_equal(proto_topic_valid(name, PROTO_MAX_PUBLISH_TOPIC + 1), FERRY_EINVALID_TOPIC);
+    assert_int_equal(proto_topic_valid(name, PROTO_MAX_TOPIC), FERRY_EINVALID_TOPIC);
     assert_int_equal(proto_topic_valid(name, PROTO_MAX_TOPIC + 1), FERRY_EINVALID_TOPIC);
 }
 
@@ -3316,6 +3320,9 @@ static void test_proto_sub_topic_validation_rules(void **state)
     name[0] = 'a';
     assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC), 0);
     assert_int_equal(proto_sub_topic_valid(name, PROTO_MAX_TOPIC + 1), FERRY_EINVALID_TOPIC);
+    /* The dead-letter topic of the longest publishable name. */
+    memcpy(name, "_dead.", 6);
+    assert_int_equal(proto_sub_topic_valid(name, 6 + PROTO_MAX_PUBLISH_TOPIC), 0);
 }
 
 static void test_proto_id_validation_rules(void **state)
