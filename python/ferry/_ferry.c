@@ -359,17 +359,23 @@ static PyObject *ack_tuple(uint64_t seq, int dup, const char *id)
 
 static char *pub_kwlist[] = {"topic", "payload", "id", "key", "headers", "deliver_at_ms", NULL};
 
-static PyObject *conn_publish(ConnObject *self, PyObject *args, PyObject *kw)
+/* publish's and publish_async's arguments into v (released by the caller
+ * with msg_view_release). Returns 0, or -1 with an exception set. */
+static int msg_view_parse(PyObject *args, PyObject *kw, struct msg_view *v)
 {
     const char *topic, *id = NULL;
     PyObject *payload, *key = NULL, *headers = NULL;
     long long deliver_at = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|zOOL", pub_kwlist, &topic, &payload, &id, &key,
-                                     &headers, &deliver_at) ||
-        !conn_ok(self))
-        return NULL;
+                                     &headers, &deliver_at))
+        return -1;
+    return msg_view_fill(v, topic, payload, id, key, headers, deliver_at);
+}
+
+static PyObject *conn_publish(ConnObject *self, PyObject *args, PyObject *kw)
+{
     struct msg_view v;
-    if (msg_view_fill(&v, topic, payload, id, key, headers, deliver_at) < 0)
+    if (!conn_ok(self) || msg_view_parse(args, kw, &v) < 0)
         return NULL;
     ferry_ack ack;
     int rc;
@@ -467,15 +473,8 @@ static void on_async_ack(void *ud, int status, const ferry_ack *ack)
 
 static PyObject *conn_publish_async(ConnObject *self, PyObject *args, PyObject *kw)
 {
-    const char *topic, *id = NULL;
-    PyObject *payload, *key = NULL, *headers = NULL;
-    long long deliver_at = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|zOOL", pub_kwlist, &topic, &payload, &id, &key,
-                                     &headers, &deliver_at) ||
-        !conn_ok(self))
-        return NULL;
     struct msg_view v;
-    if (msg_view_fill(&v, topic, payload, id, key, headers, deliver_at) < 0)
+    if (!conn_ok(self) || msg_view_parse(args, kw, &v) < 0)
         return NULL;
     int rc;
     char detail[256] = "";
