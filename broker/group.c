@@ -511,6 +511,28 @@ static uint64_t redelivery_backoff(const struct broker *b, const struct group *g
     return cfg->backoff_ms[i];
 }
 
+static int out_of_attempts(const struct group *gr, const struct entry *e);
+static void dead_letter(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                        const char *why);
+
+/* A delivery in flight ended without an ack (a lease expiry, a nack, its
+ * consumer gone): when that was its last allowed attempt, it is
+ * dead-lettered now, with why (NULL: as the entry's state says), and 1 is
+ * returned; else 0 and the caller gives it back for redelivery. Not while
+ * the broker stops: a message in flight then is no consumer's failure. */
+static int dead_letter_if_last(struct groups *g, struct group *gr, struct entry *e, const char *why)
+{
+    if (!out_of_attempts(gr, e) || g->broker->stopping || !e->holder)
+        return 0;
+    struct conn *c = e->holder->conn;
+    if (e->state == E_INFLIGHT || e->state == E_FETCHING)
+        e->holder->in_flight--;
+    e->holder = NULL;
+    dead_letter(g, gr, c, e, why);
+    mark_dirty(g, gr); /* its slot is free */
+    return 1;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
@@ -528,6 +550,8 @@ static void on_timer(uv_timer_t *t)
              * that let the lease run out. */
             if (e->holder)
                 it.group->turn = e->holder->next_in_group;
+            if (dead_letter_if_last(g, it.group, e, NULL))
+                continue;
             uint64_t wait = redelivery_backoff(g->broker, it.group, e->attempt);
             if (wait)
                 entry_wait(g, it.group, e, wait);
@@ -625,15 +649,28 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     return 0;
 }
 
+/* The entry's last delivery was its last allowed attempt. */
+static int out_of_attempts(const struct group *gr, const struct entry *e)
+{
+    return gr->max_deliveries && e->attempt >= gr->max_deliveries;
+}
+
 /* Out of attempts: the message moves to the topic's dead-letter topic
- * (store.c copies it with headers saying why) and counts as acked here. */
-static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struct entry *e)
+ * (store.c copies it with headers saying why) and counts as acked here.
+ * The op rides the next group commit on c (any live or closing connection
+ * of the group's: it only holds a reference). why: the reason, or NULL for
+ * the one the entry's last attempt ended with (a nack or a lease expiry).
+ * The entry must have no holder. */
+static void dead_letter(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                        const char *why)
 {
     struct broker *b = g->broker;
     uint64_t seq = e->seq;
     uint32_t attempts = e->attempt;
     char reason[256];
-    if (e->nacked && e->reason)
+    if (why)
+        snprintf(reason, sizeof(reason), "%s", why);
+    else if (e->nacked && e->reason)
         snprintf(reason, sizeof(reason), "nacked: %s", e->reason);
     else
         snprintf(reason, sizeof(reason), "%s", e->nacked ? "nacked" : "lease expired");
@@ -651,7 +688,7 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
     acked_set(gr, seq);
     floor_advance(gr);
     gr->dead_lettered++;
-    struct op *op = broker_enqueue(b, s->conn, OP_DEAD_LETTER, 0);
+    struct op *op = broker_enqueue(b, c, OP_DEAD_LETTER, 0);
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
@@ -699,8 +736,8 @@ static void dispatch(struct groups *g, struct group *gr)
             struct entry *e = entry_get(gr, seq);
             if (!e || e->state != E_READY)
                 continue;
-            if (gr->max_deliveries && e->attempt >= gr->max_deliveries) {
-                dead_letter(g, gr, s, e);
+            if (out_of_attempts(gr, e)) {
+                dead_letter(g, gr, s->conn, e, NULL);
                 continue;
             }
             e->state = E_FETCHING;
@@ -979,7 +1016,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     mark_dirty(g, gr);
 }
 
-static void sub_end(struct groups *g, struct sub *s);
+static void sub_end(struct groups *g, struct sub *s, const char *why);
 static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id);
 
 /* The commit creating a subscription's group is done: deliveries may
@@ -996,7 +1033,7 @@ static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
         return;
     if (done->commit_status) {
         *pp = s->next_in_conn;
-        sub_end(g, s);
+        sub_end(g, s, "consumer disconnected");
         return;
     }
     s->awaiting_ok = 0;
@@ -1034,14 +1071,24 @@ void groups_after_commit(struct broker *b, struct batch *done)
 
 /* ---- subscriptions ------------------------------------------------------ */
 
-static void sub_end(struct groups *g, struct sub *s)
+/* why: "consumer disconnected" or "consumer unsubscribed", the reason a
+ * delivery at its last attempt is dead-lettered with. */
+static void sub_end(struct groups *g, struct sub *s, const char *why)
 {
     struct group *gr = s->group;
-    /* Its in-flight messages go back to the group at once. */
+    /* Its in-flight messages go back to the group at once; those at their
+     * last attempt go to the dead-letter topic at once. dead_letter removes
+     * entries, which moves others in the map: walk it again after each. */
     if (gr->map.slots) {
         for (size_t i = 0; i <= gr->map.mask; i++) {
             struct entry *e = &gr->map.slots[i];
-            if (e->seq && e->holder == s && (e->state == E_INFLIGHT || e->state == E_FETCHING))
+            if (!e->seq || e->holder != s)
+                continue;
+            if (e->state == E_INFLIGHT && dead_letter_if_last(g, gr, e, why)) {
+                i = (size_t)-1;
+                continue;
+            }
+            if (e->state == E_INFLIGHT || e->state == E_FETCHING)
                 entry_make_ready(g, gr, e);
         }
     }
@@ -1072,7 +1119,7 @@ void groups_conn_closed(struct conn *c)
     c->subs = NULL;
     while (s) {
         struct sub *next = s->next_in_conn;
-        sub_end(g, s);
+        sub_end(g, s, "consumer disconnected");
         s = next;
     }
     if (g)
@@ -1423,7 +1470,9 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
             }
         }
         /* The delay is capped, so that the redelivery horizon stays finite. */
-        if (n->delay_ms)
+        if (dead_letter_if_last(g, s->group, e, NULL))
+            ; /* its last attempt: dead-lettered at once, whatever the delay */
+        else if (n->delay_ms)
             entry_wait(g, s->group, e,
                        n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
         else
@@ -1474,7 +1523,7 @@ void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f)
     }
     struct sub *s = *pp;
     *pp = s->next_in_conn;
-    sub_end(g, s);
+    sub_end(g, s, "consumer unsubscribed");
     reply_one(c, f->request_id, 0, 0, 0);
 }
 

@@ -1192,6 +1192,62 @@ static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
     ferry_close(c2);
 }
 
+/* A consumer that goes away holding a message at its last attempt: the
+ * message is dead-lettered at once, with its own reason, not left for a
+ * lease that no longer runs or for the next consumer to subscribe (issue
+ * 9). The dead letter must be readable within 100 ms (printed, not
+ * asserted, under valgrind). */
+static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *reason)
+{
+    ferry_conn *inspect = it_connect(fx->b.addr);
+    subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_sub *s = subscribe(c, "orders", "inventory", 10, 0, 2);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = unsubscribe ? "order-2" : "order-1";
+    m.payload = "x";
+    m.payload_len = 1;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d1 = recv_one(c, WAIT_MS);
+    assert_int_equal(d1->attempt, 1);
+    assert_int_equal(ferry_delivery_nack(d1, 0, "first try"), 0);
+    ferry_delivery *d2 = recv_one(c, WAIT_MS);
+    assert_int_equal(d2->attempt, 2);
+    ferry_delivery_free(d1);
+    ferry_delivery_free(d2);
+
+    int64_t t0 = harness_now_ms();
+    if (unsubscribe)
+        assert_int_equal(ferry_unsubscribe(s), 0);
+    else
+        ferry_close(c);
+    ferry_delivery *x = recv_one(inspect, WAIT_MS);
+    int64_t took = harness_now_ms() - t0;
+    fprintf(stderr, "dead letter after %s: %" PRId64 " ms\n",
+            unsubscribe ? "UNSUBSCRIBE" : "disconnect", took);
+    expect_dead(x, "orders", ack.seq, "inventory", 2, reason, m.id);
+    if (harness_slowdown() == 1)
+        assert_true(took <= 100);
+    ack_ok(x, inspect);
+    ferry_delivery_free(x);
+    ferry_group_info gi = must_group(fx->c, "orders", "inventory");
+    assert_int_equal(gi.dead_lettered, unsubscribe ? 2 : 1);
+    assert_int_equal(gi.in_flight, 0);
+    if (unsubscribe)
+        ferry_close(c);
+    ferry_close(inspect);
+}
+
+static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **state)
+{
+    struct fx *fx = *state;
+    dead_letter_when_gone(fx, 0, "consumer disconnected");
+    dead_letter_when_gone(fx, 1, "consumer unsubscribed");
+}
+
 /* ----- 6. delayed messages -------------------------------------------------- */
 
 static void test_consume_delayed_message_not_before_due_later_one_first(void **state)
@@ -1700,6 +1756,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_consume_max_deliveries_moves_to_dead_letter_topic,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),
