@@ -53,6 +53,7 @@ struct op {
     /* OP_FETCH: who asked (a group of the loop's) and for which subscription. */
     void *group;
     uint32_t sub_id;
+    int redrive; /* OP_FETCH of redriven messages from a dead-letter topic (store.c) */
     /* OP_PUBLISH with a producer: in holds u16 length, the producer id, then
      * the messages (each preceded by its u64 producer_seq). */
     int producer;

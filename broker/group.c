@@ -59,6 +59,11 @@ struct entry {
     uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
     uint64_t sent_ms; /* when the current delivery went out */
     char *reason;     /* the last nack's reason (malloc'd), or NULL */
+    /* A redrive (REDRIVE): the message was done for the group (dead-
+     * lettered), and is delivered again from this sequence of the topic's
+     * dead-letter topic. Such an entry may lie below the floor, and its
+     * sequence's acked bit stays set. 0: an ordinary entry. */
+    uint64_t dead_seq;
 };
 
 struct entry_map {
@@ -620,9 +625,10 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
     timer_add(g, gr, e->seq, e->due_ms);
 }
 
-/* Queues an OP_FETCH of seqs for s. */
+/* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
+ * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
 static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
-                 uint32_t n)
+                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs)
 {
     struct broker *b = g->broker;
     struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
@@ -633,16 +639,22 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     s->conn->fetching += n;
     op->sub_id = s->sub_id;
     op->count = (uint16_t)n;
+    op->redrive = dead_seqs != NULL;
     op->in_off = bt->in.len;
     uint8_t hdr[12];
-    proto_wr64(hdr, (uint64_t)gr->topic->id);
+    proto_wr64(hdr, (uint64_t)(dead_seqs ? dead_topic_id : gr->topic->id));
     proto_wr32(hdr + 8, n);
-    if (buf_reserve(&bt->in, 12 + (size_t)n * 8) < 0)
+    if (buf_reserve(&bt->in, 12 + (size_t)n * 16) < 0)
         return -1;
     buf_append(&bt->in, hdr, 12);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t q[8];
         proto_wr64(q, seqs[i]);
+        buf_append(&bt->in, q, 8);
+    }
+    for (uint32_t i = 0; dead_seqs && i < n; i++) {
+        uint8_t q[8];
+        proto_wr64(q, dead_seqs[i]);
         buf_append(&bt->in, q, 8);
     }
     op->in_len = bt->in.len - op->in_off;
@@ -684,9 +696,12 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
                  gr->name, gr->topic->name, (unsigned long long)seq);
         return;
     }
+    int redriven = e->dead_seq != 0;
     entry_remove(gr, e);
-    acked_set(gr, seq);
-    floor_advance(gr);
+    if (!redriven) {
+        acked_set(gr, seq);
+        floor_advance(gr);
+    }
     gr->dead_lettered++;
     struct op *op = broker_enqueue(b, c, OP_DEAD_LETTER, 0);
     if (!op) {
@@ -718,9 +733,21 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
 }
 
 /* Gives every subscription of gr with room what it can get now. */
+/* The dead-letter topic of gr's topic, as the loop knows it (NULL when
+ * it has none yet). */
+static struct ltopic *dead_topic_of(struct groups *g, const struct group *gr)
+{
+    char name[PROTO_MAX_TOPIC + 7];
+    if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC)
+        return NULL;
+    memcpy(name, "_dead.", 6);
+    memcpy(name + 6, gr->topic->name, gr->topic->name_len);
+    return topic_lookup(g, (const uint8_t *)name, gr->topic->name_len + 6, 0);
+}
+
 static void dispatch(struct groups *g, struct group *gr)
 {
-    uint64_t seqs[FETCH_MAX];
+    uint64_t seqs[FETCH_MAX], rseqs[FETCH_MAX], rdead[FETCH_MAX];
     if (g->closing || g->broker->stopping)
         return;
     for (;;) {
@@ -730,9 +757,9 @@ static void dispatch(struct groups *g, struct group *gr)
         uint32_t room = s->window - s->in_flight;
         if (room > FETCH_MAX)
             room = FETCH_MAX;
-        uint32_t n = 0;
+        uint32_t n = 0, nr = 0;
         uint64_t seq;
-        while (n < room && ready_pop(gr, &seq)) {
+        while (n + nr < room && ready_pop(gr, &seq)) {
             struct entry *e = entry_get(gr, seq);
             if (!e || e->state != E_READY)
                 continue;
@@ -743,13 +770,28 @@ static void dispatch(struct groups *g, struct group *gr)
             e->state = E_FETCHING;
             e->holder = s;
             s->in_flight++;
-            seqs[n++] = seq;
+            if (e->dead_seq) {
+                rseqs[nr] = seq;
+                rdead[nr++] = e->dead_seq;
+            } else {
+                seqs[n++] = seq;
+            }
+        }
+        if (nr) {
+            struct ltopic *dt = dead_topic_of(g, gr);
+            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead) < 0) {
+                log_error("out of memory fetching deliveries");
+                return;
+            }
+            if (n == 0)
+                continue;
         }
         if (gr->next < gr->topic->first && gr->next == gr->floor && gr->map.count == 0) {
             /* Retention deleted what this group had not reached yet. */
             gr->floor = gr->next = gr->topic->first;
         }
-        if (n == 0 && !gr->fetching_first && gr->next <= gr->topic->head && gr->topic->id) {
+        if (n == 0 && nr == 0 && !gr->fetching_first && gr->next <= gr->topic->head &&
+            gr->topic->id) {
             while (n < room && gr->next <= gr->topic->head) {
                 if (acked_test(gr, gr->next)) {
                     /* Acked before a restart (group_acks): skip it. */
@@ -771,7 +813,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (n == 0)
             return;
-        if (fetch(g, gr, s, seqs, n) < 0) {
+        if (fetch(g, gr, s, seqs, n, 0, NULL) < 0) {
             log_error("out of memory fetching deliveries");
             return;
         }
@@ -976,7 +1018,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = proto_rd64(seqp + 8 * i);
         struct entry *e = entry_get(gr, seq);
-        if (e && e->attempt == 0)
+        if (e && e->attempt == 0 && !op->redrive)
             first = 1;
         /* The store returns frames in request order, skipping missing ones. */
         uint8_t *frame = NULL;
@@ -995,6 +1037,14 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             /* Deleted before it could be delivered: nothing to deliver. */
             if (e->holder)
                 e->holder->in_flight--;
+            if (e->dead_seq) {
+                log_warn("group %s: the dead letter %llu of %s is gone: sequence %llu is not "
+                         "redriven",
+                         gr->name, (unsigned long long)e->dead_seq, gr->topic->name,
+                         (unsigned long long)seq);
+                entry_remove(gr, e);
+                continue;
+            }
             entry_remove(gr, e);
             acked_set(gr, seq);
             floor_advance(gr);
@@ -1312,6 +1362,16 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
 /* Acks one sequence in memory. Returns the ACK_OK code for it. */
 static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *changed)
 {
+    struct entry *re = seq ? entry_get(gr, seq) : NULL;
+    if (re && re->dead_seq) {
+        /* A redriven message: done again (its ack was recorded when it was
+         * dead-lettered, so nothing more is written). */
+        if (re->holder && (re->state == E_INFLIGHT || re->state == E_FETCHING))
+            re->holder->in_flight--;
+        entry_remove(gr, re);
+        mark_dirty(g, gr);
+        return 0;
+    }
     if (seq && seq < gr->reached && (seq >= gr->next || seq < gr->origin))
         return 0; /* given out before a seek moved the group: no effect */
     if (seq == 0 || seq >= gr->next || seq < gr->origin)
@@ -1435,11 +1495,11 @@ static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_
 static struct entry *held_entry(struct sub *s, uint64_t seq, uint16_t *code)
 {
     struct group *gr = s->group;
-    if (seq == 0 || seq >= gr->next || seq < gr->origin) {
+    struct entry *e = seq ? entry_get(gr, seq) : NULL;
+    if (!(e && e->dead_seq) && (seq == 0 || seq >= gr->next || seq < gr->origin)) {
         *code = (uint16_t)-FERRY_ENOT_DELIVERED;
         return NULL;
     }
-    struct entry *e = entry_get(gr, seq);
     *code = 0;
     if (!e || e->holder != s || e->state != E_INFLIGHT)
         return NULL; /* acked, or no longer this consumer's: nothing to do */
@@ -1587,6 +1647,76 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
     if (op)
         op_set_reply(op, c->broker->pending, frame, w.len);
     mark_dirty(g, gr);
+}
+
+/*
+ * REDRIVE: the dead letter dead_seq of _dead.<topic> goes back to the group
+ * that dead-lettered it (or the group named, which must be that one), and
+ * to no other: the same message, under its original sequence and id, with
+ * attempt 1 again and a `ferry-redriven` header. The reply (ACK_OK, one
+ * entry: the original sequence) says the redrive is queued; a message the
+ * group has not done yet (in flight or waiting), or one already being
+ * redriven, is left as it is (code 0). Kept in memory: a broker restart
+ * or a SEEK of the group forgets a redrive not yet acked.
+ */
+void groups_on_redrive(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_redrive *r = &f->u.redrive;
+    if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC,
+                         "name the topic the dead letters came from");
+        return;
+    }
+    if (r->group.len && proto_group_valid(r->group.ptr, r->group.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        return;
+    }
+    struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
+    struct group tmp = {.topic = t};
+    struct ltopic *dt = t ? dead_topic_of(g, &tmp) : NULL;
+    if (!t || !dt || !dt->id) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
+        return;
+    }
+    uint64_t seq = 0;
+    char gname[PROTO_MAX_GROUP];
+    size_t glen = 0;
+    int rc =
+        store_read_dead(c->broker->store, dt->id, r->dead_seq, &seq, gname, sizeof(gname), &glen);
+    if (rc != 0) {
+        conn_reply_error(c, f->request_id, rc,
+                         rc == FERRY_EINVALID ? "no such dead letter" : "cannot read it");
+        return;
+    }
+    if (r->group.len && (r->group.len != glen || memcmp(r->group.ptr, gname, glen) != 0)) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "dead letter %llu was dead-lettered by group %.*s",
+                 (unsigned long long)r->dead_seq, (int)glen, gname);
+        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
+        return;
+    }
+    struct group *gr = group_find(t, (const uint8_t *)gname, glen);
+    if (!gr) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
+        return;
+    }
+    if (!entry_get(gr, seq) && acked_test(gr, seq) &&
+        seq < (gr->reached > gr->next ? gr->reached : gr->next)) {
+        struct entry *e = entry_add(gr, seq);
+        if (!e || ready_push(gr, seq) < 0) {
+            if (e)
+                entry_remove(gr, e);
+            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+            return;
+        }
+        e->dead_seq = r->dead_seq;
+        e->state = E_READY;
+        log_info("group %s: %s/%llu redriven from %s/%llu", gr->name, t->name,
+                 (unsigned long long)seq, dt->name, (unsigned long long)r->dead_seq);
+        mark_dirty(g, gr);
+    }
+    reply_one(c, f->request_id, seq, 0, 1);
 }
 
 static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)

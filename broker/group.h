@@ -41,6 +41,7 @@ void groups_on_credit(struct conn *c, const struct proto_frame *f);
 void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f);
 void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
 void groups_on_groups(struct conn *c, const struct proto_frame *f);
+void groups_on_redrive(struct conn *c, const struct proto_frame *f);
 
 /* The connection is closing: its subscriptions end and their in-flight
  * messages go back to their groups at once. */

@@ -1781,6 +1781,8 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
     return SQLITE_OK;
 }
 
+static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *ferr);
+
 /*
  * Every OP_FETCH of the batch, in one read transaction of its own before
  * the write transaction. Fetches read committed messages only, so they need
@@ -1799,7 +1801,8 @@ static void fetch_all(struct store *s, struct batch *b)
     int ferr = 0;
     for (; i < b->nops; i++) {
         struct op *op = &b->ops[i];
-        if (op->kind == OP_FETCH && fetch_op(s, b, op, &ferr) != SQLITE_OK)
+        if (op->kind == OP_FETCH &&
+            (op->redrive ? fetch_redrive(s, b, op, &ferr) : fetch_op(s, b, op, &ferr)) != SQLITE_OK)
             op->status = ferr ? ferr : FERRY_EINTERNAL;
     }
     if (in_read && !sqlite3_get_autocommit(s->db) && step_done(s->st[ST_COMMIT]) != SQLITE_OK)
@@ -1816,6 +1819,162 @@ static int put_header(struct buf *h, const char *name, const void *value, size_t
         return -1;
     proto_wr16(l, (uint16_t)len);
     return buf_append(h, l, 2) < 0 || buf_append(h, value, len) < 0 ? -1 : 0;
+}
+
+/* The broker's own headers of a dead letter (the last of each name: a
+ * message dead-lettered twice carries the later ones last). */
+struct dead_info {
+    struct proto_slice seq, group, id;
+};
+
+static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!hdr || hlen < 2)
+        return;
+    struct proto_msg m = {.header_count = proto_rd16(hdr), .headers = {hdr + 2, hlen - 2}};
+    struct proto_header_iter hi;
+    struct proto_header h;
+    proto_header_iter_init(&hi, &m);
+    while (proto_header_next(&hi, &h)) {
+        if (h.name.len == 14 && memcmp(h.name.ptr, "ferry-dead-seq", 14) == 0)
+            out->seq = h.value;
+        else if (h.name.len == 16 && memcmp(h.name.ptr, "ferry-dead-group", 16) == 0)
+            out->group = h.value;
+        else if (h.name.len == 13 && memcmp(h.name.ptr, "ferry-dead-id", 13) == 0)
+            out->id = h.value;
+    }
+}
+
+static uint64_t slice_u64(struct proto_slice v)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < v.len && i < 20; i++) {
+        if (v.ptr[i] < '0' || v.ptr[i] > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(v.ptr[i] - '0');
+    }
+    return n;
+}
+
+int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
+                    char *group, size_t group_cap, size_t *group_len)
+{
+    sqlite3_stmt *st;
+    if (!s->rdb || sqlite3_prepare_v2(s->rdb, "SELECT headers FROM messages WHERE rid = ?1", -1,
+                                      &st, NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)dead_topic_id << 40 | dead_seq));
+    int rc = sqlite3_step(st);
+    int ret = FERRY_EINVALID;
+    if (rc == SQLITE_ROW) {
+        struct dead_info di;
+        dead_info_of(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &di);
+        *seq = slice_u64(di.seq);
+        if (*seq && di.group.len && di.group.len <= group_cap && di.id.len) {
+            memcpy(group, di.group.ptr, di.group.len);
+            *group_len = di.group.len;
+            ret = 0;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = FERRY_ESTORAGE;
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/*
+ * A redrive's fetch (op->redrive): u64 dead topic id, u32 n, n x u64
+ * original seq, n x u64 dead seq. Each dead letter still stored whose
+ * ferry-dead-seq is the original sequence becomes a DELIVER of the
+ * original message: its sequence, its id (ferry-dead-id), key, payload,
+ * its headers without the ferry-dead-* ones, plus
+ * `ferry-redriven: _dead.<topic>/<dead seq>`; ts_ms is the dead letter's.
+ */
+static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *ferr)
+{
+    const uint8_t *req = b->in.data + op->in_off;
+    uint64_t topic_id = proto_rd64(req);
+    uint32_t n = proto_rd32(req + 8);
+    sqlite3_stmt *st = s->st[ST_FETCH];
+    struct topic *dt = NULL;
+    for (size_t i = 0; i < s->nbuckets && !dt; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            if (t->id == (int64_t)topic_id) {
+                dt = t;
+                break;
+            }
+    op->out_off = b->out.len;
+    for (uint32_t i = 0; i < n && dt; i++) {
+        uint64_t seq = proto_rd64(req + 12 + 8 * (size_t)i);
+        uint64_t dseq = proto_rd64(req + 12 + 8 * ((size_t)n + i));
+        sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | dseq));
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            sqlite3_reset(st);
+            continue;
+        }
+        const uint8_t *hdr = sqlite3_column_blob(st, 2);
+        size_t hlen = (size_t)sqlite3_column_bytes(st, 2);
+        struct dead_info di;
+        dead_info_of(hdr, hlen, &di);
+        if (slice_u64(di.seq) != seq || !di.id.len) {
+            sqlite3_reset(st);
+            continue;
+        }
+        struct buf h = {0};
+        uint16_t count = 0;
+        int bad = 0;
+        if (hdr && hlen >= 2) {
+            struct proto_msg om = {.header_count = proto_rd16(hdr), .headers = {hdr + 2, hlen - 2}};
+            struct proto_header_iter hi;
+            struct proto_header hd;
+            proto_header_iter_init(&hi, &om);
+            while (proto_header_next(&hi, &hd)) {
+                if (hd.name.len >= 11 && memcmp(hd.name.ptr, "ferry-dead-", 11) == 0)
+                    continue;
+                if (hd.name.len == 14 && memcmp(hd.name.ptr, "ferry-redriven", 14) == 0)
+                    continue;
+                uint8_t l[2];
+                proto_wr16(l, (uint16_t)hd.name.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.name.ptr, hd.name.len) < 0;
+                proto_wr16(l, (uint16_t)hd.value.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.value.ptr, hd.value.len) < 0;
+                count++;
+            }
+        }
+        char from[PROTO_MAX_TOPIC + 32];
+        int fl = snprintf(from, sizeof(from), "%.*s/%llu", (int)dt->name_len, dt->name,
+                          (unsigned long long)dseq);
+        bad |= put_header(&h, "ferry-redriven", from, (size_t)fl) < 0;
+        count++;
+        struct proto_deliver d = {
+            .sub_id = 1,
+            .seq = seq,
+            .attempt = 1,
+            .ts_ms = (uint64_t)sqlite3_column_int64(st, 4),
+            .id = di.id,
+            .key = {sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
+            .header_count = count,
+            .headers = {h.data, h.len},
+            .payload = {sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)},
+        };
+        size_t need = proto_deliver_bytes(&d);
+        if (bad || buf_reserve(&b->out, 8 + need) < 0) {
+            buf_free(&h);
+            sqlite3_reset(st);
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        struct proto_writer w;
+        proto_wr64(b->out.data + b->out.len, 0);
+        proto_writer_init(&w, b->out.data + b->out.len + 8, need);
+        if (proto_encode_deliver(&w, 0, &d) == 0)
+            b->out.len += 8 + w.len;
+        buf_free(&h);
+        sqlite3_reset(st);
+    }
+    op->out_len = b->out.len - op->out_off;
+    return SQLITE_OK;
 }
 
 /*

@@ -1248,6 +1248,79 @@ static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **
     dead_letter_when_gone(fx, 1, "consumer unsubscribed");
 }
 
+/* A redrive sends a dead letter back to the group that dead-lettered it
+ * only, as the same message: original sequence and id, attempt 1, a
+ * ferry-redriven header. Another group that had done it sees nothing
+ * (issue 9: `ferry dead replay` republished to the topic, under a new id,
+ * and every group applied it again). */
+static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *ci = it_connect(fx->b.addr), *ce = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 1, 0, 2);
+    subscribe(ce, "orders", "email", 10, 0, 0);
+    ferry_header hs[1] = {{"trace", "abc", 3}};
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.headers = hs;
+    m.header_count = 1;
+    ferry_ack ack;
+    m.id = "order-1";
+    m.payload = "one";
+    m.payload_len = 3;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    m.id = "order-2";
+    m.payload = "two";
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    for (int i = 0; i < 2; i++) {
+        ferry_delivery *d = recv_one(ce, WAIT_MS);
+        ack_ok(d, ce);
+        ferry_delivery_free(d);
+    }
+    for (uint32_t a = 1; a <= 2; a++) {
+        ferry_delivery *d = recv_one(ci, WAIT_MS);
+        assert_int_equal(d->seq, 1);
+        assert_int_equal(d->attempt, a);
+        assert_int_equal(ferry_delivery_nack(d, 0, "crashed"), 0);
+        ferry_delivery_free(d);
+    }
+    ferry_delivery *d2 = recv_one(ci, WAIT_MS);
+    assert_int_equal(d2->seq, 2);
+    ack_ok(d2, ci);
+    ferry_delivery_free(d2);
+
+    /* The dead letter is _dead.orders/1; only inventory's. */
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, "orders", "email", 1, &seq), FERRY_EINVALID);
+    assert_int_equal(ferry_redrive(fx->c, "orders", "orders", 9, &seq), FERRY_EINVALID);
+    assert_int_equal(ferry_redrive(fx->c, "orders", NULL, 1, &seq), 0);
+    assert_int_equal(seq, 1);
+    ferry_delivery *r = recv_one(ci, WAIT_MS);
+    assert_int_equal(r->seq, 1);
+    assert_int_equal(r->attempt, 1);
+    assert_string_equal(r->id, "order-1");
+    assert_int_equal(r->payload_len, 3);
+    assert_memory_equal(r->payload, "one", 3);
+    expect_header(r, "trace", "abc");
+    expect_header(r, "ferry-redriven", "_dead.orders/1");
+    assert_null(header(r, "ferry-dead-id"));
+    assert_int_equal(r->header_count, 2);
+    ack_ok(r, ci);
+    ferry_delivery_free(r);
+    expect_none(ci, 300);
+    expect_none(ce, 300);
+    ferry_group_info gi = must_group(fx->c, "orders", "inventory");
+    assert_int_equal(gi.in_flight, 0);
+    assert_int_equal(gi.lag, 0);
+    assert_int_equal(gi.dead_lettered, 1);
+    gi = must_group(fx->c, "orders", "email");
+    assert_int_equal(gi.lag, 0);
+    assert_int_equal(gi.redelivered, 0);
+    ferry_close(ci);
+    ferry_close(ce);
+}
+
 /* ----- 6. delayed messages -------------------------------------------------- */
 
 static void test_consume_delayed_message_not_before_due_later_one_first(void **state)
@@ -1758,6 +1831,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),
