@@ -57,6 +57,7 @@ struct entry {
     uint32_t attempt; /* deliveries so far */
     uint8_t state;
     uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
+    uint8_t saved;    /* its attempts are recorded in the store (group_attempts) */
     uint64_t sent_ms; /* when the current delivery went out */
     char *reason;     /* the last nack's reason (malloc'd), or NULL */
     /* A redrive (REDRIVE): the message was done for the group (dead-
@@ -123,6 +124,13 @@ struct group {
     struct group *next_dirty;
     uint64_t redelivered, dead_lettered;
     uint64_t read_error_ms; /* when a failed fetch was last logged */
+    /* Attempts recorded before the last restart, by sequence (ascending):
+     * a first delivery after the restart starts from them. */
+    struct restored {
+        uint64_t seq;
+        uint32_t attempts;
+    } * restored;
+    size_t nrestored, restored_pos;
 };
 
 /* A fetch that could not read its messages (a disk read error) is tried
@@ -482,6 +490,42 @@ static void mark_dirty(struct groups *g, struct group *gr)
     }
 }
 
+/*
+ * Attempt counts are durable where it costs nothing on the hot path: an
+ * entry's count is written (OP_ATTEMPT, in the next group commit, no fsync
+ * of its own) when one of its attempts fails — a nack, a lease expiry, its
+ * consumer gone — and deleted when the message is done, only for entries
+ * that have such a row (`saved`). A delivery that is acked at its first
+ * attempt, the common case, writes nothing more than before. A failure's
+ * row is committed before the message's next delivery goes out (that one
+ * needs a fetch, which rides the same commit), so a restart, clean or
+ * kill -9, loses only the attempt in flight at that moment: it counts as
+ * not made. Redriven entries are not recorded (the redrive itself is not
+ * durable). c: any connection of the group's, which the op references.
+ */
+static void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                            uint32_t attempts)
+{
+    if (e->dead_seq || !c || g->broker->stopping || (!attempts && !e->saved))
+        return;
+    struct broker *b = g->broker;
+    struct op *op = broker_enqueue(b, c, OP_ATTEMPT, 0);
+    if (!op) {
+        log_error("out of memory recording the attempts of %s/%llu", gr->topic->name,
+                  (unsigned long long)e->seq);
+        return;
+    }
+    struct batch *bt = b->pending;
+    op->in_off = bt->in.len;
+    uint8_t rec[20];
+    proto_wr64(rec, (uint64_t)gr->id);
+    proto_wr64(rec + 8, e->seq);
+    proto_wr32(rec + 16, attempts);
+    buf_append(&bt->in, rec, sizeof(rec));
+    op->in_len = bt->in.len - op->in_off;
+    e->saved = attempts != 0;
+}
+
 /* An entry goes back to the group for redelivery. */
 static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e)
 {
@@ -557,6 +601,7 @@ static void on_timer(uv_timer_t *t)
                 it.group->turn = e->holder->next_in_group;
             if (dead_letter_if_last(g, it.group, e, NULL))
                 continue;
+            record_attempts(g, it.group, e->holder ? e->holder->conn : NULL, e, e->attempt);
             uint64_t wait = redelivery_backoff(g->broker, it.group, e->attempt);
             if (wait)
                 entry_wait(g, it.group, e, wait);
@@ -628,7 +673,7 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
 /* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
  * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
 static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
-                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs)
+                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
     struct broker *b = g->broker;
     struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
@@ -640,6 +685,7 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     op->sub_id = s->sub_id;
     op->count = (uint16_t)n;
     op->redrive = dead_seqs != NULL;
+    op->first_fetch = first;
     op->in_off = bt->in.len;
     uint8_t hdr[12];
     proto_wr64(hdr, (uint64_t)(dead_seqs ? dead_topic_id : gr->topic->id));
@@ -745,6 +791,23 @@ static struct ltopic *dead_topic_of(struct groups *g, const struct group *gr)
     return topic_lookup(g, (const uint8_t *)name, gr->topic->name_len + 6, 0);
 }
 
+/* A first delivery after a restart: the attempts recorded for it before. */
+static void restore_attempts(struct group *gr, struct entry *e)
+{
+    while (gr->restored_pos < gr->nrestored && gr->restored[gr->restored_pos].seq < e->seq)
+        gr->restored_pos++;
+    if (gr->restored_pos < gr->nrestored && gr->restored[gr->restored_pos].seq == e->seq) {
+        e->attempt = gr->restored[gr->restored_pos].attempts;
+        e->saved = 1;
+        gr->restored_pos++;
+    }
+    if (gr->restored && gr->restored_pos >= gr->nrestored) {
+        free(gr->restored);
+        gr->restored = NULL;
+        gr->nrestored = gr->restored_pos = 0;
+    }
+}
+
 static void dispatch(struct groups *g, struct group *gr)
 {
     uint64_t seqs[FETCH_MAX], rseqs[FETCH_MAX], rdead[FETCH_MAX];
@@ -758,6 +821,7 @@ static void dispatch(struct groups *g, struct group *gr)
         if (room > FETCH_MAX)
             room = FETCH_MAX;
         uint32_t n = 0, nr = 0;
+        int first_round = 0;
         uint64_t seq;
         while (n + nr < room && ready_pop(gr, &seq)) {
             struct entry *e = entry_get(gr, seq);
@@ -779,7 +843,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (nr) {
             struct ltopic *dt = dead_topic_of(g, gr);
-            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead) < 0) {
+            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
                 log_error("out of memory fetching deliveries");
                 return;
             }
@@ -803,17 +867,20 @@ static void dispatch(struct groups *g, struct group *gr)
                 struct entry *e = entry_add(gr, gr->next);
                 if (!e)
                     break;
+                restore_attempts(gr, e);
                 e->state = E_FETCHING;
                 e->holder = s;
                 s->in_flight++;
                 seqs[n++] = gr->next++;
             }
-            if (n)
+            if (n) {
                 gr->fetching_first = 1;
+                first_round = 1;
+            }
         }
         if (n == 0)
             return;
-        if (fetch(g, gr, s, seqs, n, 0, NULL) < 0) {
+        if (fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
             log_error("out of memory fetching deliveries");
             return;
         }
@@ -1012,14 +1079,13 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     const uint8_t *req = done->in.data + op->in_off;
     uint32_t n = proto_rd32(req + 8);
     const uint8_t *seqp = req + 12;
-    int first = 0;
+    int first = op->first_fetch;
 
     const uint8_t *p = done->out.data + op->out_off, *end = p + op->out_len;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = proto_rd64(seqp + 8 * i);
         struct entry *e = entry_get(gr, seq);
-        if (e && e->attempt == 0 && !op->redrive)
-            first = 1;
+        (void)0;
         /* The store returns frames in request order, skipping missing ones. */
         uint8_t *frame = NULL;
         size_t flen = 0;
@@ -1045,12 +1111,13 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
                 entry_remove(gr, e);
                 continue;
             }
+            record_attempts(g, gr, op->conn, e, 0);
             entry_remove(gr, e);
             acked_set(gr, seq);
             floor_advance(gr);
             continue;
         }
-        if (e->attempt == 0 && delay_ms(deliver_at)) {
+        if (first && delay_ms(deliver_at)) {
             entry_wait(g, gr, e, delay_ms(deliver_at));
             continue;
         }
@@ -1138,6 +1205,8 @@ static void sub_end(struct groups *g, struct sub *s, const char *why)
                 i = (size_t)-1;
                 continue;
             }
+            if (e->state == E_INFLIGHT)
+                record_attempts(g, gr, s->conn, e, e->attempt);
             if (e->state == E_INFLIGHT || e->state == E_FETCHING)
                 entry_make_ready(g, gr, e);
         }
@@ -1360,7 +1429,8 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
 }
 
 /* Acks one sequence in memory. Returns the ACK_OK code for it. */
-static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *changed)
+static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint64_t seq,
+                        int *changed)
 {
     struct entry *re = seq ? entry_get(gr, seq) : NULL;
     if (re && re->dead_seq) {
@@ -1383,6 +1453,7 @@ static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *c
         return 0;
     if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
         e->holder->in_flight--;
+    record_attempts(g, gr, c, e, 0);
     entry_remove(gr, e);
     if (acked_set(gr, seq) < 0)
         return (uint16_t)-FERRY_EINTERNAL;
@@ -1412,7 +1483,7 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     uint64_t old_floor = gr->floor;
     for (uint16_t i = 0; i < a->count; i++) {
         uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-        proto_ack_ok_add(&w, seq, ack_one(g, gr, seq, &changed));
+        proto_ack_ok_add(&w, seq, ack_one(g, gr, c, seq, &changed));
     }
     proto_ack_ok_end(&w, start, a->count);
     floor_advance(gr);
@@ -1529,14 +1600,16 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
                 e->reason[rl] = 0;
             }
         }
-        /* The delay is capped, so that the redelivery horizon stays finite. */
-        if (dead_letter_if_last(g, s->group, e, NULL))
-            ; /* its last attempt: dead-lettered at once, whatever the delay */
-        else if (n->delay_ms)
-            entry_wait(g, s->group, e,
-                       n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
-        else
-            entry_make_ready(g, s->group, e);
+        /* At its last attempt it is dead-lettered at once, whatever the delay. */
+        if (!dead_letter_if_last(g, s->group, e, NULL)) {
+            record_attempts(g, s->group, c, e, e->attempt);
+            /* The delay is capped, so that the redelivery horizon stays finite. */
+            if (n->delay_ms)
+                entry_wait(g, s->group, e,
+                           n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
+            else
+                entry_make_ready(g, s->group, e);
+        }
         mark_dirty(g, s->group); /* its slot is free */
     }
     reply_one(c, f->request_id, n->seq, code, 1);
@@ -1632,6 +1705,9 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         memset(gr->acked, 0, gr->acked_cap / 8);
     gr->ready_len = 0;
     gr->fetching_first = 0;
+    free(gr->restored);
+    gr->restored = NULL;
+    gr->nrestored = gr->restored_pos = 0;
     if (gr->next > gr->reached)
         gr->reached = gr->next;
     gr->origin = gr->floor = gr->next = target;
@@ -1882,6 +1958,27 @@ static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
     return 0;
 }
 
+static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts)
+{
+    struct groups *g = arg;
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
+                if (gr->id != group_id)
+                    continue;
+                if (acked_test(gr, seq))
+                    return 0;
+                struct restored *nr =
+                    realloc(gr->restored, (gr->nrestored + 1) * sizeof(*gr->restored));
+                if (!nr)
+                    return -1;
+                gr->restored = nr;
+                gr->restored[gr->nrestored++] = (struct restored){seq, attempts};
+                return 0;
+            }
+    return 0;
+}
+
 int groups_init(struct broker *b)
 {
     struct groups *g = calloc(1, sizeof(*g));
@@ -1896,6 +1993,7 @@ int groups_init(struct broker *b)
         .topic = on_loaded_topic,
         .group = on_loaded_group,
         .ack = on_loaded_ack,
+        .attempts = on_loaded_attempts,
     };
     if (store_load_groups(b->store, &cbs) != 0)
         return -1;
@@ -1938,6 +2036,7 @@ void groups_free(struct broker *b)
                 free(gr->map.slots);
                 free(gr->acked);
                 free(gr->ready);
+                free(gr->restored);
                 free(gr->name);
                 free(gr);
                 gr = ng;

@@ -136,6 +136,9 @@ enum stmt_id {
     ST_MIN_FLOOR,
     ST_TOPIC_CONFIG,
     ST_PRODUCER_SET,
+    ST_ATTEMPT_SET,
+    ST_ATTEMPT_DELETE,
+    ST_ATTEMPT_DELETE_ALL,
     ST__COUNT
 };
 
@@ -172,6 +175,10 @@ static const char *const stmt_sql[ST__COUNT] = {
                         "updated_ms = excluded.updated_ms",
     [ST_TOPIC_CONFIG] = "UPDATE topics SET max_age_ms = ?2, max_count = ?3, max_bytes = ?4, "
                         "delete_acked = ?5 WHERE id = ?1",
+    [ST_ATTEMPT_SET] = "INSERT INTO group_attempts(group_id, seq, attempts) VALUES (?1, ?2, ?3) "
+                       "ON CONFLICT(group_id, seq) DO UPDATE SET attempts = excluded.attempts",
+    [ST_ATTEMPT_DELETE] = "DELETE FROM group_attempts WHERE group_id = ?1 AND seq = ?2",
+    [ST_ATTEMPT_DELETE_ALL] = "DELETE FROM group_attempts WHERE group_id = ?1",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
@@ -602,6 +609,10 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;"
     "CREATE TABLE producers (id TEXT PRIMARY KEY, hwm INTEGER NOT NULL,"
     "  updated_ms INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 2: the attempts a message not yet done has used up, written when an
+     * attempt fails (OP_ATTEMPT), deleted when it is done. */
+    "CREATE TABLE group_attempts (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL, PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1686,8 +1697,31 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     }
     st = s->st[ST_GACK_DELETE_ALL];
     sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = step_done(st)) == SQLITE_OK) {
+        st = s->st[ST_ATTEMPT_DELETE_ALL];
+        sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
         set_err(s, "save group");
+    return rc;
+}
+
+/* OP_ATTEMPT record: u64 group id, u64 seq, u32 attempts. Records the
+ * attempts a message has used up (after one failed), or with 0 forgets
+ * them (the message is done). */
+static int attempt_op(struct store *s, struct batch *b, struct op *op)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    uint32_t n = proto_rd32(p + 16);
+    sqlite3_stmt *st = s->st[n ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
+    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+    sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 8));
+    if (n)
+        sqlite3_bind_int64(st, 3, n);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK)
+        set_err(s, "record attempts");
     return rc;
 }
 
@@ -2073,6 +2107,12 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
     sqlite3_bind_int64(st, 1, gid);
     sqlite3_bind_int64(st, 2, floor);
     rc = step_done(st);
+    if (rc == SQLITE_OK) {
+        st = s->st[ST_ATTEMPT_DELETE];
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, (int64_t)seq);
+        rc = step_done(st);
+    }
     if (rc == SQLITE_OK && (int64_t)seq >= floor) {
         st = s->st[ST_GACK_INSERT];
         sqlite3_bind_int64(st, 1, gid);
@@ -2118,6 +2158,27 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         if (cb->ack(cb->arg, sqlite3_column_int64(st, 0), (uint64_t)sqlite3_column_int64(st, 1)) <
             0)
+            break;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return FERRY_ESTORAGE;
+    /* Rows left below a floor (the group moved on in a commit that did not
+     * reach them) are dropped; the rest, in sequence order per group. */
+    if (sqlite3_exec(s->db,
+                     "DELETE FROM group_attempts WHERE NOT EXISTS (SELECT 1 FROM groups g "
+                     "WHERE g.id = group_id AND g.ack_floor <= seq)",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    rc = sqlite3_prepare_v2(s->db,
+                            "SELECT group_id, seq, attempts FROM group_attempts "
+                            "ORDER BY group_id, seq",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb->attempts(cb->arg, sqlite3_column_int64(st, 0),
+                         (uint64_t)sqlite3_column_int64(st, 1),
+                         (uint32_t)sqlite3_column_int64(st, 2)) < 0)
             break;
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
@@ -2354,6 +2415,8 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
             rc = group_save_op(s, b, op, now_ms);
         } else if (op->kind == OP_GROUP_ACK) {
             rc = group_ack_op(s, b, op);
+        } else if (op->kind == OP_ATTEMPT) {
+            rc = attempt_op(s, b, op);
         } else if (op->kind == OP_TOPIC_CONFIG) {
             rc = topic_config_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
@@ -2404,7 +2467,7 @@ static int has_small_writes(const struct batch *b)
 {
     for (size_t i = 0; i < b->nops; i++)
         if (b->ops[i].kind == OP_GROUP_ACK || b->ops[i].kind == OP_GROUP_SAVE ||
-            b->ops[i].kind == OP_TOPIC_CONFIG)
+            b->ops[i].kind == OP_ATTEMPT || b->ops[i].kind == OP_TOPIC_CONFIG)
             return 1;
     return 0;
 }

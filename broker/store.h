@@ -62,6 +62,8 @@ struct store_load_cbs {
                  size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
                  uint64_t origin, const char *backoff);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
+    /* Attempts used up by a message not yet done, in (group, seq) order. */
+    int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts);
 };
 int store_load_groups(struct store *s, const struct store_load_cbs *cb);
 

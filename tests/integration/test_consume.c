@@ -1291,6 +1291,12 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
     ferry_delivery_free(d2);
 
     /* The dead letter is _dead.orders/1; only inventory's. */
+    ferry_topic_info ti;
+    memset(&ti, 0, sizeof ti);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
+           harness_now_ms() < deadline)
+        sleep_ms(10);
     uint64_t seq = 0;
     assert_int_equal(ferry_redrive(fx->c, "orders", "email", 1, &seq), FERRY_EINVALID);
     assert_int_equal(ferry_redrive(fx->c, "orders", "orders", 9, &seq), FERRY_EINVALID);
@@ -1319,6 +1325,84 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
     assert_int_equal(gi.redelivered, 0);
     ferry_close(ci);
     ferry_close(ce);
+}
+
+/* Attempts that failed (a nack, a disconnect) count across a restart of
+ * ferryd, clean or kill -9: max_deliveries bounds them in all, and a
+ * consumer that crash-loops on a message gets it dead-lettered even if the
+ * broker restarts meanwhile (issue 9: the count went back to 1). */
+static void attempts_survive_restart(struct fx *fx, int kill9)
+{
+    ferry_conn *cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 10, 0, 3);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = "order-1";
+    m.payload = "x";
+    m.payload_len = 1;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->attempt, 1);
+    assert_int_equal(ferry_delivery_nack(d, 0, "crash 1"), 0);
+    ferry_delivery_free(d);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->attempt, 2);
+    ferry_delivery_free(d);
+    ferry_close(cc); /* the second attempt ends with a disconnect */
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    ferry_group_info gi;
+    do {
+        gi = must_group(fx->c, "orders", "inventory");
+    } while ((gi.consumers || gi.in_flight) && harness_now_ms() < deadline);
+    assert_int_equal(gi.consumers, 0);
+    /* A publish after it: its ack follows the commit holding the failure. */
+    m.id = "order-2";
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    if (kill9)
+        assert_int_equal(harness_kill9(&fx->b), 0);
+    else
+        assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+
+    cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 1, 0, 3);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(d->attempt, 3);
+    assert_int_equal(d->redelivered, 1);
+    ferry_delivery_free(d);
+    ferry_close(cc); /* the last attempt: dead-lettered */
+    ferry_conn *inspect = it_connect(fx->b.addr);
+    subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
+    ferry_delivery *x = recv_one(inspect, WAIT_MS);
+    expect_dead(x, "orders", 1, "inventory", 3, "consumer disconnected", "order-1");
+    ferry_delivery_free(x);
+    ferry_close(inspect);
+    /* Message 2 had no failure: attempt 1 after the restart. */
+    cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 10, 0, 3);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->seq, 2);
+    assert_int_equal(d->attempt, 1);
+    ack_ok(d, cc);
+    ferry_delivery_free(d);
+    ferry_close(cc);
+}
+
+static void test_consume_failed_attempts_survive_kill9(void **state)
+{
+    attempts_survive_restart(*state, 1);
+}
+
+static void test_consume_failed_attempts_survive_clean_restart(void **state)
+{
+    attempts_survive_restart(*state, 0);
 }
 
 /* ----- 6. delayed messages -------------------------------------------------- */
@@ -1833,6 +1917,10 @@ int main(void)
             test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_kill9, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_clean_restart, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),
