@@ -500,30 +500,41 @@ static void mark_dirty(struct groups *g, struct group *gr)
  * row is committed before the message's next delivery goes out (that one
  * needs a fetch, which rides the same commit), so a restart, clean or
  * kill -9, loses only the attempt in flight at that moment: it counts as
- * not made. Redriven entries are not recorded (the redrive itself is not
- * durable). c: any connection of the group's, which the op references.
+ * not made. A redrive is recorded the same way (with the dead letter it is
+ * read from) until it is acked. c: any connection of the group's, which
+ * the op references.
  */
-static void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
-                            uint32_t attempts)
+static struct op *record_entry(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                               uint32_t attempts, int keep)
 {
-    if (e->dead_seq || !c || g->broker->stopping || (!attempts && !e->saved))
-        return;
+    if (!c || g->broker->stopping || (!keep && !e->saved))
+        return NULL;
     struct broker *b = g->broker;
     struct op *op = broker_enqueue(b, c, OP_ATTEMPT, 0);
     if (!op) {
         log_error("out of memory recording the attempts of %s/%llu", gr->topic->name,
                   (unsigned long long)e->seq);
-        return;
+        return NULL;
     }
     struct batch *bt = b->pending;
     op->in_off = bt->in.len;
-    uint8_t rec[20];
+    uint8_t rec[29];
     proto_wr64(rec, (uint64_t)gr->id);
     proto_wr64(rec + 8, e->seq);
     proto_wr32(rec + 16, attempts);
+    proto_wr64(rec + 20, e->dead_seq);
+    rec[28] = (uint8_t)(keep != 0);
     buf_append(&bt->in, rec, sizeof(rec));
     op->in_len = bt->in.len - op->in_off;
-    e->saved = attempts != 0;
+    e->saved = keep != 0;
+    return op;
+}
+
+/* attempts 0: the message is done, its row (if any) goes. */
+static void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                            uint32_t attempts)
+{
+    record_entry(g, gr, c, e, attempts, attempts != 0);
 }
 
 /* An entry goes back to the group for redelivery. */
@@ -1108,6 +1119,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
                          "redriven",
                          gr->name, (unsigned long long)e->dead_seq, gr->topic->name,
                          (unsigned long long)seq);
+                record_attempts(g, gr, op->conn, e, 0);
                 entry_remove(gr, e);
                 continue;
             }
@@ -1438,6 +1450,7 @@ static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint
          * dead-lettered, so nothing more is written). */
         if (re->holder && (re->state == E_INFLIGHT || re->state == E_FETCHING))
             re->holder->in_flight--;
+        record_attempts(g, gr, c, re, 0);
         entry_remove(gr, re);
         mark_dirty(g, gr);
         return 0;
@@ -1732,8 +1745,9 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
  * attempt 1 again and a `ferry-redriven` header. The reply (ACK_OK, one
  * entry: the original sequence) says the redrive is queued; a message the
  * group has not done yet (in flight or waiting), or one already being
- * redriven, is left as it is (code 0). Kept in memory: a broker restart
- * or a SEEK of the group forgets a redrive not yet acked.
+ * redriven, is left as it is (code 0). The redrive is recorded (with its
+ * attempts, group_attempts) until it is acked, and survives a restart; a
+ * SEEK of the group forgets it.
  */
 void groups_on_redrive(struct conn *c, const struct proto_frame *f)
 {
@@ -1788,9 +1802,23 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
         }
         e->dead_seq = r->dead_seq;
         e->state = E_READY;
+        /* Durable before the reply: the redrive survives a restart. */
+        struct op *op = record_entry(g, gr, c, e, 0, 1);
+        if (op) {
+            uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
+            struct proto_writer w;
+            proto_writer_init(&w, frame, sizeof(frame));
+            size_t start = proto_ack_ok_begin(&w, f->request_id);
+            proto_ack_ok_add(&w, seq, 0);
+            proto_ack_ok_end(&w, start, 1);
+            op->request_id = f->request_id;
+            op_set_reply(op, c->broker->pending, frame, w.len);
+        }
         log_info("group %s: %s/%llu redriven from %s/%llu", gr->name, t->name,
                  (unsigned long long)seq, dt->name, (unsigned long long)r->dead_seq);
         mark_dirty(g, gr);
+        if (op)
+            return;
     }
     reply_one(c, f->request_id, seq, 0, 1);
 }
@@ -1958,7 +1986,8 @@ static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
     return 0;
 }
 
-static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts)
+static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
+                              uint64_t dead_seq)
 {
     struct groups *g = arg;
     for (size_t i = 0; i < g->nbuckets; i++)
@@ -1966,6 +1995,19 @@ static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_
             for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
                 if (gr->id != group_id)
                     continue;
+                if (dead_seq) {
+                    /* A redrive not yet acked: waiting again. */
+                    if (!acked_test(gr, seq) || entry_get(gr, seq))
+                        return 0;
+                    struct entry *e = entry_add(gr, seq);
+                    if (!e || ready_push(gr, seq) < 0)
+                        return -1;
+                    e->dead_seq = dead_seq;
+                    e->attempt = attempts;
+                    e->saved = 1;
+                    e->state = E_READY;
+                    return 0;
+                }
                 if (acked_test(gr, seq))
                     return 0;
                 struct restored *nr =

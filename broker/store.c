@@ -175,8 +175,9 @@ static const char *const stmt_sql[ST__COUNT] = {
                         "updated_ms = excluded.updated_ms",
     [ST_TOPIC_CONFIG] = "UPDATE topics SET max_age_ms = ?2, max_count = ?3, max_bytes = ?4, "
                         "delete_acked = ?5 WHERE id = ?1",
-    [ST_ATTEMPT_SET] = "INSERT INTO group_attempts(group_id, seq, attempts) VALUES (?1, ?2, ?3) "
-                       "ON CONFLICT(group_id, seq) DO UPDATE SET attempts = excluded.attempts",
+    [ST_ATTEMPT_SET] = "INSERT INTO group_attempts(group_id, seq, attempts, dead_seq) VALUES (?1, "
+                       "?2, ?3, ?4) ON CONFLICT(group_id, seq) DO UPDATE SET attempts = "
+                       "excluded.attempts, dead_seq = excluded.dead_seq",
     [ST_ATTEMPT_DELETE] = "DELETE FROM group_attempts WHERE group_id = ?1 AND seq = ?2",
     [ST_ATTEMPT_DELETE_ALL] = "DELETE FROM group_attempts WHERE group_id = ?1",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
@@ -610,9 +611,11 @@ static const char *const migrations[] = {
     "CREATE TABLE producers (id TEXT PRIMARY KEY, hwm INTEGER NOT NULL,"
     "  updated_ms INTEGER NOT NULL) WITHOUT ROWID;",
     /* 2: the attempts a message not yet done has used up, written when an
-     * attempt fails (OP_ATTEMPT), deleted when it is done. */
+     * attempt fails (OP_ATTEMPT), deleted when it is done; and redrives not
+     * yet acked (dead_seq: the dead letter they are read from). */
     "CREATE TABLE group_attempts (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
-    "  attempts INTEGER NOT NULL, PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
+    "  attempts INTEGER NOT NULL, dead_seq INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1707,18 +1710,21 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     return rc;
 }
 
-/* OP_ATTEMPT record: u64 group id, u64 seq, u32 attempts. Records the
- * attempts a message has used up (after one failed), or with 0 forgets
+/* OP_ATTEMPT record: u64 group id, u64 seq, u32 attempts, u64 dead_seq,
+ * u8 keep. Records the attempts a message has used up (after one failed)
+ * and, for a redrive, the dead letter it is read from; with keep 0 forgets
  * them (the message is done). */
 static int attempt_op(struct store *s, struct batch *b, struct op *op)
 {
     const uint8_t *p = b->in.data + op->in_off;
-    uint32_t n = proto_rd32(p + 16);
-    sqlite3_stmt *st = s->st[n ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
+    int keep = p[28] != 0;
+    sqlite3_stmt *st = s->st[keep ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
     sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
     sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 8));
-    if (n)
-        sqlite3_bind_int64(st, 3, n);
+    if (keep) {
+        sqlite3_bind_int64(st, 3, proto_rd32(p + 16));
+        sqlite3_bind_int64(st, 4, (int64_t)proto_rd64(p + 20));
+    }
     int rc = step_done(st);
     if (rc != SQLITE_OK)
         set_err(s, "record attempts");
@@ -2166,19 +2172,19 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
      * reach them) are dropped; the rest, in sequence order per group. */
     if (sqlite3_exec(s->db,
                      "DELETE FROM group_attempts WHERE NOT EXISTS (SELECT 1 FROM groups g "
-                     "WHERE g.id = group_id AND g.ack_floor <= seq)",
+                     "WHERE g.id = group_id AND (g.ack_floor <= seq OR dead_seq != 0))",
                      NULL, NULL, NULL) != SQLITE_OK)
         return FERRY_ESTORAGE;
     rc = sqlite3_prepare_v2(s->db,
-                            "SELECT group_id, seq, attempts FROM group_attempts "
+                            "SELECT group_id, seq, attempts, dead_seq FROM group_attempts "
                             "ORDER BY group_id, seq",
                             -1, &st, NULL);
     if (rc != SQLITE_OK)
         return FERRY_ESTORAGE;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-        if (cb->attempts(cb->arg, sqlite3_column_int64(st, 0),
-                         (uint64_t)sqlite3_column_int64(st, 1),
-                         (uint32_t)sqlite3_column_int64(st, 2)) < 0)
+        if (cb->attempts(
+                cb->arg, sqlite3_column_int64(st, 0), (uint64_t)sqlite3_column_int64(st, 1),
+                (uint32_t)sqlite3_column_int64(st, 2), (uint64_t)sqlite3_column_int64(st, 3)) < 0)
             break;
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
@@ -2536,7 +2542,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     for (size_t i = 0; i < b->nops; i++) {
         struct op *op = &b->ops[i];
         if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
-            op->kind == OP_TOPIC_CONFIG)
+            op->kind == OP_TOPIC_CONFIG || (op->kind == OP_ATTEMPT && op->request_id))
             reply_error(b, op, code, why);
     }
     b->commit_us = now_us() - t0;

@@ -63,7 +63,8 @@ struct store_load_cbs {
                  uint64_t origin, const char *backoff);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
     /* Attempts used up by a message not yet done, in (group, seq) order. */
-    int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts);
+    int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
+                    uint64_t dead_seq);
 };
 int store_load_groups(struct store *s, const struct store_load_cbs *cb);
 

@@ -400,9 +400,9 @@ FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, fe
  * FERRY_EINVALID. Waits for the broker's reply; fills *seq_out (may be
  * NULL) with the original sequence. A message the group has not done yet,
  * or one being redriven already, is left as it is (still 0). The redrive
- * is kept in the broker's memory until the group acks it: a broker restart
- * or a ferry_seek of the group before that forgets it (redrive the dead
- * letter again). Returns 0, FERRY_EUNKNOWN_TOPIC (no dead letters),
+ * is durable when this returns and lasts until the group acks it, across
+ * broker restarts; a ferry_seek of the group before that forgets it
+ * (redrive the dead letter again). Returns 0, FERRY_EUNKNOWN_TOPIC (no dead letters),
  * FERRY_EINVALID (no such dead letter, or another group's),
  * FERRY_EUNKNOWN_GROUP, FERRY_EUNKNOWN_TYPE from a broker that predates
  * REDRIVE (it closes the connection), or a connection error. */

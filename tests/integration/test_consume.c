@@ -1248,6 +1248,61 @@ static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **
     dead_letter_when_gone(fx, 1, "consumer unsubscribed");
 }
 
+/* A redrive survives a kill -9 of ferryd before its group took it, and
+ * once acked it is not delivered again after another restart. */
+static void test_consume_redrive_survives_kill9_until_acked(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = "order-1";
+    m.payload = "one";
+    m.payload_len = 3;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d = recv_one(ci, WAIT_MS);
+    ferry_delivery_free(d);
+    ferry_close(ci); /* its only attempt: dead-lettered */
+    ferry_topic_info ti;
+    memset(&ti, 0, sizeof ti);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
+           harness_now_ms() < deadline)
+        sleep_ms(10);
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, "orders", "inventory", 1, &seq), 0);
+    assert_int_equal(seq, 1);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_kill9(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    d = recv_one(ci, WAIT_MS);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(d->attempt, 1);
+    assert_string_equal(d->id, "order-1");
+    expect_header(d, "ferry-redriven", "_dead.orders/1");
+    ack_ok(d, ci);
+    ferry_delivery_free(d);
+    ferry_close(ci);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    expect_none(ci, 500);
+    ferry_close(ci);
+}
+
 /* A redrive sends a dead letter back to the group that dead-lettered it
  * only, as the same message: original sequence and id, attempt 1, a
  * ferry-redriven header. Another group that had done it sees nothing
@@ -1917,6 +1972,8 @@ int main(void)
             test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_redrive_survives_kill9_until_acked, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_kill9, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_clean_restart, setup,
