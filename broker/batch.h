@@ -37,6 +37,7 @@ enum op_kind {
     OP_FETCH,        /* in: topic and sequences; out: DELIVER frames for group.c */
     OP_DEAD_LETTER,  /* in: a message to move to its dead-letter topic */
     OP_TOPIC_CONFIG, /* in: a TOPIC_CONFIG body; out: its ACK_OK */
+    OP_ATTEMPT,      /* in: the attempts a message used up (0: forget them); no reply */
 };
 
 /* The largest ERROR the store puts in place of an op's reply when the
@@ -63,6 +64,8 @@ struct op {
     /* OP_FETCH: who asked (a group of the loop's) and for which subscription. */
     void *group;
     uint32_t sub_id;
+    int redrive;     /* OP_FETCH of redriven messages from a dead-letter topic (store.c) */
+    int first_fetch; /* OP_FETCH of first deliveries (group.c) */
     /* OP_PUBLISH with a producer: in holds u16 length, the producer id, then
      * the messages (each preceded by its u64 producer_seq). */
     int producer;

@@ -531,6 +531,9 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
     case PROTO_SEEK:
         topic = &f->u.seek.topic;
         break;
+    case PROTO_REDRIVE:
+        topic = &f->u.redrive.topic;
+        break;
     case PROTO_TOPICS:
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
@@ -543,7 +546,7 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
         return 1; /* acks and the like act on a subscription already allowed */
     }
     if (auth_allows(a, c->token, right, topic->ptr, topic->len) ||
-        (f->type == PROTO_SEEK && auth_admin(a, c->token)))
+        ((f->type == PROTO_SEEK || f->type == PROTO_REDRIVE) && auth_admin(a, c->token)))
         return 1;
     snprintf(msg, sizeof(msg), "token %s may not consume %.*s", auth_token_name(c->token),
              (int)topic->len, (const char *)topic->ptr);
@@ -613,6 +616,9 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
         return;
     case PROTO_GROUPS:
         groups_on_groups(c, f);
+        return;
+    case PROTO_REDRIVE:
+        groups_on_redrive(c, f);
         return;
     case PROTO_TOPIC_CONFIG:
         on_topic_config(c, f, wire_bytes);

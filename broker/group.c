@@ -56,10 +56,15 @@ struct entry {
     uint64_t due_ms;
     uint32_t attempt; /* deliveries so far */
     uint8_t state;
-    uint8_t nacked;   /* how the last delivery ended: 0 its lease expired, 1 a
-                         nack, 2 given back (a disconnect or UNSUBSCRIBE) */
+    uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
+    uint8_t saved;    /* its attempts are recorded in the store (group_attempts) */
     uint64_t sent_ms; /* when the current delivery went out */
     char *reason;     /* the last nack's reason (malloc'd), or NULL */
+    /* A redrive (REDRIVE): the message was done for the group (dead-
+     * lettered), and is delivered again from this sequence of the topic's
+     * dead-letter topic. Such an entry may lie below the floor, and its
+     * sequence's acked bit stays set. 0: an ordinary entry. */
+    uint64_t dead_seq;
 };
 
 struct entry_map {
@@ -119,6 +124,13 @@ struct group {
     struct group *next_dirty;
     uint64_t redelivered, dead_lettered;
     uint64_t read_error_ms; /* when a failed fetch was last logged */
+    /* Attempts recorded before the last restart, by sequence (ascending):
+     * a first delivery after the restart starts from them. */
+    struct restored {
+        uint64_t seq;
+        uint32_t attempts;
+    } * restored;
+    size_t nrestored, restored_pos;
 };
 
 /* A fetch that could not read its messages (a disk read error) is tried
@@ -499,6 +511,53 @@ static void mark_dirty(struct groups *g, struct group *gr)
     }
 }
 
+/*
+ * Attempt counts are durable where it costs nothing on the hot path: an
+ * entry's count is written (OP_ATTEMPT, in the next group commit, no fsync
+ * of its own) when one of its attempts fails — a nack, a lease expiry, its
+ * consumer gone — and deleted when the message is done, only for entries
+ * that have such a row (`saved`). A delivery that is acked at its first
+ * attempt, the common case, writes nothing more than before. A failure's
+ * row is committed before the message's next delivery goes out (that one
+ * needs a fetch, which rides the same commit), so a restart, clean or
+ * kill -9, loses only the attempt in flight at that moment: it counts as
+ * not made. A redrive is recorded the same way (with the dead letter it is
+ * read from) until it is acked. c: any connection of the group's, which
+ * the op references.
+ */
+static struct op *record_entry(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                               uint32_t attempts, int keep)
+{
+    if (!c || g->broker->stopping || (!keep && !e->saved))
+        return NULL;
+    struct broker *b = g->broker;
+    struct op *op = broker_enqueue(b, c, OP_ATTEMPT, 0);
+    if (!op) {
+        log_error("out of memory recording the attempts of %s/%llu", gr->topic->name,
+                  (unsigned long long)e->seq);
+        return NULL;
+    }
+    struct batch *bt = b->pending;
+    op->in_off = bt->in.len;
+    uint8_t rec[29];
+    proto_wr64(rec, (uint64_t)gr->id);
+    proto_wr64(rec + 8, e->seq);
+    proto_wr32(rec + 16, attempts);
+    proto_wr64(rec + 20, e->dead_seq);
+    rec[28] = (uint8_t)(keep != 0);
+    buf_append(&bt->in, rec, sizeof(rec));
+    op->in_len = bt->in.len - op->in_off;
+    e->saved = keep != 0;
+    return op;
+}
+
+/* attempts 0: the message is done, its row (if any) goes. */
+static void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                            uint32_t attempts)
+{
+    record_entry(g, gr, c, e, attempts, attempts != 0);
+}
+
 /* An entry goes back to the group for redelivery. */
 static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e)
 {
@@ -533,6 +592,28 @@ static uint64_t redelivery_backoff(const struct broker *b, const struct group *g
     return cfg->backoff_ms[i];
 }
 
+static int out_of_attempts(const struct group *gr, const struct entry *e);
+static void dead_letter(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                        const char *why);
+
+/* A delivery in flight ended without an ack (a lease expiry, a nack, its
+ * consumer gone): when that was its last allowed attempt, it is
+ * dead-lettered now, with why (NULL: as the entry's state says), and 1 is
+ * returned; else 0 and the caller gives it back for redelivery. Not while
+ * the broker stops: a message in flight then is no consumer's failure. */
+static int dead_letter_if_last(struct groups *g, struct group *gr, struct entry *e, const char *why)
+{
+    if (!out_of_attempts(gr, e) || g->broker->stopping || !e->holder)
+        return 0;
+    struct conn *c = e->holder->conn;
+    if (e->state == E_INFLIGHT || e->state == E_FETCHING)
+        e->holder->in_flight--;
+    e->holder = NULL;
+    dead_letter(g, gr, c, e, why);
+    mark_dirty(g, gr); /* its slot is free */
+    return 1;
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
@@ -550,6 +631,9 @@ static void on_timer(uv_timer_t *t)
              * that let the lease run out. */
             if (e->holder)
                 it.group->turn = e->holder->next_in_group;
+            if (dead_letter_if_last(g, it.group, e, NULL))
+                continue;
+            record_attempts(g, it.group, e->holder ? e->holder->conn : NULL, e, e->attempt);
             uint64_t wait = redelivery_backoff(g->broker, it.group, e->attempt);
             if (wait)
                 entry_wait(g, it.group, e, wait);
@@ -618,9 +702,10 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
     timer_add(g, gr, e->seq, e->due_ms);
 }
 
-/* Queues an OP_FETCH of seqs for s. */
+/* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
+ * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
 static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
-                 uint32_t n)
+                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
     struct broker *b = g->broker;
     struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
@@ -631,16 +716,23 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     s->conn->fetching += n;
     op->sub_id = s->sub_id;
     op->count = (uint16_t)n;
+    op->redrive = dead_seqs != NULL;
+    op->first_fetch = first;
     op->in_off = bt->in.len;
     uint8_t hdr[12];
-    proto_wr64(hdr, (uint64_t)gr->topic->id);
+    proto_wr64(hdr, (uint64_t)(dead_seqs ? dead_topic_id : gr->topic->id));
     proto_wr32(hdr + 8, n);
-    if (buf_reserve(&bt->in, 12 + (size_t)n * 8) < 0)
+    if (buf_reserve(&bt->in, 12 + (size_t)n * 16) < 0)
         return -1;
     buf_append(&bt->in, hdr, 12);
     for (uint32_t i = 0; i < n; i++) {
         uint8_t q[8];
         proto_wr64(q, seqs[i]);
+        buf_append(&bt->in, q, 8);
+    }
+    for (uint32_t i = 0; dead_seqs && i < n; i++) {
+        uint8_t q[8];
+        proto_wr64(q, dead_seqs[i]);
         buf_append(&bt->in, q, 8);
     }
     op->in_len = bt->in.len - op->in_off;
@@ -664,26 +756,40 @@ static uint16_t delivery_limit(const struct ltopic *t, uint16_t requested)
     return requested ? requested : GROUP_DEFAULT_MAX_DELIVERIES;
 }
 
+/* The entry's last delivery was its last allowed attempt (and its message
+ * has a dead-letter topic to go to). */
+static int out_of_attempts(const struct group *gr, const struct entry *e)
+{
+    return gr->max_deliveries && e->attempt >= gr->max_deliveries && dead_letter_fits(gr->topic);
+}
+
 /* Out of attempts: the message moves to the topic's dead-letter topic
- * (store.c copies it with headers saying why) and counts as acked here. */
-static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struct entry *e)
+ * (store.c copies it with headers saying why) and counts as acked here.
+ * The op rides the next group commit on c (any live or closing connection
+ * of the group's: it only holds a reference). why: the reason, or NULL for
+ * the one the entry's last attempt ended with (a nack or a lease expiry).
+ * The entry must have no holder. */
+static void dead_letter(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                        const char *why)
 {
     struct broker *b = g->broker;
     uint64_t seq = e->seq;
     uint32_t attempts = e->attempt;
     char reason[256];
-    if (e->nacked == 1 && e->reason)
+    if (why)
+        snprintf(reason, sizeof(reason), "%s", why);
+    else if (e->nacked && e->reason)
         snprintf(reason, sizeof(reason), "nacked: %s", e->reason);
     else
-        snprintf(reason, sizeof(reason), "%s",
-                 e->nacked == 1   ? "nacked"
-                 : e->nacked == 2 ? "given back"
-                                  : "lease expired");
+        snprintf(reason, sizeof(reason), "%s", e->nacked ? "nacked" : "lease expired");
+    int redriven = e->dead_seq != 0;
     entry_remove(gr, e);
-    acked_set(gr, seq);
-    floor_advance(gr);
+    if (!redriven) {
+        acked_set(gr, seq);
+        floor_advance(gr);
+    }
     gr->dead_lettered++;
-    struct op *op = broker_enqueue(b, s->conn, OP_DEAD_LETTER, 0);
+    struct op *op = broker_enqueue(b, c, OP_DEAD_LETTER, 0);
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
@@ -713,9 +819,38 @@ static void dead_letter(struct groups *g, struct group *gr, struct sub *s, struc
 }
 
 /* Gives every subscription of gr with room what it can get now. */
+/* The dead-letter topic of gr's topic, as the loop knows it (NULL when
+ * it has none yet). */
+static struct ltopic *dead_topic_of(struct groups *g, const struct group *gr)
+{
+    char name[PROTO_MAX_TOPIC + 7];
+    if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC)
+        return NULL;
+    memcpy(name, "_dead.", 6);
+    memcpy(name + 6, gr->topic->name, gr->topic->name_len);
+    return topic_lookup(g, (const uint8_t *)name, gr->topic->name_len + 6, 0);
+}
+
+/* A first delivery after a restart: the attempts recorded for it before. */
+static void restore_attempts(struct group *gr, struct entry *e)
+{
+    while (gr->restored_pos < gr->nrestored && gr->restored[gr->restored_pos].seq < e->seq)
+        gr->restored_pos++;
+    if (gr->restored_pos < gr->nrestored && gr->restored[gr->restored_pos].seq == e->seq) {
+        e->attempt = gr->restored[gr->restored_pos].attempts;
+        e->saved = 1;
+        gr->restored_pos++;
+    }
+    if (gr->restored && gr->restored_pos >= gr->nrestored) {
+        free(gr->restored);
+        gr->restored = NULL;
+        gr->nrestored = gr->restored_pos = 0;
+    }
+}
+
 static void dispatch(struct groups *g, struct group *gr)
 {
-    uint64_t seqs[FETCH_MAX];
+    uint64_t seqs[FETCH_MAX], rseqs[FETCH_MAX], rdead[FETCH_MAX];
     if (g->closing || g->broker->stopping)
         return;
     for (;;) {
@@ -725,27 +860,42 @@ static void dispatch(struct groups *g, struct group *gr)
         uint32_t room = s->window - s->in_flight;
         if (room > FETCH_MAX)
             room = FETCH_MAX;
-        uint32_t n = 0;
+        uint32_t n = 0, nr = 0;
+        int first_round = 0;
         uint64_t seq;
-        while (n < room && ready_pop(gr, &seq)) {
+        while (n + nr < room && ready_pop(gr, &seq)) {
             struct entry *e = entry_get(gr, seq);
             if (!e || e->state != E_READY)
                 continue;
-            if (gr->max_deliveries && e->attempt >= gr->max_deliveries &&
-                dead_letter_fits(gr->topic)) {
-                dead_letter(g, gr, s, e);
+            if (out_of_attempts(gr, e)) {
+                dead_letter(g, gr, s->conn, e, NULL);
                 continue;
             }
             e->state = E_FETCHING;
             e->holder = s;
             s->in_flight++;
-            seqs[n++] = seq;
+            if (e->dead_seq) {
+                rseqs[nr] = seq;
+                rdead[nr++] = e->dead_seq;
+            } else {
+                seqs[n++] = seq;
+            }
+        }
+        if (nr) {
+            struct ltopic *dt = dead_topic_of(g, gr);
+            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
+                log_error("out of memory fetching deliveries");
+                return;
+            }
+            if (n == 0)
+                continue;
         }
         if (gr->next < gr->topic->first && gr->next == gr->floor && gr->map.count == 0) {
             /* Retention deleted what this group had not reached yet. */
             gr->floor = gr->next = gr->topic->first;
         }
-        if (n == 0 && !gr->fetching_first && gr->next <= gr->topic->head && gr->topic->id) {
+        if (n == 0 && nr == 0 && !gr->fetching_first && gr->next <= gr->topic->head &&
+            gr->topic->id) {
             while (n < room && gr->next <= gr->topic->head) {
                 if (acked_test(gr, gr->next)) {
                     /* Acked before a restart (group_acks): skip it. */
@@ -757,17 +907,20 @@ static void dispatch(struct groups *g, struct group *gr)
                 struct entry *e = entry_add(gr, gr->next);
                 if (!e)
                     break;
+                restore_attempts(gr, e);
                 e->state = E_FETCHING;
                 e->holder = s;
                 s->in_flight++;
                 seqs[n++] = gr->next++;
             }
-            if (n)
+            if (n) {
                 gr->fetching_first = 1;
+                first_round = 1;
+            }
         }
         if (n == 0)
             return;
-        if (fetch(g, gr, s, seqs, n) < 0) {
+        if (fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
             log_error("out of memory fetching deliveries");
             return;
         }
@@ -966,14 +1119,13 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     const uint8_t *req = done->in.data + op->in_off;
     uint32_t n = proto_rd32(req + 8);
     const uint8_t *seqp = req + 12;
-    int first = 0;
+    int first = op->first_fetch;
 
     const uint8_t *p = done->out.data + op->out_off, *end = p + op->out_len;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t seq = proto_rd64(seqp + 8 * i);
         struct entry *e = entry_get(gr, seq);
-        if (e && e->attempt == 0)
-            first = 1;
+        (void)0;
         /* The store returns frames in request order, skipping missing ones. */
         uint8_t *frame = NULL;
         size_t flen = 0;
@@ -991,12 +1143,22 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             /* Deleted before it could be delivered: nothing to deliver. */
             if (e->holder)
                 e->holder->in_flight--;
+            if (e->dead_seq) {
+                log_warn("group %s: the dead letter %llu of %s is gone: sequence %llu is not "
+                         "redriven",
+                         gr->name, (unsigned long long)e->dead_seq, gr->topic->name,
+                         (unsigned long long)seq);
+                record_attempts(g, gr, op->conn, e, 0);
+                entry_remove(gr, e);
+                continue;
+            }
+            record_attempts(g, gr, op->conn, e, 0);
             entry_remove(gr, e);
             acked_set(gr, seq);
             floor_advance(gr);
             continue;
         }
-        if (e->attempt == 0 && delay_ms(deliver_at)) {
+        if (first && delay_ms(deliver_at)) {
             entry_wait(g, gr, e, delay_ms(deliver_at));
             continue;
         }
@@ -1012,7 +1174,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     mark_dirty(g, gr);
 }
 
-static void sub_end(struct groups *g, struct sub *s);
+static void sub_end(struct groups *g, struct sub *s, const char *why);
 static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id);
 
 /* The commit creating a subscription's group is done: deliveries may
@@ -1029,7 +1191,7 @@ static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
         return;
     if (done->commit_status) {
         *pp = s->next_in_conn;
-        sub_end(g, s);
+        sub_end(g, s, "consumer disconnected");
         return;
     }
     s->awaiting_ok = 0;
@@ -1067,18 +1229,27 @@ void groups_after_commit(struct broker *b, struct batch *done)
 
 /* ---- subscriptions ------------------------------------------------------ */
 
-static void sub_end(struct groups *g, struct sub *s)
+/* why: "consumer disconnected" or "consumer unsubscribed", the reason a
+ * delivery at its last attempt is dead-lettered with. */
+static void sub_end(struct groups *g, struct sub *s, const char *why)
 {
     struct group *gr = s->group;
-    /* Its in-flight messages go back to the group at once. */
+    /* Its in-flight messages go back to the group at once; those at their
+     * last attempt go to the dead-letter topic at once. dead_letter removes
+     * entries, which moves others in the map: walk it again after each. */
     if (gr->map.slots) {
         for (size_t i = 0; i <= gr->map.mask; i++) {
             struct entry *e = &gr->map.slots[i];
-            if (e->seq && e->holder == s && (e->state == E_INFLIGHT || e->state == E_FETCHING)) {
-                if (e->state == E_INFLIGHT)
-                    e->nacked = 2;
-                entry_make_ready(g, gr, e);
+            if (!e->seq || e->holder != s)
+                continue;
+            if (e->state == E_INFLIGHT && dead_letter_if_last(g, gr, e, why)) {
+                i = (size_t)-1;
+                continue;
             }
+            if (e->state == E_INFLIGHT)
+                record_attempts(g, gr, s->conn, e, e->attempt);
+            if (e->state == E_INFLIGHT || e->state == E_FETCHING)
+                entry_make_ready(g, gr, e);
         }
     }
     struct sub **pp = &gr->subs;
@@ -1108,7 +1279,7 @@ void groups_conn_closed(struct conn *c)
     c->subs = NULL;
     while (s) {
         struct sub *next = s->next_in_conn;
-        sub_end(g, s);
+        sub_end(g, s, "consumer disconnected");
         s = next;
     }
     if (g)
@@ -1300,8 +1471,20 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
 }
 
 /* Acks one sequence in memory. Returns the ACK_OK code for it. */
-static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *changed)
+static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint64_t seq,
+                        int *changed)
 {
+    struct entry *re = seq ? entry_get(gr, seq) : NULL;
+    if (re && re->dead_seq) {
+        /* A redriven message: done again (its ack was recorded when it was
+         * dead-lettered, so nothing more is written). */
+        if (re->holder && (re->state == E_INFLIGHT || re->state == E_FETCHING))
+            re->holder->in_flight--;
+        record_attempts(g, gr, c, re, 0);
+        entry_remove(gr, re);
+        mark_dirty(g, gr);
+        return 0;
+    }
     if (seq && seq < gr->reached && (seq >= gr->next || seq < gr->origin))
         return 0; /* given out before a seek moved the group: no effect */
     if (seq == 0 || seq >= gr->next || seq < gr->origin)
@@ -1313,6 +1496,7 @@ static uint16_t ack_one(struct groups *g, struct group *gr, uint64_t seq, int *c
         return 0;
     if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
         e->holder->in_flight--;
+    record_attempts(g, gr, c, e, 0);
     entry_remove(gr, e);
     if (acked_set(gr, seq) < 0)
         return (uint16_t)-FERRY_EINTERNAL;
@@ -1342,7 +1526,7 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     uint64_t old_floor = gr->floor;
     for (uint16_t i = 0; i < a->count; i++) {
         uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-        proto_ack_ok_add(&w, seq, ack_one(g, gr, seq, &changed));
+        proto_ack_ok_add(&w, seq, ack_one(g, gr, c, seq, &changed));
     }
     proto_ack_ok_end(&w, start, a->count);
     floor_advance(gr);
@@ -1425,11 +1609,11 @@ static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_
 static struct entry *held_entry(struct sub *s, uint64_t seq, uint16_t *code)
 {
     struct group *gr = s->group;
-    if (seq == 0 || seq >= gr->next || seq < gr->origin) {
+    struct entry *e = seq ? entry_get(gr, seq) : NULL;
+    if (!(e && e->dead_seq) && (seq == 0 || seq >= gr->next || seq < gr->origin)) {
         *code = (uint16_t)-FERRY_ENOT_DELIVERED;
         return NULL;
     }
-    struct entry *e = entry_get(gr, seq);
     *code = 0;
     if (!e || e->holder != s || e->state != E_INFLIGHT)
         return NULL; /* acked, or no longer this consumer's: nothing to do */
@@ -1459,12 +1643,16 @@ void groups_on_nack(struct conn *c, const struct proto_frame *f)
                 e->reason[rl] = 0;
             }
         }
-        /* The delay is capped, so that the redelivery horizon stays finite. */
-        if (n->delay_ms)
-            entry_wait(g, s->group, e,
-                       n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
-        else
-            entry_make_ready(g, s->group, e);
+        /* At its last attempt it is dead-lettered at once, whatever the delay. */
+        if (!dead_letter_if_last(g, s->group, e, NULL)) {
+            record_attempts(g, s->group, c, e, e->attempt);
+            /* The delay is capped, so that the redelivery horizon stays finite. */
+            if (n->delay_ms)
+                entry_wait(g, s->group, e,
+                           n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
+            else
+                entry_make_ready(g, s->group, e);
+        }
         mark_dirty(g, s->group); /* its slot is free */
     }
     reply_one(c, f->request_id, n->seq, code, 1);
@@ -1511,7 +1699,7 @@ void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f)
     }
     struct sub *s = *pp;
     *pp = s->next_in_conn;
-    sub_end(g, s);
+    sub_end(g, s, "consumer unsubscribed");
     reply_one(c, f->request_id, 0, 0, 0);
 }
 
@@ -1560,6 +1748,9 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         memset(gr->acked, 0, gr->acked_cap / 8);
     gr->ready_len = 0;
     gr->fetching_first = 0;
+    free(gr->restored);
+    gr->restored = NULL;
+    gr->nrestored = gr->restored_pos = 0;
     if (gr->next > gr->reached)
         gr->reached = gr->next;
     gr->origin = gr->floor = gr->next = target;
@@ -1575,6 +1766,91 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
     if (op)
         op_set_reply(op, c->broker->pending, frame, w.len);
     mark_dirty(g, gr);
+}
+
+/*
+ * REDRIVE: the dead letter dead_seq of _dead.<topic> goes back to the group
+ * that dead-lettered it (or the group named, which must be that one), and
+ * to no other: the same message, under its original sequence and id, with
+ * attempt 1 again and a `ferry-redriven` header. The reply (ACK_OK, one
+ * entry: the original sequence) says the redrive is queued; a message the
+ * group has not done yet (in flight or waiting), or one already being
+ * redriven, is left as it is (code 0). The redrive is recorded (with its
+ * attempts, group_attempts) until it is acked, and survives a restart; a
+ * SEEK of the group forgets it.
+ */
+void groups_on_redrive(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_redrive *r = &f->u.redrive;
+    if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC,
+                         "name the topic the dead letters came from");
+        return;
+    }
+    if (r->group.len && proto_group_valid(r->group.ptr, r->group.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        return;
+    }
+    struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
+    struct group tmp = {.topic = t};
+    struct ltopic *dt = t ? dead_topic_of(g, &tmp) : NULL;
+    if (!t || !dt || !dt->id) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
+        return;
+    }
+    uint64_t seq = 0;
+    char gname[PROTO_MAX_GROUP];
+    size_t glen = 0;
+    int rc =
+        store_read_dead(c->broker->store, dt->id, r->dead_seq, &seq, gname, sizeof(gname), &glen);
+    if (rc != 0) {
+        conn_reply_error(c, f->request_id, rc,
+                         rc == FERRY_EINVALID ? "no such dead letter" : "cannot read it");
+        return;
+    }
+    if (r->group.len && (r->group.len != glen || memcmp(r->group.ptr, gname, glen) != 0)) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "dead letter %llu was dead-lettered by group %.*s",
+                 (unsigned long long)r->dead_seq, (int)glen, gname);
+        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
+        return;
+    }
+    struct group *gr = group_find(t, (const uint8_t *)gname, glen);
+    if (!gr) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
+        return;
+    }
+    if (!entry_get(gr, seq) && acked_test(gr, seq) &&
+        seq < (gr->reached > gr->next ? gr->reached : gr->next)) {
+        struct entry *e = entry_add(gr, seq);
+        if (!e || ready_push(gr, seq) < 0) {
+            if (e)
+                entry_remove(gr, e);
+            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+            return;
+        }
+        e->dead_seq = r->dead_seq;
+        e->state = E_READY;
+        /* Durable before the reply: the redrive survives a restart. */
+        struct op *op = record_entry(g, gr, c, e, 0, 1);
+        if (op) {
+            uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
+            struct proto_writer w;
+            proto_writer_init(&w, frame, sizeof(frame));
+            size_t start = proto_ack_ok_begin(&w, f->request_id);
+            proto_ack_ok_add(&w, seq, 0);
+            proto_ack_ok_end(&w, start, 1);
+            op->request_id = f->request_id;
+            op_set_reply(op, c->broker->pending, frame, w.len);
+        }
+        log_info("group %s: %s/%llu redriven from %s/%llu", gr->name, t->name,
+                 (unsigned long long)seq, dt->name, (unsigned long long)r->dead_seq);
+        mark_dirty(g, gr);
+        if (op)
+            return;
+    }
+    reply_one(c, f->request_id, seq, 0, 1);
 }
 
 static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)
@@ -1745,6 +2021,41 @@ static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
     return 0;
 }
 
+static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
+                              uint64_t dead_seq)
+{
+    struct groups *g = arg;
+    for (size_t i = 0; i < g->nbuckets; i++)
+        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
+                if (gr->id != group_id)
+                    continue;
+                if (dead_seq) {
+                    /* A redrive not yet acked: waiting again. */
+                    if (!acked_test(gr, seq) || entry_get(gr, seq))
+                        return 0;
+                    struct entry *e = entry_add(gr, seq);
+                    if (!e || ready_push(gr, seq) < 0)
+                        return -1;
+                    e->dead_seq = dead_seq;
+                    e->attempt = attempts;
+                    e->saved = 1;
+                    e->state = E_READY;
+                    return 0;
+                }
+                if (acked_test(gr, seq))
+                    return 0;
+                struct restored *nr =
+                    realloc(gr->restored, (gr->nrestored + 1) * sizeof(*gr->restored));
+                if (!nr)
+                    return -1;
+                gr->restored = nr;
+                gr->restored[gr->nrestored++] = (struct restored){seq, attempts};
+                return 0;
+            }
+    return 0;
+}
+
 int groups_init(struct broker *b)
 {
     struct groups *g = calloc(1, sizeof(*g));
@@ -1759,6 +2070,7 @@ int groups_init(struct broker *b)
         .topic = on_loaded_topic,
         .group = on_loaded_group,
         .ack = on_loaded_ack,
+        .attempts = on_loaded_attempts,
     };
     if (store_load_groups(b->store, &cbs) != 0)
         return -1;
@@ -1801,6 +2113,7 @@ void groups_free(struct broker *b)
                 free(gr->map.slots);
                 free(gr->acked);
                 free(gr->ready);
+                free(gr->restored);
                 free(gr->name);
                 free(gr);
                 gr = ng;

@@ -4,10 +4,11 @@
  *
  * All of this state lives on the loop thread. What must survive a restart
  * is persisted through the group commit (store.c): each group's row (its
- * ack floor and settings) and the sequences acked above the floor. What is
- * in flight is not persisted: after a restart every message from the floor
- * up that is not recorded as acked is delivered again, which is exactly
- * at-least-once.
+ * ack floor and settings), the sequences acked above the floor, and the
+ * attempts used up by messages whose attempts failed (group_attempts). What
+ * is in flight is not persisted: after a restart every message from the
+ * floor up that is not recorded as acked is delivered again, which is
+ * exactly at-least-once, its attempt counting on from the recorded ones.
  */
 #ifndef FERRY_BROKER_GROUP_H
 #define FERRY_BROKER_GROUP_H
@@ -41,6 +42,7 @@ void groups_on_credit(struct conn *c, const struct proto_frame *f);
 void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f);
 void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
 void groups_on_groups(struct conn *c, const struct proto_frame *f);
+void groups_on_redrive(struct conn *c, const struct proto_frame *f);
 /* The most bytes a TOPICS_OK answered by the next commits can take: what
  * a TOPICS request owes its connection (conn.c). */
 size_t groups_topics_ok_bound(struct broker *b);

@@ -138,6 +138,9 @@ enum stmt_id {
     ST_MIN_FLOOR,
     ST_TOPIC_CONFIG,
     ST_PRODUCER_SET,
+    ST_ATTEMPT_SET,
+    ST_ATTEMPT_DELETE,
+    ST_ATTEMPT_DELETE_ALL,
     ST__COUNT
 };
 
@@ -174,6 +177,11 @@ static const char *const stmt_sql[ST__COUNT] = {
                         "updated_ms = excluded.updated_ms",
     [ST_TOPIC_CONFIG] = "UPDATE topics SET max_age_ms = ?2, max_count = ?3, max_bytes = ?4, "
                         "delete_acked = ?5 WHERE id = ?1",
+    [ST_ATTEMPT_SET] = "INSERT INTO group_attempts(group_id, seq, attempts, dead_seq) VALUES (?1, "
+                       "?2, ?3, ?4) ON CONFLICT(group_id, seq) DO UPDATE SET attempts = "
+                       "excluded.attempts, dead_seq = excluded.dead_seq",
+    [ST_ATTEMPT_DELETE] = "DELETE FROM group_attempts WHERE group_id = ?1 AND seq = ?2",
+    [ST_ATTEMPT_DELETE_ALL] = "DELETE FROM group_attempts WHERE group_id = ?1",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
@@ -604,6 +612,12 @@ static const char *const migrations[] = {
     "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;"
     "CREATE TABLE producers (id TEXT PRIMARY KEY, hwm INTEGER NOT NULL,"
     "  updated_ms INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 2: the attempts a message not yet done has used up, written when an
+     * attempt fails (OP_ATTEMPT), deleted when it is done; and redrives not
+     * yet acked (dead_seq: the dead letter they are read from). */
+    "CREATE TABLE group_attempts (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL, dead_seq INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -1748,8 +1762,34 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     }
     st = s->st[ST_GACK_DELETE_ALL];
     sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
-    if ((rc = step_done(st)) != SQLITE_OK)
+    if ((rc = step_done(st)) == SQLITE_OK) {
+        st = s->st[ST_ATTEMPT_DELETE_ALL];
+        sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK)
         set_err(s, "save group");
+    return rc;
+}
+
+/* OP_ATTEMPT record: u64 group id, u64 seq, u32 attempts, u64 dead_seq,
+ * u8 keep. Records the attempts a message has used up (after one failed)
+ * and, for a redrive, the dead letter it is read from; with keep 0 forgets
+ * them (the message is done). */
+static int attempt_op(struct store *s, struct batch *b, struct op *op)
+{
+    const uint8_t *p = b->in.data + op->in_off;
+    int keep = p[28] != 0;
+    sqlite3_stmt *st = s->st[keep ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
+    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+    sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 8));
+    if (keep) {
+        sqlite3_bind_int64(st, 3, proto_rd32(p + 16));
+        sqlite3_bind_int64(st, 4, (int64_t)proto_rd64(p + 20));
+    }
+    int rc = step_done(st);
+    if (rc != SQLITE_OK)
+        set_err(s, "record attempts");
     return rc;
 }
 
@@ -1843,6 +1883,8 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
     return SQLITE_OK;
 }
 
+static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *ferr);
+
 /*
  * Every OP_FETCH of the batch, in one read transaction of its own before
  * the write transaction. Fetches read committed messages only, so they need
@@ -1861,7 +1903,8 @@ static void fetch_all(struct store *s, struct batch *b)
     int ferr = 0;
     for (; i < b->nops; i++) {
         struct op *op = &b->ops[i];
-        if (op->kind == OP_FETCH && fetch_op(s, b, op, &ferr) != SQLITE_OK)
+        if (op->kind == OP_FETCH &&
+            (op->redrive ? fetch_redrive(s, b, op, &ferr) : fetch_op(s, b, op, &ferr)) != SQLITE_OK)
             op->status = ferr ? ferr : FERRY_EINTERNAL;
     }
     if (in_read && !sqlite3_get_autocommit(s->db) && step_done(s->st[ST_COMMIT]) != SQLITE_OK)
@@ -1878,6 +1921,162 @@ static int put_header(struct buf *h, const char *name, const void *value, size_t
         return -1;
     proto_wr16(l, (uint16_t)len);
     return buf_append(h, l, 2) < 0 || buf_append(h, value, len) < 0 ? -1 : 0;
+}
+
+/* The broker's own headers of a dead letter (the last of each name: a
+ * message dead-lettered twice carries the later ones last). */
+struct dead_info {
+    struct proto_slice seq, group, id;
+};
+
+static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!hdr || hlen < 2)
+        return;
+    struct proto_msg m = {.header_count = proto_rd16(hdr), .headers = {hdr + 2, hlen - 2}};
+    struct proto_header_iter hi;
+    struct proto_header h;
+    proto_header_iter_init(&hi, &m);
+    while (proto_header_next(&hi, &h)) {
+        if (h.name.len == 14 && memcmp(h.name.ptr, "ferry-dead-seq", 14) == 0)
+            out->seq = h.value;
+        else if (h.name.len == 16 && memcmp(h.name.ptr, "ferry-dead-group", 16) == 0)
+            out->group = h.value;
+        else if (h.name.len == 13 && memcmp(h.name.ptr, "ferry-dead-id", 13) == 0)
+            out->id = h.value;
+    }
+}
+
+static uint64_t slice_u64(struct proto_slice v)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < v.len && i < 20; i++) {
+        if (v.ptr[i] < '0' || v.ptr[i] > '9')
+            return 0;
+        n = n * 10 + (uint64_t)(v.ptr[i] - '0');
+    }
+    return n;
+}
+
+int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
+                    char *group, size_t group_cap, size_t *group_len)
+{
+    sqlite3_stmt *st;
+    if (!s->rdb || sqlite3_prepare_v2(s->rdb, "SELECT headers FROM messages WHERE rid = ?1", -1,
+                                      &st, NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)dead_topic_id << 40 | dead_seq));
+    int rc = sqlite3_step(st);
+    int ret = FERRY_EINVALID;
+    if (rc == SQLITE_ROW) {
+        struct dead_info di;
+        dead_info_of(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &di);
+        *seq = slice_u64(di.seq);
+        if (*seq && di.group.len && di.group.len <= group_cap && di.id.len) {
+            memcpy(group, di.group.ptr, di.group.len);
+            *group_len = di.group.len;
+            ret = 0;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = FERRY_ESTORAGE;
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/*
+ * A redrive's fetch (op->redrive): u64 dead topic id, u32 n, n x u64
+ * original seq, n x u64 dead seq. Each dead letter still stored whose
+ * ferry-dead-seq is the original sequence becomes a DELIVER of the
+ * original message: its sequence, its id (ferry-dead-id), key, payload,
+ * its headers without the ferry-dead-* ones, plus
+ * `ferry-redriven: _dead.<topic>/<dead seq>`; ts_ms is the dead letter's.
+ */
+static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *ferr)
+{
+    const uint8_t *req = b->in.data + op->in_off;
+    uint64_t topic_id = proto_rd64(req);
+    uint32_t n = proto_rd32(req + 8);
+    sqlite3_stmt *st = s->st[ST_FETCH];
+    struct topic *dt = NULL;
+    for (size_t i = 0; i < s->nbuckets && !dt; i++)
+        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
+            if (t->id == (int64_t)topic_id) {
+                dt = t;
+                break;
+            }
+    op->out_off = b->out.len;
+    for (uint32_t i = 0; i < n && dt; i++) {
+        uint64_t seq = proto_rd64(req + 12 + 8 * (size_t)i);
+        uint64_t dseq = proto_rd64(req + 12 + 8 * ((size_t)n + i));
+        sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | dseq));
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            sqlite3_reset(st);
+            continue;
+        }
+        const uint8_t *hdr = sqlite3_column_blob(st, 2);
+        size_t hlen = (size_t)sqlite3_column_bytes(st, 2);
+        struct dead_info di;
+        dead_info_of(hdr, hlen, &di);
+        if (slice_u64(di.seq) != seq || !di.id.len) {
+            sqlite3_reset(st);
+            continue;
+        }
+        struct buf h = {0};
+        uint16_t count = 0;
+        int bad = 0;
+        if (hdr && hlen >= 2) {
+            struct proto_msg om = {.header_count = proto_rd16(hdr), .headers = {hdr + 2, hlen - 2}};
+            struct proto_header_iter hi;
+            struct proto_header hd;
+            proto_header_iter_init(&hi, &om);
+            while (proto_header_next(&hi, &hd)) {
+                if (hd.name.len >= 11 && memcmp(hd.name.ptr, "ferry-dead-", 11) == 0)
+                    continue;
+                if (hd.name.len == 14 && memcmp(hd.name.ptr, "ferry-redriven", 14) == 0)
+                    continue;
+                uint8_t l[2];
+                proto_wr16(l, (uint16_t)hd.name.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.name.ptr, hd.name.len) < 0;
+                proto_wr16(l, (uint16_t)hd.value.len);
+                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.value.ptr, hd.value.len) < 0;
+                count++;
+            }
+        }
+        char from[PROTO_MAX_TOPIC + 32];
+        int fl = snprintf(from, sizeof(from), "%.*s/%llu", (int)dt->name_len, dt->name,
+                          (unsigned long long)dseq);
+        bad |= put_header(&h, "ferry-redriven", from, (size_t)fl) < 0;
+        count++;
+        struct proto_deliver d = {
+            .sub_id = 1,
+            .seq = seq,
+            .attempt = 1,
+            .ts_ms = (uint64_t)sqlite3_column_int64(st, 4),
+            .id = di.id,
+            .key = {sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
+            .header_count = count,
+            .headers = {h.data, h.len},
+            .payload = {sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)},
+        };
+        size_t need = proto_deliver_bytes(&d);
+        if (bad || buf_reserve(&b->out, 8 + need) < 0) {
+            buf_free(&h);
+            sqlite3_reset(st);
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        struct proto_writer w;
+        proto_wr64(b->out.data + b->out.len, 0);
+        proto_writer_init(&w, b->out.data + b->out.len + 8, need);
+        if (proto_encode_deliver(&w, 0, &d) == 0)
+            b->out.len += 8 + w.len;
+        buf_free(&h);
+        sqlite3_reset(st);
+    }
+    op->out_len = b->out.len - op->out_off;
+    return SQLITE_OK;
 }
 
 /*
@@ -1976,6 +2175,12 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
     sqlite3_bind_int64(st, 1, gid);
     sqlite3_bind_int64(st, 2, floor);
     rc = step_done(st);
+    if (rc == SQLITE_OK) {
+        st = s->st[ST_ATTEMPT_DELETE];
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, (int64_t)seq);
+        rc = step_done(st);
+    }
     if (rc == SQLITE_OK && (int64_t)seq >= floor) {
         st = s->st[ST_GACK_INSERT];
         sqlite3_bind_int64(st, 1, gid);
@@ -2021,6 +2226,27 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         if (cb->ack(cb->arg, sqlite3_column_int64(st, 0), (uint64_t)sqlite3_column_int64(st, 1)) <
             0)
+            break;
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return FERRY_ESTORAGE;
+    /* Rows left below a floor (the group moved on in a commit that did not
+     * reach them) are dropped; the rest, in sequence order per group. */
+    if (sqlite3_exec(s->db,
+                     "DELETE FROM group_attempts WHERE NOT EXISTS (SELECT 1 FROM groups g "
+                     "WHERE g.id = group_id AND (g.ack_floor <= seq OR dead_seq != 0))",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    rc = sqlite3_prepare_v2(s->db,
+                            "SELECT group_id, seq, attempts, dead_seq FROM group_attempts "
+                            "ORDER BY group_id, seq",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (cb->attempts(
+                cb->arg, sqlite3_column_int64(st, 0), (uint64_t)sqlite3_column_int64(st, 1),
+                (uint32_t)sqlite3_column_int64(st, 2), (uint64_t)sqlite3_column_int64(st, 3)) < 0)
             break;
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
@@ -2271,6 +2497,8 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
             rc = group_save_op(s, b, op, now_ms);
         } else if (op->kind == OP_GROUP_ACK) {
             rc = group_ack_op(s, b, op);
+        } else if (op->kind == OP_ATTEMPT) {
+            rc = attempt_op(s, b, op);
         } else if (op->kind == OP_TOPIC_CONFIG) {
             rc = topic_config_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
@@ -2321,7 +2549,7 @@ static int has_small_writes(const struct batch *b)
 {
     for (size_t i = 0; i < b->nops; i++)
         if (b->ops[i].kind == OP_GROUP_ACK || b->ops[i].kind == OP_GROUP_SAVE ||
-            b->ops[i].kind == OP_TOPIC_CONFIG)
+            b->ops[i].kind == OP_ATTEMPT || b->ops[i].kind == OP_TOPIC_CONFIG)
             return 1;
     return 0;
 }
@@ -2390,7 +2618,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     for (size_t i = 0; i < b->nops; i++) {
         struct op *op = &b->ops[i];
         if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
-            op->kind == OP_TOPIC_CONFIG)
+            op->kind == OP_TOPIC_CONFIG || (op->kind == OP_ATTEMPT && op->request_id))
             reply_error(b, op, code, why);
     }
     b->commit_us = now_us() - t0;

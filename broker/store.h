@@ -62,12 +62,21 @@ struct store_load_cbs {
                  size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
                  uint64_t origin, const char *backoff);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
+    /* Attempts used up by a message not yet done, in (group, seq) order. */
+    int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
+                    uint64_t dead_seq);
 };
 int store_load_groups(struct store *s, const struct store_load_cbs *cb);
 
 /* The first sequence of a topic stored at or after time_ms (head + 1 when
  * none). Uses a separate read-only connection: safe on the loop thread
  * while a commit runs on the worker. */
+/* On the loop thread (read-only connection): the original sequence and
+ * group of the dead letter dead_seq of the topic dead_topic_id (a
+ * `_dead.` topic), from its ferry-dead-* headers. 0, FERRY_EINVALID when
+ * there is no such dead letter, or FERRY_ESTORAGE. */
+int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
+                    char *group, size_t group_cap, size_t *group_len);
 uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, uint64_t head);
 
 /* When the first message of a topic stored in [from, head] was stored

@@ -109,7 +109,9 @@ static int parse_os_error(const char *msg)
              open + 1);
     /* Some builds of SQLite leave the text empty (no strerror_r). */
     snprintf(last_detail, sizeof(last_detail), "%s",
-             close[4] ? close + 4 : err > 0 ? strerror(err) : "unknown error");
+             close[4]  ? close + 4
+             : err > 0 ? strerror(err)
+                       : "unknown error");
     return 0;
 }
 

@@ -325,6 +325,40 @@ int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start 
     return rc;
 }
 
+int ferry_redrive(ferry_conn *c, const char *topic, const char *group, uint64_t dead_seq,
+                  uint64_t *seq_out)
+{
+    if (!c || !topic)
+        return FERRY_EINVALID;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    size_t tlen = strlen(topic), glen = group ? strlen(group) : 0;
+    if (tlen > PROTO_MAX_TOPIC || glen > PROTO_MAX_GROUP)
+        return ferry__seterr(c, FERRY_EINVALID, "topic or group name too long");
+    struct proto_redrive r = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .group = {(const uint8_t *)(group ? group : ""), glen},
+        .dead_seq = dead_seq,
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 2 + glen + 8) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t fstart = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + fstart, c->wcap - fstart);
+    if (proto_encode_redrive(&pw, id, &r) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode REDRIVE");
+    c->wlen += pw.len;
+
+    struct seek_out res = {0};
+    struct ferry__waiter w = {.on_reply = on_seek_ok, .ctx = &res};
+    rc = ferry__request(c, fstart, id, PROTO_ACK_OK, 0, &w, ferry__deadline(c->request_timeout_ms));
+    if (rc == 0 && seq_out)
+        *seq_out = res.cursor;
+    return rc;
+}
+
 void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out)
 {
     if (!c || !out)

@@ -306,6 +306,7 @@ static int type_known(uint8_t type)
     case PROTO_CREDIT:
     case PROTO_UNSUBSCRIBE:
     case PROTO_SEEK:
+    case PROTO_REDRIVE:
     case PROTO_ACK_OK:
     case PROTO_TOPICS:
     case PROTO_TOPICS_OK:
@@ -646,6 +647,13 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
         break;
     case PROTO_SEEK:
         rc = decode_seek(&c, &out->u.seek);
+        break;
+    case PROTO_REDRIVE:
+        rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.redrive.topic) < 0 ||
+                     rd_str16(&c, 0, PROTO_MAX_GROUP, &out->u.redrive.group) < 0 ||
+                     rd_u64(&c, &out->u.redrive.dead_seq) < 0
+                 ? -1
+                 : 0;
         break;
     case PROTO_GROUPS:
         rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.groups.topic);
@@ -1476,6 +1484,21 @@ int proto_encode_seek(struct proto_writer *w, uint32_t request_id, const struct 
     proto_put_str16(w, s->group.ptr, s->group.len);
     proto_put_u8(w, s->start);
     proto_put_u64(w, s->value);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_redrive(struct proto_writer *w, uint32_t request_id, const struct proto_redrive *r)
+{
+    size_t start;
+
+    if (r->topic.len > PROTO_MAX_TOPIC || r->group.len > PROTO_MAX_GROUP) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_REDRIVE, 0, request_id);
+    proto_put_str16(w, r->topic.ptr, r->topic.len);
+    proto_put_str16(w, r->group.ptr, r->group.len);
+    proto_put_u64(w, r->dead_seq);
     return proto_frame_end(w, start);
 }
 

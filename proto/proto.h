@@ -117,6 +117,7 @@ enum proto_type {
     PROTO_UNSUBSCRIBE = 0x27,
     PROTO_SEEK = 0x28,
     PROTO_ACK_OK = 0x29,
+    PROTO_REDRIVE = 0x2a, /* client -> server; answered by ACK_OK (one entry) */
 };
 
 /* ERROR flags: the sender closes the connection after this frame. */
@@ -436,6 +437,15 @@ struct proto_seek {
     uint64_t value;
 };
 
+/* REDRIVE (client -> server): str16 topic, str16 group (empty: the group
+ * that dead-lettered it), u64 dead_seq (a sequence of _dead.<topic>).
+ * Answered by ACK_OK with one entry: the message's original sequence. */
+struct proto_redrive {
+    struct proto_slice topic;
+    struct proto_slice group;
+    uint64_t dead_seq;
+};
+
 struct proto_groups {
     struct proto_slice topic;
 };
@@ -480,6 +490,7 @@ struct proto_frame {
         struct proto_sub_op sub_op; /* TOUCH, CREDIT, UNSUBSCRIBE */
         struct proto_ack_ok ack_ok;
         struct proto_seek seek;
+        struct proto_redrive redrive;
         struct proto_groups groups;
         struct proto_groups_ok groups_ok;
         struct proto_topic_config topic_config;
@@ -683,6 +694,8 @@ int proto_encode_nack(struct proto_writer *w, uint32_t request_id, const struct 
 int proto_encode_sub_op(struct proto_writer *w, uint8_t type, uint32_t request_id, uint32_t sub_id,
                         uint64_t value);
 int proto_encode_seek(struct proto_writer *w, uint32_t request_id, const struct proto_seek *s);
+int proto_encode_redrive(struct proto_writer *w, uint32_t request_id,
+                         const struct proto_redrive *r);
 int proto_encode_groups(struct proto_writer *w, uint32_t request_id, const void *topic,
                         size_t topic_len);
 

@@ -1,12 +1,22 @@
 /*
- * cmd_dead.c - `ferry dead replay TOPIC`: publish the dead letters of TOPIC
- * (the broker's topic `_dead.TOPIC`, PROTOCOL.md §9.6) back to TOPIC.
+ * cmd_dead.c - `ferry dead replay TOPIC`: redrive the dead letters of TOPIC
+ * (the broker's topic `_dead.TOPIC`, PROTOCOL.md §9.6) to the groups that
+ * dead-lettered them, or with --republish publish them back to TOPIC.
  *
- * It consumes `_dead.TOPIC` as consumer group --group (default
- * ferry-replay, created at the earliest dead letter), and for each dead
- * letter publishes a copy to TOPIC: same key and payload, the original
- * headers without the broker's `ferry-dead-*` ones, plus
- * `ferry-replayed-from: _dead.TOPIC/<dead seq>`. The copy's message id is
+ * It consumes `_dead.TOPIC` as a tracking consumer group
+ * (--tracking-group; default ferry-redrive, ferry-redrive.<G> with
+ * --group G, ferry-replay with --republish; created at the earliest dead
+ * letter). A redrive (the default) sends each dead letter back to the
+ * group named in its ferry-dead-group header, and to no other, as the same
+ * message (REDRIVE, PROTOCOL.md §9.6): one line `<dead seq> -> <seq>
+ * <group>`. With --group G, the dead letters of other groups are passed
+ * over (acked in G's own tracking group, so another run still sees them).
+ *
+ * With --republish, each dead letter becomes a copy published to TOPIC,
+ * which every group of TOPIC receives as a new message: same key and
+ * payload, the original headers without the broker's `ferry-dead-*` ones,
+ * plus `ferry-replayed-from: _dead.TOPIC/<dead seq>` and
+ * `ferry-original-id: <the original id>`. The copy's message id is
  * `<ferry-dead-id>~replay-<dead seq>`: derived from the dead letter alone,
  * so a replay interrupted and run again (or a group sought back) is
  * acknowledged by the broker as a duplicate, never stored twice. Only after
@@ -32,7 +42,6 @@
 
 #include "cli.h"
 
-#define DEAD_DEFAULT_GROUP "ferry-replay"
 #define DEAD_DEFAULT_TIMEOUT_MS 1000
 #define DEAD_WINDOW 100 /* dead letters in flight at once */
 #define DEAD_SLICE_MS 200
@@ -41,32 +50,54 @@
 #define DEAD_HEADER_PREFIX "ferry-dead-"
 #define DEAD_ID_HEADER "ferry-dead-id"
 #define REPLAYED_FROM_HEADER "ferry-replayed-from"
+#define ORIGINAL_ID_HEADER "ferry-original-id"
+#define DEAD_GROUP_HEADER "ferry-dead-group"
+#define REDRIVE_DEFAULT_GROUP "ferry-redrive"
+#define REPUBLISH_DEFAULT_GROUP "ferry-replay"
 #define TOPIC_MAX 200
 #define ID_MAX 128
 #define HEADERS_MAX 64
 
-enum { OPT_GROUP = CLI_OPT_FIRST_COMMAND, OPT_COUNT, OPT_TIMEOUT_MS };
+enum {
+    OPT_GROUP = CLI_OPT_FIRST_COMMAND,
+    OPT_COUNT,
+    OPT_TIMEOUT_MS,
+    OPT_TRACKING_GROUP,
+    OPT_REPUBLISH
+};
 
 static const char usage_text[] =
     "Usage: ferry dead replay [OPTIONS] TOPIC\n"
     "\n"
-    "Publishes the dead letters of TOPIC (the messages the broker moved to\n"
-    "_dead.TOPIC after their group's maximum deliveries) back to TOPIC, and\n"
-    "prints one line per dead letter: '<dead seq> -> <new seq>', followed by\n"
-    "' duplicate' when that copy was already published (by an earlier run).\n"
+    "Redrives the dead letters of TOPIC (the messages the broker moved to\n"
+    "_dead.TOPIC after their group's maximum deliveries): each goes back to\n"
+    "the consumer group that dead-lettered it, and only to it, as the same\n"
+    "message (its sequence and id, attempt 1, a 'ferry-redriven' header), so\n"
+    "that group's inbox recognises an effect already applied and no other\n"
+    "group sees it again. One line per dead letter: '<dead seq> -> <seq> <group>'.\n"
     "\n"
-    "Each copy has the dead letter's key and payload, its original headers\n"
-    "without the ferry-dead-* ones, the header\n"
-    "'ferry-replayed-from: _dead.TOPIC/<dead seq>' and the message id\n"
-    "'<original id>~replay-<dead seq>'. A dead letter is acked (in the replay\n"
-    "group) only once its copy is durably stored, so an interrupted replay\n"
-    "can simply be run again.\n"
+    "With --republish, each dead letter is instead published back to TOPIC\n"
+    "as a new message that EVERY group of TOPIC receives: its key and\n"
+    "payload, its original headers without the ferry-dead-* ones, the headers\n"
+    "'ferry-replayed-from: _dead.TOPIC/<dead seq>' and 'ferry-original-id',\n"
+    "and the message id '<original id>~replay-<dead seq>'. One line per dead\n"
+    "letter: '<dead seq> -> <new seq>', plus ' duplicate' when that copy was\n"
+    "already published (by an earlier run).\n"
+    "\n"
+    "A dead letter is acked (in the tracking group) only once its redrive or\n"
+    "copy is accepted by the broker, so an interrupted run can simply be run\n"
+    "again.\n"
     "\n"
     "Options:\n"
-    "  --group GROUP        the consumer group on _dead.TOPIC that tracks what\n"
-    "                       was replayed (default " DEAD_DEFAULT_GROUP "); a new one starts\n"
-    "                       at the earliest dead letter. To replay again:\n"
-    "                       ferry seek _dead.TOPIC --group GROUP --to earliest\n"
+    "  --group GROUP        redrive only the dead letters of consumer group GROUP\n"
+    "  --republish          publish copies to TOPIC instead (every group gets them)\n"
+    "  --tracking-group G   the consumer group on _dead.TOPIC that tracks what was\n"
+    "                       done (default " REDRIVE_DEFAULT_GROUP ", " REDRIVE_DEFAULT_GROUP
+    ".GROUP with\n"
+    "                       --group, " REPUBLISH_DEFAULT_GROUP
+    " with --republish); a new one starts\n"
+    "                       at the earliest dead letter. To go over them again:\n"
+    "                       ferry seek _dead.TOPIC --group G --to earliest\n"
     "  --count N            stop after N dead letters\n"
     "  --timeout-ms N       stop after N ms without a dead letter (default 1000)\n" CLI_COMMON_HELP
     "\n"
@@ -105,7 +136,10 @@ static int64_t now_ms(void)
 struct replay_opts {
     const char *topic;
     char dead_topic[sizeof DEAD_PREFIX + TOPIC_MAX];
-    const char *group;
+    const char *group;      /* the tracking group on _dead.TOPIC */
+    const char *only_group; /* --group: redrive only its dead letters (NULL: all) */
+    int republish;
+    char group_buf[TOPIC_MAX + 1];
     uint64_t count; /* 0: no limit */
     long timeout_ms;
 };
@@ -169,6 +203,19 @@ static int republish(ferry_conn *c, const struct replay_opts *o, const ferry_del
     headers[n].value = from;
     headers[n].value_len = strlen(from);
     n++;
+    const char *orig = d->id;
+    size_t orig_len = strlen(d->id);
+    for (size_t i = 0; i < d->header_count; i++) /* the last: the broker's own */
+        if (strcmp(d->headers[i].name, DEAD_ID_HEADER) == 0) {
+            orig = d->headers[i].value;
+            orig_len = d->headers[i].value_len;
+        }
+    if (n < HEADERS_MAX) {
+        headers[n].name = ORIGINAL_ID_HEADER;
+        headers[n].value = orig;
+        headers[n].value_len = orig_len;
+        n++;
+    }
 
     char id[ID_MAX + 1];
     replay_id(d, id);
@@ -210,10 +257,40 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
             return cli_fail("dead replay", rc, ferry_errmsg(c));
 
         ferry_ack ack;
-        int status = republish(c, o, d, &ack);
+        const char *dgroup = NULL;
+        for (size_t i = 0; i < d->header_count; i++) /* the last: the broker's own */
+            if (strcmp(d->headers[i].name, DEAD_GROUP_HEADER) == 0)
+                dgroup = d->headers[i].value;
+        int skip = !o->republish && o->only_group && (!dgroup || strcmp(dgroup, o->only_group));
+        int status = CLI_EXIT_OK;
+        if (o->republish) {
+            status = republish(c, o, d, &ack);
+        } else if (!skip) {
+            uint64_t seq = 0;
+            rc = ferry_redrive(c, o->topic, dgroup, d->seq, &seq);
+            if (rc < 0) {
+                char what[64];
+                snprintf(what, sizeof what, "dead replay: dead letter %" PRIu64, d->seq);
+                status = cli_fail(what, rc, ferry_errmsg(c));
+            }
+            ack.seq = seq;
+            ack.duplicate = 0;
+        }
         if (status != CLI_EXIT_OK) {
             ferry_delivery_free(d); /* unacked: back to the group at exit */
             return status;
+        }
+        char dgroup_copy[TOPIC_MAX + 1] = "";
+        if (dgroup)
+            snprintf(dgroup_copy, sizeof dgroup_copy, "%s", dgroup);
+        if (skip) {
+            /* Another group's: not this run's business. */
+            rc = ferry_delivery_ack_async(d);
+            ferry_delivery_free(d);
+            if (rc < 0)
+                return cli_fail("dead replay: ack", rc, ferry_errmsg(c));
+            last_ms = now_ms();
+            continue;
         }
         done++;
 
@@ -235,8 +312,11 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
         if (rc < 0)
             return cli_fail("dead replay: ack", rc, ferry_errmsg(c));
 
-        printf("%" PRIu64 " -> %" PRIu64 "%s\n", dead_seq, ack.seq,
-               ack.duplicate ? " duplicate" : "");
+        if (o->republish)
+            printf("%" PRIu64 " -> %" PRIu64 "%s\n", dead_seq, ack.seq,
+                   ack.duplicate ? " duplicate" : "");
+        else
+            printf("%" PRIu64 " -> %" PRIu64 " %s\n", dead_seq, ack.seq, dgroup_copy);
         if (fflush(stdout) != 0) {
             int err = errno;
             if (err == EPIPE)
@@ -321,9 +401,11 @@ int cmd_dead(struct cli *cli, int argc, char **argv)
         {"group", required_argument, NULL, OPT_GROUP},
         {"count", required_argument, NULL, OPT_COUNT},
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
+        {"tracking-group", required_argument, NULL, OPT_TRACKING_GROUP},
+        {"republish", no_argument, NULL, OPT_REPUBLISH},
         {NULL, 0, NULL, 0},
     };
-    struct replay_opts o = {.group = DEAD_DEFAULT_GROUP, .timeout_ms = DEAD_DEFAULT_TIMEOUT_MS};
+    struct replay_opts o = {.timeout_ms = DEAD_DEFAULT_TIMEOUT_MS};
     uint64_t v;
     int rc;
     int opt;
@@ -335,7 +417,13 @@ int cmd_dead(struct cli *cli, int argc, char **argv)
             fputs(usage_text, stdout);
             return CLI_EXIT_OK;
         case OPT_GROUP:
+            o.only_group = optarg;
+            break;
+        case OPT_TRACKING_GROUP:
             o.group = optarg;
+            break;
+        case OPT_REPUBLISH:
+            o.republish = 1;
             break;
         case OPT_COUNT:
             rc = cli_parse_number("dead replay", "--count", optarg, 1, UINT64_MAX, &o.count);
@@ -372,5 +460,22 @@ int cmd_dead(struct cli *cli, int argc, char **argv)
                                "a topic of more than %zu bytes has no dead-letter topic",
                                TOPIC_MAX - strlen(DEAD_PREFIX));
     snprintf(o.dead_topic, sizeof o.dead_topic, "%s%s", DEAD_PREFIX, o.topic);
+    if (o.republish && o.only_group)
+        return cli_usage_error("dead replay",
+                               "--group picks the dead letters to redrive; a --republish "
+                               "goes to every group");
+    if (!o.group) {
+        if (o.republish)
+            o.group = REPUBLISH_DEFAULT_GROUP;
+        else if (!o.only_group)
+            o.group = REDRIVE_DEFAULT_GROUP;
+        else if (strlen(o.only_group) + sizeof REDRIVE_DEFAULT_GROUP > TOPIC_MAX)
+            return cli_usage_error("dead replay", "--group is too long to name its tracking "
+                                                  "group: give --tracking-group");
+        else {
+            snprintf(o.group_buf, sizeof o.group_buf, "%s.%s", REDRIVE_DEFAULT_GROUP, o.only_group);
+            o.group = o.group_buf;
+        }
+    }
     return run_replay(cli, &o);
 }

@@ -22,7 +22,7 @@ static const struct {
     {"topics", cmd_topics, "list topics, or set one's retention (topics set)"},
     {"groups", cmd_groups, "list consumer groups and their progress"},
     {"seek", cmd_seek, "move a consumer group to a sequence or a time"},
-    {"dead", cmd_dead, "replay dead letters back to their topic (dead replay)"},
+    {"dead", cmd_dead, "redrive dead letters to their group (dead replay)"},
     {"relay", cmd_relay, "relay an application's outbox table to the broker"},
     {"bench", cmd_bench, "load generator: publish, consume, e2e, backlog"},
 };

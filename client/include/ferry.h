@@ -389,6 +389,26 @@ FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *u
 FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
                          uint64_t value, uint64_t *cursor_out);
 
+/* Redrives a dead letter: the message at sequence dead_seq of the topic's
+ * dead-letter topic `_dead.<topic>` goes back to the consumer group that
+ * dead-lettered it, and only to it, as the same message: its original
+ * sequence and message id, attempt 1 again, plus the header
+ * `ferry-redriven: _dead.<topic>/<dead_seq>`. Every other group of the
+ * topic sees nothing, and the group's inbox recognises an effect already
+ * applied. group may be NULL or "" (the group named in the dead letter's
+ * ferry-dead-group header); a group that is not that one is refused with
+ * FERRY_EINVALID. Waits for the broker's reply; fills *seq_out (may be
+ * NULL) with the original sequence. A message the group has not done yet,
+ * or one being redriven already, is left as it is (still 0). The redrive
+ * is durable when this returns and lasts until the group acks it, across
+ * broker restarts; a ferry_seek of the group before that forgets it
+ * (redrive the dead letter again). Returns 0, FERRY_EUNKNOWN_TOPIC (no dead letters),
+ * FERRY_EINVALID (no such dead letter, or another group's),
+ * FERRY_EUNKNOWN_GROUP, FERRY_EUNKNOWN_TYPE from a broker that predates
+ * REDRIVE (it closes the connection), or a connection error. */
+FERRY_API int ferry_redrive(ferry_conn *c, const char *topic, const char *group, uint64_t dead_seq,
+                            uint64_t *seq_out);
+
 /* One consumer group as listed by ferry_groups(). */
 typedef struct ferry_group_info {
     char topic[201];

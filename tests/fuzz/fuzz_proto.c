@@ -283,6 +283,10 @@ static void walk_frame(const struct proto_frame *f, const uint8_t *lo, const uin
         check_name(f->u.seek.group, lo, hi);
         CHECK(f->u.seek.start <= PROTO_START_TIME);
         break;
+    case PROTO_REDRIVE:
+        check_name(f->u.redrive.topic, lo, hi);
+        check_name(f->u.redrive.group, lo, hi);
+        break;
     case PROTO_GROUPS:
         check_name(f->u.groups.topic, lo, hi);
         break;
@@ -407,6 +411,8 @@ static int reencode(const struct proto_frame *f, struct proto_writer *w)
     }
     case PROTO_SEEK:
         return proto_encode_seek(w, f->request_id, &f->u.seek);
+    case PROTO_REDRIVE:
+        return proto_encode_redrive(w, f->request_id, &f->u.redrive);
     case PROTO_GROUPS:
         return proto_encode_groups(w, f->request_id, f->u.groups.topic.ptr, f->u.groups.topic.len);
     case PROTO_TOPIC_CONFIG:
@@ -611,6 +617,11 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
         CHECK(slice_eq(f->u.seek.topic, g->u.seek.topic) &&
               slice_eq(f->u.seek.group, g->u.seek.group) && f->u.seek.start == g->u.seek.start &&
               f->u.seek.value == g->u.seek.value);
+        break;
+    case PROTO_REDRIVE:
+        CHECK(slice_eq(f->u.redrive.topic, g->u.redrive.topic) &&
+              slice_eq(f->u.redrive.group, g->u.redrive.group) &&
+              f->u.redrive.dead_seq == g->u.redrive.dead_seq);
         break;
     case PROTO_GROUPS:
         CHECK(slice_eq(f->u.groups.topic, g->u.groups.topic));

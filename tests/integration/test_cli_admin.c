@@ -492,7 +492,7 @@ static void test_dead_letter_replay(void **state)
         harness_output_free(&out);
     }
 
-    cli_expect(fx, "1 -> 2\n", "dead", "replay", "orders", "--count", "1", NULL);
+    cli_expect(fx, "1 -> 2\n", "dead", "replay", "orders", "--republish", "--count", "1", NULL);
 
     /* The copy: same key and payload, the original headers and the replay
      * header, none of the broker's ferry-dead-* ones, a derived id. */
@@ -510,12 +510,13 @@ static void test_dead_letter_replay(void **state)
     assert_memory_equal(d->key, "cust-1", 6);
     assert_int_equal(d->payload_len, 7);
     assert_memory_equal(d->payload, "ship it", 7);
-    assert_int_equal(d->header_count, 3);
+    assert_int_equal(d->header_count, 4);
     assert_string_equal(d->headers[0].name, "trace");
     assert_string_equal(d->headers[0].value, "abc");
     assert_string_equal(d->headers[1].name, "content-type");
     assert_string_equal(d->headers[1].value, "text/plain");
     assert_string_equal(header_value(d, "ferry-replayed-from"), "_dead.orders/1");
+    assert_string_equal(header_value(d, "ferry-original-id"), "order-7");
     assert_int_equal(ferry_delivery_ack(d), 0);
     ferry_delivery_free(d);
     assert_int_equal(ferry_unsubscribe(s), 0);
@@ -537,12 +538,13 @@ static void test_dead_letter_replay(void **state)
     assert_true(found);
 
     /* Nothing more to replay: a timeout, no output, exit 0. */
-    cli_expect(fx, "", "dead", "replay", "orders", "--timeout-ms", "300", NULL);
+    cli_expect(fx, "", "dead", "replay", "orders", "--republish", "--timeout-ms", "300", NULL);
 
     /* Replayed again after a seek: the broker knows the copy's id. */
     cli_expect(fx, "1\n", "seek", "_dead.orders", "--group", "ferry-replay", "--to", "earliest",
                NULL);
-    cli_expect(fx, "1 -> 2 duplicate\n", "dead", "replay", "orders", "--count", "1", NULL);
+    cli_expect(fx, "1 -> 2 duplicate\n", "dead", "replay", "orders", "--republish", "--count", "1",
+               NULL);
     ferry_topic_info ti;
     assert_int_equal(it_topic(c, "orders", &ti), 1);
     assert_int_equal(ti.head_seq, 2);
@@ -562,17 +564,51 @@ static void test_dead_replay_count_and_rest(void **state)
 
     /* Two, then the rest (the third was not taken by the first run), in
      * their own group. */
-    cli_expect(fx, "1 -> 4\n2 -> 5\n", "dead", "replay", "jobs", "--count", "2", "--group", "again",
-               NULL);
-    cli_expect(fx, "3 -> 6\n", "dead", "replay", "jobs", "--group", "again", "--timeout-ms", "500",
-               NULL);
+    cli_expect(fx, "1 -> 4\n2 -> 5\n", "dead", "replay", "jobs", "--count", "2", "--republish",
+               "--tracking-group", "again", NULL);
+    cli_expect(fx, "3 -> 6\n", "dead", "replay", "jobs", "--republish", "--tracking-group", "again",
+               "--timeout-ms", "500", NULL);
 
     /* Another group replays everything once more: all duplicates. */
     cli_expect(fx, "1 -> 4 duplicate\n2 -> 5 duplicate\n3 -> 6 duplicate\n", "dead", "replay",
-               "jobs", "--timeout-ms", "500", NULL);
+               "jobs", "--republish", "--timeout-ms", "500", NULL);
     ferry_topic_info ti;
     assert_int_equal(it_topic(c, "jobs", &ti), 1);
     assert_int_equal(ti.message_count, 6);
+    ferry_close(c);
+}
+
+/* The default is a redrive: each dead letter goes back to the group that
+ * dead-lettered it, as the same message; nothing is published to the
+ * topic. --group picks one group's; others' are passed over. */
+static void test_dead_replay_redrives_to_its_group(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *c = it_connect(fx->b.addr);
+    publish(c, "work", "w-1", "one", NULL, 0, 1);
+    publish(c, "work", "w-2", "two", NULL, 0, 2);
+    kill_messages(fx->b.addr, "work", 2);
+    cli_expect(fx, "", "dead", "replay", "work", "--group", "other", "--timeout-ms", "300", NULL);
+    cli_expect(fx, "1 -> 1 doomed\n2 -> 2 doomed\n", "dead", "replay", "work", "--group", "doomed",
+               "--timeout-ms", "300", NULL);
+    ferry_topic_info ti;
+    assert_int_equal(it_topic(c, "work", &ti), 1);
+    assert_int_equal(ti.head_seq, 2); /* nothing published */
+    ferry_sub_options o;
+    memset(&o, 0, sizeof o);
+    ferry_sub *s = NULL;
+    assert_int_equal(ferry_subscribe(c, "work", "doomed", &o, &s), 0);
+    for (uint64_t i = 1; i <= 2; i++) {
+        ferry_delivery *d = NULL;
+        assert_int_equal(ferry_receive(c, WAIT_MS, &d), 0);
+        assert_int_equal(d->seq, i);
+        assert_int_equal(d->attempt, 1);
+        assert_string_equal(d->id, i == 1 ? "w-1" : "w-2");
+        assert_string_equal(header_value(d, "ferry-redriven"),
+                            i == 1 ? "_dead.work/1" : "_dead.work/2");
+        assert_int_equal(ferry_delivery_ack(d), 0);
+        ferry_delivery_free(d);
+    }
     ferry_close(c);
 }
 
@@ -656,6 +692,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_topics_set_max_count_takes_effect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_replay_count_and_rest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_replay_redrives_to_its_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_replay_without_dead_letters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_usage_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_broker_fails_one_line, setup, teardown),

@@ -702,8 +702,8 @@ static void test_s9_6_unlimited_deliveries(void **state)
 
 /* §9.6: at the last attempt the message goes to _dead.<topic>: a new id,
  * the key, payload and headers kept, six ferry-dead-* headers after them;
- * a delivery given back by a disconnect counts as an attempt ("given
- * back"). */
+ * a delivery given back by a disconnect counts as an attempt, and at the
+ * last one it is dead-lettered at once ("consumer disconnected"). */
 static void test_s9_6_dead_letter_copy(void **state)
 {
     struct fx *fx = *state;
@@ -738,8 +738,8 @@ static void test_s9_6_dead_letter_copy(void **state)
     assert_int_equal(d.attempt, 2);
     close(fd);
 
-    /* The group hands the given-back message on when a consumer has room:
-     * out of attempts, it goes to the dead-letter topic instead. */
+    /* Out of attempts when its consumer went away, it went to the
+     * dead-letter topic at once. */
     fd = dial_ready(fx);
     subscribe(fd, 1, "dl", "g", 2, 1, NULL);
     subscribe(fd, 2, "_dead.dl", "g", 0, 10, NULL);
@@ -757,7 +757,7 @@ static void test_s9_6_dead_letter_copy(void **state)
                                   "ferry-dead-attempts",
                                   "ferry-dead-reason",
                                   "ferry-dead-id"};
-    static const char *values[] = {"json", "dl", "1", "g", "2", "given back", "orig-1"};
+    static const char *values[] = {"json", "dl", "1", "g", "2", "consumer disconnected", "orig-1"};
     struct proto_msg dm = {.header_count = d.header_count, .headers = d.headers};
     struct proto_header_iter hi;
     struct proto_header hd;

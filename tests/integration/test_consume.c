@@ -1192,6 +1192,274 @@ static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
     ferry_close(c2);
 }
 
+/* A consumer that goes away holding a message at its last attempt: the
+ * message is dead-lettered at once, with its own reason, not left for a
+ * lease that no longer runs or for the next consumer to subscribe (issue
+ * 9). The dead letter must be readable within 100 ms (printed, not
+ * asserted, under valgrind). */
+static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *reason)
+{
+    ferry_conn *inspect = it_connect(fx->b.addr);
+    subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_sub *s = subscribe(c, "orders", "inventory", 10, 0, 2);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = unsubscribe ? "order-2" : "order-1";
+    m.payload = "x";
+    m.payload_len = 1;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d1 = recv_one(c, WAIT_MS);
+    assert_int_equal(d1->attempt, 1);
+    assert_int_equal(ferry_delivery_nack(d1, 0, "first try"), 0);
+    ferry_delivery *d2 = recv_one(c, WAIT_MS);
+    assert_int_equal(d2->attempt, 2);
+    ferry_delivery_free(d1);
+    ferry_delivery_free(d2);
+
+    int64_t t0 = harness_now_ms();
+    if (unsubscribe)
+        assert_int_equal(ferry_unsubscribe(s), 0);
+    else
+        ferry_close(c);
+    ferry_delivery *x = recv_one(inspect, WAIT_MS);
+    int64_t took = harness_now_ms() - t0;
+    fprintf(stderr, "dead letter after %s: %" PRId64 " ms\n",
+            unsubscribe ? "UNSUBSCRIBE" : "disconnect", took);
+    expect_dead(x, "orders", ack.seq, "inventory", 2, reason, m.id);
+    if (harness_slowdown() == 1)
+        assert_true(took <= 100);
+    ack_ok(x, inspect);
+    ferry_delivery_free(x);
+    ferry_group_info gi = must_group(fx->c, "orders", "inventory");
+    assert_int_equal(gi.dead_lettered, unsubscribe ? 2 : 1);
+    assert_int_equal(gi.in_flight, 0);
+    if (unsubscribe)
+        ferry_close(c);
+    ferry_close(inspect);
+}
+
+static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **state)
+{
+    struct fx *fx = *state;
+    dead_letter_when_gone(fx, 0, "consumer disconnected");
+    dead_letter_when_gone(fx, 1, "consumer unsubscribed");
+}
+
+/* A redrive survives a kill -9 of ferryd before its group took it, and
+ * once acked it is not delivered again after another restart. */
+static void test_consume_redrive_survives_kill9_until_acked(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = "order-1";
+    m.payload = "one";
+    m.payload_len = 3;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d = recv_one(ci, WAIT_MS);
+    ferry_delivery_free(d);
+    ferry_close(ci); /* its only attempt: dead-lettered */
+    ferry_topic_info ti;
+    memset(&ti, 0, sizeof ti);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
+           harness_now_ms() < deadline)
+        sleep_ms(10);
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, "orders", "inventory", 1, &seq), 0);
+    assert_int_equal(seq, 1);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_kill9(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    d = recv_one(ci, WAIT_MS);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(d->attempt, 1);
+    assert_string_equal(d->id, "order-1");
+    expect_header(d, "ferry-redriven", "_dead.orders/1");
+    ack_ok(d, ci);
+    ferry_delivery_free(d);
+    ferry_close(ci);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    expect_none(ci, 500);
+    ferry_close(ci);
+}
+
+/* A redrive sends a dead letter back to the group that dead-lettered it
+ * only, as the same message: original sequence and id, attempt 1, a
+ * ferry-redriven header. Another group that had done it sees nothing
+ * (issue 9: `ferry dead replay` republished to the topic, under a new id,
+ * and every group applied it again). */
+static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *ci = it_connect(fx->b.addr), *ce = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 1, 0, 2);
+    subscribe(ce, "orders", "email", 10, 0, 0);
+    ferry_header hs[1] = {{"trace", "abc", 3}};
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.headers = hs;
+    m.header_count = 1;
+    ferry_ack ack;
+    m.id = "order-1";
+    m.payload = "one";
+    m.payload_len = 3;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    m.id = "order-2";
+    m.payload = "two";
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    for (int i = 0; i < 2; i++) {
+        ferry_delivery *d = recv_one(ce, WAIT_MS);
+        ack_ok(d, ce);
+        ferry_delivery_free(d);
+    }
+    for (uint32_t a = 1; a <= 2; a++) {
+        ferry_delivery *d = recv_one(ci, WAIT_MS);
+        assert_int_equal(d->seq, 1);
+        assert_int_equal(d->attempt, a);
+        assert_int_equal(ferry_delivery_nack(d, 0, "crashed"), 0);
+        ferry_delivery_free(d);
+    }
+    ferry_delivery *d2 = recv_one(ci, WAIT_MS);
+    assert_int_equal(d2->seq, 2);
+    ack_ok(d2, ci);
+    ferry_delivery_free(d2);
+
+    /* The dead letter is _dead.orders/1; only inventory's. */
+    ferry_topic_info ti;
+    memset(&ti, 0, sizeof ti);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
+           harness_now_ms() < deadline)
+        sleep_ms(10);
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, "orders", "email", 1, &seq), FERRY_EINVALID);
+    assert_int_equal(ferry_redrive(fx->c, "orders", "orders", 9, &seq), FERRY_EINVALID);
+    assert_int_equal(ferry_redrive(fx->c, "orders", NULL, 1, &seq), 0);
+    assert_int_equal(seq, 1);
+    ferry_delivery *r = recv_one(ci, WAIT_MS);
+    assert_int_equal(r->seq, 1);
+    assert_int_equal(r->attempt, 1);
+    assert_string_equal(r->id, "order-1");
+    assert_int_equal(r->payload_len, 3);
+    assert_memory_equal(r->payload, "one", 3);
+    expect_header(r, "trace", "abc");
+    expect_header(r, "ferry-redriven", "_dead.orders/1");
+    assert_null(header(r, "ferry-dead-id"));
+    assert_int_equal(r->header_count, 2);
+    ack_ok(r, ci);
+    ferry_delivery_free(r);
+    expect_none(ci, 300);
+    expect_none(ce, 300);
+    ferry_group_info gi = must_group(fx->c, "orders", "inventory");
+    assert_int_equal(gi.in_flight, 0);
+    assert_int_equal(gi.lag, 0);
+    assert_int_equal(gi.dead_lettered, 1);
+    gi = must_group(fx->c, "orders", "email");
+    assert_int_equal(gi.lag, 0);
+    assert_int_equal(gi.redelivered, 0);
+    ferry_close(ci);
+    ferry_close(ce);
+}
+
+/* Attempts that failed (a nack, a disconnect) count across a restart of
+ * ferryd, clean or kill -9: max_deliveries bounds them in all, and a
+ * consumer that crash-loops on a message gets it dead-lettered even if the
+ * broker restarts meanwhile (issue 9: the count went back to 1). */
+static void attempts_survive_restart(struct fx *fx, int kill9)
+{
+    ferry_conn *cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 10, 0, 3);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "orders";
+    m.id = "order-1";
+    m.payload = "x";
+    m.payload_len = 1;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+    ferry_delivery *d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->attempt, 1);
+    assert_int_equal(ferry_delivery_nack(d, 0, "crash 1"), 0);
+    ferry_delivery_free(d);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->attempt, 2);
+    ferry_delivery_free(d);
+    ferry_close(cc); /* the second attempt ends with a disconnect */
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    ferry_group_info gi;
+    do {
+        gi = must_group(fx->c, "orders", "inventory");
+    } while ((gi.consumers || gi.in_flight) && harness_now_ms() < deadline);
+    assert_int_equal(gi.consumers, 0);
+    /* A publish after it: its ack follows the commit holding the failure. */
+    m.id = "order-2";
+    assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    if (kill9)
+        assert_int_equal(harness_kill9(&fx->b), 0);
+    else
+        assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+
+    cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 1, 0, 3);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(d->attempt, 3);
+    assert_int_equal(d->redelivered, 1);
+    ferry_delivery_free(d);
+    ferry_close(cc); /* the last attempt: dead-lettered */
+    ferry_conn *inspect = it_connect(fx->b.addr);
+    subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
+    ferry_delivery *x = recv_one(inspect, WAIT_MS);
+    expect_dead(x, "orders", 1, "inventory", 3, "consumer disconnected", "order-1");
+    ferry_delivery_free(x);
+    ferry_close(inspect);
+    /* Message 2 had no failure: attempt 1 after the restart. */
+    cc = it_connect(fx->b.addr);
+    subscribe(cc, "orders", "inventory", 10, 0, 3);
+    d = recv_one(cc, WAIT_MS);
+    assert_int_equal(d->seq, 2);
+    assert_int_equal(d->attempt, 1);
+    ack_ok(d, cc);
+    ferry_delivery_free(d);
+    ferry_close(cc);
+}
+
+static void test_consume_failed_attempts_survive_kill9(void **state)
+{
+    attempts_survive_restart(*state, 1);
+}
+
+static void test_consume_failed_attempts_survive_clean_restart(void **state)
+{
+    attempts_survive_restart(*state, 0);
+}
+
 /* ----- 6. delayed messages -------------------------------------------------- */
 
 static void test_consume_delayed_message_not_before_due_later_one_first(void **state)
@@ -1700,6 +1968,16 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_consume_max_deliveries_moves_to_dead_letter_topic,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_redrive_survives_kill9_until_acked, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_kill9, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_clean_restart, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),

@@ -825,6 +825,90 @@ static void test_inbox_seek_within_window_skips_beyond_window_reruns(void **stat
     sqlite3_close(db);
 }
 
+/* Issue 9's finding, replayed: inventory commits its effect and crashes
+ * before the ack, then crashes again (max_deliveries 2), so the message is
+ * dead-lettered although its effect happened; e-mail handled it long ago.
+ * A redrive (what `ferry dead replay` does) brings it back to inventory
+ * only, under its id: the inbox skips the handler. Effects: exactly one in
+ * each group (with the old replay, two in inventory and two in e-mail). */
+static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
+{
+    struct fx *fx = *state;
+    char email_path[HARNESS_PATH_BYTES + 32];
+    snprintf(email_path, sizeof email_path, "%s/email.db", fx->b.dir);
+    sqlite3 *db = must_db(fx->db_path), *edb = must_db(email_path);
+    publish_n(fx->c, 1, 1);
+    struct app a = {0}, ea = {0};
+
+    ferry_conn *ce = it_connect(fx->b.addr);
+    ferry_sub_options eo;
+    memset(&eo, 0, sizeof eo);
+    ferry_sub *es = NULL;
+    assert_int_equal(ferry_subscribe(ce, TOPIC, "email", &eo, &es), 0);
+    ferry_delivery *e = recv_one(ce);
+    assert_int_equal(ferry_inbox_handle(edb, "email", e, effect_handler, &ea, 0),
+                     FERRY_INBOX_FRESH);
+    ferry_delivery_free(e);
+    assert_int_equal(ferry_flush(ce, WAIT_MS), 0);
+
+    /* Attempt 1: the effect commits, the process dies before the ack. */
+    ferry_conn *ci = it_connect(fx->b.addr);
+    subscribe(ci, 10, 0, 2);
+    ferry_delivery *d = recv_one(ci);
+    char id[160];
+    snprintf(id, sizeof id, "%s", d->id);
+    must_exec(db, "BEGIN IMMEDIATE");
+    assert_int_equal(ferry_inbox_claim(db, GROUP, d), FERRY_INBOX_FRESH);
+    assert_int_equal(effect_handler(&a, db, d), 0);
+    must_exec(db, "COMMIT");
+    ferry_delivery_free(d);
+    ferry_close(ci);
+    /* Attempt 2: seen, and the process dies again before the ack. */
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, 10, 0, 2);
+    d = recv_one(ci);
+    assert_int_equal(d->attempt, 2);
+    must_exec(db, "BEGIN IMMEDIATE");
+    assert_int_equal(ferry_inbox_claim(db, GROUP, d), FERRY_INBOX_SEEN);
+    must_exec(db, "ROLLBACK");
+    ferry_delivery_free(d);
+    ferry_close(ci);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    ferry_topic_info ti;
+    memset(&ti, 0, sizeof ti);
+    while ((it_topic(fx->c, "_dead." TOPIC, &ti) != 1 || ti.message_count == 0) &&
+           harness_now_ms() < deadline)
+        sleep_ms(10);
+    assert_int_equal(ti.message_count, 1);
+    assert_int_equal(must_group(fx->c).dead_lettered, 1);
+
+    /* The redrive: to inventory only, the same message. */
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, TOPIC, NULL, 1, &seq), 0);
+    assert_int_equal(seq, 1);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, 10, 0, 2);
+    d = recv_one(ci);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(d->attempt, 1);
+    assert_string_equal(d->id, id);
+    assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
+    ferry_delivery_free(d);
+    assert_int_equal(ferry_flush(ci, WAIT_MS), 0);
+    wait_group_done(fx->c, 1);
+    ferry_delivery *none = NULL;
+    assert_int_equal(ferry_receive(ce, 300, &none), FERRY_ETIMEOUT);
+
+    assert_int_equal(a.runs, 1);
+    assert_int_equal(ea.runs, 1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), 1);
+    assert_int_equal(q_int(edb, "SELECT count(*) FROM effects"), 1);
+    ferry_close(ci);
+    ferry_close(ce);
+    sqlite3_close(edb);
+    sqlite3_close(db);
+}
+
 static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
 {
     struct fx *fx = *state;
@@ -948,6 +1032,8 @@ int main(void)
             test_inbox_two_consumers_racing_on_expired_leases_each_effect_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inbox_seek_within_window_skips_beyond_window_reruns,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_dead_letter_then_redrive_each_effect_once, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_inbox_purge_keeps_table_bounded_over_long_run, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_inbox_window_never_below_horizon_or_floor, setup,

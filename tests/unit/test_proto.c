@@ -1215,9 +1215,32 @@ static void test_proto_subscribe_ok_horizon(void **state)
     assert_int_equal(f.u.subscribe_ok.has_horizon, 0);
 }
 
+static void test_proto_redrive_round_trip(void **state)
+{
+    uint8_t buf[64];
+    struct proto_writer w;
+    struct proto_frame f;
+    struct proto_redrive r = {{(const uint8_t *)"orders", 6}, {(const uint8_t *)"inv", 3}, 7};
+
+    (void)state;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_redrive(&w, 5, &r), 0);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 2 + 6 + 2 + 3 + 8);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.type, PROTO_REDRIVE);
+    assert_int_equal(f.request_id, 5);
+    assert_int_equal(f.u.redrive.topic.len, 6);
+    assert_memory_equal(f.u.redrive.topic.ptr, "orders", 6);
+    assert_int_equal(f.u.redrive.group.len, 3);
+    assert_int_equal(f.u.redrive.dead_seq, 7);
+    /* A byte short or one too many: malformed. */
+    buf[3]--;
+    assert_int_equal(proto_decode(buf, w.len - 1, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
-    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2a, 0x2f, 0x35, 0x80, 0xff};
+    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2b, 0x2f, 0x35, 0x80, 0xff};
     uint8_t buf[12] = {0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 1, 0xab, 0xcd};
     size_t i;
 
@@ -3576,6 +3599,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_truncated_frames_need_more_at_every_offset),
         cmocka_unit_test(test_proto_oversized_length_is_rejected_from_header),
         cmocka_unit_test(test_proto_length_under_six_is_malformed),
+        cmocka_unit_test(test_proto_redrive_round_trip),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
