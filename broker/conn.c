@@ -655,6 +655,7 @@ static int client_sends(uint8_t type)
     case PROTO_TOPICS:
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
+    case PROTO_REDRIVE:
         return 1;
     default:
         return 0;

@@ -472,7 +472,7 @@ static void test_s2_type_judged_from_header(void **state)
         0x00,
         0x06,
         0x12,
-        0x2a,
+        0x2b,
         0x35,
         0xff,
     };
