@@ -96,6 +96,20 @@ static void run_ferryd(struct fx *fx, const char *extra, struct harness_output *
     assert_int_equal(harness_run(fx->dir, argv, NULL, RUN_TIMEOUT_MS * harness_slowdown(), out), 0);
 }
 
+/* Publishes one message with a text payload through libferry. */
+static void publish_text(struct fx *fx, const char *topic, const char *text)
+{
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = topic;
+    m.payload = text;
+    m.payload_len = strlen(text);
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(c, &m, &ack), 0);
+    ferry_close(c);
+}
+
 static void test_ops_files_are_private_whatever_the_umask(void **state)
 {
     struct fx *fx = *state;
@@ -108,15 +122,7 @@ static void test_ops_files_are_private_whatever_the_umask(void **state)
     int r = harness_start_dir(&fx->b, fx->data, args);
     umask(old);
     assert_int_equal(r, 0);
-    ferry_conn *c = it_connect(fx->b.addr);
-    ferry_msg m;
-    memset(&m, 0, sizeof m);
-    m.topic = "private";
-    m.payload = "secret";
-    m.payload_len = 6;
-    ferry_ack ack;
-    assert_int_equal(ferry_publish(c, &m, &ack), 0);
-    ferry_close(c);
+    publish_text(fx, "private", "secret");
     assert_int_equal(mode_of(fx->data, "fresh"), 0700);
     static const char *const files[] = {"ferry.db", "ferry.db-wal", "ferry.db-shm", "ferryd.lock",
                                         "ferry.reserve"};
@@ -179,15 +185,7 @@ static void test_ops_database_of_an_older_ferryd_is_adopted(void **state)
 {
     struct fx *fx = *state;
     assert_int_equal(harness_start_dir(&fx->b, fx->data, NULL), 0);
-    ferry_conn *c = it_connect(fx->b.addr);
-    ferry_msg m;
-    memset(&m, 0, sizeof m);
-    m.topic = "old";
-    m.payload = "x";
-    m.payload_len = 1;
-    ferry_ack ack;
-    assert_int_equal(ferry_publish(c, &m, &ack), 0);
-    ferry_close(c);
+    publish_text(fx, "old", "x");
     assert_int_equal(harness_stop(&fx->b), 0);
     /* As a ferryd before the application id left it. */
     sqlite3 *db = NULL;
@@ -297,15 +295,7 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     harness_output_free(&out);
     /* The CLI's rough edges: one topic by name; "no such topic" once. */
     assert_int_equal(harness_start_dir(&fx->b, fx->data, NULL), 0);
-    ferry_conn *c = it_connect(fx->b.addr);
-    ferry_msg m;
-    memset(&m, 0, sizeof m);
-    m.topic = "named";
-    m.payload = "x";
-    m.payload_len = 1;
-    ferry_ack ack;
-    assert_int_equal(ferry_publish(c, &m, &ack), 0);
-    ferry_close(c);
+    publish_text(fx, "named", "x");
     run_cli(fx, (char *[]){"topics", "--server", fx->b.addr, "named", NULL}, NULL, &out);
     assert_int_equal(out.status, 0);
     assert_non_null(strstr(out.out, "named"));
