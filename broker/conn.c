@@ -534,6 +534,9 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
     case PROTO_REDRIVE:
         topic = &f->u.redrive.topic;
         break;
+    case PROTO_FLOOR:
+        topic = &f->u.floor.topic;
+        break;
     case PROTO_TOPICS:
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
@@ -546,7 +549,8 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
         return 1; /* acks and the like act on a subscription already allowed */
     }
     if (auth_allows(a, c->token, right, topic->ptr, topic->len) ||
-        ((f->type == PROTO_SEEK || f->type == PROTO_REDRIVE) && auth_admin(a, c->token)))
+        ((f->type == PROTO_SEEK || f->type == PROTO_REDRIVE || f->type == PROTO_FLOOR) &&
+         auth_admin(a, c->token)))
         return 1;
     snprintf(msg, sizeof(msg), "token %s may not consume %.*s", auth_token_name(c->token),
              (int)topic->len, (const char *)topic->ptr);
@@ -620,6 +624,9 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
     case PROTO_REDRIVE:
         groups_on_redrive(c, f);
         return;
+    case PROTO_FLOOR:
+        groups_on_floor(c, f);
+        return;
     case PROTO_TOPIC_CONFIG:
         on_topic_config(c, f, wire_bytes);
         return;
@@ -656,6 +663,7 @@ static int client_sends(uint8_t type)
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
     case PROTO_REDRIVE:
+    case PROTO_FLOOR:
         return 1;
     default:
         return 0;

@@ -1853,6 +1853,67 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
     reply_one(c, f->request_id, seq, 0, 1);
 }
 
+/*
+ * FLOOR: the group's ack floor as the store has it durably, and the
+ * sequences below it that a redrive can still bring back (dead-lettered by
+ * the group, their dead letter still stored). A consumer's inbox may
+ * forget its claims of every other sequence below the floor: the broker
+ * delivers none of them to the group again, unless a SEEK moves the group
+ * back. Read on the loop from the committed state (store_read_floor), so
+ * an ack not yet committed is not in it.
+ */
+void groups_on_floor(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_floor *r = &f->u.floor;
+    if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        return;
+    }
+    if (proto_group_valid(r->group.ptr, r->group.len) != 0) {
+        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        return;
+    }
+    struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
+    if (!t) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
+        return;
+    }
+    struct group *gr = group_find(t, r->group.ptr, r->group.len);
+    if (!gr) {
+        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "no such group");
+        return;
+    }
+    struct ltopic *dt = dead_topic_of(g, gr);
+    uint64_t floor = 1;
+    uint64_t *keep = malloc(PROTO_MAX_FLOOR_KEEP * sizeof(*keep));
+    uint16_t n = 0;
+    int rc = keep ? store_read_floor(c->broker->store, gr->id, dt ? dt->id : 0, &floor, keep,
+                                     PROTO_MAX_FLOOR_KEEP, &n)
+                  : FERRY_EINTERNAL;
+    if (rc != 0) {
+        free(keep);
+        conn_reply_error(c, f->request_id, rc, "cannot read the group's floor");
+        return;
+    }
+    if (floor == 0)
+        floor = 1;
+    size_t cap = PROTO_HEADER_BYTES + 10 + 8 * (size_t)n;
+    uint8_t *frame = malloc(cap);
+    struct proto_writer w;
+    if (frame) {
+        proto_writer_init(&w, frame, cap);
+        if (proto_encode_floor_ok(&w, f->request_id, floor, keep, n) == 0)
+            conn_reply(c, f->request_id, frame, w.len);
+        else
+            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot encode FLOOR_OK");
+    } else {
+        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+    }
+    free(frame);
+    free(keep);
+}
+
 static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)
 {
     int r = memcmp(a, b, al < bl ? al : bl);

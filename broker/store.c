@@ -141,6 +141,8 @@ enum stmt_id {
     ST_ATTEMPT_SET,
     ST_ATTEMPT_DELETE,
     ST_ATTEMPT_DELETE_ALL,
+    ST_GDEAD_INSERT,
+    ST_GDEAD_PRUNE,
     ST__COUNT
 };
 
@@ -182,6 +184,10 @@ static const char *const stmt_sql[ST__COUNT] = {
                        "excluded.attempts, dead_seq = excluded.dead_seq",
     [ST_ATTEMPT_DELETE] = "DELETE FROM group_attempts WHERE group_id = ?1 AND seq = ?2",
     [ST_ATTEMPT_DELETE_ALL] = "DELETE FROM group_attempts WHERE group_id = ?1",
+    [ST_GDEAD_INSERT] =
+        "INSERT OR IGNORE INTO group_dead(group_id, seq, dead_seq) VALUES (?1, ?2, ?3)",
+    [ST_GDEAD_PRUNE] = "DELETE FROM group_dead WHERE dead_seq <= ?2 AND group_id IN "
+                       "(SELECT id FROM groups WHERE topic = ?1)",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
@@ -618,6 +624,13 @@ static const char *const migrations[] = {
     "CREATE TABLE group_attempts (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
     "  attempts INTEGER NOT NULL, dead_seq INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY (group_id, seq)) WITHOUT ROWID;",
+    /* 3: the messages each group dead-lettered (seq) and where the dead
+     * letter is (dead_seq, in _dead.<topic>): what a redrive can still
+     * bring back to the group below its ack floor (FLOOR_OK). Rows go
+     * with their dead letter's retention; filled from the dead letters
+     * already stored by backfill_group_dead. */
+    "CREATE TABLE group_dead (group_id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    "  dead_seq INTEGER NOT NULL, PRIMARY KEY (group_id, seq, dead_seq)) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -635,6 +648,51 @@ static int get_int(struct store *s, const char *sql, int64_t *out)
         rc = SQLITE_NOTFOUND;
     }
     sqlite3_finalize(st);
+    return rc;
+}
+
+struct dead_info {
+    struct proto_slice seq, group, id;
+};
+static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out);
+static uint64_t slice_u64(struct proto_slice v);
+
+/* Migration 3's data: a group_dead row for every dead letter stored, from
+ * its ferry-dead-* headers (the group by the dead letter's topic and
+ * ferry-dead-group name). Dead letters of groups that no longer exist are
+ * skipped. */
+static int backfill_group_dead(struct store *s)
+{
+    static const char sql[] =
+        "INSERT OR IGNORE INTO group_dead(group_id, seq, dead_seq) "
+        "SELECT g.id, ?3, ?4 FROM groups g WHERE g.topic = ?1 AND g.name = ?2";
+    sqlite3_stmt *scan = NULL, *ins = NULL;
+    int rc = sqlite3_prepare_v2(s->db,
+                                "SELECT t.name, m.rid & 1099511627775, m.headers FROM topics t "
+                                "JOIN messages m ON m.rid >= (t.id << 40) AND m.rid < "
+                                "((t.id + 1) << 40) WHERE t.name LIKE '\\_dead.%' ESCAPE '\\'",
+                                -1, &scan, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(s->db, sql, -1, &ins, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(scan)) == SQLITE_ROW) {
+        struct dead_info di;
+        dead_info_of(sqlite3_column_blob(scan, 2), (size_t)sqlite3_column_bytes(scan, 2), &di);
+        uint64_t seq = slice_u64(di.seq);
+        const char *dname = (const char *)sqlite3_column_text(scan, 0);
+        int dlen = sqlite3_column_bytes(scan, 0);
+        rc = SQLITE_OK;
+        if (!seq || !di.group.len || dlen <= 6)
+            continue;
+        sqlite3_bind_text(ins, 1, dname + 6, dlen - 6, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 2, (const char *)di.group.ptr, (int)di.group.len, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(ins, 3, (int64_t)seq);
+        sqlite3_bind_int64(ins, 4, sqlite3_column_int64(scan, 1));
+        rc = step_done(ins);
+    }
+    if (rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    sqlite3_finalize(scan);
+    sqlite3_finalize(ins);
     return rc;
 }
 
@@ -657,6 +715,7 @@ static int migrate(struct store *s)
         snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", i + 1);
         if ((rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK ||
             (rc = sqlite3_exec(s->db, migrations[i], NULL, NULL, NULL)) != SQLITE_OK ||
+            (i == 2 && (rc = backfill_group_dead(s)) != SQLITE_OK) ||
             (rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL)) != SQLITE_OK ||
             (rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
             set_err(s, "migrate schema");
@@ -1925,10 +1984,6 @@ static int put_header(struct buf *h, const char *name, const void *value, size_t
 
 /* The broker's own headers of a dead letter (the last of each name: a
  * message dead-lettered twice carries the later ones last). */
-struct dead_info {
-    struct proto_slice seq, group, id;
-};
-
 static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
 {
     memset(out, 0, sizeof(*out));
@@ -1982,6 +2037,54 @@ int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, u
         ret = FERRY_ESTORAGE;
     }
     sqlite3_finalize(st);
+    return ret;
+}
+
+int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, uint64_t *floor,
+                     uint64_t *keep, uint16_t cap, uint16_t *n)
+{
+    sqlite3_stmt *st;
+    *n = 0;
+    if (!s->rdb || sqlite3_prepare_v2(s->rdb, "SELECT ack_floor FROM groups WHERE id = ?1", -1, &st,
+                                      NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    /* One read transaction: the floor and the dead letters below it agree. */
+    sqlite3_exec(s->rdb, "BEGIN", NULL, NULL, NULL);
+    sqlite3_bind_int64(st, 1, group_id);
+    int rc = sqlite3_step(st);
+    int ret = 0;
+    if (rc == SQLITE_ROW)
+        *floor = (uint64_t)sqlite3_column_int64(st, 0);
+    else if (rc == SQLITE_DONE)
+        *floor = 1; /* not stored yet: nothing is done durably */
+    else
+        ret = FERRY_ESTORAGE;
+    sqlite3_finalize(st);
+    if (ret == 0 && dead_topic_id && *floor > 1 &&
+        sqlite3_prepare_v2(s->rdb,
+                           "SELECT DISTINCT d.seq FROM group_dead d WHERE d.group_id = ?1 AND "
+                           "d.seq < ?2 AND EXISTS (SELECT 1 FROM messages m WHERE m.rid = "
+                           "(?3 << 40) | d.dead_seq) ORDER BY d.seq LIMIT ?4",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, group_id);
+        sqlite3_bind_int64(st, 2, (int64_t)*floor);
+        sqlite3_bind_int64(st, 3, dead_topic_id);
+        sqlite3_bind_int64(st, 4, (int64_t)cap + 1);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            uint64_t seq = (uint64_t)sqlite3_column_int64(st, 0);
+            if (*n == cap) {
+                *floor = seq; /* more than fit: the floor stops at the first left out */
+                break;
+            }
+            keep[(*n)++] = seq;
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            ret = FERRY_ESTORAGE;
+        sqlite3_finalize(st);
+    } else if (ret == 0 && dead_topic_id && *floor > 1) {
+        ret = FERRY_ESTORAGE;
+    }
+    sqlite3_exec(s->rdb, "COMMIT", NULL, NULL, NULL);
     return ret;
 }
 
@@ -2153,6 +2256,15 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
                 .payload = {payload.data, payload.len},
             };
             rc = publish_one(s, b, &m, now_ms, ferr, 0, NULL);
+            struct topic *dt = rc == SQLITE_OK ? topic_find(s, m.topic.ptr, m.topic.len) : NULL;
+            if (dt) {
+                /* Where a redrive can bring it back from (FLOOR_OK). */
+                sqlite3_stmt *gd = s->st[ST_GDEAD_INSERT];
+                sqlite3_bind_int64(gd, 1, (int64_t)proto_rd64(p));
+                sqlite3_bind_int64(gd, 2, (int64_t)seq);
+                sqlite3_bind_int64(gd, 3, (int64_t)dt->c.head);
+                rc = step_done(gd);
+            }
         } else {
             *ferr = FERRY_EINTERNAL;
             rc = SQLITE_NOMEM;
@@ -2387,6 +2499,16 @@ static int retain_topic(struct store *s, struct topic *t, int64_t now_ms, int64_
     if ((rc = step_done(st)) != SQLITE_OK) {
         set_err(s, "retention");
         return rc;
+    }
+    if (t->name_len > 6 && memcmp(t->name, "_dead.", 6) == 0) {
+        /* Their dead letters gone, these can no longer be redriven. */
+        st = s->st[ST_GDEAD_PRUNE];
+        sqlite3_bind_text(st, 1, t->name + 6, (int)t->name_len - 6, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (int64_t)last);
+        if ((rc = step_done(st)) != SQLITE_OK) {
+            set_err(s, "retention");
+            return rc;
+        }
     }
     topic_touch(s, t);
     t->c.count -= n;

@@ -75,6 +75,15 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb);
  * group of the dead letter dead_seq of the topic dead_topic_id (a
  * `_dead.` topic), from its ferry-dead-* headers. 0, FERRY_EINVALID when
  * there is no such dead letter, or FERRY_ESTORAGE. */
+/* On the loop thread (read-only connection): the group's ack floor as
+ * committed (every sequence below it is durably done for the group; 1
+ * when the group is not stored yet) and, ascending, up to cap of the
+ * sequences below it that the group dead-lettered and whose dead letter
+ * is still stored in the topic dead_topic_id (0: none), which a redrive
+ * can bring back. With more than cap of them, *floor is lowered to the
+ * first left out. 0 or FERRY_ESTORAGE. */
+int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, uint64_t *floor,
+                     uint64_t *keep, uint16_t cap, uint16_t *n);
 int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
                     char *group, size_t group_cap, size_t *group_len);
 uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, uint64_t head);

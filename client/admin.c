@@ -359,6 +359,66 @@ int ferry_redrive(ferry_conn *c, const char *topic, const char *group, uint64_t 
     return rc;
 }
 
+struct floor_out {
+    uint64_t floor;
+    uint64_t *keep;
+    size_t cap, n;
+};
+
+static int on_floor_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    (void)c;
+    struct floor_out *out = w->ctx;
+    const struct proto_floor_ok *r = &f->u.floor_ok;
+    out->floor = r->floor;
+    out->n = 0;
+    for (uint16_t i = 0; i < r->count; i++) {
+        uint64_t seq = proto_rd64(r->seqs.ptr + 8 * (size_t)i);
+        if (out->n == out->cap) {
+            out->floor = seq; /* no room: the floor stops at the first left out */
+            break;
+        }
+        out->keep[out->n++] = seq;
+    }
+    return 0;
+}
+
+int ferry_group_floor(ferry_conn *c, const char *topic, const char *group, uint64_t *floor_out,
+                      uint64_t *keep, size_t keep_cap, size_t *nkeep)
+{
+    if (!c || !topic || !group || !floor_out || !nkeep || (keep_cap && !keep))
+        return FERRY_EINVALID;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    size_t tlen = strlen(topic), glen = strlen(group);
+    if (tlen > PROTO_MAX_TOPIC || glen > PROTO_MAX_GROUP)
+        return ferry__seterr(c, FERRY_EINVALID, "topic or group name too long");
+    struct proto_floor r = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .group = {(const uint8_t *)group, glen},
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 2 + glen) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t fstart = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + fstart, c->wcap - fstart);
+    if (proto_encode_floor(&pw, id, &r) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode FLOOR");
+    c->wlen += pw.len;
+
+    struct floor_out res = {.keep = keep, .cap = keep_cap};
+    struct ferry__waiter w = {.on_reply = on_floor_ok, .ctx = &res};
+    rc = ferry__request(c, fstart, id, PROTO_FLOOR_OK, 0, &w,
+                        ferry__deadline(c->request_timeout_ms));
+    if (rc == 0) {
+        *floor_out = res.floor;
+        *nkeep = res.n;
+    }
+    return rc;
+}
+
 void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out)
 {
     if (!c || !out)

@@ -42,7 +42,7 @@
 #include "internal.h"
 
 /* The layout this library creates and understands. */
-#define FERRY__INBOX_VERSION 1
+#define FERRY__INBOX_VERSION 2
 
 /* BEGIN IMMEDIATE or COMMIT that keep meeting SQLITE_BUSY (beyond the
  * connection's own busy timeout) are retried, with a backoff doubling from
@@ -176,8 +176,11 @@ static int install_steps(sqlite3 *db)
     int rc = installed(db);
     if (rc != 0)
         return rc < 0 ? rc : 0;
-    /* Version 0: a fresh database. Later versions migrate here, step by
-     * step from the recorded one. */
+    int v = recorded_version(db);
+    if (v < 0)
+        return v;
+    /* Version 1: the table, from a fresh database (or one whose table was
+     * dropped). */
     int src = exec(db, "CREATE TABLE IF NOT EXISTS ferry_inbox_meta ("
                        " name TEXT PRIMARY KEY,"
                        " value TEXT NOT NULL"
@@ -191,8 +194,12 @@ static int install_steps(sqlite3 *db)
                        " PRIMARY KEY (grp, msg_id)"
                        ") WITHOUT ROWID;"
                        "CREATE INDEX IF NOT EXISTS ferry_inbox_processed"
-                       " ON ferry_inbox(processed_ms);"
-                       "INSERT INTO ferry_inbox_meta(name, value) VALUES ('schema_version', '1')"
+                       " ON ferry_inbox(processed_ms);");
+    /* Version 2: claims found by sequence, for ferry_inbox_purge_acked. */
+    if (src == SQLITE_OK)
+        src = exec(db, "CREATE INDEX IF NOT EXISTS ferry_inbox_seq"
+                       " ON ferry_inbox(grp, topic, seq);"
+                       "INSERT INTO ferry_inbox_meta(name, value) VALUES ('schema_version', '2')"
                        " ON CONFLICT(name) DO UPDATE SET value = excluded.value");
     return src == SQLITE_OK ? 0 : db_err(src);
 }
@@ -498,6 +505,77 @@ int ferry_inbox_purge(sqlite3 *db, int64_t older_than_ms, int max_rows)
     src = sqlite3_step(st);
     int rc = src == SQLITE_DONE ? sqlite3_changes(db) : db_err(src);
     sqlite3_finalize(st);
+    return rc;
+}
+
+/* Deletes up to *budget claims of (grp, topic) with lo <= seq < hi. */
+static int forget_range(sqlite3_stmt *st, uint64_t lo, uint64_t hi, int *budget, int *deleted)
+{
+    if (lo >= hi || *budget == 0)
+        return SQLITE_OK;
+    sqlite3_bind_int64(st, 3, (int64_t)lo);
+    sqlite3_bind_int64(st, 4, (int64_t)hi);
+    sqlite3_bind_int64(st, 5, *budget > 0 ? *budget : -1);
+    int src = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE)
+        return src;
+    int n = sqlite3_changes(sqlite3_db_handle(st));
+    *deleted += n;
+    if (*budget > 0)
+        *budget -= n;
+    return SQLITE_OK;
+}
+
+int ferry_inbox_forget(sqlite3 *db, const char *grp, const char *topic, uint64_t floor,
+                       const uint64_t *keep, size_t nkeep, int max_rows)
+{
+    if (!db || !grp || !topic || max_rows < 0 || (nkeep && !keep))
+        return FERRY_EINVALID;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
+            return FERRY_EINVALID;
+    if (floor > INT64_MAX)
+        floor = INT64_MAX;
+    sqlite3_stmt *st = NULL;
+    /* The subquery walks ferry_inbox_seq over one range: the cost is the
+     * rows deleted, not the table's size. */
+    int src = sqlite3_prepare_v2(db,
+                                 "DELETE FROM ferry_inbox WHERE grp = ?1 AND msg_id IN ("
+                                 " SELECT msg_id FROM ferry_inbox"
+                                 " WHERE grp = ?1 AND topic = ?2 AND seq >= ?3 AND seq < ?4"
+                                 " ORDER BY seq LIMIT ?5)",
+                                 -1, &st, NULL);
+    if (src != SQLITE_OK)
+        return db_err(src);
+    sqlite3_bind_text(st, 1, grp, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, topic, -1, SQLITE_STATIC);
+    int budget = max_rows > 0 ? max_rows : -1, deleted = 0;
+    uint64_t lo = 0;
+    for (size_t i = 0; src == SQLITE_OK && i <= nkeep; i++) {
+        uint64_t hi = i < nkeep ? keep[i] : floor;
+        src = forget_range(st, lo, hi, &budget, &deleted);
+        lo = hi + 1;
+    }
+    sqlite3_finalize(st);
+    return src == SQLITE_OK ? deleted : db_err(src);
+}
+
+int ferry_inbox_purge_acked(sqlite3 *db, const char *grp, ferry_sub *s, int max_rows)
+{
+    if (!db || !grp || !s || max_rows < 0)
+        return FERRY_EINVALID;
+    if (!s->c)
+        return FERRY_ECLOSED;
+    uint64_t floor = 0;
+    size_t n = 0;
+    uint64_t *keep = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*keep));
+    if (!keep)
+        return FERRY_ENOMEM;
+    int rc = ferry_group_floor(s->c, s->topic, s->group, &floor, keep, FERRY_FLOOR_KEEP_MAX, &n);
+    if (rc == 0)
+        rc = ferry_inbox_forget(db, grp, s->topic, floor, keep, n, max_rows);
+    free(keep);
     return rc;
 }
 

@@ -307,6 +307,8 @@ static int type_known(uint8_t type)
     case PROTO_UNSUBSCRIBE:
     case PROTO_SEEK:
     case PROTO_REDRIVE:
+    case PROTO_FLOOR:
+    case PROTO_FLOOR_OK:
     case PROTO_ACK_OK:
     case PROTO_TOPICS:
     case PROTO_TOPICS_OK:
@@ -550,6 +552,22 @@ static int decode_ack_ok(struct cur *c, struct proto_ack_ok *a)
     return 0;
 }
 
+static int decode_floor_ok(struct cur *c, struct proto_floor_ok *f)
+{
+    uint64_t prev = 0, seq;
+
+    if (rd_u64(c, &f->floor) < 0 || rd_u16(c, &f->count) < 0 || f->count > PROTO_MAX_FLOOR_KEEP)
+        return -1;
+    f->seqs.ptr = c->p;
+    for (uint16_t i = 0; i < f->count; i++) {
+        if (rd_u64(c, &seq) < 0 || seq == 0 || seq <= prev || seq >= f->floor)
+            return -1;
+        prev = seq;
+    }
+    f->seqs.len = (size_t)(c->p - f->seqs.ptr);
+    return 0;
+}
+
 static int decode_seek(struct cur *c, struct proto_seek *s)
 {
     if (rd_str16(c, 0, PROTO_MAX_TOPIC, &s->topic) < 0 ||
@@ -654,6 +672,15 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
                      rd_u64(&c, &out->u.redrive.dead_seq) < 0
                  ? -1
                  : 0;
+        break;
+    case PROTO_FLOOR:
+        rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.floor.topic) < 0 ||
+                     rd_str16(&c, 0, PROTO_MAX_GROUP, &out->u.floor.group) < 0
+                 ? -1
+                 : 0;
+        break;
+    case PROTO_FLOOR_OK:
+        rc = decode_floor_ok(&c, &out->u.floor_ok);
         break;
     case PROTO_GROUPS:
         rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.groups.topic);
@@ -1499,6 +1526,43 @@ int proto_encode_redrive(struct proto_writer *w, uint32_t request_id, const stru
     proto_put_str16(w, r->topic.ptr, r->topic.len);
     proto_put_str16(w, r->group.ptr, r->group.len);
     proto_put_u64(w, r->dead_seq);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_floor(struct proto_writer *w, uint32_t request_id, const struct proto_floor *f)
+{
+    size_t start;
+
+    if (f->topic.len > PROTO_MAX_TOPIC || f->group.len > PROTO_MAX_GROUP) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_FLOOR, 0, request_id);
+    proto_put_str16(w, f->topic.ptr, f->topic.len);
+    proto_put_str16(w, f->group.ptr, f->group.len);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_floor_ok(struct proto_writer *w, uint32_t request_id, uint64_t floor,
+                          const uint64_t *seqs, uint16_t count)
+{
+    size_t start;
+
+    if (count > PROTO_MAX_FLOOR_KEEP) {
+        w_fail(w);
+        return -1;
+    }
+    for (uint16_t i = 0; i < count; i++) {
+        if (seqs[i] == 0 || seqs[i] >= floor || (i && seqs[i] <= seqs[i - 1])) {
+            w_fail(w);
+            return -1;
+        }
+    }
+    start = proto_frame_begin(w, PROTO_FLOOR_OK, 0, request_id);
+    proto_put_u64(w, floor);
+    proto_put_u16(w, count);
+    for (uint16_t i = 0; i < count; i++)
+        proto_put_u64(w, seqs[i]);
     return proto_frame_end(w, start);
 }
 

@@ -89,6 +89,7 @@
 #define PROTO_MAX_REASON 1024        /* NACK reason bytes */
 #define PROTO_MAX_GROUPS 100000      /* entries in one GROUPS_OK */
 #define PROTO_MAX_BACKOFF 16         /* SUBSCRIBE backoff schedule entries */
+#define PROTO_MAX_FLOOR_KEEP 1000    /* sequences in one FLOOR_OK */
 /* SUBSCRIBE max_deliveries asking for no delivery limit (0 asks for the
  * broker's default). */
 #define PROTO_DELIVERIES_UNLIMITED 0xffffu
@@ -118,6 +119,8 @@ enum proto_type {
     PROTO_SEEK = 0x28,
     PROTO_ACK_OK = 0x29,
     PROTO_REDRIVE = 0x2a, /* client -> server; answered by ACK_OK (one entry) */
+    PROTO_FLOOR = 0x2b,   /* client -> server; answered by FLOOR_OK */
+    PROTO_FLOOR_OK = 0x2c,
 };
 
 /* ERROR flags: the sender closes the connection after this frame. */
@@ -446,6 +449,22 @@ struct proto_redrive {
     uint64_t dead_seq;
 };
 
+/* FLOOR (client -> server): str16 topic, str16 group. */
+struct proto_floor {
+    struct proto_slice topic;
+    struct proto_slice group;
+};
+
+/* FLOOR_OK (server -> client): u64 floor, u16 count (0..PROTO_MAX_FLOOR_KEEP),
+ * count x u64 seq, strictly ascending and each below floor: every
+ * sequence below floor is done for the group, durably, and comes back to
+ * it only by a SEEK, or by a redrive of one of the count sequences. */
+struct proto_floor_ok {
+    uint64_t floor;
+    uint16_t count;
+    struct proto_slice seqs; /* count x u64, validated */
+};
+
 struct proto_groups {
     struct proto_slice topic;
 };
@@ -491,6 +510,8 @@ struct proto_frame {
         struct proto_ack_ok ack_ok;
         struct proto_seek seek;
         struct proto_redrive redrive;
+        struct proto_floor floor;
+        struct proto_floor_ok floor_ok;
         struct proto_groups groups;
         struct proto_groups_ok groups_ok;
         struct proto_topic_config topic_config;
@@ -696,6 +717,10 @@ int proto_encode_sub_op(struct proto_writer *w, uint8_t type, uint32_t request_i
 int proto_encode_seek(struct proto_writer *w, uint32_t request_id, const struct proto_seek *s);
 int proto_encode_redrive(struct proto_writer *w, uint32_t request_id,
                          const struct proto_redrive *r);
+int proto_encode_floor(struct proto_writer *w, uint32_t request_id, const struct proto_floor *f);
+/* FLOOR_OK with count sequences from seqs (ascending, below floor). */
+int proto_encode_floor_ok(struct proto_writer *w, uint32_t request_id, uint64_t floor,
+                          const uint64_t *seqs, uint16_t count);
 int proto_encode_groups(struct proto_writer *w, uint32_t request_id, const void *topic,
                         size_t topic_len);
 

@@ -409,6 +409,28 @@ FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, fe
 FERRY_API int ferry_redrive(ferry_conn *c, const char *topic, const char *group, uint64_t dead_seq,
                             uint64_t *seq_out);
 
+/* The most sequences ferry_group_floor reports as redrivable (FLOOR_OK's
+ * limit; docs/PROTOCOL.md §9.16). */
+#define FERRY_FLOOR_KEEP_MAX 1000
+
+/* Asks the broker for a group's durable ack floor: every sequence of the
+ * topic below *floor_out is done for the group, its ack (or dead letter)
+ * committed, and is delivered to the group again only after a ferry_seek
+ * that moves the group back, or by a redrive. The sequences a redrive can
+ * still bring back (dead-lettered by the group, their dead letter still
+ * stored) are written to keep, ascending, *nkeep of them; when there are
+ * more than keep_cap (at most FERRY_FLOOR_KEEP_MAX are reported), *floor_out
+ * is lowered to the first left out, so that every redrivable sequence
+ * below it is listed. An ack not yet committed is not counted: the floor
+ * may lag the acks by a group commit. Needs the consume right on the topic
+ * (or admin). Returns 0, FERRY_EINVALID, FERRY_EUNKNOWN_TOPIC,
+ * FERRY_EUNKNOWN_GROUP, FERRY_EDENIED, FERRY_ESTORAGE (the broker could
+ * not read it), FERRY_EUNKNOWN_TYPE from a broker that predates FLOOR (it
+ * closes the connection), or a connection error. */
+FERRY_API int ferry_group_floor(ferry_conn *c, const char *topic, const char *group,
+                                uint64_t *floor_out, uint64_t *keep, size_t keep_cap,
+                                size_t *nkeep);
+
 /* One consumer group as listed by ferry_groups(). */
 typedef struct ferry_group_info {
     char topic[201];
@@ -669,6 +691,32 @@ FERRY_API int ferry_inbox_handle_batch(sqlite3 *db, const char *group, ferry_del
  * A window shorter than the redelivery horizon lets a late redelivery run
  * its handler a second time: keep the rule of ferry_inbox_window_ms. */
 FERRY_API int ferry_inbox_purge(sqlite3 *db, int64_t older_than_ms, int max_rows);
+
+/* Forgets the claims the broker can no longer deliver again: deletes
+ * claims of grp for messages of topic whose sequence is below floor and
+ * not among keep (nkeep sequences, ascending, each below floor), at most
+ * max_rows of them (0: all), lowest sequence first. floor and keep are
+ * what ferry_group_floor reported for the group whose deliveries grp
+ * claims. Runs in the caller's transaction when one is open, else on its
+ * own. Returns the number deleted, FERRY_EINVALID (a bad argument, keep
+ * not ascending or not below floor), FERRY_ESTORAGE or FERRY_ETIMEOUT.
+ * Keeps what is left: claims at or above the floor (at most about the
+ * group's window of deliveries in flight, plus those acked above a
+ * message still pending), and claims of redrivable dead letters, which
+ * the time window (ferry_inbox_purge) still bounds. A ferry_seek that
+ * moves the group back below the floor delivers messages whose claims are
+ * forgotten: their handlers run again (a deliberate replay). */
+FERRY_API int ferry_inbox_forget(sqlite3 *db, const char *grp, const char *topic, uint64_t floor,
+                                 const uint64_t *keep, size_t nkeep, int max_rows);
+
+/* ferry_group_floor on s's connection for s's topic and group, then
+ * ferry_inbox_forget with what it reported: the bounded purge (see
+ * docs/INBOX.md "Keeping the inbox small"). Call it every so often from
+ * the consumer's loop, between deliveries, with a bounded max_rows; it
+ * waits for the broker's reply (one round trip). Returns the number of
+ * claims deleted, FERRY_EINVALID, FERRY_ECLOSED (s has ended), or what
+ * ferry_group_floor and ferry_inbox_forget return. */
+FERRY_API int ferry_inbox_purge_acked(sqlite3 *db, const char *grp, ferry_sub *s, int max_rows);
 
 /* The window an inbox claim must be kept: the redelivery horizon, the
  * longest a message may still be delivered after its first delivery,

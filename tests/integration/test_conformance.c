@@ -469,10 +469,11 @@ static void test_s2_type_judged_from_header(void **state)
         PROTO_ACK_OK,
         PROTO_TOPICS_OK,
         PROTO_GROUPS_OK,
+        PROTO_FLOOR_OK,
         0x00,
         0x06,
         0x12,
-        0x2b,
+        0x2d,
         0x35,
         0xff,
     };

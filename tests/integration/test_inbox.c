@@ -397,11 +397,14 @@ static void test_inbox_install_idempotent_and_versioned(void **state)
     assert_int_equal(ferry_inbox_install(db), 0);
     assert_int_equal(ferry_inbox_install(db), 0);
     assert_int_equal(q_int(db, "SELECT value FROM ferry_inbox_meta WHERE name = 'schema_version'"),
-                     1);
-    /* The layout the documentation promises, and its purge index. */
+                     2);
+    /* The layout the documentation promises, and its purge indexes. */
     assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_table_info('ferry_inbox')"), 5);
     assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_index_list('ferry_inbox')"
-                               " WHERE name = 'ferry_inbox_processed'"),
+                               " WHERE name IN ('ferry_inbox_processed', 'ferry_inbox_seq')"),
+                     2);
+    assert_int_equal(q_int(db, "SELECT group_concat(name, ',') = 'grp,topic,seq' FROM "
+                               "pragma_index_info('ferry_inbox_seq')"),
                      1);
     assert_int_equal(q_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_inbox'"
                                " AND sql LIKE '%WITHOUT ROWID%'"),
@@ -417,8 +420,20 @@ static void test_inbox_install_idempotent_and_versioned(void **state)
     assert_int_equal(q_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_inbox'"), 0);
     assert_int_equal(ferry_inbox_install(db), 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'ferry_inbox'"), 1);
+    /* A version 1 layout (no sequence index) is brought to version 2, its
+     * claims kept. */
+    must_exec(db, "INSERT INTO ferry_inbox VALUES ('g', 'm1', 't', 1, 1);"
+                  "DROP INDEX ferry_inbox_seq;"
+                  "UPDATE ferry_inbox_meta SET value = '1' WHERE name = 'schema_version'");
+    assert_int_equal(ferry_inbox_install(db), 0);
+    assert_int_equal(q_int(db, "SELECT value FROM ferry_inbox_meta WHERE name = 'schema_version'"),
+                     2);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM pragma_index_list('ferry_inbox')"
+                               " WHERE name = 'ferry_inbox_seq'"),
+                     1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 1);
     /* A newer layout is refused, not damaged. */
-    must_exec(db, "UPDATE ferry_inbox_meta SET value = '2' WHERE name = 'schema_version'");
+    must_exec(db, "UPDATE ferry_inbox_meta SET value = '3' WHERE name = 'schema_version'");
     assert_int_equal(ferry_inbox_install(db), FERRY_EUNSUPPORTED);
     assert_int_equal(sqlite3_get_autocommit(db), 1);
     assert_int_equal(ferry_inbox_install(NULL), FERRY_EINVALID);
@@ -983,6 +998,228 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
     sqlite3_close(db);
 }
 
+/* Waits until the broker's durable floor of the group reaches want. */
+static uint64_t wait_floor(ferry_conn *c, uint64_t want, uint64_t *keep, size_t cap, size_t *n)
+{
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    uint64_t floor = 0;
+    for (;;) {
+        int r = ferry_group_floor(c, TOPIC, GROUP, &floor, keep, cap, n);
+        if (r != 0)
+            fail_msg("ferry_group_floor: %s (%s)", ferry_strerror(r), ferry_errmsg(c));
+        if (floor >= want)
+            return floor;
+        if (harness_now_ms() > deadline)
+            fail_msg("floor %" PRIu64 ", want %" PRIu64, floor, want);
+        sleep_ms(10);
+    }
+}
+
+/* Dead-letters message 1 of the topic (max_deliveries 2) after its effect
+ * committed on the first attempt: the consumer dies before the ack, twice.
+ * Returns its message id in id. */
+static void dead_letter_applied_first(struct fx *fx, sqlite3 *db, struct app *a, char *id,
+                                      size_t idcap)
+{
+    for (int attempt = 1; attempt <= 2; attempt++) {
+        ferry_conn *ci = it_connect(fx->b.addr);
+        subscribe(ci, 1, 0, 2);
+        ferry_delivery *d = recv_one(ci);
+        assert_int_equal(d->seq, 1);
+        assert_int_equal(d->attempt, attempt);
+        snprintf(id, idcap, "%s", d->id);
+        must_exec(db, "BEGIN IMMEDIATE");
+        int fresh = ferry_inbox_claim(db, GROUP, d);
+        assert_int_equal(fresh, attempt == 1 ? FERRY_INBOX_FRESH : FERRY_INBOX_SEEN);
+        if (fresh == FERRY_INBOX_FRESH)
+            assert_int_equal(effect_handler(a, db, d), 0);
+        must_exec(db, "COMMIT");
+        ferry_delivery_free(d);
+        ferry_close(ci);
+    }
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    while (must_group(fx->c).dead_lettered == 0 && harness_now_ms() < deadline)
+        sleep_ms(10);
+    assert_int_equal(must_group(fx->c).dead_lettered, 1);
+}
+
+/* The bounded purge (issue 9, item 4): claims below the broker's durable
+ * floor are forgotten, except a dead-lettered message's, which a redrive
+ * can bring back. The redrive after the purge then still finds its claim:
+ * no effect twice. A SEEK back lowers the floor. */
+static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **state)
+{
+    struct fx *fx = *state;
+    sqlite3 *db = must_db(fx->db_path);
+    enum { N = 10 };
+    struct app a = {0};
+    char id[160];
+    publish_n(fx->c, 1, 1);
+    dead_letter_applied_first(fx, db, &a, id, sizeof id);
+
+    publish_n(fx->c, 2, N - 1);
+    ferry_conn *ci = it_connect(fx->b.addr);
+    ferry_sub *s = subscribe(ci, 100, 0, 2);
+    for (int i = 0; i < N - 1; i++) {
+        ferry_delivery *d = recv_one(ci);
+        assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
+                         FERRY_INBOX_FRESH);
+        ferry_delivery_free(d);
+    }
+    assert_int_equal(ferry_flush(ci, WAIT_MS), 0);
+    uint64_t keep[4];
+    size_t n = 99;
+    assert_int_equal(wait_floor(ci, N + 1, keep, 4, &n), N + 1);
+    assert_int_equal(n, 1);
+    assert_int_equal(keep[0], 1);
+    /* No room for the list: the floor stops at the first one left out. */
+    uint64_t floor = 0;
+    assert_int_equal(ferry_group_floor(ci, TOPIC, GROUP, &floor, NULL, 0, &n), 0);
+    assert_int_equal(floor, 1);
+    assert_int_equal(n, 0);
+
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), N);
+    assert_int_equal(ferry_inbox_purge_acked(db, GROUP, s, 0), N - 1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 1);
+    assert_int_equal(q_int(db, "SELECT seq FROM ferry_inbox"), 1);
+    assert_int_equal(ferry_inbox_purge_acked(db, GROUP, s, 0), 0);
+
+    /* The redrive comes to a claim that is still there. */
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(fx->c, TOPIC, GROUP, 1, &seq), 0);
+    assert_int_equal(seq, 1);
+    ferry_delivery *d = recv_one(ci);
+    assert_int_equal(d->seq, 1);
+    assert_string_equal(d->id, id);
+    assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
+    ferry_delivery_free(d);
+    assert_int_equal(ferry_flush(ci, WAIT_MS), 0);
+    wait_group_done(fx->c, N);
+    /* Acked again, it can be redriven again: still kept. */
+    assert_int_equal(ferry_inbox_purge_acked(db, GROUP, s, 0), 0);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 1);
+    assert_int_equal(a.runs, N);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), N);
+    assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), N);
+
+    /* Another grp's claims and another topic's are not touched. */
+    must_exec(db, "INSERT INTO ferry_inbox VALUES ('other', 'x', '" TOPIC "', 2, 1),"
+                  " ('" GROUP "', 'y', 'elsewhere', 2, 1)");
+    assert_int_equal(ferry_inbox_purge_acked(db, GROUP, s, 0), 0);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 3);
+    must_exec(db, "DELETE FROM ferry_inbox WHERE grp = 'other' OR topic = 'elsewhere'");
+
+    /* A SEEK back: the floor follows it down. */
+    assert_int_equal(ferry_seek(fx->c, TOPIC, GROUP, FERRY_START_SEQ, 5, NULL), 0);
+    assert_int_equal(ferry_group_floor(fx->c, TOPIC, GROUP, &floor, keep, 4, &n), 0);
+    assert_int_equal(floor, 5);
+    assert_int_equal(n, 1);
+
+    /* Arguments, and what the broker refuses. */
+    uint64_t bad[2] = {3, 2};
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 5, bad, 2, 0), FERRY_EINVALID);
+    bad[0] = 5;
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 5, bad, 1, 0), FERRY_EINVALID);
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 5, NULL, 0, -1), FERRY_EINVALID);
+    assert_int_equal(ferry_inbox_forget(NULL, GROUP, TOPIC, 5, NULL, 0, 0), FERRY_EINVALID);
+    assert_int_equal(ferry_inbox_purge_acked(db, GROUP, NULL, 0), FERRY_EINVALID);
+    assert_int_equal(ferry_group_floor(fx->c, TOPIC, "nobody", &floor, keep, 4, &n),
+                     FERRY_EUNKNOWN_GROUP);
+    assert_int_equal(ferry_group_floor(fx->c, "nowhere", GROUP, &floor, keep, 4, &n),
+                     FERRY_EUNKNOWN_TOPIC);
+    assert_int_equal(ferry_group_floor(fx->c, "bad topic", GROUP, &floor, keep, 4, &n),
+                     FERRY_EINVALID_TOPIC);
+    ferry_close(ci);
+    sqlite3_close(db);
+}
+
+/* max_rows bounds one forget; lowest sequences first; the claims kept
+ * between the ranges stay. */
+static void test_inbox_forget_bounded_lowest_first(void **state)
+{
+    struct fx *fx = *state;
+    sqlite3 *db = must_db(fx->db_path);
+    must_exec(db,
+              "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)"
+              " INSERT INTO ferry_inbox SELECT '" GROUP "', 'm' || i, '" TOPIC "', i, 1 FROM n");
+    uint64_t keep[3] = {2, 50, 51};
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 60, keep, 3, 10), 10);
+    assert_int_equal(q_int(db, "SELECT min(seq) FROM ferry_inbox WHERE seq <> 2"), 12);
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 60, keep, 3, 0), 59 - 3 - 10);
+    assert_int_equal(q_int(db, "SELECT group_concat(seq, ',') FROM (SELECT seq FROM ferry_inbox"
+                               " WHERE seq < 60 ORDER BY seq)") != 0,
+                     1);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox WHERE seq < 60"), 3);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 3 + 41);
+    /* Inside the caller's transaction: its rollback undoes it. */
+    must_exec(db, "BEGIN");
+    assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 1000, NULL, 0, 0), 44);
+    assert_int_equal(sqlite3_get_autocommit(db), 0);
+    must_exec(db, "ROLLBACK");
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 44);
+    /* The forget walks the sequence index. */
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "EXPLAIN QUERY PLAN SELECT msg_id FROM ferry_inbox"
+                                        " WHERE grp = 'g' AND topic = 't' AND seq >= 1 AND"
+                                        " seq < 9 ORDER BY seq LIMIT 5",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    int uses_index = 0;
+    while (sqlite3_step(st) == SQLITE_ROW)
+        if (strstr((const char *)sqlite3_column_text(st, 3), "ferry_inbox_seq"))
+            uses_index = 1;
+    sqlite3_finalize(st);
+    assert_true(uses_index);
+    sqlite3_close(db);
+}
+
+/* Over a long run, the floor purge keeps the inbox at what is above the
+ * floor: bounded by the window in flight, not by the run's length. */
+static void test_inbox_purge_acked_keeps_table_bounded_by_window(void **state)
+{
+    struct fx *fx = *state;
+    sqlite3 *db = must_db(fx->db_path);
+    int n_total = getenv("FERRY_LONG") ? 100000 : 20000;
+    enum { ROUND = 1000, WINDOW = 200 };
+    ferry_sub *s = subscribe(fx->c, WINDOW, 0, 5);
+    struct app a = {0};
+    int64_t max_rows = 0;
+    publish_n(fx->c, 1, ROUND);
+    for (int done = 0; done < n_total; done += ROUND) {
+        /* The next round is published while this one is consumed. */
+        if (done + ROUND < n_total)
+            publish_n(fx->c, (size_t)done + ROUND + 1, ROUND);
+        for (int i = 0; i < ROUND; i++) {
+            ferry_delivery *d = recv_one(fx->c);
+            assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
+                             FERRY_INBOX_FRESH);
+            ferry_delivery_free(d);
+            if (i % 100 == 99) {
+                int purged = ferry_inbox_purge_acked(db, GROUP, s, 0);
+                if (purged < 0)
+                    fail_msg("purge: %s", ferry_strerror(purged));
+                int64_t rows = q_int(db, "SELECT count(*) FROM ferry_inbox");
+                if (rows > max_rows)
+                    max_rows = rows;
+            }
+        }
+    }
+    /* What is above the floor: the window, the acks not yet committed (at
+     * most the 100 since the last purge), and a group commit's lag. */
+    print_message("inbox rows: at most %" PRId64 " over %d messages (window %d)\n", max_rows,
+                  n_total, WINDOW);
+    if (max_rows > 3 * WINDOW + 100)
+        fail_msg("the inbox grew to %" PRId64 " rows over %d messages", max_rows, n_total);
+    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
+    wait_group_done(fx->c, (uint64_t)n_total);
+    assert_true(ferry_inbox_purge_acked(db, GROUP, s, 0) >= 0);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 0);
+    assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), n_total);
+    assert_int_equal(ferry_unsubscribe(s), 0);
+    sqlite3_close(db);
+}
+
 /* The window rule, and the subscription settings it is computed from. */
 static void test_inbox_window_never_below_horizon_or_floor(void **state)
 {
@@ -1037,6 +1274,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inbox_purge_keeps_table_bounded_over_long_run, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_inbox_window_never_below_horizon_or_floor, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_purge_acked_forgets_below_floor_keeps_redrivable,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_forget_bounded_lowest_first, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_purge_acked_keeps_table_bounded_by_window, setup,
                                         teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
