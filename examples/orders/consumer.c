@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -110,10 +111,12 @@ void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const 
                    "  --ack-wait-ms MS       lease (default: the group's)\n"
                    "  --max-deliveries N     for a new group (default: the broker's)\n"
                    "  --retry-delay-ms MS    nack delay after a failed handler (default 1000)\n"
-                   "  --purge-window-ms MS   keep inbox claims this long (default: the\n"
-                   "                         redelivery horizon, at least 7 days; a shorter\n"
-                   "                         one is for demonstrations only)\n"
-                   "  --purge-every-ms MS    how often to purge (default 10000)\n"
+                   "  --purge-window-ms MS   keep inbox claims above the broker's floor\n"
+                   "                         this long (default: the redelivery horizon, at\n"
+                   "                         least 7 days; a shorter one is for\n"
+                   "                         demonstrations only)\n"
+                   "  --purge-every-ms MS    how often to purge: claims below the broker's\n"
+                   "                         floor, then past the window (default 10000)\n"
                    "  --until N              exit once N effects are in the database\n"
                    "  --sync full|normal     the database's synchronous (default full)\n",
                    cfg->prog, about, FERRY_DEFAULT_SERVER, cfg->group, ORDERS_TOPIC);
@@ -142,8 +145,11 @@ struct run {
     const struct consumer_cfg *cfg;
     sqlite3 *db;
     ferry_conn *c;
+    ferry_sub *s;
     int64_t window_ms; /* the purge window in force */
     uint64_t fresh, seen, retried, failed, reconnects, purged;
+    int64_t max_rows;   /* the most claims left in the inbox by a purge */
+    int64_t max_before; /* the most claims a purge found */
 };
 
 /* Connects and subscribes. Returns 0, or -1 (logged once per outage). */
@@ -172,6 +178,7 @@ static int join(struct run *r, int *down_logged)
     so.max_deliveries = cfg->max_deliveries;
     ferry_sub *s = NULL;
     rc = ferry_subscribe(r->c, cfg->topic, cfg->group, &so, &s);
+    r->s = s;
     if (rc != 0) {
         if (!*down_logged)
             common_log(cfg->prog, "subscribe %s/%s: %s (%s); retrying", cfg->topic, cfg->group,
@@ -206,6 +213,7 @@ static void drop(struct run *r, const char *why, int rc)
                ferry_errmsg(r->c));
     ferry_close(r->c);
     r->c = NULL;
+    r->s = NULL;
     r->reconnects++;
 }
 
@@ -251,6 +259,37 @@ static void handle(struct run *r, ferry_delivery **batch, size_t n)
         drop(r, "connection lost", rc);
 }
 
+/* The inbox purges (docs/INBOX.md): the claims below the broker's durable
+ * floor, which cannot be delivered again, and those older than the window
+ * (what the floor keeps: redrivable dead letters). */
+static int64_t inbox_rows(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM ferry_inbox", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void purge(struct run *r)
+{
+    int64_t rows = inbox_rows(r->db);
+    if (rows > r->max_before)
+        r->max_before = rows;
+    int purged = r->s ? ferry_inbox_purge_acked(r->db, r->cfg->group, r->s, PURGE_MAX_ROWS) : 0;
+    if (purged > 0)
+        r->purged += (uint64_t)purged;
+    else if (purged < 0 && purged != FERRY_ETIMEOUT)
+        common_log(r->cfg->prog, "floor purge: %s (%s)", ferry_strerror(purged),
+                   ferry_errmsg(r->c));
+    if (r->window_ms > 0 && (purged = ferry_inbox_purge(r->db, r->window_ms, PURGE_MAX_ROWS)) > 0)
+        r->purged += (uint64_t)purged;
+    if ((rows = inbox_rows(r->db)) > r->max_rows)
+        r->max_rows = rows;
+}
+
 int consumer_run(const struct consumer_cfg *cfg)
 {
     struct run r;
@@ -266,6 +305,7 @@ int consumer_run(const struct consumer_cfg *cfg)
         return 1;
     }
 
+    int exit_on_receive = getenv(CONSUMER_TEST_EXIT_ON_RECEIVE_ENV) != NULL;
     int backoff = BACKOFF_FIRST_MS, down_logged = 0;
     int64_t next_purge = common_mono_ms() + cfg->purge_every_ms;
     int64_t next_count = 0;
@@ -285,6 +325,12 @@ int consumer_run(const struct consumer_cfg *cfg)
         ferry_delivery *batch[MAX_BATCH];
         size_t n = 0;
         rc = ferry_receive(r.c, RECEIVE_SLICE_MS, &batch[0]);
+        if (rc == 0 && exit_on_receive) {
+            /* The test hook: a consumer that dies with each delivery. */
+            common_log(cfg->prog, "seq %" PRIu64 " (attempt %u): exiting (%s)", batch[0]->seq,
+                       batch[0]->attempt, CONSUMER_TEST_EXIT_ON_RECEIVE_ENV);
+            _exit(8);
+        }
         if (rc == 0) {
             n = 1;
             while (n < MAX_BATCH && ferry_receive(r.c, 0, &batch[n]) == 0)
@@ -297,10 +343,8 @@ int consumer_run(const struct consumer_cfg *cfg)
         }
 
         int64_t now = common_mono_ms();
-        if (cfg->purge_every_ms > 0 && now >= next_purge && r.window_ms > 0) {
-            int purged = ferry_inbox_purge(r.db, r.window_ms, PURGE_MAX_ROWS);
-            if (purged > 0)
-                r.purged += (uint64_t)purged;
+        if (cfg->purge_every_ms > 0 && now >= next_purge && r.c) {
+            purge(&r);
             next_purge = now + cfg->purge_every_ms;
         }
         if (cfg->until > 0 && now >= next_count) {
@@ -317,9 +361,10 @@ int consumer_run(const struct consumer_cfg *cfg)
     common_log(cfg->prog,
                "stopping: %" PRIu64 " applied, %" PRIu64 " duplicates skipped, %" PRIu64
                " retried, %" PRIu64 " failed, %" PRIu64 " reconnects, %" PRIu64
-               " inbox claims purged; %" PRId64 " effects in %s",
-               r.fresh, r.seen, r.retried, r.failed, r.reconnects, r.purged,
-               count_effects(r.db, cfg->count_sql), cfg->db_path);
+               " inbox claims purged (inbox at most %" PRId64 " rows before a purge, %" PRId64
+               " after); %" PRId64 " effects in %s",
+               r.fresh, r.seen, r.retried, r.failed, r.reconnects, r.purged, r.max_before,
+               r.max_rows, count_effects(r.db, cfg->count_sql), cfg->db_path);
     sqlite3_close(r.db);
     return 0;
 }

@@ -3,8 +3,10 @@
  * (again and again while it is down), join the consumer group, and hand
  * what arrives to ferry_inbox_handle_batch with the service's handler, so that
  * each order's effect is applied exactly once in the service's database.
- * Every so often it purges inbox claims older than the window that
- * ferry_inbox_window_ms derives from the subscription's settings.
+ * Every so often it purges the inbox: the claims below the group's durable
+ * ack floor that the broker reports (ferry_inbox_purge_acked), and those
+ * older than the window ferry_inbox_window_ms derives from the
+ * subscription's settings.
  */
 #ifndef ORDERS_CONSUMER_H
 #define ORDERS_CONSUMER_H
@@ -13,6 +15,10 @@
 
 #include <ferry.h>
 #include <sqlite3.h>
+
+/* A test hook: when set (to anything), the service _exit(8)s as soon as a
+ * delivery arrives, before handling it (test_story's dead-letter phase). */
+#define CONSUMER_TEST_EXIT_ON_RECEIVE_ENV "ORDERS_TEST_EXIT_ON_RECEIVE"
 
 struct consumer_cfg {
     /* Set by the service. */

@@ -287,6 +287,22 @@ static void walk_frame(const struct proto_frame *f, const uint8_t *lo, const uin
         check_name(f->u.redrive.topic, lo, hi);
         check_name(f->u.redrive.group, lo, hi);
         break;
+    case PROTO_FLOOR:
+        check_name(f->u.floor.topic, lo, hi);
+        check_name(f->u.floor.group, lo, hi);
+        break;
+    case PROTO_FLOOR_OK: {
+        const struct proto_floor_ok *fo = &f->u.floor_ok;
+        CHECK(fo->count <= PROTO_MAX_FLOOR_KEEP && fo->seqs.len == 8 * (size_t)fo->count);
+        check_slice(fo->seqs, lo, hi);
+        uint64_t prev = 0;
+        for (uint16_t i = 0; i < fo->count; i++) {
+            uint64_t seq = proto_rd64(fo->seqs.ptr + 8 * (size_t)i);
+            CHECK(seq > prev && seq < fo->floor);
+            prev = seq;
+        }
+        break;
+    }
     case PROTO_GROUPS:
         check_name(f->u.groups.topic, lo, hi);
         break;
@@ -413,6 +429,15 @@ static int reencode(const struct proto_frame *f, struct proto_writer *w)
         return proto_encode_seek(w, f->request_id, &f->u.seek);
     case PROTO_REDRIVE:
         return proto_encode_redrive(w, f->request_id, &f->u.redrive);
+    case PROTO_FLOOR:
+        return proto_encode_floor(w, f->request_id, &f->u.floor);
+    case PROTO_FLOOR_OK: {
+        uint64_t seqs[PROTO_MAX_FLOOR_KEEP];
+        for (uint16_t i = 0; i < f->u.floor_ok.count; i++)
+            seqs[i] = proto_rd64(f->u.floor_ok.seqs.ptr + 8 * (size_t)i);
+        return proto_encode_floor_ok(w, f->request_id, f->u.floor_ok.floor, seqs,
+                                     f->u.floor_ok.count);
+    }
     case PROTO_GROUPS:
         return proto_encode_groups(w, f->request_id, f->u.groups.topic.ptr, f->u.groups.topic.len);
     case PROTO_TOPIC_CONFIG:
@@ -622,6 +647,15 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
         CHECK(slice_eq(f->u.redrive.topic, g->u.redrive.topic) &&
               slice_eq(f->u.redrive.group, g->u.redrive.group) &&
               f->u.redrive.dead_seq == g->u.redrive.dead_seq);
+        break;
+    case PROTO_FLOOR:
+        CHECK(slice_eq(f->u.floor.topic, g->u.floor.topic) &&
+              slice_eq(f->u.floor.group, g->u.floor.group));
+        break;
+    case PROTO_FLOOR_OK:
+        CHECK(f->u.floor_ok.floor == g->u.floor_ok.floor &&
+              f->u.floor_ok.count == g->u.floor_ok.count &&
+              slice_eq(f->u.floor_ok.seqs, g->u.floor_ok.seqs));
         break;
     case PROTO_GROUPS:
         CHECK(slice_eq(f->u.groups.topic, g->u.groups.topic));

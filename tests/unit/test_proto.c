@@ -1238,6 +1238,70 @@ static void test_proto_redrive_round_trip(void **state)
     assert_int_equal(proto_decode(buf, w.len - 1, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
 }
 
+/* FLOOR_OK, as printed in PROTOCOL.md §11: floor 11, sequence 1 kept. */
+/* clang-format off */
+static const uint8_t v_floor_ok[] = {
+    0x00, 0x00, 0x00, 0x18, /* length 24 */
+    0x2c,                   /* FLOOR_OK */
+    0x00,
+    0x00, 0x00, 0x00, 0x06, /* request_id 6 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0b, /* floor 11 */
+    0x00, 0x01,                                     /* count 1 */
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* seq 1 */
+};
+/* clang-format on */
+
+static void test_proto_floor_round_trip(void **state)
+{
+    uint8_t buf[64];
+    struct proto_writer w;
+    struct proto_frame f;
+    struct proto_floor r = {{(const uint8_t *)"orders", 6}, {(const uint8_t *)"inv", 3}};
+
+    (void)state;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_floor(&w, 5, &r), 0);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 2 + 6 + 2 + 3);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.type, PROTO_FLOOR);
+    assert_int_equal(f.request_id, 5);
+    assert_memory_equal(f.u.floor.topic.ptr, "orders", 6);
+    assert_memory_equal(f.u.floor.group.ptr, "inv", 3);
+    buf[3]--;
+    assert_int_equal(proto_decode(buf, w.len - 1, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+
+    uint64_t keep[3] = {1, 4, 9};
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_floor_ok(&w, 6, 11, keep, 1), 0);
+    assert_int_equal(w.len, sizeof v_floor_ok);
+    assert_memory_equal(buf, v_floor_ok, sizeof v_floor_ok);
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_floor_ok(&w, 6, 10, keep, 3), 0);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.type, PROTO_FLOOR_OK);
+    assert_int_equal(f.u.floor_ok.floor, 10);
+    assert_int_equal(f.u.floor_ok.count, 3);
+    assert_int_equal(f.u.floor_ok.seqs.len, 24);
+    /* Sequences must be ascending, non-zero and below the floor. */
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_floor_ok(&w, 6, 9, keep, 3), -1);
+    keep[1] = 1;
+    proto_writer_init(&w, buf, sizeof(buf));
+    assert_int_equal(proto_encode_floor_ok(&w, 6, 20, keep, 3), -1);
+    memcpy(buf, v_floor_ok, sizeof v_floor_ok);
+    buf[17] = 0x01; /* floor 1: the kept 1 is not below it */
+    assert_int_equal(proto_decode(buf, sizeof v_floor_ok, PROTO_DEFAULT_MAX_FRAME, &f),
+                     FERRY_EMALFORMED);
+    memcpy(buf, v_floor_ok, sizeof v_floor_ok);
+    buf[sizeof v_floor_ok - 1] = 0x00; /* seq 0 */
+    assert_int_equal(proto_decode(buf, sizeof v_floor_ok, PROTO_DEFAULT_MAX_FRAME, &f),
+                     FERRY_EMALFORMED);
+    memcpy(buf, v_floor_ok, sizeof v_floor_ok);
+    buf[19] = 0x02; /* count 2, one sequence */
+    assert_int_equal(proto_decode(buf, sizeof v_floor_ok, PROTO_DEFAULT_MAX_FRAME, &f),
+                     FERRY_EMALFORMED);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
     static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2d, 0x2f, 0x35, 0x80, 0xff};
@@ -3559,6 +3623,7 @@ static void test_proto_spec_vectors_match_protocol_md(void **state)
         {"deliver", v_deliver, sizeof v_deliver},
         {"ack", v_ack, sizeof v_ack},
         {"ack_ok", v_ack_ok, sizeof v_ack_ok},
+        {"floor_ok", v_floor_ok, sizeof v_floor_ok},
     };
     uint8_t bytes[256];
     char *text;
@@ -3600,6 +3665,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_oversized_length_is_rejected_from_header),
         cmocka_unit_test(test_proto_length_under_six_is_malformed),
         cmocka_unit_test(test_proto_redrive_round_trip),
+        cmocka_unit_test(test_proto_floor_round_trip),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
