@@ -2078,7 +2078,9 @@ static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
         for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
             for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
                 if (gr->id == group_id)
-                    return acked_set(gr, seq);
+                    /* A row below the floor (left by an older ferryd's
+                     * dead-lettering) is done already. */
+                    return seq < gr->floor ? 0 : acked_set(gr, seq);
     return 0;
 }
 

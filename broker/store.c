@@ -2288,6 +2288,13 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
     sqlite3_bind_int64(st, 2, floor);
     rc = step_done(st);
     if (rc == SQLITE_OK) {
+        /* The acks above the old floor that the new one passed. */
+        st = s->st[ST_GACK_DELETE_BELOW];
+        sqlite3_bind_int64(st, 1, gid);
+        sqlite3_bind_int64(st, 2, floor);
+        rc = step_done(st);
+    }
+    if (rc == SQLITE_OK) {
         st = s->st[ST_ATTEMPT_DELETE];
         sqlite3_bind_int64(st, 1, gid);
         sqlite3_bind_int64(st, 2, (int64_t)seq);

@@ -1303,6 +1303,95 @@ static void test_consume_redrive_survives_kill9_until_acked(void **state)
     ferry_close(ci);
 }
 
+static void expect_floor(ferry_conn *c, uint64_t want_floor, const uint64_t *want_keep,
+                         size_t want_n)
+{
+    uint64_t floor = 0, keep[8];
+    size_t n = 99;
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    for (;;) {
+        int r = ferry_group_floor(c, "orders", "inventory", &floor, keep, 8, &n);
+        if (r != 0)
+            fail_msg("ferry_group_floor: %s (%s)", ferry_strerror(r), ferry_errmsg(c));
+        if ((floor == want_floor && n == want_n) || harness_now_ms() > deadline)
+            break;
+        sleep_ms(10);
+    }
+    if (floor != want_floor || n != want_n)
+        fail_msg("floor %" PRIu64 " with %zu kept, want %" PRIu64 " with %zu", floor, n, want_floor,
+                 want_n);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(keep[i], want_keep[i]);
+}
+
+/* FLOOR (issue 9): the group's floor as committed, which survives kill -9
+ * and below which nothing is delivered again; the dead-lettered sequences
+ * below it, also those of dead letters stored before the table existed
+ * (schema 2 -> 3), and not those whose dead letter retention removed. */
+static void test_consume_floor_durable_lists_redrivable_dead_letters(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    publish_range(fx->c, "orders", 1, 5);
+    for (uint64_t seq = 1; seq <= 5; seq++) {
+        ferry_delivery *d = recv_expect(ci, seq, 1);
+        if (seq > 1)
+            ack_ok(d, ci);
+        ferry_delivery_free(d);
+    }
+    ferry_close(ci); /* message 1, at its only attempt: dead-lettered */
+    static const uint64_t one[] = {1};
+    expect_floor(fx->c, 6, one, 1);
+
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_kill9(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    expect_floor(fx->c, 6, one, 1);
+    ci = it_connect(fx->b.addr);
+    subscribe(ci, "orders", "inventory", 10, 0, 1);
+    expect_none(ci, 300);
+    ferry_close(ci);
+
+    /* A data folder of the previous schema: its dead letters are found.
+     * And an ack row below the floor, as an older ferryd's dead-lettering
+     * left them (the next start crashed on it), is ignored. */
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_stop(&fx->b), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(harness_db_open(&fx->b, &db), 0);
+    assert_int_equal(sqlite3_exec(db,
+                                  "DROP TABLE group_dead; PRAGMA user_version = 2;"
+                                  "INSERT INTO group_acks SELECT id, 2 FROM groups",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+    expect_floor(fx->c, 6, one, 1);
+
+    /* Its dead letter gone by retention, message 1 cannot come back. */
+    ferry_retention r = {.max_age_ms = 1, .delete_acked = FERRY_DELETE_ACKED_DEFAULT};
+    assert_int_equal(ferry_topic_config(fx->c, "_dead.orders", &r), 0);
+    expect_floor(fx->c, 6, NULL, 0);
+    ferry_close(fx->c);
+    fx->c = NULL;
+    assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_db_open(&fx->b, &db), 0);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM group_dead", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_int_equal(harness_restart(&fx->b), 0);
+    fx->c = it_connect(fx->b.addr);
+}
+
 /* A redrive sends a dead letter back to the group that dead-lettered it
  * only, as the same message: original sequence and id, attempt 1, a
  * ferry-redriven header. Another group that had done it sees nothing
@@ -1971,6 +2060,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consume_floor_durable_lists_redrivable_dead_letters,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_survives_kill9_until_acked, setup,
                                         teardown),
