@@ -63,7 +63,8 @@ enum {
     OPT_COUNT,
     OPT_TIMEOUT_MS,
     OPT_TRACKING_GROUP,
-    OPT_REPUBLISH
+    OPT_REPUBLISH,
+    OPT_JSON
 };
 
 static const char usage_text[] =
@@ -82,15 +83,19 @@ static const char usage_text[] =
     "'ferry-replayed-from: _dead.TOPIC/<dead seq>' and 'ferry-original-id',\n"
     "and the message id '<original id>~replay-<dead seq>'. One line per dead\n"
     "letter: '<dead seq> -> <new seq>', plus ' duplicate' when that copy was\n"
-    "already published (by an earlier run).\n"
+    "already published (by an earlier run). With --json, one JSON object per\n"
+    "line instead: {\"dead_seq\":N,\"seq\":N,\"group\":\"G\"} for a redrive,\n"
+    "{\"dead_seq\":N,\"seq\":N,\"duplicate\":false} for a copy.\n"
     "\n"
     "A dead letter is acked (in the tracking group) only once its redrive or\n"
     "copy is accepted by the broker, so an interrupted run can simply be run\n"
-    "again.\n"
+    "again. A run takes the dead letters stored before it started: one that\n"
+    "fails again and is dead-lettered anew meanwhile is left for the next run.\n"
     "\n"
     "Options:\n"
     "  --group GROUP        redrive only the dead letters of consumer group GROUP\n"
     "  --republish          publish copies to TOPIC instead (every group gets them)\n"
+    "  --json               one JSON object per dead letter (see above)\n"
     "  --tracking-group G   the consumer group on _dead.TOPIC that tracks what was\n"
     "                       done (default " REDRIVE_DEFAULT_GROUP ", " REDRIVE_DEFAULT_GROUP
     ".GROUP with\n"
@@ -139,6 +144,7 @@ struct replay_opts {
     const char *group;      /* the tracking group on _dead.TOPIC */
     const char *only_group; /* --group: redrive only its dead letters (NULL: all) */
     int republish;
+    int json;
     char group_buf[TOPIC_MAX + 1];
     uint64_t count; /* 0: no limit */
     long timeout_ms;
@@ -238,11 +244,22 @@ static int republish(ferry_conn *c, const struct replay_opts *o, const ferry_del
     return CLI_EXIT_OK;
 }
 
-/* The replay loop. Returns the exit status. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The replay loop. Returns the exit status. It takes the dead letters
+ * stored before it started: a message that fails again at once is
+ * dead-lettered again, as a new dead letter, which this run must not
+ * redrive once more (it would go round for as long as the group fails). */
 static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint32_t window)
 {
     uint64_t done = 0;
     int64_t last_ms = now_ms();
+    const int64_t started_ms = wall_ms();
     while (!stop_signal && (o->count == 0 || done < o->count)) {
         int64_t left_ms = last_ms + o->timeout_ms - now_ms();
         int slice = left_ms <= 0 ? 0 : left_ms < DEAD_SLICE_MS ? (int)left_ms : DEAD_SLICE_MS;
@@ -255,6 +272,11 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
         }
         if (rc < 0)
             return cli_fail("dead replay", rc, ferry_errmsg(c));
+        if (d->ts_ms > started_ms) {
+            /* Dead-lettered during this run: left for the next one. */
+            ferry_delivery_free(d);
+            break;
+        }
 
         ferry_ack ack;
         const char *dgroup = NULL;
@@ -312,11 +334,19 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
         if (rc < 0)
             return cli_fail("dead replay: ack", rc, ferry_errmsg(c));
 
-        if (o->republish)
+        if (o->json && o->republish) {
+            printf("{\"dead_seq\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"duplicate\":%s}\n", dead_seq,
+                   ack.seq, ack.duplicate ? "true" : "false");
+        } else if (o->json) {
+            printf("{\"dead_seq\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"group\":", dead_seq, ack.seq);
+            cli_json_string(stdout, dgroup_copy, strlen(dgroup_copy));
+            fputs("}\n", stdout);
+        } else if (o->republish) {
             printf("%" PRIu64 " -> %" PRIu64 "%s\n", dead_seq, ack.seq,
                    ack.duplicate ? " duplicate" : "");
-        else
+        } else {
             printf("%" PRIu64 " -> %" PRIu64 " %s\n", dead_seq, ack.seq, dgroup_copy);
+        }
         if (fflush(stdout) != 0) {
             int err = errno;
             if (err == EPIPE)
@@ -403,6 +433,7 @@ int cmd_dead(struct cli *cli, int argc, char **argv)
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
         {"tracking-group", required_argument, NULL, OPT_TRACKING_GROUP},
         {"republish", no_argument, NULL, OPT_REPUBLISH},
+        {"json", no_argument, NULL, OPT_JSON},
         {NULL, 0, NULL, 0},
     };
     struct replay_opts o = {.timeout_ms = DEAD_DEFAULT_TIMEOUT_MS};
@@ -424,6 +455,9 @@ int cmd_dead(struct cli *cli, int argc, char **argv)
             break;
         case OPT_REPUBLISH:
             o.republish = 1;
+            break;
+        case OPT_JSON:
+            o.json = 1;
             break;
         case OPT_COUNT:
             rc = cli_parse_number("dead replay", "--count", optarg, 1, UINT64_MAX, &o.count);

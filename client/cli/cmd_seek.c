@@ -5,10 +5,11 @@
  */
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli.h"
 
-enum { OPT_GROUP = CLI_OPT_FIRST_COMMAND, OPT_TO };
+enum { OPT_GROUP = CLI_OPT_FIRST_COMMAND, OPT_TO, OPT_JSON };
 
 static const char usage_text[] =
     "Usage: ferry seek [OPTIONS] TOPIC --group GROUP --to POSITION\n"
@@ -21,7 +22,9 @@ static const char usage_text[] =
     "\n"
     "Options:\n"
     "  --group GROUP        the consumer group (required)\n"
-    "  --to POSITION        where to move it (required)\n" CLI_COMMON_HELP "\n" CLI_POSITION_HELP;
+    "  --to POSITION        where to move it (required)\n"
+    "  --json               print {\"topic\":\"T\",\"group\":\"G\",\"cursor\":N}\n" CLI_COMMON_HELP
+    "\n" CLI_POSITION_HELP;
 
 int cmd_seek(struct cli *cli, int argc, char **argv)
 {
@@ -29,10 +32,12 @@ int cmd_seek(struct cli *cli, int argc, char **argv)
         CLI_COMMON_LONGOPTS,
         {"group", required_argument, NULL, OPT_GROUP},
         {"to", required_argument, NULL, OPT_TO},
+        {"json", no_argument, NULL, OPT_JSON},
         {NULL, 0, NULL, 0},
     };
     const char *group = NULL;
     const char *to = NULL;
+    int json = 0;
     ferry_start start = FERRY_START_EARLIEST;
     uint64_t value = 0;
     int opt;
@@ -45,6 +50,9 @@ int cmd_seek(struct cli *cli, int argc, char **argv)
             return CLI_EXIT_OK;
         case OPT_GROUP:
             group = optarg;
+            break;
+        case OPT_JSON:
+            json = 1;
             break;
         case OPT_TO:
             to = optarg;
@@ -80,7 +88,15 @@ int cmd_seek(struct cli *cli, int argc, char **argv)
         return rc;
     }
     ferry_close(c);
-    printf("%" PRIu64 "\n", cursor);
+    if (json) {
+        fputs("{\"topic\":", stdout);
+        cli_json_string(stdout, argv[optind], strlen(argv[optind]));
+        fputs(",\"group\":", stdout);
+        cli_json_string(stdout, group, strlen(group));
+        printf(",\"cursor\":%" PRIu64 "}\n", cursor);
+    } else {
+        printf("%" PRIu64 "\n", cursor);
+    }
     if (fflush(stdout) != 0)
         return cli_fail("seek", FERRY_EIO, "cannot write standard output");
     return CLI_EXIT_OK;

@@ -72,7 +72,8 @@ static const char usage_text[] =
     "  --json               print a JSON array of objects with the keys topic,\n"
     "                       messages, bytes, first_seq, head_seq, created_ms,\n"
     "                       max_age_ms, max_count, max_bytes (0: no limit),\n"
-    "                       delete_acked, publish_rate, dead_letters\n" CLI_COMMON_HELP;
+    "                       delete_acked, publish_rate, dead_lettered (messages\n"
+    "                       in _dead.TOPIC)\n" CLI_COMMON_HELP;
 
 /* ----- formatting --------------------------------------------------------- */
 
@@ -192,7 +193,7 @@ static void print_json_one(const ferry_topic_info *t, uint64_t dead)
         fputs(",\"max_age_ms\":null,\"max_count\":null,\"max_bytes\":null,\"delete_acked\":null,"
               "\"publish_rate\":null",
               stdout);
-    printf(",\"dead_letters\":%" PRIu64 "}", dead);
+    printf(",\"dead_lettered\":%" PRIu64 "}", dead);
 }
 
 /* Every topic, or with only just that one. */

@@ -363,7 +363,7 @@ static void test_topics_set_shows_retention(void **state)
     expect_json_has(fx, "{\"topic\":\"t1\",\"messages\":0,\"bytes\":0,\"first_seq\":0,"
                         "\"head_seq\":0,\"created_ms\":");
     expect_json_has(fx, ",\"max_age_ms\":604800000,\"max_count\":10000,\"max_bytes\":1073741824,"
-                        "\"delete_acked\":true,\"publish_rate\":0,\"dead_letters\":0}");
+                        "\"delete_acked\":true,\"publish_rate\":0,\"dead_lettered\":0}");
     expect_topics_row(fx, "t1", "age=7d count=10000 bytes=1GiB acked", "0");
 
     /* libferry reports the same. */
@@ -487,7 +487,7 @@ static void test_dead_letter_replay(void **state)
         assert_non_null(o);
         const char *end = strchr(o, '}');
         assert_non_null(end);
-        const char *dl = strstr(o, "\"dead_letters\":1}");
+        const char *dl = strstr(o, "\"dead_lettered\":1}");
         assert_true(dl != NULL && dl < end + 1);
         harness_output_free(&out);
     }
@@ -609,6 +609,15 @@ static void test_dead_replay_redrives_to_its_group(void **state)
         assert_int_equal(ferry_delivery_ack(d), 0);
         ferry_delivery_free(d);
     }
+    /* Again, with another tracking group, as JSON lines. */
+    cli_expect(fx,
+               "{\"dead_seq\":1,\"seq\":1,\"group\":\"doomed\"}\n"
+               "{\"dead_seq\":2,\"seq\":2,\"group\":\"doomed\"}\n",
+               "dead", "replay", "work", "--tracking-group", "again", "--json", "--timeout-ms",
+               "300", NULL);
+    /* seek --json names what it moved. */
+    cli_expect(fx, "{\"topic\":\"work\",\"group\":\"doomed\",\"cursor\":1}\n", "seek", "work",
+               "--group", "doomed", "--to", "earliest", "--json", NULL);
     ferry_close(c);
 }
 
