@@ -206,6 +206,49 @@ static void test_ops_database_of_an_older_ferryd_is_adopted(void **state)
     harness_db_rows_free(rows, 1);
 }
 
+/* The inspection query of docs/OPERATIONS.md searches one topic's range
+ * of the primary key, in order, without a sort (issue 19: it scanned every
+ * message and sorted them). */
+static void test_ops_inspection_query_uses_the_key(void **state)
+{
+    struct fx *fx = *state;
+    assert_int_equal(harness_start_dir(&fx->b, fx->data, NULL), 0);
+    publish_text(fx, "a", "a1");
+    publish_text(fx, "orders", "o1");
+    publish_text(fx, "b", "b1");
+    publish_text(fx, "orders", "o2");
+    assert_int_equal(harness_stop(&fx->b), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(harness_db_open(&fx->b, &db), 0);
+    static const char q[] = "SELECT topic, seq, msg_id, payload FROM messages_v"
+                            " WHERE topic = 'orders' ORDER BY rid LIMIT 10";
+    char plan[1024] = "";
+    sqlite3_stmt *st = NULL;
+    char eq[sizeof q + 32];
+    snprintf(eq, sizeof eq, "EXPLAIN QUERY PLAN %s", q);
+    assert_int_equal(sqlite3_prepare_v2(db, eq, -1, &st, NULL), SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        strncat(plan, (const char *)sqlite3_column_text(st, 3), sizeof plan - strlen(plan) - 2);
+        strncat(plan, ";", sizeof plan - strlen(plan) - 1);
+    }
+    sqlite3_finalize(st);
+    if (strstr(plan, "SCAN") || strstr(plan, "TEMP B-TREE") || !strstr(plan, "INTEGER PRIMARY KEY"))
+        fail_msg("the inspection query's plan: %s", plan);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+    for (int i = 1; i <= 2; i++) {
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(st, 0), "orders");
+        assert_int_equal(sqlite3_column_int64(st, 1), i);
+        char want[8];
+        snprintf(want, sizeof want, "o%d", i);
+        assert_int_equal(sqlite3_column_bytes(st, 3), 2);
+        assert_memory_equal(sqlite3_column_blob(st, 3), want, 2);
+    }
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 static void test_ops_ferryd_short_version_flag(void **state)
 {
     struct fx *fx = *state;
@@ -355,6 +398,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ops_database_of_an_older_ferryd_is_adopted, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ops_ferryd_short_version_flag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ops_inspection_query_uses_the_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ops_pub_file_is_one_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ops_token_prefix_is_refused_without_echo, setup,
                                         teardown),
