@@ -15,8 +15,11 @@
  *   write  [wpos, wlen) encoded, not yet sent. Encoders append at wlen and
  *          may roll wlen back when validation fails; sends advance wpos.
  *
- * Every wait also runs what the consumer side needs before blocking: queued
- * deliveries that now have a callback, and pipelined acks to encode.
+ * On a connection that has subscribed, every wait also runs what the
+ * consumer side needs (c->hooks, installed by ferry_subscribe): queued
+ * deliveries that now have a callback before each test of the condition,
+ * pipelined acks to encode before each block. A connection that never
+ * subscribed has no hooks and its waits do none of that.
  *
  * Frame limits: until HELLO_OK the broker may send at most
  * PROTO_HANDSHAKE_MAX_FRAME (an unknown peer cannot make us buffer more).
@@ -467,14 +470,12 @@ int ferry__pump(ferry_conn *c, int64_t deadline_us, int (*done)(const ferry_conn
     for (;;) {
         if (c->dead)
             return c->dead;
-        if (c->dq_backlog)
-            ferry__run_backlog(c);
+        if (c->hooks)
+            c->hooks->before_check(c);
         if (done(c, arg))
             return 0;
-        /* Pipelined acks hold window slots until sent: send them before
-         * waiting, or the broker could wait for them while we wait for it. */
-        if (c->acks_unsent > 0)
-            ferry__acks_encode(c);
+        if (c->hooks)
+            c->hooks->before_block(c);
         if (ferry__write_some(c) < 0)
             continue;
 

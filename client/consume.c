@@ -24,12 +24,13 @@
  * steady stream cannot grow the stack one callback per delivery. Setting a
  * callback later marks the backlog too.
  *
- * Acks. ferry_delivery_ack and friends are one synchronous request each, answered by
- * ACK_OK with a code per sequence. ferry_delivery_ack_async appends the sequence to
- * its subscription's unsent list; ferry__acks_encode turns each list into
- * ACK frames (one per subscription, split at what a frame holds), queued as
- * ack_async ring entries. It runs whenever a wait begins (ferry__pump),
- * from ferry_poll, and from ferry_delivery_ack_async itself once a quarter of the
+ * Acks. ferry_delivery_ack and friends are one synchronous request each,
+ * answered by ACK_OK with a code per sequence. ferry_delivery_ack_async
+ * appends the sequence to its subscription's unsent list; acks_encode turns
+ * each list into ACK frames (one per subscription, split at what a frame
+ * holds), queued as ack_async ring entries. It runs whenever a wait blocks
+ * (ferry__pump, through the wait hooks ferry_subscribe installs), from
+ * ferry_poll, and from ferry_delivery_ack_async itself once a quarter of the
  * window is waiting or nothing was written for FERRY__LINGER_US, so a tight
  * loop batches while a trickle still goes out at once. A failed pipelined
  * ack is kept (the first one) for the next ferry_flush.
@@ -44,6 +45,8 @@
 #include <string.h>
 
 #include "internal.h"
+
+static void acks_encode(ferry_conn *c);
 
 /* Largest number of sequences in one ACK frame under the broker's frame
  * limit: header + sub_id + count, then 8 bytes each. */
@@ -199,7 +202,7 @@ static void queue_push(ferry_conn *c, struct ferry__delivery *d)
 
 /* The link pointing at the oldest queued delivery that ferry_receive may
  * return: one of a subscription without a callback. The others are backlog
- * (ferry__run_backlog), queued while a callback ran. Usually the head. */
+ * (run_backlog), queued while a callback ran. Usually the head. */
 static struct ferry__delivery **queue_find_plain(ferry_conn *c, struct ferry__delivery **prev)
 {
     struct ferry__delivery **pp = &c->dq_head;
@@ -235,7 +238,7 @@ static void run_callback(ferry_conn *c, struct ferry__delivery *d)
     c->cb_depth--;
 }
 
-void ferry__run_backlog(ferry_conn *c)
+static void run_backlog(ferry_conn *c)
 {
     if (c->cb_depth > 0)
         return; /* the outermost callback's caller serves it */
@@ -287,7 +290,7 @@ void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f)
         c->dq_backlog = 1;
     }
     if (c->dq_backlog && c->cb_depth == 0)
-        ferry__run_backlog(c);
+        run_backlog(c);
 }
 
 static int queue_ready(const ferry_conn *c, const void *arg)
@@ -317,15 +320,15 @@ int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out)
     uint64_t cb_before = c->cb_deliveries;
     int (*ready)(const ferry_conn *, const void *) = out ? queue_ready : callback_ran;
     if (c->dq_backlog)
-        ferry__run_backlog(c);
+        run_backlog(c);
     if (!ready(c, &cb_before)) {
         /* Read what has come first, so that a zero timeout still sees it. */
         if (c->acks_unsent > 0)
-            ferry__acks_encode(c);
+            acks_encode(c);
         if (ferry__write_some(c) < 0 || ferry__read_some(c) < 0)
             return c->dead;
         if (c->dq_backlog)
-            ferry__run_backlog(c);
+            run_backlog(c);
         if (!ready(c, &cb_before) && timeout_ms != 0) {
             rc = ferry__pump(c, ferry__deadline(timeout_ms), ready, &cb_before);
             if (rc < 0 && rc != FERRY_ETIMEOUT)
@@ -553,13 +556,15 @@ int ferry_delivery_ack_async(const ferry_delivery *d)
      * always has freed slots to fill while we work through the rest. */
     size_t batch = s->window / 4 ? s->window / 4 : 1;
     if (s->nacks >= batch || ferry__now_us() - c->last_write_us >= FERRY__LINGER_US) {
-        ferry__acks_encode(c);
+        acks_encode(c);
         ferry__write_some(c); /* a failure kills c; the next flush reports it */
     }
     return 0;
 }
 
-void ferry__acks_encode(ferry_conn *c)
+/* Encodes every subscription's unsent async acks as ACK frames (one per
+ * subscription, split at what a frame holds) and queues their replies. */
+static void acks_encode(ferry_conn *c)
 {
     if (c->dead) {
         for (struct ferry_sub *s = c->subs; s; s = s->next)
@@ -742,6 +747,24 @@ static uint32_t next_sub_id(ferry_conn *c)
     }
 }
 
+static void hook_backlog(ferry_conn *c)
+{
+    if (c->dq_backlog)
+        run_backlog(c);
+}
+
+static void hook_acks(ferry_conn *c)
+{
+    if (c->acks_unsent > 0)
+        acks_encode(c);
+}
+
+/* What every wait of a connection that has subscribed runs (internal.h). */
+static const struct ferry__wait_hooks consumer_hooks = {
+    .before_check = hook_backlog,
+    .before_block = hook_acks,
+};
+
 int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
                     const ferry_sub_options *opts, ferry_sub **out)
 {
@@ -781,7 +804,9 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
     s->sub_id = next_sub_id(c);
     atomic_init(&s->refs, 1);
     /* Attached before SUBSCRIBE is sent: deliveries may follow SUBSCRIBE_OK
-     * in the same read, before this call returns. */
+     * in the same read, before this call returns. From now on every wait
+     * serves the consumer side. */
+    c->hooks = &consumer_hooks;
     s->c = c;
     s->next = c->subs;
     c->subs = s;
@@ -854,7 +879,7 @@ int ferry_unsubscribe(ferry_sub *s)
         /* Acks first, so that the broker applies them before it gives the
          * rest back. */
         if (c->acks_unsent > 0)
-            ferry__acks_encode(c);
+            acks_encode(c);
         s->closing = 1;
         queue_purge(c, s);
         struct proto_writer w;

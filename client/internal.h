@@ -5,7 +5,9 @@
  * buffer and a ring of pending requests. The files divide the work:
  *
  *   conn.c     socket, connect + handshake, buffers, non-blocking I/O and the
- *              one wait loop (ferry__pump) every blocking call goes through
+ *              one wait loop (ferry__pump) every blocking call goes through;
+ *              it knows the consumer side only through the wait hooks
+ *              ferry_subscribe installs (struct ferry__wait_hooks)
  *   pending.c  the ring of requests awaiting replies and the routing of each
  *              incoming frame to the request it answers
  *   publish.c  message validation and encoding; sync, batch and pipelined
@@ -72,6 +74,22 @@
 #define FERRY__DEFAULT_SUB_WINDOW 100u
 
 struct ferry__waiter;
+
+/*
+ * Consumer work that the waits must do, installed on a connection by its
+ * first ferry_subscribe (consume.c) and kept until ferry_close. Until then
+ * the pointer is NULL, and the waits of a connection that only publishes or
+ * administers (ferry__pump, ferry_poll) run none of it.
+ */
+struct ferry__wait_hooks {
+    /* Before each test of a wait's condition: hands queued deliveries of
+     * subscriptions that now have a callback to it. */
+    void (*before_check)(ferry_conn *c);
+    /* Before each write and block: encodes unsent pipelined acks, which
+     * hold window slots until sent, or the broker could wait for them while
+     * we wait for it. */
+    void (*before_block)(ferry_conn *c);
+};
 
 /*
  * A synchronous caller's slot. The caller keeps it on its stack and waits in
@@ -172,7 +190,8 @@ struct ferry_conn {
     uint32_t next_id;
 
     /* Consumer side (consume.c). */
-    struct ferry_sub *subs; /* attached subscriptions */
+    const struct ferry__wait_hooks *hooks; /* NULL until the first subscribe */
+    struct ferry_sub *subs;                /* attached subscriptions */
     uint32_t next_sub_id;
     struct ferry__delivery *dq_head, *dq_tail; /* queued deliveries, oldest first */
     size_t dq_len;
@@ -233,11 +252,6 @@ int ferry__request_nowait(ferry_conn *c, size_t frame_start, uint32_t request_id
 /* consume.c */
 /* Routes a DELIVER frame: to its subscription's callback, else the queue. */
 void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f);
-/* Encodes every subscription's unsent async acks as ACK frames (one per
- * subscription, split at PROTO_MAX_ACKS) and queues their replies. */
-void ferry__acks_encode(ferry_conn *c);
-/* Hands queued deliveries of subscriptions that now have a callback to it. */
-void ferry__run_backlog(ferry_conn *c);
 /* Records the first failure of a pipelined ack (for ferry_flush). */
 void ferry__ack_failed(ferry_conn *c, uint32_t sub_id, uint64_t seq, int code, const char *detail);
 /* Reads an ACK_OK into the first failing entry: returns 0 when every code is

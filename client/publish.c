@@ -2,12 +2,14 @@
  * publish.c - publishing: validation, encoding, sync, batch and pipelined.
  *
  * Every publish becomes one PUBLISH frame appended to the write buffer.
- * Before it is committed there the frame is decoded back and each message
- * run through proto_msg_check with the broker's announced limits, the very
- * checks the broker applies, so a bad topic, id or size fails at once with
- * a clear message and no round trip. What the codec cannot even represent
- * (NULL pointers, fields over their wire maxima) is rejected before
- * encoding.
+ * Each message is converted once into the codec's view (struct proto_msg),
+ * checked and encoded from it. What the codec cannot even represent (NULL
+ * pointers, fields over their wire maxima) is rejected first; then each
+ * message gets the checks the broker applies (proto_msg_check's: topic and
+ * id alphabet, size against the announced max_message_bytes), so a bad
+ * topic, id or size fails at once with a clear message and no round trip.
+ * The frame is committed to the buffer (wlen moved past it) only when every
+ * message passed.
  *
  * Synchronous publishes queue a waiter behind any pipelined ones and wait
  * for it, so the acks before it are dispatched (callbacks run) first.
@@ -25,9 +27,11 @@
 #include "internal.h"
 
 /* Builds the codec's view of msg (headers into hdrs) after checking what the
- * encoder cannot represent. where is "" or "message N: " for errmsg. */
+ * encoder cannot represent, and counts in *size the bytes it weighs against
+ * max_message_bytes (proto_msg_size: key, header names and values,
+ * payload). where is "" or "message N: " for errmsg. */
 static int convert_msg(ferry_conn *c, const char *where, const ferry_msg *m, struct proto_msg *pm,
-                       struct proto_header *hdrs)
+                       struct proto_header *hdrs, uint64_t *size)
 {
     memset(pm, 0, sizeof *pm);
     if (!m->topic)
@@ -65,6 +69,7 @@ static int convert_msg(ferry_conn *c, const char *where, const ferry_msg *m, str
     if (m->deliver_at_ms < 0)
         return ferry__seterr(c, FERRY_EINVALID, "%snegative deliver_at_ms", where);
 
+    uint64_t weight = (uint64_t)m->key_len + (uint64_t)m->payload_len;
     for (size_t i = 0; i < m->header_count; i++) {
         const ferry_header *h = &m->headers[i];
         size_t nlen = h->name ? strlen(h->name) : 0;
@@ -77,6 +82,7 @@ static int convert_msg(ferry_conn *c, const char *where, const ferry_msg *m, str
                                  h->name, (unsigned)PROTO_MAX_HEADER_VALUE);
         hdrs[i].name = (struct proto_slice){(const uint8_t *)h->name, nlen};
         hdrs[i].value = (struct proto_slice){h->value, h->value_len};
+        weight += (uint64_t)nlen + (uint64_t)h->value_len;
     }
 
     pm->topic = (struct proto_slice){(const uint8_t *)m->topic, tlen};
@@ -85,6 +91,7 @@ static int convert_msg(ferry_conn *c, const char *where, const ferry_msg *m, str
     pm->deliver_at_ms = (uint64_t)m->deliver_at_ms;
     pm->header_count = (uint16_t)m->header_count;
     pm->payload = (struct proto_slice){m->payload, m->payload_len};
+    *size = weight;
     return 0;
 }
 
@@ -96,50 +103,60 @@ static void where_fmt(char *buf, size_t len, size_t count, size_t i)
         buf[0] = '\0';
 }
 
-/* The broker's own checks, run on the frame as it will be sent. */
-static int check_encoded(ferry_conn *c, const uint8_t *frame, size_t len, size_t count)
+/* The broker's own checks of one message (proto_msg_check: topic alphabet,
+ * id alphabet, weight against the announced max_message_bytes), run on the
+ * codec's view of it before it is encoded rather than on a decoded copy. */
+static int check_msg(ferry_conn *c, const char *where, const struct proto_msg *m, uint64_t size)
 {
-    struct proto_frame f;
-    ptrdiff_t n = proto_decode(frame, len, c->info.max_frame_bytes, &f);
-    if (n != (ptrdiff_t)len || f.type != PROTO_PUBLISH)
-        return ferry__seterr(c, FERRY_EINVALID, "the encoded PUBLISH does not decode (%s)",
-                             n < 0 ? ferry_strerror((int)n) : "length mismatch");
-
-    struct proto_msg_iter it;
-    struct proto_msg m;
-    proto_msg_iter_init(&it, &f.u.publish);
-    for (size_t i = 0; proto_msg_next(&it, &m) == 1; i++) {
-        int rc = proto_msg_check(&m, c->info.max_message_bytes);
-        if (rc == 0)
-            continue;
-        char where[32];
-        where_fmt(where, sizeof where, count, i);
-        switch (rc) {
-        case FERRY_EINVALID_TOPIC:
-            return ferry__seterr(c, rc,
-                                 "%s\"%.*s\": a topic is 1-%u of [A-Za-z0-9._-], starting "
-                                 "with a letter or digit",
-                                 where, (int)m.topic.len, (const char *)m.topic.ptr,
-                                 (unsigned)PROTO_MAX_PUBLISH_TOPIC);
-        case FERRY_EINVALID_ID:
-            return ferry__seterr(
-                c, rc, "%s\"%.*s\": an id is 1-%u printable ASCII characters, no spaces", where,
-                (int)m.id.len, (const char *)m.id.ptr, (unsigned)PROTO_MAX_ID);
-        case FERRY_EMESSAGE_TOO_LARGE:
-            return ferry__seterr(c, rc,
-                                 "%smessage is %llu bytes (key + headers + payload); the broker "
-                                 "accepts at most %u",
-                                 where, (unsigned long long)proto_msg_size(&m),
-                                 (unsigned)c->info.max_message_bytes);
-        default:
-            return ferry__seterr(c, rc, "%s%s", where, ferry_strerror(rc));
-        }
-    }
+    int rc = proto_topic_valid(m->topic.ptr, m->topic.len);
+    if (rc < 0)
+        return ferry__seterr(c, rc,
+                             "%s\"%.*s\": a topic is 1-%u of [A-Za-z0-9._-], starting "
+                             "with a letter or digit",
+                             where, (int)m->topic.len, (const char *)m->topic.ptr,
+                             (unsigned)PROTO_MAX_PUBLISH_TOPIC);
+    if (m->id.len > 0 && (rc = proto_id_valid(m->id.ptr, m->id.len)) < 0)
+        return ferry__seterr(
+            c, rc, "%s\"%.*s\": an id is 1-%u printable ASCII characters, no spaces", where,
+            (int)m->id.len, (const char *)m->id.ptr, (unsigned)PROTO_MAX_ID);
+    if (size > c->info.max_message_bytes)
+        return ferry__seterr(c, FERRY_EMESSAGE_TOO_LARGE,
+                             "%smessage is %llu bytes (key + headers + payload); the broker "
+                             "accepts at most %u",
+                             where, (unsigned long long)size, (unsigned)c->info.max_message_bytes);
     return 0;
 }
 
-/* Appends one PUBLISH of msgs[0..count) with request_id at wlen. On failure
- * the write buffer is unchanged and errmsg says which message and why. */
+/* Makes room for n more bytes after the len bytes of the frame being written
+ * at wbuf + *start (beyond wlen), which the write buffer may move; re-aims
+ * the writer at the frame's new place. */
+static int frame_reserve(ferry_conn *c, size_t *start, struct proto_writer *w, size_t n)
+{
+    if (w->cap - w->len >= n)
+        return 0;
+    c->wlen = *start + w->len; /* the partial frame is kept by a move */
+    int rc = ferry__wbuf_reserve(c, n);
+    *start = c->wlen - w->len;
+    c->wlen = *start;
+    if (rc < 0)
+        return rc;
+    w->buf = c->wbuf + *start;
+    w->cap = c->wcap - *start;
+    return 0;
+}
+
+/*
+ * Appends one PUBLISH of msgs[0..count) with request_id at wlen, converting
+ * each message once and encoding it straight away. On failure the write
+ * buffer is unchanged and errmsg says which message and why.
+ *
+ * Which failure is reported, when a batch has several: the first message the
+ * encoder cannot represent (convert_msg), else a frame over the broker's
+ * max_frame_bytes, else the first message the broker would refuse
+ * (check_msg). Once the frame is known to be refused, the remaining messages
+ * are still converted (so the first of the first kind is found) but no
+ * longer encoded.
+ */
 static int encode_publish(ferry_conn *c, const ferry_msg *msgs, size_t count, uint32_t request_id)
 {
     struct proto_msg pm;
@@ -157,21 +174,46 @@ static int encode_publish(ferry_conn *c, const ferry_msg *msgs, size_t count, ui
     int producer = c->producer_id[0] && msgs[0].producer_seq != 0;
     size_t plen = producer ? strlen(c->producer_id) : 0;
     size_t total = PROTO_HEADER_BYTES + 2 + (producer ? 2 + plen : 0);
+    if (ferry__wbuf_reserve(c, total) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory for a %zu-byte frame", total);
+
+    size_t start = c->wlen;
+    struct proto_writer w;
+    proto_writer_init(&w, c->wbuf + start, c->wcap - start);
+    size_t begin = producer ? proto_publish_begin_producer(&w, request_id, c->producer_id, plen)
+                            : proto_publish_begin(&w, request_id);
+    int refused = 0; /* the first check_msg failure */
+    int fits = 1;    /* total within max_frame_bytes */
     for (size_t i = 0; i < count; i++) {
+        const ferry_msg *m = &msgs[i];
         where_fmt(where, sizeof where, count, i);
-        if ((msgs[i].producer_seq != 0) != (msgs[0].producer_seq != 0))
+        if ((m->producer_seq != 0) != (msgs[0].producer_seq != 0))
             return ferry__seterr(c, FERRY_EINVALID,
                                  "%seither every message of a batch has a producer_seq or none",
                                  where);
-        if (msgs[i].producer_seq && !c->producer_id[0])
+        if (m->producer_seq && !c->producer_id[0])
             return ferry__seterr(c, FERRY_EINVALID,
                                  "%sproducer_seq needs ferry_options.producer_id", where);
-        int rc = convert_msg(c, where, &msgs[i], &pm, hdrs);
+        uint64_t size = 0;
+        int rc = convert_msg(c, where, m, &pm, hdrs, &size);
         if (rc < 0)
             return rc;
-        total += proto_publish_msg_bytes(&pm, hdrs) + (producer ? 8 : 0);
+        size_t bytes = proto_publish_msg_bytes(&pm, hdrs) + (producer ? 8 : 0);
+        total += bytes;
+        if (total - 4 > c->info.max_frame_bytes)
+            fits = 0;
+        if (!refused)
+            refused = check_msg(c, where, &pm, size);
+        if (!fits || refused)
+            continue;
+        if (frame_reserve(c, &start, &w, bytes) < 0)
+            return ferry__seterr(c, FERRY_ENOMEM, "out of memory for a %zu-byte frame", total);
+        if (producer)
+            proto_publish_add_seq(&w, m->producer_seq, &pm, hdrs);
+        else
+            proto_publish_add(&w, &pm, hdrs);
     }
-    if (total - 4 > c->info.max_frame_bytes) {
+    if (!fits) {
         if (count == 1)
             return ferry__seterr(c, FERRY_EMESSAGE_TOO_LARGE,
                                  "message encodes to %zu bytes; the broker accepts frames of at "
@@ -182,28 +224,12 @@ static int encode_publish(ferry_conn *c, const ferry_msg *msgs, size_t count, ui
                              "frames of at most %u: publish smaller batches",
                              count, total, (unsigned)c->info.max_frame_bytes);
     }
-    if (ferry__wbuf_reserve(c, total) < 0)
-        return ferry__seterr(c, FERRY_ENOMEM, "out of memory for a %zu-byte frame", total);
-
-    struct proto_writer w;
-    proto_writer_init(&w, c->wbuf + c->wlen, total);
-    size_t start = producer ? proto_publish_begin_producer(&w, request_id, c->producer_id, plen)
-                            : proto_publish_begin(&w, request_id);
-    for (size_t i = 0; i < count; i++) {
-        convert_msg(c, "", &msgs[i], &pm, hdrs); /* passed above */
-        if (producer)
-            proto_publish_add_seq(&w, msgs[i].producer_seq, &pm, hdrs);
-        else
-            proto_publish_add(&w, &pm, hdrs);
-    }
-    if (proto_publish_end(&w, start, (uint16_t)count) < 0 || w.len != total)
+    if (refused)
+        return refused; /* errmsg set by check_msg */
+    if (proto_publish_end(&w, begin, (uint16_t)count) < 0 || w.len != total)
         return ferry__seterr(c, FERRY_EINVALID, "cannot encode PUBLISH (%zu of %zu bytes)", w.len,
                              total);
-
-    int rc = check_encoded(c, c->wbuf + c->wlen, w.len, count);
-    if (rc < 0)
-        return rc;
-    c->wlen += w.len;
+    c->wlen = start + w.len;
     return 0;
 }
 
@@ -348,15 +374,15 @@ int ferry_poll(ferry_conn *c)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
-    if (c->dq_backlog)
-        ferry__run_backlog(c);
-    if (c->acks_unsent > 0)
-        ferry__acks_encode(c);
+    if (c->hooks) {
+        c->hooks->before_check(c);
+        c->hooks->before_block(c);
+    }
     if (ferry__write_some(c) < 0 || ferry__read_some(c) < 0)
         return c->dead;
     /* Callbacks run by the read may have acked. */
-    if (c->acks_unsent > 0)
-        ferry__acks_encode(c);
+    if (c->hooks)
+        c->hooks->before_block(c);
     if (ferry__write_some(c) < 0)
         return c->dead;
     return 0;

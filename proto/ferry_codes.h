@@ -12,6 +12,10 @@
  * text a user sees is the same wherever the error surfaced.
  *
  * Numbers are part of the protocol: never renumber, only append.
+ *
+ * The codec owns this table (it lives in proto/ and includes nothing);
+ * libferry installs it beside ferry.h, which includes it, so a program
+ * only ever writes #include <ferry.h>.
  */
 #ifndef FERRY_CODES_H
 #define FERRY_CODES_H
@@ -19,7 +23,7 @@
 /* X(NAME, number, "description") */
 #define FERRY_ERRNO_MAP(X)                                                                         \
     X(MALFORMED, 1, "malformed frame")                                                             \
-    X(FRAME_TOO_LARGE, 2, "frame larger than the negotiated maximum")                             \
+    X(FRAME_TOO_LARGE, 2, "frame larger than the negotiated maximum")                              \
     X(VERSION, 3, "unsupported protocol version")                                                  \
     X(UNKNOWN_TYPE, 4, "unknown frame type")                                                       \
     X(HANDSHAKE, 5, "handshake required before any other frame")                                   \
