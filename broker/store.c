@@ -2069,11 +2069,14 @@ int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, u
     else
         ret = FERRY_ESTORAGE;
     sqlite3_finalize(st);
+    /* A redrive not yet acked counts too, even if its dead letter went
+     * meanwhile: it may be delivered still. */
     if (ret == 0 && dead_topic_id && *floor > 1 &&
         sqlite3_prepare_v2(s->rdb,
-                           "SELECT DISTINCT d.seq FROM group_dead d WHERE d.group_id = ?1 AND "
-                           "d.seq < ?2 AND EXISTS (SELECT 1 FROM messages m WHERE m.rid = "
-                           "(?3 << 40) | d.dead_seq) ORDER BY d.seq LIMIT ?4",
+                           "SELECT d.seq FROM group_dead d WHERE d.group_id = ?1 AND d.seq < ?2 "
+                           "AND EXISTS (SELECT 1 FROM messages m WHERE m.rid = (?3 << 40) | "
+                           "d.dead_seq) UNION SELECT a.seq FROM group_attempts a WHERE "
+                           "a.group_id = ?1 AND a.seq < ?2 AND a.dead_seq != 0 ORDER BY 1 LIMIT ?4",
                            -1, &st, NULL) == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, group_id);
         sqlite3_bind_int64(st, 2, (int64_t)*floor);
