@@ -155,6 +155,13 @@ struct groups {
     struct group *dirty;
     int64_t next_group_id;
     int closing;
+    /* While loading (groups_init): the loaded groups sorted by id, and the
+     * last one found (the store gives ack and attempt rows in (group, seq)
+     * order, so most look-ups hit it). Freed once loaded. */
+    struct group **loading;
+    size_t nloading, loading_cap;
+    int loading_sorted;
+    struct group *loading_last;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -2005,7 +2012,47 @@ static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topi
         p = *end == ',' ? end + 1 : end;
     }
     gr->max_deliveries = dead_letter_fits(t) ? max_deliveries : 0;
+    if (g->nloading == g->loading_cap) {
+        size_t cap = g->loading_cap ? g->loading_cap * 2 : 64;
+        struct group **nl = realloc(g->loading, cap * sizeof(*nl));
+        if (!nl)
+            return -1;
+        g->loading = nl;
+        g->loading_cap = cap;
+    }
+    g->loading[g->nloading++] = gr;
+    g->loading_sorted = 0;
     return 0;
+}
+
+static int cmp_group_id(const void *x, const void *y)
+{
+    int64_t a = (*(struct group *const *)x)->id, b = (*(struct group *const *)y)->id;
+    return a < b ? -1 : a > b;
+}
+
+/* The loaded group with this id, or NULL: O(1) for rows in group order,
+ * O(log groups) otherwise, instead of a walk over every group. */
+static struct group *loaded_group(struct groups *g, int64_t id)
+{
+    if (g->loading_last && g->loading_last->id == id)
+        return g->loading_last;
+    if (!g->loading_sorted) {
+        if (g->nloading)
+            qsort(g->loading, g->nloading, sizeof(*g->loading), cmp_group_id);
+        g->loading_sorted = 1;
+    }
+    size_t lo = 0, hi = g->nloading;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g->loading[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == g->nloading || g->loading[lo]->id != id)
+        return NULL;
+    return g->loading_last = g->loading[lo];
 }
 
 static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
@@ -2013,46 +2060,37 @@ static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
     struct groups *g = arg;
     /* Acks above the floor: the group's cursor restarts at the floor, and
      * these are skipped when it gets there. */
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                if (gr->id == group_id)
-                    return acked_set(gr, seq);
-    return 0;
+    struct group *gr = loaded_group(g, group_id);
+    return gr ? acked_set(gr, seq) : 0;
 }
 
 static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
                               uint64_t dead_seq)
 {
     struct groups *g = arg;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
-                if (gr->id != group_id)
-                    continue;
-                if (dead_seq) {
-                    /* A redrive not yet acked: waiting again. */
-                    if (!acked_test(gr, seq) || entry_get(gr, seq))
-                        return 0;
-                    struct entry *e = entry_add(gr, seq);
-                    if (!e || ready_push(gr, seq) < 0)
-                        return -1;
-                    e->dead_seq = dead_seq;
-                    e->attempt = attempts;
-                    e->saved = 1;
-                    e->state = E_READY;
-                    return 0;
-                }
-                if (acked_test(gr, seq))
-                    return 0;
-                struct restored *nr =
-                    realloc(gr->restored, (gr->nrestored + 1) * sizeof(*gr->restored));
-                if (!nr)
-                    return -1;
-                gr->restored = nr;
-                gr->restored[gr->nrestored++] = (struct restored){seq, attempts};
-                return 0;
-            }
+    struct group *gr = loaded_group(g, group_id);
+    if (!gr)
+        return 0;
+    if (dead_seq) {
+        /* A redrive not yet acked: waiting again. */
+        if (!acked_test(gr, seq) || entry_get(gr, seq))
+            return 0;
+        struct entry *e = entry_add(gr, seq);
+        if (!e || ready_push(gr, seq) < 0)
+            return -1;
+        e->dead_seq = dead_seq;
+        e->attempt = attempts;
+        e->saved = 1;
+        e->state = E_READY;
+        return 0;
+    }
+    if (acked_test(gr, seq))
+        return 0;
+    struct restored *nr = realloc(gr->restored, (gr->nrestored + 1) * sizeof(*gr->restored));
+    if (!nr)
+        return -1;
+    gr->restored = nr;
+    gr->restored[gr->nrestored++] = (struct restored){seq, attempts};
     return 0;
 }
 
@@ -2072,7 +2110,12 @@ int groups_init(struct broker *b)
         .ack = on_loaded_ack,
         .attempts = on_loaded_attempts,
     };
-    if (store_load_groups(b->store, &cbs) != 0)
+    int rc = store_load_groups(b->store, &cbs);
+    free(g->loading);
+    g->loading = NULL;
+    g->nloading = g->loading_cap = 0;
+    g->loading_last = NULL;
+    if (rc != 0)
         return -1;
     /* Sequences acked above the floor: the restart cursor skips them. */
     for (size_t i = 0; i < g->nbuckets; i++)
