@@ -95,6 +95,16 @@ struct conn {
     struct conn *prev, *next;
 };
 
+/* Shutdown (server.c): a signal moves RUNNING to DRAINING, in which the
+ * listener is closed and the commits in flight and pending finish; once
+ * none is left, CLOSING: each connection flushes its replies and closes
+ * (cut off after a grace period). */
+enum broker_stopping {
+    BROKER_RUNNING = 0,
+    BROKER_DRAINING,
+    BROKER_CLOSING,
+};
+
 struct broker {
     uv_loop_t *loop;
     struct broker_config cfg;
@@ -119,7 +129,7 @@ struct broker {
     struct conn *conns;
     int nconns;
     uint64_t next_conn_id;
-    int stopping;
+    enum broker_stopping stopping;
     int lock_fd;
 
     struct groups *groups; /* consumer groups (group.c) */

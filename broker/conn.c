@@ -223,7 +223,7 @@ static void conn_flush(struct conn *c)
 }
 
 /* While a finished batch is being answered, connections are flushed once
- * at its end (broker_flush_deferred) so their replies leave in one write. */
+ * at its end (conn_flush_deferred) so their replies leave in one write. */
 static void conn_flush_soon(struct conn *c)
 {
     struct broker *b = c->broker;
@@ -623,16 +623,12 @@ static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wi
     case PROTO_TOPIC_CONFIG:
         on_topic_config(c, f, wire_bytes);
         return;
-    default:
-        if (proto_type_reserved(f->type)) {
-            conn_reply_error(c, f->request_id, FERRY_EUNSUPPORTED,
-                             "consumer frames are not supported by this broker yet");
-            return;
-        }
+    default: {
         char msg[64];
         snprintf(msg, sizeof(msg), "frame type 0x%02x is not sent by clients", f->type);
         conn_fail(c, FERRY_EUNKNOWN_TYPE, msg);
         return;
+    }
     }
 }
 

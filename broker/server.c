@@ -105,7 +105,7 @@ void broker_conn_closed(struct broker *b, struct conn *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     b->nconns--;
-    if (b->stopping == 2 && b->nconns == 0 && b->linger_active) {
+    if (b->stopping == BROKER_CLOSING && b->nconns == 0 && b->linger_active) {
         b->linger_active = 0;
         uv_close((uv_handle_t *)&b->linger, on_handle_closed);
     }
@@ -260,9 +260,9 @@ static void on_linger(uv_timer_t *t)
 
 static void maybe_finish(struct broker *b)
 {
-    if (b->stopping != 1 || b->committing || b->pending->nops)
+    if (b->stopping != BROKER_DRAINING || b->committing || b->pending->nops)
         return;
-    b->stopping = 2;
+    b->stopping = BROKER_CLOSING;
     /* Each connection writes the replies it has queued, then closes. */
     struct conn *c = b->conns;
     while (c) {
@@ -294,7 +294,7 @@ static void on_signal(uv_signal_t *s, int signum)
 #ifdef FERRY_HAVE_SYSTEMD
     sd_notify(0, "STOPPING=1");
 #endif
-    b->stopping = 1;
+    b->stopping = BROKER_DRAINING;
     uv_close((uv_handle_t *)&b->server, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigterm, on_handle_closed);
