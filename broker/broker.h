@@ -135,6 +135,7 @@ struct broker {
     struct groups *groups; /* consumer groups (group.c) */
     int defer_flush;       /* answering a batch: flush connections at its end */
     struct conn *flush_list;
+    struct buf scratch; /* a reply being encoded (server.c) */
 
     uint64_t published, duplicates, commits;
     /* Replies larger than what their op owed its connection: each breaks
@@ -176,8 +177,9 @@ void conn_abort(struct conn *c);
 /* Sends a reply in request order (at once when nothing is outstanding). */
 void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len);
 void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg);
-/* Writes a frame that is not a reply (a DELIVER) at once. */
-void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len);
+/* Encodes a DELIVER straight into the connection's outgoing bytes. */
+struct proto_deliver;
+void conn_send_deliver(struct conn *c, uint8_t flags, const struct proto_deliver *d);
 void conn_tick(struct conn *c, uint64_t now_ms);
 
 uint64_t broker_now_ms(void); /* monotonic */

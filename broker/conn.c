@@ -265,14 +265,23 @@ void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
     conn_flush_soon(c);
 }
 
-void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
+void conn_send_deliver(struct conn *c, uint8_t flags, const struct proto_deliver *d)
 {
     if (c->state >= CONN_CLOSING)
         return;
-    if (buf_append(&c->wq, frame, len) < 0) {
+    size_t need = proto_deliver_bytes(d);
+    if (buf_reserve(&c->wq, need) < 0) {
         conn_fail(c, 0, NULL);
         return;
     }
+    struct proto_writer w;
+    proto_writer_init(&w, c->wq.data + c->wq.len, need);
+    if (proto_encode_deliver(&w, flags, d) < 0) {
+        log_error("conn %llu: cannot encode a DELIVER of seq %llu", (unsigned long long)c->id,
+                  (unsigned long long)d->seq);
+        return;
+    }
+    c->wq.len += w.len;
     conn_flush_soon(c);
 }
 
@@ -448,22 +457,18 @@ static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_
     }
     broker_owe_reply(op, ack_bytes);
     struct batch *b = c->broker->pending;
+    struct op_publish *pw = &op->u.publish;
     op->request_id = f->request_id;
-    op->count = p->count;
-    op->in_off = b->in.len;
-    op->producer = p->has_producer;
-    uint8_t plen[2];
-    proto_wr16(plen, (uint16_t)p->producer.len);
-    if ((p->has_producer && (buf_append(&b->in, plen, 2) < 0 ||
-                             buf_append(&b->in, p->producer.ptr, p->producer.len) < 0)) ||
-        buf_append(&b->in, p->msgs.ptr, p->msgs.len) < 0) {
+    pw->count = p->count;
+    pw->has_producer = p->has_producer;
+    if ((p->has_producer && batch_put(b, p->producer.ptr, p->producer.len, &pw->producer) < 0) ||
+        batch_put(b, p->msgs.ptr, p->msgs.len, &pw->msgs) < 0) {
         /* Turn it into an error reply rather than lose the ordering. */
         op->kind = OP_REPLY;
         op->out_len = 0;
         conn_fail(c, FERRY_EINTERNAL, "out of memory");
         return;
     }
-    op->in_len = b->in.len - op->in_off;
     b->messages += p->count;
 }
 
@@ -482,16 +487,20 @@ static void on_topic_config(struct conn *c, const struct proto_frame *f, size_t 
         return;
     }
     struct batch *b = c->broker->pending;
+    struct op_topic_config *cw = &op->u.config;
     op->request_id = f->request_id;
-    op->in_off = b->in.len;
-    op->in_len = f->body.len;
+    cw->max_age_ms = tc->max_age_ms;
+    cw->max_count = tc->max_count;
+    cw->max_bytes = tc->max_bytes;
+    cw->delete_acked = tc->delete_acked;
     uint8_t frame[PROTO_HEADER_BYTES + 2];
     struct proto_writer w;
     proto_writer_init(&w, frame, sizeof(frame));
     size_t start = proto_ack_ok_begin(&w, f->request_id);
     proto_ack_ok_end(&w, start, 0);
     op->out_off = b->out.len;
-    if (buf_append(&b->in, f->body.ptr, f->body.len) < 0 || buf_append(&b->out, frame, w.len) < 0) {
+    if (batch_put(b, tc->topic.ptr, tc->topic.len, &cw->topic) < 0 ||
+        buf_append(&b->out, frame, w.len) < 0) {
         op->kind = OP_REPLY;
         op->out_len = 0;
         conn_fail(c, FERRY_EINTERNAL, "out of memory");

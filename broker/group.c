@@ -544,16 +544,13 @@ static struct op *record_entry(struct groups *g, struct group *gr, struct conn *
                   (unsigned long long)e->seq);
         return NULL;
     }
-    struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[29];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, e->seq);
-    proto_wr32(rec + 16, attempts);
-    proto_wr64(rec + 20, e->dead_seq);
-    rec[28] = (uint8_t)(keep != 0);
-    buf_append(&bt->in, rec, sizeof(rec));
-    op->in_len = bt->in.len - op->in_off;
+    op->u.attempt = (struct op_attempt){
+        .group_id = gr->id,
+        .seq = e->seq,
+        .attempts = attempts,
+        .dead_seq = e->dead_seq,
+        .keep = keep != 0,
+    };
     e->saved = keep != 0;
     return op;
 }
@@ -685,14 +682,12 @@ static struct sub *pick_sub(struct group *gr)
     return NULL;
 }
 
-/* Writes one DELIVER frame, already encoded with placeholder sub_id and
- * attempt, to s's connection after patching them. */
-static void send_deliver(struct sub *s, uint8_t *frame, size_t len, uint32_t attempt)
+/* Sends d to s as the delivery's attempt-th attempt. */
+static void send_deliver(struct sub *s, struct proto_deliver *d, uint32_t attempt)
 {
-    proto_wr32(frame + PROTO_HEADER_BYTES, s->sub_id);
-    proto_wr32(frame + PROTO_HEADER_BYTES + 12, attempt);
-    frame[5] = attempt > 1 ? PROTO_DELIVER_REDELIVERED : 0;
-    conn_send_raw(s->conn, frame, len);
+    d->sub_id = s->sub_id;
+    d->attempt = attempt;
+    conn_send_deliver(s->conn, attempt > 1 ? PROTO_DELIVER_REDELIVERED : 0, d);
 }
 
 static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, struct sub *s)
@@ -719,30 +714,17 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
     if (!op)
         return -1;
     struct batch *bt = b->pending;
-    op->group = gr;
+    struct op_fetch *fw = &op->u.fetch;
+    fw->group = gr;
+    fw->sub_id = s->sub_id;
+    fw->first = first;
+    fw->topic_id = dead_seqs ? dead_topic_id : gr->topic->id;
     s->conn->fetching += n;
-    op->sub_id = s->sub_id;
-    op->count = (uint16_t)n;
-    op->redrive = dead_seqs != NULL;
-    op->first_fetch = first;
-    op->in_off = bt->in.len;
-    uint8_t hdr[12];
-    proto_wr64(hdr, (uint64_t)(dead_seqs ? dead_topic_id : gr->topic->id));
-    proto_wr32(hdr + 8, n);
-    if (buf_reserve(&bt->in, 12 + (size_t)n * 16) < 0)
-        return -1;
-    buf_append(&bt->in, hdr, 12);
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t q[8];
-        proto_wr64(q, seqs[i]);
-        buf_append(&bt->in, q, 8);
+    if (batch_put_u64s(bt, seqs, n, &fw->seqs) < 0 ||
+        (dead_seqs && batch_put_u64s(bt, dead_seqs, n, &fw->dead_seqs) < 0)) {
+        fw->seqs.n = fw->dead_seqs.n = 0; /* answered as a failed read */
+        op->status = FERRY_EINTERNAL;
     }
-    for (uint32_t i = 0; dead_seqs && i < n; i++) {
-        uint8_t q[8];
-        proto_wr64(q, dead_seqs[i]);
-        buf_append(&bt->in, q, 8);
-    }
-    op->in_len = bt->in.len - op->in_off;
     return 0;
 }
 
@@ -801,26 +783,21 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
     }
-    op->group = gr;
     struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[36], l[2];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
-    proto_wr64(rec + 16, (uint64_t)gr->topic->id);
-    proto_wr64(rec + 24, seq);
-    proto_wr32(rec + 32, attempts);
-    buf_append(&bt->in, rec, sizeof(rec));
-    proto_wr16(l, (uint16_t)gr->topic->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
-    proto_wr16(l, (uint16_t)gr->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->name, gr->name_len);
-    proto_wr16(l, (uint16_t)strlen(reason));
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, reason, strlen(reason));
-    op->in_len = bt->in.len - op->in_off;
+    struct op_dead_letter *dw = &op->u.dead;
+    dw->group = gr;
+    dw->group_id = gr->id;
+    dw->floor = gr->floor;
+    dw->topic_id = gr->topic->id;
+    dw->seq = seq;
+    dw->attempts = attempts;
+    if (batch_put(bt, gr->topic->name, gr->topic->name_len, &dw->topic) < 0 ||
+        batch_put(bt, gr->name, gr->name_len, &dw->group_name) < 0 ||
+        batch_put(bt, reason, strlen(reason), &dw->reason) < 0) {
+        log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
+        op->kind = OP_REPLY; /* nothing to write; its attempts row stays */
+        return;
+    }
     log_info("group %s: %s/%llu dead-lettered after %u attempt(s) (%s)", gr->name, gr->topic->name,
              (unsigned long long)seq, attempts, reason);
 }
@@ -973,9 +950,15 @@ static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint
 static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto_msg *m,
                           uint64_t seq, const uint8_t *id, size_t id_len, int64_t ts)
 {
-    uint8_t stack[4096];
-    uint8_t *frame = NULL;
-    size_t flen = 0;
+    struct proto_deliver d = {
+        .seq = seq,
+        .ts_ms = (uint64_t)ts,
+        .id = {id, id_len},
+        .key = m->key,
+        .header_count = m->header_count,
+        .headers = m->headers,
+        .payload = m->payload,
+    };
     for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
         if (gr->next != seq || gr->fetching_first)
             continue;
@@ -992,49 +975,18 @@ static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto
         }
         entry_inflight(g, gr, e, s);
         s->in_flight++;
-        if (!frame) {
-            struct proto_deliver d = {
-                .sub_id = 1,
-                .seq = seq,
-                .attempt = 1,
-                .ts_ms = (uint64_t)ts,
-                .id = {id, id_len},
-                .key = m->key,
-                .header_count = m->header_count,
-                .headers = m->headers,
-                .payload = m->payload,
-            };
-            flen = proto_deliver_bytes(&d);
-            frame = flen <= sizeof(stack) ? stack : malloc(flen);
-            if (!frame)
-                return;
-            struct proto_writer w;
-            proto_writer_init(&w, frame, flen);
-            if (proto_encode_deliver(&w, 0, &d) < 0) {
-                if (frame != stack)
-                    free(frame);
-                return;
-            }
-        }
-        send_deliver(s, frame, flen, e->attempt);
+        send_deliver(s, &d, e->attempt);
     }
-    if (frame && frame != stack)
-        free(frame);
 }
 
 static void apply_topic_updates(struct groups *g, struct batch *done)
 {
-    if (!done->topics.data)
-        return;
-    const uint8_t *p = done->topics.data, *end = p + done->topics.len;
-    while (p + 26 <= end) {
-        int64_t id = (int64_t)proto_rd64(p);
-        uint64_t head = proto_rd64(p + 8);
-        uint64_t first = proto_rd64(p + 16);
-        uint16_t n = proto_rd16(p + 24);
-        if (p + 26 + n > end)
-            break;
-        struct ltopic *t = topic_lookup(g, p + 26, n, 1);
+    const struct topic_update *u = done->topic_updates.data;
+    for (size_t i = 0; i < done->topic_updates.len; i++) {
+        int64_t id = u[i].id;
+        uint64_t head = u[i].head, first = u[i].first;
+        struct ltopic *t =
+            topic_lookup(g, done->topic_names.data + u[i].name.off, u[i].name.len, 1);
         if (t) {
             t->id = id;
             if (first > t->first) {
@@ -1050,36 +1002,33 @@ static void apply_topic_updates(struct groups *g, struct batch *done)
                     mark_dirty(g, gr);
             }
         }
-        p += 26 + n;
     }
 }
 
-/* Fresh messages of one PUBLISH op, paired with their ack entries. */
+/* Fresh messages of one PUBLISH op, paired with their results. */
 static void publish_op_done(struct groups *g, struct batch *done, struct op *op)
 {
-    struct proto_frame f;
-    if (op->out_len == 0 ||
-        proto_decode(done->out.data + op->out_off, op->out_len, PROTO_ABSOLUTE_MAX_FRAME, &f) <=
-            0 ||
-        f.type != PROTO_PUBLISH_ACK)
+    const struct op_publish *pw = &op->u.publish;
+    if (op->status || pw->results + pw->count > done->results.len)
         return;
+    const struct publish_result *r =
+        (const struct publish_result *)done->results.data + pw->results;
     struct proto_publish pub;
     batch_publish_of(done, op, &pub);
     struct proto_msg_iter mi;
-    struct proto_ack_iter ai;
     struct proto_msg m;
-    struct proto_ack_entry a;
     proto_msg_iter_init(&mi, &pub);
-    proto_ack_iter_init(&ai, &f.u.publish_ack);
-    while (proto_msg_next(&mi, &m) && proto_ack_next(&ai, &a)) {
-        if (a.flags & PROTO_ACK_DUPLICATE)
+    for (uint16_t i = 0; i < pw->count && proto_msg_next(&mi, &m); i++) {
+        if (r[i].duplicate)
             continue;
         struct ltopic *t = topic_lookup(g, m.topic.ptr, m.topic.len, 0);
         if (!t || !t->groups)
             continue;
-        deliver_fresh(g, t, &m, a.seq, a.id.ptr, a.id.len, done->now_ms);
+        const uint8_t *id = r[i].generated ? (const uint8_t *)r[i].id : m.id.ptr;
+        size_t id_len = r[i].generated ? sizeof(r[i].id) : m.id.len;
+        deliver_fresh(g, t, &m, r[i].seq, id, id_len, done->now_ms);
         for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-            if (gr->next <= a.seq)
+            if (gr->next <= r[i].seq)
                 mark_dirty(g, gr);
     }
 }
@@ -1097,16 +1046,17 @@ static struct sub *sub_find(struct conn *c, uint32_t sub_id)
  * retention) and count as acked. */
 static void fetch_done(struct groups *g, struct batch *done, struct op *op)
 {
-    struct group *gr = op->group;
-    op->conn->fetching -= proto_rd32(done->in.data + op->in_off + 8);
+    const struct op_fetch *fw = &op->u.fetch;
+    struct group *gr = fw->group;
+    const uint64_t *seqs = batch_u64s(done, fw->seqs);
+    uint32_t n = fw->seqs.n;
+    op->conn->fetching -= n;
     if (op->status) {
         /* The read failed (store.c logged why; fetches run apart from the
          * commit's writes, which stood): its messages wait and are fetched
          * again. */
-        const uint8_t *rq = done->in.data + op->in_off;
-        uint32_t cnt = proto_rd32(rq + 8);
-        for (uint32_t i = 0; i < cnt; i++) {
-            struct entry *e = entry_get(gr, proto_rd64(rq + 12 + 8 * (size_t)i));
+        for (uint32_t i = 0; i < n; i++) {
+            struct entry *e = entry_get(gr, seqs[i]);
             if (e && e->state == E_FETCHING)
                 entry_wait(g, gr, e, FETCH_RETRY_MS);
         }
@@ -1117,36 +1067,27 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             log_error("group %s of topic %s: %s while fetching %u message(s); trying again "
                       "every %d ms",
                       gr->name, gr->topic->name,
-                      op->status == FERRY_ESTORAGE ? "disk read error" : "out of memory", cnt,
+                      op->status == FERRY_ESTORAGE ? "disk read error" : "out of memory", n,
                       FETCH_RETRY_MS);
         }
         return;
     }
-    struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, op->sub_id) : NULL;
-    const uint8_t *req = done->in.data + op->in_off;
-    uint32_t n = proto_rd32(req + 8);
-    const uint8_t *seqp = req + 12;
-    int first = op->first_fetch;
-
-    const uint8_t *p = done->out.data + op->out_off, *end = p + op->out_len;
+    struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, fw->sub_id) : NULL;
+    const struct fetched_msg *fm = (const struct fetched_msg *)done->fetched.data + fw->results;
+    size_t left = fw->nresults;
+    const uint8_t *bytes = done->out.data;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t seq = proto_rd64(seqp + 8 * i);
+        uint64_t seq = seqs[i];
         struct entry *e = entry_get(gr, seq);
-        (void)0;
-        /* The store returns frames in request order, skipping missing ones. */
-        uint8_t *frame = NULL;
-        size_t flen = 0;
-        uint64_t deliver_at = 0;
-        if (p + 8 + PROTO_HEADER_BYTES + 12 <= end &&
-            proto_rd64(p + 8 + PROTO_HEADER_BYTES + 4) == seq) {
-            deliver_at = proto_rd64(p);
-            flen = 4 + (size_t)proto_rd32(p + 8);
-            frame = (uint8_t *)p + 8;
-            p += 8 + flen;
+        /* The store returns messages in request order, skipping missing ones. */
+        const struct fetched_msg *got = NULL;
+        if (left && fm->seq == seq) {
+            got = fm++;
+            left--;
         }
         if (!e || e->state != E_FETCHING)
             continue; /* acked, or the group was moved by a seek */
-        if (!frame) {
+        if (!got) {
             /* Deleted before it could be delivered: nothing to deliver. */
             if (e->holder)
                 e->holder->in_flight--;
@@ -1165,8 +1106,8 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             floor_advance(gr);
             continue;
         }
-        if (first && delay_ms(deliver_at)) {
-            entry_wait(g, gr, e, delay_ms(deliver_at));
+        if (fw->first && delay_ms(got->deliver_at_ms)) {
+            entry_wait(g, gr, e, delay_ms(got->deliver_at_ms));
             continue;
         }
         if (!s || e->holder != s) {
@@ -1174,9 +1115,18 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             continue;
         }
         entry_inflight(g, gr, e, s);
-        send_deliver(s, frame, flen, e->attempt);
+        struct proto_deliver d = {
+            .seq = seq,
+            .ts_ms = got->ts_ms,
+            .id = {bytes + got->id.off, got->id.len},
+            .key = {bytes + got->key.off, got->key.len},
+            .header_count = got->header_count,
+            .headers = {bytes + got->headers.off, got->headers.len},
+            .payload = {bytes + got->payload.off, got->payload.len},
+        };
+        send_deliver(s, &d, e->attempt);
     }
-    if (first)
+    if (fw->first)
         gr->fetching_first = 0;
     mark_dirty(g, gr);
 }
@@ -1191,7 +1141,7 @@ static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
 {
     struct conn *c = op->conn;
     struct sub **pp = &c->subs;
-    while (*pp && (*pp)->sub_id != op->sub_id)
+    while (*pp && (*pp)->sub_id != op->u.save.sub_id)
         pp = &(*pp)->next_in_conn;
     struct sub *s = *pp;
     if (!s || !s->awaiting_ok)
@@ -1211,7 +1161,7 @@ void groups_after_replies(struct broker *b, struct batch *done)
     if (!g)
         return;
     for (size_t i = 0; i < done->nops; i++)
-        if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].sub_id)
+        if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].u.save.sub_id)
             subscribe_done(g, done, &done->ops[i]);
 }
 
@@ -1228,9 +1178,10 @@ void groups_after_commit(struct broker *b, struct batch *done)
             publish_op_done(g, done, op);
         else if (op->kind == OP_FETCH)
             fetch_done(g, done, op);
-        else if ((op->kind == OP_GROUP_ACK || op->kind == OP_DEAD_LETTER) && op->group &&
-                 (done->commit_status || op->status))
-            ((struct group *)op->group)->acks_unsaved = 1;
+        else if (op->kind == OP_GROUP_ACK && (done->commit_status || op->status))
+            op->u.ack.group->acks_unsaved = 1;
+        else if (op->kind == OP_DEAD_LETTER && (done->commit_status || op->status))
+            op->u.dead.group->acks_unsaved = 1;
     }
 }
 
@@ -1309,8 +1260,7 @@ static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t
 }
 
 /* Queues an OP_GROUP_SAVE whose reply (already encoded) goes out after the
- * commit. Record: u64 id, u64 floor, u32 ack_wait, u16 max_deliveries,
- * u64 origin, str16 topic, str16 group, u8 n, n x u32 backoff ms. */
+ * commit. */
 static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_id,
                              size_t wire_bytes)
 {
@@ -1320,29 +1270,19 @@ static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_
         return NULL;
     op->request_id = request_id;
     struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[30];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
-    proto_wr32(rec + 16, gr->ack_wait_ms);
-    proto_wr16(rec + 20, gr->max_deliveries);
-    proto_wr64(rec + 22, gr->origin);
-    uint8_t l[2];
-    buf_append(&bt->in, rec, sizeof(rec));
-    proto_wr16(l, (uint16_t)gr->topic->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
-    proto_wr16(l, (uint16_t)gr->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->name, gr->name_len);
-    uint8_t n = gr->backoff_count;
-    buf_append(&bt->in, &n, 1);
-    for (uint8_t i = 0; i < n; i++) {
-        uint8_t v[4];
-        proto_wr32(v, gr->backoff_ms[i]);
-        buf_append(&bt->in, v, 4);
+    struct op_group_save *sw = &op->u.save;
+    sw->group_id = gr->id;
+    sw->floor = gr->floor;
+    sw->origin = gr->origin;
+    sw->ack_wait_ms = gr->ack_wait_ms;
+    sw->max_deliveries = gr->max_deliveries;
+    if (batch_put(bt, gr->topic->name, gr->topic->name_len, &sw->topic) < 0 ||
+        batch_put(bt, gr->name, gr->name_len, &sw->name) < 0 ||
+        batch_put_u32s(bt, gr->backoff_ms, gr->backoff_count, &sw->backoff_ms) < 0) {
+        op->kind = OP_REPLY;
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return NULL;
     }
-    op->in_len = bt->in.len - op->in_off;
     return op;
 }
 
@@ -1468,7 +1408,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
         struct op *op = save_group(c, gr, f->request_id, wire_bytes);
         if (op) {
             op_set_reply(op, c->broker->pending, frame, w.len);
-            op->sub_id = s->sub_id;
+            op->u.save.sub_id = s->sub_id;
             s->awaiting_ok = 1;
         }
     } else {
@@ -1530,7 +1470,6 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     proto_writer_init(&w, frame, need);
     size_t start = proto_ack_ok_begin(&w, f->request_id);
     int changed = 0;
-    uint64_t old_floor = gr->floor;
     for (uint16_t i = 0; i < a->count; i++) {
         uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
         proto_ack_ok_add(&w, seq, ack_one(g, gr, c, seq, &changed));
@@ -1542,7 +1481,7 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
         free(frame);
         return;
     }
-    /* Persist: u64 group id, u64 floor, u32 n, n x u64 acked seqs >= floor. */
+    /* Persist the floor and the acks above it. */
     struct broker *b = c->broker;
     struct op *op = broker_enqueue(b, c, OP_GROUP_ACK, wire_bytes);
     if (!op) {
@@ -1552,40 +1491,43 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     }
     op->request_id = f->request_id;
     struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[20];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
+    struct op_group_ack *aw = &op->u.ack;
+    aw->group = gr;
+    aw->group_id = gr->id;
+    aw->floor = gr->floor;
+    uint64_t few[64], *acked = few;
+    size_t cap = gr->acks_unsaved ? (size_t)(gr->next - gr->floor) : a->count;
+    if (cap > 64 && !(acked = malloc(cap * sizeof(*acked)))) {
+        free(frame);
+        op->kind = OP_REPLY;
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
     uint32_t n = 0;
-    buf_append(&bt->in, rec, 20);
-    op->group = gr;
     if (gr->acks_unsaved) {
         /* An earlier commit of acks failed (its client got an ERROR): this
          * one saves every ack above the floor, so that an ACK_OK always
          * means durable. */
-        for (uint64_t seq = gr->floor; seq < gr->next; seq++) {
-            if (acked_test(gr, seq)) {
-                uint8_t q[8];
-                proto_wr64(q, seq);
-                buf_append(&bt->in, q, 8);
-                n++;
-            }
-        }
+        for (uint64_t seq = gr->floor; seq < gr->next; seq++)
+            if (acked_test(gr, seq))
+                acked[n++] = seq;
         gr->acks_unsaved = 0;
     } else {
         for (uint16_t i = 0; i < a->count; i++) {
             uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-            if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq)) {
-                uint8_t q[8];
-                proto_wr64(q, seq);
-                buf_append(&bt->in, q, 8);
-                n++;
-            }
+            if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq))
+                acked[n++] = seq;
         }
     }
-    proto_wr32(bt->in.data + op->in_off + 16, n);
-    op->in_len = bt->in.len - op->in_off;
-    (void)old_floor;
+    int bad = batch_put_u64s(bt, acked, n, &aw->acked) < 0;
+    if (acked != few)
+        free(acked);
+    if (bad) {
+        free(frame);
+        op->kind = OP_REPLY;
+        conn_fail(c, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
     op_set_reply(op, bt, frame, w.len);
     free(frame);
 }
@@ -1987,7 +1929,8 @@ static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, 
 
 static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topic_len,
                            const char *name, size_t name_len, uint64_t floor, uint32_t ack_wait_ms,
-                           uint16_t max_deliveries, uint64_t origin, const char *backoff)
+                           uint16_t max_deliveries, uint64_t origin, const uint32_t *backoff_ms,
+                           uint8_t backoff_count)
 {
     struct groups *g = arg;
     struct ltopic *t = topic_lookup(g, (const uint8_t *)topic, topic_len, 1);
@@ -2002,15 +1945,8 @@ static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topi
     gr->floor = gr->next = floor;
     gr->origin = origin;
     gr->ack_wait_ms = ack_wait_ms;
-    /* "1000,5000,30000" */
-    for (const char *p = backoff; p && *p && gr->backoff_count < PROTO_MAX_BACKOFF;) {
-        char *end;
-        unsigned long v = strtoul(p, &end, 10);
-        if (end == p)
-            break;
-        gr->backoff_ms[gr->backoff_count++] = (uint32_t)v;
-        p = *end == ',' ? end + 1 : end;
-    }
+    gr->backoff_count = backoff_count;
+    memcpy(gr->backoff_ms, backoff_ms, (size_t)backoff_count * sizeof(*backoff_ms));
     gr->max_deliveries = dead_letter_fits(t) ? max_deliveries : 0;
     if (g->nloading == g->loading_cap) {
         size_t cap = g->loading_cap ? g->loading_cap * 2 : 64;

@@ -146,12 +146,23 @@ static void after_work_cb(uv_work_t *req, int status)
         struct op *op = &done->ops[i];
         struct conn *c = op->conn;
         if (op->kind != OP_FETCH) {
-            if (op->out_len > op->reply_bytes) {
+            const uint8_t *reply = done->out.data + op->out_off;
+            size_t len = op->out_len;
+            if (op->kind == OP_PUBLISH && !op->status) {
+                /* Stored: its PUBLISH_ACK from the typed results. */
+                b->scratch.len = 0;
+                len = 0;
+                if (batch_encode_publish_ack(done, op, &b->scratch) == 0) {
+                    reply = b->scratch.data;
+                    len = b->scratch.len;
+                }
+            }
+            if (len > op->reply_bytes) {
                 atomic_fetch_add(&b->reply_overruns, 1);
                 log_error("conn %llu: a %zu-byte reply where %zu were owed (op kind %d)",
-                          (unsigned long long)c->id, op->out_len, op->reply_bytes, (int)op->kind);
+                          (unsigned long long)c->id, len, op->reply_bytes, (int)op->kind);
             }
-            conn_on_replies(c, done->out.data + op->out_off, op->out_len);
+            conn_on_replies(c, reply, len);
         }
         conn_op_done(c, op);
     }
@@ -461,6 +472,7 @@ void broker_destroy(struct broker *b)
     groups_free(b);
     batch_free(&b->batches[0]);
     batch_free(&b->batches[1]);
+    buf_free(&b->scratch);
     if (b->store) {
         struct store_stats st;
         store_get_stats(b->store, &st);

@@ -538,15 +538,14 @@ static void topics_settle(struct store *s, struct batch *b, int ok)
         t->written_in_txn = 0;
         if (ok && b &&
             (t->created_in_txn || t->c.head != t->saved.head || t->c.first != t->saved.first)) {
-            /* Tell the loop: u64 id, u64 head, u64 first, str16 name. */
-            uint8_t rec[26];
-            proto_wr64(rec, (uint64_t)t->id);
-            proto_wr64(rec + 8, t->c.head);
-            proto_wr64(rec + 16, t->c.first);
-            proto_wr16(rec + 24, (uint16_t)t->name_len);
-            if (buf_append(&b->topics, rec, sizeof(rec)) < 0 ||
-                buf_append(&b->topics, t->name, t->name_len) < 0)
-                b->topics.len = 0;
+            /* Tell the loop. */
+            struct topic_update *u = vec_push(&b->topic_updates, sizeof(*u));
+            if (u) {
+                *u = (struct topic_update){
+                    t->id, t->c.head, t->c.first, {b->topic_names.len, t->name_len}};
+                if (buf_append(&b->topic_names, t->name, t->name_len) < 0)
+                    b->topic_updates.len--;
+            }
         }
         if (!ok) {
             if (t->created_in_txn) {
@@ -1422,15 +1421,14 @@ static int dedupe_lookup(struct store *s, uint64_t h, int64_t topic_id, const ui
 
 /* ---- publish ---------------------------------------------------------- */
 
-/* Stores one message (or recognises it as a duplicate) and appends its ack
- * entry to the reply being built in b->out. Returns an SQLite code. */
-static int publish_one(struct store *s, struct batch *b, const struct proto_msg *m, int64_t now_ms,
-                       int *ferr, int with_ack, struct producer *pr)
+/* Stores one message (or recognises it as a duplicate) and, given res,
+ * writes its outcome there. Returns an SQLite code. */
+static int publish_one(struct store *s, const struct proto_msg *m, int64_t now_ms, int *ferr,
+                       struct publish_result *res, struct producer *pr)
 {
     struct topic *t = topic_get(s, m->topic.ptr, m->topic.len, now_ms, ferr);
     if (!t)
         return SQLITE_ERROR;
-    struct proto_writer w;
     uint64_t seq = 0;
     int rc;
 
@@ -1449,10 +1447,9 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
         }
         if (found || below_hwm) {
             s->stats.duplicates++;
-            if (with_ack) {
-                proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
-                proto_publish_ack_add(&w, seq, PROTO_ACK_DUPLICATE, m->id.ptr, m->id.len);
-                b->out.len += w.len;
+            if (res) {
+                res->seq = seq;
+                res->duplicate = 1;
             }
             return SQLITE_OK;
         }
@@ -1464,13 +1461,13 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
         return SQLITE_ERROR;
     }
     seq = t->c.head + 1;
-    char gen_id[37];
+    char gen_id[OP_GEN_ID_BYTES + 1];
     const uint8_t *id = m->id.ptr;
     size_t id_len = m->id.len;
     if (!id_len) {
         make_id(s, now_ms, gen_id);
         id = (const uint8_t *)gen_id;
-        id_len = 36;
+        id_len = OP_GEN_ID_BYTES;
     }
 
     sqlite3_stmt *st = s->st[ST_MSG_INSERT];
@@ -1533,10 +1530,12 @@ static int publish_one(struct store *s, struct batch *b, const struct proto_msg 
     topic_count_rate(t, now_ms);
     s->stats.messages_stored++;
 
-    if (with_ack) {
-        proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
-        proto_publish_ack_add(&w, seq, 0, id, id_len);
-        b->out.len += w.len;
+    if (res) {
+        res->seq = seq;
+        res->duplicate = 0;
+        res->generated = !m->id.len;
+        if (res->generated)
+            memcpy(res->id, gen_id, OP_GEN_ID_BYTES);
     }
     return SQLITE_OK;
 }
@@ -1600,20 +1599,11 @@ static void producers_settle(struct store *s, int ok)
     s->dirty_producers = NULL;
 }
 
+/* Stores an OP_PUBLISH's messages; their outcomes go to b->results. */
 static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr)
 {
-    /* Room for the whole ack up front, so entries are written in place. */
-    size_t need = PROTO_HEADER_BYTES + 2 + (size_t)op->count * (8 + 1 + 2 + PROTO_MAX_ID);
-    if (buf_reserve(&b->out, need) < 0) {
-        *ferr = FERRY_EINTERNAL;
-        return SQLITE_NOMEM;
-    }
-    struct proto_writer w;
-    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
-    size_t start = proto_publish_ack_begin(&w, op->request_id);
-    op->out_off = b->out.len;
-    b->out.len += w.len;
-
+    struct op_publish *pw = &op->u.publish;
+    pw->results = b->results.len;
     struct proto_publish pub;
     batch_publish_of(b, op, &pub);
     struct producer *pr = NULL;
@@ -1624,20 +1614,20 @@ static int publish_op(struct store *s, struct batch *b, struct op *op, int64_t n
     struct proto_msg_iter it;
     struct proto_msg m;
     proto_msg_iter_init(&it, &pub);
-    while (proto_msg_next(&it, &m)) {
-        int rc = publish_one(s, b, &m, now_ms, ferr, 1, pr);
+    for (uint16_t i = 0; i < pw->count && proto_msg_next(&it, &m); i++) {
+        struct publish_result *res = vec_push(&b->results, sizeof(*res));
+        if (!res) {
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        int rc = publish_one(s, &m, now_ms, ferr, res, pr);
         if (rc != SQLITE_OK)
             return rc;
     }
-    /* Patch count and length of the ack frame written in place. */
-    proto_writer_init(&w, b->out.data + op->out_off, b->out.len - op->out_off);
-    w.len = b->out.len - op->out_off;
-    (void)start;
-    if (proto_publish_ack_end(&w, 0, op->count) < 0) {
+    if (b->results.len - pw->results != pw->count) {
         *ferr = FERRY_EINTERNAL;
         return SQLITE_INTERNAL;
     }
-    op->out_len = b->out.len - op->out_off;
     return SQLITE_OK;
 }
 
@@ -1721,36 +1711,31 @@ static int topics_op(struct store *s, struct batch *b, struct op *op, int64_t no
 
 /* ---- consumer groups -------------------------------------------------- */
 
-/* OP_GROUP_SAVE record: u64 id, u64 floor, u32 ack_wait_ms,
- * u16 max_deliveries, u64 origin, str16 topic, str16 name, u8 n, n x u32
- * backoff ms. Creates the group or moves
- * it (a seek): either way no ack above the floor is kept. */
+/* Creates the group or moves it (a seek): either way no ack above the
+ * floor is kept. Its backoff list is stored as text, "1000,5000". */
 static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
 {
-    const uint8_t *p = b->in.data + op->in_off;
-    uint16_t tl = proto_rd16(p + 30);
-    uint16_t nl = proto_rd16(p + 32 + tl);
+    const struct op_group_save *sw = &op->u.save;
+    const uint8_t *topic = batch_bytes(b, sw->topic), *name = batch_bytes(b, sw->name);
     /* A group creates its topic (PROTOCOL.md §9.1), which TOPICS then
      * lists like any other. */
     int err = 0;
-    if (!topic_get(s, p + 32, tl, now_ms, &err))
+    if (!topic_get(s, topic, sw->topic.len, now_ms, &err))
         return err == FERRY_EINTERNAL ? SQLITE_NOMEM : SQLITE_ERROR;
     sqlite3_stmt *st = s->st[ST_GROUP_UPSERT];
-    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
-    sqlite3_bind_text(st, 2, (const char *)p + 32, tl, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, (const char *)p + 34 + tl, nl, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 1, sw->group_id);
+    sqlite3_bind_text(st, 2, (const char *)topic, (int)sw->topic.len, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, (const char *)name, (int)sw->name.len, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, now_ms);
-    sqlite3_bind_int64(st, 5, (int64_t)proto_rd64(p + 8));
-    sqlite3_bind_int64(st, 6, proto_rd32(p + 16));
-    sqlite3_bind_int64(st, 7, proto_rd16(p + 20));
-    sqlite3_bind_int64(st, 8, (int64_t)proto_rd64(p + 22));
-    /* After the names: u8 n, n x u32 ms, stored as "1000,5000". */
-    const uint8_t *bp = p + 34 + tl + nl;
-    char backoff[16 * 12] = "";
+    sqlite3_bind_int64(st, 5, (int64_t)sw->floor);
+    sqlite3_bind_int64(st, 6, sw->ack_wait_ms);
+    sqlite3_bind_int64(st, 7, sw->max_deliveries);
+    sqlite3_bind_int64(st, 8, (int64_t)sw->origin);
+    const uint32_t *ms = batch_u32s(b, sw->backoff_ms);
+    char backoff[PROTO_MAX_BACKOFF * 12] = "";
     size_t bl = 0;
-    for (uint8_t i = 0; i < bp[0] && i < 16; i++)
-        bl += (size_t)snprintf(backoff + bl, sizeof(backoff) - bl, "%s%u", i ? "," : "",
-                               proto_rd32(bp + 1 + 4 * (size_t)i));
+    for (uint32_t i = 0; i < sw->backoff_ms.n && i < PROTO_MAX_BACKOFF; i++)
+        bl += (size_t)snprintf(backoff + bl, sizeof(backoff) - bl, "%s%u", i ? "," : "", ms[i]);
     if (bl)
         sqlite3_bind_text(st, 9, backoff, (int)bl, SQLITE_TRANSIENT);
     else
@@ -1761,10 +1746,10 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
         return rc;
     }
     st = s->st[ST_GACK_DELETE_ALL];
-    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+    sqlite3_bind_int64(st, 1, sw->group_id);
     if ((rc = step_done(st)) == SQLITE_OK) {
         st = s->st[ST_ATTEMPT_DELETE_ALL];
-        sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
+        sqlite3_bind_int64(st, 1, sw->group_id);
         rc = step_done(st);
     }
     if (rc != SQLITE_OK)
@@ -1772,20 +1757,18 @@ static int group_save_op(struct store *s, struct batch *b, struct op *op, int64_
     return rc;
 }
 
-/* OP_ATTEMPT record: u64 group id, u64 seq, u32 attempts, u64 dead_seq,
- * u8 keep. Records the attempts a message has used up (after one failed)
- * and, for a redrive, the dead letter it is read from; with keep 0 forgets
- * them (the message is done). */
-static int attempt_op(struct store *s, struct batch *b, struct op *op)
+/* Records the attempts a message has used up (after one failed) and, for
+ * a redrive, the dead letter it is read from; with keep 0 forgets them
+ * (the message is done). */
+static int attempt_op(struct store *s, const struct op *op)
 {
-    const uint8_t *p = b->in.data + op->in_off;
-    int keep = p[28] != 0;
-    sqlite3_stmt *st = s->st[keep ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
-    sqlite3_bind_int64(st, 1, (int64_t)proto_rd64(p));
-    sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 8));
-    if (keep) {
-        sqlite3_bind_int64(st, 3, proto_rd32(p + 16));
-        sqlite3_bind_int64(st, 4, (int64_t)proto_rd64(p + 20));
+    const struct op_attempt *aw = &op->u.attempt;
+    sqlite3_stmt *st = s->st[aw->keep ? ST_ATTEMPT_SET : ST_ATTEMPT_DELETE];
+    sqlite3_bind_int64(st, 1, aw->group_id);
+    sqlite3_bind_int64(st, 2, (int64_t)aw->seq);
+    if (aw->keep) {
+        sqlite3_bind_int64(st, 3, aw->attempts);
+        sqlite3_bind_int64(st, 4, (int64_t)aw->dead_seq);
     }
     int rc = step_done(st);
     if (rc != SQLITE_OK)
@@ -1793,14 +1776,14 @@ static int attempt_op(struct store *s, struct batch *b, struct op *op)
     return rc;
 }
 
-/* OP_GROUP_ACK record: u64 group id, u64 floor, u32 n, n x u64 seq (acked
- * above the floor). */
-static int group_ack_op(struct store *s, struct batch *b, struct op *op)
+/* A group's new floor, and the sequences acked above it. */
+static int group_ack_op(struct store *s, const struct batch *b, const struct op *op)
 {
-    const uint8_t *p = b->in.data + op->in_off;
-    int64_t gid = (int64_t)proto_rd64(p);
-    int64_t floor = (int64_t)proto_rd64(p + 8);
-    uint32_t n = proto_rd32(p + 16);
+    const struct op_group_ack *aw = &op->u.ack;
+    int64_t gid = aw->group_id;
+    int64_t floor = (int64_t)aw->floor;
+    const uint64_t *acked = batch_u64s(b, aw->acked);
+    uint32_t n = aw->acked.n;
     sqlite3_stmt *st = s->st[ST_GROUP_FLOOR];
     sqlite3_bind_int64(st, 1, gid);
     sqlite3_bind_int64(st, 2, floor);
@@ -1814,7 +1797,7 @@ static int group_ack_op(struct store *s, struct batch *b, struct op *op)
     st = s->st[ST_GACK_INSERT];
     for (uint32_t i = 0; rc == SQLITE_OK && i < n; i++) {
         sqlite3_bind_int64(st, 1, gid);
-        sqlite3_bind_int64(st, 2, (int64_t)proto_rd64(p + 20 + 8 * (size_t)i));
+        sqlite3_bind_int64(st, 2, (int64_t)acked[i]);
         rc = step_done(st);
     }
     if (rc != SQLITE_OK)
@@ -1822,21 +1805,42 @@ static int group_ack_op(struct store *s, struct batch *b, struct op *op)
     return rc;
 }
 
-/* OP_FETCH record: u64 topic id, u32 n, n x u64 seq. Appends, for each
- * message still stored and in request order, its u64 deliver_at_ms and a
- * DELIVER frame (sub_id 1 and attempt 1 as placeholders, which the loop
- * patches). A read that fails fails this op alone (op->status; see
+/* Appends a message read for delivery: its bytes to b->out, its record to
+ * b->fetched. Returns 0 or -1 (out of memory). */
+static int fetched_add(struct batch *b, const struct proto_deliver *d, uint64_t deliver_at_ms)
+{
+    if (buf_reserve(&b->out, d->id.len + d->key.len + d->headers.len + d->payload.len) < 0)
+        return -1;
+    struct fetched_msg *fm = vec_push(&b->fetched, sizeof(*fm));
+    if (!fm)
+        return -1;
+    fm->seq = d->seq;
+    fm->ts_ms = d->ts_ms;
+    fm->deliver_at_ms = deliver_at_ms;
+    fm->header_count = d->header_count;
+    const struct proto_slice *from[4] = {&d->id, &d->key, &d->headers, &d->payload};
+    struct op_bytes *to[4] = {&fm->id, &fm->key, &fm->headers, &fm->payload};
+    for (int i = 0; i < 4; i++) {
+        to[i]->off = b->out.len;
+        to[i]->len = from[i]->len;
+        buf_append(&b->out, from[i]->ptr, from[i]->len); /* reserved above */
+    }
+    return 0;
+}
+
+/* Reads an OP_FETCH's messages, in request order, skipping those no longer
+ * stored. A read that fails fails this op alone (op->status; see
  * fetch_all); only running out of memory fails the commit. */
 static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
 {
-    const uint8_t *req = b->in.data + op->in_off;
-    uint64_t topic_id = proto_rd64(req);
-    uint32_t n = proto_rd32(req + 8);
+    struct op_fetch *fw = &op->u.fetch;
+    uint64_t topic_id = (uint64_t)fw->topic_id;
+    const uint64_t *seqs = batch_u64s(b, fw->seqs);
     sqlite3_stmt *st = s->st[ST_FETCH];
-    op->out_off = b->out.len;
-    for (uint32_t i = 0; i < n; i++) {
-        /* req may move if b->in grew; it does not here (only out grows). */
-        uint64_t seq = proto_rd64(req + 12 + 8 * (size_t)i);
+    size_t out_mark = b->out.len;
+    fw->results = b->fetched.len;
+    for (uint32_t i = 0; i < fw->seqs.n; i++) {
+        uint64_t seq = seqs[i];
         sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | seq));
         int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) {
@@ -1846,8 +1850,8 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
         if (rc != SQLITE_ROW) {
             sqlite3_reset(st);
             set_err(s, "fetch message");
-            b->out.len = op->out_off;
-            op->out_len = 0;
+            b->out.len = out_mark;
+            b->fetched.len = fw->results;
             op->status = FERRY_ESTORAGE;
             log_error("topic id %llu: %s while fetching seq %llu; the group reads it again later",
                       (unsigned long long)topic_id, s->errmsg, (unsigned long long)seq);
@@ -1856,9 +1860,7 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
         const uint8_t *hdr = sqlite3_column_blob(st, 2);
         size_t hlen = (size_t)sqlite3_column_bytes(st, 2);
         struct proto_deliver d = {
-            .sub_id = 1,
             .seq = seq,
-            .attempt = 1,
             .ts_ms = (uint64_t)sqlite3_column_int64(st, 4),
             .id = {sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0)},
             .key = {sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
@@ -1866,20 +1868,14 @@ static int fetch_op(struct store *s, struct batch *b, struct op *op, int *ferr)
             .headers = {hdr && hlen >= 2 ? hdr + 2 : NULL, hdr && hlen >= 2 ? hlen - 2 : 0},
             .payload = {sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)},
         };
-        size_t need = proto_deliver_bytes(&d);
-        if (buf_reserve(&b->out, 8 + need) < 0) {
-            sqlite3_reset(st);
+        int bad = fetched_add(b, &d, (uint64_t)sqlite3_column_int64(st, 5)) < 0;
+        sqlite3_reset(st);
+        if (bad) {
             *ferr = FERRY_EINTERNAL;
             return SQLITE_NOMEM;
         }
-        struct proto_writer w;
-        proto_wr64(b->out.data + b->out.len, (uint64_t)sqlite3_column_int64(st, 5));
-        proto_writer_init(&w, b->out.data + b->out.len + 8, need);
-        if (proto_encode_deliver(&w, 0, &d) == 0)
-            b->out.len += 8 + w.len;
-        sqlite3_reset(st);
     }
-    op->out_len = b->out.len - op->out_off;
+    fw->nresults = b->fetched.len - fw->results;
     return SQLITE_OK;
 }
 
@@ -1903,8 +1899,10 @@ static void fetch_all(struct store *s, struct batch *b)
     int ferr = 0;
     for (; i < b->nops; i++) {
         struct op *op = &b->ops[i];
-        if (op->kind == OP_FETCH &&
-            (op->redrive ? fetch_redrive(s, b, op, &ferr) : fetch_op(s, b, op, &ferr)) != SQLITE_OK)
+        if (op->kind != OP_FETCH || op->status)
+            continue;
+        if ((op->u.fetch.dead_seqs.n ? fetch_redrive(s, b, op, &ferr)
+                                     : fetch_op(s, b, op, &ferr)) != SQLITE_OK)
             op->status = ferr ? ferr : FERRY_EINTERNAL;
     }
     if (in_read && !sqlite3_get_autocommit(s->db) && step_done(s->st[ST_COMMIT]) != SQLITE_OK)
@@ -1986,8 +1984,8 @@ int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, u
 }
 
 /*
- * A redrive's fetch (op->redrive): u64 dead topic id, u32 n, n x u64
- * original seq, n x u64 dead seq. Each dead letter still stored whose
+ * A redrive's fetch (dead_seqs given): its topic is the dead-letter topic,
+ * seqs the original sequences. Each dead letter still stored whose
  * ferry-dead-seq is the original sequence becomes a DELIVER of the
  * original message: its sequence, its id (ferry-dead-id), key, payload,
  * its headers without the ferry-dead-* ones, plus
@@ -1995,9 +1993,10 @@ int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, u
  */
 static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *ferr)
 {
-    const uint8_t *req = b->in.data + op->in_off;
-    uint64_t topic_id = proto_rd64(req);
-    uint32_t n = proto_rd32(req + 8);
+    struct op_fetch *fw = &op->u.fetch;
+    uint64_t topic_id = (uint64_t)fw->topic_id;
+    const uint64_t *seqs = batch_u64s(b, fw->seqs), *dead_seqs = batch_u64s(b, fw->dead_seqs);
+    uint32_t n = fw->seqs.n;
     sqlite3_stmt *st = s->st[ST_FETCH];
     struct topic *dt = NULL;
     for (size_t i = 0; i < s->nbuckets && !dt; i++)
@@ -2006,10 +2005,10 @@ static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *f
                 dt = t;
                 break;
             }
-    op->out_off = b->out.len;
+    fw->results = b->fetched.len;
     for (uint32_t i = 0; i < n && dt; i++) {
-        uint64_t seq = proto_rd64(req + 12 + 8 * (size_t)i);
-        uint64_t dseq = proto_rd64(req + 12 + 8 * ((size_t)n + i));
+        uint64_t seq = seqs[i];
+        uint64_t dseq = dead_seqs[i];
         sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | dseq));
         if (sqlite3_step(st) != SQLITE_ROW) {
             sqlite3_reset(st);
@@ -2050,9 +2049,7 @@ static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *f
         bad |= put_header(&h, "ferry-redriven", from, (size_t)fl) < 0;
         count++;
         struct proto_deliver d = {
-            .sub_id = 1,
             .seq = seq,
-            .attempt = 1,
             .ts_ms = (uint64_t)sqlite3_column_int64(st, 4),
             .id = di.id,
             .key = {sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
@@ -2060,43 +2057,33 @@ static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *f
             .headers = {h.data, h.len},
             .payload = {sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)},
         };
-        size_t need = proto_deliver_bytes(&d);
-        if (bad || buf_reserve(&b->out, 8 + need) < 0) {
-            buf_free(&h);
-            sqlite3_reset(st);
+        bad = bad || fetched_add(b, &d, 0) < 0;
+        buf_free(&h);
+        sqlite3_reset(st);
+        if (bad) {
             *ferr = FERRY_EINTERNAL;
             return SQLITE_NOMEM;
         }
-        struct proto_writer w;
-        proto_wr64(b->out.data + b->out.len, 0);
-        proto_writer_init(&w, b->out.data + b->out.len + 8, need);
-        if (proto_encode_deliver(&w, 0, &d) == 0)
-            b->out.len += 8 + w.len;
-        buf_free(&h);
-        sqlite3_reset(st);
     }
-    op->out_len = b->out.len - op->out_off;
+    fw->nresults = b->fetched.len - fw->results;
     return SQLITE_OK;
 }
 
 /*
- * OP_DEAD_LETTER record: u64 group id, u64 floor, u64 topic id, u64 seq,
- * u32 attempts, str16 topic, str16 group, str16 reason. Copies the message
- * to the topic "_dead.<topic>" with headers naming where it came from, and
- * records it as acked for the group (like OP_GROUP_ACK with one seq).
+ * Copies the message to the topic "_dead.<topic>" with headers naming
+ * where it came from, and records it as acked for the group (like
+ * OP_GROUP_ACK with one seq).
  */
 static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms,
                           int *ferr)
 {
-    const uint8_t *p = b->in.data + op->in_off;
-    uint64_t topic_id = proto_rd64(p + 16), seq = proto_rd64(p + 24);
-    uint32_t attempts = proto_rd32(p + 32);
-    uint16_t tl = proto_rd16(p + 36);
-    const uint8_t *tname = p + 38;
-    uint16_t gl = proto_rd16(p + 38 + tl);
-    const uint8_t *gname = p + 40 + tl;
-    uint16_t rl = proto_rd16(p + 40 + tl + gl);
-    const uint8_t *reason = p + 42 + tl + gl;
+    const struct op_dead_letter *dw = &op->u.dead;
+    uint64_t topic_id = (uint64_t)dw->topic_id, seq = dw->seq;
+    uint32_t attempts = dw->attempts;
+    size_t tl = dw->topic.len, gl = dw->group_name.len, rl = dw->reason.len;
+    const uint8_t *tname = batch_bytes(b, dw->topic);
+    const uint8_t *gname = batch_bytes(b, dw->group_name);
+    const uint8_t *reason = batch_bytes(b, dw->reason);
 
     sqlite3_stmt *st = s->st[ST_FETCH];
     sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | seq));
@@ -2152,7 +2139,7 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
                 .headers = {h.data, h.len},
                 .payload = {payload.data, payload.len},
             };
-            rc = publish_one(s, b, &m, now_ms, ferr, 0, NULL);
+            rc = publish_one(s, &m, now_ms, ferr, NULL, NULL);
         } else {
             *ferr = FERRY_EINTERNAL;
             rc = SQLITE_NOMEM;
@@ -2170,7 +2157,7 @@ static int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64
         }
     }
     /* The group's ack of it. */
-    int64_t gid = (int64_t)proto_rd64(p), floor = (int64_t)proto_rd64(p + 8);
+    int64_t gid = dw->group_id, floor = (int64_t)dw->floor;
     st = s->st[ST_GROUP_FLOOR];
     sqlite3_bind_int64(st, 1, gid);
     sqlite3_bind_int64(st, 2, floor);
@@ -2209,14 +2196,27 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return FERRY_ESTORAGE;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* The backoff column: "1000,5000,30000". */
+        uint32_t backoff[PROTO_MAX_BACKOFF];
+        uint8_t nb = 0;
+        for (const char *p = (const char *)sqlite3_column_text(st, 7);
+             p && *p && nb < PROTO_MAX_BACKOFF;) {
+            char *end;
+            unsigned long v = strtoul(p, &end, 10);
+            if (end == p)
+                break;
+            backoff[nb++] = (uint32_t)v;
+            p = *end == ',' ? end + 1 : end;
+        }
         if (cb->group(cb->arg, sqlite3_column_int64(st, 0),
                       (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
                       (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2),
                       (uint64_t)sqlite3_column_int64(st, 3), (uint32_t)sqlite3_column_int64(st, 4),
                       (uint16_t)sqlite3_column_int64(st, 5), (uint64_t)sqlite3_column_int64(st, 6),
-                      (const char *)sqlite3_column_text(st, 7)) < 0)
+                      backoff, nb) < 0)
             break;
+    }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
         return FERRY_ESTORAGE;
@@ -2417,19 +2417,17 @@ static int retention_step(struct store *s, struct batch *b, int64_t now_ms)
     return rc;
 }
 
-/* OP_TOPIC_CONFIG record: the TOPIC_CONFIG body (str16 topic, u64 max_age_ms,
- * u64 max_count, u64 max_bytes, u8 delete_acked). */
+/* A topic's own retention (TOPIC_CONFIG). */
 static int topic_config_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms,
                            int *ferr)
 {
-    const uint8_t *p = b->in.data + op->in_off;
-    uint16_t tl = proto_rd16(p);
-    struct topic *t = topic_get(s, p + 2, tl, now_ms, ferr);
+    const struct op_topic_config *cw = &op->u.config;
+    struct topic *t = topic_get(s, batch_bytes(b, cw->topic), cw->topic.len, now_ms, ferr);
     if (!t)
         return SQLITE_ERROR;
-    const uint8_t *v = p + 2 + tl;
-    struct topic_retention own = {proto_rd64(v), proto_rd64(v + 8), proto_rd64(v + 16),
-                                  v[24] == PROTO_DELETE_ACKED_DEFAULT ? -1 : v[24]};
+    struct topic_retention own = {
+        cw->max_age_ms, cw->max_count, cw->max_bytes,
+        cw->delete_acked == PROTO_DELETE_ACKED_DEFAULT ? -1 : cw->delete_acked};
     sqlite3_stmt *st = s->st[ST_TOPIC_CONFIG];
     sqlite3_bind_int64(st, 1, t->id);
     uint64_t vals[3] = {own.max_age_ms, own.max_count, own.max_bytes};
@@ -2481,6 +2479,7 @@ static void reply_error(struct batch *b, struct op *op, int code, const char *ms
  * everything of the transaction was rolled back and undone in memory. */
 static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_small, int *ferr)
 {
+    b->results.len = 0;
     s->stored_before = s->stats.messages_stored;
     s->dd_oldest_before = s->dd_oldest_ms;
     s->dups_before = s->stats.duplicates;
@@ -2498,7 +2497,7 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
         } else if (op->kind == OP_GROUP_ACK) {
             rc = group_ack_op(s, b, op);
         } else if (op->kind == OP_ATTEMPT) {
-            rc = attempt_op(s, b, op);
+            rc = attempt_op(s, op);
         } else if (op->kind == OP_TOPIC_CONFIG) {
             rc = topic_config_op(s, b, op, now_ms, ferr);
         } else if (op->kind == OP_DEAD_LETTER) {
@@ -2587,7 +2586,8 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
          * publishes take this path too, so that the batch's reads, such
          * as topic listings, are answered.) */
         size_t mark = b->out.len;
-        b->topics.len = 0;
+        b->topic_updates.len = 0;
+        b->topic_names.len = 0;
         /* Copy the WAL back first: the next transaction can then start the
          * WAL over and write into space the file already has. */
         if (!refused)

@@ -40,8 +40,9 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
 void store_close(struct store *s);
 
 /*
- * Runs every op of b in one transaction and encodes each op's reply into
- * b->out. If the transaction fails, nothing of it is kept and every
+ * Runs every op of b in one transaction and writes each op's results
+ * (op.h): typed records in b's result arrays, or a reply in b->out for
+ * the ops the store answers itself. If the transaction fails, nothing of it is kept and every
  * OP_PUBLISH is answered with an ERROR carrying the cause (STORAGE_FULL,
  * STORAGE). now_ms stamps the messages. An OP_FETCH whose read fails is
  * answered alone (op->status FERRY_ESTORAGE, nothing in out) while the
@@ -60,7 +61,7 @@ struct store_load_cbs {
                  uint64_t first);
     int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
                  size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
-                 uint64_t origin, const char *backoff);
+                 uint64_t origin, const uint32_t *backoff_ms, uint8_t backoff_count);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
     /* Attempts used up by a message not yet done, in (group, seq) order. */
     int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
