@@ -38,6 +38,7 @@
 #include "batch.h"
 #include "broker.h"
 #include "log.h"
+#include "seqset.h"
 #include "store.h"
 
 /* The longest delay a NACK may ask for (longer ones are cut to it). */
@@ -46,32 +47,7 @@
 /* Most sequences one OP_FETCH reads. */
 #define FETCH_MAX 256
 
-enum entry_state { E_FETCHING = 1, E_INFLIGHT, E_READY, E_WAITING };
-
 struct sub;
-
-struct entry {
-    uint64_t seq; /* 0: empty slot */
-    struct sub *holder;
-    uint64_t due_ms;
-    uint32_t attempt; /* deliveries so far */
-    uint8_t state;
-    uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
-    uint8_t saved;    /* its attempts are recorded in the store (group_attempts) */
-    uint64_t sent_ms; /* when the current delivery went out */
-    char *reason;     /* the last nack's reason (malloc'd), or NULL */
-    /* A redrive (REDRIVE): the message was done for the group (dead-
-     * lettered), and is delivered again from this sequence of the topic's
-     * dead-letter topic. Such an entry may lie below the floor, and its
-     * sequence's acked bit stays set. 0: an ordinary entry. */
-    uint64_t dead_seq;
-};
-
-struct entry_map {
-    struct entry *slots;
-    size_t mask;
-    size_t count;
-};
 
 struct sub {
     struct conn *conn;
@@ -101,15 +77,11 @@ struct group {
     size_t name_len;
     int64_t id;
     uint64_t floor, next;
-    uint64_t origin;  /* where the group started (or was last moved to) */
-    uint64_t reached; /* the highest `next` before a seek: given out below */
-    /* acked bits for [floor, floor + acked_cap), circular by seq. */
-    uint64_t *acked;
-    size_t acked_cap; /* power of two, in bits */
+    uint64_t origin;         /* where the group started (or was last moved to) */
+    uint64_t reached;        /* the highest `next` before a seek: given out below */
+    struct acked_bits acked; /* for [floor, floor + its cap) */
     struct entry_map map;
-    /* Sequences whose entry became READY, oldest first (a ring). */
-    uint64_t *ready;
-    size_t ready_cap, ready_head, ready_len;
+    struct seq_ring ready; /* sequences whose entry became READY, oldest first */
     struct sub *subs;
     struct sub *turn; /* the subscription served first next time */
     uint32_t ack_wait_ms;
@@ -137,19 +109,12 @@ struct group {
  * again after this long, not at once: a bad sector fails every try. */
 #define FETCH_RETRY_MS 1000
 
-struct timer_item {
-    uint64_t due_ms;
-    struct group *group;
-    uint64_t seq;
-};
-
 struct groups {
     struct broker *broker;
     struct ltopic **buckets;
     size_t nbuckets, ntopics;
     size_t topic_name_bytes; /* of every topic, summed (a TOPICS_OK's size) */
-    struct timer_item *heap;
-    size_t heap_len, heap_cap;
+    struct due_heap heap;    /* leases and delays, items owned by a group */
     uv_timer_t timer;
     uint64_t timer_due; /* 0: not armed */
     struct group *dirty;
@@ -263,193 +228,58 @@ static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t le
     return NULL;
 }
 
-/* ---- entries: open addressing keyed by seq ---------------------------- */
-
-static size_t seq_home(uint64_t seq, size_t mask)
-{
-    return (size_t)((seq * 0x9e3779b97f4a7c15ULL) >> 20) & mask;
-}
+/* ---- a group's sequences (seqset.h) ------------------------------------ */
 
 static struct entry *entry_get(struct group *gr, uint64_t seq)
 {
-    if (!gr->map.slots)
-        return NULL;
-    size_t i = seq_home(seq, gr->map.mask);
-    while (gr->map.slots[i].seq) {
-        if (gr->map.slots[i].seq == seq)
-            return &gr->map.slots[i];
-        i = (i + 1) & gr->map.mask;
-    }
-    return NULL;
+    return entry_map_get(&gr->map, seq);
 }
 
-static int entry_grow(struct group *gr)
-{
-    size_t cap = gr->map.slots ? (gr->map.mask + 1) * 2 : 64;
-    struct entry *ns = calloc(cap, sizeof(*ns));
-    if (!ns)
-        return -1;
-    if (gr->map.slots) {
-        for (size_t i = 0; i <= gr->map.mask; i++) {
-            if (!gr->map.slots[i].seq)
-                continue;
-            size_t j = seq_home(gr->map.slots[i].seq, cap - 1);
-            while (ns[j].seq)
-                j = (j + 1) & (cap - 1);
-            ns[j] = gr->map.slots[i];
-        }
-    }
-    free(gr->map.slots);
-    gr->map.slots = ns;
-    gr->map.mask = cap - 1;
-    return 0;
-}
-
-/* Adds an entry for seq (which must not have one). NULL when out of memory.
- * The pointer is valid until the next add or remove. */
 static struct entry *entry_add(struct group *gr, uint64_t seq)
 {
-    if (!gr->map.slots || (gr->map.count + 1) * 10 > (gr->map.mask + 1) * 7) {
-        if (entry_grow(gr) < 0)
-            return NULL;
-    }
-    size_t i = seq_home(seq, gr->map.mask);
-    while (gr->map.slots[i].seq)
-        i = (i + 1) & gr->map.mask;
-    struct entry *e = &gr->map.slots[i];
-    memset(e, 0, sizeof(*e));
-    e->seq = seq;
-    gr->map.count++;
-    return e;
+    return entry_map_add(&gr->map, seq);
 }
 
 static void entry_remove(struct group *gr, struct entry *e)
 {
-    free(e->reason);
-    e->reason = NULL;
-    size_t mask = gr->map.mask;
-    size_t hole = (size_t)(e - gr->map.slots);
-    size_t j = hole;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!gr->map.slots[j].seq)
-            break;
-        size_t home = seq_home(gr->map.slots[j].seq, mask);
-        int movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
-        if (movable) {
-            gr->map.slots[hole] = gr->map.slots[j];
-            hole = j;
-        }
-    }
-    memset(&gr->map.slots[hole], 0, sizeof(gr->map.slots[hole]));
-    gr->map.count--;
+    entry_map_remove(&gr->map, e);
 }
-
-/* ---- acked bitmap ----------------------------------------------------- */
 
 static int acked_test(const struct group *gr, uint64_t seq)
 {
-    if (seq < gr->floor)
-        return 1;
-    if (seq >= gr->floor + gr->acked_cap)
-        return 0;
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    return (int)((gr->acked[bit / 64] >> (bit % 64)) & 1);
+    return acked_bits_test(&gr->acked, gr->floor, seq);
 }
 
-static void acked_clear_bit(struct group *gr, uint64_t seq)
-{
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    gr->acked[bit / 64] &= ~(1ULL << (bit % 64));
-}
-
-/* Makes the bitmap cover [floor, seq]. */
 static int acked_reserve(struct group *gr, uint64_t seq)
 {
-    if (seq < gr->floor + gr->acked_cap)
-        return 0;
-    size_t cap = gr->acked_cap ? gr->acked_cap : 4096;
-    while (seq >= gr->floor + cap)
-        cap *= 2;
-    uint64_t *nb = calloc(cap / 64, sizeof(uint64_t));
-    if (!nb)
-        return -1;
-    for (uint64_t s = gr->floor; s < gr->floor + gr->acked_cap; s++) {
-        if (acked_test(gr, s)) {
-            size_t bit = (size_t)(s & (cap - 1));
-            nb[bit / 64] |= 1ULL << (bit % 64);
-        }
-    }
-    free(gr->acked);
-    gr->acked = nb;
-    gr->acked_cap = cap;
-    return 0;
+    return acked_bits_reserve(&gr->acked, gr->floor, seq);
 }
 
 static int acked_set(struct group *gr, uint64_t seq)
 {
-    if (acked_reserve(gr, seq) < 0)
-        return -1;
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    gr->acked[bit / 64] |= 1ULL << (bit % 64);
-    return 0;
+    return acked_bits_set(&gr->acked, gr->floor, seq);
 }
 
 /* Moves the floor over acked sequences, clearing their bits. */
 static void floor_advance(struct group *gr)
 {
     while (gr->floor < gr->next && acked_test(gr, gr->floor)) {
-        acked_clear_bit(gr, gr->floor);
+        acked_bits_clear(&gr->acked, gr->floor);
         gr->floor++;
     }
 }
 
-/* ---- ready queue ------------------------------------------------------ */
-
 static int ready_push(struct group *gr, uint64_t seq)
 {
-    if (gr->ready_len == gr->ready_cap) {
-        size_t cap = gr->ready_cap ? gr->ready_cap * 2 : 64;
-        uint64_t *nr = malloc(cap * sizeof(*nr));
-        if (!nr)
-            return -1;
-        for (size_t i = 0; i < gr->ready_len; i++)
-            nr[i] = gr->ready[(gr->ready_head + i) % gr->ready_cap];
-        free(gr->ready);
-        gr->ready = nr;
-        gr->ready_cap = cap;
-        gr->ready_head = 0;
-    }
-    gr->ready[(gr->ready_head + gr->ready_len) % gr->ready_cap] = seq;
-    gr->ready_len++;
-    return 0;
+    return seq_ring_push(&gr->ready, seq);
 }
 
 static int ready_pop(struct group *gr, uint64_t *seq)
 {
-    if (!gr->ready_len)
-        return 0;
-    *seq = gr->ready[gr->ready_head];
-    gr->ready_head = (gr->ready_head + 1) % gr->ready_cap;
-    gr->ready_len--;
-    return 1;
+    return seq_ring_pop(&gr->ready, seq);
 }
 
 /* ---- timers ------------------------------------------------------------ */
-
-/* Earlier first; equal times in sequence order, so that a burst of
- * expired leases is redelivered in order. */
-static int timer_less(const struct timer_item *a, const struct timer_item *b)
-{
-    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
-}
-
-static void heap_swap(struct timer_item *a, struct timer_item *b)
-{
-    struct timer_item t = *a;
-    *a = *b;
-    *b = t;
-}
 
 static void on_timer(uv_timer_t *t);
 
@@ -457,12 +287,12 @@ static void timer_rearm(struct groups *g)
 {
     if (g->closing)
         return;
-    if (!g->heap_len) {
+    if (!g->heap.len) {
         uv_timer_stop(&g->timer);
         g->timer_due = 0;
         return;
     }
-    uint64_t due = g->heap[0].due_ms;
+    uint64_t due = g->heap.items[0].due_ms;
     if (g->timer_due == due)
         return;
     uint64_t now = broker_now_ms();
@@ -470,43 +300,15 @@ static void timer_rearm(struct groups *g)
     g->timer_due = due;
 }
 
+/* Earlier first; equal times in sequence order, so that a burst of
+ * expired leases is redelivered in order (seqset.h). */
 static void timer_add(struct groups *g, struct group *gr, uint64_t seq, uint64_t due)
 {
-    if (g->heap_len == g->heap_cap) {
-        size_t cap = g->heap_cap ? g->heap_cap * 2 : 256;
-        struct timer_item *nh = realloc(g->heap, cap * sizeof(*nh));
-        if (!nh) {
-            log_error("out of memory for delivery timers");
-            return;
-        }
-        g->heap = nh;
-        g->heap_cap = cap;
-    }
-    size_t i = g->heap_len++;
-    g->heap[i] = (struct timer_item){due, gr, seq};
-    while (i && timer_less(&g->heap[i], &g->heap[(i - 1) / 2])) {
-        heap_swap(&g->heap[(i - 1) / 2], &g->heap[i]);
-        i = (i - 1) / 2;
-    }
-    if (i == 0)
+    int top = due_heap_push(&g->heap, due, gr, seq);
+    if (top < 0)
+        log_error("out of memory for delivery timers");
+    else if (top)
         timer_rearm(g);
-}
-
-static void heap_pop(struct groups *g)
-{
-    g->heap[0] = g->heap[--g->heap_len];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < g->heap_len && timer_less(&g->heap[l], &g->heap[m]))
-            m = l;
-        if (r < g->heap_len && timer_less(&g->heap[r], &g->heap[m]))
-            m = r;
-        if (m == i)
-            break;
-        heap_swap(&g->heap[i], &g->heap[m]);
-        i = m;
-    }
 }
 
 static void mark_dirty(struct groups *g, struct group *gr)
@@ -618,14 +420,21 @@ static int dead_letter_if_last(struct groups *g, struct group *gr, struct entry 
     return 1;
 }
 
+struct group_due {
+    uint64_t due_ms;
+    struct group *group;
+    uint64_t seq;
+};
+
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
     uint64_t now = broker_now_ms();
     g->timer_due = 0;
-    while (g->heap_len && g->heap[0].due_ms <= now) {
-        struct timer_item it = g->heap[0];
-        heap_pop(g);
+    while (g->heap.len && g->heap.items[0].due_ms <= now) {
+        struct due_item due = g->heap.items[0];
+        due_heap_pop(&g->heap);
+        struct group_due it = {due.due_ms, due.owner, due.seq};
         struct entry *e = entry_get(it.group, it.seq);
         /* Stale items (acked, touched, redelivered since) are skipped. */
         if (!e || e->due_ms != it.due_ms)
@@ -1688,14 +1497,10 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
             if (e->seq && e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
                 e->holder->in_flight--;
         }
-        for (size_t i = 0; i <= gr->map.mask; i++)
-            free(gr->map.slots[i].reason);
-        memset(gr->map.slots, 0, (gr->map.mask + 1) * sizeof(*gr->map.slots));
-        gr->map.count = 0;
+        entry_map_clear(&gr->map);
     }
-    if (gr->acked)
-        memset(gr->acked, 0, gr->acked_cap / 8);
-    gr->ready_len = 0;
+    acked_bits_reset(&gr->acked);
+    gr->ready.len = 0;
     gr->fetching_first = 0;
     free(gr->restored);
     gr->restored = NULL;
@@ -2087,11 +1892,9 @@ void groups_free(struct broker *b)
             struct group *gr = t->groups;
             while (gr) {
                 struct group *ng = gr->next_in_topic;
-                for (size_t k = 0; gr->map.slots && k <= gr->map.mask; k++)
-                    free(gr->map.slots[k].reason);
-                free(gr->map.slots);
-                free(gr->acked);
-                free(gr->ready);
+                entry_map_free(&gr->map);
+                acked_bits_free(&gr->acked);
+                seq_ring_free(&gr->ready);
                 free(gr->restored);
                 free(gr->name);
                 free(gr);
@@ -2103,7 +1906,7 @@ void groups_free(struct broker *b)
         }
     }
     free(g->buckets);
-    free(g->heap);
+    due_heap_free(&g->heap);
     free(g);
     b->groups = NULL;
 }
