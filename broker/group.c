@@ -37,6 +37,9 @@
 
 #include "batch.h"
 #include "broker.h"
+#include "clock.h"
+#include "commit.h"
+#include "conn.h"
 #include "log.h"
 #include "seqset.h"
 #include "store.h"
@@ -295,7 +298,7 @@ static void timer_rearm(struct groups *g)
     uint64_t due = g->heap.items[0].due_ms;
     if (g->timer_due == due)
         return;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     uv_timer_start(&g->timer, on_timer, due > now ? due - now : 0, 0);
     g->timer_due = due;
 }
@@ -340,7 +343,7 @@ static struct op *record_entry(struct groups *g, struct group *gr, struct conn *
     if (!c || g->broker->stopping || (!keep && !e->saved))
         return NULL;
     struct broker *b = g->broker;
-    struct op *op = broker_enqueue(b, c, OP_ATTEMPT, 0);
+    struct op *op = commit_enqueue(b, c, OP_ATTEMPT, 0);
     if (!op) {
         log_error("out of memory recording the attempts of %s/%llu", gr->topic->name,
                   (unsigned long long)e->seq);
@@ -429,7 +432,7 @@ struct group_due {
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     g->timer_due = 0;
     while (g->heap.len && g->heap.items[0].due_ms <= now) {
         struct due_item due = g->heap.items[0];
@@ -501,7 +504,7 @@ static void send_deliver(struct sub *s, struct proto_deliver *d, uint32_t attemp
 
 static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, struct sub *s)
 {
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     e->state = E_INFLIGHT;
     e->holder = s;
     e->nacked = 0;
@@ -519,7 +522,7 @@ static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64
                  uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
     struct broker *b = g->broker;
-    struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
+    struct op *op = commit_enqueue(b, s->conn, OP_FETCH, 0);
     if (!op)
         return -1;
     struct batch *bt = b->pending;
@@ -587,7 +590,7 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
         floor_advance(gr);
     }
     gr->dead_lettered++;
-    struct op *op = broker_enqueue(b, c, OP_DEAD_LETTER, 0);
+    struct op *op = commit_enqueue(b, c, OP_DEAD_LETTER, 0);
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
@@ -739,7 +742,7 @@ void groups_dispatch_dirty(struct broker *b)
 /* How long until a message with this not-before time is due (0: now). */
 static uint64_t delay_ms(uint64_t deliver_at_ms)
 {
-    int64_t now = broker_wall_ms();
+    int64_t now = clock_wall_ms();
     return deliver_at_ms > (uint64_t)now ? deliver_at_ms - (uint64_t)now : 0;
 }
 
@@ -750,7 +753,7 @@ static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint
         e->holder->in_flight--;
     e->holder = NULL;
     e->state = E_WAITING;
-    e->due_ms = broker_now_ms() + ms;
+    e->due_ms = clock_mono_ms() + ms;
     timer_add(g, gr, e->seq, e->due_ms);
 }
 
@@ -870,7 +873,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
                 entry_wait(g, gr, e, FETCH_RETRY_MS);
         }
         gr->fetching_first = 0;
-        uint64_t now = broker_now_ms();
+        uint64_t now = clock_mono_ms();
         if (!gr->read_error_ms || now - gr->read_error_ms >= 10000) {
             gr->read_error_ms = now;
             log_error("group %s of topic %s: %s while fetching %u message(s); trying again "
@@ -1074,7 +1077,7 @@ static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_
                              size_t wire_bytes)
 {
     struct broker *b = c->broker;
-    struct op *op = broker_enqueue(b, c, OP_GROUP_SAVE, wire_bytes);
+    struct op *op = commit_enqueue(b, c, OP_GROUP_SAVE, wire_bytes);
     if (!op)
         return NULL;
     op->request_id = request_id;
@@ -1100,7 +1103,7 @@ static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, 
 {
     op->out_off = bt->out.len;
     op->out_len = buf_append(&bt->out, frame, len) == 0 ? len : 0;
-    broker_owe_reply(op, len);
+    commit_owe_reply(op, len);
 }
 
 /* The first sequence of a topic at or after a position; for TIME the
@@ -1147,23 +1150,23 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
     const struct proto_subscribe *sp = &f->u.subscribe;
     int rc;
     if ((rc = proto_sub_topic_valid(sp->topic.ptr, sp->topic.len)) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
     if (proto_group_valid(sp->group.ptr, sp->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP,
-                         "group names are 1-200 bytes of [A-Za-z0-9._-], starting with a "
-                         "letter or digit");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_GROUP,
+                           "group names are 1-200 bytes of [A-Za-z0-9._-], starting with a "
+                           "letter or digit");
         return;
     }
     if (sub_find(c, sp->sub_id)) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID,
-                         "sub_id already used by a subscription on this connection");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID,
+                           "sub_id already used by a subscription on this connection");
         return;
     }
     struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
     if (!t) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     struct group *gr = group_find(t, sp->group.ptr, sp->group.len);
@@ -1171,7 +1174,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
     if (!gr) {
         gr = group_new(g, t, sp->group.ptr, sp->group.len);
         if (!gr) {
-            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+            commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
             return;
         }
         gr->origin = gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
@@ -1185,7 +1188,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
     }
     struct sub *s = calloc(1, sizeof(*s));
     if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     s->conn = c;
@@ -1221,7 +1224,7 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
             s->awaiting_ok = 1;
         }
     } else {
-        conn_reply(c, f->request_id, frame, w.len);
+        commit_reply(c, f->request_id, frame, w.len);
     }
     mark_dirty(g, gr);
 }
@@ -1272,7 +1275,7 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     size_t need = PROTO_HEADER_BYTES + 2 + (size_t)a->count * 10;
     uint8_t *frame = malloc(need);
     if (!frame) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     struct proto_writer w;
@@ -1286,13 +1289,13 @@ void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_byte
     proto_ack_ok_end(&w, start, a->count);
     floor_advance(gr);
     if (!changed && !gr->acks_unsaved) {
-        conn_reply(c, f->request_id, frame, w.len);
+        commit_reply(c, f->request_id, frame, w.len);
         free(frame);
         return;
     }
     /* Persist the floor and the acks above it. */
     struct broker *b = c->broker;
-    struct op *op = broker_enqueue(b, c, OP_GROUP_ACK, wire_bytes);
+    struct op *op = commit_enqueue(b, c, OP_GROUP_ACK, wire_bytes);
     if (!op) {
         free(frame);
         conn_fail(c, FERRY_EINTERNAL, "out of memory");
@@ -1347,7 +1350,7 @@ static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uin
 {
     struct sub *s = sub_find(c, sub_id);
     if (!s)
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
     return s;
 }
 
@@ -1360,7 +1363,7 @@ static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_
     if (any)
         proto_ack_ok_add(&w, seq, code);
     proto_ack_ok_end(&w, start, any ? 1 : 0);
-    conn_reply(c, request_id, frame, w.len);
+    commit_reply(c, request_id, frame, w.len);
 }
 
 /* The entry a nack or touch names, if this subscription holds it. */
@@ -1426,7 +1429,7 @@ void groups_on_touch(struct conn *c, const struct proto_frame *f)
     uint16_t code;
     struct entry *e = held_entry(s, t->value, &code);
     if (e) {
-        e->due_ms = broker_now_ms() + s->ack_wait_ms;
+        e->due_ms = clock_mono_ms() + s->ack_wait_ms;
         timer_add(g, s->group, e->seq, e->due_ms);
     }
     reply_one(c, f->request_id, t->value, code, 1);
@@ -1452,7 +1455,7 @@ void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f)
     while (*pp && (*pp)->sub_id != t->sub_id)
         pp = &(*pp)->next_in_conn;
     if (!*pp) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
         return;
     }
     struct sub *s = *pp;
@@ -1466,12 +1469,12 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
     struct groups *g = G(c->broker);
     const struct proto_seek *sk = &f->u.seek;
     if (proto_group_valid(sk->group.ptr, sk->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
         return;
     }
     struct ltopic *t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 0);
     if (!t && proto_sub_topic_valid(sk->topic.ptr, sk->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
     if (!t)
@@ -1485,7 +1488,7 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         }
     }
     if (!gr) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     uint64_t target = start_seq(c->broker, t, sk->start, sk->value);
@@ -1538,19 +1541,19 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
     struct groups *g = G(c->broker);
     const struct proto_redrive *r = &f->u.redrive;
     if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC,
-                         "name the topic the dead letters came from");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC,
+                           "name the topic the dead letters came from");
         return;
     }
     if (r->group.len && proto_group_valid(r->group.ptr, r->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
         return;
     }
     struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
     struct group tmp = {.topic = t};
     struct ltopic *dt = t ? dead_topic_of(g, &tmp) : NULL;
     if (!t || !dt || !dt->id) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
         return;
     }
     uint64_t seq = 0;
@@ -1559,20 +1562,20 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
     int rc =
         store_read_dead(c->broker->store, dt->id, r->dead_seq, &seq, gname, sizeof(gname), &glen);
     if (rc != 0) {
-        conn_reply_error(c, f->request_id, rc,
-                         rc == FERRY_EINVALID ? "no such dead letter" : "cannot read it");
+        commit_reply_error(c, f->request_id, rc,
+                           rc == FERRY_EINVALID ? "no such dead letter" : "cannot read it");
         return;
     }
     if (r->group.len && (r->group.len != glen || memcmp(r->group.ptr, gname, glen) != 0)) {
         char msg[300];
         snprintf(msg, sizeof(msg), "dead letter %llu was dead-lettered by group %.*s",
                  (unsigned long long)r->dead_seq, (int)glen, gname);
-        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
+        commit_reply_error(c, f->request_id, FERRY_EINVALID, msg);
         return;
     }
     struct group *gr = group_find(t, (const uint8_t *)gname, glen);
     if (!gr) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
         return;
     }
     if (!entry_get(gr, seq) && acked_test(gr, seq) &&
@@ -1581,7 +1584,7 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
         if (!e || ready_push(gr, seq) < 0) {
             if (e)
                 entry_remove(gr, e);
-            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+            commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
             return;
         }
         e->dead_seq = r->dead_seq;
@@ -1625,12 +1628,12 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     struct groups *g = G(c->broker);
     const struct proto_groups *q = &f->u.groups;
     if (q->topic.len && !topic_lookup(g, q->topic.ptr, q->topic.len, 0)) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
         return;
     }
     struct buf out = {0};
     if (buf_reserve(&out, 4096) < 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     uint32_t count = 0;
@@ -1638,7 +1641,7 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     proto_writer_init(&w, out.data, out.cap);
     size_t start = proto_groups_ok_begin(&w, f->request_id);
     out.len = w.len;
-    int64_t wall = broker_wall_ms();
+    int64_t wall = clock_wall_ms();
     /* Listed in byte order of topic, then group name. */
     size_t ngroups = 0;
     for (size_t i = 0; i < g->nbuckets; i++)
@@ -1648,7 +1651,7 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     struct group **all = malloc((ngroups ? ngroups : 1) * sizeof(*all));
     if (!all) {
         buf_free(&out);
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
     size_t na = 0;
@@ -1711,9 +1714,9 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     proto_writer_init(&w, out.data, out.cap);
     w.len = out.len;
     if (proto_groups_ok_end(&w, start, count) == 0)
-        conn_reply(c, f->request_id, out.data, w.len);
+        commit_reply(c, f->request_id, out.data, w.len);
     else
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot list groups");
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot list groups");
     buf_free(&out);
 }
 

@@ -37,6 +37,10 @@
 #endif
 
 #include "broker.h"
+#include "clock.h"
+#include "commit.h"
+#include "conn.h"
+#include "dispatch.h"
 #include "group.h"
 #include "log.h"
 #include "proto.h"
@@ -53,58 +57,15 @@
 #define MAX_DEFERRALS 8
 #define DEFER_MAX_BYTES (1u << 20)
 
-uint64_t broker_now_ms(void)
-{
-    return uv_hrtime() / 1000000u;
-}
-
-int64_t broker_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void start_commit(struct broker *b);
 static void maybe_finish(struct broker *b);
 static void on_handle_closed(uv_handle_t *h);
 
-struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes)
+/* conn_events.on_closed: the connection's handle closed. */
+static void on_conn_closed(struct conn *c)
 {
-    struct op *op = batch_add(b->pending, kind);
-    if (!op)
-        return NULL;
-    op->conn = c;
-    op->request_id = 0;
-    /* The op's own memory counts with the request: otherwise a flood of
-     * tiny requests would cost far more than the bytes it sends. */
-    op->wire_bytes = wire_bytes + sizeof(*op);
-    c->refs++;
-    c->outstanding += op->wire_bytes;
-    c->outstanding_ops++;
-    if (kind != OP_REPLY && kind != OP_FETCH && kind != OP_DEAD_LETTER)
-        broker_owe_reply(op, OP_ERROR_REPLY_MAX);
-    return op;
-}
-
-void broker_owe_reply(struct op *op, size_t bytes)
-{
-    if (bytes <= op->reply_bytes)
-        return;
-    op->conn->replies_owed += bytes - op->reply_bytes;
-    op->reply_bytes = bytes;
-}
-
-void broker_conn_closed(struct broker *b, struct conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        b->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-    b->nconns--;
+    struct broker *b = c->broker;
+    commit_conn_closed(b, c);
+    groups_conn_closed(c);
     if (b->stopping == BROKER_CLOSING && b->nconns == 0 && b->linger_active) {
         b->linger_active = 0;
         uv_close((uv_handle_t *)&b->linger, on_handle_closed);
@@ -112,23 +73,10 @@ void broker_conn_closed(struct broker *b, struct conn *c)
     maybe_finish(b);
 }
 
-/* ---- the worker ------------------------------------------------------- */
-
-static void work_cb(uv_work_t *req)
+/* on_commit_done: a batch came back from the worker. */
+static void on_commit_done(struct broker *b, struct batch *done)
 {
-    struct broker *b = req->data;
-    store_commit(b->store, b->committing, broker_wall_ms());
-}
-
-static void after_work_cb(uv_work_t *req, int status)
-{
-    struct broker *b = req->data;
-    struct batch *done = b->committing;
-    (void)status;
-    b->committing = NULL;
     if (done->commit_status) {
-        struct store_stats st;
-        store_get_stats(b->store, &st);
         log_error("commit of %llu messages failed: %s: %s", (unsigned long long)done->messages,
                   proto_strerror(done->commit_status), store_last_error(b->store));
     }
@@ -140,66 +88,21 @@ static void after_work_cb(uv_work_t *req, int status)
      * are even written; fetched ones go to their subscriptions. */
     b->defer_flush = 1;
     groups_after_commit(b, done);
-
     /* Replies go out in op order; connections coalesce them into writes. */
-    for (size_t i = 0; i < done->nops; i++) {
-        struct op *op = &done->ops[i];
-        struct conn *c = op->conn;
-        if (op->kind != OP_FETCH) {
-            const uint8_t *reply = done->out.data + op->out_off;
-            size_t len = op->out_len;
-            if (op->kind == OP_PUBLISH && !op->status) {
-                /* Stored: its PUBLISH_ACK from the typed results. */
-                b->scratch.len = 0;
-                len = 0;
-                if (batch_encode_publish_ack(done, op, &b->scratch) == 0) {
-                    reply = b->scratch.data;
-                    len = b->scratch.len;
-                }
-            }
-            if (len > op->reply_bytes) {
-                atomic_fetch_add(&b->reply_overruns, 1);
-                log_error("conn %llu: a %zu-byte reply where %zu were owed (op kind %d)",
-                          (unsigned long long)c->id, len, op->reply_bytes, (int)op->kind);
-            }
-            conn_on_replies(c, reply, len);
-        }
-        conn_op_done(c, op);
-    }
+    commit_answer(b, done);
     groups_after_replies(b, done);
-    for (size_t i = 0; i < done->nops; i++)
-        conn_unref(done->ops[i].conn);
-    batch_reset(done);
+    commit_release(b, done);
     groups_dispatch_dirty(b);
     conn_flush_deferred(b);
 
     if (b->pending->nops || b->maintenance_due)
-        start_commit(b);
+        commit_start(b);
 
     /* Connections paused for backpressure may read again. */
     for (struct conn *c = b->conns; c; c = c->next)
         if (!c->reading)
             conn_resume_reading(c);
     maybe_finish(b);
-}
-
-static void start_commit(struct broker *b)
-{
-    if (b->committing || (!b->pending->nops && !b->maintenance_due))
-        return;
-    struct batch *next = b->pending == &b->batches[0] ? &b->batches[1] : &b->batches[0];
-    b->committing = b->pending;
-    b->committing->maintenance = b->maintenance_due;
-    b->maintenance_due = 0;
-    b->pending = next;
-    b->work.data = b;
-    int rc = uv_queue_work(b->loop, &b->work, work_cb, after_work_cb);
-    if (rc < 0) {
-        /* Cannot happen with a valid loop; run inline rather than lose it. */
-        log_error("uv_queue_work: %s; committing on the loop thread", uv_strerror(rc));
-        work_cb(&b->work);
-        after_work_cb(&b->work, 0);
-    }
 }
 
 static void on_drain(uv_idle_t *h)
@@ -228,7 +131,7 @@ static void on_prepare(uv_prepare_t *h)
     }
     uv_idle_stop(&b->drain);
     b->deferrals = 0;
-    start_commit(b);
+    commit_start(b);
 }
 
 /* ---- timers, signals, listener --------------------------------------- */
@@ -236,7 +139,7 @@ static void on_prepare(uv_prepare_t *h)
 static void on_tick(uv_timer_t *t)
 {
     struct broker *b = t->data;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     struct conn *c = b->conns;
     while (c) {
         struct conn *next = c->next;
@@ -246,7 +149,7 @@ static void on_tick(uv_timer_t *t)
     if (now - b->last_maintenance_ms >= MAINTENANCE_EVERY_MS) {
         b->last_maintenance_ms = now;
         b->maintenance_due = 1;
-        start_commit(b);
+        commit_start(b);
     }
 }
 
@@ -312,7 +215,7 @@ static void on_signal(uv_signal_t *s, int signum)
     for (struct conn *c = b->conns; c; c = c->next)
         conn_pause_reading(c);
     b->maintenance_due = 0;
-    start_commit(b);
+    commit_start(b);
     maybe_finish(b);
 }
 
@@ -354,6 +257,12 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     b->cfg = *cfg;
     b->lock_fd = -1;
     b->pending = &b->batches[0];
+    b->events = (struct conn_events){
+        .on_frame = dispatch_frame,
+        .on_closed = on_conn_closed,
+        .on_writable = groups_conn_writable,
+    };
+    b->on_commit_done = on_commit_done;
     if (lock_data_dir(b) < 0)
         return -1;
     char path[4200], err[512];

@@ -57,6 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dedupe.h"
 #include "ferry_codes.h"
 #include "log.h"
@@ -270,13 +271,6 @@ static void producer_touch(struct store *s, struct producer *p);
 static struct retention effective_retention(const struct store *s, const struct topic *t);
 
 /* ---- helpers ---------------------------------------------------------- */
-
-static uint64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static uint64_t splitmix64(uint64_t *x)
 {
@@ -1099,13 +1093,6 @@ static void set_max_pages(struct store *s, uint64_t pages)
     sqlite3_exec(s->db, sql, NULL, NULL, NULL);
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int store_open(const struct store_config *cfg, struct store **out, char *err, size_t errlen)
 {
     struct store *s = calloc(1, sizeof(*s));
@@ -1131,7 +1118,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     s->dedupe_max_ids = cfg->dedupe_max_ids ? cfg->dedupe_max_ids : 10000000;
     s->dd_oldest_ms = INT64_MIN; /* unknown until the first purge looks */
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
-        s->rng = (uint64_t)wall_ms() ^ (uint64_t)(uintptr_t)s;
+        s->rng = (uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)s;
     if (dedupe_init(&s->dd, splitmix64(&s->rng)) < 0) {
         pthread_mutex_destroy(&s->ckpt_run_mu);
         free(s->path);
@@ -2555,7 +2542,7 @@ static int has_small_writes(const struct batch *b)
 
 void store_commit(struct store *s, struct batch *b, int64_t now_ms)
 {
-    uint64_t t0 = now_us();
+    uint64_t t0 = clock_mono_us();
     int ferr = 0;
     b->now_ms = now_ms;
     /* While the disk reserve is released, publishes and dead letters are
@@ -2565,7 +2552,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     int rc = refused ? SQLITE_FULL : run_txn(s, b, now_ms, 0, &ferr);
     if (rc == SQLITE_OK) {
         b->commit_status = 0;
-        b->commit_us = now_us() - t0;
+        b->commit_us = clock_mono_us() - t0;
         return;
     }
     int code = ferr ? ferr : map_sqlite_error(rc);
@@ -2608,7 +2595,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
             }
             shrink_wal(s);
             b->commit_status = 0;
-            b->commit_us = now_us() - t0;
+            b->commit_us = clock_mono_us() - t0;
             return;
         }
         b->out.len = mark;
@@ -2621,5 +2608,5 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
             op->kind == OP_TOPIC_CONFIG || (op->kind == OP_ATTEMPT && op->request_id))
             reply_error(b, op, code, why);
     }
-    b->commit_us = now_us() - t0;
+    b->commit_us = clock_mono_us() - t0;
 }
