@@ -110,6 +110,11 @@ struct broker {
     _Atomic uint64_t reply_overruns;
 };
 
+/* The one loopback rule: whether a listen address reaches only this
+ * machine (::1, 127.*, localhost). Without tokens ferryd listens only on
+ * such an address. */
+int broker_is_loopback(const char *host);
+
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg);
 /* Starts listening; logs the address and writes the ready file. */
 int broker_start(struct broker *b);

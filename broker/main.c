@@ -468,11 +468,6 @@ static void warn_if_shared(const char *dir, const char *file)
                  path, (unsigned)(st.st_mode & 07777), S_ISDIR(st.st_mode) ? "700" : "600");
 }
 
-static int is_loopback(const char *host)
-{
-    return !strcmp(host, "::1") || !strncmp(host, "127.", 4);
-}
-
 int main(int argc, char **argv)
 {
     struct broker_config cfg;
@@ -524,7 +519,7 @@ int main(int argc, char **argv)
         auth_free(&cfg.auth);
         return 2;
     }
-    if (!auth_enabled(&cfg.auth) && !is_loopback(cfg.listen_host)) {
+    if (!auth_enabled(&cfg.auth) && !broker_is_loopback(cfg.listen_host)) {
         fprintf(stderr,
                 "ferryd: refusing to listen on %s without authentication: configure tokens in "
                 "a config file (--config, see docs/OPERATIONS.md) or listen on 127.0.0.1\n",

@@ -250,6 +250,11 @@ static int lock_data_dir(struct broker *b)
     return 0;
 }
 
+int broker_is_loopback(const char *host)
+{
+    return !strcmp(host, "::1") || !strncmp(host, "127.", 4) || !strcmp(host, "localhost");
+}
+
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
@@ -344,9 +349,7 @@ int broker_start(struct broker *b)
     uv_signal_start(&b->sigint, on_signal, SIGINT);
     uv_signal_start(&b->sigterm, on_signal, SIGTERM);
 
-    int loopback = strcmp(b->cfg.listen_host, "127.0.0.1") == 0 ||
-                   strcmp(b->cfg.listen_host, "::1") == 0 ||
-                   strcmp(b->cfg.listen_host, "localhost") == 0;
+    int loopback = broker_is_loopback(b->cfg.listen_host);
     log_info("listening on %s:%d (%s; %s)", b->cfg.listen_host, port,
              loopback ? "loopback only" : "reachable from the network",
              auth_enabled(&b->cfg.auth) ? "tokens required" : "no authentication");
