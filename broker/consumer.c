@@ -592,10 +592,9 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
     int64_t wall = clock_wall_ms();
     /* Listed in byte order of topic, then group name. */
     size_t ngroups = 0;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                ngroups++;
+    for (struct ltopic *t = namemap_first(&g->topics); t; t = namemap_next(&g->topics, t))
+        for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+            ngroups++;
     struct group **all = malloc((ngroups ? ngroups : 1) * sizeof(*all));
     if (!all) {
         buf_free(&out);
@@ -603,12 +602,11 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
         return;
     }
     size_t na = 0;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            if (!q->topic.len ||
-                (q->topic.len == t->name_len && !memcmp(q->topic.ptr, t->name, t->name_len)))
-                for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                    all[na++] = gr;
+    for (struct ltopic *t = namemap_first(&g->topics); t; t = namemap_next(&g->topics, t))
+        if (!q->topic.len ||
+            (q->topic.len == t->name_len && !memcmp(q->topic.ptr, t->name, t->name_len)))
+            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+                all[na++] = gr;
     qsort(all, na, sizeof(*all), cmp_group);
     for (size_t ai = 0; ai < na; ai++) {
         struct group *gr = all[ai];

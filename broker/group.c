@@ -47,16 +47,6 @@
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static uint64_t name_hash(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 static char *dup_bytes(const void *p, size_t n)
 {
     char *s = malloc(n + 1);
@@ -71,43 +61,20 @@ static char *dup_bytes(const void *p, size_t n)
 
 struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, int create)
 {
-    if (g->nbuckets) {
-        struct ltopic *t = g->buckets[name_hash(name, len) & (g->nbuckets - 1)];
-        for (; t; t = t->hnext)
-            if (t->name_len == len && memcmp(t->name, name, len) == 0)
-                return t;
-    }
-    if (!create)
-        return NULL;
-    if (g->ntopics + 1 > g->nbuckets) {
-        size_t n = g->nbuckets ? g->nbuckets * 2 : 64;
-        struct ltopic **nb = calloc(n, sizeof(*nb));
-        if (!nb)
-            return NULL;
-        for (size_t i = 0; i < g->nbuckets; i++) {
-            struct ltopic *x = g->buckets[i];
-            while (x) {
-                struct ltopic *nx = x->hnext;
-                size_t h = name_hash((const uint8_t *)x->name, x->name_len) & (n - 1);
-                x->hnext = nb[h];
-                nb[h] = x;
-                x = nx;
-            }
-        }
-        free(g->buckets);
-        g->buckets = nb;
-        g->nbuckets = n;
-    }
-    struct ltopic *t = calloc(1, sizeof(*t));
+    struct ltopic *t = namemap_find(&g->topics, name, len);
+    if (t || !create)
+        return t;
+    t = calloc(1, sizeof(*t));
     if (!t || !(t->name = dup_bytes(name, len))) {
         free(t);
         return NULL;
     }
     t->name_len = len;
-    size_t h = name_hash(name, len) & (g->nbuckets - 1);
-    t->hnext = g->buckets[h];
-    g->buckets[h] = t;
-    g->ntopics++;
+    if (namemap_insert(&g->topics, &t->link, t->name, len) < 0) {
+        free(t->name);
+        free(t);
+        return NULL;
+    }
     g->topic_name_bytes += len;
     return t;
 }
@@ -123,11 +90,11 @@ size_t groups_topics_ok_bound(struct broker *b)
     size_t fresh = b->pending->messages + b->pending->nops;
     if (b->committing)
         fresh += b->committing->messages + b->committing->nops;
-    size_t n = g->ntopics + fresh;
+    size_t n = g->topics.count + fresh;
     size_t bytes = PROTO_HEADER_BYTES + 4;
     if (n > PROTO_MAX_TOPICS)
         return bytes + PROTO_MAX_TOPICS * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
-    return bytes + g->ntopics * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
+    return bytes + g->topics.count * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
            fresh * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
 }
 
@@ -797,7 +764,6 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     mark_dirty(g, gr);
 }
 
-
 /* The commit creating a subscription's group is done: deliveries may
  * start (they follow the SUBSCRIBE_OK, which goes out with this batch's
  * replies). If it failed, the client got an ERROR: the subscription ends. */
@@ -1065,10 +1031,9 @@ int groups_init(struct broker *b)
     if (rc != 0)
         return -1;
     /* Sequences acked above the floor: the restart cursor skips them. */
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                gr->next = gr->floor;
+    for (struct ltopic *t = namemap_first(&g->topics); t; t = namemap_next(&g->topics, t))
+        for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
+            gr->next = gr->floor;
     return 0;
 }
 
@@ -1091,27 +1056,24 @@ void groups_free(struct broker *b)
     struct groups *g = G(b);
     if (!g)
         return;
-    for (size_t i = 0; i < g->nbuckets; i++) {
-        struct ltopic *t = g->buckets[i];
-        while (t) {
-            struct ltopic *nt = t->hnext;
-            struct group *gr = t->groups;
-            while (gr) {
-                struct group *ng = gr->next_in_topic;
-                entry_map_free(&gr->map);
-                acked_bits_free(&gr->acked);
-                seq_ring_free(&gr->ready);
-                free(gr->restored);
-                free(gr->name);
-                free(gr);
-                gr = ng;
-            }
-            free(t->name);
-            free(t);
-            t = nt;
+    for (struct ltopic *t = namemap_first(&g->topics); t;) {
+        struct ltopic *nt = namemap_next(&g->topics, t);
+        struct group *gr = t->groups;
+        while (gr) {
+            struct group *ng = gr->next_in_topic;
+            entry_map_free(&gr->map);
+            acked_bits_free(&gr->acked);
+            seq_ring_free(&gr->ready);
+            free(gr->restored);
+            free(gr->name);
+            free(gr);
+            gr = ng;
         }
+        free(t->name);
+        free(t);
+        t = nt;
     }
-    free(g->buckets);
+    namemap_free(&g->topics);
     due_heap_free(&g->heap);
     free(g);
     b->groups = NULL;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "namemap.h"
 #include "proto.h"
 #include "seqset.h"
 
@@ -45,13 +46,13 @@ struct sub {
 };
 
 struct ltopic {
+    struct name_link link; /* first: in the groups' topic map (namemap.h) */
     char *name;
     size_t name_len;
     int64_t id; /* 0 until the store has created the topic */
     uint64_t head;
     uint64_t first; /* the lowest sequence retention kept (0: unknown) */
     struct group *groups;
-    struct ltopic *hnext;
 };
 
 struct group {
@@ -94,8 +95,7 @@ struct group {
 
 struct groups {
     struct broker *broker;
-    struct ltopic **buckets;
-    size_t nbuckets, ntopics;
+    struct namemap topics;   /* every topic the loop knows, by name */
     size_t topic_name_bytes; /* of every topic, summed (a TOPICS_OK's size) */
     struct due_heap heap;    /* leases and delays, items owned by a group */
     uv_timer_t timer;

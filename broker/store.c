@@ -139,16 +139,6 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-uint64_t hash_name(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 /* A UUIDv7-style id: 48 bits of Unix ms, then random bits, as 36 chars. */
 void make_id(struct store *s, int64_t now_ms, char out[37])
 {
@@ -435,10 +425,9 @@ static int load_topics(struct store *s)
         set_err(s, "load topics");
         return rc;
     }
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
-            if ((rc = recover_topic(s, t)) != SQLITE_OK)
-                return rc;
+    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
+        if ((rc = recover_topic(s, t)) != SQLITE_OK)
+            return rc;
     return SQLITE_OK;
 }
 
@@ -614,7 +603,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
                            "SELECT rid, ts_ms FROM messages WHERE rid >= ?1 AND rid <= ?2 "
                            "ORDER BY rid LIMIT 1",
                            -1, &s->rd_ts, NULL);
-    s->stats.topics = s->ntopics;
+    s->stats.topics = s->topics.count;
     *out = s;
     return 0;
 }
@@ -650,15 +639,12 @@ void store_close(struct store *s)
         close(s->wal_fd);
     pthread_mutex_destroy(&s->ckpt_run_mu);
     free(s->path);
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        struct topic *t = s->buckets[i];
-        while (t) {
-            struct topic *next = t->hnext;
-            topic_free(t);
-            t = next;
-        }
+    for (struct topic *t = namemap_first(&s->topics); t;) {
+        struct topic *next = namemap_next(&s->topics, t);
+        topic_free(t);
+        t = next;
     }
-    free(s->buckets);
+    namemap_free(&s->topics);
     while (s->producers) {
         struct producer *p = s->producers;
         s->producers = p->next;
@@ -675,7 +661,7 @@ void store_close(struct store *s)
 void store_get_stats(const struct store *s, struct store_stats *out)
 {
     *out = s->stats;
-    out->topics = s->ntopics;
+    out->topics = s->topics.count;
     out->dedupe_ids = s->dd.count;
     out->dedupe_bytes = dedupe_memory(&s->dd);
     out->io_errors = store_io_errors();

@@ -316,12 +316,9 @@ static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *f
     uint32_t n = fw->seqs.n;
     sqlite3_stmt *st = s->st[ST_FETCH];
     struct topic *dt = NULL;
-    for (size_t i = 0; i < s->nbuckets && !dt; i++)
-        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
-            if (t->id == (int64_t)topic_id) {
-                dt = t;
-                break;
-            }
+    for (struct topic *t = namemap_first(&s->topics); t && !dt; t = namemap_next(&s->topics, t))
+        if (t->id == (int64_t)topic_id)
+            dt = t;
     fw->results = b->fetched.len;
     for (uint32_t i = 0; i < n && dt; i++) {
         uint64_t seq = seqs[i];
@@ -501,10 +498,9 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
     int rc;
     /* The in-memory counters, not the rows: a row may lag behind the
      * messages after a crash (recover_topic brought the counters up). */
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
-            if (cb->topic(cb->arg, t->id, t->name, t->name_len, t->c.head, t->c.first) < 0)
-                return FERRY_ENOMEM;
+    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
+        if (cb->topic(cb->arg, t->id, t->name, t->name_len, t->c.head, t->c.first) < 0)
+            return FERRY_ENOMEM;
     rc = sqlite3_prepare_v2(
         s->db,
         "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries, origin, backoff "

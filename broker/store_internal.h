@@ -26,6 +26,7 @@
 
 #include "batch.h"
 #include "dedupe.h"
+#include "namemap.h"
 #include "proto.h"
 #include "reserve.h"
 #include "store.h"
@@ -63,6 +64,7 @@ struct topic_retention {
 #define RATE_SLOTS 10 /* seconds the publish rate is averaged over */
 
 struct topic {
+    struct name_link link; /* first: in the store's topic map (namemap.h) */
     int64_t id;
     struct topic_retention own, saved_own;
     uint64_t rate_count[RATE_SLOTS]; /* messages stored in second rate_sec[i] */
@@ -78,7 +80,6 @@ struct topic {
     int in_txn;         /* touched by the running transaction */
     int created_in_txn;
     struct topic *next_dirty;
-    struct topic *hnext;
 };
 
 enum stmt_id {
@@ -141,10 +142,8 @@ struct store {
     struct dd_change *dd_added, *dd_removed;
     size_t n_added, cap_added, n_removed, cap_removed;
 
-    struct topic **buckets;
-    size_t nbuckets;
-    size_t ntopics;
-    struct topic *dirty; /* topics touched by the running transaction */
+    struct namemap topics; /* every topic, by name */
+    struct topic *dirty;   /* topics touched by the running transaction */
 
     /* The checkpointer: its own connection and thread. */
     sqlite3 *ckpt_db;
@@ -188,7 +187,6 @@ struct store {
 };
 
 /* store.c */
-uint64_t hash_name(const uint8_t *p, size_t n);
 void make_id(struct store *s, int64_t now_ms, char out[37]);
 void set_err(struct store *s, const char *what);
 int map_sqlite_error(int rc);

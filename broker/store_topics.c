@@ -30,53 +30,17 @@
 
 static struct topic *topic_find(struct store *s, const uint8_t *name, size_t len)
 {
-    if (!s->nbuckets)
-        return NULL;
-    struct topic *t = s->buckets[hash_name(name, len) & (s->nbuckets - 1)];
-    for (; t; t = t->hnext)
-        if (t->name_len == len && memcmp(t->name, name, len) == 0)
-            return t;
-    return NULL;
+    return namemap_find(&s->topics, name, len);
 }
 
 int topic_map_insert(struct store *s, struct topic *t)
 {
-    if (s->ntopics + 1 > s->nbuckets) {
-        size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
-        struct topic **nb = calloc(n, sizeof(*nb));
-        if (!nb)
-            return -1;
-        for (size_t i = 0; i < s->nbuckets; i++) {
-            struct topic *x = s->buckets[i];
-            while (x) {
-                struct topic *next = x->hnext;
-                size_t h = hash_name((const uint8_t *)x->name, x->name_len) & (n - 1);
-                x->hnext = nb[h];
-                nb[h] = x;
-                x = next;
-            }
-        }
-        free(s->buckets);
-        s->buckets = nb;
-        s->nbuckets = n;
-    }
-    size_t h = hash_name((const uint8_t *)t->name, t->name_len) & (s->nbuckets - 1);
-    t->hnext = s->buckets[h];
-    s->buckets[h] = t;
-    s->ntopics++;
-    return 0;
+    return namemap_insert(&s->topics, &t->link, t->name, t->name_len);
 }
 
 static void topic_map_remove(struct store *s, struct topic *t)
 {
-    size_t h = hash_name((const uint8_t *)t->name, t->name_len) & (s->nbuckets - 1);
-    struct topic **pp = &s->buckets[h];
-    while (*pp && *pp != t)
-        pp = &(*pp)->hnext;
-    if (*pp) {
-        *pp = t->hnext;
-        s->ntopics--;
-    }
+    namemap_remove(&s->topics, &t->link);
 }
 
 struct topic *topic_new(const char *name, size_t len)
@@ -192,10 +156,9 @@ int topics_flush(struct store *s, int64_t now_ms, int force)
 /* Every topic whose row lags: touched so the next flush writes it. */
 void topics_touch_lagging(struct store *s)
 {
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
-            if (memcmp(&t->c, &t->persisted, sizeof(t->c)) != 0)
-                topic_touch(s, t);
+    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
+        if (memcmp(&t->c, &t->persisted, sizeof(t->c)) != 0)
+            topic_touch(s, t);
 }
 
 /* Ends the transaction's bookkeeping: keep (ok) or restore the counters. */
@@ -271,13 +234,12 @@ void topic_count_rate(struct topic *t, int64_t now_ms)
 
 int topics_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms)
 {
-    struct topic **all = malloc((s->ntopics ? s->ntopics : 1) * sizeof(*all));
+    struct topic **all = malloc((s->topics.count ? s->topics.count : 1) * sizeof(*all));
     if (!all)
         return FERRY_EINTERNAL;
     size_t n = 0;
-    for (size_t i = 0; i < s->nbuckets; i++)
-        for (struct topic *t = s->buckets[i]; t; t = t->hnext)
-            all[n++] = t;
+    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
+        all[n++] = t;
     qsort(all, n, sizeof(*all), cmp_topic);
     if (n > PROTO_MAX_TOPICS)
         n = PROTO_MAX_TOPICS;
@@ -426,9 +388,9 @@ int retention_step(struct store *s, struct batch *b, int64_t now_ms)
         budget = RETENTION_STEP_MIN;
     int rc = SQLITE_OK;
     if (b->maintenance) {
-        for (size_t i = 0; rc == SQLITE_OK && i < s->nbuckets; i++)
-            for (struct topic *t = s->buckets[i]; rc == SQLITE_OK && t; t = t->hnext)
-                rc = retain_topic(s, t, now_ms, budget);
+        for (struct topic *t = namemap_first(&s->topics); rc == SQLITE_OK && t;
+             t = namemap_next(&s->topics, t))
+            rc = retain_topic(s, t, now_ms, budget);
         return rc;
     }
     /* topic_touch prepends to s->dirty; the ones already there are walked. */
