@@ -339,8 +339,8 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
 
 /* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
  * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
-static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
-                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
+static int queue_fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
+                       uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
     struct broker *b = g->broker;
     struct op *op = commit_enqueue(b, s->conn, OP_FETCH, 0);
@@ -500,7 +500,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (nr) {
             struct ltopic *dt = dead_topic_of(g, gr);
-            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
+            if (queue_fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
                 log_error("out of memory fetching deliveries");
                 return;
             }
@@ -537,7 +537,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (n == 0)
             return;
-        if (fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
+        if (queue_fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
             log_error("out of memory fetching deliveries");
             return;
         }
@@ -1019,7 +1019,7 @@ int groups_init(struct broker *b)
     struct store_load_cbs cbs = {
         .arg = g,
         .topic = on_loaded_topic,
-        .group = on_loaded_group,
+        .group_row = on_loaded_group,
         .ack = on_loaded_ack,
         .attempts = on_loaded_attempts,
     };

@@ -59,9 +59,9 @@ struct store_load_cbs {
     void *arg;
     int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
                  uint64_t first);
-    int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
-                 size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
-                 uint64_t origin, const uint32_t *backoff_ms, uint8_t backoff_count);
+    int (*group_row)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
+                     size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
+                     uint64_t origin, const uint32_t *backoff_ms, uint8_t backoff_count);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
     /* Attempts used up by a message not yet done, in (group, seq) order. */
     int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,

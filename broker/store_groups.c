@@ -241,7 +241,7 @@ static int put_header(struct buf *h, const char *name, const void *value, size_t
 /* The broker's own headers of a dead letter (the last of each name: a
  * message dead-lettered twice carries the later ones last). */
 struct dead_info {
-    struct proto_slice seq, group, id;
+    struct proto_slice seq, group_name, id;
 };
 
 static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
@@ -257,7 +257,7 @@ static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
         if (h.name.len == 14 && memcmp(h.name.ptr, "ferry-dead-seq", 14) == 0)
             out->seq = h.value;
         else if (h.name.len == 16 && memcmp(h.name.ptr, "ferry-dead-group", 16) == 0)
-            out->group = h.value;
+            out->group_name = h.value;
         else if (h.name.len == 13 && memcmp(h.name.ptr, "ferry-dead-id", 13) == 0)
             out->id = h.value;
     }
@@ -275,7 +275,7 @@ static uint64_t slice_u64(struct proto_slice v)
 }
 
 int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
-                    char *group, size_t group_cap, size_t *group_len)
+                    char *group_out, size_t group_cap, size_t *group_len)
 {
     sqlite3_stmt *st;
     if (!s->rdb || sqlite3_prepare_v2(s->rdb, "SELECT headers FROM messages WHERE rid = ?1", -1,
@@ -288,9 +288,9 @@ int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, u
         struct dead_info di;
         dead_info_of(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), &di);
         *seq = slice_u64(di.seq);
-        if (*seq && di.group.len && di.group.len <= group_cap && di.id.len) {
-            memcpy(group, di.group.ptr, di.group.len);
-            *group_len = di.group.len;
+        if (*seq && di.group_name.len && di.group_name.len <= group_cap && di.id.len) {
+            memcpy(group_out, di.group_name.ptr, di.group_name.len);
+            *group_len = di.group_name.len;
             ret = 0;
         }
     } else if (rc != SQLITE_DONE) {
@@ -521,12 +521,12 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
             backoff[nb++] = (uint32_t)v;
             p = *end == ',' ? end + 1 : end;
         }
-        if (cb->group(cb->arg, sqlite3_column_int64(st, 0),
-                      (const char *)sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1),
-                      (const char *)sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2),
-                      (uint64_t)sqlite3_column_int64(st, 3), (uint32_t)sqlite3_column_int64(st, 4),
-                      (uint16_t)sqlite3_column_int64(st, 5), (uint64_t)sqlite3_column_int64(st, 6),
-                      backoff, nb) < 0)
+        if (cb->group_row(
+                cb->arg, sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+                (size_t)sqlite3_column_bytes(st, 1), (const char *)sqlite3_column_text(st, 2),
+                (size_t)sqlite3_column_bytes(st, 2), (uint64_t)sqlite3_column_int64(st, 3),
+                (uint32_t)sqlite3_column_int64(st, 4), (uint16_t)sqlite3_column_int64(st, 5),
+                (uint64_t)sqlite3_column_int64(st, 6), backoff, nb) < 0)
             break;
     }
     sqlite3_finalize(st);

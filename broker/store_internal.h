@@ -4,12 +4,15 @@
  * functions one file of it calls in another. Only store*.c include it
  * (and only they include sqlite3.h).
  *
- *   store.c          open, schema and migrations, loading, close; the
- *                    transaction over a batch (store_commit)
+ *   store_txn.c      the transaction over a batch (store_commit)
+ *   store.c          open, schema and migrations, loading, close
  *   store_publish.c  publish, dedupe, producers
  *   store_groups.c   groups, acks, attempts, fetches, dead letters
  *   store_topics.c   topic map and counters, TOPICS, retention
  *   store_ckpt.c     the checkpointer thread, WAL sync, page cap
+ *   store_util.c     statement steps, error text, message ids
+ *
+ * in that order from the top: a file calls only files below it.
  *
  * Threads: the struct store is used by one thread at a time (store.h),
  * except the checkpointer's fields (ckpt_*, wal_dirty), shared with the
@@ -186,7 +189,8 @@ struct store {
     char errmsg[256];
 };
 
-/* store.c */
+/* store_util.c */
+uint64_t splitmix64(uint64_t *x);
 void make_id(struct store *s, int64_t now_ms, char out[37]);
 void set_err(struct store *s, const char *what);
 int map_sqlite_error(int rc);
