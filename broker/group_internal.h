@@ -113,6 +113,7 @@ struct groups {
 };
 
 /* The group registry, sequences and delivery (group.c). */
+int dead_letter_fits(const struct ltopic *t);
 int dead_letter_if_last(struct groups *g, struct group *gr, struct entry *e, const char *why);
 struct ltopic *dead_topic_of(struct groups *g, const struct group *gr);
 uint16_t delivery_limit(const struct ltopic *t, uint16_t requested);
