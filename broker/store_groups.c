@@ -383,6 +383,84 @@ static int fetch_redrive(struct store *s, struct batch *b, struct op *op, int *f
     return SQLITE_OK;
 }
 
+/* Appends the original headers of a message (its stored blob oh) to h,
+ * keeping room for the 6 of a dead letter. Returns how many it kept, or
+ * -1 when out of memory. */
+static int copy_headers_for_dead(struct buf *h, const uint8_t *oh, size_t ohl)
+{
+    uint16_t count = oh && ohl >= 2 ? proto_rd16(oh) : 0;
+    int bad = 0;
+    if (count > PROTO_MAX_HEADERS - 6) {
+        /* Keep room for ours: drop the original's last headers. */
+        struct proto_msg om = {.header_count = count, .headers = {oh + 2, ohl - 2}};
+        struct proto_header_iter hi;
+        struct proto_header hd;
+        proto_header_iter_init(&hi, &om);
+        for (uint16_t i = 0; i < PROTO_MAX_HEADERS - 6 && proto_header_next(&hi, &hd); i++) {
+            uint8_t l[2];
+            proto_wr16(l, (uint16_t)hd.name.len);
+            bad |= buf_append(h, l, 2) < 0 || buf_append(h, hd.name.ptr, hd.name.len) < 0;
+            proto_wr16(l, (uint16_t)hd.value.len);
+            bad |= buf_append(h, l, 2) < 0 || buf_append(h, hd.value.ptr, hd.value.len) < 0;
+        }
+        count = PROTO_MAX_HEADERS - 6;
+    } else if (count) {
+        bad |= buf_append(h, oh + 2, ohl - 2) < 0;
+    }
+    return bad ? -1 : count;
+}
+
+/* Stores the copy of the message st has read as a dead letter of dw (to
+ * "_dead.<topic>", with the ferry-dead-* headers), and resets st. Returns
+ * an SQLite code. */
+static int store_dead_copy(struct store *s, const struct batch *b, const struct op_dead_letter *dw,
+                           sqlite3_stmt *st, int64_t now_ms, int *ferr)
+{
+    size_t tl = dw->topic.len;
+    const uint8_t *tname = batch_bytes(b, dw->topic);
+    /* Copy what the new message needs before the statement is reset. */
+    struct buf h = {0}, key = {0}, payload = {0};
+    char dname[PROTO_MAX_TOPIC + 1];
+    char num[24];
+    memcpy(dname, "_dead.", 6);
+    memcpy(dname + 6, tname, tl);
+    int count =
+        copy_headers_for_dead(&h, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+    int bad = count < 0;
+    bad |= put_header(&h, "ferry-dead-topic", tname, tl) < 0;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)dw->seq);
+    bad |= put_header(&h, "ferry-dead-seq", num, strlen(num)) < 0;
+    bad |=
+        put_header(&h, "ferry-dead-group", batch_bytes(b, dw->group_name), dw->group_name.len) < 0;
+    snprintf(num, sizeof(num), "%u", dw->attempts);
+    bad |= put_header(&h, "ferry-dead-attempts", num, strlen(num)) < 0;
+    bad |= put_header(&h, "ferry-dead-reason", batch_bytes(b, dw->reason), dw->reason.len) < 0;
+    bad |= put_header(&h, "ferry-dead-id", sqlite3_column_text(st, 0),
+                      (size_t)sqlite3_column_bytes(st, 0)) < 0;
+    bad |= buf_append(&key, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)) < 0;
+    bad |=
+        buf_append(&payload, sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3)) < 0;
+    sqlite3_reset(st);
+    int rc;
+    if (!bad) {
+        struct proto_msg m = {
+            .topic = {(const uint8_t *)dname, tl + 6},
+            .key = {key.data, key.len},
+            .header_count = (uint16_t)(count + 6),
+            .headers = {h.data, h.len},
+            .payload = {payload.data, payload.len},
+        };
+        rc = publish_one(s, &m, now_ms, ferr, NULL, NULL);
+    } else {
+        *ferr = FERRY_EINTERNAL;
+        rc = SQLITE_NOMEM;
+    }
+    buf_free(&h);
+    buf_free(&key);
+    buf_free(&payload);
+    return rc;
+}
+
 /*
  * Copies the message to the topic "_dead.<topic>" with headers naming
  * where it came from, and records it as acked for the group (like
@@ -392,75 +470,11 @@ int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64_t now_
 {
     const struct op_dead_letter *dw = &op->u.dead;
     uint64_t topic_id = (uint64_t)dw->topic_id, seq = dw->seq;
-    uint32_t attempts = dw->attempts;
-    size_t tl = dw->topic.len, gl = dw->group_name.len, rl = dw->reason.len;
-    const uint8_t *tname = batch_bytes(b, dw->topic);
-    const uint8_t *gname = batch_bytes(b, dw->group_name);
-    const uint8_t *reason = batch_bytes(b, dw->reason);
-
     sqlite3_stmt *st = s->st[ST_FETCH];
     sqlite3_bind_int64(st, 1, (int64_t)(topic_id << 40 | seq));
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW && (size_t)tl + 6 <= PROTO_MAX_TOPIC) {
-        /* Copy what the new message needs before the statement is reset. */
-        struct buf h = {0};
-        char dname[PROTO_MAX_TOPIC + 1];
-        char num[24];
-        memcpy(dname, "_dead.", 6);
-        memcpy(dname + 6, tname, tl);
-        const uint8_t *oh = sqlite3_column_blob(st, 2);
-        size_t ohl = (size_t)sqlite3_column_bytes(st, 2);
-        uint16_t count = oh && ohl >= 2 ? proto_rd16(oh) : 0;
-        int bad = 0;
-        if (count > PROTO_MAX_HEADERS - 6) {
-            /* Keep room for ours: drop the original's last headers. */
-            struct proto_msg om = {.header_count = count, .headers = {oh + 2, ohl - 2}};
-            struct proto_header_iter hi;
-            struct proto_header hd;
-            proto_header_iter_init(&hi, &om);
-            for (uint16_t i = 0; i < PROTO_MAX_HEADERS - 6 && proto_header_next(&hi, &hd); i++) {
-                uint8_t l[2];
-                proto_wr16(l, (uint16_t)hd.name.len);
-                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.name.ptr, hd.name.len) < 0;
-                proto_wr16(l, (uint16_t)hd.value.len);
-                bad |= buf_append(&h, l, 2) < 0 || buf_append(&h, hd.value.ptr, hd.value.len) < 0;
-            }
-            count = PROTO_MAX_HEADERS - 6;
-        } else if (count) {
-            bad |= buf_append(&h, oh + 2, ohl - 2) < 0;
-        }
-        bad |= put_header(&h, "ferry-dead-topic", tname, tl) < 0;
-        snprintf(num, sizeof(num), "%llu", (unsigned long long)seq);
-        bad |= put_header(&h, "ferry-dead-seq", num, strlen(num)) < 0;
-        bad |= put_header(&h, "ferry-dead-group", gname, gl) < 0;
-        snprintf(num, sizeof(num), "%u", attempts);
-        bad |= put_header(&h, "ferry-dead-attempts", num, strlen(num)) < 0;
-        bad |= put_header(&h, "ferry-dead-reason", reason, rl) < 0;
-        bad |= put_header(&h, "ferry-dead-id", sqlite3_column_text(st, 0),
-                          (size_t)sqlite3_column_bytes(st, 0)) < 0;
-        struct buf key = {0}, payload = {0};
-        bad |=
-            buf_append(&key, sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1)) < 0;
-        bad |= buf_append(&payload, sqlite3_column_blob(st, 3),
-                          (size_t)sqlite3_column_bytes(st, 3)) < 0;
-        sqlite3_reset(st);
-        if (!bad) {
-            struct proto_msg m = {
-                .topic = {(const uint8_t *)dname, (size_t)tl + 6},
-                .key = {key.data, key.len},
-                .header_count = (uint16_t)(count + 6),
-                .headers = {h.data, h.len},
-                .payload = {payload.data, payload.len},
-            };
-            rc = publish_one(s, &m, now_ms, ferr, NULL, NULL);
-        } else {
-            *ferr = FERRY_EINTERNAL;
-            rc = SQLITE_NOMEM;
-        }
-        buf_free(&h);
-        buf_free(&key);
-        buf_free(&payload);
-        if (rc != SQLITE_OK)
+    if (rc == SQLITE_ROW && dw->topic.len + 6 <= PROTO_MAX_TOPIC) {
+        if ((rc = store_dead_copy(s, b, dw, st, now_ms, ferr)) != SQLITE_OK)
             return rc;
     } else {
         sqlite3_reset(st);

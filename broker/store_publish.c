@@ -146,6 +146,69 @@ static int dedupe_lookup(struct store *s, uint64_t h, int64_t topic_id, const ui
 
 /* Stores one message (or recognises it as a duplicate) and, given res,
  * writes its outcome there. Returns an SQLite code. */
+/* The messages row of m as sequence seq of t, with the id it is stored
+ * under. Returns an SQLite code. */
+static int insert_message(struct store *s, const struct topic *t, uint64_t seq,
+                          const struct proto_msg *m, const uint8_t *id, size_t id_len,
+                          int64_t now_ms, int *ferr)
+{
+    sqlite3_stmt *st = s->st[ST_MSG_INSERT];
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)t->id << 40 | seq));
+    sqlite3_bind_text(st, 2, (const char *)id, (int)id_len, SQLITE_STATIC);
+    if (m->key.len)
+        sqlite3_bind_blob(st, 3, m->key.ptr, (int)m->key.len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 3);
+    if (m->header_count) {
+        s->scratch.len = 0;
+        uint8_t cnt[2];
+        proto_wr16(cnt, m->header_count);
+        if (buf_append(&s->scratch, cnt, 2) < 0 ||
+            buf_append(&s->scratch, m->headers.ptr, m->headers.len) < 0) {
+            sqlite3_reset(st);
+            *ferr = FERRY_EINTERNAL;
+            return SQLITE_NOMEM;
+        }
+        sqlite3_bind_blob(st, 4, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, 4);
+    }
+    sqlite3_bind_blob(st, 5, m->payload.len ? (const void *)m->payload.ptr : (const void *)"",
+                      (int)m->payload.len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, now_ms);
+    sqlite3_bind_int64(st, 7, (int64_t)m->deliver_at_ms);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK)
+        set_err(s, "insert message");
+    return rc;
+}
+
+/* Remembers a producer-given id (hash h) of t's sequence seq: its
+ * dedupe_log row and the in-memory index. Returns an SQLite code. */
+static int remember_id(struct store *s, const struct topic *t, uint64_t seq,
+                       const struct proto_slice *id, uint64_t h, int64_t now_ms, int *ferr)
+{
+    sqlite3_stmt *st = s->st[ST_DLOG_INSERT];
+    sqlite3_bind_int64(st, 1, t->id);
+    sqlite3_bind_int64(st, 2, (int64_t)seq);
+    sqlite3_bind_text(st, 3, (const char *)id->ptr, (int)id->len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, now_ms);
+    int rc = step_done(st);
+    if (rc != SQLITE_OK) {
+        set_err(s, "insert dedupe record");
+        return rc;
+    }
+    uint64_t log_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
+    if (s->dd_oldest_ms == INT64_MAX)
+        s->dd_oldest_ms = now_ms;
+    if (dedupe_add(&s->dd, h, log_id) < 0 ||
+        dd_note(&s->dd_added, &s->n_added, &s->cap_added, h, log_id) < 0) {
+        *ferr = FERRY_EINTERNAL;
+        return SQLITE_NOMEM;
+    }
+    return SQLITE_OK;
+}
+
 int publish_one(struct store *s, const struct proto_msg *m, int64_t now_ms, int *ferr,
                 struct publish_result *res, struct producer *pr)
 {
@@ -193,54 +256,10 @@ int publish_one(struct store *s, const struct proto_msg *m, int64_t now_ms, int 
         id_len = OP_GEN_ID_BYTES;
     }
 
-    sqlite3_stmt *st = s->st[ST_MSG_INSERT];
-    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)t->id << 40 | seq));
-    sqlite3_bind_text(st, 2, (const char *)id, (int)id_len, SQLITE_STATIC);
-    if (m->key.len)
-        sqlite3_bind_blob(st, 3, m->key.ptr, (int)m->key.len, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 3);
-    if (m->header_count) {
-        s->scratch.len = 0;
-        uint8_t cnt[2];
-        proto_wr16(cnt, m->header_count);
-        if (buf_append(&s->scratch, cnt, 2) < 0 ||
-            buf_append(&s->scratch, m->headers.ptr, m->headers.len) < 0) {
-            sqlite3_reset(st);
-            *ferr = FERRY_EINTERNAL;
-            return SQLITE_NOMEM;
-        }
-        sqlite3_bind_blob(st, 4, s->scratch.data, (int)s->scratch.len, SQLITE_STATIC);
-    } else {
-        sqlite3_bind_null(st, 4);
-    }
-    sqlite3_bind_blob(st, 5, m->payload.len ? (const void *)m->payload.ptr : (const void *)"",
-                      (int)m->payload.len, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 6, now_ms);
-    sqlite3_bind_int64(st, 7, (int64_t)m->deliver_at_ms);
-    if ((rc = step_done(st)) != SQLITE_OK) {
-        set_err(s, "insert message");
+    if ((rc = insert_message(s, t, seq, m, id, id_len, now_ms, ferr)) != SQLITE_OK)
         return rc;
-    }
-    if (m->id.len) {
-        st = s->st[ST_DLOG_INSERT];
-        sqlite3_bind_int64(st, 1, t->id);
-        sqlite3_bind_int64(st, 2, (int64_t)seq);
-        sqlite3_bind_text(st, 3, (const char *)m->id.ptr, (int)m->id.len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, now_ms);
-        if ((rc = step_done(st)) != SQLITE_OK) {
-            set_err(s, "insert dedupe record");
-            return rc;
-        }
-        uint64_t log_id = (uint64_t)sqlite3_last_insert_rowid(s->db);
-        if (s->dd_oldest_ms == INT64_MAX)
-            s->dd_oldest_ms = now_ms;
-        if (dedupe_add(&s->dd, h, log_id) < 0 ||
-            dd_note(&s->dd_added, &s->n_added, &s->cap_added, h, log_id) < 0) {
-            *ferr = FERRY_EINTERNAL;
-            return SQLITE_NOMEM;
-        }
-    }
+    if (m->id.len && (rc = remember_id(s, t, seq, &m->id, h, now_ms, ferr)) != SQLITE_OK)
+        return rc;
     if (pr && m->producer_seq > pr->hwm) {
         producer_touch(s, pr);
         pr->hwm = m->producer_seq;
