@@ -1,5 +1,9 @@
 /*
- * server.c - the broker: listener, group commit scheduling, shutdown.
+ * server.c - the broker: listener, group commit scheduling, shutdown. The
+ * top of the broker's layers (broker/README.md: the layer order, which
+ * thread touches what, who frees what): it wires conn.c's events to
+ * dispatch.c and group.c, and a finished commit (commit.c) to the groups
+ * and the replies.
  *
  * Group commit: requests decoded during a pass of the loop go into the
  * pending batch. At the end of the pass (a uv_prepare handle, which runs
