@@ -114,9 +114,8 @@ void commit_answer(struct broker *b, struct batch *done)
     }
 }
 
-void commit_release(struct broker *b, struct batch *done)
+void commit_release(struct batch *done)
 {
-    (void)b;
     for (size_t i = 0; i < done->nops; i++)
         conn_unref(done->ops[i].conn);
     batch_reset(done);

@@ -48,7 +48,7 @@ void commit_start(struct broker *b);
  * stored PUBLISH's PUBLISH_ACK encoded here from its results). */
 void commit_answer(struct broker *b, struct batch *done);
 /* Drops the ops' references and empties the batch for reuse. */
-void commit_release(struct broker *b, struct batch *done);
+void commit_release(struct batch *done);
 
 /* A reply in request order (see above). */
 void commit_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len);

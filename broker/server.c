@@ -95,7 +95,7 @@ static void on_commit_done(struct broker *b, struct batch *done)
     /* Replies go out in op order; connections coalesce them into writes. */
     commit_answer(b, done);
     groups_after_replies(b, done);
-    commit_release(b, done);
+    commit_release(done);
     groups_dispatch_dirty(b);
     conn_flush_deferred(b);
 
