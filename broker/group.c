@@ -338,7 +338,7 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
 }
 
 /* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
- * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
+ * the dead-letter topic dead_topic_id (store_groups.c, fetch_redrive). */
 static int queue_fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
                        uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
@@ -386,7 +386,7 @@ static int out_of_attempts(const struct group *gr, const struct entry *e)
 }
 
 /* Out of attempts: the message moves to the topic's dead-letter topic
- * (store.c copies it with headers saying why) and counts as acked here.
+ * (store_groups.c copies it with headers saying why) and counts as acked here.
  * The op rides the next group commit on c (any live or closing connection
  * of the group's: it only holds a reference). why: the reason, or NULL for
  * the one the entry's last attempt ended with (a nack or a lease expiry).
@@ -685,7 +685,7 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     uint32_t n = fw->seqs.n;
     op->conn->fetching -= n;
     if (op->status) {
-        /* The read failed (store.c logged why; fetches run apart from the
+        /* The read failed (store_groups.c logged why; fetches run apart from the
          * commit's writes, which stood): its messages wait and are fetched
          * again. */
         for (uint32_t i = 0; i < n; i++) {

@@ -38,7 +38,7 @@ enum op_kind {
     OP_PUBLISH, /* u.publish; result: a publish_result per message, or an ERROR */
     OP_TOPICS,  /* the store encodes the TOPICS_OK */
     OP_REPLY,   /* out was encoded by the loop (an ERROR or a PONG) */
-    /* Consumer groups (group.c builds them, store.c runs them). The reply
+    /* Consumer groups (group.c and consumer.c build them, store_groups.c runs them). The reply
      * in out is encoded by the loop and replaced by an ERROR if the
      * transaction fails. */
     OP_GROUP_SAVE,   /* u.save: creates or rewrites a group's row */
@@ -150,7 +150,7 @@ struct op_topic_config {
 };
 
 /* The largest ERROR the store puts in place of an op's reply when the
- * transaction fails (store.c cuts its detail to fit). */
+ * transaction fails (store_txn.c cuts its detail to fit). */
 #define OP_ERROR_TEXT_MAX 200
 #define OP_ERROR_REPLY_MAX (PROTO_HEADER_BYTES + 4 + OP_ERROR_TEXT_MAX)
 
