@@ -1,6 +1,10 @@
 /*
- * broker.h - the broker's shared types: configuration, the broker, a
- * connection. There is no global broker; every function takes its pointer.
+ * broker.h - the broker's configuration and the broker itself: what every
+ * part of it shares (the loop, the store, the batches, the connections,
+ * the groups). There is no global broker; every function takes its
+ * pointer. Everything here lives on the loop thread, except the batch
+ * being committed (batch.h) and the store (store.h), which belong to the
+ * commit worker while a commit runs.
  */
 #ifndef FERRY_BROKER_H
 #define FERRY_BROKER_H
@@ -12,6 +16,7 @@
 
 #include "auth.h"
 #include "batch.h"
+#include "conn.h"
 
 struct store;
 struct sub;
@@ -51,48 +56,14 @@ struct broker_config {
     struct auth auth; /* tokens from the config file; none: no authentication */
 };
 
-/* Connection states; see conn.c for the transitions. */
-enum conn_state {
-    CONN_HANDSHAKE, /* waiting for HELLO; frames limited to 64 KiB */
-    CONN_READY,     /* serving requests */
-    CONN_CLOSING,   /* a fatal error or shutdown: reading stopped, flushing */
-    CONN_CLOSED,    /* uv_close called */
-};
-
-struct conn {
-    uv_tcp_t tcp;
-    struct broker *broker;
-    enum conn_state state;
-    uint64_t id;
-    char peer[64];
-    int refs; /* 1 for the handle + 1 per op in a batch */
-
-    uint8_t *rbuf; /* bytes read and not yet decoded */
-    size_t rlen;
-    size_t rcap;
-    int reading;
-
-    struct buf wq;    /* replies waiting to be written */
-    struct buf wbusy; /* the buffer of the uv_write in flight */
-    uv_write_t wreq;
-    int writing;
-
-    size_t outstanding;       /* request bytes (and ops) queued for the commit */
-    size_t replies_owed;      /* reply bytes those ops may still produce */
-    uint64_t outstanding_ops; /* requests not yet replied */
-    uint64_t last_active_ms;
-    uint64_t accepted_ms;
-
-    struct sub *subs;               /* this connection's subscriptions (group.c) */
-    const struct auth_token *token; /* who authenticated (NULL: nobody / auth off) */
-    int auth_failed;                /* a wrong token: answered by the next tick */
-    uint32_t hello_request_id;      /* for that answer */
-    uint64_t auth_failed_ms;        /* when it came */
-    int flush_queued;               /* on the broker's flush_list */
-    uint32_t fetching;              /* messages being read for this connection's deliveries */
-    struct conn *next_flush;
-
-    struct conn *prev, *next;
+/* Shutdown (server.c): a signal moves RUNNING to DRAINING, in which the
+ * listener is closed and the commits in flight and pending finish; once
+ * none is left, CLOSING: each connection flushes its replies and closes
+ * (cut off after a grace period). */
+enum broker_stopping {
+    BROKER_RUNNING = 0,
+    BROKER_DRAINING,
+    BROKER_CLOSING,
 };
 
 struct broker {
@@ -119,12 +90,18 @@ struct broker {
     struct conn *conns;
     int nconns;
     uint64_t next_conn_id;
-    int stopping;
+    enum broker_stopping stopping;
     int lock_fd;
+
+    /* What the connections report (conn.h), and what a finished commit
+     * does (commit.h): set by broker_init (server.c). */
+    struct conn_events events;
+    void (*on_commit_done)(struct broker *b, struct batch *done);
 
     struct groups *groups; /* consumer groups (group.c) */
     int defer_flush;       /* answering a batch: flush connections at its end */
     struct conn *flush_list;
+    struct buf scratch; /* a reply being encoded (commit.c) */
 
     uint64_t published, duplicates, commits;
     /* Replies larger than what their op owed its connection: each breaks
@@ -133,44 +110,15 @@ struct broker {
     _Atomic uint64_t reply_overruns;
 };
 
+/* The one loopback rule: whether a listen address reaches only this
+ * machine (::1, 127.*, localhost). Without tokens ferryd listens only on
+ * such an address. */
+int broker_is_loopback(const char *host);
+
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg);
 /* Starts listening; logs the address and writes the ready file. */
 int broker_start(struct broker *b);
 /* Releases what broker_init acquired, after the loop has stopped. */
 void broker_destroy(struct broker *b);
-
-/* Called by conn.c. */
-struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes);
-/* Raises what op's connection is owed in reply bytes to at least bytes:
- * the largest reply the op can get (an op the store answers starts at
- * OP_ERROR_REPLY_MAX, an OP_REPLY at 0). */
-void broker_owe_reply(struct op *op, size_t bytes);
-void broker_conn_closed(struct broker *b, struct conn *c);
-
-/* conn.c */
-void conn_accept(struct broker *b);
-void conn_on_replies(struct conn *c, const uint8_t *data, size_t len);
-void conn_op_done(struct conn *c, const struct op *op);
-void conn_resume_reading(struct conn *c);
-/* Flushes the connections that queued replies while defer_flush was set. */
-void conn_flush_deferred(struct broker *b);
-void conn_pause_reading(struct conn *c);
-/* Ends the connection: optional fatal ERROR first, then close after flush. */
-void conn_fail(struct conn *c, int code, const char *msg);
-/* As conn_fail, with the request id of the frame the error answers (a
- * HELLO refused with VERSION or AUTH, a first frame that is not HELLO). */
-void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char *msg);
-void conn_unref(struct conn *c);
-/* Closes at once, dropping unsent replies (shutdown of a stuck client). */
-void conn_abort(struct conn *c);
-/* Sends a reply in request order (at once when nothing is outstanding). */
-void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len);
-void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg);
-/* Writes a frame that is not a reply (a DELIVER) at once. */
-void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len);
-void conn_tick(struct conn *c, uint64_t now_ms);
-
-uint64_t broker_now_ms(void); /* monotonic */
-int64_t broker_wall_ms(void);
 
 #endif

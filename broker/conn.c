@@ -1,5 +1,5 @@
 /*
- * conn.c - one client connection: reading, decoding, dispatch, replies.
+ * conn.c - one client connection: reading, decoding, writing (conn.h).
  *
  * State machine:
  *
@@ -16,11 +16,9 @@
  * handshake, max_frame_bytes after), so a peer can never make the broker
  * allocate what an oversized header claims.
  *
- * Ordering: every reply on a connection leaves in request order. A request
- * that needs the store is queued in the broker's pending batch; a request
- * answered by the loop alone (a PING, an invalid PUBLISH) is answered at
- * once when nothing is outstanding, else queued behind the others as a
- * ready-made reply.
+ * Ordering (commit.h): every reply on a connection leaves in request
+ * order, which the layer above keeps; this file writes bytes in the order
+ * it is given them.
  *
  * Backpressure: when a connection's requests awaiting commit, or its unsent
  * replies, exceed conn_max_pending_bytes, the connection stops being read
@@ -32,8 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conn.h"
+
 #include "broker.h"
-#include "group.h"
+#include "clock.h"
 #include "log.h"
 #include "proto.h"
 
@@ -63,19 +63,10 @@ void conn_unref(struct conn *c)
         conn_free(c);
 }
 
-/* What a closed connection leaves in the pending batch is not done: its
- * listings would only be thrown away (the batch with the worker cannot be
- * touched; it is answered, to nobody, when it returns). Its buffers go at
- * once, not when its last op is answered. */
+/* A closed connection's buffers go at once, not when its last op is
+ * answered. */
 static void conn_release(struct conn *c)
 {
-    struct batch *b = c->broker->pending;
-    if (c->outstanding_ops)
-        for (size_t i = 0; i < b->nops; i++)
-            if (b->ops[i].conn == c && b->ops[i].kind == OP_TOPICS) {
-                b->ops[i].kind = OP_REPLY;
-                b->ops[i].out_len = 0;
-            }
     free(c->rbuf);
     c->rbuf = NULL;
     c->rlen = c->rcap = 0;
@@ -86,10 +77,18 @@ static void conn_release(struct conn *c)
 static void on_close(uv_handle_t *h)
 {
     struct conn *c = h->data;
+    struct broker *b = c->broker;
     c->state = CONN_CLOSED;
     conn_release(c);
-    groups_conn_closed(c);
-    broker_conn_closed(c->broker, c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        b->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    b->nconns--;
+    b->events.on_closed(c);
     conn_unref(c);
 }
 
@@ -168,8 +167,8 @@ static void on_write(uv_write_t *req, int status)
         conn_close_now(c);
     else
         conn_resume_reading(c);
-    if (c->subs && c->state == CONN_READY)
-        groups_conn_writable(c);
+    if (c->state == CONN_READY)
+        c->broker->events.on_writable(c);
     conn_unref(c);
 }
 
@@ -223,7 +222,7 @@ static void conn_flush(struct conn *c)
 }
 
 /* While a finished batch is being answered, connections are flushed once
- * at its end (broker_flush_deferred) so their replies leave in one write. */
+ * at its end (conn_flush_deferred) so their replies leave in one write. */
 static void conn_flush_soon(struct conn *c)
 {
     struct broker *b = c->broker;
@@ -265,22 +264,33 @@ void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
     conn_flush_soon(c);
 }
 
-void conn_send_raw(struct conn *c, const uint8_t *frame, size_t len)
+void conn_write_now(struct conn *c, const uint8_t *frame, size_t len)
 {
-    if (c->state >= CONN_CLOSING)
-        return;
     if (buf_append(&c->wq, frame, len) < 0) {
         conn_fail(c, 0, NULL);
         return;
     }
-    conn_flush_soon(c);
+    conn_flush(c);
 }
 
-void conn_op_done(struct conn *c, const struct op *op)
+void conn_send_deliver(struct conn *c, uint8_t flags, const struct proto_deliver *d)
 {
-    c->outstanding -= op->wire_bytes;
-    c->replies_owed -= op->reply_bytes;
-    c->outstanding_ops--;
+    if (c->state >= CONN_CLOSING)
+        return;
+    size_t need = proto_deliver_bytes(d);
+    if (buf_reserve(&c->wq, need) < 0) {
+        conn_fail(c, 0, NULL);
+        return;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, c->wq.data + c->wq.len, need);
+    if (proto_encode_deliver(&w, flags, d) < 0) {
+        log_error("conn %llu: cannot encode a DELIVER of seq %llu", (unsigned long long)c->id,
+                  (unsigned long long)d->seq);
+        return;
+    }
+    c->wq.len += w.len;
+    conn_flush_soon(c);
 }
 
 void conn_fail(struct conn *c, int code, const char *msg)
@@ -311,336 +321,6 @@ void conn_fail_request(struct conn *c, uint32_t request_id, int code, const char
                  proto_strerror(code), msg ? ": " : "", msg ? msg : "");
     }
     conn_flush(c);
-}
-
-/* Sends a reply at once when nothing is outstanding, else queues it behind
- * the outstanding requests so the order holds. */
-void conn_reply(struct conn *c, uint32_t request_id, const uint8_t *frame, size_t len)
-{
-    if (c->outstanding_ops == 0) {
-        if (buf_append(&c->wq, frame, len) < 0) {
-            conn_fail(c, 0, NULL);
-            return;
-        }
-        conn_flush(c);
-        return;
-    }
-    struct op *op = broker_enqueue(c->broker, c, OP_REPLY, 0);
-    if (op)
-        op->request_id = request_id;
-    if (!op) {
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    struct batch *b = c->broker->pending;
-    op->out_off = b->out.len;
-    op->out_len = len;
-    broker_owe_reply(op, len);
-    if (buf_append(&b->out, frame, len) < 0)
-        op->out_len = 0;
-}
-
-void conn_reply_error(struct conn *c, uint32_t request_id, int code, const char *msg)
-{
-    uint8_t frame[PROTO_HEADER_BYTES + 4 + 512];
-    struct proto_writer w;
-    size_t mlen = strlen(msg);
-    if (mlen > 512)
-        mlen = 512;
-    proto_writer_init(&w, frame, sizeof(frame));
-    proto_encode_error(&w, request_id, 0, (uint16_t)-code, msg, mlen);
-    conn_reply(c, request_id, frame, w.len);
-}
-
-static void on_hello(struct conn *c, const struct proto_frame *f)
-{
-    const struct proto_hello *h = &f->u.hello;
-    if (h->version != PROTO_VERSION) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "client speaks version %u, this broker speaks %u", h->version,
-                 PROTO_VERSION);
-        conn_fail_request(c, f->request_id, FERRY_EVERSION, msg);
-        return;
-    }
-    const struct broker_config *cfg = &c->broker->cfg;
-    if (auth_enabled(&cfg->auth)) {
-        c->token = auth_check(&cfg->auth, h->token.ptr, h->token.len);
-        if (!c->token) {
-            /* Answered AUTH_DELAY_MS later (by a tick): a wrong token
-             * costs the guesser time, never the broker. Not logged: it
-             * may be someone's real secret, mistyped. */
-            conn_pause_reading(c);
-            c->auth_failed = 1;
-            c->auth_failed_ms = broker_now_ms();
-            c->hello_request_id = f->request_id;
-            log_info("conn %llu %s: refused: %s token", (unsigned long long)c->id, c->peer,
-                     h->token.len ? "wrong" : "no");
-            return;
-        }
-        log_debug("conn %llu %s: authenticated as %s", (unsigned long long)c->id, c->peer,
-                  auth_token_name(c->token));
-    }
-    struct proto_hello_ok ok = {
-        .version = PROTO_VERSION,
-        .max_frame_bytes = cfg->max_frame_bytes,
-        .max_message_bytes = cfg->max_message_bytes,
-        .max_batch = cfg->max_batch,
-        .dedupe_window_ms = cfg->dedupe_window_ms,
-        .server_name = {(const uint8_t *)"ferryd " FERRY_BROKER_VERSION,
-                        sizeof("ferryd " FERRY_BROKER_VERSION) - 1},
-    };
-    uint8_t frame[128];
-    struct proto_writer w;
-    proto_writer_init(&w, frame, sizeof(frame));
-    proto_encode_hello_ok(&w, f->request_id, &ok);
-    c->state = CONN_READY;
-    char name[64];
-    size_t n = h->client_name.len < sizeof(name) - 1 ? h->client_name.len : sizeof(name) - 1;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = h->client_name.ptr[i];
-        name[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
-    }
-    name[n] = 0;
-    log_debug("conn %llu %s: hello from \"%s\"", (unsigned long long)c->id, c->peer, name);
-    conn_reply(c, f->request_id, frame, w.len);
-}
-
-static void on_publish(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    const struct broker_config *cfg = &c->broker->cfg;
-    const struct proto_publish *p = &f->u.publish;
-    if (p->count > cfg->max_batch) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "batch of %u messages exceeds the maximum of %u", p->count,
-                 cfg->max_batch);
-        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
-        return;
-    }
-    struct proto_msg_iter it;
-    struct proto_msg m;
-    proto_msg_iter_init(&it, p);
-    /* Its PUBLISH_ACK: an entry per message, with the message's id or the
-     * 36 characters of the one the broker assigns. */
-    size_t ack_bytes = PROTO_HEADER_BYTES + 2;
-    for (unsigned i = 0; proto_msg_next(&it, &m); i++) {
-        ack_bytes += 8 + 1 + 2 + (m.id.len ? m.id.len : 36);
-        int rc = proto_msg_check(&m, cfg->max_message_bytes);
-        if (rc) {
-            char msg[160];
-            if (rc == FERRY_EMESSAGE_TOO_LARGE)
-                snprintf(msg, sizeof(msg), "message %u: %llu bytes exceeds the maximum of %u", i,
-                         (unsigned long long)proto_msg_size(&m), cfg->max_message_bytes);
-            else if (rc == FERRY_EINVALID_TOPIC)
-                snprintf(msg, sizeof(msg),
-                         "message %u: topic names are 1-194 bytes of [A-Za-z0-9._-], starting "
-                         "with a letter or digit",
-                         i);
-            else
-                snprintf(msg, sizeof(msg), "message %u: %s", i, proto_strerror(rc));
-            conn_reply_error(c, f->request_id, rc, msg);
-            return;
-        }
-    }
-    struct op *op = broker_enqueue(c->broker, c, OP_PUBLISH, wire_bytes);
-    if (!op) {
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    broker_owe_reply(op, ack_bytes);
-    struct batch *b = c->broker->pending;
-    op->request_id = f->request_id;
-    op->count = p->count;
-    op->in_off = b->in.len;
-    op->producer = p->has_producer;
-    uint8_t plen[2];
-    proto_wr16(plen, (uint16_t)p->producer.len);
-    if ((p->has_producer && (buf_append(&b->in, plen, 2) < 0 ||
-                             buf_append(&b->in, p->producer.ptr, p->producer.len) < 0)) ||
-        buf_append(&b->in, p->msgs.ptr, p->msgs.len) < 0) {
-        /* Turn it into an error reply rather than lose the ordering. */
-        op->kind = OP_REPLY;
-        op->out_len = 0;
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    op->in_len = b->in.len - op->in_off;
-    b->messages += p->count;
-}
-
-/* TOPIC_CONFIG: set a topic's retention; the ACK_OK goes out after the
- * commit. */
-static void on_topic_config(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    const struct proto_topic_config *tc = &f->u.topic_config;
-    if (proto_sub_topic_valid(tc->topic.ptr, tc->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
-        return;
-    }
-    struct op *op = broker_enqueue(c->broker, c, OP_TOPIC_CONFIG, wire_bytes);
-    if (!op) {
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    struct batch *b = c->broker->pending;
-    op->request_id = f->request_id;
-    op->in_off = b->in.len;
-    op->in_len = f->body.len;
-    uint8_t frame[PROTO_HEADER_BYTES + 2];
-    struct proto_writer w;
-    proto_writer_init(&w, frame, sizeof(frame));
-    size_t start = proto_ack_ok_begin(&w, f->request_id);
-    proto_ack_ok_end(&w, start, 0);
-    op->out_off = b->out.len;
-    if (buf_append(&b->in, f->body.ptr, f->body.len) < 0 || buf_append(&b->out, frame, w.len) < 0) {
-        op->kind = OP_REPLY;
-        op->out_len = 0;
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    op->out_len = w.len;
-}
-
-/* Checks the connection's token against what the frame asks for; replies
- * DENIED (and returns 0) when it may not. */
-static int conn_permitted(struct conn *c, const struct proto_frame *f)
-{
-    const struct auth *a = &c->broker->cfg.auth;
-    if (!auth_enabled(a))
-        return 1;
-    char msg[320];
-    const struct proto_slice *topic = NULL;
-    enum auth_right right = AUTH_CONSUME;
-    switch (f->type) {
-    case PROTO_PUBLISH: {
-        struct proto_msg_iter it;
-        struct proto_msg m;
-        proto_msg_iter_init(&it, &f->u.publish);
-        while (proto_msg_next(&it, &m)) {
-            if (!auth_allows(a, c->token, AUTH_PUBLISH, m.topic.ptr, m.topic.len)) {
-                snprintf(msg, sizeof(msg), "token %s may not publish to %.*s",
-                         auth_token_name(c->token), (int)m.topic.len, (const char *)m.topic.ptr);
-                conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
-                return 0;
-            }
-        }
-        return 1;
-    }
-    case PROTO_SUBSCRIBE:
-        topic = &f->u.subscribe.topic;
-        break;
-    case PROTO_SEEK:
-        topic = &f->u.seek.topic;
-        break;
-    case PROTO_REDRIVE:
-        topic = &f->u.redrive.topic;
-        break;
-    case PROTO_FLOOR:
-        topic = &f->u.floor.topic;
-        break;
-    case PROTO_TOPICS:
-    case PROTO_GROUPS:
-    case PROTO_TOPIC_CONFIG:
-        if (auth_admin(a, c->token))
-            return 1;
-        snprintf(msg, sizeof(msg), "token %s has no admin right", auth_token_name(c->token));
-        conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
-        return 0;
-    default:
-        return 1; /* acks and the like act on a subscription already allowed */
-    }
-    if (auth_allows(a, c->token, right, topic->ptr, topic->len) ||
-        ((f->type == PROTO_SEEK || f->type == PROTO_REDRIVE || f->type == PROTO_FLOOR) &&
-         auth_admin(a, c->token)))
-        return 1;
-    snprintf(msg, sizeof(msg), "token %s may not consume %.*s", auth_token_name(c->token),
-             (int)topic->len, (const char *)topic->ptr);
-    conn_reply_error(c, f->request_id, FERRY_EDENIED, msg);
-    return 0;
-}
-
-/* Handles one decoded frame. */
-static void conn_dispatch(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    if (c->state == CONN_HANDSHAKE) {
-        if (f->type != PROTO_HELLO) {
-            conn_fail_request(c, f->request_id, FERRY_EHANDSHAKE, "the first frame must be HELLO");
-            return;
-        }
-        on_hello(c, f);
-        return;
-    }
-    if (!conn_permitted(c, f))
-        return;
-    switch (f->type) {
-    case PROTO_PUBLISH:
-        on_publish(c, f, wire_bytes);
-        return;
-    case PROTO_PING: {
-        uint8_t frame[PROTO_HEADER_BYTES];
-        struct proto_writer w;
-        proto_writer_init(&w, frame, sizeof(frame));
-        proto_encode_empty(&w, PROTO_PONG, f->request_id);
-        conn_reply(c, f->request_id, frame, w.len);
-        return;
-    }
-    case PROTO_PONG:
-        return;
-    case PROTO_TOPICS: {
-        struct op *op = broker_enqueue(c->broker, c, OP_TOPICS, wire_bytes);
-        if (op) {
-            op->request_id = f->request_id;
-            broker_owe_reply(op, groups_topics_ok_bound(c->broker));
-        } else
-            conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    case PROTO_HELLO:
-        conn_reply_error(c, f->request_id, FERRY_EINVALID, "handshake already done");
-        return;
-    case PROTO_SUBSCRIBE:
-        groups_on_subscribe(c, f, wire_bytes);
-        return;
-    case PROTO_ACK:
-        groups_on_ack(c, f, wire_bytes);
-        return;
-    case PROTO_NACK:
-        groups_on_nack(c, f);
-        return;
-    case PROTO_TOUCH:
-        groups_on_touch(c, f);
-        return;
-    case PROTO_CREDIT:
-        groups_on_credit(c, f);
-        return;
-    case PROTO_UNSUBSCRIBE:
-        groups_on_unsubscribe(c, f);
-        return;
-    case PROTO_SEEK:
-        groups_on_seek(c, f, wire_bytes);
-        return;
-    case PROTO_GROUPS:
-        groups_on_groups(c, f);
-        return;
-    case PROTO_REDRIVE:
-        groups_on_redrive(c, f);
-        return;
-    case PROTO_FLOOR:
-        groups_on_floor(c, f);
-        return;
-    case PROTO_TOPIC_CONFIG:
-        on_topic_config(c, f, wire_bytes);
-        return;
-    default:
-        if (proto_type_reserved(f->type)) {
-            conn_reply_error(c, f->request_id, FERRY_EUNSUPPORTED,
-                             "consumer frames are not supported by this broker yet");
-            return;
-        }
-        char msg[64];
-        snprintf(msg, sizeof(msg), "frame type 0x%02x is not sent by clients", f->type);
-        conn_fail(c, FERRY_EUNKNOWN_TYPE, msg);
-        return;
-    }
 }
 
 /* Whether clients send this frame type (PROTOCOL.md §4): the others are
@@ -710,9 +390,9 @@ static void conn_process(struct conn *c)
             off = c->rlen;
             break;
         }
-        conn_dispatch(c, &f, (size_t)n);
+        c->broker->events.on_frame(c, &f, (size_t)n);
         off += (size_t)n;
-        c->last_active_ms = broker_now_ms();
+        c->last_active_ms = clock_mono_ms();
     }
     if (off) {
         memmove(c->rbuf, c->rbuf + off, c->rlen - off);
@@ -848,7 +528,7 @@ void conn_accept(struct broker *b)
         }
         snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
     }
-    c->accepted_ms = c->last_active_ms = broker_now_ms();
+    c->accepted_ms = c->last_active_ms = clock_mono_ms();
     if (b->nconns > b->cfg.max_connections) {
         conn_fail(c, FERRY_ETOO_MANY_CONNECTIONS, "the broker's connection limit is reached");
         return;

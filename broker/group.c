@@ -37,142 +37,15 @@
 
 #include "batch.h"
 #include "broker.h"
+#include "clock.h"
+#include "commit.h"
+#include "conn.h"
+#include "group_internal.h"
 #include "log.h"
+#include "seqset.h"
 #include "store.h"
 
-/* The longest delay a NACK may ask for (longer ones are cut to it). */
-#define MAX_NACK_DELAY_MS (24ull * 3600 * 1000)
-
-/* Most sequences one OP_FETCH reads. */
-#define FETCH_MAX 256
-
-enum entry_state { E_FETCHING = 1, E_INFLIGHT, E_READY, E_WAITING };
-
-struct sub;
-
-struct entry {
-    uint64_t seq; /* 0: empty slot */
-    struct sub *holder;
-    uint64_t due_ms;
-    uint32_t attempt; /* deliveries so far */
-    uint8_t state;
-    uint8_t nacked;   /* the last delivery ended in a nack (else a lease expiry) */
-    uint8_t saved;    /* its attempts are recorded in the store (group_attempts) */
-    uint64_t sent_ms; /* when the current delivery went out */
-    char *reason;     /* the last nack's reason (malloc'd), or NULL */
-    /* A redrive (REDRIVE): the message was done for the group (dead-
-     * lettered), and is delivered again from this sequence of the topic's
-     * dead-letter topic. Such an entry may lie below the floor, and its
-     * sequence's acked bit stays set. 0: an ordinary entry. */
-    uint64_t dead_seq;
-};
-
-struct entry_map {
-    struct entry *slots;
-    size_t mask;
-    size_t count;
-};
-
-struct sub {
-    struct conn *conn;
-    struct group *group;
-    uint32_t sub_id;
-    uint32_t window;
-    uint32_t in_flight; /* entries FETCHING or INFLIGHT held by this sub */
-    uint32_t ack_wait_ms;
-    int awaiting_ok; /* its SUBSCRIBE_OK waits for the commit creating the group */
-    struct sub *next_in_group;
-    struct sub *next_in_conn;
-};
-
-struct ltopic {
-    char *name;
-    size_t name_len;
-    int64_t id; /* 0 until the store has created the topic */
-    uint64_t head;
-    uint64_t first; /* the lowest sequence retention kept (0: unknown) */
-    struct group *groups;
-    struct ltopic *hnext;
-};
-
-struct group {
-    struct ltopic *topic;
-    char *name;
-    size_t name_len;
-    int64_t id;
-    uint64_t floor, next;
-    uint64_t origin;  /* where the group started (or was last moved to) */
-    uint64_t reached; /* the highest `next` before a seek: given out below */
-    /* acked bits for [floor, floor + acked_cap), circular by seq. */
-    uint64_t *acked;
-    size_t acked_cap; /* power of two, in bits */
-    struct entry_map map;
-    /* Sequences whose entry became READY, oldest first (a ring). */
-    uint64_t *ready;
-    size_t ready_cap, ready_head, ready_len;
-    struct sub *subs;
-    struct sub *turn; /* the subscription served first next time */
-    uint32_t ack_wait_ms;
-    uint16_t max_deliveries;
-    uint8_t backoff_count; /* 0: the broker's --redelivery-backoff */
-    uint32_t backoff_ms[PROTO_MAX_BACKOFF];
-    int fetching_first; /* an OP_FETCH for first deliveries is pending */
-    int acks_unsaved;   /* a commit holding this group's acks failed: the next
-                           ACK rewrites the whole ack state */
-    int dirty;
-    struct group *next_in_topic;
-    struct group *next_dirty;
-    uint64_t redelivered, dead_lettered;
-    uint64_t read_error_ms; /* when a failed fetch was last logged */
-    /* Attempts recorded before the last restart, by sequence (ascending):
-     * a first delivery after the restart starts from them. */
-    struct restored {
-        uint64_t seq;
-        uint32_t attempts;
-    } * restored;
-    size_t nrestored, restored_pos;
-};
-
-/* A fetch that could not read its messages (a disk read error) is tried
- * again after this long, not at once: a bad sector fails every try. */
-#define FETCH_RETRY_MS 1000
-
-struct timer_item {
-    uint64_t due_ms;
-    struct group *group;
-    uint64_t seq;
-};
-
-struct groups {
-    struct broker *broker;
-    struct ltopic **buckets;
-    size_t nbuckets, ntopics;
-    size_t topic_name_bytes; /* of every topic, summed (a TOPICS_OK's size) */
-    struct timer_item *heap;
-    size_t heap_len, heap_cap;
-    uv_timer_t timer;
-    uint64_t timer_due; /* 0: not armed */
-    struct group *dirty;
-    int64_t next_group_id;
-    int closing;
-};
-
 /* ---- small helpers ---------------------------------------------------- */
-
-static struct groups *G(struct broker *b)
-{
-    return b->groups;
-}
-
-static uint64_t name_hash(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
 
 static char *dup_bytes(const void *p, size_t n)
 {
@@ -186,45 +59,22 @@ static char *dup_bytes(const void *p, size_t n)
 
 /* ---- topics ----------------------------------------------------------- */
 
-static struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, int create)
+struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, int create)
 {
-    if (g->nbuckets) {
-        struct ltopic *t = g->buckets[name_hash(name, len) & (g->nbuckets - 1)];
-        for (; t; t = t->hnext)
-            if (t->name_len == len && memcmp(t->name, name, len) == 0)
-                return t;
-    }
-    if (!create)
-        return NULL;
-    if (g->ntopics + 1 > g->nbuckets) {
-        size_t n = g->nbuckets ? g->nbuckets * 2 : 64;
-        struct ltopic **nb = calloc(n, sizeof(*nb));
-        if (!nb)
-            return NULL;
-        for (size_t i = 0; i < g->nbuckets; i++) {
-            struct ltopic *x = g->buckets[i];
-            while (x) {
-                struct ltopic *nx = x->hnext;
-                size_t h = name_hash((const uint8_t *)x->name, x->name_len) & (n - 1);
-                x->hnext = nb[h];
-                nb[h] = x;
-                x = nx;
-            }
-        }
-        free(g->buckets);
-        g->buckets = nb;
-        g->nbuckets = n;
-    }
-    struct ltopic *t = calloc(1, sizeof(*t));
+    struct ltopic *t = namemap_find(&g->topics, name, len);
+    if (t || !create)
+        return t;
+    t = calloc(1, sizeof(*t));
     if (!t || !(t->name = dup_bytes(name, len))) {
         free(t);
         return NULL;
     }
     t->name_len = len;
-    size_t h = name_hash(name, len) & (g->nbuckets - 1);
-    t->hnext = g->buckets[h];
-    g->buckets[h] = t;
-    g->ntopics++;
+    if (namemap_insert(&g->topics, &t->link, t->name, len) < 0) {
+        free(t->name);
+        free(t);
+        return NULL;
+    }
     g->topic_name_bytes += len;
     return t;
 }
@@ -240,15 +90,15 @@ size_t groups_topics_ok_bound(struct broker *b)
     size_t fresh = b->pending->messages + b->pending->nops;
     if (b->committing)
         fresh += b->committing->messages + b->committing->nops;
-    size_t n = g->ntopics + fresh;
+    size_t n = g->topics.count + fresh;
     size_t bytes = PROTO_HEADER_BYTES + 4;
     if (n > PROTO_MAX_TOPICS)
         return bytes + PROTO_MAX_TOPICS * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
-    return bytes + g->ntopics * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
+    return bytes + g->topics.count * TOPICS_OK_ENTRY_BYTES(0) + g->topic_name_bytes +
            fresh * TOPICS_OK_ENTRY_BYTES(PROTO_MAX_TOPIC);
 }
 
-static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t len)
+struct group *group_find(struct ltopic *t, const uint8_t *name, size_t len)
 {
     for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
         if (gr->name_len == len && memcmp(gr->name, name, len) == 0)
@@ -256,193 +106,7 @@ static struct group *group_find(struct ltopic *t, const uint8_t *name, size_t le
     return NULL;
 }
 
-/* ---- entries: open addressing keyed by seq ---------------------------- */
-
-static size_t seq_home(uint64_t seq, size_t mask)
-{
-    return (size_t)((seq * 0x9e3779b97f4a7c15ULL) >> 20) & mask;
-}
-
-static struct entry *entry_get(struct group *gr, uint64_t seq)
-{
-    if (!gr->map.slots)
-        return NULL;
-    size_t i = seq_home(seq, gr->map.mask);
-    while (gr->map.slots[i].seq) {
-        if (gr->map.slots[i].seq == seq)
-            return &gr->map.slots[i];
-        i = (i + 1) & gr->map.mask;
-    }
-    return NULL;
-}
-
-static int entry_grow(struct group *gr)
-{
-    size_t cap = gr->map.slots ? (gr->map.mask + 1) * 2 : 64;
-    struct entry *ns = calloc(cap, sizeof(*ns));
-    if (!ns)
-        return -1;
-    if (gr->map.slots) {
-        for (size_t i = 0; i <= gr->map.mask; i++) {
-            if (!gr->map.slots[i].seq)
-                continue;
-            size_t j = seq_home(gr->map.slots[i].seq, cap - 1);
-            while (ns[j].seq)
-                j = (j + 1) & (cap - 1);
-            ns[j] = gr->map.slots[i];
-        }
-    }
-    free(gr->map.slots);
-    gr->map.slots = ns;
-    gr->map.mask = cap - 1;
-    return 0;
-}
-
-/* Adds an entry for seq (which must not have one). NULL when out of memory.
- * The pointer is valid until the next add or remove. */
-static struct entry *entry_add(struct group *gr, uint64_t seq)
-{
-    if (!gr->map.slots || (gr->map.count + 1) * 10 > (gr->map.mask + 1) * 7) {
-        if (entry_grow(gr) < 0)
-            return NULL;
-    }
-    size_t i = seq_home(seq, gr->map.mask);
-    while (gr->map.slots[i].seq)
-        i = (i + 1) & gr->map.mask;
-    struct entry *e = &gr->map.slots[i];
-    memset(e, 0, sizeof(*e));
-    e->seq = seq;
-    gr->map.count++;
-    return e;
-}
-
-static void entry_remove(struct group *gr, struct entry *e)
-{
-    free(e->reason);
-    e->reason = NULL;
-    size_t mask = gr->map.mask;
-    size_t hole = (size_t)(e - gr->map.slots);
-    size_t j = hole;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!gr->map.slots[j].seq)
-            break;
-        size_t home = seq_home(gr->map.slots[j].seq, mask);
-        int movable = hole <= j ? (home <= hole || home > j) : (home <= hole && home > j);
-        if (movable) {
-            gr->map.slots[hole] = gr->map.slots[j];
-            hole = j;
-        }
-    }
-    memset(&gr->map.slots[hole], 0, sizeof(gr->map.slots[hole]));
-    gr->map.count--;
-}
-
-/* ---- acked bitmap ----------------------------------------------------- */
-
-static int acked_test(const struct group *gr, uint64_t seq)
-{
-    if (seq < gr->floor)
-        return 1;
-    if (seq >= gr->floor + gr->acked_cap)
-        return 0;
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    return (int)((gr->acked[bit / 64] >> (bit % 64)) & 1);
-}
-
-static void acked_clear_bit(struct group *gr, uint64_t seq)
-{
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    gr->acked[bit / 64] &= ~(1ULL << (bit % 64));
-}
-
-/* Makes the bitmap cover [floor, seq]. */
-static int acked_reserve(struct group *gr, uint64_t seq)
-{
-    if (seq < gr->floor + gr->acked_cap)
-        return 0;
-    size_t cap = gr->acked_cap ? gr->acked_cap : 4096;
-    while (seq >= gr->floor + cap)
-        cap *= 2;
-    uint64_t *nb = calloc(cap / 64, sizeof(uint64_t));
-    if (!nb)
-        return -1;
-    for (uint64_t s = gr->floor; s < gr->floor + gr->acked_cap; s++) {
-        if (acked_test(gr, s)) {
-            size_t bit = (size_t)(s & (cap - 1));
-            nb[bit / 64] |= 1ULL << (bit % 64);
-        }
-    }
-    free(gr->acked);
-    gr->acked = nb;
-    gr->acked_cap = cap;
-    return 0;
-}
-
-static int acked_set(struct group *gr, uint64_t seq)
-{
-    if (acked_reserve(gr, seq) < 0)
-        return -1;
-    size_t bit = (size_t)(seq & (gr->acked_cap - 1));
-    gr->acked[bit / 64] |= 1ULL << (bit % 64);
-    return 0;
-}
-
-/* Moves the floor over acked sequences, clearing their bits. */
-static void floor_advance(struct group *gr)
-{
-    while (gr->floor < gr->next && acked_test(gr, gr->floor)) {
-        acked_clear_bit(gr, gr->floor);
-        gr->floor++;
-    }
-}
-
-/* ---- ready queue ------------------------------------------------------ */
-
-static int ready_push(struct group *gr, uint64_t seq)
-{
-    if (gr->ready_len == gr->ready_cap) {
-        size_t cap = gr->ready_cap ? gr->ready_cap * 2 : 64;
-        uint64_t *nr = malloc(cap * sizeof(*nr));
-        if (!nr)
-            return -1;
-        for (size_t i = 0; i < gr->ready_len; i++)
-            nr[i] = gr->ready[(gr->ready_head + i) % gr->ready_cap];
-        free(gr->ready);
-        gr->ready = nr;
-        gr->ready_cap = cap;
-        gr->ready_head = 0;
-    }
-    gr->ready[(gr->ready_head + gr->ready_len) % gr->ready_cap] = seq;
-    gr->ready_len++;
-    return 0;
-}
-
-static int ready_pop(struct group *gr, uint64_t *seq)
-{
-    if (!gr->ready_len)
-        return 0;
-    *seq = gr->ready[gr->ready_head];
-    gr->ready_head = (gr->ready_head + 1) % gr->ready_cap;
-    gr->ready_len--;
-    return 1;
-}
-
 /* ---- timers ------------------------------------------------------------ */
-
-/* Earlier first; equal times in sequence order, so that a burst of
- * expired leases is redelivered in order. */
-static int timer_less(const struct timer_item *a, const struct timer_item *b)
-{
-    return a->due_ms < b->due_ms || (a->due_ms == b->due_ms && a->seq < b->seq);
-}
-
-static void heap_swap(struct timer_item *a, struct timer_item *b)
-{
-    struct timer_item t = *a;
-    *a = *b;
-    *b = t;
-}
 
 static void on_timer(uv_timer_t *t);
 
@@ -450,59 +114,31 @@ static void timer_rearm(struct groups *g)
 {
     if (g->closing)
         return;
-    if (!g->heap_len) {
+    if (!g->heap.len) {
         uv_timer_stop(&g->timer);
         g->timer_due = 0;
         return;
     }
-    uint64_t due = g->heap[0].due_ms;
+    uint64_t due = g->heap.items[0].due_ms;
     if (g->timer_due == due)
         return;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     uv_timer_start(&g->timer, on_timer, due > now ? due - now : 0, 0);
     g->timer_due = due;
 }
 
-static void timer_add(struct groups *g, struct group *gr, uint64_t seq, uint64_t due)
+/* Earlier first; equal times in sequence order, so that a burst of
+ * expired leases is redelivered in order (seqset.h). */
+void timer_add(struct groups *g, struct group *gr, uint64_t seq, uint64_t due)
 {
-    if (g->heap_len == g->heap_cap) {
-        size_t cap = g->heap_cap ? g->heap_cap * 2 : 256;
-        struct timer_item *nh = realloc(g->heap, cap * sizeof(*nh));
-        if (!nh) {
-            log_error("out of memory for delivery timers");
-            return;
-        }
-        g->heap = nh;
-        g->heap_cap = cap;
-    }
-    size_t i = g->heap_len++;
-    g->heap[i] = (struct timer_item){due, gr, seq};
-    while (i && timer_less(&g->heap[i], &g->heap[(i - 1) / 2])) {
-        heap_swap(&g->heap[(i - 1) / 2], &g->heap[i]);
-        i = (i - 1) / 2;
-    }
-    if (i == 0)
+    int top = due_heap_push(&g->heap, due, gr, seq);
+    if (top < 0)
+        log_error("out of memory for delivery timers");
+    else if (top)
         timer_rearm(g);
 }
 
-static void heap_pop(struct groups *g)
-{
-    g->heap[0] = g->heap[--g->heap_len];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < g->heap_len && timer_less(&g->heap[l], &g->heap[m]))
-            m = l;
-        if (r < g->heap_len && timer_less(&g->heap[r], &g->heap[m]))
-            m = r;
-        if (m == i)
-            break;
-        heap_swap(&g->heap[i], &g->heap[m]);
-        i = m;
-    }
-}
-
-static void mark_dirty(struct groups *g, struct group *gr)
+void mark_dirty(struct groups *g, struct group *gr)
 {
     if (!gr->dirty) {
         gr->dirty = 1;
@@ -525,41 +161,38 @@ static void mark_dirty(struct groups *g, struct group *gr)
  * read from) until it is acked. c: any connection of the group's, which
  * the op references.
  */
-static struct op *record_entry(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
-                               uint32_t attempts, int keep)
+struct op *record_entry(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                        uint32_t attempts, int keep)
 {
     if (!c || g->broker->stopping || (!keep && !e->saved))
         return NULL;
     struct broker *b = g->broker;
-    struct op *op = broker_enqueue(b, c, OP_ATTEMPT, 0);
+    struct op *op = commit_enqueue(b, c, OP_ATTEMPT, 0);
     if (!op) {
         log_error("out of memory recording the attempts of %s/%llu", gr->topic->name,
                   (unsigned long long)e->seq);
         return NULL;
     }
-    struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[29];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, e->seq);
-    proto_wr32(rec + 16, attempts);
-    proto_wr64(rec + 20, e->dead_seq);
-    rec[28] = (uint8_t)(keep != 0);
-    buf_append(&bt->in, rec, sizeof(rec));
-    op->in_len = bt->in.len - op->in_off;
+    op->u.attempt = (struct op_attempt){
+        .group_id = gr->id,
+        .seq = e->seq,
+        .attempts = attempts,
+        .dead_seq = e->dead_seq,
+        .keep = keep != 0,
+    };
     e->saved = keep != 0;
     return op;
 }
 
 /* attempts 0: the message is done, its row (if any) goes. */
-static void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
-                            uint32_t attempts)
+void record_attempts(struct groups *g, struct group *gr, struct conn *c, struct entry *e,
+                     uint32_t attempts)
 {
     record_entry(g, gr, c, e, attempts, attempts != 0);
 }
 
 /* An entry goes back to the group for redelivery. */
-static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e)
+void entry_make_ready(struct groups *g, struct group *gr, struct entry *e)
 {
     if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
         e->holder->in_flight--;
@@ -571,13 +204,10 @@ static void entry_make_ready(struct groups *g, struct group *gr, struct entry *e
     mark_dirty(g, gr);
 }
 
-static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint64_t ms);
-
 /* The broker's backoff before redelivering a message whose lease ran out
  * after `attempts` deliveries: the k-th value for the k-th redelivery, the
  * last one repeated; 0 without a schedule. */
-static uint64_t redelivery_backoff(const struct broker *b, const struct group *gr,
-                                   uint32_t attempts)
+uint64_t redelivery_backoff(const struct broker *b, const struct group *gr, uint32_t attempts)
 {
     if (attempts == 0)
         return 0;
@@ -601,7 +231,7 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
  * dead-lettered now, with why (NULL: as the entry's state says), and 1 is
  * returned; else 0 and the caller gives it back for redelivery. Not while
  * the broker stops: a message in flight then is no consumer's failure. */
-static int dead_letter_if_last(struct groups *g, struct group *gr, struct entry *e, const char *why)
+int dead_letter_if_last(struct groups *g, struct group *gr, struct entry *e, const char *why)
 {
     if (!out_of_attempts(gr, e) || g->broker->stopping || !e->holder)
         return 0;
@@ -614,14 +244,21 @@ static int dead_letter_if_last(struct groups *g, struct group *gr, struct entry 
     return 1;
 }
 
+struct group_due {
+    uint64_t due_ms;
+    struct group *group;
+    uint64_t seq;
+};
+
 static void on_timer(uv_timer_t *t)
 {
     struct groups *g = t->data;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     g->timer_due = 0;
-    while (g->heap_len && g->heap[0].due_ms <= now) {
-        struct timer_item it = g->heap[0];
-        heap_pop(g);
+    while (g->heap.len && g->heap.items[0].due_ms <= now) {
+        struct due_item due = g->heap.items[0];
+        due_heap_pop(&g->heap);
+        struct group_due it = {due.due_ms, due.owner, due.seq};
         struct entry *e = entry_get(it.group, it.seq);
         /* Stale items (acked, touched, redelivered since) are skipped. */
         if (!e || e->due_ms != it.due_ms)
@@ -678,19 +315,17 @@ static struct sub *pick_sub(struct group *gr)
     return NULL;
 }
 
-/* Writes one DELIVER frame, already encoded with placeholder sub_id and
- * attempt, to s's connection after patching them. */
-static void send_deliver(struct sub *s, uint8_t *frame, size_t len, uint32_t attempt)
+/* Sends d to s as the delivery's attempt-th attempt. */
+static void send_deliver(struct sub *s, struct proto_deliver *d, uint32_t attempt)
 {
-    proto_wr32(frame + PROTO_HEADER_BYTES, s->sub_id);
-    proto_wr32(frame + PROTO_HEADER_BYTES + 12, attempt);
-    frame[5] = attempt > 1 ? PROTO_DELIVER_REDELIVERED : 0;
-    conn_send_raw(s->conn, frame, len);
+    d->sub_id = s->sub_id;
+    d->attempt = attempt;
+    conn_send_deliver(s->conn, attempt > 1 ? PROTO_DELIVER_REDELIVERED : 0, d);
 }
 
 static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, struct sub *s)
 {
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     e->state = E_INFLIGHT;
     e->holder = s;
     e->nacked = 0;
@@ -703,53 +338,40 @@ static void entry_inflight(struct groups *g, struct group *gr, struct entry *e, 
 }
 
 /* Queues an OP_FETCH of seqs for s. With dead_seqs, a redrive's fetch from
- * the dead-letter topic dead_topic_id (store.c, fetch_redrive). */
-static int fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
-                 uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
+ * the dead-letter topic dead_topic_id (store_groups.c, fetch_redrive). */
+static int queue_fetch(struct groups *g, struct group *gr, struct sub *s, const uint64_t *seqs,
+                       uint32_t n, int64_t dead_topic_id, const uint64_t *dead_seqs, int first)
 {
     struct broker *b = g->broker;
-    struct op *op = broker_enqueue(b, s->conn, OP_FETCH, 0);
+    struct op *op = commit_enqueue(b, s->conn, OP_FETCH, 0);
     if (!op)
         return -1;
     struct batch *bt = b->pending;
-    op->group = gr;
+    struct op_fetch *fw = &op->u.fetch;
+    fw->group = gr;
+    fw->sub_id = s->sub_id;
+    fw->first = first;
+    fw->topic_id = dead_seqs ? dead_topic_id : gr->topic->id;
     s->conn->fetching += n;
-    op->sub_id = s->sub_id;
-    op->count = (uint16_t)n;
-    op->redrive = dead_seqs != NULL;
-    op->first_fetch = first;
-    op->in_off = bt->in.len;
-    uint8_t hdr[12];
-    proto_wr64(hdr, (uint64_t)(dead_seqs ? dead_topic_id : gr->topic->id));
-    proto_wr32(hdr + 8, n);
-    if (buf_reserve(&bt->in, 12 + (size_t)n * 16) < 0)
-        return -1;
-    buf_append(&bt->in, hdr, 12);
-    for (uint32_t i = 0; i < n; i++) {
-        uint8_t q[8];
-        proto_wr64(q, seqs[i]);
-        buf_append(&bt->in, q, 8);
+    if (batch_put_u64s(bt, seqs, n, &fw->seqs) < 0 ||
+        (dead_seqs && batch_put_u64s(bt, dead_seqs, n, &fw->dead_seqs) < 0)) {
+        fw->seqs.n = fw->dead_seqs.n = 0; /* answered as a failed read */
+        op->status = FERRY_EINTERNAL;
     }
-    for (uint32_t i = 0; dead_seqs && i < n; i++) {
-        uint8_t q[8];
-        proto_wr64(q, dead_seqs[i]);
-        buf_append(&bt->in, q, 8);
-    }
-    op->in_len = bt->in.len - op->in_off;
     return 0;
 }
 
 /* Whether "_dead.<topic>" fits in a topic name: on a topic where it does
  * not (a derived topic with a long name, or one an older broker created),
  * a group has no delivery limit, since its messages could go nowhere. */
-static int dead_letter_fits(const struct ltopic *t)
+int dead_letter_fits(const struct ltopic *t)
 {
     return t->name_len + 6 <= PROTO_MAX_TOPIC;
 }
 
 /* A new group's delivery limit from SUBSCRIBE's max_deliveries: 0 asks
  * for the default, PROTO_DELIVERIES_UNLIMITED for none (reported as 0). */
-static uint16_t delivery_limit(const struct ltopic *t, uint16_t requested)
+uint16_t delivery_limit(const struct ltopic *t, uint16_t requested)
 {
     if (!dead_letter_fits(t) || requested == PROTO_DELIVERIES_UNLIMITED)
         return 0;
@@ -764,7 +386,7 @@ static int out_of_attempts(const struct group *gr, const struct entry *e)
 }
 
 /* Out of attempts: the message moves to the topic's dead-letter topic
- * (store.c copies it with headers saying why) and counts as acked here.
+ * (store_groups.c copies it with headers saying why) and counts as acked here.
  * The op rides the next group commit on c (any live or closing connection
  * of the group's: it only holds a reference). why: the reason, or NULL for
  * the one the entry's last attempt ended with (a nack or a lease expiry).
@@ -789,31 +411,26 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
         floor_advance(gr);
     }
     gr->dead_lettered++;
-    struct op *op = broker_enqueue(b, c, OP_DEAD_LETTER, 0);
+    struct op *op = commit_enqueue(b, c, OP_DEAD_LETTER, 0);
     if (!op) {
         log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
         return;
     }
-    op->group = gr;
     struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[36], l[2];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
-    proto_wr64(rec + 16, (uint64_t)gr->topic->id);
-    proto_wr64(rec + 24, seq);
-    proto_wr32(rec + 32, attempts);
-    buf_append(&bt->in, rec, sizeof(rec));
-    proto_wr16(l, (uint16_t)gr->topic->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
-    proto_wr16(l, (uint16_t)gr->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->name, gr->name_len);
-    proto_wr16(l, (uint16_t)strlen(reason));
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, reason, strlen(reason));
-    op->in_len = bt->in.len - op->in_off;
+    struct op_dead_letter *dw = &op->u.dead;
+    dw->group = gr;
+    dw->group_id = gr->id;
+    dw->floor = gr->floor;
+    dw->topic_id = gr->topic->id;
+    dw->seq = seq;
+    dw->attempts = attempts;
+    if (batch_put(bt, gr->topic->name, gr->topic->name_len, &dw->topic) < 0 ||
+        batch_put(bt, gr->name, gr->name_len, &dw->group_name) < 0 ||
+        batch_put(bt, reason, strlen(reason), &dw->reason) < 0) {
+        log_error("out of memory dead-lettering %s/%llu", gr->topic->name, (unsigned long long)seq);
+        op->kind = OP_REPLY; /* nothing to write; its attempts row stays */
+        return;
+    }
     log_info("group %s: %s/%llu dead-lettered after %u attempt(s) (%s)", gr->name, gr->topic->name,
              (unsigned long long)seq, attempts, reason);
 }
@@ -821,7 +438,7 @@ static void dead_letter(struct groups *g, struct group *gr, struct conn *c, stru
 /* Gives every subscription of gr with room what it can get now. */
 /* The dead-letter topic of gr's topic, as the loop knows it (NULL when
  * it has none yet). */
-static struct ltopic *dead_topic_of(struct groups *g, const struct group *gr)
+struct ltopic *dead_topic_of(struct groups *g, const struct group *gr)
 {
     char name[PROTO_MAX_TOPIC + 7];
     if (gr->topic->name_len + 6 > PROTO_MAX_TOPIC)
@@ -883,7 +500,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (nr) {
             struct ltopic *dt = dead_topic_of(g, gr);
-            if (fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
+            if (queue_fetch(g, gr, s, rseqs, nr, dt ? dt->id : 0, rdead, 0) < 0) {
                 log_error("out of memory fetching deliveries");
                 return;
             }
@@ -920,7 +537,7 @@ static void dispatch(struct groups *g, struct group *gr)
         }
         if (n == 0)
             return;
-        if (fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
+        if (queue_fetch(g, gr, s, seqs, n, 0, NULL, gr->fetching_first && first_round) < 0) {
             log_error("out of memory fetching deliveries");
             return;
         }
@@ -946,18 +563,18 @@ void groups_dispatch_dirty(struct broker *b)
 /* How long until a message with this not-before time is due (0: now). */
 static uint64_t delay_ms(uint64_t deliver_at_ms)
 {
-    int64_t now = broker_wall_ms();
+    int64_t now = clock_wall_ms();
     return deliver_at_ms > (uint64_t)now ? deliver_at_ms - (uint64_t)now : 0;
 }
 
 /* A delayed message: no delivery yet; it becomes READY when due. */
-static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint64_t ms)
+void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint64_t ms)
 {
     if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
         e->holder->in_flight--;
     e->holder = NULL;
     e->state = E_WAITING;
-    e->due_ms = broker_now_ms() + ms;
+    e->due_ms = clock_mono_ms() + ms;
     timer_add(g, gr, e->seq, e->due_ms);
 }
 
@@ -966,9 +583,15 @@ static void entry_wait(struct groups *g, struct group *gr, struct entry *e, uint
 static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto_msg *m,
                           uint64_t seq, const uint8_t *id, size_t id_len, int64_t ts)
 {
-    uint8_t stack[4096];
-    uint8_t *frame = NULL;
-    size_t flen = 0;
+    struct proto_deliver d = {
+        .seq = seq,
+        .ts_ms = (uint64_t)ts,
+        .id = {id, id_len},
+        .key = m->key,
+        .header_count = m->header_count,
+        .headers = m->headers,
+        .payload = m->payload,
+    };
     for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
         if (gr->next != seq || gr->fetching_first)
             continue;
@@ -985,49 +608,18 @@ static void deliver_fresh(struct groups *g, struct ltopic *t, const struct proto
         }
         entry_inflight(g, gr, e, s);
         s->in_flight++;
-        if (!frame) {
-            struct proto_deliver d = {
-                .sub_id = 1,
-                .seq = seq,
-                .attempt = 1,
-                .ts_ms = (uint64_t)ts,
-                .id = {id, id_len},
-                .key = m->key,
-                .header_count = m->header_count,
-                .headers = m->headers,
-                .payload = m->payload,
-            };
-            flen = proto_deliver_bytes(&d);
-            frame = flen <= sizeof(stack) ? stack : malloc(flen);
-            if (!frame)
-                return;
-            struct proto_writer w;
-            proto_writer_init(&w, frame, flen);
-            if (proto_encode_deliver(&w, 0, &d) < 0) {
-                if (frame != stack)
-                    free(frame);
-                return;
-            }
-        }
-        send_deliver(s, frame, flen, e->attempt);
+        send_deliver(s, &d, e->attempt);
     }
-    if (frame && frame != stack)
-        free(frame);
 }
 
 static void apply_topic_updates(struct groups *g, struct batch *done)
 {
-    if (!done->topics.data)
-        return;
-    const uint8_t *p = done->topics.data, *end = p + done->topics.len;
-    while (p + 26 <= end) {
-        int64_t id = (int64_t)proto_rd64(p);
-        uint64_t head = proto_rd64(p + 8);
-        uint64_t first = proto_rd64(p + 16);
-        uint16_t n = proto_rd16(p + 24);
-        if (p + 26 + n > end)
-            break;
-        struct ltopic *t = topic_lookup(g, p + 26, n, 1);
+    const struct topic_update *u = done->topic_updates.data;
+    for (size_t i = 0; i < done->topic_updates.len; i++) {
+        int64_t id = u[i].id;
+        uint64_t head = u[i].head, first = u[i].first;
+        struct ltopic *t =
+            topic_lookup(g, done->topic_names.data + u[i].name.off, u[i].name.len, 1);
         if (t) {
             t->id = id;
             if (first > t->first) {
@@ -1043,41 +635,38 @@ static void apply_topic_updates(struct groups *g, struct batch *done)
                     mark_dirty(g, gr);
             }
         }
-        p += 26 + n;
     }
 }
 
-/* Fresh messages of one PUBLISH op, paired with their ack entries. */
+/* Fresh messages of one PUBLISH op, paired with their results. */
 static void publish_op_done(struct groups *g, struct batch *done, struct op *op)
 {
-    struct proto_frame f;
-    if (op->out_len == 0 ||
-        proto_decode(done->out.data + op->out_off, op->out_len, PROTO_ABSOLUTE_MAX_FRAME, &f) <=
-            0 ||
-        f.type != PROTO_PUBLISH_ACK)
+    const struct op_publish *pw = &op->u.publish;
+    if (op->status || pw->results + pw->count > done->results.len)
         return;
+    const struct publish_result *r =
+        (const struct publish_result *)done->results.data + pw->results;
     struct proto_publish pub;
     batch_publish_of(done, op, &pub);
     struct proto_msg_iter mi;
-    struct proto_ack_iter ai;
     struct proto_msg m;
-    struct proto_ack_entry a;
     proto_msg_iter_init(&mi, &pub);
-    proto_ack_iter_init(&ai, &f.u.publish_ack);
-    while (proto_msg_next(&mi, &m) && proto_ack_next(&ai, &a)) {
-        if (a.flags & PROTO_ACK_DUPLICATE)
+    for (uint16_t i = 0; i < pw->count && proto_msg_next(&mi, &m); i++) {
+        if (r[i].duplicate)
             continue;
         struct ltopic *t = topic_lookup(g, m.topic.ptr, m.topic.len, 0);
         if (!t || !t->groups)
             continue;
-        deliver_fresh(g, t, &m, a.seq, a.id.ptr, a.id.len, done->now_ms);
+        const uint8_t *id = r[i].generated ? (const uint8_t *)r[i].id : m.id.ptr;
+        size_t id_len = r[i].generated ? sizeof(r[i].id) : m.id.len;
+        deliver_fresh(g, t, &m, r[i].seq, id, id_len, done->now_ms);
         for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-            if (gr->next <= a.seq)
+            if (gr->next <= r[i].seq)
                 mark_dirty(g, gr);
     }
 }
 
-static struct sub *sub_find(struct conn *c, uint32_t sub_id)
+struct sub *sub_find(struct conn *c, uint32_t sub_id)
 {
     for (struct sub *s = c->subs; s; s = s->next_in_conn)
         if (s->sub_id == sub_id)
@@ -1090,56 +679,48 @@ static struct sub *sub_find(struct conn *c, uint32_t sub_id)
  * retention) and count as acked. */
 static void fetch_done(struct groups *g, struct batch *done, struct op *op)
 {
-    struct group *gr = op->group;
-    op->conn->fetching -= proto_rd32(done->in.data + op->in_off + 8);
+    const struct op_fetch *fw = &op->u.fetch;
+    struct group *gr = fw->group;
+    const uint64_t *seqs = batch_u64s(done, fw->seqs);
+    uint32_t n = fw->seqs.n;
+    op->conn->fetching -= n;
     if (op->status) {
-        /* The read failed (store.c logged why; fetches run apart from the
+        /* The read failed (store_groups.c logged why; fetches run apart from the
          * commit's writes, which stood): its messages wait and are fetched
          * again. */
-        const uint8_t *rq = done->in.data + op->in_off;
-        uint32_t cnt = proto_rd32(rq + 8);
-        for (uint32_t i = 0; i < cnt; i++) {
-            struct entry *e = entry_get(gr, proto_rd64(rq + 12 + 8 * (size_t)i));
+        for (uint32_t i = 0; i < n; i++) {
+            struct entry *e = entry_get(gr, seqs[i]);
             if (e && e->state == E_FETCHING)
                 entry_wait(g, gr, e, FETCH_RETRY_MS);
         }
         gr->fetching_first = 0;
-        uint64_t now = broker_now_ms();
+        uint64_t now = clock_mono_ms();
         if (!gr->read_error_ms || now - gr->read_error_ms >= 10000) {
             gr->read_error_ms = now;
             log_error("group %s of topic %s: %s while fetching %u message(s); trying again "
                       "every %d ms",
                       gr->name, gr->topic->name,
-                      op->status == FERRY_ESTORAGE ? "disk read error" : "out of memory", cnt,
+                      op->status == FERRY_ESTORAGE ? "disk read error" : "out of memory", n,
                       FETCH_RETRY_MS);
         }
         return;
     }
-    struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, op->sub_id) : NULL;
-    const uint8_t *req = done->in.data + op->in_off;
-    uint32_t n = proto_rd32(req + 8);
-    const uint8_t *seqp = req + 12;
-    int first = op->first_fetch;
-
-    const uint8_t *p = done->out.data + op->out_off, *end = p + op->out_len;
+    struct sub *s = op->conn->state == CONN_READY ? sub_find(op->conn, fw->sub_id) : NULL;
+    const struct fetched_msg *fm = (const struct fetched_msg *)done->fetched.data + fw->results;
+    size_t left = fw->nresults;
+    const uint8_t *bytes = done->out.data;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t seq = proto_rd64(seqp + 8 * i);
+        uint64_t seq = seqs[i];
         struct entry *e = entry_get(gr, seq);
-        (void)0;
-        /* The store returns frames in request order, skipping missing ones. */
-        uint8_t *frame = NULL;
-        size_t flen = 0;
-        uint64_t deliver_at = 0;
-        if (p + 8 + PROTO_HEADER_BYTES + 12 <= end &&
-            proto_rd64(p + 8 + PROTO_HEADER_BYTES + 4) == seq) {
-            deliver_at = proto_rd64(p);
-            flen = 4 + (size_t)proto_rd32(p + 8);
-            frame = (uint8_t *)p + 8;
-            p += 8 + flen;
+        /* The store returns messages in request order, skipping missing ones. */
+        const struct fetched_msg *got = NULL;
+        if (left && fm->seq == seq) {
+            got = fm++;
+            left--;
         }
         if (!e || e->state != E_FETCHING)
             continue; /* acked, or the group was moved by a seek */
-        if (!frame) {
+        if (!got) {
             /* Deleted before it could be delivered: nothing to deliver. */
             if (e->holder)
                 e->holder->in_flight--;
@@ -1158,8 +739,8 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             floor_advance(gr);
             continue;
         }
-        if (first && delay_ms(deliver_at)) {
-            entry_wait(g, gr, e, delay_ms(deliver_at));
+        if (fw->first && delay_ms(got->deliver_at_ms)) {
+            entry_wait(g, gr, e, delay_ms(got->deliver_at_ms));
             continue;
         }
         if (!s || e->holder != s) {
@@ -1167,15 +748,21 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
             continue;
         }
         entry_inflight(g, gr, e, s);
-        send_deliver(s, frame, flen, e->attempt);
+        struct proto_deliver d = {
+            .seq = seq,
+            .ts_ms = got->ts_ms,
+            .id = {bytes + got->id.off, got->id.len},
+            .key = {bytes + got->key.off, got->key.len},
+            .header_count = got->header_count,
+            .headers = {bytes + got->headers.off, got->headers.len},
+            .payload = {bytes + got->payload.off, got->payload.len},
+        };
+        send_deliver(s, &d, e->attempt);
     }
-    if (first)
+    if (fw->first)
         gr->fetching_first = 0;
     mark_dirty(g, gr);
 }
-
-static void sub_end(struct groups *g, struct sub *s, const char *why);
-static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id);
 
 /* The commit creating a subscription's group is done: deliveries may
  * start (they follow the SUBSCRIBE_OK, which goes out with this batch's
@@ -1184,7 +771,7 @@ static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
 {
     struct conn *c = op->conn;
     struct sub **pp = &c->subs;
-    while (*pp && (*pp)->sub_id != op->sub_id)
+    while (*pp && (*pp)->sub_id != op->u.save.sub_id)
         pp = &(*pp)->next_in_conn;
     struct sub *s = *pp;
     if (!s || !s->awaiting_ok)
@@ -1204,7 +791,7 @@ void groups_after_replies(struct broker *b, struct batch *done)
     if (!g)
         return;
     for (size_t i = 0; i < done->nops; i++)
-        if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].sub_id)
+        if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].u.save.sub_id)
             subscribe_done(g, done, &done->ops[i]);
 }
 
@@ -1221,9 +808,10 @@ void groups_after_commit(struct broker *b, struct batch *done)
             publish_op_done(g, done, op);
         else if (op->kind == OP_FETCH)
             fetch_done(g, done, op);
-        else if ((op->kind == OP_GROUP_ACK || op->kind == OP_DEAD_LETTER) && op->group &&
-                 (done->commit_status || op->status))
-            ((struct group *)op->group)->acks_unsaved = 1;
+        else if (op->kind == OP_GROUP_ACK && (done->commit_status || op->status))
+            op->u.ack.group->acks_unsaved = 1;
+        else if (op->kind == OP_DEAD_LETTER && (done->commit_status || op->status))
+            op->u.dead.group->acks_unsaved = 1;
     }
 }
 
@@ -1231,7 +819,7 @@ void groups_after_commit(struct broker *b, struct batch *done)
 
 /* why: "consumer disconnected" or "consumer unsubscribed", the reason a
  * delivery at its last attempt is dead-lettered with. */
-static void sub_end(struct groups *g, struct sub *s, const char *why)
+void sub_end(struct groups *g, struct sub *s, const char *why)
 {
     struct group *gr = s->group;
     /* Its in-flight messages go back to the group at once; those at their
@@ -1286,7 +874,7 @@ void groups_conn_closed(struct conn *c)
         groups_dispatch_dirty(c->broker);
 }
 
-static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t *name, size_t len)
+struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t *name, size_t len)
 {
     struct group *gr = calloc(1, sizeof(*gr));
     if (!gr || !(gr->name = dup_bytes(name, len))) {
@@ -1301,849 +889,7 @@ static struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t
     return gr;
 }
 
-/* Queues an OP_GROUP_SAVE whose reply (already encoded) goes out after the
- * commit. Record: u64 id, u64 floor, u32 ack_wait, u16 max_deliveries,
- * u64 origin, str16 topic, str16 group, u8 n, n x u32 backoff ms. */
-static struct op *save_group(struct conn *c, struct group *gr, uint32_t request_id,
-                             size_t wire_bytes)
-{
-    struct broker *b = c->broker;
-    struct op *op = broker_enqueue(b, c, OP_GROUP_SAVE, wire_bytes);
-    if (!op)
-        return NULL;
-    op->request_id = request_id;
-    struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[30];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
-    proto_wr32(rec + 16, gr->ack_wait_ms);
-    proto_wr16(rec + 20, gr->max_deliveries);
-    proto_wr64(rec + 22, gr->origin);
-    uint8_t l[2];
-    buf_append(&bt->in, rec, sizeof(rec));
-    proto_wr16(l, (uint16_t)gr->topic->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->topic->name, gr->topic->name_len);
-    proto_wr16(l, (uint16_t)gr->name_len);
-    buf_append(&bt->in, l, 2);
-    buf_append(&bt->in, gr->name, gr->name_len);
-    uint8_t n = gr->backoff_count;
-    buf_append(&bt->in, &n, 1);
-    for (uint8_t i = 0; i < n; i++) {
-        uint8_t v[4];
-        proto_wr32(v, gr->backoff_ms[i]);
-        buf_append(&bt->in, v, 4);
-    }
-    op->in_len = bt->in.len - op->in_off;
-    return op;
-}
-
-/* Puts a loop-encoded reply into op's output. */
-static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, size_t len)
-{
-    op->out_off = bt->out.len;
-    op->out_len = buf_append(&bt->out, frame, len) == 0 ? len : 0;
-    broker_owe_reply(op, len);
-}
-
-/* The first sequence of a topic at or after a position; for TIME the
- * store is asked. */
-static uint64_t start_seq(struct broker *b, struct ltopic *t, uint8_t start, uint64_t value)
-{
-    switch (start) {
-    case PROTO_START_LATEST:
-        return t->head + 1;
-    case PROTO_START_SEQ:
-        return value ? value : 1;
-    case PROTO_START_TIME:
-        return t->id ? store_seq_at_time(b->store, t->id, (int64_t)value, t->head) : 1;
-    default:
-        return 1;
-    }
-}
-
-/* The longest a message of gr can take from one delivery to its last
- * redelivery: every attempt's lease plus the longest wait before the next
- * (a backoff step, or a nack delay, which ferryd caps at
- * MAX_NACK_DELAY_MS). An inbox that keeps its records this long can never
- * run a handler twice for a redelivery. UINT64_MAX without a delivery
- * limit. Touches extend leases: applications that touch add their own
- * margin (docs/INBOX.md). */
-static uint64_t redelivery_horizon(const struct broker *b, const struct group *gr,
-                                   uint32_t ack_wait_ms)
-{
-    if (!gr->max_deliveries)
-        return UINT64_MAX;
-    uint64_t wait = MAX_NACK_DELAY_MS;
-    for (uint32_t k = 1; k <= gr->max_deliveries; k++) {
-        uint64_t w = redelivery_backoff(b, gr, k);
-        if (w > wait)
-            wait = w;
-    }
-    uint64_t lease = ack_wait_ms > gr->ack_wait_ms ? ack_wait_ms : gr->ack_wait_ms;
-    return (uint64_t)gr->max_deliveries * (lease + wait);
-}
-
-void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_subscribe *sp = &f->u.subscribe;
-    int rc;
-    if ((rc = proto_sub_topic_valid(sp->topic.ptr, sp->topic.len)) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
-        return;
-    }
-    if (proto_group_valid(sp->group.ptr, sp->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP,
-                         "group names are 1-200 bytes of [A-Za-z0-9._-], starting with a "
-                         "letter or digit");
-        return;
-    }
-    if (sub_find(c, sp->sub_id)) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID,
-                         "sub_id already used by a subscription on this connection");
-        return;
-    }
-    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
-    if (!t) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    struct group *gr = group_find(t, sp->group.ptr, sp->group.len);
-    int created = 0;
-    if (!gr) {
-        gr = group_new(g, t, sp->group.ptr, sp->group.len);
-        if (!gr) {
-            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-            return;
-        }
-        gr->origin = gr->floor = gr->next = start_seq(c->broker, t, sp->start, sp->start_value);
-        gr->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : GROUP_DEFAULT_ACK_WAIT_MS;
-        gr->max_deliveries = delivery_limit(t, sp->max_deliveries);
-        gr->backoff_count = sp->backoff_count;
-        memcpy(gr->backoff_ms, sp->backoff_ms, sizeof(gr->backoff_ms));
-        created = 1;
-        log_info("group %s created on topic %s at sequence %llu", gr->name, t->name,
-                 (unsigned long long)gr->floor);
-    }
-    struct sub *s = calloc(1, sizeof(*s));
-    if (!s) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    s->conn = c;
-    s->group = gr;
-    s->sub_id = sp->sub_id;
-    s->window = sp->max_in_flight;
-    s->ack_wait_ms = sp->ack_wait_ms ? sp->ack_wait_ms : gr->ack_wait_ms;
-    s->next_in_conn = c->subs;
-    c->subs = s;
-    s->next_in_group = gr->subs;
-    gr->subs = s;
-
-    struct proto_subscribe_ok ok = {
-        .sub_id = sp->sub_id,
-        .cursor = gr->next,
-        .head_seq = t->head,
-        .ack_wait_ms = s->ack_wait_ms,
-        .max_deliveries = gr->max_deliveries,
-        .has_horizon = 1,
-        .redelivery_horizon_ms = redelivery_horizon(c->broker, gr, s->ack_wait_ms),
-    };
-    uint8_t frame[64];
-    struct proto_writer w;
-    proto_writer_init(&w, frame, sizeof(frame));
-    proto_encode_subscribe_ok(&w, f->request_id, &ok);
-    if (created) {
-        /* Nothing is delivered before the SUBSCRIBE_OK, which waits for
-         * the commit that creates the group. */
-        struct op *op = save_group(c, gr, f->request_id, wire_bytes);
-        if (op) {
-            op_set_reply(op, c->broker->pending, frame, w.len);
-            op->sub_id = s->sub_id;
-            s->awaiting_ok = 1;
-        }
-    } else {
-        conn_reply(c, f->request_id, frame, w.len);
-    }
-    mark_dirty(g, gr);
-}
-
-/* Acks one sequence in memory. Returns the ACK_OK code for it. */
-static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint64_t seq,
-                        int *changed)
-{
-    struct entry *re = seq ? entry_get(gr, seq) : NULL;
-    if (re && re->dead_seq) {
-        /* A redriven message: done again (its ack was recorded when it was
-         * dead-lettered, so nothing more is written). */
-        if (re->holder && (re->state == E_INFLIGHT || re->state == E_FETCHING))
-            re->holder->in_flight--;
-        record_attempts(g, gr, c, re, 0);
-        entry_remove(gr, re);
-        mark_dirty(g, gr);
-        return 0;
-    }
-    if (seq && seq < gr->reached && (seq >= gr->next || seq < gr->origin))
-        return 0; /* given out before a seek moved the group: no effect */
-    if (seq == 0 || seq >= gr->next || seq < gr->origin)
-        return (uint16_t)-FERRY_ENOT_DELIVERED;
-    if (acked_test(gr, seq))
-        return 0; /* already acked: idempotent */
-    struct entry *e = entry_get(gr, seq);
-    if (!e)
-        return 0;
-    if (e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
-        e->holder->in_flight--;
-    record_attempts(g, gr, c, e, 0);
-    entry_remove(gr, e);
-    if (acked_set(gr, seq) < 0)
-        return (uint16_t)-FERRY_EINTERNAL;
-    *changed = 1;
-    mark_dirty(g, gr);
-    return 0;
-}
-
-void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_ack *a = &f->u.ack;
-    struct sub *s = sub_or_reply(c, f, a->sub_id);
-    if (!s)
-        return;
-    struct group *gr = s->group;
-    size_t need = PROTO_HEADER_BYTES + 2 + (size_t)a->count * 10;
-    uint8_t *frame = malloc(need);
-    if (!frame) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    struct proto_writer w;
-    proto_writer_init(&w, frame, need);
-    size_t start = proto_ack_ok_begin(&w, f->request_id);
-    int changed = 0;
-    uint64_t old_floor = gr->floor;
-    for (uint16_t i = 0; i < a->count; i++) {
-        uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-        proto_ack_ok_add(&w, seq, ack_one(g, gr, c, seq, &changed));
-    }
-    proto_ack_ok_end(&w, start, a->count);
-    floor_advance(gr);
-    if (!changed && !gr->acks_unsaved) {
-        conn_reply(c, f->request_id, frame, w.len);
-        free(frame);
-        return;
-    }
-    /* Persist: u64 group id, u64 floor, u32 n, n x u64 acked seqs >= floor. */
-    struct broker *b = c->broker;
-    struct op *op = broker_enqueue(b, c, OP_GROUP_ACK, wire_bytes);
-    if (!op) {
-        free(frame);
-        conn_fail(c, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    op->request_id = f->request_id;
-    struct batch *bt = b->pending;
-    op->in_off = bt->in.len;
-    uint8_t rec[20];
-    proto_wr64(rec, (uint64_t)gr->id);
-    proto_wr64(rec + 8, gr->floor);
-    uint32_t n = 0;
-    buf_append(&bt->in, rec, 20);
-    op->group = gr;
-    if (gr->acks_unsaved) {
-        /* An earlier commit of acks failed (its client got an ERROR): this
-         * one saves every ack above the floor, so that an ACK_OK always
-         * means durable. */
-        for (uint64_t seq = gr->floor; seq < gr->next; seq++) {
-            if (acked_test(gr, seq)) {
-                uint8_t q[8];
-                proto_wr64(q, seq);
-                buf_append(&bt->in, q, 8);
-                n++;
-            }
-        }
-        gr->acks_unsaved = 0;
-    } else {
-        for (uint16_t i = 0; i < a->count; i++) {
-            uint64_t seq = proto_rd64(a->seqs.ptr + 8 * (size_t)i);
-            if (seq >= gr->floor && seq < gr->next && acked_test(gr, seq)) {
-                uint8_t q[8];
-                proto_wr64(q, seq);
-                buf_append(&bt->in, q, 8);
-                n++;
-            }
-        }
-    }
-    proto_wr32(bt->in.data + op->in_off + 16, n);
-    op->in_len = bt->in.len - op->in_off;
-    (void)old_floor;
-    op_set_reply(op, bt, frame, w.len);
-    free(frame);
-}
-
-/* The connection's subscription sub_id, or NULL after replying
- * UNKNOWN_SUBSCRIPTION to the frame. */
-static struct sub *sub_or_reply(struct conn *c, const struct proto_frame *f, uint32_t sub_id)
-{
-    struct sub *s = sub_find(c, sub_id);
-    if (!s)
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
-    return s;
-}
-
-static void reply_one(struct conn *c, uint32_t request_id, uint64_t seq, uint16_t code, int any)
-{
-    uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
-    struct proto_writer w;
-    proto_writer_init(&w, frame, sizeof(frame));
-    size_t start = proto_ack_ok_begin(&w, request_id);
-    if (any)
-        proto_ack_ok_add(&w, seq, code);
-    proto_ack_ok_end(&w, start, any ? 1 : 0);
-    conn_reply(c, request_id, frame, w.len);
-}
-
-/* The entry a nack or touch names, if this subscription holds it. */
-static struct entry *held_entry(struct sub *s, uint64_t seq, uint16_t *code)
-{
-    struct group *gr = s->group;
-    struct entry *e = seq ? entry_get(gr, seq) : NULL;
-    if (!(e && e->dead_seq) && (seq == 0 || seq >= gr->next || seq < gr->origin)) {
-        *code = (uint16_t)-FERRY_ENOT_DELIVERED;
-        return NULL;
-    }
-    *code = 0;
-    if (!e || e->holder != s || e->state != E_INFLIGHT)
-        return NULL; /* acked, or no longer this consumer's: nothing to do */
-    return e;
-}
-
-void groups_on_nack(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_nack *n = &f->u.nack;
-    struct sub *s = sub_or_reply(c, f, n->sub_id);
-    if (!s)
-        return;
-    uint16_t code;
-    struct entry *e = held_entry(s, n->seq, &code);
-    if (e) {
-        e->nacked = 1;
-        free(e->reason);
-        e->reason = NULL;
-        if (n->reason.len) {
-            size_t rl = n->reason.len < 200 ? n->reason.len : 200;
-            if ((e->reason = malloc(rl + 1))) {
-                for (size_t i = 0; i < rl; i++) {
-                    uint8_t ch = n->reason.ptr[i];
-                    e->reason[i] = ch >= 0x20 && ch != 0x7f ? (char)ch : '?';
-                }
-                e->reason[rl] = 0;
-            }
-        }
-        /* At its last attempt it is dead-lettered at once, whatever the delay. */
-        if (!dead_letter_if_last(g, s->group, e, NULL)) {
-            record_attempts(g, s->group, c, e, e->attempt);
-            /* The delay is capped, so that the redelivery horizon stays finite. */
-            if (n->delay_ms)
-                entry_wait(g, s->group, e,
-                           n->delay_ms < MAX_NACK_DELAY_MS ? n->delay_ms : MAX_NACK_DELAY_MS);
-            else
-                entry_make_ready(g, s->group, e);
-        }
-        mark_dirty(g, s->group); /* its slot is free */
-    }
-    reply_one(c, f->request_id, n->seq, code, 1);
-}
-
-void groups_on_touch(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_sub_op *t = &f->u.sub_op;
-    struct sub *s = sub_or_reply(c, f, t->sub_id);
-    if (!s)
-        return;
-    uint16_t code;
-    struct entry *e = held_entry(s, t->value, &code);
-    if (e) {
-        e->due_ms = broker_now_ms() + s->ack_wait_ms;
-        timer_add(g, s->group, e->seq, e->due_ms);
-    }
-    reply_one(c, f->request_id, t->value, code, 1);
-}
-
-void groups_on_credit(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_sub_op *t = &f->u.sub_op;
-    struct sub *s = sub_or_reply(c, f, t->sub_id);
-    if (!s)
-        return;
-    s->window = (uint32_t)t->value;
-    mark_dirty(g, s->group);
-    reply_one(c, f->request_id, 0, 0, 0);
-}
-
-void groups_on_unsubscribe(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_sub_op *t = &f->u.sub_op;
-    struct sub **pp = &c->subs;
-    while (*pp && (*pp)->sub_id != t->sub_id)
-        pp = &(*pp)->next_in_conn;
-    if (!*pp) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_SUBSCRIPTION, "no such subscription");
-        return;
-    }
-    struct sub *s = *pp;
-    *pp = s->next_in_conn;
-    sub_end(g, s, "consumer unsubscribed");
-    reply_one(c, f->request_id, 0, 0, 0);
-}
-
-void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_bytes)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_seek *sk = &f->u.seek;
-    if (proto_group_valid(sk->group.ptr, sk->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
-        return;
-    }
-    struct ltopic *t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 0);
-    if (!t && proto_sub_topic_valid(sk->topic.ptr, sk->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
-        return;
-    }
-    if (!t)
-        t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 1);
-    struct group *gr = t ? group_find(t, sk->group.ptr, sk->group.len) : NULL;
-    if (t && !gr) {
-        gr = group_new(g, t, sk->group.ptr, sk->group.len);
-        if (gr) {
-            gr->ack_wait_ms = GROUP_DEFAULT_ACK_WAIT_MS;
-            gr->max_deliveries = delivery_limit(t, 0);
-        }
-    }
-    if (!gr) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    uint64_t target = start_seq(c->broker, t, sk->start, sk->value);
-    /* Forget everything in flight: from the target on, all is delivered
-     * again. Subscriptions keep their windows. */
-    if (gr->map.slots) {
-        for (size_t i = 0; i <= gr->map.mask; i++) {
-            struct entry *e = &gr->map.slots[i];
-            if (e->seq && e->holder && (e->state == E_INFLIGHT || e->state == E_FETCHING))
-                e->holder->in_flight--;
-        }
-        for (size_t i = 0; i <= gr->map.mask; i++)
-            free(gr->map.slots[i].reason);
-        memset(gr->map.slots, 0, (gr->map.mask + 1) * sizeof(*gr->map.slots));
-        gr->map.count = 0;
-    }
-    if (gr->acked)
-        memset(gr->acked, 0, gr->acked_cap / 8);
-    gr->ready_len = 0;
-    gr->fetching_first = 0;
-    free(gr->restored);
-    gr->restored = NULL;
-    gr->nrestored = gr->restored_pos = 0;
-    if (gr->next > gr->reached)
-        gr->reached = gr->next;
-    gr->origin = gr->floor = gr->next = target;
-    log_info("group %s on topic %s moved to sequence %llu", gr->name, t->name,
-             (unsigned long long)target);
-    uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
-    struct proto_writer w;
-    proto_writer_init(&w, frame, sizeof(frame));
-    size_t start = proto_ack_ok_begin(&w, f->request_id);
-    proto_ack_ok_add(&w, target, 0);
-    proto_ack_ok_end(&w, start, 1);
-    struct op *op = save_group(c, gr, f->request_id, wire_bytes);
-    if (op)
-        op_set_reply(op, c->broker->pending, frame, w.len);
-    mark_dirty(g, gr);
-}
-
-/*
- * REDRIVE: the dead letter dead_seq of _dead.<topic> goes back to the group
- * that dead-lettered it (or the group named, which must be that one), and
- * to no other: the same message, under its original sequence and id, with
- * attempt 1 again and a `ferry-redriven` header. The reply (ACK_OK, one
- * entry: the original sequence) says the redrive is queued; a message the
- * group has not done yet (in flight or waiting), or one already being
- * redriven, is left as it is (code 0). The redrive is recorded (with its
- * attempts, group_attempts) until it is acked, and survives a restart; a
- * SEEK of the group forgets it.
- */
-void groups_on_redrive(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_redrive *r = &f->u.redrive;
-    if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC,
-                         "name the topic the dead letters came from");
-        return;
-    }
-    if (r->group.len && proto_group_valid(r->group.ptr, r->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
-        return;
-    }
-    struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
-    struct group tmp = {.topic = t};
-    struct ltopic *dt = t ? dead_topic_of(g, &tmp) : NULL;
-    if (!t || !dt || !dt->id) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
-        return;
-    }
-    uint64_t seq = 0;
-    char gname[PROTO_MAX_GROUP];
-    size_t glen = 0;
-    int rc =
-        store_read_dead(c->broker->store, dt->id, r->dead_seq, &seq, gname, sizeof(gname), &glen);
-    if (rc != 0) {
-        conn_reply_error(c, f->request_id, rc,
-                         rc == FERRY_EINVALID ? "no such dead letter" : "cannot read it");
-        return;
-    }
-    if (r->group.len && (r->group.len != glen || memcmp(r->group.ptr, gname, glen) != 0)) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "dead letter %llu was dead-lettered by group %.*s",
-                 (unsigned long long)r->dead_seq, (int)glen, gname);
-        conn_reply_error(c, f->request_id, FERRY_EINVALID, msg);
-        return;
-    }
-    struct group *gr = group_find(t, (const uint8_t *)gname, glen);
-    if (!gr) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
-        return;
-    }
-    if (!entry_get(gr, seq) && acked_test(gr, seq) &&
-        seq < (gr->reached > gr->next ? gr->reached : gr->next)) {
-        struct entry *e = entry_add(gr, seq);
-        if (!e || ready_push(gr, seq) < 0) {
-            if (e)
-                entry_remove(gr, e);
-            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-            return;
-        }
-        e->dead_seq = r->dead_seq;
-        e->state = E_READY;
-        /* Durable before the reply: the redrive survives a restart. */
-        struct op *op = record_entry(g, gr, c, e, 0, 1);
-        if (op) {
-            uint8_t frame[PROTO_HEADER_BYTES + 2 + 10];
-            struct proto_writer w;
-            proto_writer_init(&w, frame, sizeof(frame));
-            size_t start = proto_ack_ok_begin(&w, f->request_id);
-            proto_ack_ok_add(&w, seq, 0);
-            proto_ack_ok_end(&w, start, 1);
-            op->request_id = f->request_id;
-            op_set_reply(op, c->broker->pending, frame, w.len);
-        }
-        log_info("group %s: %s/%llu redriven from %s/%llu", gr->name, t->name,
-                 (unsigned long long)seq, dt->name, (unsigned long long)r->dead_seq);
-        mark_dirty(g, gr);
-        if (op)
-            return;
-    }
-    reply_one(c, f->request_id, seq, 0, 1);
-}
-
-/*
- * FLOOR: the group's ack floor as the store has it durably, and the
- * sequences below it that a redrive can still bring back (dead-lettered by
- * the group, their dead letter still stored). A consumer's inbox may
- * forget its claims of every other sequence below the floor: the broker
- * delivers none of them to the group again, unless a SEEK moves the group
- * back. Read on the loop from the committed state (store_read_floor), so
- * an ack not yet committed is not in it.
- */
-void groups_on_floor(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_floor *r = &f->u.floor;
-    if (proto_topic_valid(r->topic.ptr, r->topic.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
-        return;
-    }
-    if (proto_group_valid(r->group.ptr, r->group.len) != 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINVALID_GROUP, "invalid group name");
-        return;
-    }
-    struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
-    if (!t) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
-        return;
-    }
-    struct group *gr = group_find(t, r->group.ptr, r->group.len);
-    if (!gr) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "no such group");
-        return;
-    }
-    struct ltopic *dt = dead_topic_of(g, gr);
-    uint64_t floor = 1;
-    uint64_t *keep = malloc(PROTO_MAX_FLOOR_KEEP * sizeof(*keep));
-    uint16_t n = 0;
-    int rc = keep ? store_read_floor(c->broker->store, gr->id, dt ? dt->id : 0, &floor, keep,
-                                     PROTO_MAX_FLOOR_KEEP, &n)
-                  : FERRY_EINTERNAL;
-    if (rc != 0) {
-        free(keep);
-        conn_reply_error(c, f->request_id, rc, "cannot read the group's floor");
-        return;
-    }
-    if (floor == 0)
-        floor = 1;
-    size_t cap = PROTO_HEADER_BYTES + 10 + 8 * (size_t)n;
-    uint8_t *frame = malloc(cap);
-    struct proto_writer w;
-    if (frame) {
-        proto_writer_init(&w, frame, cap);
-        if (proto_encode_floor_ok(&w, f->request_id, floor, keep, n) == 0)
-            conn_reply(c, f->request_id, frame, w.len);
-        else
-            conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot encode FLOOR_OK");
-    } else {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-    }
-    free(frame);
-    free(keep);
-}
-
-static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)
-{
-    int r = memcmp(a, b, al < bl ? al : bl);
-    return r ? r : (al > bl) - (al < bl);
-}
-
-static int cmp_group(const void *x, const void *y)
-{
-    const struct group *a = *(struct group *const *)x, *b = *(struct group *const *)y;
-    int r = cmp_bytes(a->topic->name, a->topic->name_len, b->topic->name, b->topic->name_len);
-    return r ? r : cmp_bytes(a->name, a->name_len, b->name, b->name_len);
-}
-
-void groups_on_groups(struct conn *c, const struct proto_frame *f)
-{
-    struct groups *g = G(c->broker);
-    const struct proto_groups *q = &f->u.groups;
-    if (q->topic.len && !topic_lookup(g, q->topic.ptr, q->topic.len, 0)) {
-        conn_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "no such topic");
-        return;
-    }
-    struct buf out = {0};
-    if (buf_reserve(&out, 4096) < 0) {
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    uint32_t count = 0;
-    struct proto_writer w;
-    proto_writer_init(&w, out.data, out.cap);
-    size_t start = proto_groups_ok_begin(&w, f->request_id);
-    out.len = w.len;
-    int64_t wall = broker_wall_ms();
-    /* Listed in byte order of topic, then group name. */
-    size_t ngroups = 0;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                ngroups++;
-    struct group **all = malloc((ngroups ? ngroups : 1) * sizeof(*all));
-    if (!all) {
-        buf_free(&out);
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    size_t na = 0;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            if (!q->topic.len ||
-                (q->topic.len == t->name_len && !memcmp(q->topic.ptr, t->name, t->name_len)))
-                for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                    all[na++] = gr;
-    qsort(all, na, sizeof(*all), cmp_group);
-    for (size_t ai = 0; ai < na; ai++) {
-        struct group *gr = all[ai];
-        struct ltopic *t = gr->topic;
-        uint32_t in_flight = 0, consumers = 0;
-        uint64_t acked_above = 0;
-        for (struct sub *s = gr->subs; s; s = s->next_in_group)
-            consumers++;
-        if (gr->map.slots) {
-            for (size_t k = 0; k <= gr->map.mask; k++) {
-                struct entry *e = &gr->map.slots[k];
-                if (!e->seq)
-                    continue;
-                if (e->state == E_INFLIGHT || e->state == E_FETCHING)
-                    in_flight++;
-            }
-        }
-        /* The oldest message not yet done is the first one still stored
-         * from the floor on, whether waiting, in flight or to be
-         * redelivered: its age since it was stored. */
-        uint64_t oldest = 0;
-        int64_t ts = t->id ? store_first_ts(c->broker->store, t->id, gr->floor, t->head) : -1;
-        if (ts >= 0 && wall > ts)
-            oldest = (uint64_t)(wall - ts);
-        for (uint64_t s = gr->floor; s < gr->next; s++)
-            acked_above += (uint64_t)acked_test(gr, s);
-        uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
-        struct proto_group_info gi = {
-            .topic = {(const uint8_t *)t->name, t->name_len},
-            .group = {(const uint8_t *)gr->name, gr->name_len},
-            .cursor = gr->next,
-            .ack_floor = gr->floor,
-            .lag = total - acked_above,
-            .in_flight = in_flight,
-            .consumers = consumers,
-            .redelivered = gr->redelivered,
-            .dead_lettered = gr->dead_lettered,
-            .oldest_unacked_ms = oldest,
-            .ack_wait_ms = gr->ack_wait_ms,
-            .max_deliveries = gr->max_deliveries,
-        };
-        if (buf_reserve(&out, 2 + 4 + t->name_len + gr->name_len + 128) < 0)
-            continue;
-        proto_writer_init(&w, out.data, out.cap);
-        w.len = out.len;
-        proto_groups_ok_add(&w, &gi);
-        out.len = w.len;
-        count++;
-    }
-    free(all);
-    proto_writer_init(&w, out.data, out.cap);
-    w.len = out.len;
-    if (proto_groups_ok_end(&w, start, count) == 0)
-        conn_reply(c, f->request_id, out.data, w.len);
-    else
-        conn_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot list groups");
-    buf_free(&out);
-}
-
-/* ---- lifecycle ------------------------------------------------------------ */
-
-static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
-                           uint64_t first)
-{
-    struct groups *g = arg;
-    struct ltopic *t = topic_lookup(g, (const uint8_t *)name, len, 1);
-    if (!t)
-        return -1;
-    t->id = id;
-    t->head = head;
-    t->first = first;
-    return 0;
-}
-
-static int on_loaded_group(void *arg, int64_t id, const char *topic, size_t topic_len,
-                           const char *name, size_t name_len, uint64_t floor, uint32_t ack_wait_ms,
-                           uint16_t max_deliveries, uint64_t origin, const char *backoff)
-{
-    struct groups *g = arg;
-    struct ltopic *t = topic_lookup(g, (const uint8_t *)topic, topic_len, 1);
-    if (!t)
-        return -1;
-    struct group *gr = group_new(g, t, (const uint8_t *)name, name_len);
-    if (!gr)
-        return -1;
-    gr->id = id;
-    if (id > g->next_group_id)
-        g->next_group_id = id;
-    gr->floor = gr->next = floor;
-    gr->origin = origin;
-    gr->ack_wait_ms = ack_wait_ms;
-    /* "1000,5000,30000" */
-    for (const char *p = backoff; p && *p && gr->backoff_count < PROTO_MAX_BACKOFF;) {
-        char *end;
-        unsigned long v = strtoul(p, &end, 10);
-        if (end == p)
-            break;
-        gr->backoff_ms[gr->backoff_count++] = (uint32_t)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    gr->max_deliveries = dead_letter_fits(t) ? max_deliveries : 0;
-    return 0;
-}
-
-static int on_loaded_ack(void *arg, int64_t group_id, uint64_t seq)
-{
-    struct groups *g = arg;
-    /* Acks above the floor: the group's cursor restarts at the floor, and
-     * these are skipped when it gets there. */
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                if (gr->id == group_id)
-                    /* A row below the floor (left by an older ferryd's
-                     * dead-lettering) is done already. */
-                    return seq < gr->floor ? 0 : acked_set(gr, seq);
-    return 0;
-}
-
-static int on_loaded_attempts(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
-                              uint64_t dead_seq)
-{
-    struct groups *g = arg;
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic) {
-                if (gr->id != group_id)
-                    continue;
-                if (dead_seq) {
-                    /* A redrive not yet acked: waiting again. */
-                    if (!acked_test(gr, seq) || entry_get(gr, seq))
-                        return 0;
-                    struct entry *e = entry_add(gr, seq);
-                    if (!e || ready_push(gr, seq) < 0)
-                        return -1;
-                    e->dead_seq = dead_seq;
-                    e->attempt = attempts;
-                    e->saved = 1;
-                    e->state = E_READY;
-                    return 0;
-                }
-                if (acked_test(gr, seq))
-                    return 0;
-                struct restored *nr =
-                    realloc(gr->restored, (gr->nrestored + 1) * sizeof(*gr->restored));
-                if (!nr)
-                    return -1;
-                gr->restored = nr;
-                gr->restored[gr->nrestored++] = (struct restored){seq, attempts};
-                return 0;
-            }
-    return 0;
-}
-
-int groups_init(struct broker *b)
-{
-    struct groups *g = calloc(1, sizeof(*g));
-    if (!g)
-        return -1;
-    g->broker = b;
-    b->groups = g;
-    uv_timer_init(b->loop, &g->timer);
-    g->timer.data = g;
-    struct store_load_cbs cbs = {
-        .arg = g,
-        .topic = on_loaded_topic,
-        .group = on_loaded_group,
-        .ack = on_loaded_ack,
-        .attempts = on_loaded_attempts,
-    };
-    if (store_load_groups(b->store, &cbs) != 0)
-        return -1;
-    /* Sequences acked above the floor: the restart cursor skips them. */
-    for (size_t i = 0; i < g->nbuckets; i++)
-        for (struct ltopic *t = g->buckets[i]; t; t = t->hnext)
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                gr->next = gr->floor;
-    return 0;
-}
+/* ---- shutdown ------------------------------------------------------------- */
 
 static void on_timer_closed(uv_handle_t *h)
 {
@@ -2164,30 +910,25 @@ void groups_free(struct broker *b)
     struct groups *g = G(b);
     if (!g)
         return;
-    for (size_t i = 0; i < g->nbuckets; i++) {
-        struct ltopic *t = g->buckets[i];
-        while (t) {
-            struct ltopic *nt = t->hnext;
-            struct group *gr = t->groups;
-            while (gr) {
-                struct group *ng = gr->next_in_topic;
-                for (size_t k = 0; gr->map.slots && k <= gr->map.mask; k++)
-                    free(gr->map.slots[k].reason);
-                free(gr->map.slots);
-                free(gr->acked);
-                free(gr->ready);
-                free(gr->restored);
-                free(gr->name);
-                free(gr);
-                gr = ng;
-            }
-            free(t->name);
-            free(t);
-            t = nt;
+    for (struct ltopic *t = namemap_first(&g->topics); t;) {
+        struct ltopic *nt = namemap_next(&g->topics, t);
+        struct group *gr = t->groups;
+        while (gr) {
+            struct group *ng = gr->next_in_topic;
+            entry_map_free(&gr->map);
+            acked_bits_free(&gr->acked);
+            seq_ring_free(&gr->ready);
+            free(gr->restored);
+            free(gr->name);
+            free(gr);
+            gr = ng;
         }
+        free(t->name);
+        free(t);
+        t = nt;
     }
-    free(g->buckets);
-    free(g->heap);
+    namemap_free(&g->topics);
+    due_heap_free(&g->heap);
     free(g);
     b->groups = NULL;
 }

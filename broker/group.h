@@ -1,5 +1,5 @@
 /*
- * group.h - consumer groups: subscriptions, push delivery with credit,
+ * group.h - consumer groups (group.c, consumer.c): subscriptions, push delivery with credit,
  * leases, acks, redelivery, seek.
  *
  * All of this state lives on the loop thread. What must survive a restart
@@ -33,7 +33,7 @@ int groups_init(struct broker *b);
 void groups_close(struct broker *b);
 void groups_free(struct broker *b);
 
-/* Frame handlers, called by conn.c for a READY connection. */
+/* Frame handlers (consumer.c), called by dispatch.c for a READY connection. */
 void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
 void groups_on_ack(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
 void groups_on_nack(struct conn *c, const struct proto_frame *f);

@@ -36,6 +36,7 @@ static const char usage[] =
     "  --max-batch N             most messages in one batch publish (default 10000)\n"
     "  --dedupe-window DURATION  how long message ids are remembered for idempotent\n"
     "                            publish, e.g. 90s, 30m, 48h, 7d (default 48h)\n"
+    "  --dedupe-window-ms N      the same in milliseconds\n"
     "  --dedupe-max-ids N        remember at most N ids (the oldest are forgotten\n"
     "                            first); the index costs up to 32 bytes an id\n"
     "                            (default 10000000)\n"
@@ -52,6 +53,7 @@ static const char usage[] =
     "  --handshake-timeout DURATION  close connections that have not sent HELLO\n"
     "                            by then (default 10s)\n"
     "  --idle-timeout DURATION   close connections silent this long (default: never)\n"
+    "  --idle-timeout-ms N       the same in milliseconds (0: never)\n"
     "  --cache-mb N              SQLite page cache in MiB (default 128)\n"
     "  --max-db-mb N             cap the database at N MiB: publishes beyond it fail\n"
     "                            with \"storage full\" (default: no cap)\n"
@@ -223,34 +225,12 @@ static const struct option opts[] = {
 #define OPTION_HELP 100
 #define OPTION_VERSION 101
 
-/* Applies one option, from the command line or the config file. Returns 0,
- * 2 for a bad value (after saying so), or OPTION_HELP / OPTION_VERSION. */
-static int set_option(struct broker_config *cfg, int ch, const char *arg)
+/* Sizes, counts and the dedupe window: 0, 2 for a bad value, -1 when ch
+ * is not one of these. */
+static int set_limit_option(struct broker_config *cfg, int ch, const char *arg)
 {
     unsigned long long v;
     switch (ch) {
-    case OPT_LISTEN:
-        if (parse_listen(arg, cfg) < 0)
-            return bad("--listen", arg);
-        break;
-    case OPT_DATA:
-        if (!*arg || strlen(arg) >= sizeof(cfg->data_dir) - 32)
-            return bad("--data", arg);
-        strcpy(cfg->data_dir, arg);
-        break;
-    case OPT_SYNC:
-        if (!strcmp(arg, "full"))
-            cfg->sync_full = 1;
-        else if (!strcmp(arg, "normal"))
-            cfg->sync_full = 0;
-        else
-            return bad("--sync", arg);
-        break;
-    case OPT_SYNC_INTERVAL:
-        if (parse_duration_ms(arg, &cfg->sync_interval_ms) < 0 || cfg->sync_interval_ms < 10 ||
-            cfg->sync_interval_ms > 3600000)
-            return bad("--sync-interval", arg);
-        break;
     case OPT_MAXMSG:
         if (parse_uint(arg, PROTO_ABSOLUTE_MAX_FRAME - 65536, &v) < 0 || v < 1)
             return bad("--max-message-bytes", arg);
@@ -275,6 +255,37 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
             return bad("--dedupe-max-ids", arg);
         cfg->dedupe_max_ids = v;
         break;
+    case OPT_MAXCONN:
+        if (parse_uint(arg, 1000000, &v) < 0 || v < 1)
+            return bad("--max-connections", arg);
+        cfg->max_connections = (int)v;
+        break;
+    case OPT_CACHE:
+        if (parse_uint(arg, 1 << 20, &v) < 0 || v < 1)
+            return bad("--cache-mb", arg);
+        cfg->cache_mb = (int)v;
+        break;
+    case OPT_MAXDB:
+        if (parse_uint(arg, 1ull << 30, &v) < 0 || v < 1)
+            return bad("--max-db-mb", arg);
+        cfg->max_db_bytes = v << 20;
+        break;
+    case OPT_RESERVE:
+        if (parse_uint(arg, 1ull << 20, &v) < 0)
+            return bad("--disk-reserve-mb", arg);
+        cfg->reserve_bytes = v << 20;
+        break;
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+/* Retention, redelivery and connection timeouts: as set_limit_option. */
+static int set_lifetime_option(struct broker_config *cfg, int ch, const char *arg)
+{
+    unsigned long long v;
+    switch (ch) {
     case OPT_RET_AGE:
         if (parse_duration_ms(arg, &cfg->retention_max_age_ms) < 0 || !cfg->retention_max_age_ms)
             return bad("--retention-max-age", arg);
@@ -307,11 +318,6 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
         }
         break;
     }
-    case OPT_MAXCONN:
-        if (parse_uint(arg, 1000000, &v) < 0 || v < 1)
-            return bad("--max-connections", arg);
-        cfg->max_connections = (int)v;
-        break;
     case OPT_HSTIMEOUT:
         if (parse_duration_ms(arg, &cfg->handshake_timeout_ms) < 0)
             return bad("--handshake-timeout", arg);
@@ -325,20 +331,43 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
             return bad("--idle-timeout-ms", arg);
         cfg->idle_timeout_ms = v;
         break;
-    case OPT_CACHE:
-        if (parse_uint(arg, 1 << 20, &v) < 0 || v < 1)
-            return bad("--cache-mb", arg);
-        cfg->cache_mb = (int)v;
+    default:
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies one option, from the command line or the config file. Returns 0,
+ * 2 for a bad value (after saying so), or OPTION_HELP / OPTION_VERSION. */
+static int set_option(struct broker_config *cfg, int ch, const char *arg)
+{
+    int rc = set_limit_option(cfg, ch, arg);
+    if (rc < 0)
+        rc = set_lifetime_option(cfg, ch, arg);
+    if (rc >= 0)
+        return rc;
+    switch (ch) {
+    case OPT_LISTEN:
+        if (parse_listen(arg, cfg) < 0)
+            return bad("--listen", arg);
         break;
-    case OPT_MAXDB:
-        if (parse_uint(arg, 1ull << 30, &v) < 0 || v < 1)
-            return bad("--max-db-mb", arg);
-        cfg->max_db_bytes = v << 20;
+    case OPT_DATA:
+        if (!*arg || strlen(arg) >= sizeof(cfg->data_dir) - 32)
+            return bad("--data", arg);
+        strcpy(cfg->data_dir, arg);
         break;
-    case OPT_RESERVE:
-        if (parse_uint(arg, 1ull << 20, &v) < 0)
-            return bad("--disk-reserve-mb", arg);
-        cfg->reserve_bytes = v << 20;
+    case OPT_SYNC:
+        if (!strcmp(arg, "full"))
+            cfg->sync_full = 1;
+        else if (!strcmp(arg, "normal"))
+            cfg->sync_full = 0;
+        else
+            return bad("--sync", arg);
+        break;
+    case OPT_SYNC_INTERVAL:
+        if (parse_duration_ms(arg, &cfg->sync_interval_ms) < 0 || cfg->sync_interval_ms < 10 ||
+            cfg->sync_interval_ms > 3600000)
+            return bad("--sync-interval", arg);
         break;
     case OPT_READY:
         if (strlen(arg) >= sizeof(cfg->ready_file) - 8)
@@ -466,88 +495,72 @@ static void warn_if_shared(const char *dir, const char *file)
                  path, (unsigned)(st.st_mode & 07777), S_ISDIR(st.st_mode) ? "700" : "600");
 }
 
-static int is_loopback(const char *host)
+static void default_config(struct broker_config *cfg)
 {
-    return !strcmp(host, "::1") || !strncmp(host, "127.", 4);
+    memset(cfg, 0, sizeof(*cfg));
+    strcpy(cfg->listen_host, "127.0.0.1");
+    cfg->listen_port = 7411;
+    strcpy(cfg->data_dir, "./ferry-data");
+    cfg->sync_full = 1;
+    cfg->sync_interval_ms = 1000;
+    cfg->cache_mb = 128;
+    cfg->max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
+    cfg->max_batch = PROTO_MAX_BATCH;
+    cfg->dedupe_window_ms = 48ull * 3600 * 1000;
+    cfg->dedupe_max_ids = 10000000;
+    cfg->max_connections = 1024;
+    cfg->handshake_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 0;
+    cfg->conn_max_pending_bytes = 8u << 20;
+    cfg->batch_max_bytes = 64u << 20;
+    cfg->reserve_bytes = 64u << 20;
 }
 
-int main(int argc, char **argv)
+/* The config file, then the command line over it, then the checks and
+ * the derived values. Returns -1 to run, else the exit status (0 after
+ * --help or --version). */
+static int configure(struct broker_config *cfg, int argc, char **argv)
 {
-    struct broker_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    strcpy(cfg.listen_host, "127.0.0.1");
-    cfg.listen_port = 7411;
-    strcpy(cfg.data_dir, "./ferry-data");
-    cfg.sync_full = 1;
-    cfg.sync_interval_ms = 1000;
-    cfg.cache_mb = 128;
-    cfg.max_message_bytes = PROTO_DEFAULT_MAX_MESSAGE;
-    cfg.max_batch = PROTO_MAX_BATCH;
-    cfg.dedupe_window_ms = 48ull * 3600 * 1000;
-    cfg.dedupe_max_ids = 10000000;
-    cfg.max_connections = 1024;
-    cfg.handshake_timeout_ms = 10000;
-    cfg.idle_timeout_ms = 0;
-    cfg.conn_max_pending_bytes = 8u << 20;
-    cfg.batch_max_bytes = 64u << 20;
-    cfg.reserve_bytes = 64u << 20;
-
-    /* The config file first, so that the command line overrides it. */
     int ch, rc;
+    default_config(cfg);
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "hV", opts, NULL)) != -1)
-        if (ch == OPT_CONFIG && (rc = load_config(&cfg, optarg)) != 0) {
-            auth_free(&cfg.auth);
+        if (ch == OPT_CONFIG && (rc = load_config(cfg, optarg)) != 0)
             return rc;
-        }
     opterr = 1;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
-        rc = set_option(&cfg, ch, optarg);
+        rc = set_option(cfg, ch, optarg);
         if (rc == OPTION_HELP || rc == OPTION_VERSION) {
             if (rc == OPTION_HELP)
                 fputs(usage, stdout);
             else
                 puts("ferryd " FERRY_BROKER_VERSION);
-            auth_free(&cfg.auth);
             return 0;
         }
-        if (rc) {
-            auth_free(&cfg.auth);
+        if (rc)
             return rc;
-        }
     }
     if (optind < argc) {
         fprintf(stderr, "ferryd: unexpected argument: %s\n", argv[optind]);
-        auth_free(&cfg.auth);
         return 2;
     }
-    if (!auth_enabled(&cfg.auth) && !is_loopback(cfg.listen_host)) {
+    if (!auth_enabled(&cfg->auth) && !broker_is_loopback(cfg->listen_host)) {
         fprintf(stderr,
                 "ferryd: refusing to listen on %s without authentication: configure tokens in "
                 "a config file (--config, see docs/OPERATIONS.md) or listen on 127.0.0.1\n",
-                cfg.listen_host);
-        auth_free(&cfg.auth);
+                cfg->listen_host);
         return 2;
     }
-    cfg.max_frame_bytes = PROTO_DEFAULT_MAX_FRAME;
-    if (cfg.max_message_bytes + 65536u > cfg.max_frame_bytes)
-        cfg.max_frame_bytes = cfg.max_message_bytes + 65536u;
+    cfg->max_frame_bytes = PROTO_DEFAULT_MAX_FRAME;
+    if (cfg->max_message_bytes + 65536u > cfg->max_frame_bytes)
+        cfg->max_frame_bytes = cfg->max_message_bytes + 65536u;
+    return -1;
+}
 
-    signal(SIGPIPE, SIG_IGN);
-    /* Messages are private: every folder and file ferryd creates (the data
-     * folder, the database, its WAL, the lock, the reserve) is its user's
-     * only, whatever the umask it was started with. */
-    umask(077);
-    if (mkdir_p(cfg.data_dir) < 0) {
-        fprintf(stderr, "ferryd: cannot create data folder %s: %s\n", cfg.data_dir,
-                strerror(errno));
-        return 1;
-    }
-    log_info("ferryd %s starting", FERRY_BROKER_VERSION);
-    warn_if_shared(cfg.data_dir, "");
-    warn_if_shared(cfg.data_dir, "/ferry.db");
-
+/* Runs the broker until it stops. Returns the exit status. */
+static int run(const struct broker_config *cfg)
+{
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) {
         log_error("cannot initialise the event loop");
@@ -559,7 +572,7 @@ int main(int argc, char **argv)
         return 1;
     }
     int status = 0;
-    if (broker_init(b, &loop, &cfg) < 0 || broker_start(b) < 0) {
+    if (broker_init(b, &loop, cfg) < 0 || broker_start(b) < 0) {
         status = 1;
         /* Close whatever handles were opened, then drain the loop. */
         uv_walk(&loop, close_handle, NULL);
@@ -569,11 +582,37 @@ int main(int argc, char **argv)
     }
     broker_destroy(b);
     free(b);
-    rc = uv_loop_close(&loop);
+    int rc = uv_loop_close(&loop);
     if (rc != 0 && status == 0) {
         log_error("event loop closed with handles still open: %s", uv_strerror(rc));
         status = 1;
     }
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    struct broker_config cfg;
+    int rc = configure(&cfg, argc, argv);
+    if (rc >= 0) {
+        auth_free(&cfg.auth);
+        return rc;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    /* Messages are private: every folder and file ferryd creates (the data
+     * folder, the database, its WAL, the lock, the reserve) is its user's
+     * only, whatever the umask it was started with. */
+    umask(077);
+    if (mkdir_p(cfg.data_dir) < 0) {
+        fprintf(stderr, "ferryd: cannot create data folder %s: %s\n", cfg.data_dir,
+                strerror(errno));
+        auth_free(&cfg.auth);
+        return 1;
+    }
+    log_info("ferryd %s starting", FERRY_BROKER_VERSION);
+    warn_if_shared(cfg.data_dir, "");
+    warn_if_shared(cfg.data_dir, "/ferry.db");
+    int status = run(&cfg);
     auth_free(&cfg.auth);
     log_info("stopped");
     return status;

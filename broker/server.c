@@ -1,5 +1,9 @@
 /*
- * server.c - the broker: listener, group commit scheduling, shutdown.
+ * server.c - the broker: listener, group commit scheduling, shutdown. The
+ * top of the broker's layers (broker/README.md: the layer order, which
+ * thread touches what, who frees what): it wires conn.c's events to
+ * dispatch.c and group.c, and a finished commit (commit.c) to the groups
+ * and the replies.
  *
  * Group commit: requests decoded during a pass of the loop go into the
  * pending batch. At the end of the pass (a uv_prepare handle, which runs
@@ -37,6 +41,10 @@
 #endif
 
 #include "broker.h"
+#include "clock.h"
+#include "commit.h"
+#include "conn.h"
+#include "dispatch.h"
 #include "group.h"
 #include "log.h"
 #include "proto.h"
@@ -53,82 +61,26 @@
 #define MAX_DEFERRALS 8
 #define DEFER_MAX_BYTES (1u << 20)
 
-uint64_t broker_now_ms(void)
-{
-    return uv_hrtime() / 1000000u;
-}
-
-int64_t broker_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void start_commit(struct broker *b);
 static void maybe_finish(struct broker *b);
 static void on_handle_closed(uv_handle_t *h);
 
-struct op *broker_enqueue(struct broker *b, struct conn *c, enum op_kind kind, size_t wire_bytes)
+/* conn_events.on_closed: the connection's handle closed. */
+static void on_conn_closed(struct conn *c)
 {
-    struct op *op = batch_add(b->pending, kind);
-    if (!op)
-        return NULL;
-    op->conn = c;
-    op->request_id = 0;
-    /* The op's own memory counts with the request: otherwise a flood of
-     * tiny requests would cost far more than the bytes it sends. */
-    op->wire_bytes = wire_bytes + sizeof(*op);
-    c->refs++;
-    c->outstanding += op->wire_bytes;
-    c->outstanding_ops++;
-    if (kind != OP_REPLY && kind != OP_FETCH && kind != OP_DEAD_LETTER)
-        broker_owe_reply(op, OP_ERROR_REPLY_MAX);
-    return op;
-}
-
-void broker_owe_reply(struct op *op, size_t bytes)
-{
-    if (bytes <= op->reply_bytes)
-        return;
-    op->conn->replies_owed += bytes - op->reply_bytes;
-    op->reply_bytes = bytes;
-}
-
-void broker_conn_closed(struct broker *b, struct conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        b->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-    b->nconns--;
-    if (b->stopping == 2 && b->nconns == 0 && b->linger_active) {
+    struct broker *b = c->broker;
+    commit_conn_closed(b, c);
+    groups_conn_closed(c);
+    if (b->stopping == BROKER_CLOSING && b->nconns == 0 && b->linger_active) {
         b->linger_active = 0;
         uv_close((uv_handle_t *)&b->linger, on_handle_closed);
     }
     maybe_finish(b);
 }
 
-/* ---- the worker ------------------------------------------------------- */
-
-static void work_cb(uv_work_t *req)
+/* on_commit_done: a batch came back from the worker. */
+static void on_commit_done(struct broker *b, struct batch *done)
 {
-    struct broker *b = req->data;
-    store_commit(b->store, b->committing, broker_wall_ms());
-}
-
-static void after_work_cb(uv_work_t *req, int status)
-{
-    struct broker *b = req->data;
-    struct batch *done = b->committing;
-    (void)status;
-    b->committing = NULL;
     if (done->commit_status) {
-        struct store_stats st;
-        store_get_stats(b->store, &st);
         log_error("commit of %llu messages failed: %s: %s", (unsigned long long)done->messages,
                   proto_strerror(done->commit_status), store_last_error(b->store));
     }
@@ -140,55 +92,21 @@ static void after_work_cb(uv_work_t *req, int status)
      * are even written; fetched ones go to their subscriptions. */
     b->defer_flush = 1;
     groups_after_commit(b, done);
-
     /* Replies go out in op order; connections coalesce them into writes. */
-    for (size_t i = 0; i < done->nops; i++) {
-        struct op *op = &done->ops[i];
-        struct conn *c = op->conn;
-        if (op->kind != OP_FETCH) {
-            if (op->out_len > op->reply_bytes) {
-                atomic_fetch_add(&b->reply_overruns, 1);
-                log_error("conn %llu: a %zu-byte reply where %zu were owed (op kind %d)",
-                          (unsigned long long)c->id, op->out_len, op->reply_bytes, (int)op->kind);
-            }
-            conn_on_replies(c, done->out.data + op->out_off, op->out_len);
-        }
-        conn_op_done(c, op);
-    }
+    commit_answer(b, done);
     groups_after_replies(b, done);
-    for (size_t i = 0; i < done->nops; i++)
-        conn_unref(done->ops[i].conn);
-    batch_reset(done);
+    commit_release(done);
     groups_dispatch_dirty(b);
     conn_flush_deferred(b);
 
     if (b->pending->nops || b->maintenance_due)
-        start_commit(b);
+        commit_start(b);
 
     /* Connections paused for backpressure may read again. */
     for (struct conn *c = b->conns; c; c = c->next)
         if (!c->reading)
             conn_resume_reading(c);
     maybe_finish(b);
-}
-
-static void start_commit(struct broker *b)
-{
-    if (b->committing || (!b->pending->nops && !b->maintenance_due))
-        return;
-    struct batch *next = b->pending == &b->batches[0] ? &b->batches[1] : &b->batches[0];
-    b->committing = b->pending;
-    b->committing->maintenance = b->maintenance_due;
-    b->maintenance_due = 0;
-    b->pending = next;
-    b->work.data = b;
-    int rc = uv_queue_work(b->loop, &b->work, work_cb, after_work_cb);
-    if (rc < 0) {
-        /* Cannot happen with a valid loop; run inline rather than lose it. */
-        log_error("uv_queue_work: %s; committing on the loop thread", uv_strerror(rc));
-        work_cb(&b->work);
-        after_work_cb(&b->work, 0);
-    }
 }
 
 static void on_drain(uv_idle_t *h)
@@ -217,7 +135,7 @@ static void on_prepare(uv_prepare_t *h)
     }
     uv_idle_stop(&b->drain);
     b->deferrals = 0;
-    start_commit(b);
+    commit_start(b);
 }
 
 /* ---- timers, signals, listener --------------------------------------- */
@@ -225,7 +143,7 @@ static void on_prepare(uv_prepare_t *h)
 static void on_tick(uv_timer_t *t)
 {
     struct broker *b = t->data;
-    uint64_t now = broker_now_ms();
+    uint64_t now = clock_mono_ms();
     struct conn *c = b->conns;
     while (c) {
         struct conn *next = c->next;
@@ -235,7 +153,7 @@ static void on_tick(uv_timer_t *t)
     if (now - b->last_maintenance_ms >= MAINTENANCE_EVERY_MS) {
         b->last_maintenance_ms = now;
         b->maintenance_due = 1;
-        start_commit(b);
+        commit_start(b);
     }
 }
 
@@ -260,9 +178,9 @@ static void on_linger(uv_timer_t *t)
 
 static void maybe_finish(struct broker *b)
 {
-    if (b->stopping != 1 || b->committing || b->pending->nops)
+    if (b->stopping != BROKER_DRAINING || b->committing || b->pending->nops)
         return;
-    b->stopping = 2;
+    b->stopping = BROKER_CLOSING;
     /* Each connection writes the replies it has queued, then closes. */
     struct conn *c = b->conns;
     while (c) {
@@ -294,14 +212,14 @@ static void on_signal(uv_signal_t *s, int signum)
 #ifdef FERRY_HAVE_SYSTEMD
     sd_notify(0, "STOPPING=1");
 #endif
-    b->stopping = 1;
+    b->stopping = BROKER_DRAINING;
     uv_close((uv_handle_t *)&b->server, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigterm, on_handle_closed);
     for (struct conn *c = b->conns; c; c = c->next)
         conn_pause_reading(c);
     b->maintenance_due = 0;
-    start_commit(b);
+    commit_start(b);
     maybe_finish(b);
 }
 
@@ -336,6 +254,11 @@ static int lock_data_dir(struct broker *b)
     return 0;
 }
 
+int broker_is_loopback(const char *host)
+{
+    return !strcmp(host, "::1") || !strncmp(host, "127.", 4) || !strcmp(host, "localhost");
+}
+
 int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *cfg)
 {
     memset(b, 0, sizeof(*b));
@@ -343,6 +266,12 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     b->cfg = *cfg;
     b->lock_fd = -1;
     b->pending = &b->batches[0];
+    b->events = (struct conn_events){
+        .on_frame = dispatch_frame,
+        .on_closed = on_conn_closed,
+        .on_writable = groups_conn_writable,
+    };
+    b->on_commit_done = on_commit_done;
     if (lock_data_dir(b) < 0)
         return -1;
     char path[4200], err[512];
@@ -424,9 +353,7 @@ int broker_start(struct broker *b)
     uv_signal_start(&b->sigint, on_signal, SIGINT);
     uv_signal_start(&b->sigterm, on_signal, SIGTERM);
 
-    int loopback = strcmp(b->cfg.listen_host, "127.0.0.1") == 0 ||
-                   strcmp(b->cfg.listen_host, "::1") == 0 ||
-                   strcmp(b->cfg.listen_host, "localhost") == 0;
+    int loopback = broker_is_loopback(b->cfg.listen_host);
     log_info("listening on %s:%d (%s; %s)", b->cfg.listen_host, port,
              loopback ? "loopback only" : "reachable from the network",
              auth_enabled(&b->cfg.auth) ? "tokens required" : "no authentication");
@@ -461,6 +388,7 @@ void broker_destroy(struct broker *b)
     groups_free(b);
     batch_free(&b->batches[0]);
     batch_free(&b->batches[1]);
+    buf_free(&b->scratch);
     if (b->store) {
         struct store_stats st;
         store_get_stats(b->store, &st);

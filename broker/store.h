@@ -40,8 +40,9 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
 void store_close(struct store *s);
 
 /*
- * Runs every op of b in one transaction and encodes each op's reply into
- * b->out. If the transaction fails, nothing of it is kept and every
+ * Runs every op of b in one transaction and writes each op's results
+ * (op.h): typed records in b's result arrays, or a reply in b->out for
+ * the ops the store answers itself. If the transaction fails, nothing of it is kept and every
  * OP_PUBLISH is answered with an ERROR carrying the cause (STORAGE_FULL,
  * STORAGE). now_ms stamps the messages. An OP_FETCH whose read fails is
  * answered alone (op->status FERRY_ESTORAGE, nothing in out) while the
@@ -58,9 +59,9 @@ struct store_load_cbs {
     void *arg;
     int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
                  uint64_t first);
-    int (*group)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
-                 size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
-                 uint64_t origin, const char *backoff);
+    int (*group_row)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
+                     size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
+                     uint64_t origin, const uint32_t *backoff_ms, uint8_t backoff_count);
     int (*ack)(void *arg, int64_t group_id, uint64_t seq);
     /* Attempts used up by a message not yet done, in (group, seq) order. */
     int (*attempts)(void *arg, int64_t group_id, uint64_t seq, uint32_t attempts,
@@ -80,8 +81,8 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb);
  * when the group is not stored yet) and, ascending, up to cap of the
  * sequences below it that the group dead-lettered and whose dead letter
  * is still stored in the topic dead_topic_id (0: none), which a redrive
- * can bring back, and those being redriven (not yet acked). With more than cap of them, *floor is lowered to the
- * first left out. 0 or FERRY_ESTORAGE. */
+ * can bring back, and those being redriven (not yet acked). With more than cap of them, *floor is
+ * lowered to the first left out. 0 or FERRY_ESTORAGE. */
 int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, uint64_t *floor,
                      uint64_t *keep, uint16_t cap, uint16_t *n);
 int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,

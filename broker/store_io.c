@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 
 /* Log lines a second at most: a failing disk fails every call, and a
@@ -40,20 +41,13 @@ static uint64_t io_errors; /* atomic */
 static _Thread_local char last_op[320];
 static _Thread_local char last_detail[128];
 
-static int64_t mono_sec(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
-
 /* Whether a line may be logged now; *dropped gets how many were not since
  * the last one that was. */
 static int rate_ok(uint64_t *dropped)
 {
     int ok;
     pthread_mutex_lock(&rate_mu);
-    int64_t now = mono_sec();
+    int64_t now = (int64_t)(clock_mono_ms() / 1000);
     if (now != rate_sec) {
         rate_sec = now;
         rate_lines = 0;
