@@ -80,8 +80,8 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb);
  * when the group is not stored yet) and, ascending, up to cap of the
  * sequences below it that the group dead-lettered and whose dead letter
  * is still stored in the topic dead_topic_id (0: none), which a redrive
- * can bring back, and those being redriven (not yet acked). With more than cap of them, *floor is lowered to the
- * first left out. 0 or FERRY_ESTORAGE. */
+ * can bring back, and those being redriven (not yet acked). With more than cap of them, *floor is
+ * lowered to the first left out. 0 or FERRY_ESTORAGE. */
 int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, uint64_t *floor,
                      uint64_t *keep, uint16_t cap, uint16_t *n);
 int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
