@@ -83,6 +83,7 @@
 #include "log.h"
 #include "proto.h"
 #include "reserve.h"
+#include "store_dead.h"
 #include "store_internal.h"
 #include "store_io.h"
 
@@ -240,7 +241,7 @@ static int migrate(struct store *s)
         snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", i + 1);
         if ((rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK ||
             (rc = sqlite3_exec(s->db, migrations[i], NULL, NULL, NULL)) != SQLITE_OK ||
-            (i == 2 && (rc = backfill_group_dead(s)) != SQLITE_OK) ||
+            (i == 2 && (rc = backfill_group_dead(s->db)) != SQLITE_OK) ||
             (rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL)) != SQLITE_OK ||
             (rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
             set_err(s, "migrate schema");

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "proto.h"
 #include "reserve.h"
+#include "store_dead.h"
 #include "store_internal.h"
 #include "store_io.h"
 
@@ -238,42 +239,6 @@ static int put_header(struct buf *h, const char *name, const void *value, size_t
     return buf_append(h, l, 2) < 0 || buf_append(h, value, len) < 0 ? -1 : 0;
 }
 
-/* The broker's own headers of a dead letter (the last of each name: a
- * message dead-lettered twice carries the later ones last). */
-struct dead_info {
-    struct proto_slice seq, group_name, id;
-};
-
-static void dead_info_of(const uint8_t *hdr, size_t hlen, struct dead_info *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (!hdr || hlen < 2)
-        return;
-    struct proto_msg m = {.header_count = proto_rd16(hdr), .headers = {hdr + 2, hlen - 2}};
-    struct proto_header_iter hi;
-    struct proto_header h;
-    proto_header_iter_init(&hi, &m);
-    while (proto_header_next(&hi, &h)) {
-        if (h.name.len == 14 && memcmp(h.name.ptr, "ferry-dead-seq", 14) == 0)
-            out->seq = h.value;
-        else if (h.name.len == 16 && memcmp(h.name.ptr, "ferry-dead-group", 16) == 0)
-            out->group_name = h.value;
-        else if (h.name.len == 13 && memcmp(h.name.ptr, "ferry-dead-id", 13) == 0)
-            out->id = h.value;
-    }
-}
-
-static uint64_t slice_u64(struct proto_slice v)
-{
-    uint64_t n = 0;
-    for (size_t i = 0; i < v.len && i < 20; i++) {
-        if (v.ptr[i] < '0' || v.ptr[i] > '9')
-            return 0;
-        n = n * 10 + (uint64_t)(v.ptr[i] - '0');
-    }
-    return n;
-}
-
 int store_read_dead(struct store *s, int64_t dead_topic_id, uint64_t dead_seq, uint64_t *seq,
                     char *group_out, size_t group_cap, size_t *group_len)
 {
@@ -349,46 +314,6 @@ int store_read_floor(struct store *s, int64_t group_id, int64_t dead_topic_id, u
     }
     sqlite3_exec(s->rdb, "COMMIT", NULL, NULL, NULL);
     return ret;
-}
-
-/* Migration 3's data: a group_dead row for every dead letter stored, from
- * its ferry-dead-* headers (the group by the dead letter's topic and
- * ferry-dead-group name). Dead letters of groups that no longer exist are
- * skipped. */
-int backfill_group_dead(struct store *s)
-{
-    static const char sql[] =
-        "INSERT OR IGNORE INTO group_dead(group_id, seq, dead_seq) "
-        "SELECT g.id, ?3, ?4 FROM groups g WHERE g.topic = ?1 AND g.name = ?2";
-    sqlite3_stmt *scan = NULL, *ins = NULL;
-    int rc = sqlite3_prepare_v2(s->db,
-                                "SELECT t.name, m.rid & 1099511627775, m.headers FROM topics t "
-                                "JOIN messages m ON m.rid >= (t.id << 40) AND m.rid < "
-                                "((t.id + 1) << 40) WHERE t.name LIKE '\\_dead.%' ESCAPE '\\'",
-                                -1, &scan, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(s->db, sql, -1, &ins, NULL);
-    while (rc == SQLITE_OK && (rc = sqlite3_step(scan)) == SQLITE_ROW) {
-        struct dead_info di;
-        dead_info_of(sqlite3_column_blob(scan, 2), (size_t)sqlite3_column_bytes(scan, 2), &di);
-        uint64_t seq = slice_u64(di.seq);
-        const char *dname = (const char *)sqlite3_column_text(scan, 0);
-        int dlen = sqlite3_column_bytes(scan, 0);
-        rc = SQLITE_OK;
-        if (!seq || !di.group_name.len || dlen <= 6)
-            continue;
-        sqlite3_bind_text(ins, 1, dname + 6, dlen - 6, SQLITE_TRANSIENT);
-        sqlite3_bind_text(ins, 2, (const char *)di.group_name.ptr, (int)di.group_name.len,
-                          SQLITE_TRANSIENT);
-        sqlite3_bind_int64(ins, 3, (int64_t)seq);
-        sqlite3_bind_int64(ins, 4, sqlite3_column_int64(scan, 1));
-        rc = step_done(ins);
-    }
-    if (rc == SQLITE_DONE)
-        rc = SQLITE_OK;
-    sqlite3_finalize(scan);
-    sqlite3_finalize(ins);
-    return rc;
 }
 
 /*

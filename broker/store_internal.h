@@ -207,9 +207,6 @@ void maybe_checkpoint(struct store *s);
 void shrink_wal(struct store *s);
 void set_max_pages(struct store *s, uint64_t pages);
 
-/* store_groups.c: migration 3's data (group_dead from the stored dead letters). */
-int backfill_group_dead(struct store *s);
-
 /* store_publish.c */
 int dedupe_purge(struct store *s, int64_t now_ms, uint64_t batch_msgs);
 void dedupe_settle(struct store *s, int ok);
