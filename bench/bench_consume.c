@@ -90,8 +90,7 @@ int bench_fill(const char *server, const char *topic, const struct bench_workloa
                size_t end, size_t window, struct bench_fill_result *res)
 {
     memset(res, 0, sizeof *res);
-    ferry_options opts;
-    memset(&opts, 0, sizeof opts);
+    ferry_options opts = FERRY_OPTIONS_INIT;
     opts.client_name = "ferry-bench-fill";
     opts.max_in_flight = (uint32_t)(window > 0 ? window : 1);
     char err[256] = "";
@@ -143,8 +142,7 @@ int bench_fill(const char *server, const char *topic, const struct bench_workloa
 
 static ferry_conn *admin_connect(const char *server, char *err, size_t err_len)
 {
-    ferry_options opts;
-    memset(&opts, 0, sizeof opts);
+    ferry_options opts = FERRY_OPTIONS_INIT;
     opts.client_name = "ferry-bench";
     ferry_conn *c = NULL;
     char detail[256] = "";
@@ -197,8 +195,7 @@ int bench_group_create(const char *server, const char *topic, const char *group,
     if (c == NULL) {
         return -1;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_EARLIEST;
     so.max_in_flight = 1;
     ferry_sub *s = NULL;
@@ -273,8 +270,7 @@ static void *cons_thread(void *arg)
     if (bench_gate_wait(&sh->gate) < 0) {
         return NULL;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_SEQ;
     so.start_value = cfg->first_seq;
     so.max_in_flight = (uint32_t)cfg->window;
@@ -375,8 +371,7 @@ int bench_consume_run(const struct bench_consume_config *cfg, struct bench_consu
     atomic_init(&sh.distinct, 0);
     atomic_init(&sh.done, 0);
 
-    ferry_options opts;
-    memset(&opts, 0, sizeof opts);
+    ferry_options opts = FERRY_OPTIONS_INIT;
     opts.client_name = "ferry-bench-consumer";
     for (size_t i = 0; i < nc; i++) {
         char err[256] = "";

@@ -319,8 +319,7 @@ int bench_e2e_run(const struct bench_e2e_config *cfg, struct bench_e2e_result *r
         sh.lat_ns[i] = -1;
     }
 
-    ferry_options opts;
-    memset(&opts, 0, sizeof opts);
+    ferry_options opts = FERRY_OPTIONS_INIT;
     opts.max_in_flight = (uint32_t)cfg->window;
     char err[256] = "";
     opts.client_name = "ferry-bench-e2e-consumer";
@@ -334,8 +333,7 @@ int bench_e2e_run(const struct bench_e2e_config *cfg, struct bench_e2e_result *r
                  ferry_strerror(crc), err[0] != '\0' ? ": " : "", err);
         goto out;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_LATEST;
     so.max_in_flight = (uint32_t)cfg->window;
     crc = ferry_subscribe(k.conn, cfg->topic, cfg->group, &so, &k.sub);

@@ -190,8 +190,7 @@ int bench_pub_run(const struct bench_pub_config *cfg, const struct bench_workloa
         slots[i].status = SLOT_PENDING;
     }
 
-    ferry_options opts;
-    memset(&opts, 0, sizeof opts);
+    ferry_options opts = FERRY_OPTIONS_INIT;
     opts.client_name = "ferry-bench";
     opts.max_in_flight = cfg->window > 1 ? (uint32_t)cfg->window : 1;
     size_t next = first;

@@ -258,8 +258,6 @@ static int handshake(ferry_conn *c, const ferry_options *opts, int64_t deadline_
 
 static int check_options(const ferry_options *o, char *why, size_t why_len)
 {
-    if (!o)
-        return 0;
     if (o->producer_id &&
         proto_id_valid((const uint8_t *)o->producer_id, strlen(o->producer_id)) != 0) {
         snprintf(why, why_len, "producer_id must be 1-128 bytes of printable ASCII");
@@ -298,6 +296,11 @@ int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
         rc = FERRY_EINVALID;
         goto done;
     }
+    ferry_options o = FERRY_OPTIONS_INIT;
+    if (opts && (rc = ferry__copy_options(&o, sizeof o, opts, FERRY__OPTIONS_SIZE_0,
+                                          "ferry_options", why, sizeof why)) < 0)
+        goto done;
+    opts = &o;
     rc = check_options(opts, why, sizeof why);
     if (rc < 0)
         goto done;

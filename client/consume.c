@@ -780,9 +780,11 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
     rc = ferry__check_names(c, topic, group ? group : "");
     if (rc < 0)
         return rc;
-    ferry_sub_options o = {0};
-    if (opts)
-        o = *opts;
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
+    char why[160];
+    if (opts && (rc = ferry__copy_options(&o, sizeof o, opts, FERRY__SUB_OPTIONS_SIZE_0,
+                                          "ferry_sub_options", why, sizeof why)) < 0)
+        return ferry__seterr(c, rc, "%s", why);
     if (o.max_in_flight == 0)
         o.max_in_flight = FERRY__DEFAULT_SUB_WINDOW;
     if (o.max_in_flight > PROTO_MAX_WINDOW)

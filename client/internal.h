@@ -212,6 +212,25 @@ struct ferry_conn {
 };
 
 /* conn.c */
+/* Copies the caller's option struct src (ferry_options, ferry_sub_options,
+ * ferry_relay_options: `size` first) into dst of this library's dst_size
+ * bytes, under the rule of ferry.h's "The ABI": fields src lacks are 0 in
+ * dst. min_size is the size of the struct's first layout. Returns 0,
+ * FERRY_EINVALID (src->size below min_size) or FERRY_EUNSUPPORTED (a
+ * non-zero byte beyond dst_size), with the reason in why. opts.c. */
+int ferry__copy_options(void *dst, size_t dst_size, const void *src, size_t min_size,
+                        const char *what, char *why, size_t why_len);
+
+/* The end of a struct's last field: the size of its first layout is the
+ * end of the last field it had (a constant, however the struct grows).
+ * A field appended later starts at or after the previous layout's sizeof
+ * (pad explicitly), so that an older program's tail padding, which nothing
+ * initialises for sure, is never read as an option. */
+#define FERRY__END_OF(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+#define FERRY__OPTIONS_SIZE_0 FERRY__END_OF(ferry_options, producer_id)
+#define FERRY__SUB_OPTIONS_SIZE_0 FERRY__END_OF(ferry_sub_options, backoff_ms)
+#define FERRY__RELAY_OPTIONS_SIZE_0 FERRY__END_OF(ferry_relay_options, log_userdata)
+
 int64_t ferry__now_us(void);
 /* Deadline for a wait of timeout_ms (< 0: none, returned as -1). */
 int64_t ferry__deadline(int timeout_ms);

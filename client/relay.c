@@ -293,6 +293,14 @@ int ferry_relay_new(const ferry_relay_options *opts, ferry_relay **out, char *er
     if (!out)
         return new_fail(errmsg, errmsg_len, FERRY_EINVALID, "out must not be NULL");
     *out = NULL;
+    ferry_relay_options copy = FERRY_RELAY_OPTIONS_INIT;
+    char why[160];
+    int crc;
+    if (opts && (crc = ferry__copy_options(&copy, sizeof copy, opts, FERRY__RELAY_OPTIONS_SIZE_0,
+                                           "ferry_relay_options", why, sizeof why)) < 0)
+        return new_fail(errmsg, errmsg_len, crc, why);
+    if (opts)
+        opts = &copy;
     if (!opts || !opts->db_path || !*opts->db_path)
         return new_fail(errmsg, errmsg_len, FERRY_EINVALID, "db_path is required");
     if (opts->batch > PROTO_MAX_BATCH)
@@ -585,7 +593,7 @@ static void backoff(ferry_relay *r)
  * error (the broker refused the token or speaks another protocol). */
 static int conn_open(ferry_relay *r)
 {
-    ferry_options o = {0};
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.token = r->token;
     o.client_name = "ferry relay";
     o.producer_id = r->producer_id;

@@ -398,6 +398,7 @@ static int run_replay(struct cli *cli, const struct replay_opts *o)
     if (o->count && o->count < window)
         window = (uint32_t)o->count;
     ferry_sub_options so = {
+        .size = sizeof(ferry_sub_options),
         .start = FERRY_START_EARLIEST,
         .max_in_flight = window,
         .max_deliveries = UINT16_MAX,

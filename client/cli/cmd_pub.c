@@ -420,7 +420,7 @@ int cmd_pub(struct cli *cli, int argc, char **argv)
     if (o.id_prefix && strlen(o.id_prefix) > 100)
         return cli_usage_error("pub", "--id-prefix is longer than 100 bytes");
 
-    ferry_options opts = {.max_in_flight = PUB_WINDOW};
+    ferry_options opts = {.size = sizeof(ferry_options), .max_in_flight = PUB_WINDOW};
     ferry_conn *c;
     int rc = cli_connect(cli, "pub", &opts, &c);
     if (rc != CLI_EXIT_OK)

@@ -313,7 +313,7 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
         {"drain", no_argument, NULL, OPT_DRAIN},
         {NULL, 0, NULL, 0},
     };
-    ferry_relay_options o = {0};
+    ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT;
     int do_status = 0, json = 0, do_install = 0;
     unsigned long long v;
     int opt;

@@ -247,6 +247,7 @@ static int run(struct cli *cli, const struct sub_opts *o)
         return status;
 
     ferry_sub_options so = {
+        .size = sizeof(ferry_sub_options),
         .start = o->start,
         .start_value = o->start_value,
         .max_in_flight = o->window,

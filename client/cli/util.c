@@ -100,7 +100,7 @@ static int read_token(const char *path, char *buf, size_t len)
 
 int cli_connect(const struct cli *cli, const char *cmd, const ferry_options *base, ferry_conn **out)
 {
-    ferry_options opts = {0};
+    ferry_options opts = FERRY_OPTIONS_INIT;
     if (base)
         opts = *base;
     char name[64];

@@ -27,6 +27,25 @@
  *     exactly once (at the latest from ferry_close).
  *   - No call keeps a hidden global or thread-local state; ferry_strerror is
  *     safe from any thread.
+ *
+ * The ABI (libferry.so.0): within one soname, functions are only added,
+ * never changed or removed, and a struct changes only as follows.
+ *   - The option structs the caller passes in (ferry_options,
+ *     ferry_sub_options, ferry_relay_options) begin with `size`, which the
+ *     caller sets to sizeof the struct as its own ferry.h declares it (the
+ *     FERRY_*_OPTIONS_INIT initialisers do). New fields are only ever
+ *     appended. The library reads `size` bytes: fields a program built
+ *     against an older ferry.h does not have take their defaults; fields of
+ *     a newer ferry.h than the library knows must be zero (their defaults),
+ *     else the call fails with FERRY_EUNSUPPORTED. A size below that of the
+ *     first layout (0 among them: a struct zero-initialised without its
+ *     initialiser) fails with FERRY_EINVALID.
+ *   - Every other struct (ferry_msg, ferry_header, ferry_ack, ferry_delivery,
+ *     the *_info and *_stats structs, ferry_retention) keeps its layout for
+ *     the life of the soname: they are passed in arrays or filled by the
+ *     library, so a new field there means a new function, or soname 1.
+ *   - Enum values and FERRY_E* codes are only added; a program must treat a
+ *     code it does not know as an error.
  */
 #ifndef FERRY_H
 #define FERRY_H
@@ -51,9 +70,12 @@ extern "C" {
 
 typedef struct ferry_conn ferry_conn;
 
-/* Connection options. Zero-initialise, then set what you need; every field
- * left 0 takes the default named beside it. Copied by ferry_connect. */
+/* Connection options. Start from FERRY_OPTIONS_INIT (or set size to
+ * sizeof(ferry_options) and every other field to 0), then set what you
+ * need; every field left 0 takes the default named beside it. Copied by
+ * ferry_connect. See "The ABI" above for size. */
 typedef struct ferry_options {
+    size_t size;             /* sizeof(ferry_options) */
     const char *token;       /* auth token, NULL for none */
     const char *client_name; /* shown in the broker's log, NULL: "libferry" */
     int connect_timeout_ms;  /* 0: 5000; TCP connect + handshake; < 0: no limit */
@@ -69,6 +91,12 @@ typedef struct ferry_options {
                                 producer id must be used by one publisher at a
                                 time, with producer_seq increasing. */
 } ferry_options;
+
+/* ferry_options o = FERRY_OPTIONS_INIT; everything at its default. */
+#define FERRY_OPTIONS_INIT                                                                         \
+    {                                                                                              \
+        .size = sizeof(ferry_options)                                                              \
+    }
 
 /* One header of a message: a name and a value of value_len bytes. */
 typedef struct ferry_header {
@@ -109,7 +137,8 @@ typedef struct ferry_ack {
  * FERRY_DEFAULT_SERVER) and performs the handshake. opts may be NULL. On
  * success stores a new connection in *out (release with ferry_close) and
  * returns 0. On failure stores NULL and returns FERRY_EINVALID (a bad
- * address or option), FERRY_ECONNECT (unresolvable, refused, or the peer
+ * address or option, or opts->size unset), FERRY_EUNSUPPORTED (an option
+ * this library does not know, see "The ABI"), FERRY_ECONNECT (unresolvable, refused, or the peer
  * hung up during the handshake), FERRY_ETIMEOUT, FERRY_EAUTH,
  * FERRY_EVERSION, FERRY_ETOO_MANY_CONNECTIONS, FERRY_EPROTOCOL (not a ferry
  * broker), ...; if errmsg is not NULL it receives up to errmsg_len bytes of
@@ -234,9 +263,11 @@ typedef enum ferry_start {
                                  at or after it */
 } ferry_start;
 
-/* Subscription options. Zero-initialise, then set what you need; every field
- * left 0 takes the default named beside it. Copied by ferry_subscribe. */
+/* Subscription options. Start from FERRY_SUB_OPTIONS_INIT, then set what
+ * you need; every field left 0 takes the default named beside it. Copied by
+ * ferry_subscribe. See "The ABI" at the top for size. */
 typedef struct ferry_sub_options {
+    size_t size;             /* sizeof(ferry_sub_options) */
     ferry_start start;       /* for a new group only; an existing group keeps
                                 its cursor (move it with ferry_seek) */
     uint64_t start_value;    /* FERRY_START_SEQ / FERRY_START_TIME */
@@ -251,6 +282,12 @@ typedef struct ferry_sub_options {
                                 expired lease (the last value repeats); without
                                 it the broker's --redelivery-backoff applies */
 } ferry_sub_options;
+
+/* ferry_sub_options o = FERRY_SUB_OPTIONS_INIT; everything at its default. */
+#define FERRY_SUB_OPTIONS_INIT                                                                     \
+    {                                                                                              \
+        .size = sizeof(ferry_sub_options)                                                          \
+    }
 
 /* One subscription on a connection; freed by ferry_unsubscribe or
  * ferry_close. */
@@ -285,8 +322,9 @@ typedef struct ferry_delivery {
  * opts may be NULL. On success stores the subscription in *out and returns
  * 0; deliveries may then arrive during any call on c. On failure *out is
  * NULL: FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (an
- * option out of range), FERRY_EDENIED, FERRY_EUNSUPPORTED (a broker without
- * consumer groups), a connection error, or FERRY_ETIMEOUT (then an
+ * option out of range, or opts->size unset), FERRY_EDENIED,
+ * FERRY_EUNSUPPORTED (a broker without consumer groups, or an option this
+ * library does not know), a connection error, or FERRY_ETIMEOUT (then an
  * UNSUBSCRIBE is sent after it, in case the broker did subscribe). One
  * connection may hold any number of subscriptions, several of the same group
  * included. */
@@ -847,9 +885,11 @@ typedef void (*ferry_relay_log_fn)(void *userdata, int level, const char *line);
  * acked its Nth batch, before the rows are marked sent. */
 #define FERRY_RELAY_CRASH_ENV "FERRY_RELAY_CRASH_AFTER_ACK"
 
-/* Relay options. Zero-initialise, then set what you need; every field left
- * 0 takes the default named beside it. Copied by ferry_relay_new. */
+/* Relay options. Start from FERRY_RELAY_OPTIONS_INIT, then set what you
+ * need; every field left 0 takes the default named beside it. Copied by
+ * ferry_relay_new. See "The ABI" at the top for size. */
 typedef struct ferry_relay_options {
+    size_t size;            /* sizeof(ferry_relay_options) */
     const char *db_path;    /* required: the application's database file */
     const char *server;     /* NULL: FERRY_DEFAULT_SERVER */
     const char *token;      /* NULL: none */
@@ -864,9 +904,16 @@ typedef struct ferry_relay_options {
     void *log_userdata;
 } ferry_relay_options;
 
+/* ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT; then set db_path. */
+#define FERRY_RELAY_OPTIONS_INIT                                                                   \
+    {                                                                                              \
+        .size = sizeof(ferry_relay_options)                                                        \
+    }
+
 /* Creates a relay for opts->db_path; nothing is opened until ferry_relay_run.
  * Returns 0 with *out set, FERRY_EINVALID (errmsg, when not NULL, says
- * which option) or FERRY_ENOMEM. */
+ * which option; also opts->size unset), FERRY_EUNSUPPORTED (an option this
+ * library does not know) or FERRY_ENOMEM. */
 FERRY_API int ferry_relay_new(const ferry_relay_options *opts, ferry_relay **out, char *errmsg,
                               size_t errmsg_len);
 

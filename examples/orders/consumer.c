@@ -156,8 +156,7 @@ struct run {
 static int join(struct run *r, int *down_logged)
 {
     const struct consumer_cfg *cfg = r->cfg;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = cfg->prog;
     o.connect_timeout_ms = 2000;
     o.request_timeout_ms = 10000;
@@ -170,8 +169,7 @@ static int join(struct run *r, int *down_logged)
         *down_logged = 1;
         return -1;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_EARLIEST;
     so.max_in_flight = cfg->window;
     so.ack_wait_ms = cfg->ack_wait_ms;

@@ -234,8 +234,7 @@ int main(int argc, char **argv)
     ferry_relay *relay = NULL;
     pthread_t relay_thread;
     if (relay_server) {
-        ferry_relay_options ro;
-        memset(&ro, 0, sizeof ro);
+        ferry_relay_options ro = FERRY_RELAY_OPTIONS_INIT;
         ro.db_path = db_path;
         ro.server = relay_server;
         char err[256] = "";

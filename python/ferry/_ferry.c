@@ -183,8 +183,7 @@ static PyObject *conn_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     if (!self)
         return NULL;
     pthread_mutex_init(&self->mu, NULL);
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.token = token;
     o.client_name = name ? name : "python";
     o.connect_timeout_ms = connect_timeout;
@@ -560,8 +559,7 @@ static PyObject *conn_subscribe(ConnObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "max_deliveries is at most 65535");
         return NULL;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = (ferry_start)start;
     so.start_value = start_value;
     so.max_in_flight = max_in_flight;

@@ -370,8 +370,7 @@ static void script_publish(ferry_conn *c)
 
 static void script_consume(ferry_conn *c)
 {
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.max_in_flight = 8;
     ferry_sub *s = NULL;
     int rc = ferry_subscribe(c, "fuzz", "g", &o, &s);
@@ -444,8 +443,7 @@ static void on_delivery(void *ud, ferry_delivery *d)
 static void script_callbacks(ferry_conn *c)
 {
     ferry_sub *s1 = NULL, *s2 = NULL;
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
     o.start_value = 1;
     int rc = ferry_subscribe(c, "fuzz", "g1", &o, &s1);
@@ -576,8 +574,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     pthread_t th;
     CHECK(pthread_create(&th, NULL, broker_main, &s) == 0);
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "fuzz";
     o.connect_timeout_ms = 2000;
     o.request_timeout_ms = TIMEOUT_MS;

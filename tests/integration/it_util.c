@@ -15,8 +15,7 @@
 
 ferry_conn *it_connect_opts(const char *addr, int request_timeout_ms, uint32_t max_in_flight)
 {
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "integration-test";
     o.request_timeout_ms = request_timeout_ms;
     o.max_in_flight = max_in_flight;

@@ -74,7 +74,7 @@ static int teardown(void **state)
 
 static int connect_as(struct fx *fx, const char *token, ferry_conn **out)
 {
-    ferry_options o = {.token = token, .connect_timeout_ms = 5000};
+    ferry_options o = {.size = sizeof(ferry_options), .token = token, .connect_timeout_ms = 5000};
     char err[256];
     return ferry_connect(fx->b.addr, &o, out, err, sizeof(err));
 }

@@ -66,7 +66,8 @@ static void test_backoff_group_schedule_delays_redelivery(void **state)
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_msg m = {.topic = "jobs", .payload = "x", .payload_len = 1};
     assert_int_equal(ferry_publish(c, &m, NULL), 0);
-    ferry_sub_options o = {.start = FERRY_START_EARLIEST,
+    ferry_sub_options o = {.size = sizeof(ferry_sub_options),
+                           .start = FERRY_START_EARLIEST,
                            .max_in_flight = 10,
                            .ack_wait_ms = 200,
                            .max_deliveries = 10,
@@ -110,7 +111,8 @@ static void test_backoff_group_schedule_delays_redelivery(void **state)
     assert_int_equal(harness_stop(&fx->b), 0);
     assert_int_equal(harness_restart(&fx->b), 0);
     c = it_connect(fx->b.addr);
-    ferry_sub_options plain = {.max_in_flight = 10, .ack_wait_ms = 200};
+    ferry_sub_options plain = {
+        .size = sizeof(ferry_sub_options), .max_in_flight = 10, .ack_wait_ms = 200};
     assert_int_equal(ferry_subscribe(c, "jobs", "slow", &plain, &s), 0);
     /* Attempts count on after a restart: three failed (two leases, the
      * disconnect), so this is the fourth, and the fifth waits for the
@@ -127,7 +129,8 @@ static void test_backoff_broker_default_applies_without_schedule(void **state)
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_msg m = {.topic = "quick", .payload = "x", .payload_len = 1};
     assert_int_equal(ferry_publish(c, &m, NULL), 0);
-    ferry_sub_options o = {.max_in_flight = 10, .ack_wait_ms = 200};
+    ferry_sub_options o = {
+        .size = sizeof(ferry_sub_options), .max_in_flight = 10, .ack_wait_ms = 200};
     ferry_sub *s;
     assert_int_equal(ferry_subscribe(c, "quick", "g", &o, &s), 0);
     wait_delivery(c, 1);

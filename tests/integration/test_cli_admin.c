@@ -308,8 +308,7 @@ static uint64_t wait_count(ferry_conn *c, const char *topic, uint64_t n, int at_
 static void kill_messages(const char *addr, const char *topic, size_t n)
 {
     ferry_conn *c = it_connect(addr);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_EARLIEST;
     o.max_in_flight = 100;
     o.ack_wait_ms = LEASE_MS;
@@ -496,8 +495,7 @@ static void test_dead_letter_replay(void **state)
 
     /* The copy: same key and payload, the original headers and the replay
      * header, none of the broker's ferry-dead-* ones, a derived id. */
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
     o.start_value = 2;
     ferry_sub *s = NULL;
@@ -594,8 +592,7 @@ static void test_dead_replay_redrives_to_its_group(void **state)
     ferry_topic_info ti;
     assert_int_equal(it_topic(c, "work", &ti), 1);
     assert_int_equal(ti.head_seq, 2); /* nothing published */
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     ferry_sub *s = NULL;
     assert_int_equal(ferry_subscribe(c, "work", "doomed", &o, &s), 0);
     for (uint64_t i = 1; i <= 2; i++) {

@@ -63,8 +63,7 @@ static int setup(void **state)
     *state = fx;
     if (harness_start(&fx->b, NULL) != 0)
         return -1;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "test-consume";
     char err[256] = "";
     int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
@@ -168,8 +167,7 @@ static ferry_sub *subscribe_opts(ferry_conn *c, const char *topic, const char *g
 static ferry_sub *subscribe(ferry_conn *c, const char *topic, const char *group, uint32_t window,
                             uint32_t ack_wait_ms, uint16_t max_deliveries)
 {
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_EARLIEST;
     o.max_in_flight = window;
     o.ack_wait_ms = ack_wait_ms;
@@ -514,8 +512,7 @@ static void holder_child(const char *addr, const char *topic, const char *group,
     ferry_conn *c = NULL;
     if (ferry_connect(addr, NULL, &c, NULL, 0) != 0)
         _exit(3);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.max_in_flight = (uint32_t)n;
     o.ack_wait_ms = 60000;
     ferry_sub *s = NULL;
@@ -1049,8 +1046,7 @@ static void test_consume_ack_below_start_not_delivered(void **state)
 {
     struct fx *fx = *state;
     publish_range(fx->c, "nds", 1, 5);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
     o.start_value = 4;
     o.max_in_flight = 1;

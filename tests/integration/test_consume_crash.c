@@ -270,8 +270,7 @@ static struct run *run_start(struct fx *fx, struct ledger *lg, int hold, pthread
     r->lg = lg;
     r->hold = hold;
     r->c = it_connect_opts(fx->b.addr, 10000, 0);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_EARLIEST;
     o.max_in_flight = WINDOW;
     o.ack_wait_ms = 60000;
@@ -431,8 +430,7 @@ static void test_consume_crash_kill9_group_survives_at_its_cursor(void **state)
     struct fx *fx = *state;
     publish_all(fx->b.addr, 0);
     ferry_conn *c = it_connect(fx->b.addr);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
     o.start_value = N - 9;
     o.max_in_flight = 10;

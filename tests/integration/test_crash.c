@@ -124,8 +124,7 @@ static int run_child(const char *addr, const char *ack_path, int cycle, int proc
     struct child_ctx cc = {.fd = open(ack_path, O_WRONLY | O_CREAT | O_APPEND, 0644)};
     if (cc.fd < 0)
         return 5;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.request_timeout_ms = 10000;
     o.max_in_flight = WINDOW;
     ferry_conn *c = NULL;

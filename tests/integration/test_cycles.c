@@ -234,8 +234,7 @@ static ferry_conn *actor_connect(struct where *w, int *epoch, const char *name)
     *epoch = where_get(w, addr);
     if (*epoch < 0)
         return NULL;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = name;
     o.connect_timeout_ms = 2000;
     o.request_timeout_ms = 5000;
@@ -578,8 +577,7 @@ static void *consumer_main(void *arg)
                 continue;
             }
             cs->connects++;
-            ferry_sub_options o;
-            memset(&o, 0, sizeof o);
+            ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
             o.start = FERRY_START_SEQ;
             o.start_value = 1;
             o.max_in_flight = SUB_WINDOW;

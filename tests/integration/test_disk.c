@@ -277,8 +277,7 @@ static void cons_fail(struct consumer *cs, const char *fmt, ...)
 static void *consumer_main(void *arg)
 {
     struct consumer *cs = arg;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = cs->group;
     o.request_timeout_ms = REQUEST_TIMEOUT_MS;
     ferry_conn *c = NULL;
@@ -288,8 +287,7 @@ static void *consumer_main(void *arg)
         cons_fail(cs, "connect: %s (%s)", ferry_strerror(rc), err);
         return NULL;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_SEQ;
     so.start_value = 1;
     so.max_in_flight = 100;
@@ -597,8 +595,7 @@ static void full_disk_scenario(struct fx *fx)
 {
     print_message("%s\n", fx->cap_mode ? "variant: --max-db-mb cap with --retention-delete-acked"
                                        : "variant: data folder on a small tmpfs");
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.request_timeout_ms = REQUEST_TIMEOUT_MS;
     ferry_conn *c = NULL;
     char err[256] = "";
@@ -839,8 +836,7 @@ static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **sta
         return;
     }
     c = it_connect(fx->b.addr);
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.max_in_flight = 10;
     ferry_sub *s = NULL;
     assert_int_equal(ferry_subscribe(c, TOPIC, group, &so, &s), 0);

@@ -84,8 +84,7 @@ static int setup(void **state)
     *state = fx;
     if (harness_start(&fx->b, args) != 0)
         return -1;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "flood-setup";
     o.request_timeout_ms = 30000 * harness_slowdown();
     char err[256];

@@ -58,8 +58,7 @@ static int setup(void **state)
     if (harness_start(&fx->b, NULL) != 0)
         return -1;
     snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "test-inbox";
     char err[256] = "";
     int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
@@ -222,8 +221,7 @@ static void publish_n(ferry_conn *c, size_t first, size_t n)
 static ferry_sub *subscribe(ferry_conn *c, uint32_t window, uint32_t ack_wait_ms,
                             uint16_t max_deliveries)
 {
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_EARLIEST;
     o.max_in_flight = window;
     o.ack_wait_ms = ack_wait_ms;
@@ -312,8 +310,7 @@ static void child_main(const struct child_spec *cs)
     ferry_conn *c = NULL;
     if (ferry_connect(cs->addr, NULL, &c, NULL, 0) != 0)
         _exit(3);
-    ferry_sub_options o;
-    memset(&o, 0, sizeof o);
+    ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_EARLIEST;
     o.max_in_flight = cs->window;
     o.ack_wait_ms = cs->ack_wait_ms;
@@ -856,8 +853,7 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     struct app a = {0}, ea = {0};
 
     ferry_conn *ce = it_connect(fx->b.addr);
-    ferry_sub_options eo;
-    memset(&eo, 0, sizeof eo);
+    ferry_sub_options eo = FERRY_SUB_OPTIONS_INIT;
     ferry_sub *es = NULL;
     assert_int_equal(ferry_subscribe(ce, TOPIC, "email", &eo, &es), 0);
     ferry_delivery *e = recv_one(ce);

@@ -182,8 +182,7 @@ static void canary_fail(struct canary *cn, const char *fmt, ...)
 static void *canary_main(void *arg)
 {
     struct canary *cn = arg;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "memory-canary";
     o.request_timeout_ms = CANARY_TIMEOUT_MS;
     o.connect_timeout_ms = CANARY_TIMEOUT_MS;
@@ -194,8 +193,7 @@ static void *canary_main(void *arg)
         canary_fail(cn, "connect: %s (%s)", ferry_strerror(rc), err);
         return NULL;
     }
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_LATEST;
     so.max_in_flight = 10;
     ferry_sub *s = NULL;

@@ -126,8 +126,7 @@ static void text_of(sqlite3 *db, const char *sql, char *buf, size_t len)
 
 static ferry_sub *subscribe(ferry_conn *c, const char *topic)
 {
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_EARLIEST;
     so.max_in_flight = 1000;
     ferry_sub *s = NULL;
@@ -567,8 +566,7 @@ static void test_in_process_relay_woken_by_notify(void **state)
     fx->db = rit_app_open(fx->db_path);
     static struct logbuf lb = {.mu = PTHREAD_MUTEX_INITIALIZER};
     lb.len = 0;
-    ferry_relay_options o;
-    memset(&o, 0, sizeof o);
+    ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT;
     o.db_path = fx->db_path;
     o.server = fx->b.addr;
     o.poll_interval_ms = 10000; /* so that only the notify can be quick */

@@ -230,8 +230,7 @@ static int run_publisher(const char *addr, const char *ack_path, const char *pre
     struct pub_ctx pc = {.fd = open(ack_path, O_WRONLY | O_CREAT | O_APPEND, 0644)};
     if (pc.fd < 0)
         return 5;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.request_timeout_ms = 10000;
     o.max_in_flight = WINDOW;
     ferry_conn *c = NULL;
@@ -554,8 +553,7 @@ static void test_power_read_error_fails_only_the_fetch(void **state)
     start(fx, 1, NULL);
     ferry_conn *reader = it_connect(fx->b.addr);
     ferry_conn *other = it_connect(fx->b.addr);
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     so.start = FERRY_START_EARLIEST;
     ferry_sub *bad = NULL, *good = NULL;
     assert_int_equal(ferry_subscribe(reader, "bad", "g", &so, &bad), 0);

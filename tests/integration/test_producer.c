@@ -43,7 +43,7 @@ static int teardown(void **state)
 
 static ferry_conn *connect_producer(struct fx *fx, const char *producer)
 {
-    ferry_options o = {.producer_id = producer};
+    ferry_options o = {.size = sizeof(ferry_options), .producer_id = producer};
     ferry_conn *c;
     char err[256];
     assert_int_equal(ferry_connect(fx->b.addr, &o, &c, err, sizeof(err)), 0);

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +38,7 @@ static int setup_args(void **state, const char *const *args)
     *state = fx;
     if (harness_start(&fx->b, args) != 0)
         return -1;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     char err[256] = "";
     int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
     if (r != 0) {
@@ -337,8 +337,7 @@ static void on_race_ack(void *ud, int status, const ferry_ack *ack)
 static void *race_main(void *arg)
 {
     struct racer *r = arg;
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.max_in_flight = 50;
     ferry_conn *c = NULL;
     if (ferry_connect(r->addr, &o, &c, NULL, 0) != 0) {
@@ -1159,12 +1158,72 @@ static void test_publish_headers_and_key_round_trip(void **state)
     harness_db_rows_free(rows, n);
 }
 
+/*
+ * ferry.h "The ABI": an option struct is read up to its size. Programs
+ * built against another ferry.h are played here by structs of another
+ * size: the first layout (no field beyond it), a newer one with an extra
+ * field at 0 (accepted) and not at 0 (refused, FERRY_EUNSUPPORTED), and
+ * size left 0 (FERRY_EINVALID, saying so).
+ */
+static void test_publish_option_structs_grow_by_size(void **state)
+{
+    struct fx *fx = *state;
+    char err[256] = "";
+    ferry_conn *c = NULL;
+
+    ferry_options zero = {0};
+    assert_int_equal(ferry_connect(fx->b.addr, &zero, &c, err, sizeof err), FERRY_EINVALID);
+    assert_null(c);
+    assert_non_null(strstr(err, "ferry_options.size is 0"));
+
+    ferry_options first = FERRY_OPTIONS_INIT;
+    first.size = offsetof(ferry_options, producer_id) + sizeof(first.producer_id);
+    assert_int_equal(ferry_connect(fx->b.addr, &first, &c, err, sizeof err), 0);
+    ferry_close(c);
+
+    struct {
+        ferry_options o;
+        uint64_t newer;
+    } big = {.o = FERRY_OPTIONS_INIT};
+    big.o.size = sizeof big;
+    assert_int_equal(ferry_connect(fx->b.addr, &big.o, &c, err, sizeof err), 0);
+    ferry_close(c);
+    big.newer = 1;
+    c = NULL;
+    assert_int_equal(ferry_connect(fx->b.addr, &big.o, &c, err, sizeof err), FERRY_EUNSUPPORTED);
+    assert_null(c);
+    assert_non_null(strstr(err, "does not know"));
+
+    ferry_sub *sub = NULL;
+    ferry_sub_options so = {0};
+    assert_int_equal(ferry_subscribe(fx->c, "opts", "g", &so, &sub), FERRY_EINVALID);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "ferry_sub_options.size is 0"));
+    struct {
+        ferry_sub_options o;
+        uint32_t newer[2];
+    } bigs = {.o = FERRY_SUB_OPTIONS_INIT, .newer = {0, 7}};
+    bigs.o.size = sizeof bigs;
+    assert_int_equal(ferry_subscribe(fx->c, "opts", "g", &bigs.o, &sub), FERRY_EUNSUPPORTED);
+    bigs.newer[1] = 0;
+    assert_int_equal(ferry_subscribe(fx->c, "opts", "g", &bigs.o, &sub), 0);
+    assert_int_equal(ferry_unsubscribe(sub), 0);
+
+    ferry_relay *r = NULL;
+    ferry_relay_options ro = {.db_path = "/nonexistent/app.db"};
+    assert_int_equal(ferry_relay_new(&ro, &r, err, sizeof err), FERRY_EINVALID);
+    assert_non_null(strstr(err, "ferry_relay_options.size is 0"));
+    ro.size = sizeof ro;
+    assert_int_equal(ferry_relay_new(&ro, &r, err, sizeof err), 0);
+    ferry_relay_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish_10000_pipelined_all_present_after_restart,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_sync_single_acked_and_listed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_option_structs_grow_by_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_empty_payload_stored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_batch_consecutive_while_racing, setup,
                                         teardown),

@@ -182,8 +182,7 @@ static void test_producer_killed_after_commit_event_delivered(void **state)
     fx->relay_a = rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, NULL);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     ferry_conn *c = it_connect(fx->b.addr);
-    ferry_sub_options so;
-    memset(&so, 0, sizeof so);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     ferry_sub *s = NULL;
     assert_int_equal(ferry_subscribe(c, "orders", "inventory", &so, &s), 0);
     for (int i = 0; i < N; i++) {

@@ -343,8 +343,7 @@ static void expect_q(sqlite3 *db, const char *what, const char *sql, int64_t wan
 /* Both groups done: every message acked, nothing in flight or waiting. */
 static int groups_done(struct story *s, char *why, size_t why_len)
 {
-    ferry_options o;
-    memset(&o, 0, sizeof o);
+    ferry_options o = FERRY_OPTIONS_INIT;
     o.connect_timeout_ms = 2000;
     o.request_timeout_ms = 5000;
     ferry_conn *c = NULL;
