@@ -42,7 +42,8 @@
  * Waking on commit: the contract's statement trigger runs pg_notify on
  * channel ferry_outbox_<schema> for every INSERT; Postgres delivers it at
  * COMMIT (never for a rollback), after the rows are visible. The relay
- * LISTENs before its first claim and waits in poll() on the libpq socket:
+ * LISTENs (once it holds the lock) before its first claim and waits in
+ * poll() on the libpq socket:
  * no queries while idle, apart from one safety re-scan every rescan_ms
  * (10 s) in case a NOTIFY was lost (a connection that dropped).
  *
@@ -382,8 +383,8 @@ static PGresult *pg_wait_result(ferry_pg_relay *r)
     }
 }
 
-/* Opens the session: connect, install (when missing), producer id, LISTEN,
- * the advisory lock (standing by while another relay holds it). Returns 0,
+/* Opens the session: connect, install (when missing), producer id, the
+ * advisory lock (standing by while another relay holds it), LISTEN. Returns 0,
  * 1 when stopped, 2 to retry later, or a fatal error. */
 static int pg_open(ferry_pg_relay *r)
 {
@@ -437,12 +438,6 @@ static int pg_open(ferry_pg_relay *r)
         pg_drop(r);
         return 2;
     }
-    snprintf(sql, sizeof sql, "LISTEN ferry_outbox_%s", r->schema);
-    if (ferry__pg_exec(r->pg, sql) < 0) {
-        pg_failed(r, "cannot LISTEN");
-        pg_drop(r);
-        return 2;
-    }
     snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, hashtext('%s.outbox'))",
              FERRY__PG_LOCK_CLASS, r->schema);
     char v[8];
@@ -477,6 +472,16 @@ static int pg_open(ferry_pg_relay *r)
         }
         rlog(r, FERRY_LOG_INFO, "the other relay's session ended; taking over schema %s",
              r->schema);
+    }
+    /* LISTEN only once active: a session that listens but does not read
+     * (blocked in pg_advisory_lock) would hold back the server's NOTIFY
+     * queue for every other session. The first claim comes after it, so a
+     * commit before the LISTEN is found by that claim. */
+    snprintf(sql, sizeof sql, "LISTEN ferry_outbox_%s", r->schema);
+    if (ferry__pg_exec(r->pg, sql) < 0) {
+        pg_failed(r, "cannot LISTEN");
+        pg_drop(r);
+        return 2;
     }
     if (r->pg_failures)
         rlog(r, FERRY_LOG_INFO, "connected to Postgres after %d failed attempt%s", r->pg_failures,
@@ -732,10 +737,25 @@ static int is_conn_error(int rc)
            rc == FERRY_ETIMEOUT || rc == FERRY_ENOMEM || rc == FERRY_ECONNECT;
 }
 
+/* Takes the NOTIFYs libpq has read. Returns 1 when there was one. */
+static int take_notifies(ferry_pg_relay *r)
+{
+    int got = 0;
+    PGnotify *nt;
+    while (r->pg && (nt = PQnotifies(r->pg)) != NULL) {
+        got = 1;
+        PQfreemem(nt);
+    }
+    return got;
+}
+
 /* Claims, reads, publishes and deletes one batch. Returns the rows done
  * (> 0), 0 when none are waiting, or an error. */
 static int step(ferry_pg_relay *r)
 {
+    /* A NOTIFY read by now is for a commit that the claim below sees:
+     * dropping it keeps libpq's queue short through a long backlog. */
+    take_notifies(r);
     int n = load_batch(r);
     if (n == 0) {
         int c = claim(r);
@@ -819,18 +839,6 @@ static int step(ferry_pg_relay *r)
 }
 
 /* ----- the loop ------------------------------------------------------- */
-
-/* Takes the NOTIFYs libpq has read. Returns 1 when there was one. */
-static int take_notifies(ferry_pg_relay *r)
-{
-    int got = 0;
-    PGnotify *nt;
-    while (r->pg && (nt = PQnotifies(r->pg)) != NULL) {
-        got = 1;
-        PQfreemem(nt);
-    }
-    return got;
-}
 
 static void wait_for_work(ferry_pg_relay *r, int64_t deadline_us)
 {
