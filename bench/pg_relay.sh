@@ -16,7 +16,7 @@
 #      runs with nothing to do (pg_stat_database.xact_commit +
 #      xact_rollback over IDLE seconds, less the measuring query's own).
 #
-# A private cluster: initdb in a scratch directory (as the user ferry-pg
+# A private cluster: initdb in a scratch directory under /tmp (as the user ferry-pg
 # when run as root; script/bootstrap creates it), a unix socket there and a
 # free 127.0.0.1 port, stopped at the end by its PID.
 #
@@ -45,7 +45,10 @@ PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [[ -x $PGBIN/postgres ]] || die "no PostgreSQL server (run script/bootstrap)"
 command -v psql >/dev/null || die "no psql (apt-get install postgresql-client)"
 
-PGDIR=$(mktemp -d "$WORK/pg.XXXXXX")
+# Under /tmp, not BENCH_DIR: the server's user must reach it, and the
+# socket path must stay short.
+PGDIR=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pgbench.XXXXXX")
+chmod 755 "$PGDIR"
 AS=()
 if [[ $(id -u) == 0 ]]; then
     id ferry-pg >/dev/null 2>&1 || die "no user ferry-pg to run PostgreSQL as (run script/bootstrap)"
@@ -62,7 +65,7 @@ stop_pg() {
     fi
 }
 RELAY_PID=
-trap 'kill -TERM $RELAY_PID 2>/dev/null || true; stop_pg; cleanup' EXIT
+trap 'kill -TERM $RELAY_PID 2>/dev/null || true; stop_pg; rm -rf -- "$PGDIR"; cleanup' EXIT
 
 "${AS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U ferry -A trust -E UTF8 --locale=C --no-sync \
     >"$PGDIR/initdb.log" 2>&1 || { cat "$PGDIR/initdb.log" >&2; die "initdb failed"; }

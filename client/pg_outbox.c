@@ -8,13 +8,15 @@
  *                  (generated once), 'relay_seq' (the last producer
  *                  sequence the relay handed out), 'sent', 'last_sent_seq',
  *                  'last_sent_ms' (the relay's progress)
- *   S.outbox       one row per message. id is an identity column (it does
- *                  NOT commit in order, and the relay does not rely on it);
- *                  pseq is the producer sequence the relay assigns in its
- *                  claim transaction, in commit order (pg_relay.c says why
- *                  that is correct)
- *   outbox_unclaimed, outbox_claimed, outbox_failed: partial indexes, so
- *                  that the relay's reads cost O(batch)
+ *   S.outbox       one row per waiting message, the application's columns
+ *                  only. id is an identity column (it does NOT commit in
+ *                  order, and the relay does not rely on it). Rows are
+ *                  deleted once the broker acked them
+ *   S.outbox_claim (pseq, id): the producer sequence the relay gave a row
+ *                  in its claim transaction, in commit order (pg_relay.c
+ *                  says why that is correct); a narrow insert, where an
+ *                  UPDATE of the wide outbox row would cost ten times more
+ *   S.outbox_failed rows the broker refused, moved there with the reason
  *   S.outbox_notify() + the statement trigger outbox_notify: pg_notify on
  *                  channel ferry_outbox_<S> for every INSERT statement,
  *                  delivered by Postgres at COMMIT (never for a rollback)
@@ -146,13 +148,22 @@ static const char outbox_ddl[] =
     "  payload bytea NOT NULL,\n"
     "  deliver_at_ms bigint NOT NULL DEFAULT 0\n"
     "    CONSTRAINT outbox_deliver_at CHECK (deliver_at_ms >= 0),\n"
-    "  created_ms bigint NOT NULL DEFAULT " FERRY__PG_NOW_MS_SQL ",\n"
-    "  pseq bigint,\n"
-    "  error text,\n"
-    "  failed_ms bigint);\n"
-    "CREATE INDEX IF NOT EXISTS outbox_unclaimed ON @S.outbox (id) WHERE pseq IS NULL;\n"
-    "CREATE UNIQUE INDEX IF NOT EXISTS outbox_claimed ON @S.outbox (pseq) WHERE pseq IS NOT NULL;\n"
-    "CREATE INDEX IF NOT EXISTS outbox_failed ON @S.outbox (id) WHERE error IS NOT NULL;\n"
+    "  created_ms bigint NOT NULL DEFAULT " FERRY__PG_NOW_MS_SQL ");\n"
+    "CREATE TABLE IF NOT EXISTS @S.outbox_claim (\n"
+    "  pseq bigint PRIMARY KEY,\n"
+    "  id bigint NOT NULL CONSTRAINT outbox_claim_id UNIQUE);\n"
+    "CREATE TABLE IF NOT EXISTS @S.outbox_failed (\n"
+    "  id bigint PRIMARY KEY,\n"
+    "  msg_id text NOT NULL,\n"
+    "  topic text NOT NULL,\n"
+    "  key bytea,\n"
+    "  headers json,\n"
+    "  payload bytea NOT NULL,\n"
+    "  deliver_at_ms bigint NOT NULL,\n"
+    "  created_ms bigint NOT NULL,\n"
+    "  pseq bigint NOT NULL,\n"
+    "  error text NOT NULL,\n"
+    "  failed_ms bigint NOT NULL);\n"
     "CREATE OR REPLACE FUNCTION @S.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS\n"
     "  $f$ BEGIN PERFORM pg_notify('ferry_outbox_@S', ''); RETURN NULL; END $f$;\n"
     "CREATE OR REPLACE TRIGGER outbox_notify AFTER INSERT ON @S.outbox\n"
@@ -345,12 +356,11 @@ int ferry_pg_outbox_stats_get(PGconn *pg, const char *schema, ferry_pg_outbox_st
         return FERRY_EUNSUPPORTED;
     char *sql = ferry__pg_sql(
         s,
-        "SELECT (SELECT count(*) FROM @S.outbox WHERE error IS NULL),"
-        " (SELECT count(*) FROM @S.outbox WHERE pseq IS NOT NULL AND error IS NULL),"
-        " (SELECT count(*) FROM @S.outbox WHERE error IS NOT NULL),"
-        " coalesce((SELECT min(id) FROM @S.outbox WHERE error IS NULL), 0),"
-        " coalesce((SELECT " FERRY__PG_NOW_MS_SQL " - min(created_ms) FROM @S.outbox"
-        "   WHERE error IS NULL), 0),"
+        "SELECT (SELECT count(*) FROM @S.outbox),"
+        " (SELECT count(*) FROM @S.outbox_claim),"
+        " (SELECT count(*) FROM @S.outbox_failed),"
+        " coalesce((SELECT min(id) FROM @S.outbox), 0),"
+        " coalesce((SELECT " FERRY__PG_NOW_MS_SQL " - min(created_ms) FROM @S.outbox), 0),"
         " (SELECT value FROM @S.outbox_meta WHERE name = 'producer_id'),"
         " coalesce((SELECT value FROM @S.outbox_meta WHERE name = 'last_sent_seq'), '0'),"
         " coalesce((SELECT value FROM @S.outbox_meta WHERE name = 'last_sent_ms'), '0'),"

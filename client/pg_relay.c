@@ -9,16 +9,21 @@
  * to 42" never sees 41. This relay keeps no cursor over ids. It numbers the
  * rows itself, in a claim:
  *
- *   UPDATE outbox SET pseq = <next numbers> WHERE pseq IS NULL (up to a
- *   batch, by id), in one statement of its own transaction, under the
+ *   INSERT INTO outbox_claim (pseq, id) the next numbers for up to a batch
+ *   of outbox rows that have no claim yet (by id), moving the counter in
+ *   outbox_meta, in one statement of its own transaction, under the
  *   outbox's advisory lock (one active relay).
  *
+ * (A claim is a narrow row in a table of its own rather than an UPDATE of
+ * the outbox row: an UPDATE writes a new version of the whole row and of
+ * all its index entries, about ten times the cost for a 100-byte payload.)
+ *
  * The claim's snapshot contains exactly the rows committed before it
- * started; a transaction still open is invisible, and its rows keep
- * pseq NULL until a later claim, which numbers them above everything
+ * started; a transaction still open is invisible, and its rows stay
+ * unclaimed until a later claim, which numbers them above everything
  * claimed before. So:
  *   - no row is skipped: a row is left behind only while its transaction is
- *     open, and `pseq IS NULL` (not "id > cursor") finds it later;
+ *     open, and "no claim yet" (not "id > cursor") finds it later;
  *   - pseq follows commit order across claims: a row whose transaction
  *     committed after a claim gets a higher pseq than every row of that
  *     claim. Within one claim (rows whose transactions all committed before
@@ -557,10 +562,11 @@ static int claim(ferry_pg_relay *r)
     char *sql = ferry__pg_sql(
         r->schema,
         "WITH c AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM"
-        " (SELECT id FROM @S.outbox WHERE pseq IS NULL ORDER BY id LIMIT %u) s),"
+        " (SELECT id FROM @S.outbox o WHERE NOT EXISTS"
+        "   (SELECT 1 FROM @S.outbox_claim k WHERE k.id = o.id) ORDER BY id LIMIT %u) s),"
         " m AS (UPDATE @S.outbox_meta SET value = (value::bigint + (SELECT count(*) FROM c))::text"
         "  WHERE name = 'relay_seq' RETURNING value::bigint - (SELECT count(*) FROM c) AS base)"
-        " UPDATE @S.outbox o SET pseq = m.base + c.n FROM c, m WHERE o.id = c.id",
+        " INSERT INTO @S.outbox_claim (pseq, id) SELECT m.base + c.n, c.id FROM c, m",
         r->batch);
     if (!sql)
         return FERRY_ENOMEM;
@@ -595,11 +601,11 @@ static int load_batch(ferry_pg_relay *r)
     uint32_t limit = r->batch;
     char *sql = ferry__pg_sql(
         r->schema,
-        "SELECT o.pseq, o.msg_id, o.topic, o.key, o.payload, o.deliver_at_ms, h.key, h.value"
-        " FROM (SELECT pseq, msg_id, topic, key, payload, deliver_at_ms, headers"
-        "  FROM @S.outbox WHERE pseq IS NOT NULL AND error IS NULL ORDER BY pseq LIMIT %u) o"
+        "SELECT k.pseq, o.msg_id, o.topic, o.key, o.payload, o.deliver_at_ms, h.key, h.value"
+        " FROM (SELECT pseq, id FROM @S.outbox_claim ORDER BY pseq LIMIT %u) k"
+        " JOIN @S.outbox o ON o.id = k.id"
         " LEFT JOIN LATERAL json_each_text(o.headers) WITH ORDINALITY AS h(key, value, ord)"
-        " ON true ORDER BY o.pseq, h.ord",
+        " ON true ORDER BY k.pseq, h.ord",
         limit);
     if (!sql)
         return FERRY_ENOMEM;
@@ -683,11 +689,13 @@ static int load_batch(ferry_pg_relay *r)
 
 static int mark_failed(ferry_pg_relay *r, int64_t pseq, const char *why)
 {
-    char sql[256], ps[32];
+    char sql[1024], ps[32];
     snprintf(sql, sizeof sql,
-             "UPDATE %s.outbox SET error = $1, failed_ms = " FERRY__PG_NOW_MS_SQL
-             " WHERE pseq = $2::bigint",
-             r->schema);
+             "WITH k AS (DELETE FROM %s.outbox_claim WHERE pseq = $2::bigint RETURNING pseq, id),"
+             " o AS (DELETE FROM %s.outbox o USING k WHERE o.id = k.id RETURNING o.id, o.msg_id,"
+             "  o.topic, o.key, o.headers, o.payload, o.deliver_at_ms, o.created_ms, k.pseq)"
+             " INSERT INTO %s.outbox_failed SELECT o.*, $1, " FERRY__PG_NOW_MS_SQL " FROM o",
+             r->schema, r->schema, r->schema);
     snprintf(ps, sizeof ps, "%" PRId64, pseq);
     const char *vals[2] = {why, ps};
     PGresult *res = PQexecParams(r->pg, sql, 2, NULL, vals, NULL, NULL, 0);
@@ -707,15 +715,18 @@ static int finish_batch(ferry_pg_relay *r)
 {
     size_t n = r->nrows;
     int64_t lo = r->pseqs[0], hi = r->pseqs[n - 1];
+    /* Every claim up to hi is done: published now, or (an outbox row
+     * deleted by someone else, outside the contract) nothing to publish. */
     char *sql = ferry__pg_sql(r->schema,
-                              "DELETE FROM @S.outbox WHERE pseq BETWEEN %" PRId64 " AND %" PRId64
-                              " AND error IS NULL;"
+                              "DELETE FROM @S.outbox o USING @S.outbox_claim k WHERE o.id = k.id"
+                              " AND k.pseq BETWEEN %" PRId64 " AND %" PRId64 ";"
+                              " DELETE FROM @S.outbox_claim WHERE pseq <= %" PRId64 ";"
                               " UPDATE @S.outbox_meta SET value = CASE name"
                               "  WHEN 'sent' THEN (value::bigint + %zu)::text"
                               "  WHEN 'last_sent_seq' THEN '%" PRId64 "'"
                               "  ELSE " FERRY__PG_NOW_MS_SQL "::text END"
                               " WHERE name IN ('sent', 'last_sent_seq', 'last_sent_ms')",
-                              lo, hi, n, hi);
+                              lo, hi, hi, n, hi);
     if (!sql)
         return FERRY_ENOMEM;
     int rc = ferry__pg_exec(r->pg, sql);

@@ -446,7 +446,7 @@ static int pg_status(const char *url, const char *schema, int json)
         }
         printf("failed       %" PRIu64 " rows%s%s%s\n", s.failed,
                s.failed ? " (SELECT id, error FROM " : "", s.failed ? sch : "",
-               s.failed ? ".outbox WHERE error IS NOT NULL)" : "");
+               s.failed ? ".outbox_failed)" : "");
     }
     if (fflush(stdout) != 0)
         return cli_fail("relay", FERRY_EIO, "cannot write standard output");

@@ -546,10 +546,10 @@ static void test_refused_row_marked_failed_others_go_on(void **state)
     pid_t relay = relay_start(fx, drain, NULL);
     assert_int_equal(rit_wait_exit(relay, WAIT_MS), 0);
     assert_int_equal(rit_topic_count(fx->b.addr, "good"), 20);
-    assert_int_equal(count(fx->pg,
-                           "SELECT count(*) FROM %s.outbox WHERE error LIKE '%%more than 64%%'",
-                           fx->schema),
-                     1);
+    assert_int_equal(
+        count(fx->pg, "SELECT count(*) FROM %s.outbox_failed WHERE error LIKE '%%more than 64%%'",
+              fx->schema),
+        1);
     char out[4096];
     const char *st[] = {"relay", "--pg", cluster.url, "--schema", fx->schema, "--status", NULL};
     assert_int_equal(cli_run(st, out, sizeof out), 0);
@@ -599,7 +599,8 @@ static void test_bad_input_one_line_and_exit_status(void **state)
     assert_non_null(strstr(out, "permission denied"));
     /* Relayed once granted. */
     sql(fx->pg, "GRANT USAGE ON SCHEMA %s TO ferry_app", fx->schema);
-    sql(fx->pg, "GRANT SELECT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO ferry_app", fx->schema);
+    sql(fx->pg, "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %s TO ferry_app",
+        fx->schema);
     put_n(fx, "granted", "m", 0, 3);
     const char *a8[] = {"relay",    "--pg",     url,       "--schema", fx->schema,
                         "--server", fx->b.addr, "--drain", NULL};
