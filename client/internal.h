@@ -230,6 +230,7 @@ int ferry__copy_options(void *dst, size_t dst_size, const void *src, size_t min_
 #define FERRY__OPTIONS_SIZE_0 FERRY__END_OF(ferry_options, producer_id)
 #define FERRY__SUB_OPTIONS_SIZE_0 FERRY__END_OF(ferry_sub_options, backoff_ms)
 #define FERRY__RELAY_OPTIONS_SIZE_0 FERRY__END_OF(ferry_relay_options, log_userdata)
+#define FERRY__PG_RELAY_OPTIONS_SIZE_0 FERRY__END_OF(ferry_pg_relay_options, log_userdata)
 
 int64_t ferry__now_us(void);
 /* Deadline for a wait of timeout_ms (< 0: none, returned as -1). */

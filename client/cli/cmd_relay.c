@@ -20,6 +20,9 @@
 #include <unistd.h>
 
 #include <sqlite3.h>
+#ifdef FERRY_HAVE_POSTGRES
+#include <libpq-fe.h>
+#endif
 
 #include "cli.h"
 
@@ -32,21 +35,37 @@ enum {
     OPT_JSON,
     OPT_INSTALL,
     OPT_DRAIN,
+    OPT_PG,
+    OPT_SCHEMA,
+    OPT_RESCAN_MS,
 };
 
 static const char usage_text[] =
     "Usage: ferry relay --db PATH [OPTIONS]\n"
     "       ferry relay --db PATH --status [--json]\n"
     "       ferry relay --db PATH --install\n"
+    "       ferry relay --pg URL [--schema NAME] [OPTIONS]\n"
+    "       ferry relay --pg URL [--schema NAME] --status [--json] | --install\n"
     "\n"
     "Relays the transactional outbox of the SQLite database PATH to the broker:\n"
     "publishes the committed rows of its ferry_outbox table in order, and marks\n"
     "each sent once the broker stored it durably (docs/OUTBOX.md). Runs until\n"
     "SIGINT or SIGTERM. One relay per database is active: another started on\n"
     "the same database stands by and takes over when the active one stops.\n"
+    "With --pg, the same for the table SCHEMA.outbox of a PostgreSQL database:\n"
+    "committed rows are claimed in commit order (never skipped when ids commit\n"
+    "out of order) and deleted once the broker stored them; one relay per\n"
+    "outbox holds its advisory lock, others stand by (docs/OUTBOX.md, PostgreSQL).\n"
     "\n"
     "Options:\n"
-    "  --db PATH            the application's database (required)\n"
+    "  --db PATH            the application's SQLite database\n"
+    "  --pg URL             or the application's PostgreSQL database (a libpq URL,\n"
+    "                       postgresql://USER@HOST/DB, or key=value string): relays\n"
+    "                       SCHEMA.outbox, woken by NOTIFY at each COMMIT\n"
+    "  --schema NAME        with --pg: the schema of the outbox (default ferry)\n"
+    "  --rescan-ms N        with --pg: the safety re-scan when no NOTIFY came,\n"
+    "                       100-3600000 (default 10000)\n"
+    "                       (--retention and --poll-ms are for --db only)\n"
     "  --batch N            rows per publish, 1-10000 (default 1000)\n"
     "  --retention DURATION delete sent rows this long after they were sent\n"
     "                       (default 1h; 0: at once; 'forever': never).\n"
@@ -61,11 +80,17 @@ static const char usage_text[] =
     "Exit status: 0 stopped by a signal or drained, 1 an error, 2 a usage error.\n";
 
 static ferry_relay *volatile running_relay;
+#ifdef FERRY_HAVE_POSTGRES
+static ferry_pg_relay *volatile running_pg_relay;
+#endif
 
 static void on_signal(int sig)
 {
     (void)sig;
     ferry_relay_stop(running_relay);
+#ifdef FERRY_HAVE_POSTGRES
+    ferry_pg_relay_stop(running_pg_relay);
+#endif
 }
 
 /* DURATION: digits with ms, s, m, h or d (none: ms), or "forever".
@@ -299,6 +324,169 @@ static int install(const char *path)
     return CLI_EXIT_OK;
 }
 
+#ifdef FERRY_HAVE_POSTGRES
+/* PQerrorMessage on one line. */
+static const char *pg_err(PGconn *pg, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", pg ? PQerrorMessage(pg) : "out of memory");
+    for (char *p = buf; *p; p++)
+        if (*p == '\n')
+            *p = (p[1] ? ' ' : '\0');
+    return buf;
+}
+
+static PGconn *pg_open(const char *url)
+{
+    char e[600];
+    char *perr = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(url, &perr);
+    if (!parsed) {
+        snprintf(e, sizeof e, "%s", perr ? perr : "out of memory");
+        e[strcspn(e, "\n")] = '\0';
+        PQfreemem(perr);
+        fprintf(stderr, "ferry: relay: --pg: not a Postgres connection string: %s\n", e);
+        return NULL;
+    }
+    PQconninfoFree(parsed);
+    PGconn *pg = PQconnectdb(url);
+    if (PQstatus(pg) != CONNECTION_OK) {
+        fprintf(stderr, "ferry: relay: cannot connect to Postgres: %s\n", pg_err(pg, e, sizeof e));
+        PQfinish(pg);
+        return NULL;
+    }
+    return pg;
+}
+
+static int pg_install(const char *url, const char *schema)
+{
+    PGconn *pg = pg_open(url);
+    if (!pg)
+        return CLI_EXIT_FAIL;
+    char e[600];
+    int rc = ferry_pg_outbox_install(pg, schema);
+    ferry_pg_outbox_stats s;
+    if (rc == 0)
+        rc = ferry_pg_outbox_stats_get(pg, schema, &s);
+    if (rc < 0) {
+        if (rc == FERRY_EUNSUPPORTED)
+            snprintf(e, sizeof e, "the outbox there is of a newer layout");
+        else
+            pg_err(pg, e, sizeof e);
+        PQfinish(pg);
+        return cli_fail("relay: cannot install the outbox", rc, e);
+    }
+    PQfinish(pg);
+    printf("%s\n", s.producer_id);
+    if (fflush(stdout) != 0)
+        return cli_fail("relay", FERRY_EIO, "cannot write standard output");
+    return CLI_EXIT_OK;
+}
+
+static int pg_status(const char *url, const char *schema, int json)
+{
+    PGconn *pg = pg_open(url);
+    if (!pg)
+        return CLI_EXIT_FAIL;
+    const char *sch = schema && *schema ? schema : "ferry";
+    ferry_pg_outbox_stats s;
+    int rc = ferry_pg_outbox_stats_get(pg, schema, &s);
+    if (rc == FERRY_EUNSUPPORTED) {
+        fprintf(stderr,
+                "ferry: relay: no outbox of this layout in schema %s (see 'ferry relay --pg URL"
+                " --install')\n",
+                sch);
+        PQfinish(pg);
+        return CLI_EXIT_FAIL;
+    }
+    if (rc < 0) {
+        char e[600];
+        pg_err(pg, e, sizeof e);
+        PQfinish(pg);
+        return cli_fail("relay: cannot read the outbox", rc, e);
+    }
+    PQfinish(pg);
+    int64_t now = wall_ms();
+    if (json) {
+        fputs("{\"schema\":", stdout);
+        cli_json_string(stdout, sch, strlen(sch));
+        fputs(",\"producer_id\":", stdout);
+        cli_json_string(stdout, s.producer_id, strlen(s.producer_id));
+        printf(",\"relay_running\":%s,\"relay_backend_pid\":%d", s.relay_pid ? "true" : "false",
+               s.relay_pid);
+        printf(",\"waiting\":%" PRIu64 ",\"claimed\":%" PRIu64 ",\"oldest_waiting_id\":%" PRIu64
+               ",\"oldest_waiting_ms\":%" PRId64 ",\"sent\":%" PRIu64 ",\"last_sent_seq\":%" PRIu64
+               ",\"last_sent_ms\":%" PRId64 ",\"last_sent_age_ms\":%" PRId64 ",\"failed\":%" PRIu64
+               "}\n",
+               s.waiting, s.claimed, s.oldest_waiting_id, s.oldest_waiting_ms, s.sent,
+               s.last_sent_seq, s.last_sent_ms, s.last_sent_ms ? now - s.last_sent_ms : 0,
+               s.failed);
+    } else {
+        char age[32], when[80];
+        printf("schema       %s\n", sch);
+        printf("producer id  %s\n", s.producer_id);
+        if (s.relay_pid)
+            printf("relay        running (Postgres backend pid %d)\n", s.relay_pid);
+        else
+            printf("relay        not running\n");
+        if (s.waiting) {
+            fmt_age(age, sizeof age, s.oldest_waiting_ms);
+            printf("waiting      %" PRIu64 " rows, oldest %s (id %" PRIu64 ")\n", s.waiting, age,
+                   s.oldest_waiting_id);
+        } else {
+            printf("waiting      0 rows\n");
+        }
+        if (s.last_sent_seq) {
+            fmt_age(age, sizeof age, now > s.last_sent_ms ? now - s.last_sent_ms : 0);
+            fmt_time(when, sizeof when, s.last_sent_ms);
+            printf("last sent    producer seq %" PRIu64 " at %s (%s ago); %" PRIu64
+                   " rows sent in all\n",
+                   s.last_sent_seq, when, age, s.sent);
+        } else {
+            printf("last sent    none yet\n");
+        }
+        printf("failed       %" PRIu64 " rows%s%s%s\n", s.failed,
+               s.failed ? " (SELECT id, error FROM " : "", s.failed ? sch : "",
+               s.failed ? ".outbox_failed)" : "");
+    }
+    if (fflush(stdout) != 0)
+        return cli_fail("relay", FERRY_EIO, "cannot write standard output");
+    return CLI_EXIT_OK;
+}
+
+static int pg_run(struct cli *cli, const ferry_relay_options *o, const char *url,
+                  const char *schema, int rescan_ms)
+{
+    ferry_pg_relay_options po = FERRY_PG_RELAY_OPTIONS_INIT;
+    po.conninfo = url;
+    po.schema = schema;
+    po.server = o->server;
+    po.token = o->token;
+    po.batch = o->batch;
+    po.rescan_ms = rescan_ms;
+    po.drain = o->drain;
+    ferry_pg_relay *r;
+    char err[700];
+    int rc = ferry_pg_relay_new(&po, &r, err, sizeof err);
+    if (rc < 0)
+        return cli_fail("relay", rc, err);
+    running_pg_relay = r;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    rc = ferry_pg_relay_run(r);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    running_pg_relay = NULL;
+    ferry_pg_relay_free(r);
+    (void)cli;
+    return rc < 0 ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+#endif
+
 int cmd_relay(struct cli *cli, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -311,10 +499,15 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
         {"json", no_argument, NULL, OPT_JSON},
         {"install", no_argument, NULL, OPT_INSTALL},
         {"drain", no_argument, NULL, OPT_DRAIN},
+        {"pg", required_argument, NULL, OPT_PG},
+        {"schema", required_argument, NULL, OPT_SCHEMA},
+        {"rescan-ms", required_argument, NULL, OPT_RESCAN_MS},
         {NULL, 0, NULL, 0},
     };
     ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT;
     int do_status = 0, json = 0, do_install = 0;
+    const char *pg_url = NULL, *schema = NULL;
+    int rescan_ms = 0, sqlite_only = 0;
     unsigned long long v;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -340,11 +533,24 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
                                        optarg);
             if (o.retention_ms == 0)
                 o.retention_ms = 1; /* 0 means the default in the options */
+            sqlite_only = 1;
             break;
         case OPT_POLL_MS:
             if (parse_uint(optarg, 1, 10000, &v) < 0)
                 return cli_usage_error("relay", "--poll-ms wants 1-10000, not '%s'", optarg);
             o.poll_interval_ms = (int)v;
+            sqlite_only = 1;
+            break;
+        case OPT_PG:
+            pg_url = optarg;
+            break;
+        case OPT_SCHEMA:
+            schema = optarg;
+            break;
+        case OPT_RESCAN_MS:
+            if (parse_uint(optarg, 100, 3600000, &v) < 0)
+                return cli_usage_error("relay", "--rescan-ms wants 100-3600000, not '%s'", optarg);
+            rescan_ms = (int)v;
             break;
         case OPT_STATUS:
             do_status = 1;
@@ -364,12 +570,45 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("relay", "unexpected argument '%s'", argv[optind]);
-    if (!o.db_path)
-        return cli_usage_error("relay", "missing --db");
+    if (o.db_path && pg_url)
+        return cli_usage_error("relay", "--db and --pg exclude each other");
+    if (!o.db_path && !pg_url)
+        return cli_usage_error("relay", "missing --db (SQLite) or --pg (PostgreSQL)");
+    if (!pg_url && (schema || rescan_ms))
+        return cli_usage_error("relay", "--schema and --rescan-ms go with --pg");
+    if (pg_url && sqlite_only)
+        return cli_usage_error("relay", "--retention and --poll-ms go with --db (the Postgres"
+                                        " relay deletes rows once acked and is woken by NOTIFY)");
+    if (pg_url && schema) {
+        /* The library checks it too; say so before connecting. */
+        size_t n = strlen(schema);
+        int ok = n >= 1 && n <= 50 &&
+                 ((schema[0] >= 'a' && schema[0] <= 'z') || schema[0] == '_') &&
+                 strncmp(schema, "pg_", 3) != 0 &&
+                 strspn(schema, "abcdefghijklmnopqrstuvwxyz0123456789_") == n;
+        if (!ok)
+            return cli_usage_error("relay",
+                                   "--schema wants 1-50 of [a-z0-9_] starting with a letter or '_'"
+                                   " (not pg_...), not '%s'",
+                                   schema);
+    }
+#ifndef FERRY_HAVE_POSTGRES
+    if (pg_url) {
+        fprintf(stderr, "ferry: relay: --pg: this ferry was built without PostgreSQL support"
+                        " (libpq)\n");
+        return CLI_EXIT_FAIL;
+    }
+#endif
     if (do_status && do_install)
         return cli_usage_error("relay", "--status and --install exclude each other");
     if (json && !do_status)
         return cli_usage_error("relay", "--json goes with --status");
+#ifdef FERRY_HAVE_POSTGRES
+    if (pg_url && do_status)
+        return pg_status(pg_url, schema, json);
+    if (pg_url && do_install)
+        return pg_install(pg_url, schema);
+#endif
     if (do_status)
         return status(o.db_path, json);
     if (do_install)
@@ -382,6 +621,14 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
         o.token = token;
     }
     o.server = cli->server;
+#ifdef FERRY_HAVE_POSTGRES
+    if (pg_url) {
+        int prc = pg_run(cli, &o, pg_url, schema, rescan_ms);
+        if (o.token)
+            memset(token, 0, sizeof token);
+        return prc;
+    }
+#endif
 
     ferry_relay *r;
     char err[512];

@@ -31,7 +31,8 @@
  * The ABI (libferry.so.0): within one soname, functions are only added,
  * never changed or removed, and a struct changes only as follows.
  *   - The option structs the caller passes in (ferry_options,
- *     ferry_sub_options, ferry_relay_options) begin with `size`, which the
+ *     ferry_sub_options, ferry_relay_options, ferry_pg_relay_options) begin
+ *     with `size`, which the
  *     caller sets to sizeof the struct as its own ferry.h declares it (the
  *     FERRY_*_OPTIONS_INIT initialisers do). New fields are only ever
  *     appended. The library reads `size` bytes: fields a program built
@@ -962,6 +963,181 @@ typedef struct ferry_relay_stats {
 
 /* Copies r's counters into *out (all 0 for a NULL r). */
 FERRY_API void ferry_relay_stats_get(const ferry_relay *r, ferry_relay_stats *out);
+
+/*
+ * PostgreSQL: the outbox, its relay and the inbox for applications whose
+ * data lives in Postgres (docs/OUTBOX.md and docs/INBOX.md, "PostgreSQL").
+ *
+ * Present when libferry was built with libpq (the meson feature
+ * `postgres`, on when libpq is found). Every function takes the
+ * application's own libpq connection (PGconn) where it works inside the
+ * application's transaction; the relay opens its own. All the tables live
+ * in one schema the application names (NULL or "": "ferry"): 1-50 of
+ * [a-z0-9_] starting with a letter or '_' (FERRY_EINVALID otherwise).
+ * A database error is FERRY_ESTORAGE, with PQerrorMessage(pg) holding
+ * Postgres' detail. The SQL contract (tables, constraints, the NOTIFY
+ * trigger) is what docs/OUTBOX.md documents: any language that runs SQL
+ * in its own transaction gets the same guarantees.
+ */
+typedef struct pg_conn PGconn;
+
+/* The Postgres outbox layout this libferry creates and understands. */
+#define FERRY_PG_OUTBOX_SCHEMA_VERSION 1
+/* The Postgres inbox layout this libferry creates and understands. */
+#define FERRY_PG_INBOX_SCHEMA_VERSION 1
+
+/* Creates the outbox in schema (the schema itself when missing; the table
+ * <schema>.outbox with its CHECK constraints and indexes,
+ * <schema>.outbox_meta with the schema version and the producer id, and
+ * the statement trigger that NOTIFYs the relay on insert). Idempotent:
+ * when everything is in place it only reads. Runs in a transaction of its
+ * own, so no transaction may be open on pg (FERRY_EINVALID). Concurrent
+ * installs are serialised by a transaction-level advisory lock. Returns 0,
+ * FERRY_EINVALID (a bad schema name, pg NULL, a transaction open),
+ * FERRY_EUNSUPPORTED (the schema holds a newer outbox layout) or
+ * FERRY_ESTORAGE (e.g. no right to create the schema). */
+FERRY_API int ferry_pg_outbox_install(PGconn *pg, const char *schema);
+
+/* Inserts msg into <schema>.outbox in the transaction the caller has open
+ * on pg (or on its own without one), as an application's INSERT would:
+ * topic, payload, id (NULL: generated), key, headers (as a JSON object,
+ * in order), deliver_at_ms. Checks msg as the broker will first
+ * (FERRY_EINVALID_TOPIC, FERRY_EINVALID_ID, FERRY_EINVALID; header names
+ * and values must be UTF-8 text without NUL bytes). Copies the message id
+ * into id_out (129 bytes) when not NULL. A duplicate id is FERRY_ESTORAGE
+ * (SQLSTATE 23505) and aborts the caller's transaction, as any failed
+ * statement does in Postgres. */
+FERRY_API int ferry_pg_outbox_put(PGconn *pg, const char *schema, const ferry_msg *msg,
+                                  char id_out[129]);
+
+/* The state of a Postgres outbox, for monitoring (`ferry relay --pg URL
+ * --status`). */
+typedef struct ferry_pg_outbox_stats {
+    uint64_t waiting;           /* rows not yet published and deleted */
+    int64_t oldest_waiting_ms;  /* age of the oldest of them (by created_ms); 0: none */
+    uint64_t oldest_waiting_id; /* its id; 0: none */
+    uint64_t claimed;           /* of the waiting, numbered by the relay (in flight) */
+    uint64_t last_sent_seq;     /* the last producer sequence published; 0: none yet */
+    int64_t last_sent_ms;       /* when, Unix ms; 0: none yet */
+    uint64_t sent;              /* rows published (and deleted) since the install */
+    uint64_t failed;            /* rows the relay gave up on (error set, kept) */
+    int relay_pid;              /* backend pid of the active relay's session; 0: none */
+    char producer_id[129];      /* this outbox's producer id */
+} ferry_pg_outbox_stats;
+
+/* Fills *out from the outbox in schema (one snapshot). Returns 0,
+ * FERRY_EUNSUPPORTED (no outbox installed there, or a newer layout),
+ * FERRY_EINVALID or FERRY_ESTORAGE. */
+FERRY_API int ferry_pg_outbox_stats_get(PGconn *pg, const char *schema, ferry_pg_outbox_stats *out);
+
+typedef struct ferry_pg_relay ferry_pg_relay;
+
+/* Postgres relay options. Start from FERRY_PG_RELAY_OPTIONS_INIT, then set
+ * what you need; every field left 0 takes the default named beside it.
+ * Copied by ferry_pg_relay_new. See "The ABI" at the top for size. */
+typedef struct ferry_pg_relay_options {
+    size_t size;            /* sizeof(ferry_pg_relay_options) */
+    const char *conninfo;   /* required: a libpq URL ("postgresql://...") or
+                               "key=value" string */
+    const char *schema;     /* NULL: "ferry" */
+    const char *server;     /* NULL: FERRY_DEFAULT_SERVER */
+    const char *token;      /* NULL: none */
+    uint32_t batch;         /* 0: 1000; 1..10000 rows per PUBLISH */
+    int rescan_ms;          /* 0: 10000; the safety re-scan when no NOTIFY came
+                               (a lost NOTIFY cannot delay a row longer);
+                               100..3600000 */
+    int drain;              /* 1: ferry_pg_relay_run returns once no row is waiting */
+    ferry_relay_log_fn log; /* NULL: timestamped lines on stderr */
+    void *log_userdata;
+} ferry_pg_relay_options;
+
+/* ferry_pg_relay_options o = FERRY_PG_RELAY_OPTIONS_INIT; then set conninfo. */
+#define FERRY_PG_RELAY_OPTIONS_INIT {.size = sizeof(ferry_pg_relay_options)}
+
+/* Creates a relay for opts->conninfo; nothing is opened until
+ * ferry_pg_relay_run. Returns 0 with *out set, FERRY_EINVALID (errmsg,
+ * when not NULL, says which option; also opts->size unset),
+ * FERRY_EUNSUPPORTED (an option this library does not know) or
+ * FERRY_ENOMEM. */
+FERRY_API int ferry_pg_relay_new(const ferry_pg_relay_options *opts, ferry_pg_relay **out,
+                                 char *errmsg, size_t errmsg_len);
+
+/* Runs the relay on the calling thread until ferry_pg_relay_stop (or, with
+ * drain, until nothing is waiting). Connects to Postgres, installs the
+ * outbox when missing, LISTENs for the trigger's NOTIFY and takes the
+ * outbox's session advisory lock, standing by (blocked on the lock, no
+ * queries) while another relay holds it and taking over the moment that
+ * session ends. Then, on every NOTIFY and every rescan_ms: numbers the
+ * committed rows in a transaction of its own (the claim: producer
+ * sequences in commit order), publishes them in atomic batches under the
+ * outbox's producer id, and deletes them after the broker's durable ack.
+ * A lost Postgres or broker connection is retried with backoff (100 ms
+ * doubling to 5 s). Returns 0 once stopped, or a fatal error:
+ * FERRY_ECONNECT (the first connection to Postgres failed: a wrong URL,
+ * authentication, no such database), FERRY_ESTORAGE (the outbox cannot be
+ * installed or read: a missing permission), FERRY_EUNSUPPORTED (a newer
+ * layout), FERRY_EAUTH / FERRY_EVERSION (the broker refused us),
+ * FERRY_EBUSY (already running). Honours FERRY_RELAY_CRASH_ENV. */
+FERRY_API int ferry_pg_relay_run(ferry_pg_relay *r);
+
+/* Asks ferry_pg_relay_run to return. Thread-safe and async-signal-safe.
+ * NULL is a no-op. */
+FERRY_API void ferry_pg_relay_stop(ferry_pg_relay *r);
+
+/* Frees the relay; it must not be running. NULL is a no-op. */
+FERRY_API void ferry_pg_relay_free(ferry_pg_relay *r);
+
+/* What a Postgres relay has done since ferry_pg_relay_new, readable from
+ * any thread: active (1 while it holds the advisory lock), connected (to
+ * the broker), published, duplicates, failed, purged (rows deleted after
+ * their ack), reconnects, last_seq (the last producer sequence acked). */
+FERRY_API void ferry_pg_relay_stats_get(const ferry_pg_relay *r, ferry_relay_stats *out);
+
+/* Creates the inbox in schema when missing: <schema>.inbox (grp text,
+ * msg_id text, topic text, seq bigint, processed_ms bigint, PRIMARY KEY
+ * (grp, msg_id)), its index on processed_ms, and <schema>.inbox_meta with
+ * the layout's version. Idempotent; no transaction may be open on pg.
+ * Returns 0, FERRY_EINVALID, FERRY_EUNSUPPORTED (a newer layout) or
+ * FERRY_ESTORAGE. */
+FERRY_API int ferry_pg_inbox_install(PGconn *pg, const char *schema);
+
+/* Records d's message id for group in the transaction the caller has open
+ * on pg (INSERT ... ON CONFLICT DO NOTHING) and says whether it is new:
+ * FERRY_INBOX_FRESH (1): apply the effect in the same transaction;
+ * FERRY_INBOX_SEEN (0): processed before, skip it (and ack). A concurrent
+ * transaction claiming the same message waits for the first one's end and
+ * then sees its claim (or takes it, when the first rolled back). Returns
+ * 1, 0, FERRY_EINVALID (an argument NULL or empty, or no transaction open
+ * on pg), FERRY_EINVALID_ID (d has no id) or FERRY_ESTORAGE (the caller's
+ * transaction is then aborted: roll it back). */
+FERRY_API int ferry_pg_inbox_claim(PGconn *pg, const char *schema, const char *group,
+                                   const ferry_delivery *d);
+
+/* A message handler for ferry_pg_inbox_handle: applies d's effect through
+ * pg, inside the transaction that is open (not ending it). Returns 0 on
+ * success; anything else rolls back and nacks d. */
+typedef int (*ferry_pg_inbox_handler)(void *userdata, PGconn *pg, const ferry_delivery *d);
+
+/* Processes d exactly once: BEGIN, ferry_pg_inbox_claim, h only when the
+ * claim is fresh, COMMIT, then the ack (ferry_delivery_ack_async). A
+ * handler failure or a database failure (including a failed COMMIT, e.g.
+ * a serialization failure) rolls back and nacks d with retry_delay_ms. No
+ * transaction may be open on pg. Returns FERRY_INBOX_FRESH,
+ * FERRY_INBOX_SEEN, FERRY_INBOX_RETRY (the handler failed) or < 0:
+ * FERRY_EINVALID, FERRY_ESTORAGE (rolled back, nacked), or the error of the
+ * ack or nack. */
+FERRY_API int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *group,
+                                    ferry_delivery *d, ferry_pg_inbox_handler h, void *userdata,
+                                    uint32_t retry_delay_ms);
+
+/* Deletes claims processed more than older_than_ms ago (by Postgres'
+ * clock), oldest first, at most max_rows (1..100000) in one statement, so
+ * no long lock is held: call it every so often with older_than_ms =
+ * ferry_inbox_window_ms(...), as for the SQLite inbox. Runs in the
+ * caller's transaction when one is open. Returns the number deleted,
+ * FERRY_EINVALID or FERRY_ESTORAGE. */
+FERRY_API int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms,
+                                   int max_rows);
 
 #ifdef __cplusplus
 }

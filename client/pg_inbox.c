@@ -1,0 +1,171 @@
+/*
+ * pg_inbox.c - the inbox in PostgreSQL (docs/INBOX.md, "PostgreSQL"):
+ * exactly-once effects for a consumer whose data lives in Postgres.
+ *
+ * The claim is INSERT ... ON CONFLICT (grp, msg_id) DO NOTHING in the
+ * caller's transaction. Postgres makes a second inserter of the same key
+ * wait for the first transaction's end: it then sees the first claim
+ * (0 rows inserted: SEEN) or, when the first rolled back, inserts its own
+ * (FRESH). So of all the transactions that claim one message at most one
+ * commits, whatever the isolation level, and the effect commits with its
+ * claim or not at all.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "pg_internal.h"
+
+/* clang-format off */
+static const char inbox_ddl[] =
+    "SELECT pg_advisory_xact_lock(%d, hashtext('@S.install'));\n"
+    "CREATE SCHEMA IF NOT EXISTS @S;\n"
+    "CREATE TABLE IF NOT EXISTS @S.inbox_meta (\n"
+    "  name text PRIMARY KEY,\n"
+    "  value text NOT NULL);\n"
+    "INSERT INTO @S.inbox_meta VALUES ('schema_version', '1') ON CONFLICT (name) DO NOTHING;\n"
+    "CREATE TABLE IF NOT EXISTS @S.inbox (\n"
+    "  grp text NOT NULL CONSTRAINT inbox_grp CHECK (length(grp) >= 1),\n"
+    "  msg_id text NOT NULL CONSTRAINT inbox_msg_id CHECK (msg_id ~ '^[!-~]{1,128}$'),\n"
+    "  topic text NOT NULL,\n"
+    "  seq bigint NOT NULL,\n"
+    "  processed_ms bigint NOT NULL DEFAULT " FERRY__PG_NOW_MS_SQL ",\n"
+    "  PRIMARY KEY (grp, msg_id));\n"
+    "CREATE INDEX IF NOT EXISTS inbox_processed ON @S.inbox (processed_ms);\n";
+/* clang-format on */
+
+static int layout(PGconn *pg, const char *s)
+{
+    char sql[256], v[64];
+    snprintf(sql, sizeof sql, "SELECT to_regclass('%s.inbox_meta') IS NOT NULL", s);
+    if (ferry__pg_value(pg, sql, v, sizeof v) != 0)
+        return -1;
+    if (strcmp(v, "t") != 0)
+        return 0;
+    snprintf(sql, sizeof sql, "SELECT value FROM %s.inbox_meta WHERE name = 'schema_version'", s);
+    int rc = ferry__pg_value(pg, sql, v, sizeof v);
+    return rc < 0 ? -1 : rc == 1 ? 0 : atoi(v);
+}
+
+int ferry_pg_inbox_install(PGconn *pg, const char *schema)
+{
+    const char *s = ferry__pg_schema(schema);
+    if (!pg || !s || PQtransactionStatus(pg) != PQTRANS_IDLE)
+        return FERRY_EINVALID;
+    int v = layout(pg, s);
+    if (v < 0)
+        return FERRY_ESTORAGE;
+    if (v > FERRY_PG_INBOX_SCHEMA_VERSION)
+        return FERRY_EUNSUPPORTED;
+    if (v == FERRY_PG_INBOX_SCHEMA_VERSION)
+        return 0;
+    char *sql = ferry__pg_sql(s, inbox_ddl, FERRY__PG_LOCK_CLASS);
+    if (!sql)
+        return FERRY_ENOMEM;
+    int rc = ferry__pg_exec(pg, sql); /* one implicit transaction */
+    free(sql);
+    return rc;
+}
+
+int ferry_pg_inbox_claim(PGconn *pg, const char *schema, const char *group, const ferry_delivery *d)
+{
+    const char *s = ferry__pg_schema(schema);
+    if (!pg || !s || !group || !*group || !d || !d->topic)
+        return FERRY_EINVALID;
+    if (!d->id || !*d->id)
+        return FERRY_EINVALID_ID;
+    if (PQtransactionStatus(pg) != PQTRANS_INTRANS)
+        return FERRY_EINVALID;
+    char sql[256], seq[32];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.inbox (grp, msg_id, topic, seq) VALUES ($1, $2, $3, $4::bigint)"
+             " ON CONFLICT (grp, msg_id) DO NOTHING",
+             s);
+    snprintf(seq, sizeof seq, "%llu", (unsigned long long)d->seq);
+    const char *vals[4] = {group, d->id, d->topic, seq};
+    PGresult *res = PQexecParams(pg, sql, 4, NULL, vals, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        return FERRY_ESTORAGE;
+    }
+    int fresh = strcmp(PQcmdTuples(res), "1") == 0;
+    PQclear(res);
+    return fresh ? FERRY_INBOX_FRESH : FERRY_INBOX_SEEN;
+}
+
+static void rollback(PGconn *pg)
+{
+    if (PQtransactionStatus(pg) != PQTRANS_IDLE) {
+        PGresult *res = PQexec(pg, "ROLLBACK");
+        PQclear(res);
+    }
+}
+
+int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *group, ferry_delivery *d,
+                          ferry_pg_inbox_handler h, void *userdata, uint32_t retry_delay_ms)
+{
+    if (!pg || !group || !d || !h || !ferry__pg_schema(schema))
+        return FERRY_EINVALID;
+    if (PQtransactionStatus(pg) != PQTRANS_IDLE)
+        return FERRY_EINVALID;
+    if (ferry__pg_exec(pg, "BEGIN") < 0) {
+        int nrc = ferry_delivery_nack(d, retry_delay_ms, "inbox: BEGIN failed");
+        return nrc < 0 ? nrc : FERRY_ESTORAGE;
+    }
+    int claim = ferry_pg_inbox_claim(pg, schema, group, d);
+    if (claim < 0) {
+        rollback(pg);
+        int nrc = ferry_delivery_nack(d, retry_delay_ms, "inbox: the claim failed");
+        return nrc < 0 ? nrc : claim;
+    }
+    if (claim == FERRY_INBOX_FRESH) {
+        int hrc = h(userdata, pg, d);
+        if (hrc != 0 || PQtransactionStatus(pg) != PQTRANS_INTRANS) {
+            int ended = PQtransactionStatus(pg) == PQTRANS_IDLE;
+            rollback(pg);
+            int nrc = ferry_delivery_nack(
+                d, retry_delay_ms, hrc != 0 ? "handler failed" : "handler ended the transaction");
+            if (nrc < 0)
+                return nrc;
+            return hrc != 0 && !ended ? FERRY_INBOX_RETRY : FERRY_ESTORAGE;
+        }
+    }
+    PGresult *res = PQexec(pg, "COMMIT");
+    /* A COMMIT of an aborted transaction answers "ROLLBACK" without error. */
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
+    PQclear(res);
+    if (!ok) {
+        rollback(pg);
+        int nrc = ferry_delivery_nack(d, retry_delay_ms, "inbox: COMMIT failed");
+        return nrc < 0 ? nrc : FERRY_ESTORAGE;
+    }
+    int arc = ferry_delivery_ack_async(d);
+    if (arc < 0)
+        return arc;
+    return claim;
+}
+
+int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms, int max_rows)
+{
+    const char *s = ferry__pg_schema(schema);
+    if (!pg || !s || older_than_ms < 0 || max_rows < 1 || max_rows > 100000)
+        return FERRY_EINVALID;
+    char *sql = ferry__pg_sql(
+        s,
+        "DELETE FROM @S.inbox WHERE (grp, msg_id) IN (SELECT grp, msg_id FROM @S.inbox"
+        " WHERE processed_ms < " FERRY__PG_NOW_MS_SQL " - %lld"
+        " ORDER BY processed_ms LIMIT %d)",
+        (long long)older_than_ms, max_rows);
+    if (!sql)
+        return FERRY_ENOMEM;
+    PGresult *res = PQexec(pg, sql);
+    free(sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        return FERRY_ESTORAGE;
+    }
+    int n = atoi(PQcmdTuples(res));
+    PQclear(res);
+    return n;
+}
