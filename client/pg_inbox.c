@@ -10,6 +10,7 @@
  * commits, whatever the isolation level, and the effect commits with its
  * claim or not at all.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,8 @@ static const char inbox_ddl[] =
     "CREATE TABLE IF NOT EXISTS @S.inbox_meta (\n"
     "  name text PRIMARY KEY,\n"
     "  value text NOT NULL);\n"
-    "INSERT INTO @S.inbox_meta VALUES ('schema_version', '1') ON CONFLICT (name) DO NOTHING;\n"
+    "INSERT INTO @S.inbox_meta VALUES ('schema_version', '2')\n"
+    "  ON CONFLICT (name) DO UPDATE SET value = excluded.value;\n"
     "CREATE TABLE IF NOT EXISTS @S.inbox (\n"
     "  grp text NOT NULL CONSTRAINT inbox_grp CHECK (length(grp) >= 1),\n"
     "  msg_id text NOT NULL CONSTRAINT inbox_msg_id CHECK (msg_id ~ '^[!-~]{1,128}$'),\n"
@@ -32,7 +34,10 @@ static const char inbox_ddl[] =
     "  seq bigint NOT NULL,\n"
     "  processed_ms bigint NOT NULL DEFAULT " FERRY__PG_NOW_MS_SQL ",\n"
     "  PRIMARY KEY (grp, msg_id));\n"
-    "CREATE INDEX IF NOT EXISTS inbox_processed ON @S.inbox (processed_ms);\n";
+    "CREATE INDEX IF NOT EXISTS inbox_processed ON @S.inbox (processed_ms);\n"
+    /* Layout 2: claims found by sequence, for ferry_pg_inbox_purge_acked.
+     * Layout 1 becomes 2 by running all of this again. */
+    "CREATE INDEX IF NOT EXISTS inbox_seq ON @S.inbox (grp, topic, seq);\n";
 /* clang-format on */
 
 static int layout(PGconn *pg, const char *s)
@@ -168,4 +173,78 @@ int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms, 
     int n = atoi(PQcmdTuples(res));
     PQclear(res);
     return n;
+}
+
+int ferry_pg_inbox_forget(PGconn *pg, const char *schema, const char *group, const char *topic,
+                          uint64_t floor, const uint64_t *keep, size_t nkeep, int max_rows)
+{
+    const char *s = ferry__pg_schema(schema);
+    if (!pg || !s || !group || !*group || !topic || max_rows < 1 || max_rows > 100000 ||
+        (nkeep && !keep))
+        return FERRY_EINVALID;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
+            return FERRY_EINVALID;
+    if (floor > INT64_MAX)
+        floor = INT64_MAX;
+    /* The keep list as a Postgres array literal: at most
+     * FERRY_FLOOR_KEEP_MAX numbers of up to 20 digits each from the
+     * broker; a longer list from a caller is as valid. */
+    size_t cap = 3 + nkeep * 21;
+    char *arr = malloc(cap);
+    if (!arr)
+        return FERRY_ENOMEM;
+    size_t off = 0;
+    arr[off++] = '{';
+    for (size_t i = 0; i < nkeep; i++)
+        off += (size_t)snprintf(arr + off, cap - off, "%s%llu", i ? "," : "",
+                                (unsigned long long)keep[i]);
+    arr[off++] = '}';
+    arr[off] = '\0';
+    /* The subquery walks inbox_seq over (grp, topic, seq < floor): its cost
+     * is the rows deleted and the kept ones it steps over. */
+    char *sql = ferry__pg_sql(s,
+                              "DELETE FROM @S.inbox WHERE (grp, msg_id) IN ("
+                              " SELECT grp, msg_id FROM @S.inbox"
+                              " WHERE grp = $1 AND topic = $2 AND seq < $3::bigint"
+                              " AND seq <> ALL ($4::bigint[]) ORDER BY seq LIMIT %d)",
+                              max_rows);
+    if (!sql) {
+        free(arr);
+        return FERRY_ENOMEM;
+    }
+    char fl[32];
+    snprintf(fl, sizeof fl, "%llu", (unsigned long long)floor);
+    const char *vals[4] = {group, topic, fl, arr};
+    PGresult *res = PQexecParams(pg, sql, 4, NULL, vals, NULL, NULL, 0);
+    free(sql);
+    free(arr);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        return FERRY_ESTORAGE;
+    }
+    int n = atoi(PQcmdTuples(res));
+    PQclear(res);
+    return n;
+}
+
+int ferry_pg_inbox_purge_acked(PGconn *pg, const char *schema, const char *group, ferry_sub *sub,
+                               int max_rows)
+{
+    if (!pg || !ferry__pg_schema(schema) || !group || !*group || !sub || max_rows < 1 ||
+        max_rows > 100000)
+        return FERRY_EINVALID;
+    if (!sub->c)
+        return FERRY_ECLOSED;
+    uint64_t floor = 0;
+    size_t n = 0;
+    uint64_t *keep = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*keep));
+    if (!keep)
+        return FERRY_ENOMEM;
+    int rc =
+        ferry_group_floor(sub->c, sub->topic, sub->group, &floor, keep, FERRY_FLOOR_KEEP_MAX, &n);
+    if (rc == 0)
+        rc = ferry_pg_inbox_forget(pg, schema, group, sub->topic, floor, keep, n, max_rows);
+    free(keep);
+    return rc;
 }

@@ -984,7 +984,7 @@ typedef struct pg_conn PGconn;
 /* The Postgres outbox layout this libferry creates and understands. */
 #define FERRY_PG_OUTBOX_SCHEMA_VERSION 1
 /* The Postgres inbox layout this libferry creates and understands. */
-#define FERRY_PG_INBOX_SCHEMA_VERSION 1
+#define FERRY_PG_INBOX_SCHEMA_VERSION 2
 
 /* Creates the outbox in schema (the schema itself when missing; the table
  * <schema>.outbox with its CHECK constraints and indexes,
@@ -1138,6 +1138,30 @@ FERRY_API int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *
  * FERRY_EINVALID or FERRY_ESTORAGE. */
 FERRY_API int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms,
                                    int max_rows);
+
+/* Deletes group's claims of topic below floor, except those of the
+ * sequences in keep (nkeep of them, increasing, each below floor): the
+ * claims of messages that can no longer be delivered to the group, as
+ * ferry_inbox_forget does for SQLite. At most max_rows (1..100000), lowest
+ * sequences first, in one statement (the inbox_seq index: its cost is the
+ * rows deleted). Runs in the caller's transaction when one is open.
+ * Returns the number deleted, FERRY_EINVALID or FERRY_ESTORAGE. */
+FERRY_API int ferry_pg_inbox_forget(PGconn *pg, const char *schema, const char *group,
+                                    const char *topic, uint64_t floor, const uint64_t *keep,
+                                    size_t nkeep, int max_rows);
+
+/* The bounded purge by the broker's floor, for the Postgres inbox: asks the
+ * broker for sub's group floor and its redrivable dead letters
+ * (ferry_group_floor on sub's connection) and forgets group's claims below
+ * it (ferry_pg_inbox_forget). group is the inbox's group name (usually the
+ * consumer group's). Call it every so often (every few thousand messages,
+ * or seconds), and ferry_pg_inbox_purge with the window as well: that one
+ * bounds the claims the floor keeps (redrivable dead letters), as
+ * docs/INBOX.md says for SQLite. Returns the number
+ * deleted, FERRY_EINVALID, FERRY_ECLOSED, the broker's error (as
+ * ferry_group_floor) or FERRY_ESTORAGE. */
+FERRY_API int ferry_pg_inbox_purge_acked(PGconn *pg, const char *schema, const char *group,
+                                         ferry_sub *sub, int max_rows);
 
 #ifdef __cplusplus
 }

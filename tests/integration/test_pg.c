@@ -722,6 +722,113 @@ static void test_inbox_claims_in_the_callers_transaction(void **state)
     assert_int_equal(count(fx->pg, "SELECT count(DISTINCT id) FROM %s.effects", fx->schema), 3);
 }
 
+/* The floor purge (ferry_pg_inbox_purge_acked): a layout-1 inbox is brought
+ * to layout 2 (the inbox_seq index); claims below the broker's floor are
+ * forgotten except the dead-lettered message's, whose redrive then still
+ * finds its claim (no second effect); other groups' and topics' claims stay. */
+static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 10 };
+    assert_int_equal(ferry_pg_inbox_install(fx->pg, fx->schema), 0);
+    sql(fx->pg, "DROP INDEX %s.inbox_seq", fx->schema);
+    sql(fx->pg, "UPDATE %s.inbox_meta SET value = '1' WHERE name = 'schema_version'", fx->schema);
+    assert_int_equal(ferry_pg_inbox_install(fx->pg, fx->schema), 0);
+    assert_int_equal(count(fx->pg,
+                           "SELECT count(*) FROM pg_indexes WHERE schemaname = '%s'"
+                           " AND indexname = 'inbox_seq'",
+                           fx->schema),
+                     1);
+    assert_int_equal(count(fx->pg,
+                           "SELECT value::int FROM %s.inbox_meta WHERE name = "
+                           "'schema_version'",
+                           fx->schema),
+                     FERRY_PG_INBOX_SCHEMA_VERSION);
+    sql(fx->pg, "CREATE TABLE %s.effects (id text)", fx->schema);
+
+    ferry_conn *c = it_connect(fx->b.addr);
+    for (int i = 1; i <= N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "f-%d", i);
+        ferry_msg m = {0};
+        m.topic = "floor";
+        m.id = id;
+        m.payload = id;
+        m.payload_len = strlen(id);
+        assert_int_equal(ferry_publish(c, &m, NULL), 0);
+    }
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.start = FERRY_START_EARLIEST;
+    so.ack_wait_ms = 60000;
+    so.max_deliveries = 1;
+    ferry_sub *s;
+    assert_int_equal(ferry_subscribe(c, "floor", "inv", &so, &s), 0);
+    /* 1: applied and committed, then its ack is lost and it fails its last
+     * attempt (a nack at max_deliveries 1): dead-lettered. */
+    ferry_delivery *d;
+    assert_int_equal(ferry_receive(c, WAIT_MS, &d), 0);
+    assert_int_equal(d->seq, 1);
+    sql(fx->pg, "BEGIN");
+    assert_int_equal(ferry_pg_inbox_claim(fx->pg, fx->schema, "inv", d), FERRY_INBOX_FRESH);
+    sql(fx->pg, "INSERT INTO %s.effects VALUES ('f-1')", fx->schema);
+    sql(fx->pg, "COMMIT");
+    assert_int_equal(ferry_delivery_nack(d, 0, "ack lost"), 0);
+    ferry_delivery_free(d);
+    for (int i = 2; i <= N; i++) {
+        assert_int_equal(ferry_receive(c, WAIT_MS, &d), 0);
+        assert_int_equal(ferry_pg_inbox_handle(fx->pg, fx->schema, "inv", d, effect, fx->schema, 0),
+                         FERRY_INBOX_FRESH);
+        ferry_delivery_free(d);
+    }
+    assert_int_equal(ferry_flush(c, WAIT_MS), 0);
+    uint64_t floor = 0, keep[4];
+    size_t n = 0;
+    for (int tries = 0; tries < WAIT_MS / 10; tries++) {
+        assert_int_equal(ferry_group_floor(c, "floor", "inv", &floor, keep, 4, &n), 0);
+        if (floor == N + 1)
+            break;
+        rit_sleep_ms(10);
+    }
+    assert_int_equal(floor, N + 1);
+    assert_int_equal(n, 1);
+    assert_int_equal(keep[0], 1);
+
+    sql(fx->pg,
+        "INSERT INTO %s.inbox (grp, msg_id, topic, seq) VALUES ('other', 'x', 'floor', 2),"
+        " ('inv', 'y', 'elsewhere', 2)",
+        fx->schema);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.inbox", fx->schema), N + 2);
+    assert_int_equal(ferry_pg_inbox_purge_acked(fx->pg, fx->schema, "inv", s, 4), 4);
+    assert_int_equal(ferry_pg_inbox_purge_acked(fx->pg, fx->schema, "inv", s, 1000), N - 5);
+    assert_int_equal(ferry_pg_inbox_purge_acked(fx->pg, fx->schema, "inv", s, 1000), 0);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.inbox", fx->schema), 3);
+    assert_int_equal(
+        count(fx->pg, "SELECT seq FROM %s.inbox WHERE grp = 'inv' AND topic = 'floor'", fx->schema),
+        1);
+
+    /* The redrive comes to a claim that is still there. */
+    uint64_t seq = 0;
+    assert_int_equal(ferry_redrive(c, "floor", "inv", 1, &seq), 0);
+    assert_int_equal(seq, 1);
+    assert_int_equal(ferry_receive(c, WAIT_MS, &d), 0);
+    assert_int_equal(d->seq, 1);
+    assert_int_equal(ferry_pg_inbox_handle(fx->pg, fx->schema, "inv", d, effect, fx->schema, 0),
+                     FERRY_INBOX_SEEN);
+    ferry_delivery_free(d);
+    assert_int_equal(ferry_flush(c, WAIT_MS), 0);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.effects", fx->schema), N);
+    assert_int_equal(count(fx->pg, "SELECT count(DISTINCT id) FROM %s.effects", fx->schema), N);
+
+    uint64_t bad[2] = {3, 2};
+    assert_int_equal(ferry_pg_inbox_forget(fx->pg, fx->schema, "inv", "floor", 5, bad, 2, 10),
+                     FERRY_EINVALID);
+    assert_int_equal(ferry_pg_inbox_forget(fx->pg, fx->schema, "inv", "floor", 5, NULL, 0, 0),
+                     FERRY_EINVALID);
+    assert_int_equal(ferry_pg_inbox_purge_acked(fx->pg, fx->schema, "inv", NULL, 10),
+                     FERRY_EINVALID);
+    ferry_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -739,6 +846,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_row_marked_failed_others_go_on, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bad_input_one_line_and_exit_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_purge_acked_forgets_below_floor_keeps_redrivable,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_inbox_claims_in_the_callers_transaction, setup,
                                         teardown),
     };
