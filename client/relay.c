@@ -743,6 +743,68 @@ static size_t row_frame_bytes(const struct rrow *row, const ferry_relay *r)
  * one frame. Returns the row count (0: none waiting), or an error. A row
  * that cannot be sent as it is (malformed headers) ends the batch before
  * it; alone, it is returned with bad_seq set. */
+/* Copies the outbox row q stands on into r->rows[r->nrows] and the arena
+ * (not yet counted in nrows). Returns 0, 1 when the row cannot be
+ * published (r->bad_why says why), or FERRY_ENOMEM. */
+static int read_row(ferry_relay *r, sqlite3_stmt *q, struct rrow *row)
+{
+    memset(row, 0, sizeof *row);
+    row->seq = sqlite3_column_int64(q, 0);
+    row->deliver_at_ms = sqlite3_column_int64(q, 6);
+    const unsigned char *id = sqlite3_column_text(q, 1);
+    size_t id_len = (size_t)sqlite3_column_bytes(q, 1);
+    const unsigned char *topic = sqlite3_column_text(q, 2);
+    size_t topic_len = (size_t)sqlite3_column_bytes(q, 2);
+    const void *key = sqlite3_column_blob(q, 3);
+    row->key_len = (size_t)sqlite3_column_bytes(q, 3);
+    if (sqlite3_column_type(q, 4) != SQLITE_NULL) {
+        int bad = load_headers(r, row, sqlite3_column_text(q, 4), sqlite3_column_bytes(q, 4));
+        if (bad)
+            return bad;
+    }
+    if (!id || !topic || id_len == 0 || topic_len == 0 || memchr(id, 0, id_len) ||
+        memchr(topic, 0, topic_len)) {
+        snprintf(r->bad_why, sizeof r->bad_why, "empty or binary msg_id or topic");
+        return 1;
+    }
+    const void *payload = sqlite3_column_blob(q, 5);
+    row->payload_len = (size_t)sqlite3_column_bytes(q, 5);
+    if (arena_put(r, id, id_len, &row->id) < 0 || arena_put(r, topic, topic_len, &row->topic) < 0 ||
+        arena_put(r, key, row->key_len, &row->key) < 0 ||
+        arena_put(r, payload, row->payload_len, &row->payload) < 0)
+        return FERRY_ENOMEM;
+    return 0;
+}
+
+/* Points r->msgs at the rows in the arena (which may have moved while the
+ * batch was read). */
+static void point_messages(ferry_relay *r)
+{
+    for (size_t i = 0; i < r->nrows; i++) {
+        const struct rrow *row = &r->rows[i];
+        for (size_t h = 0; h < row->hdr_count; h++) {
+            const struct rhdr *rh = &r->hdrs[row->hdr_first + h];
+            r->mhdrs[row->hdr_first + h] = (ferry_header){
+                .name = (const char *)r->arena + rh->name,
+                .value = r->arena + rh->value,
+                .value_len = rh->value_len,
+            };
+        }
+        r->msgs[i] = (ferry_msg){
+            .topic = (const char *)r->arena + row->topic,
+            .payload = r->arena + row->payload,
+            .payload_len = row->payload_len,
+            .id = (const char *)r->arena + row->id,
+            .key = row->key_len ? r->arena + row->key : NULL,
+            .key_len = row->key_len,
+            .headers = row->hdr_count ? &r->mhdrs[row->hdr_first] : NULL,
+            .header_count = row->hdr_count,
+            .deliver_at_ms = row->deliver_at_ms,
+            .producer_seq = (uint64_t)row->seq,
+        };
+    }
+}
+
 static int load_batch(ferry_relay *r)
 {
     r->alen = 0;
@@ -776,31 +838,14 @@ static int load_batch(ferry_relay *r)
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
         struct rrow *row = &r->rows[r->nrows];
         size_t mark_alen = r->alen, mark_nhdrs = r->nhdrs;
-        memset(row, 0, sizeof *row);
-        row->seq = sqlite3_column_int64(q, 0);
-        row->deliver_at_ms = sqlite3_column_int64(q, 6);
-        const unsigned char *id = sqlite3_column_text(q, 1);
-        size_t id_len = (size_t)sqlite3_column_bytes(q, 1);
-        const unsigned char *topic = sqlite3_column_text(q, 2);
-        size_t topic_len = (size_t)sqlite3_column_bytes(q, 2);
-        const void *key = sqlite3_column_blob(q, 3);
-        row->key_len = (size_t)sqlite3_column_bytes(q, 3);
-        int bad = 0;
-        if (sqlite3_column_type(q, 4) != SQLITE_NULL) {
-            const unsigned char *json = sqlite3_column_text(q, 4);
-            int json_len = sqlite3_column_bytes(q, 4);
-            bad = load_headers(r, row, json, json_len);
-            if (bad < 0) {
-                rc = bad;
-                break;
-            }
+        int got = read_row(r, q, row);
+        if (got < 0) {
+            rc = got;
+            break;
         }
-        if (!bad && (!id || !topic || id_len == 0 || topic_len == 0 || memchr(id, 0, id_len) ||
-                     memchr(topic, 0, topic_len))) {
-            snprintf(r->bad_why, sizeof r->bad_why, "empty or binary msg_id or topic");
-            bad = 1;
-        }
-        if (bad) {
+        if (got == 1) {
+            /* Alone in its batch it is marked failed; otherwise the batch
+             * ends before it, and it comes first in the next. */
             if (r->nrows == 0) {
                 r->bad_seq = row->seq;
             } else {
@@ -808,15 +853,6 @@ static int load_batch(ferry_relay *r)
                 r->nhdrs = mark_nhdrs;
                 r->bad_why[0] = '\0';
             }
-            break;
-        }
-        const void *payload = sqlite3_column_blob(q, 5);
-        row->payload_len = (size_t)sqlite3_column_bytes(q, 5);
-        if (arena_put(r, id, id_len, &row->id) < 0 ||
-            arena_put(r, topic, topic_len, &row->topic) < 0 ||
-            arena_put(r, key, row->key_len, &row->key) < 0 ||
-            arena_put(r, payload, row->payload_len, &row->payload) < 0) {
-            rc = FERRY_ENOMEM;
             break;
         }
         size_t bytes = row_frame_bytes(row, r);
@@ -838,31 +874,7 @@ static int load_batch(ferry_relay *r)
         return db_fail(r, "cannot read the outbox", rc);
     if (r->bad_seq)
         return 1;
-
-    /* The arena may have moved: point the messages into it now. */
-    for (size_t i = 0; i < r->nrows; i++) {
-        const struct rrow *row = &r->rows[i];
-        for (size_t h = 0; h < row->hdr_count; h++) {
-            const struct rhdr *rh = &r->hdrs[row->hdr_first + h];
-            r->mhdrs[row->hdr_first + h] = (ferry_header){
-                .name = (const char *)r->arena + rh->name,
-                .value = r->arena + rh->value,
-                .value_len = rh->value_len,
-            };
-        }
-        r->msgs[i] = (ferry_msg){
-            .topic = (const char *)r->arena + row->topic,
-            .payload = r->arena + row->payload,
-            .payload_len = row->payload_len,
-            .id = (const char *)r->arena + row->id,
-            .key = row->key_len ? r->arena + row->key : NULL,
-            .key_len = row->key_len,
-            .headers = row->hdr_count ? &r->mhdrs[row->hdr_first] : NULL,
-            .header_count = row->hdr_count,
-            .deliver_at_ms = row->deliver_at_ms,
-            .producer_seq = (uint64_t)row->seq,
-        };
-    }
+    point_messages(r);
     return (int)r->nrows;
 }
 
