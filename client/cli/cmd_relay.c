@@ -487,7 +487,17 @@ static int pg_run(struct cli *cli, const ferry_relay_options *o, const char *url
 }
 #endif
 
-int cmd_relay(struct cli *cli, int argc, char **argv)
+/* What the command line asked for. */
+struct relay_args {
+    ferry_relay_options o;
+    int do_status, json, do_install;
+    const char *pg_url, *schema;
+    int rescan_ms;
+    int sqlite_only; /* an option only the SQLite relay has was given */
+};
+
+/* Parses argv into *a. Returns -1 to go on, or the exit status. */
+static int parse_args(struct cli *cli, int argc, char **argv, struct relay_args *a)
 {
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
@@ -504,10 +514,7 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
         {"rescan-ms", required_argument, NULL, OPT_RESCAN_MS},
         {NULL, 0, NULL, 0},
     };
-    ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT;
-    int do_status = 0, json = 0, do_install = 0;
-    const char *pg_url = NULL, *schema = NULL;
-    int rescan_ms = 0, sqlite_only = 0;
+    ferry_relay_options *o = &a->o;
     unsigned long long v;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -518,51 +525,51 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
             fputs(usage_text, stdout);
             return CLI_EXIT_OK;
         case OPT_DB:
-            o.db_path = optarg;
+            o->db_path = optarg;
             break;
         case OPT_BATCH:
             if (parse_uint(optarg, 1, 10000, &v) < 0)
                 return cli_usage_error("relay", "--batch wants 1-10000, not '%s'", optarg);
-            o.batch = (uint32_t)v;
+            o->batch = (uint32_t)v;
             break;
         case OPT_RETENTION:
-            if (parse_duration(optarg, &o.retention_ms) < 0)
+            if (parse_duration(optarg, &o->retention_ms) < 0)
                 return cli_usage_error("relay",
                                        "--retention wants a duration (500ms, 30s, 10m, 1h, 7d), "
                                        "0 or 'forever', not '%s'",
                                        optarg);
-            if (o.retention_ms == 0)
-                o.retention_ms = 1; /* 0 means the default in the options */
-            sqlite_only = 1;
+            if (o->retention_ms == 0)
+                o->retention_ms = 1; /* 0 means the default in the options */
+            a->sqlite_only = 1;
             break;
         case OPT_POLL_MS:
             if (parse_uint(optarg, 1, 10000, &v) < 0)
                 return cli_usage_error("relay", "--poll-ms wants 1-10000, not '%s'", optarg);
-            o.poll_interval_ms = (int)v;
-            sqlite_only = 1;
+            o->poll_interval_ms = (int)v;
+            a->sqlite_only = 1;
             break;
         case OPT_PG:
-            pg_url = optarg;
+            a->pg_url = optarg;
             break;
         case OPT_SCHEMA:
-            schema = optarg;
+            a->schema = optarg;
             break;
         case OPT_RESCAN_MS:
             if (parse_uint(optarg, 100, 3600000, &v) < 0)
                 return cli_usage_error("relay", "--rescan-ms wants 100-3600000, not '%s'", optarg);
-            rescan_ms = (int)v;
+            a->rescan_ms = (int)v;
             break;
         case OPT_STATUS:
-            do_status = 1;
+            a->do_status = 1;
             break;
         case OPT_JSON:
-            json = 1;
+            a->json = 1;
             break;
         case OPT_INSTALL:
-            do_install = 1;
+            a->do_install = 1;
             break;
         case OPT_DRAIN:
-            o.drain = 1;
+            o->drain = 1;
             break;
         default:
             return cli_bad_option("relay", opt, argv);
@@ -570,17 +577,25 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("relay", "unexpected argument '%s'", argv[optind]);
-    if (o.db_path && pg_url)
+    return -1;
+}
+
+/* The combinations that make no sense. Returns -1 when a holds none, or
+ * the exit status. */
+static int check_args(const struct relay_args *a)
+{
+    if (a->o.db_path && a->pg_url)
         return cli_usage_error("relay", "--db and --pg exclude each other");
-    if (!o.db_path && !pg_url)
+    if (!a->o.db_path && !a->pg_url)
         return cli_usage_error("relay", "missing --db (SQLite) or --pg (PostgreSQL)");
-    if (!pg_url && (schema || rescan_ms))
+    if (!a->pg_url && (a->schema || a->rescan_ms))
         return cli_usage_error("relay", "--schema and --rescan-ms go with --pg");
-    if (pg_url && sqlite_only)
+    if (a->pg_url && a->sqlite_only)
         return cli_usage_error("relay", "--retention and --poll-ms go with --db (the Postgres"
                                         " relay deletes rows once acked and is woken by NOTIFY)");
-    if (pg_url && schema) {
+    if (a->pg_url && a->schema) {
         /* The library checks it too; say so before connecting. */
+        const char *schema = a->schema;
         size_t n = strlen(schema);
         int ok = n >= 1 && n <= 50 &&
                  ((schema[0] >= 'a' && schema[0] <= 'z') || schema[0] == '_') &&
@@ -593,48 +608,28 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
                                    schema);
     }
 #ifndef FERRY_HAVE_POSTGRES
-    if (pg_url) {
+    if (a->pg_url) {
         fprintf(stderr, "ferry: relay: --pg: this ferry was built without PostgreSQL support"
                         " (libpq)\n");
         return CLI_EXIT_FAIL;
     }
 #endif
-    if (do_status && do_install)
+    if (a->do_status && a->do_install)
         return cli_usage_error("relay", "--status and --install exclude each other");
-    if (json && !do_status)
+    if (a->json && !a->do_status)
         return cli_usage_error("relay", "--json goes with --status");
-#ifdef FERRY_HAVE_POSTGRES
-    if (pg_url && do_status)
-        return pg_status(pg_url, schema, json);
-    if (pg_url && do_install)
-        return pg_install(pg_url, schema);
-#endif
-    if (do_status)
-        return status(o.db_path, json);
-    if (do_install)
-        return install(o.db_path);
+    return -1;
+}
 
-    char token[4096];
-    if (cli->token_file) {
-        if (read_token_file(cli->token_file, token, sizeof token) < 0)
-            return CLI_EXIT_FAIL;
-        o.token = token;
-    }
-    o.server = cli->server;
-#ifdef FERRY_HAVE_POSTGRES
-    if (pg_url) {
-        int prc = pg_run(cli, &o, pg_url, schema, rescan_ms);
-        if (o.token)
-            memset(token, 0, sizeof token);
-        return prc;
-    }
-#endif
-
+/* Runs the SQLite relay until SIGINT or SIGTERM (or, with --drain, until
+ * nothing is waiting). o->token is wiped once the relay has its copy. */
+static int sqlite_run(ferry_relay_options *o, char *token, size_t token_len)
+{
     ferry_relay *r;
     char err[512];
-    int rc = ferry_relay_new(&o, &r, err, sizeof err);
-    if (o.token)
-        memset(token, 0, sizeof token);
+    int rc = ferry_relay_new(o, &r, err, sizeof err);
+    if (o->token)
+        memset(token, 0, token_len);
     if (rc < 0)
         return cli_fail("relay", rc, err);
 
@@ -655,4 +650,41 @@ int cmd_relay(struct cli *cli, int argc, char **argv)
     ferry_relay_free(r);
     /* The relay logged why it gave up. */
     return rc < 0 ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+}
+
+int cmd_relay(struct cli *cli, int argc, char **argv)
+{
+    struct relay_args a = {.o = FERRY_RELAY_OPTIONS_INIT};
+    int rc = parse_args(cli, argc, argv, &a);
+    if (rc < 0)
+        rc = check_args(&a);
+    if (rc >= 0)
+        return rc;
+#ifdef FERRY_HAVE_POSTGRES
+    if (a.pg_url && a.do_status)
+        return pg_status(a.pg_url, a.schema, a.json);
+    if (a.pg_url && a.do_install)
+        return pg_install(a.pg_url, a.schema);
+#endif
+    if (a.do_status)
+        return status(a.o.db_path, a.json);
+    if (a.do_install)
+        return install(a.o.db_path);
+
+    char token[4096];
+    if (cli->token_file) {
+        if (read_token_file(cli->token_file, token, sizeof token) < 0)
+            return CLI_EXIT_FAIL;
+        a.o.token = token;
+    }
+    a.o.server = cli->server;
+#ifdef FERRY_HAVE_POSTGRES
+    if (a.pg_url) {
+        int prc = pg_run(cli, &a.o, a.pg_url, a.schema, a.rescan_ms);
+        if (a.o.token)
+            memset(token, 0, sizeof token);
+        return prc;
+    }
+#endif
+    return sqlite_run(&a.o, token, sizeof token);
 }
