@@ -3,11 +3,13 @@
  */
 #include "it_util.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -75,4 +77,11 @@ int it_file_count(const char *path, const char *needle)
 int it_file_has(const char *path, const char *needle)
 {
     return it_file_count(path, needle) > 0;
+}
+
+void it_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }

@@ -32,4 +32,7 @@ int it_file_count(const char *path, const char *needle);
 /* 1 when the file at path contains needle. */
 int it_file_has(const char *path, const char *needle);
 
+/* Sleeps ms milliseconds, resuming after signals. */
+void it_sleep_ms(int ms);
+
 #endif /* FERRY_IT_UTIL_H */

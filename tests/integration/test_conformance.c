@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "it_util.h"
 
 /* A wait that only guards against a hang. */
 #define WAIT_MS (10000 * harness_slowdown())
@@ -72,13 +73,6 @@ static int teardown(void **state)
     harness_cleanup(&fx->b);
     free(fx);
     return st == 0 && log_ok == 0 ? 0 : -1;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* ----- raw frames ------------------------------------------------------------ */
@@ -434,7 +428,7 @@ static void test_s1_ping_keeps_alive(void **state)
     struct fx *fx = *state;
     int fd = dial_ready(fx);
     for (int i = 0; i < 8; i++) {
-        sleep_ms(300);
+        it_sleep_ms(300);
         ping(fd, 10 + (uint32_t)i);
     }
     close(fd);
@@ -836,7 +830,7 @@ static void test_s9_14_oldest_unacked_counts_waiting(void **state)
     for (int i = 0; i < 3; i++)
         publish1(fd, "waiting", NULL);
     seek(fd, "waiting", "g", PROTO_START_EARLIEST, 0);
-    sleep_ms(300);
+    it_sleep_ms(300);
     struct proto_group_info gi;
     group_info(fd, "waiting", "g", &gi);
     int64_t span = harness_wall_ms() - t0;

@@ -88,13 +88,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* ----- publishing -------------------------------------------------------- */
 
 static int payload_of(char *buf, size_t cap, const char *topic, uint64_t seq)
@@ -527,7 +520,7 @@ static void holder_child(const char *addr, const char *topic, const char *group,
             _exit(6);
     }
     for (int i = 0; i < 600; i++)
-        sleep_ms(100);
+        it_sleep_ms(100);
     _exit(7);
 }
 
@@ -867,7 +860,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
         ack_ok(again, fx->c);
         ferry_delivery_free(d);
         ferry_delivery_free(again);
-        sleep_ms(137); /* land at different phases of any periodic tick */
+        it_sleep_ms(137); /* land at different phases of any periodic tick */
     }
     /* UNSUBSCRIBE: c2 holds the message, fx->c's subscription waits. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -886,7 +879,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             worst_unsub = took;
         ack_ok(again, fx->c);
         ferry_delivery_free(again);
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     /* SUBSCRIBE to an existing group with a message waiting. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -902,7 +895,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             worst_join = took;
         ack_ok(d, fx->c);
         ferry_delivery_free(d);
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     /* CREDIT: a window of 1 raised to 5 with 4 messages waiting. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -923,7 +916,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             ack_ok(d[i], c2);
             ferry_delivery_free(d[i]);
         }
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     print_message("worst latency: nack %" PRId64 " ms, unsubscribe %" PRId64
                   " ms, subscribe %" PRId64 " ms, credit %" PRId64 " ms\n",
@@ -1267,7 +1260,7 @@ static void test_consume_redrive_survives_kill9_until_acked(void **state)
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     uint64_t seq = 0;
     assert_int_equal(ferry_redrive(fx->c, "orders", "inventory", 1, &seq), 0);
     assert_int_equal(seq, 1);
@@ -1311,7 +1304,7 @@ static void expect_floor(ferry_conn *c, uint64_t want_floor, const uint64_t *wan
             fail_msg("ferry_group_floor: %s (%s)", ferry_strerror(r), ferry_errmsg(c));
         if ((floor == want_floor && n == want_n) || harness_now_ms() > deadline)
             break;
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     if (floor != want_floor || n != want_n)
         fail_msg("floor %" PRIu64 " with %zu kept, want %" PRIu64 " with %zu", floor, n, want_floor,
@@ -1436,7 +1429,7 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     uint64_t seq = 0;
     assert_int_equal(ferry_redrive(fx->c, "orders", "email", 1, &seq), FERRY_EINVALID);
     assert_int_equal(ferry_redrive(fx->c, "orders", "orders", 9, &seq), FERRY_EINVALID);
@@ -1593,7 +1586,7 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     for (uint64_t i = 1; i <= N; i++) {
         /* Apart in time, so that each message has a store time of its own
          * (61 well apart from 60). */
-        sleep_ms(i == 61 ? 10 : 2);
+        it_sleep_ms(i == 61 ? 10 : 2);
         publish_one(fx->c, "replay", i, 0);
     }
     ferry_sub *s = subscribe(fx->c, "replay", "g", N, 0, 0);
@@ -1792,7 +1785,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
     ferry_delivery *d[N + 1][3] = {{0}};
     for (int i = 1; i <= 3; i++)
         d[i][0] = recv_expect(fx->c, (uint64_t)i, 1);
-    sleep_ms(150);
+    it_sleep_ms(150);
     bad += group_diff(fx->c, "three in flight", 4, 1, 10, 3, 1, 0, 0);
     gi = must_group(fx->c, "st", "g");
     if (gi.oldest_unacked_ms < 150 ||
@@ -1842,7 +1835,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
         gi = must_group(fx->c, "st", "g");
         if (gi.consumers == 1)
             break;
-        sleep_ms(10);
+        it_sleep_ms(10);
     } while (harness_now_ms() < deadline);
     bad += group_diff(fx->c, "disconnect", 8, 4, 7, 3, 1, 1, 1);
 

@@ -77,13 +77,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* Publishes messages 1..N (payload "mI"). With settle, the last one goes
  * out 1.1 s after the others, so that the broker has written the topic's
  * row with its final head (it does so at most once a second) before any
@@ -115,7 +108,7 @@ static void publish_all(const char *addr, int settle)
             assert_int_equal(acks[j].seq, done + j + 1);
     }
     if (settle) {
-        sleep_ms(1100);
+        it_sleep_ms(1100);
         char body[32];
         ferry_msg m;
         memset(&m, 0, sizeof m);
@@ -305,7 +298,7 @@ static void wait_acked(struct fx *fx, struct ledger *lg, size_t at_least, const 
             fail_msg("%s: stalled at %zu acked (waiting for %zu): nothing acked for %d ms", what,
                      seen, at_least, STALL_MS);
         }
-        sleep_ms(1);
+        it_sleep_ms(1);
         size_t now = atomic_load(&lg->nacked);
         if (now != seen) {
             seen = now;

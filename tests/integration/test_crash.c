@@ -86,13 +86,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* ----- the publisher child ---------------------------------------------- */
 
 struct child_ctx {
@@ -196,7 +189,7 @@ static void reap_child(pid_t pid)
     int64_t deadline = harness_now_ms() + 60000;
     pid_t r;
     while ((r = waitpid(pid, &st, WNOHANG)) == 0 && harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     if (r == 0) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
@@ -224,7 +217,7 @@ static void wait_first_acks(struct fx *fx, char paths[][HARNESS_PATH_BYTES + 32]
                 harness_dump_log(&fx->b);
                 fail_msg("publisher %d recorded no ack within 30 s", i);
             }
-            sleep_ms(5);
+            it_sleep_ms(5);
         }
     }
 }
@@ -371,7 +364,7 @@ static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, stru
         kids[p] = spawn_child(fx->b.addr, paths[p], cycle, p, batches);
     }
     wait_first_acks(fx, paths, PUBLISHERS);
-    sleep_ms(500 + rand() % 500);
+    it_sleep_ms(500 + rand() % 500);
     if (sig == SIGKILL) {
         assert_int_equal(harness_kill9(&fx->b), 0);
     } else {

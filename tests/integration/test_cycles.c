@@ -209,13 +209,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* Copies the broker's current address; returns its epoch, or -1 while it
  * is down. */
 static int where_get(struct where *w, char addr[64])
@@ -374,7 +367,7 @@ static void *producer_main(void *arg)
             int epoch;
             c = actor_connect(p->w, &epoch, name);
             if (!c) {
-                sleep_ms(5);
+                it_sleep_ms(5);
                 continue;
             }
             p->connects++;
@@ -427,7 +420,7 @@ static void *producer_main(void *arg)
                 prod_fail(p, "p%d: %zu ids in flight after ferry_close", p->index, p->inflight);
             continue;
         }
-        sleep_ms(1);
+        it_sleep_ms(1);
     }
     ferry_close(c);
     return NULL;
@@ -573,7 +566,7 @@ static void *consumer_main(void *arg)
         if (!c) {
             c = actor_connect(cs->w, &cs->epoch, name);
             if (!c) {
-                sleep_ms(5);
+                it_sleep_ms(5);
                 continue;
             }
             cs->connects++;
@@ -663,7 +656,7 @@ static void wait_flowing(struct fx *fx)
             harness_dump_log(&fx->b);
             fail_msg("no traffic within 30 s of the start");
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -720,7 +713,7 @@ static uint64_t wait_drained(struct fx *fx)
                      "), unchanged for %lld ms",
                      lag, ti.head_seq, (long long)(harness_now_ms() - progress));
         }
-        sleep_ms(100);
+        it_sleep_ms(100);
     }
 }
 
@@ -851,7 +844,7 @@ static void test_cycles_kill9_producers_consumers(void **state)
     int64_t t0 = harness_now_ms();
     for (int cycle = 0; cycle < cycles; cycle++) {
         int delay = KILL_MIN_MS + rand() % (KILL_MAX_MS - KILL_MIN_MS + 1);
-        sleep_ms(delay);
+        it_sleep_ms(delay);
         check_actors(fx);
         size_t before = total_acked(fx);
         kill_and_restart(fx);

@@ -132,13 +132,6 @@ static int teardown(void **state)
     return st == 0 && log_ok == 0 ? 0 : -1;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* ----- the measurements ------------------------------------------------------ */
 
 struct meter {
@@ -270,7 +263,7 @@ static void flood(struct fx *fx, const struct flood_case *fc)
     int64_t t1 = harness_now_ms();
     while (harness_now_ms() - t1 < AFTER_CLOSE_MS) {
         meter_step(fx, &m);
-        sleep_ms(SAMPLE_MS / 2);
+        it_sleep_ms(SAMPLE_MS / 2);
     }
     long rss_end = harness_rss_kib(fx->b.pid), hwm = harness_hwm_kib(fx->b.pid);
     long peak = m.rss_max_kib > hwm ? m.rss_max_kib : hwm;

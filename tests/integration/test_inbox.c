@@ -83,13 +83,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* ----- the application database ------------------------------------------ */
 
 /* Opens path as an application would: WAL, a busy timeout, the inbox and
@@ -159,7 +152,7 @@ static int effect_handler(void *userdata, sqlite3 *db, const ferry_delivery *d)
     struct app *a = userdata;
     a->runs++;
     if (a->sleep_every && d->seq % (uint64_t)a->sleep_every == 0)
-        sleep_ms(a->sleep_ms);
+        it_sleep_ms(a->sleep_ms);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "INSERT INTO effects(msg_id, seq, pid) VALUES (?1, ?2, ?3)", -1, &st,
                            NULL) != SQLITE_OK)
@@ -276,7 +269,7 @@ static void wait_group_done(ferry_conn *c, uint64_t head)
             fail_msg("group not done: cursor %" PRIu64 " floor %" PRIu64 " lag %" PRIu64
                      " in flight %u",
                      gi.cursor, gi.ack_floor, gi.lag, gi.in_flight);
-        sleep_ms(20);
+        it_sleep_ms(20);
     }
 }
 
@@ -381,7 +374,7 @@ static int child_wait(pid_t pid)
             waitpid(pid, &st, 0);
             fail_msg("child %d still running after %d ms", (int)pid, CHILD_MAX_MS);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -822,7 +815,7 @@ static void test_inbox_seek_within_window_skips_beyond_window_reruns(void **stat
      * runs the handlers again: that is what it is for. */
     assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
     wait_group_done(fx->c, N);
-    sleep_ms(5);
+    it_sleep_ms(5);
     assert_int_equal(ferry_inbox_purge(db, 0, 0), N);
     assert_int_equal(ferry_seek(fx->c, TOPIC, GROUP, FERRY_START_SEQ, 1, NULL), 0);
     for (int i = 0; i < N; i++) {
@@ -889,7 +882,7 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     memset(&ti, 0, sizeof ti);
     while ((it_topic(fx->c, "_dead." TOPIC, &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     assert_int_equal(ti.message_count, 1);
     assert_int_equal(must_group(fx->c).dead_lettered, 1);
 
@@ -941,7 +934,7 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
         if (rows > max_rows)
             max_rows = rows;
         /* What a consumer does every so often: purge, bounded. */
-        sleep_ms(WINDOW_MS / 3);
+        it_sleep_ms(WINDOW_MS / 3);
         /* The purge's own clock reads at least this: a slow machine (or
          * valgrind) between the purge and the check below must not count
          * rows that passed the window in between. */
@@ -961,7 +954,7 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
     /* Bounded by what a window (and a round) holds, not by the run. */
     if (max_rows > 5 * ROUND)
         fail_msg("the inbox grew to %" PRId64 " rows over %d messages", max_rows, n_total);
-    sleep_ms(WINDOW_MS + 10);
+    it_sleep_ms(WINDOW_MS + 10);
     /* max_rows bounds one call; repeated calls empty it. */
     int64_t left = q_int(db, "SELECT count(*) FROM ferry_inbox");
     if (left > 0) {
@@ -1007,7 +1000,7 @@ static uint64_t wait_floor(ferry_conn *c, uint64_t want, uint64_t *keep, size_t 
             return floor;
         if (harness_now_ms() > deadline)
             fail_msg("floor %" PRIu64 ", want %" PRIu64, floor, want);
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -1035,7 +1028,7 @@ static void dead_letter_applied_first(struct fx *fx, sqlite3 *db, struct app *a,
     }
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while (must_group(fx->c).dead_lettered == 0 && harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     assert_int_equal(must_group(fx->c).dead_lettered, 1);
 }
 

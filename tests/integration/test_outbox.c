@@ -402,7 +402,7 @@ static void test_sent_rows_purged_after_the_retention(void **state)
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     int64_t t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 0 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 0);
     /* Not before the retention: at least 300 ms after the last was sent. */
     assert_true(harness_now_ms() - t0 >= 200);
@@ -416,7 +416,7 @@ static void test_sent_rows_purged_after_the_retention(void **state)
     assert_int_equal(rit_wait_topic_count(fx->b.addr, "orders", 3010, WAIT_MS), 3010);
     t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 0 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 0);
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
@@ -445,7 +445,7 @@ static void test_unpublishable_row_marked_failed_and_kept(void **state)
     /* The sent rows are purged at once; the failed one stays. */
     int64_t t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 1 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 1);
     assert_int_equal(rit_count(fx->db_path, "seq = 4 AND error LIKE '%larger than%'"
                                             " AND sent_ms IS NOT NULL AND broker_seq IS NULL"),
@@ -476,7 +476,7 @@ static void test_status_reports_lag(void **state)
 
     fx->db = rit_app_open(fx->db_path);
     rit_put_n(fx->db, "orders", "o", 0, 20);
-    rit_sleep_ms(300);
+    it_sleep_ms(300);
     cli(fx, &out, "--status", "--json", NULL, NULL);
     assert_int_equal(out.status, 0);
     assert_non_null(strstr(out.out, "\"relay_running\":false"));
@@ -581,11 +581,11 @@ static void test_in_process_relay_woken_by_notify(void **state)
     ferry_relay_stats st;
     int64_t t0 = harness_now_ms();
     do {
-        rit_sleep_ms(10);
+        it_sleep_ms(10);
         ferry_relay_stats_get(run.r, &st);
     } while (!(st.active && st.connected) && harness_now_ms() - t0 < WAIT_MS);
     assert_true(st.active && st.connected);
-    rit_sleep_ms(100); /* past the first data_version check */
+    it_sleep_ms(100); /* past the first data_version check */
 
     ferry_conn *c = it_connect(fx->b.addr);
     subscribe(c, "orders");
@@ -657,10 +657,10 @@ static void test_idle_relay_costs_little_cpu(void **state)
     fx->db = rit_app_open(fx->db_path);
     fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, NULL, NULL);
     assert_true(rit_wait_log(fx->log_path, "connected to", WAIT_MS));
-    rit_sleep_ms(500);
+    it_sleep_ms(500);
     long a = cpu_ticks(fx->relay);
     int64_t t0 = harness_now_ms();
-    rit_sleep_ms(3000);
+    it_sleep_ms(3000);
     long b = cpu_ticks(fx->relay);
     int64_t t1 = harness_now_ms();
     assert_true(a >= 0 && b >= a);

@@ -223,7 +223,7 @@ static void crash_after_ack(struct fx *fx, int expect_forgotten)
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), N); /* none marked */
 
     if (expect_forgotten)
-        rit_sleep_ms(50); /* well past the broker's 1 ms id window */
+        it_sleep_ms(50); /* well past the broker's 1 ms id window */
 
     /* The next relay publishes everything again: the first 1000 are acked
      * as duplicates, the rest stored. */
@@ -316,7 +316,7 @@ static void test_relay_catches_up_after_broker_starts(void **state)
     rit_put_n(fx->db, "orders", "o", 0, 500);
     fx->relay_a = rit_relay_start(fx->db_path, listen, fx->log_a, NULL, NULL);
     assert_true(rit_wait_log(fx->log_a, "cannot connect to", WAIT_MS));
-    rit_sleep_ms(1500);
+    it_sleep_ms(1500);
     rit_put_n(fx->db, "orders", "o", 500, 500);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), 1000);
     /* Logged once, not at every attempt. */
@@ -356,7 +356,7 @@ static void test_broker_killed_under_a_backlog_nothing_lost_nothing_twice(void *
         uint64_t target = (uint64_t)(round + 1) * N / 5;
         assert_true(rit_wait_topic_count(listen, "orders", target, WAIT_MS) >= target);
         assert_int_equal(harness_kill9(&fx->b), 0);
-        rit_sleep_ms(300);
+        it_sleep_ms(300);
         assert_int_equal(harness_restart(&fx->b), 0);
     }
     assert_true(rit_wait_drained(fx->db_path, 60000));
