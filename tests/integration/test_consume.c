@@ -50,42 +50,9 @@
 #define AT_ONCE_MS 5000
 #define CLI_TIMEOUT_MS 30000
 
-struct fx {
-    struct harness_broker b;
-    ferry_conn *c;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    if (harness_start(&fx->b, NULL) != 0)
-        return -1;
-    ferry_options o = FERRY_OPTIONS_INIT;
-    o.client_name = "test-consume";
-    char err[256] = "";
-    int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
-    if (r != 0) {
-        fprintf(stderr, "setup: ferry_connect(%s): %s (%s)\n", fx->b.addr, ferry_strerror(r), err);
-        harness_cleanup(&fx->b);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        ferry_close(fx->c);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
+    return it_fx_setup(state, sizeof(struct it_fx), NULL, "test-consume");
 }
 
 /* ----- publishing -------------------------------------------------------- */
@@ -344,7 +311,7 @@ static void *fan_main(void *arg)
 
 static void test_consume_two_groups_each_receive_all_10000_in_order(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     /* Half is stored before the groups exist (read back from the store),
      * half is published while they consume (pushed live). */
     publish_range(fx->c, "fan", 1, BULK_N / 2);
@@ -444,7 +411,7 @@ static void *share_main(void *arg)
 
 static void test_consume_three_consumers_split_10000_none_lost_none_twice(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { K = 3 };
     struct share_ctx x;
     x.count = calloc(BULK_N + 1, sizeof *x.count);
@@ -564,7 +531,7 @@ static void expect_given_back(ferry_conn *c, int n, int64_t since)
 
 static void test_consume_killed_consumer_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "kill", 1, N);
     int pfd[2];
@@ -603,7 +570,7 @@ static void test_consume_killed_consumer_unacked_go_to_other_at_once(void **stat
 
 static void test_consume_closed_connection_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "close", 1, N);
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -622,7 +589,7 @@ static void test_consume_closed_connection_unacked_go_to_other_at_once(void **st
 
 static void test_consume_unsubscribed_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "unsub", 1, N);
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -647,7 +614,7 @@ static void test_consume_unsubscribed_unacked_go_to_other_at_once(void **state)
 
 static void test_consume_stalled_consumer_redelivered_after_lease_not_before(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 5, LEASE = 1000 };
     publish_range(fx->c, "stall", 1, N);
     subscribe(fx->c, "stall", "g", N, LEASE, 10);
@@ -727,7 +694,7 @@ static ferry_delivery *recv_either(ferry_conn *c0, ferry_conn *c1, int timeout_m
  */
 static void test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 800 };
     ferry_conn *ca = fx->c;
     ferry_conn *cb = it_connect(fx->b.addr);
@@ -790,7 +757,7 @@ static void test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds
  */
 static void test_consume_expired_redelivery_reaches_idle_consumer(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 500, ROUNDS = 6 };
     ferry_conn *ca = fx->c;
     ferry_conn *cb = it_connect(fx->b.addr);
@@ -842,7 +809,7 @@ static void test_consume_expired_redelivery_reaches_idle_consumer(void **state)
 #define PROMPT_MS 300
 static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { ROUNDS = 4 };
     int64_t worst_nack = 0, worst_unsub = 0, worst_credit = 0, worst_join = 0;
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -931,7 +898,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
 
 static void test_consume_touch_extends_lease_and_nack_delay_holds_back(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 1000, DELAY = 800 };
     subscribe(fx->c, "touch", "g", 10, LEASE, 10);
     publish_one(fx->c, "touch", 1, 0);
@@ -984,7 +951,7 @@ static void test_consume_touch_extends_lease_and_nack_delay_holds_back(void **st
 
 static void test_consume_ack_never_delivered_seq_not_delivered(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     publish_range(fx->c, "nd", 1, 5);
     /* Window 1: seq 1 in flight, cursor 2. */
     ferry_sub *s = subscribe(fx->c, "nd", "g", 1, 0, 0);
@@ -1037,7 +1004,7 @@ static void test_consume_ack_never_delivered_seq_not_delivered(void **state)
  */
 static void test_consume_ack_below_start_not_delivered(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     publish_range(fx->c, "nds", 1, 5);
     ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
@@ -1069,7 +1036,7 @@ static void expect_dead(const ferry_delivery *dd, const char *topic, uint64_t se
 
 static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 400 };
     ferry_sub *s = subscribe(fx->c, "orders", "inventory", 10, LEASE, 2);
     (void)s;
@@ -1186,7 +1153,7 @@ static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
  * lease that no longer runs or for the next consumer to subscribe (issue
  * 9). The dead letter must be readable within 100 ms (printed, not
  * asserted, under valgrind). */
-static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *reason)
+static void dead_letter_when_gone(struct it_fx *fx, int unsubscribe, const char *reason)
 {
     ferry_conn *inspect = it_connect(fx->b.addr);
     subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
@@ -1232,7 +1199,7 @@ static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *re
 
 static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     dead_letter_when_gone(fx, 0, "consumer disconnected");
     dead_letter_when_gone(fx, 1, "consumer unsubscribed");
 }
@@ -1241,7 +1208,7 @@ static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **
  * once acked it is not delivered again after another restart. */
 static void test_consume_redrive_survives_kill9_until_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 10, 0, 1);
     ferry_msg m;
@@ -1319,7 +1286,7 @@ static void expect_floor(ferry_conn *c, uint64_t want_floor, const uint64_t *wan
  * (schema 2 -> 3), and not those whose dead letter retention removed. */
 static void test_consume_floor_durable_lists_redrivable_dead_letters(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 10, 0, 1);
     publish_range(fx->c, "orders", 1, 5);
@@ -1388,7 +1355,7 @@ static void test_consume_floor_durable_lists_redrivable_dead_letters(void **stat
  * and every group applied it again). */
 static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr), *ce = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 1, 0, 2);
     subscribe(ce, "orders", "email", 10, 0, 0);
@@ -1464,7 +1431,7 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
  * ferryd, clean or kill -9: max_deliveries bounds them in all, and a
  * consumer that crash-loops on a message gets it dead-lettered even if the
  * broker restarts meanwhile (issue 9: the count went back to 1). */
-static void attempts_survive_restart(struct fx *fx, int kill9)
+static void attempts_survive_restart(struct it_fx *fx, int kill9)
 {
     ferry_conn *cc = it_connect(fx->b.addr);
     subscribe(cc, "orders", "inventory", 10, 0, 3);
@@ -1542,7 +1509,7 @@ static void test_consume_failed_attempts_survive_clean_restart(void **state)
 
 static void test_consume_delayed_message_not_before_due_later_one_first(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { DELAY = 800 };
     /* "live" is subscribed when both are published (pushed straight from
      * the commit); "late" joins afterwards (read from the store). */
@@ -1580,7 +1547,7 @@ static void test_consume_delayed_message_not_before_due_later_one_first(void **s
 
 static void test_consume_seek_by_sequence_and_time(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 100 };
     int64_t ts[N + 1];
     for (uint64_t i = 1; i <= N; i++) {
@@ -1686,7 +1653,7 @@ static void test_consume_seek_by_sequence_and_time(void **state)
  */
 static void test_consume_seek_forgets_in_flight(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 30, W = 10 };
     publish_range(fx->c, "forget", 1, N);
     ferry_sub *s = subscribe(fx->c, "forget", "g", W, 60000, 0);
@@ -1770,7 +1737,7 @@ static int group_diff(ferry_conn *c, const char *step, uint64_t cursor, uint64_t
  */
 static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     int bad = 0;
     /* oldest_unacked_ms is the broker's wall clock minus the stored ts_ms
@@ -1879,7 +1846,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
  */
 static void test_consume_groups_listing_order_and_unknown_topic(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     static const char *const made[][2] = {
         {"t2", "b"}, {"t2", "a"}, {"t1", "z"}, {"t2", "c"}, {"t10", "a"}, {"t1", "A"},
     };
@@ -1920,7 +1887,7 @@ static void test_consume_groups_listing_order_and_unknown_topic(void **state)
 
 /* ----- 9. the CLI ---------------------------------------------------------- */
 
-static void cli_runv(struct fx *fx, struct harness_output *out, va_list ap)
+static void cli_runv(struct it_fx *fx, struct harness_output *out, va_list ap)
 {
     char *argv[32];
     int argc = 0;
@@ -1940,7 +1907,7 @@ static void cli_runv(struct fx *fx, struct harness_output *out, va_list ap)
 }
 
 /* Runs `ferry --server ADDR ARGS...` (NULL-terminated) into *out. */
-static void cli_run(struct fx *fx, struct harness_output *out, ...)
+static void cli_run(struct it_fx *fx, struct harness_output *out, ...)
 {
     va_list ap;
     va_start(ap, out);
@@ -1949,7 +1916,7 @@ static void cli_run(struct fx *fx, struct harness_output *out, ...)
 }
 
 /* Runs a command that must exit 0 and print exactly want. */
-static void cli_expect_out(struct fx *fx, const char *want, ...)
+static void cli_expect_out(struct it_fx *fx, const char *want, ...)
 {
     struct harness_output out;
     va_list ap;
@@ -1965,7 +1932,7 @@ static void cli_expect_out(struct fx *fx, const char *want, ...)
 
 static void test_consume_cli_sub_groups_seek(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     if (!getenv("FERRY_CLI"))
         skip();
     static const char *const words[] = {"one", "two", "three"};
@@ -2024,52 +1991,55 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_consume_two_groups_each_receive_all_10000_in_order,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_three_consumers_split_10000_none_lost_none_twice, setup, teardown),
+            test_consume_three_consumers_split_10000_none_lost_none_twice, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_killed_consumer_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_closed_connection_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_unsubscribed_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_stalled_consumer_redelivered_after_lease_not_before, setup, teardown),
+            test_consume_stalled_consumer_redelivered_after_lease_not_before, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds, setup, teardown),
+            test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_expired_redelivery_reaches_idle_consumer,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_nack_unsubscribe_credit_act_at_once, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_touch_extends_lease_and_nack_delay_holds_back,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_ack_never_delivered_seq_not_delivered, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_ack_below_start_not_delivered, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_max_deliveries_moves_to_dead_letter_topic,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
+            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_floor_durable_lists_redrivable_dead_letters,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_survives_kill9_until_acked, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_kill9, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_clean_restart, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, teardown),
+                                        setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_stats_exact_in_controlled_scenario,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_listing_order_and_unknown_topic, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_consume_cli_sub_groups_seek, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_cli_sub_groups_seek, setup, it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

@@ -49,17 +49,9 @@
 /* A publisher batch in the atomicity test. */
 #define BATCH 10
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, NULL) == 0 ? 0 : -1;
+    return it_fx_start(state, sizeof(struct it_fx), NULL);
 }
 
 /* --sync normal gives up power-loss durability, not crash durability: a
@@ -67,23 +59,7 @@ static int setup(void **state)
 static int setup_sync_normal(void **state)
 {
     static const char *const args[] = {"--sync", "normal", NULL};
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, args) == 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 /* ----- the publisher child ---------------------------------------------- */
@@ -208,7 +184,7 @@ static off_t file_size(const char *path)
 
 /* Waits until every publisher has recorded at least one ack, so the kill
  * lands while pipelining is in full flow. */
-static void wait_first_acks(struct fx *fx, char paths[][HARNESS_PATH_BYTES + 32], int n)
+static void wait_first_acks(struct it_fx *fx, char paths[][HARNESS_PATH_BYTES + 32], int n)
 {
     int64_t deadline = harness_now_ms() + 30000;
     for (int i = 0; i < n; i++) {
@@ -305,7 +281,7 @@ static size_t payload_index(const char *id)
 /* Stops the broker and checks the store: dense sequences 1..head, every
  * payload matching its id, every acked id at its acked sequence. Returns
  * the rows (free with harness_db_rows_free). */
-static long check_store(struct fx *fx, const struct ack_log *log, struct harness_row **out)
+static long check_store(struct it_fx *fx, const struct ack_log *log, struct harness_row **out)
 {
     int st = harness_stop(&fx->b);
     if (st != 0)
@@ -355,7 +331,7 @@ static void check_listing(const char *addr, const struct ack_log *log)
 
 /* One round: start PUBLISHERS children, let them publish, end the broker
  * with the given signal, reap them, restart, load their acks into log. */
-static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, struct ack_log *log)
+static void publish_and_end(struct it_fx *fx, int cycle, int sig, int batches, struct ack_log *log)
 {
     char paths[PUBLISHERS][HARNESS_PATH_BYTES + 32];
     pid_t kids[PUBLISHERS];
@@ -386,7 +362,7 @@ static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, stru
 
 static void test_crash_kill9_during_pipelined_publish_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < CYCLES; cycle++) {
@@ -428,7 +404,7 @@ static void test_crash_kill9_during_pipelined_publish_keeps_acked(void **state)
 
 static void test_crash_kill9_sync_normal_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < 2; cycle++) {
@@ -445,7 +421,7 @@ static void test_crash_kill9_sync_normal_keeps_acked(void **state)
 
 static void test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     publish_and_end(fx, 0, SIGTERM, 0, &log);
@@ -461,7 +437,7 @@ static void test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked(void
  * store whole, at consecutive sequences, or not at all. */
 static void test_crash_kill9_during_batches_all_or_nothing(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < 2; cycle++) {
@@ -494,13 +470,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_crash_kill9_during_pipelined_publish_keeps_acked,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_sync_normal_keeps_acked, setup_sync_normal,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked, setup, teardown),
+            test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_during_batches_all_or_nothing, setup,
-                                        teardown),
+                                        it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))
