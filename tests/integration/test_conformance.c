@@ -37,17 +37,9 @@
 static uint8_t *stash[STASH_MAX];
 static size_t stash_len[STASH_MAX], stash_n;
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, args);
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int setup(void **state)
@@ -63,23 +55,16 @@ static int setup_timeouts(void **state)
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
     while (stash_n)
         free(stash[--stash_n]);
-    if (!fx)
-        return 0;
-    int st = fx->b.pid ? harness_stop(&fx->b) : 0;
-    int log_ok = harness_check_log(&fx->b);
-    harness_cleanup(&fx->b);
-    free(fx);
-    return st == 0 && log_ok == 0 ? 0 : -1;
+    return it_fx_teardown_stop(state);
 }
 
 /* ----- raw frames ------------------------------------------------------------ */
 
 static uint8_t rbuf[8 << 20];
 
-static int dial(struct fx *fx)
+static int dial(struct it_fx *fx)
 {
     int fd = harness_connect(fx->b.addr);
     assert_true(fd >= 0);
@@ -87,7 +72,7 @@ static int dial(struct fx *fx)
 }
 
 /* A connection past HELLO_OK. */
-static int dial_ready(struct fx *fx)
+static int dial_ready(struct it_fx *fx)
 {
     int fd = dial(fx);
     assert_int_equal(harness_handshake(fd, NULL), 0);
@@ -328,7 +313,7 @@ static void group_info(int fd, const char *topic, const char *group, struct prot
  * a fatal HANDSHAKE, carrying that frame's request id (§4.3). */
 static void test_s1_first_frame_must_be_hello(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PING, 0, 77);
@@ -341,7 +326,7 @@ static void test_s1_first_frame_must_be_hello(void **state)
  * come first), not HANDSHAKE. */
 static void test_s1_undefined_first_frame_unknown_type(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, 0x7e, 0, 5);
@@ -353,7 +338,7 @@ static void test_s1_undefined_first_frame_unknown_type(void **state)
 /* §1: before HELLO_OK, a length above 65536 is FRAME_TOO_LARGE. */
 static void test_s1_handshake_frame_limit(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, PROTO_HANDSHAKE_MAX_FRAME + 1, PROTO_HELLO, 0, 1);
@@ -367,7 +352,7 @@ static void test_s1_handshake_frame_limit(void **state)
  * body is still to come. */
 static void test_s1_max_frame_bytes_enforced(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint32_t max_frame = 0;
     assert_int_equal(harness_handshake(fd, &max_frame), 0);
@@ -383,7 +368,7 @@ static void test_s1_max_frame_bytes_enforced(void **state)
 /* §1: a token sent to a broker that has none is ignored. */
 static void test_s1_token_without_tokens_ignored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, PROTO_VERSION, 4, "some-secret-token");
@@ -399,7 +384,7 @@ static void test_s1_token_without_tokens_ignored(void **state)
  * larger: the handshake timeout (1 s here) and the idle timeout (1 s). */
 static void test_s1_timeouts_precise(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     const int64_t setting = 1000, slack = 100;
     int fd = dial(fx);
     int64_t t0 = harness_now_ms();
@@ -425,7 +410,7 @@ static void test_s1_timeouts_precise(void **state)
 /* §1: a PING keeps a connection alive past its idle timeout. */
 static void test_s1_ping_keeps_alive(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     for (int i = 0; i < 8; i++) {
         it_sleep_ms(300);
@@ -439,7 +424,7 @@ static void test_s1_ping_keeps_alive(void **state)
 /* §2 rule 1: length < 6 is MALFORMED, request id 0. */
 static void test_s2_length_below_minimum_malformed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 5, PROTO_PING, 0, 9);
@@ -453,7 +438,7 @@ static void test_s2_length_below_minimum_malformed(void **state)
  * has arrived (it never will). Also an undefined type. */
 static void test_s2_type_judged_from_header(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     static const uint8_t types[] = {
         PROTO_HELLO_OK,
         PROTO_ERROR,
@@ -484,7 +469,7 @@ static void test_s2_type_judged_from_header(void **state)
 /* §2 rule 3: no bytes may follow the last field: MALFORMED. */
 static void test_s2_trailing_bytes_malformed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES + 1];
     put_header(p, 7, PROTO_PING, 0, 9);
@@ -497,7 +482,7 @@ static void test_s2_trailing_bytes_malformed(void **state)
 /* §2: undefined flag bits MUST be ignored on receipt. */
 static void test_s2_undefined_flags_ignored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PING, 0xfe, 31);
@@ -512,7 +497,7 @@ static void test_s2_undefined_flags_ignored(void **state)
  * happens, and the broker goes on. */
 static void test_s2_eof_inside_frame_discarded(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[1024];
     const char *topic = "eof-topic";
@@ -535,7 +520,7 @@ static void test_s2_eof_inside_frame_discarded(void **state)
  * HELLO's request id. */
 static void test_s4_1_version_fatal_with_request_id(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, 2, 41, NULL);
@@ -547,7 +532,7 @@ static void test_s4_1_version_fatal_with_request_id(void **state)
 /* §4.1: a second HELLO is INVALID, per request; the connection goes on. */
 static void test_s4_1_second_hello_invalid(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, PROTO_VERSION, 42, NULL);
@@ -562,7 +547,7 @@ static void test_s4_1_second_hello_invalid(void **state)
  * an unsolicited PONG is ignored. */
 static void test_s4_4_ping_pong(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PONG, 0, 3);
@@ -576,7 +561,7 @@ static void test_s4_4_ping_pong(void **state)
  * ("message N: "); nothing of a refused PUBLISH is stored. */
 static void test_s4_5_batch_errors(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     static uint8_t buf[1 << 20];
     const char *mixed[] = {"batch", "batch", "bad topic", "batch"};
@@ -600,7 +585,7 @@ static void test_s4_5_batch_errors(void **state)
  * dead-letter topic fits in 200: 195 is INVALID_TOPIC. */
 static void test_s4_5_topic_fits_dead_letter(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     char name[PROTO_MAX_TOPIC + 1];
     memset(name, 't', sizeof name);
@@ -620,7 +605,7 @@ static void test_s4_5_topic_fits_dead_letter(void **state)
  * before any message; entries in byte order of name. */
 static void test_s4_7_topics_lists_group_topics(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     subscribe(fd, 1, "by-subscribe", "g", 0, 10, NULL);
     seek(fd, "by-seek", "g", PROTO_START_EARLIEST, 0);
@@ -653,7 +638,7 @@ static void test_s4_7_topics_lists_group_topics(void **state)
  * order received, whether the loop or the store answers it. */
 static void test_s5_replies_in_request_order(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[4096];
     size_t n = 0;
@@ -683,7 +668,7 @@ static void test_s5_replies_in_request_order(void **state)
 /* §9.6: max_deliveries 65535 asks for no limit (0 asks for the default). */
 static void test_s9_6_unlimited_deliveries(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     struct proto_subscribe_ok ok;
     subscribe(fd, 1, "unlimited", "g", PROTO_DELIVERIES_UNLIMITED, 10, &ok);
@@ -701,7 +686,7 @@ static void test_s9_6_unlimited_deliveries(void **state)
  * last one it is dead-lettered at once ("consumer disconnected"). */
 static void test_s9_6_dead_letter_copy(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[1024];
     struct proto_writer w;
@@ -773,7 +758,7 @@ static void test_s9_6_dead_letter_copy(void **state)
  * its messages are delivered again, never parked. */
 static void test_s9_6_no_dead_letter_no_limit(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char name[PROTO_MAX_TOPIC + 1], dead[PROTO_MAX_TOPIC + 1];
     memset(name, 'n', PROTO_MAX_PUBLISH_TOPIC);
     name[PROTO_MAX_PUBLISH_TOPIC] = 0;
@@ -801,7 +786,7 @@ static void test_s9_6_no_dead_letter_no_limit(void **state)
  * the ack of the forgotten delivery acks the redelivery once it was sent. */
 static void test_s9_7_ack_racing_seek_redelivery(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     publish1(fd, "race", NULL);
     subscribe(fd, 1, "race", "g", 0, 1, NULL);
@@ -824,7 +809,7 @@ static void test_s9_7_ack_racing_seek_redelivery(void **state)
  * waiting ones included, and stays so after a restart. */
 static void test_s9_14_oldest_unacked_counts_waiting(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     int64_t t0 = harness_wall_ms();
     for (int i = 0; i < 3; i++)
