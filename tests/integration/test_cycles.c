@@ -153,7 +153,7 @@ struct consumer {
 };
 
 struct fx {
-    struct harness_broker b;
+    struct it_fx it;
     struct where w;
     atomic_int stop_new, stop_consumers, abort_all;
     struct producer prod[PRODUCERS];
@@ -163,14 +163,11 @@ struct fx {
 
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
+    if (it_fx_start(state, sizeof(struct fx), NULL) != 0)
         return -1;
-    *state = fx;
+    struct fx *fx = *state;
     pthread_mutex_init(&fx->w.mu, NULL);
-    if (harness_start(&fx->b, NULL) != 0)
-        return -1;
-    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->b.addr);
+    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->it.b.addr);
     fx->w.up = 1;
     return 0;
 }
@@ -178,7 +175,6 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    int rc = 0;
     if (fx) {
         /* A failed test leaves actors running: end them before freeing. */
         atomic_store(&fx->abort_all, 1);
@@ -189,8 +185,6 @@ static int teardown(void **state)
         for (int i = 0; i < CONSUMERS; i++)
             if (fx->cons[i].started)
                 pthread_join(fx->cons[i].th, NULL);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
         for (int p = 0; p < PRODUCERS; p++) {
             free(fx->prod[p].state);
             free(fx->prod[p].sends);
@@ -204,9 +198,8 @@ static int teardown(void **state)
             pthread_mutex_destroy(&fx->groups[g].mu);
         }
         pthread_mutex_destroy(&fx->w.mu);
-        free(fx);
     }
-    return rc;
+    return it_fx_teardown(state);
 }
 
 /* Copies the broker's current address; returns its epoch, or -1 while it
@@ -653,7 +646,7 @@ static void wait_flowing(struct fx *fx)
             return;
         check_actors(fx);
         if (harness_now_ms() > deadline) {
-            harness_dump_log(&fx->b);
+            harness_dump_log(&fx->it.b);
             fail_msg("no traffic within 30 s of the start");
         }
         it_sleep_ms(10);
@@ -665,12 +658,12 @@ static void kill_and_restart(struct fx *fx)
     pthread_mutex_lock(&fx->w.mu);
     fx->w.up = 0;
     pthread_mutex_unlock(&fx->w.mu);
-    assert_int_equal(harness_kill9(&fx->b), 0);
-    int r = harness_restart(&fx->b);
+    assert_int_equal(harness_kill9(&fx->it.b), 0);
+    int r = harness_restart(&fx->it.b);
     if (r != 0)
         fail_msg("restart after kill -9 failed: %d", r);
     pthread_mutex_lock(&fx->w.mu);
-    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->b.addr);
+    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->it.b.addr);
     fx->w.epoch++;
     fx->w.up = 1;
     pthread_mutex_unlock(&fx->w.mu);
@@ -680,7 +673,7 @@ static void kill_and_restart(struct fx *fx)
  * cursor head + 1, lag 0). Returns the head. */
 static uint64_t wait_drained(struct fx *fx)
 {
-    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     int64_t start = harness_now_ms(), progress = start;
     uint64_t last_lag = UINT64_MAX;
     for (;;) {
@@ -708,7 +701,7 @@ static uint64_t wait_drained(struct fx *fx)
             progress = harness_now_ms();
         }
         if (harness_now_ms() - progress > STALL_MS || harness_now_ms() - start > DRAIN_MS) {
-            harness_dump_log(&fx->b);
+            harness_dump_log(&fx->it.b);
             fail_msg("the groups did not drain: lag %" PRIu64 " (head %" PRIu64
                      "), unchanged for %lld ms",
                      lag, ti.head_seq, (long long)(harness_now_ms() - progress));
@@ -727,7 +720,7 @@ static int cmp_str(const void *a, const void *b)
 static long check_store(struct fx *fx, uint64_t head)
 {
     struct harness_row *rows = NULL;
-    long n = harness_db_rows(&fx->b, TOPIC, &rows);
+    long n = harness_db_rows(&fx->it.b, TOPIC, &rows);
     assert_true(n >= 0);
     if ((uint64_t)n != head)
         fail_msg("messages_v holds %ld rows of %s, the head is %" PRIu64, n, TOPIC, head);
@@ -781,7 +774,7 @@ static long check_store(struct fx *fx, uint64_t head)
 static void check_integrity(struct fx *fx)
 {
     sqlite3 *db;
-    assert_int_equal(harness_db_open(&fx->b, &db), 0);
+    assert_int_equal(harness_db_open(&fx->it.b, &db), 0);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
     int rows = 0, ok = 0;
@@ -869,9 +862,9 @@ static void test_cycles_kill9_producers_consumers(void **state)
     }
     check_actors(fx);
 
-    int st = harness_stop(&fx->b);
+    int st = harness_stop(&fx->it.b);
     if (st != 0)
-        harness_dump_log(&fx->b);
+        harness_dump_log(&fx->it.b);
     assert_int_equal(st, 0);
     long n = check_store(fx, head);
     for (int g = 0; g < NGROUPS; g++) {
