@@ -12,7 +12,6 @@
  * Timeouts are asserted only where §1 gives a precision (10 % or 100 ms);
  * every other wait only guards against a hang.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>

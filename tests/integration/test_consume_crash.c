@@ -24,7 +24,6 @@
  * delivered again) or not (then it comes again, which is allowed). In the
  * end the group's listing must count those as done too.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -34,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 

@@ -16,7 +16,6 @@
  * Timing only decides *when* the kill lands, never whether a test passes:
  * the checks hold for any moment of the kill.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <setjmp.h>
@@ -27,7 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>

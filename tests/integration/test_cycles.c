@@ -43,7 +43,6 @@
  * choose, FERRY_LONG=1 for LONG_CYCLES. Timing decides only when a kill
  * lands, never whether the test passes.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -52,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 

@@ -15,7 +15,6 @@
  * moment) and never return into cmocka: they report through their exit
  * status, and the parent asserts on it and on the database.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -24,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>

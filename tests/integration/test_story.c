@@ -26,7 +26,6 @@
  * more kills; STORY_SEED=n replays a kill schedule. Sanitizer builds do
  * fewer kills and a lower rate, to stay within the time limit.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -38,7 +37,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
