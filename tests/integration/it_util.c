@@ -3,11 +3,13 @@
  */
 #include "it_util.h"
 
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -75,4 +77,63 @@ int it_file_count(const char *path, const char *needle)
 int it_file_has(const char *path, const char *needle)
 {
     return it_file_count(path, needle) > 0;
+}
+
+int it_fx_start(void **state, size_t size, const char *const *broker_args)
+{
+    struct it_fx *fx = calloc(1, size);
+    if (!fx)
+        return -1;
+    *state = fx;
+    return harness_start(&fx->b, broker_args) == 0 ? 0 : -1;
+}
+
+int it_fx_setup(void **state, size_t size, const char *const *broker_args, const char *client_name)
+{
+    if (it_fx_start(state, size, broker_args) != 0)
+        return -1;
+    struct it_fx *fx = *state;
+    ferry_options o = FERRY_OPTIONS_INIT;
+    o.client_name = client_name;
+    char err[256] = "";
+    int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
+    if (r != 0) {
+        fprintf(stderr, "setup: ferry_connect(%s): %s (%s)\n", fx->b.addr, ferry_strerror(r), err);
+        harness_cleanup(&fx->b);
+        return -1;
+    }
+    return 0;
+}
+
+int it_fx_teardown(void **state)
+{
+    struct it_fx *fx = *state;
+    int rc = 0;
+    if (fx) {
+        ferry_close(fx->c);
+        rc = harness_check_log(&fx->b);
+        harness_cleanup(&fx->b);
+        free(fx);
+    }
+    return rc;
+}
+
+int it_fx_teardown_stop(void **state)
+{
+    struct it_fx *fx = *state;
+    if (!fx)
+        return 0;
+    ferry_close(fx->c);
+    int st = fx->b.pid ? harness_stop(&fx->b) : 0;
+    int log_ok = harness_check_log(&fx->b);
+    harness_cleanup(&fx->b);
+    free(fx);
+    return st == 0 && log_ok == 0 ? 0 : -1;
+}
+
+void it_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }

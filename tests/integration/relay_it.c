@@ -5,7 +5,6 @@
 
 #include "it_util.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <setjmp.h>
@@ -17,19 +16,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "harness.h"
-
-void rit_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 sqlite3 *rit_app_open(const char *path)
 {
@@ -170,7 +161,7 @@ int rit_wait_exit(pid_t pid, int timeout_ms)
         }
         if (harness_now_ms() >= deadline)
             return -1;
-        rit_sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -205,7 +196,7 @@ int rit_wait_log(const char *path, const char *needle, int timeout_ms)
     while (harness_now_ms() < deadline) {
         if (it_file_has(path, needle))
             return 1;
-        rit_sleep_ms(20);
+        it_sleep_ms(20);
     }
     if (it_file_has(path, needle))
         return 1;
@@ -240,7 +231,7 @@ uint64_t rit_wait_topic_count(const char *addr, const char *topic, uint64_t want
         n = rit_topic_count(addr, topic);
         if (n >= want)
             return n;
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     }
     return rit_topic_count(addr, topic);
 }
@@ -251,7 +242,7 @@ int rit_wait_drained(const char *path, int timeout_ms)
     while (harness_now_ms() < deadline) {
         if (rit_count(path, "sent_ms IS NULL") == 0)
             return 1;
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     }
     return rit_count(path, "sent_ms IS NULL") == 0;
 }

@@ -71,6 +71,4 @@ int rit_wait_drained(const char *path, int timeout_ms);
 /* A free TCP port on 127.0.0.1 (bound and released). */
 int rit_free_port(void);
 
-void rit_sleep_ms(int ms);
-
 #endif /* FERRY_RELAY_IT_H */

@@ -18,24 +18,16 @@
 #include "harness.h"
 #include "it_util.h"
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
     /* The broker's default: 100 ms (groups with their own schedule ignore it). */
     static const char *const args[] = {"--redelivery-backoff", "100ms", "--sync", "normal", NULL};
-    assert_int_equal(harness_start(&fx->b, args), 0);
-    *state = fx;
-    return 0;
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     assert_int_equal(harness_stop(&fx->b), 0);
     harness_cleanup(&fx->b);
     free(fx);
@@ -62,7 +54,7 @@ static int64_t wait_delivery(ferry_conn *c, uint32_t attempt)
 
 static void test_backoff_group_schedule_delays_redelivery(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_msg m = {.topic = "jobs", .payload = "x", .payload_len = 1};
     assert_int_equal(ferry_publish(c, &m, NULL), 0);
@@ -125,7 +117,7 @@ static void test_backoff_group_schedule_delays_redelivery(void **state)
 
 static void test_backoff_broker_default_applies_without_schedule(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_msg m = {.topic = "quick", .payload = "x", .payload_len = 1};
     assert_int_equal(ferry_publish(c, &m, NULL), 0);

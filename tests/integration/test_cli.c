@@ -23,38 +23,18 @@
 #define CLI_TIMEOUT_MS 30000
 #define MAX_ARGV 32
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
     if (!getenv("FERRY_CLI")) {
         fprintf(stderr, "setup: the environment variable FERRY_CLI is not set\n");
         return -1;
     }
-    return harness_start(&fx->b, NULL) == 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
+    return it_fx_start(state, sizeof(struct it_fx), NULL);
 }
 
 /* Runs `ferry --server SERVER ARGS...` (args NULL-terminated) with stdin
  * and fills *out. server NULL means the fixture's broker. */
-static void cli_run(struct fx *fx, const char *server, const char *stdin_data,
+static void cli_run(struct it_fx *fx, const char *server, const char *stdin_data,
                     struct harness_output *out, ...)
 {
     char *argv[MAX_ARGV];
@@ -75,7 +55,7 @@ static void cli_run(struct fx *fx, const char *server, const char *stdin_data,
 }
 
 /* Runs a command that must succeed and print exactly want on stdout. */
-static void cli_expect(struct fx *fx, const char *stdin_data, const char *want, ...)
+static void cli_expect(struct it_fx *fx, const char *stdin_data, const char *want, ...)
 {
     char *argv[MAX_ARGV];
     int argc = 0;
@@ -101,7 +81,7 @@ static void cli_expect(struct fx *fx, const char *stdin_data, const char *want, 
     harness_output_free(&out);
 }
 
-static void stop_clean(struct fx *fx)
+static void stop_clean(struct it_fx *fx)
 {
     int st = harness_stop(&fx->b);
     if (st != 0)
@@ -126,7 +106,7 @@ static void assert_one_line_failure(const struct harness_output *out)
 
 static void test_cli_pub_prints_sequence(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_expect(fx, NULL, "1\n", "pub", "t1", "hello", NULL);
     cli_expect(fx, NULL, "2\n", "pub", "t1", "world", NULL);
     cli_expect(fx, NULL, "1\n", "pub", "t2", "other", NULL);
@@ -143,7 +123,7 @@ static void test_cli_pub_prints_sequence(void **state)
 
 static void test_cli_pub_same_id_twice_prints_duplicate(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_expect(fx, NULL, "1\n", "pub", "t1", "hello", NULL);
     cli_expect(fx, NULL, "2\n", "pub", "--id", "x", "t1", "hello", NULL);
     cli_expect(fx, NULL, "2 duplicate\n", "pub", "--id", "x", "t1", "hello", NULL);
@@ -159,7 +139,7 @@ static void test_cli_pub_same_id_twice_prints_duplicate(void **state)
 
 static void test_cli_pub_stdin_one_message_per_line(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_expect(fx, "alpha\nbeta\ngamma\n", "1\n2\n3\n", "pub", "lines", NULL);
     /* A last line without its newline is still a message. */
     cli_expect(fx, "delta\nepsilon", "4\n5\n", "pub", "lines", NULL);
@@ -178,7 +158,7 @@ static void test_cli_pub_stdin_one_message_per_line(void **state)
 
 static void test_cli_pub_key_and_headers_stored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_expect(fx, NULL, "1\n", "pub", "--key", "K", "--header", "k=v", "--header", "trace=abc",
                "--id", "hk-1", "keyed", "body", NULL);
 
@@ -208,7 +188,7 @@ static void test_cli_pub_key_and_headers_stored(void **state)
 
 static void test_cli_pub_invalid_topic_fails_one_line(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct harness_output out;
     cli_run(fx, NULL, NULL, &out, "pub", "bad topic", "x", NULL);
     assert_one_line_failure(&out);
@@ -273,7 +253,7 @@ static void assert_topic_row(char *const *tok, int ntok, const char *name, const
 
 static void test_cli_topics_lists_counts(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     fill_topic(fx->b.addr, "t2", 1, 7);
     fill_topic(fx->b.addr, "t1", 3, 10);
 
@@ -315,7 +295,7 @@ static void test_cli_topics_lists_counts(void **state)
 
 static void test_cli_topics_empty_broker(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct harness_output out;
     cli_run(fx, NULL, NULL, &out, "topics", "--json", NULL);
     assert_int_equal(out.status, 0);
@@ -325,7 +305,7 @@ static void test_cli_topics_empty_broker(void **state)
 
 static void test_cli_pub_json_and_id_prefix(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_expect(fx, NULL, "{\"topic\":\"t1\",\"seq\":1,\"id\":\"j\",\"duplicate\":false}\n", "pub",
                "--json", "--id", "j", "t1", "x", NULL);
     cli_expect(fx, NULL, "{\"topic\":\"t1\",\"seq\":1,\"id\":\"j\",\"duplicate\":true}\n", "pub",
@@ -346,7 +326,7 @@ static void test_cli_pub_json_and_id_prefix(void **state)
 
 static void test_cli_usage_error_exits_2(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct harness_output out;
     cli_run(fx, NULL, NULL, &out, "pub", NULL);
     assert_int_equal(out.status, 2);
@@ -362,7 +342,7 @@ static void test_cli_usage_error_exits_2(void **state)
 
 static void test_cli_unreachable_broker_fails_one_line(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct harness_output out;
     cli_run(fx, "127.0.0.1:1", NULL, &out, "pub", "t1", "x", NULL);
     assert_one_line_failure(&out);
@@ -378,18 +358,20 @@ static void test_cli_unreachable_broker_fails_one_line(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_cli_pub_prints_sequence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cli_pub_prints_sequence, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_pub_same_id_twice_prints_duplicate, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_cli_pub_stdin_one_message_per_line, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_pub_key_and_headers_stored, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_pub_invalid_topic_fails_one_line, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_topics_lists_counts, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_topics_empty_broker, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_pub_json_and_id_prefix, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_usage_error_exits_2, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_pub_stdin_one_message_per_line, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_pub_key_and_headers_stored, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_pub_invalid_topic_fails_one_line, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_topics_lists_counts, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_topics_empty_broker, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_pub_json_and_id_prefix, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_usage_error_exits_2, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_unreachable_broker_fails_one_line, setup,
-                                        teardown),
+                                        it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

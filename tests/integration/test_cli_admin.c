@@ -27,21 +27,13 @@
 #define WAIT_MS 10000 /* for the broker to do something it will do */
 #define LEASE_MS 200
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
     if (!getenv("FERRY_CLI")) {
         fprintf(stderr, "setup: the environment variable FERRY_CLI is not set\n");
         return -1;
     }
-    return harness_start(&fx->b, args) == 0 ? 0 : -1;
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int setup(void **state)
@@ -56,21 +48,9 @@ static int setup_default_count(void **state)
     return setup_args(state, args);
 }
 
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
 /* Runs `ferry --server SERVER ARGS...` (args a NULL-terminated va_list)
  * and fills *out. server NULL means the fixture's broker. */
-static void cli_vrun(struct fx *fx, const char *server, struct harness_output *out, va_list ap)
+static void cli_vrun(struct it_fx *fx, const char *server, struct harness_output *out, va_list ap)
 {
     char *argv[MAX_ARGV];
     int argc = 0;
@@ -86,7 +66,7 @@ static void cli_vrun(struct fx *fx, const char *server, struct harness_output *o
     assert_int_equal(harness_run(fx->b.dir, argv, NULL, CLI_TIMEOUT_MS, out), 0);
 }
 
-static void cli_run(struct fx *fx, const char *server, struct harness_output *out, ...)
+static void cli_run(struct it_fx *fx, const char *server, struct harness_output *out, ...)
 {
     va_list ap;
     va_start(ap, out);
@@ -95,7 +75,7 @@ static void cli_run(struct fx *fx, const char *server, struct harness_output *ou
 }
 
 /* Runs a command that must exit 0; returns its output (free it). */
-static struct harness_output cli_ok(struct fx *fx, ...)
+static struct harness_output cli_ok(struct it_fx *fx, ...)
 {
     struct harness_output out;
     va_list ap;
@@ -109,7 +89,7 @@ static struct harness_output cli_ok(struct fx *fx, ...)
 }
 
 /* Runs a command that must exit 0 and print exactly want. */
-static void cli_expect(struct fx *fx, const char *want, ...)
+static void cli_expect(struct it_fx *fx, const char *want, ...)
 {
     struct harness_output out;
     va_list ap;
@@ -126,7 +106,7 @@ static void cli_expect(struct fx *fx, const char *want, ...)
 
 /* Runs a command that must be refused as a usage error (exit 2, nothing on
  * stdout, one line on stderr). */
-static void cli_usage(struct fx *fx, ...)
+static void cli_usage(struct it_fx *fx, ...)
 {
     struct harness_output out;
     va_list ap;
@@ -234,7 +214,7 @@ static void row_retention_of(const struct row *r, char *buf, size_t len)
 }
 
 /* `ferry topics` must list topic with this RETENTION and DEAD. */
-static void expect_topics_row(struct fx *fx, const char *topic, const char *retention,
+static void expect_topics_row(struct it_fx *fx, const char *topic, const char *retention,
                               const char *dead)
 {
     struct harness_output out = cli_ok(fx, "topics", NULL);
@@ -250,7 +230,7 @@ static void expect_topics_row(struct fx *fx, const char *topic, const char *rete
 }
 
 /* `ferry topics --json` must hold want (a fragment of one object). */
-static void expect_json_has(struct fx *fx, const char *want)
+static void expect_json_has(struct it_fx *fx, const char *want)
 {
     struct harness_output out = cli_ok(fx, "topics", "--json", NULL);
     if (!strstr(out.out, want))
@@ -342,7 +322,7 @@ static const char *header_value(const ferry_delivery *d, const char *name)
 
 static void test_topics_set_shows_retention(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
 
     /* All four, on a topic that does not exist yet: it is created. The
      * command prints the topic's row with the new retention. */
@@ -408,7 +388,7 @@ static void test_topics_set_shows_retention(void **state)
 
 static void test_topics_set_default_follows_broker(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     /* The broker keeps 1000 messages a topic by default. */
     struct harness_output out = cli_ok(fx, "topics", "set", "t", "--max-age", "1h", NULL);
     harness_output_free(&out);
@@ -426,7 +406,7 @@ static void test_topics_set_default_follows_broker(void **state)
 
 static void test_topics_set_max_count_takes_effect(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     for (int i = 1; i <= 50; i++) {
         char payload[32];
@@ -456,7 +436,7 @@ static void test_topics_set_max_count_takes_effect(void **state)
 
 static void test_dead_letter_replay(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_header hs[2] = {{"trace", "abc", 3}, {"content-type", "text/plain", 10}};
     ferry_msg m;
@@ -552,7 +532,7 @@ static void test_dead_letter_replay(void **state)
 
 static void test_dead_replay_count_and_rest(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     publish(c, "jobs", "j-1", "one", NULL, 0, 1);
     publish(c, "jobs", "j-2", "two", NULL, 0, 2);
@@ -581,7 +561,7 @@ static void test_dead_replay_count_and_rest(void **state)
  * topic. --group picks one group's; others' are passed over. */
 static void test_dead_replay_redrives_to_its_group(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     publish(c, "work", "w-1", "one", NULL, 0, 1);
     publish(c, "work", "w-2", "two", NULL, 0, 2);
@@ -620,7 +600,7 @@ static void test_dead_replay_redrives_to_its_group(void **state)
 
 static void test_dead_replay_without_dead_letters(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     publish(c, "calm", NULL, "fine", NULL, 0, 1);
     ferry_close(c);
@@ -637,7 +617,7 @@ static void test_dead_replay_without_dead_letters(void **state)
 
 static void test_usage_errors(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     cli_usage(fx, "topics", "set", NULL);
     cli_usage(fx, "topics", "set", "a", "b", NULL);
     cli_usage(fx, "topics", "set", "t", "--max-count", "0", NULL);
@@ -679,7 +659,7 @@ static void test_usage_errors(void **state)
 
 static void test_unreachable_broker_fails_one_line(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct harness_output out;
     cli_run(fx, "127.0.0.1:1", &out, "topics", "set", "t", "--max-count", "3", NULL);
     assert_one_line_failure(&out);
@@ -692,16 +672,20 @@ static void test_unreachable_broker_fails_one_line(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_topics_set_shows_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_topics_set_shows_retention, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_topics_set_default_follows_broker, setup_default_count,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_topics_set_max_count_takes_effect, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_letter_replay, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_replay_count_and_rest, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_replay_redrives_to_its_group, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_replay_without_dead_letters, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_usage_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unreachable_broker_fails_one_line, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_topics_set_max_count_takes_effect, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letter_replay, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_replay_count_and_rest, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_replay_redrives_to_its_group, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_replay_without_dead_letters, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_usage_errors, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable_broker_fails_one_line, setup,
+                                        it_fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

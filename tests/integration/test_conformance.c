@@ -12,7 +12,6 @@
  * Timeouts are asserted only where §1 gives a precision (10 % or 100 ms);
  * every other wait only guards against a hang.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,12 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "harness.h"
+#include "it_util.h"
 
 /* A wait that only guards against a hang. */
 #define WAIT_MS (10000 * harness_slowdown())
@@ -36,17 +35,9 @@
 static uint8_t *stash[STASH_MAX];
 static size_t stash_len[STASH_MAX], stash_n;
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, args);
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int setup(void **state)
@@ -62,30 +53,16 @@ static int setup_timeouts(void **state)
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
     while (stash_n)
         free(stash[--stash_n]);
-    if (!fx)
-        return 0;
-    int st = fx->b.pid ? harness_stop(&fx->b) : 0;
-    int log_ok = harness_check_log(&fx->b);
-    harness_cleanup(&fx->b);
-    free(fx);
-    return st == 0 && log_ok == 0 ? 0 : -1;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_teardown_stop(state);
 }
 
 /* ----- raw frames ------------------------------------------------------------ */
 
 static uint8_t rbuf[8 << 20];
 
-static int dial(struct fx *fx)
+static int dial(struct it_fx *fx)
 {
     int fd = harness_connect(fx->b.addr);
     assert_true(fd >= 0);
@@ -93,7 +70,7 @@ static int dial(struct fx *fx)
 }
 
 /* A connection past HELLO_OK. */
-static int dial_ready(struct fx *fx)
+static int dial_ready(struct it_fx *fx)
 {
     int fd = dial(fx);
     assert_int_equal(harness_handshake(fd, NULL), 0);
@@ -334,7 +311,7 @@ static void group_info(int fd, const char *topic, const char *group, struct prot
  * a fatal HANDSHAKE, carrying that frame's request id (§4.3). */
 static void test_s1_first_frame_must_be_hello(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PING, 0, 77);
@@ -347,7 +324,7 @@ static void test_s1_first_frame_must_be_hello(void **state)
  * come first), not HANDSHAKE. */
 static void test_s1_undefined_first_frame_unknown_type(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, 0x7e, 0, 5);
@@ -359,7 +336,7 @@ static void test_s1_undefined_first_frame_unknown_type(void **state)
 /* §1: before HELLO_OK, a length above 65536 is FRAME_TOO_LARGE. */
 static void test_s1_handshake_frame_limit(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, PROTO_HANDSHAKE_MAX_FRAME + 1, PROTO_HELLO, 0, 1);
@@ -373,7 +350,7 @@ static void test_s1_handshake_frame_limit(void **state)
  * body is still to come. */
 static void test_s1_max_frame_bytes_enforced(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint32_t max_frame = 0;
     assert_int_equal(harness_handshake(fd, &max_frame), 0);
@@ -389,7 +366,7 @@ static void test_s1_max_frame_bytes_enforced(void **state)
 /* §1: a token sent to a broker that has none is ignored. */
 static void test_s1_token_without_tokens_ignored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, PROTO_VERSION, 4, "some-secret-token");
@@ -405,7 +382,7 @@ static void test_s1_token_without_tokens_ignored(void **state)
  * larger: the handshake timeout (1 s here) and the idle timeout (1 s). */
 static void test_s1_timeouts_precise(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     const int64_t setting = 1000, slack = 100;
     int fd = dial(fx);
     int64_t t0 = harness_now_ms();
@@ -431,10 +408,10 @@ static void test_s1_timeouts_precise(void **state)
 /* §1: a PING keeps a connection alive past its idle timeout. */
 static void test_s1_ping_keeps_alive(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     for (int i = 0; i < 8; i++) {
-        sleep_ms(300);
+        it_sleep_ms(300);
         ping(fd, 10 + (uint32_t)i);
     }
     close(fd);
@@ -445,7 +422,7 @@ static void test_s1_ping_keeps_alive(void **state)
 /* §2 rule 1: length < 6 is MALFORMED, request id 0. */
 static void test_s2_length_below_minimum_malformed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 5, PROTO_PING, 0, 9);
@@ -459,7 +436,7 @@ static void test_s2_length_below_minimum_malformed(void **state)
  * has arrived (it never will). Also an undefined type. */
 static void test_s2_type_judged_from_header(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     static const uint8_t types[] = {
         PROTO_HELLO_OK,
         PROTO_ERROR,
@@ -490,7 +467,7 @@ static void test_s2_type_judged_from_header(void **state)
 /* §2 rule 3: no bytes may follow the last field: MALFORMED. */
 static void test_s2_trailing_bytes_malformed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES + 1];
     put_header(p, 7, PROTO_PING, 0, 9);
@@ -503,7 +480,7 @@ static void test_s2_trailing_bytes_malformed(void **state)
 /* §2: undefined flag bits MUST be ignored on receipt. */
 static void test_s2_undefined_flags_ignored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PING, 0xfe, 31);
@@ -518,7 +495,7 @@ static void test_s2_undefined_flags_ignored(void **state)
  * happens, and the broker goes on. */
 static void test_s2_eof_inside_frame_discarded(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[1024];
     const char *topic = "eof-topic";
@@ -541,7 +518,7 @@ static void test_s2_eof_inside_frame_discarded(void **state)
  * HELLO's request id. */
 static void test_s4_1_version_fatal_with_request_id(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, 2, 41, NULL);
@@ -553,7 +530,7 @@ static void test_s4_1_version_fatal_with_request_id(void **state)
 /* §4.1: a second HELLO is INVALID, per request; the connection goes on. */
 static void test_s4_1_second_hello_invalid(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[256];
     size_t n = build_hello(buf, sizeof buf, PROTO_VERSION, 42, NULL);
@@ -568,7 +545,7 @@ static void test_s4_1_second_hello_invalid(void **state)
  * an unsolicited PONG is ignored. */
 static void test_s4_4_ping_pong(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t p[PROTO_HEADER_BYTES];
     put_header(p, 6, PROTO_PONG, 0, 3);
@@ -582,7 +559,7 @@ static void test_s4_4_ping_pong(void **state)
  * ("message N: "); nothing of a refused PUBLISH is stored. */
 static void test_s4_5_batch_errors(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     static uint8_t buf[1 << 20];
     const char *mixed[] = {"batch", "batch", "bad topic", "batch"};
@@ -606,7 +583,7 @@ static void test_s4_5_batch_errors(void **state)
  * dead-letter topic fits in 200: 195 is INVALID_TOPIC. */
 static void test_s4_5_topic_fits_dead_letter(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     char name[PROTO_MAX_TOPIC + 1];
     memset(name, 't', sizeof name);
@@ -626,7 +603,7 @@ static void test_s4_5_topic_fits_dead_letter(void **state)
  * before any message; entries in byte order of name. */
 static void test_s4_7_topics_lists_group_topics(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     subscribe(fd, 1, "by-subscribe", "g", 0, 10, NULL);
     seek(fd, "by-seek", "g", PROTO_START_EARLIEST, 0);
@@ -659,7 +636,7 @@ static void test_s4_7_topics_lists_group_topics(void **state)
  * order received, whether the loop or the store answers it. */
 static void test_s5_replies_in_request_order(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[4096];
     size_t n = 0;
@@ -689,7 +666,7 @@ static void test_s5_replies_in_request_order(void **state)
 /* §9.6: max_deliveries 65535 asks for no limit (0 asks for the default). */
 static void test_s9_6_unlimited_deliveries(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     struct proto_subscribe_ok ok;
     subscribe(fd, 1, "unlimited", "g", PROTO_DELIVERIES_UNLIMITED, 10, &ok);
@@ -707,7 +684,7 @@ static void test_s9_6_unlimited_deliveries(void **state)
  * last one it is dead-lettered at once ("consumer disconnected"). */
 static void test_s9_6_dead_letter_copy(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     uint8_t buf[1024];
     struct proto_writer w;
@@ -779,7 +756,7 @@ static void test_s9_6_dead_letter_copy(void **state)
  * its messages are delivered again, never parked. */
 static void test_s9_6_no_dead_letter_no_limit(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char name[PROTO_MAX_TOPIC + 1], dead[PROTO_MAX_TOPIC + 1];
     memset(name, 'n', PROTO_MAX_PUBLISH_TOPIC);
     name[PROTO_MAX_PUBLISH_TOPIC] = 0;
@@ -807,7 +784,7 @@ static void test_s9_6_no_dead_letter_no_limit(void **state)
  * the ack of the forgotten delivery acks the redelivery once it was sent. */
 static void test_s9_7_ack_racing_seek_redelivery(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     publish1(fd, "race", NULL);
     subscribe(fd, 1, "race", "g", 0, 1, NULL);
@@ -830,13 +807,13 @@ static void test_s9_7_ack_racing_seek_redelivery(void **state)
  * waiting ones included, and stays so after a restart. */
 static void test_s9_14_oldest_unacked_counts_waiting(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     int64_t t0 = harness_wall_ms();
     for (int i = 0; i < 3; i++)
         publish1(fd, "waiting", NULL);
     seek(fd, "waiting", "g", PROTO_START_EARLIEST, 0);
-    sleep_ms(300);
+    it_sleep_ms(300);
     struct proto_group_info gi;
     group_info(fd, "waiting", "g", &gi);
     int64_t span = harness_wall_ms() - t0;

@@ -18,7 +18,6 @@
  *
  * Crash and restart behaviour lives in test_consume_crash.c.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -31,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -50,49 +48,9 @@
 #define AT_ONCE_MS 5000
 #define CLI_TIMEOUT_MS 30000
 
-struct fx {
-    struct harness_broker b;
-    ferry_conn *c;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    if (harness_start(&fx->b, NULL) != 0)
-        return -1;
-    ferry_options o = FERRY_OPTIONS_INIT;
-    o.client_name = "test-consume";
-    char err[256] = "";
-    int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
-    if (r != 0) {
-        fprintf(stderr, "setup: ferry_connect(%s): %s (%s)\n", fx->b.addr, ferry_strerror(r), err);
-        harness_cleanup(&fx->b);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        ferry_close(fx->c);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_setup(state, sizeof(struct it_fx), NULL, "test-consume");
 }
 
 /* ----- publishing -------------------------------------------------------- */
@@ -351,7 +309,7 @@ static void *fan_main(void *arg)
 
 static void test_consume_two_groups_each_receive_all_10000_in_order(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     /* Half is stored before the groups exist (read back from the store),
      * half is published while they consume (pushed live). */
     publish_range(fx->c, "fan", 1, BULK_N / 2);
@@ -451,7 +409,7 @@ static void *share_main(void *arg)
 
 static void test_consume_three_consumers_split_10000_none_lost_none_twice(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { K = 3 };
     struct share_ctx x;
     x.count = calloc(BULK_N + 1, sizeof *x.count);
@@ -527,7 +485,7 @@ static void holder_child(const char *addr, const char *topic, const char *group,
             _exit(6);
     }
     for (int i = 0; i < 600; i++)
-        sleep_ms(100);
+        it_sleep_ms(100);
     _exit(7);
 }
 
@@ -571,7 +529,7 @@ static void expect_given_back(ferry_conn *c, int n, int64_t since)
 
 static void test_consume_killed_consumer_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "kill", 1, N);
     int pfd[2];
@@ -610,7 +568,7 @@ static void test_consume_killed_consumer_unacked_go_to_other_at_once(void **stat
 
 static void test_consume_closed_connection_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "close", 1, N);
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -629,7 +587,7 @@ static void test_consume_closed_connection_unacked_go_to_other_at_once(void **st
 
 static void test_consume_unsubscribed_unacked_go_to_other_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     publish_range(fx->c, "unsub", 1, N);
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -654,7 +612,7 @@ static void test_consume_unsubscribed_unacked_go_to_other_at_once(void **state)
 
 static void test_consume_stalled_consumer_redelivered_after_lease_not_before(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 5, LEASE = 1000 };
     publish_range(fx->c, "stall", 1, N);
     subscribe(fx->c, "stall", "g", N, LEASE, 10);
@@ -734,7 +692,7 @@ static ferry_delivery *recv_either(ferry_conn *c0, ferry_conn *c1, int timeout_m
  */
 static void test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 800 };
     ferry_conn *ca = fx->c;
     ferry_conn *cb = it_connect(fx->b.addr);
@@ -797,7 +755,7 @@ static void test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds
  */
 static void test_consume_expired_redelivery_reaches_idle_consumer(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 500, ROUNDS = 6 };
     ferry_conn *ca = fx->c;
     ferry_conn *cb = it_connect(fx->b.addr);
@@ -849,7 +807,7 @@ static void test_consume_expired_redelivery_reaches_idle_consumer(void **state)
 #define PROMPT_MS 300
 static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { ROUNDS = 4 };
     int64_t worst_nack = 0, worst_unsub = 0, worst_credit = 0, worst_join = 0;
     ferry_conn *c2 = it_connect(fx->b.addr);
@@ -867,7 +825,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
         ack_ok(again, fx->c);
         ferry_delivery_free(d);
         ferry_delivery_free(again);
-        sleep_ms(137); /* land at different phases of any periodic tick */
+        it_sleep_ms(137); /* land at different phases of any periodic tick */
     }
     /* UNSUBSCRIBE: c2 holds the message, fx->c's subscription waits. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -886,7 +844,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             worst_unsub = took;
         ack_ok(again, fx->c);
         ferry_delivery_free(again);
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     /* SUBSCRIBE to an existing group with a message waiting. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -902,7 +860,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             worst_join = took;
         ack_ok(d, fx->c);
         ferry_delivery_free(d);
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     /* CREDIT: a window of 1 raised to 5 with 4 messages waiting. */
     for (int r = 0; r < ROUNDS; r++) {
@@ -923,7 +881,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
             ack_ok(d[i], c2);
             ferry_delivery_free(d[i]);
         }
-        sleep_ms(137);
+        it_sleep_ms(137);
     }
     print_message("worst latency: nack %" PRId64 " ms, unsubscribe %" PRId64
                   " ms, subscribe %" PRId64 " ms, credit %" PRId64 " ms\n",
@@ -938,7 +896,7 @@ static void test_consume_nack_unsubscribe_credit_act_at_once(void **state)
 
 static void test_consume_touch_extends_lease_and_nack_delay_holds_back(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 1000, DELAY = 800 };
     subscribe(fx->c, "touch", "g", 10, LEASE, 10);
     publish_one(fx->c, "touch", 1, 0);
@@ -991,7 +949,7 @@ static void test_consume_touch_extends_lease_and_nack_delay_holds_back(void **st
 
 static void test_consume_ack_never_delivered_seq_not_delivered(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     publish_range(fx->c, "nd", 1, 5);
     /* Window 1: seq 1 in flight, cursor 2. */
     ferry_sub *s = subscribe(fx->c, "nd", "g", 1, 0, 0);
@@ -1044,7 +1002,7 @@ static void test_consume_ack_never_delivered_seq_not_delivered(void **state)
  */
 static void test_consume_ack_below_start_not_delivered(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     publish_range(fx->c, "nds", 1, 5);
     ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
     o.start = FERRY_START_SEQ;
@@ -1076,7 +1034,7 @@ static void expect_dead(const ferry_delivery *dd, const char *topic, uint64_t se
 
 static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { LEASE = 400 };
     ferry_sub *s = subscribe(fx->c, "orders", "inventory", 10, LEASE, 2);
     (void)s;
@@ -1193,7 +1151,7 @@ static void test_consume_max_deliveries_moves_to_dead_letter_topic(void **state)
  * lease that no longer runs or for the next consumer to subscribe (issue
  * 9). The dead letter must be readable within 100 ms (printed, not
  * asserted, under valgrind). */
-static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *reason)
+static void dead_letter_when_gone(struct it_fx *fx, int unsubscribe, const char *reason)
 {
     ferry_conn *inspect = it_connect(fx->b.addr);
     subscribe(inspect, "_dead.orders", "ops", 10, 0, 0);
@@ -1239,7 +1197,7 @@ static void dead_letter_when_gone(struct fx *fx, int unsubscribe, const char *re
 
 static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     dead_letter_when_gone(fx, 0, "consumer disconnected");
     dead_letter_when_gone(fx, 1, "consumer unsubscribed");
 }
@@ -1248,7 +1206,7 @@ static void test_consume_disconnect_at_last_attempt_dead_letters_at_once(void **
  * once acked it is not delivered again after another restart. */
 static void test_consume_redrive_survives_kill9_until_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 10, 0, 1);
     ferry_msg m;
@@ -1267,7 +1225,7 @@ static void test_consume_redrive_survives_kill9_until_acked(void **state)
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     uint64_t seq = 0;
     assert_int_equal(ferry_redrive(fx->c, "orders", "inventory", 1, &seq), 0);
     assert_int_equal(seq, 1);
@@ -1311,7 +1269,7 @@ static void expect_floor(ferry_conn *c, uint64_t want_floor, const uint64_t *wan
             fail_msg("ferry_group_floor: %s (%s)", ferry_strerror(r), ferry_errmsg(c));
         if ((floor == want_floor && n == want_n) || harness_now_ms() > deadline)
             break;
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     if (floor != want_floor || n != want_n)
         fail_msg("floor %" PRIu64 " with %zu kept, want %" PRIu64 " with %zu", floor, n, want_floor,
@@ -1326,7 +1284,7 @@ static void expect_floor(ferry_conn *c, uint64_t want_floor, const uint64_t *wan
  * (schema 2 -> 3), and not those whose dead letter retention removed. */
 static void test_consume_floor_durable_lists_redrivable_dead_letters(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 10, 0, 1);
     publish_range(fx->c, "orders", 1, 5);
@@ -1395,7 +1353,7 @@ static void test_consume_floor_durable_lists_redrivable_dead_letters(void **stat
  * and every group applied it again). */
 static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *ci = it_connect(fx->b.addr), *ce = it_connect(fx->b.addr);
     subscribe(ci, "orders", "inventory", 1, 0, 2);
     subscribe(ce, "orders", "email", 10, 0, 0);
@@ -1436,7 +1394,7 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while ((it_topic(fx->c, "_dead.orders", &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     uint64_t seq = 0;
     assert_int_equal(ferry_redrive(fx->c, "orders", "email", 1, &seq), FERRY_EINVALID);
     assert_int_equal(ferry_redrive(fx->c, "orders", "orders", 9, &seq), FERRY_EINVALID);
@@ -1471,7 +1429,7 @@ static void test_consume_redrive_goes_to_its_group_only_as_same_message(void **s
  * ferryd, clean or kill -9: max_deliveries bounds them in all, and a
  * consumer that crash-loops on a message gets it dead-lettered even if the
  * broker restarts meanwhile (issue 9: the count went back to 1). */
-static void attempts_survive_restart(struct fx *fx, int kill9)
+static void attempts_survive_restart(struct it_fx *fx, int kill9)
 {
     ferry_conn *cc = it_connect(fx->b.addr);
     subscribe(cc, "orders", "inventory", 10, 0, 3);
@@ -1549,7 +1507,7 @@ static void test_consume_failed_attempts_survive_clean_restart(void **state)
 
 static void test_consume_delayed_message_not_before_due_later_one_first(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { DELAY = 800 };
     /* "live" is subscribed when both are published (pushed straight from
      * the commit); "late" joins afterwards (read from the store). */
@@ -1587,13 +1545,13 @@ static void test_consume_delayed_message_not_before_due_later_one_first(void **s
 
 static void test_consume_seek_by_sequence_and_time(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 100 };
     int64_t ts[N + 1];
     for (uint64_t i = 1; i <= N; i++) {
         /* Apart in time, so that each message has a store time of its own
          * (61 well apart from 60). */
-        sleep_ms(i == 61 ? 10 : 2);
+        it_sleep_ms(i == 61 ? 10 : 2);
         publish_one(fx->c, "replay", i, 0);
     }
     ferry_sub *s = subscribe(fx->c, "replay", "g", N, 0, 0);
@@ -1693,7 +1651,7 @@ static void test_consume_seek_by_sequence_and_time(void **state)
  */
 static void test_consume_seek_forgets_in_flight(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 30, W = 10 };
     publish_range(fx->c, "forget", 1, N);
     ferry_sub *s = subscribe(fx->c, "forget", "g", W, 60000, 0);
@@ -1777,7 +1735,7 @@ static int group_diff(ferry_conn *c, const char *step, uint64_t cursor, uint64_t
  */
 static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 10 };
     int bad = 0;
     /* oldest_unacked_ms is the broker's wall clock minus the stored ts_ms
@@ -1792,7 +1750,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
     ferry_delivery *d[N + 1][3] = {{0}};
     for (int i = 1; i <= 3; i++)
         d[i][0] = recv_expect(fx->c, (uint64_t)i, 1);
-    sleep_ms(150);
+    it_sleep_ms(150);
     bad += group_diff(fx->c, "three in flight", 4, 1, 10, 3, 1, 0, 0);
     gi = must_group(fx->c, "st", "g");
     if (gi.oldest_unacked_ms < 150 ||
@@ -1842,7 +1800,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
         gi = must_group(fx->c, "st", "g");
         if (gi.consumers == 1)
             break;
-        sleep_ms(10);
+        it_sleep_ms(10);
     } while (harness_now_ms() < deadline);
     bad += group_diff(fx->c, "disconnect", 8, 4, 7, 3, 1, 1, 1);
 
@@ -1886,7 +1844,7 @@ static void test_consume_groups_stats_exact_in_controlled_scenario(void **state)
  */
 static void test_consume_groups_listing_order_and_unknown_topic(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     static const char *const made[][2] = {
         {"t2", "b"}, {"t2", "a"}, {"t1", "z"}, {"t2", "c"}, {"t10", "a"}, {"t1", "A"},
     };
@@ -1927,7 +1885,7 @@ static void test_consume_groups_listing_order_and_unknown_topic(void **state)
 
 /* ----- 9. the CLI ---------------------------------------------------------- */
 
-static void cli_runv(struct fx *fx, struct harness_output *out, va_list ap)
+static void cli_runv(struct it_fx *fx, struct harness_output *out, va_list ap)
 {
     char *argv[32];
     int argc = 0;
@@ -1947,7 +1905,7 @@ static void cli_runv(struct fx *fx, struct harness_output *out, va_list ap)
 }
 
 /* Runs `ferry --server ADDR ARGS...` (NULL-terminated) into *out. */
-static void cli_run(struct fx *fx, struct harness_output *out, ...)
+static void cli_run(struct it_fx *fx, struct harness_output *out, ...)
 {
     va_list ap;
     va_start(ap, out);
@@ -1956,7 +1914,7 @@ static void cli_run(struct fx *fx, struct harness_output *out, ...)
 }
 
 /* Runs a command that must exit 0 and print exactly want. */
-static void cli_expect_out(struct fx *fx, const char *want, ...)
+static void cli_expect_out(struct it_fx *fx, const char *want, ...)
 {
     struct harness_output out;
     va_list ap;
@@ -1972,7 +1930,7 @@ static void cli_expect_out(struct fx *fx, const char *want, ...)
 
 static void test_consume_cli_sub_groups_seek(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     if (!getenv("FERRY_CLI"))
         skip();
     static const char *const words[] = {"one", "two", "three"};
@@ -2031,52 +1989,55 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_consume_two_groups_each_receive_all_10000_in_order,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_three_consumers_split_10000_none_lost_none_twice, setup, teardown),
+            test_consume_three_consumers_split_10000_none_lost_none_twice, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_killed_consumer_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_closed_connection_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_unsubscribed_unacked_go_to_other_at_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_stalled_consumer_redelivered_after_lease_not_before, setup, teardown),
+            test_consume_stalled_consumer_redelivered_after_lease_not_before, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds, setup, teardown),
+            test_consume_late_ack_after_other_consumer_acked_redelivery_succeeds, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_expired_redelivery_reaches_idle_consumer,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_nack_unsubscribe_credit_act_at_once, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_touch_extends_lease_and_nack_delay_holds_back,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_ack_never_delivered_seq_not_delivered, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_ack_below_start_not_delivered, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_max_deliveries_moves_to_dead_letter_topic,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, teardown),
+            test_consume_disconnect_at_last_attempt_dead_letters_at_once, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_goes_to_its_group_only_as_same_message,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_floor_durable_lists_redrivable_dead_letters,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_redrive_survives_kill9_until_acked, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_kill9, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_failed_attempts_survive_clean_restart, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_delayed_message_not_before_due_later_one_first,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, teardown),
+                                        setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_stats_exact_in_controlled_scenario,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_listing_order_and_unknown_topic, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_consume_cli_sub_groups_seek, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_cli_sub_groups_seek, setup, it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

@@ -24,7 +24,6 @@
  * delivered again) or not (then it comes again, which is allowed). In the
  * end the group's listing must count those as done too.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -34,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
@@ -52,36 +50,9 @@
 /* With messages left to deliver, this long without a delivery is a stall. */
 #define STALL_MS 15000
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, NULL) == 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_start(state, sizeof(struct it_fx), NULL);
 }
 
 /* Publishes messages 1..N (payload "mI"). With settle, the last one goes
@@ -115,7 +86,7 @@ static void publish_all(const char *addr, int settle)
             assert_int_equal(acks[j].seq, done + j + 1);
     }
     if (settle) {
-        sleep_ms(1100);
+        it_sleep_ms(1100);
         char body[32];
         ferry_msg m;
         memset(&m, 0, sizeof m);
@@ -263,7 +234,7 @@ static void *run_main(void *arg)
     return NULL;
 }
 
-static struct run *run_start(struct fx *fx, struct ledger *lg, int hold, pthread_t *th)
+static struct run *run_start(struct it_fx *fx, struct ledger *lg, int hold, pthread_t *th)
 {
     struct run *r = calloc(1, sizeof *r);
     assert_non_null(r);
@@ -295,7 +266,7 @@ static void run_finish(struct run *r, pthread_t th, const char *what)
 
 /* Waits until at least at_least are acked; fails when the count does not
  * move for STALL_MS. */
-static void wait_acked(struct fx *fx, struct ledger *lg, size_t at_least, const char *what)
+static void wait_acked(struct it_fx *fx, struct ledger *lg, size_t at_least, const char *what)
 {
     size_t seen = atomic_load(&lg->nacked);
     int64_t progress = harness_now_ms();
@@ -305,7 +276,7 @@ static void wait_acked(struct fx *fx, struct ledger *lg, size_t at_least, const 
             fail_msg("%s: stalled at %zu acked (waiting for %zu): nothing acked for %d ms", what,
                      seen, at_least, STALL_MS);
         }
-        sleep_ms(1);
+        it_sleep_ms(1);
         size_t now = atomic_load(&lg->nacked);
         if (now != seen) {
             seen = now;
@@ -315,7 +286,7 @@ static void wait_acked(struct fx *fx, struct ledger *lg, size_t at_least, const 
 }
 
 /* The final run: acks everything, then checks the ledger and the listing. */
-static void finish_and_check(struct fx *fx, struct ledger *lg)
+static void finish_and_check(struct it_fx *fx, struct ledger *lg)
 {
     pthread_t th;
     struct run *r = run_start(fx, lg, 0, &th);
@@ -347,7 +318,7 @@ static void finish_and_check(struct fx *fx, struct ledger *lg)
 }
 
 /* Two kill -9 in the middle of consuming, then a run to the end. */
-static void kill9_cycles(struct fx *fx, int settle)
+static void kill9_cycles(struct it_fx *fx, int settle)
 {
     struct ledger *lg = calloc(1, sizeof *lg);
     assert_non_null(lg);
@@ -400,7 +371,7 @@ static void test_consume_crash_kill9_soon_after_publish_acked_never_again_none_l
 
 static void test_consume_crash_sigterm_mid_stream_acked_never_again_none_lost(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ledger *lg = calloc(1, sizeof *lg);
     assert_non_null(lg);
     atomic_init(&lg->nacked, 0);
@@ -427,7 +398,7 @@ static void test_consume_crash_sigterm_mid_stream_acked_never_again_none_lost(vo
  * after the first restart nothing above seq 1000 is delivered. */
 static void test_consume_crash_kill9_group_survives_at_its_cursor(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     publish_all(fx->b.addr, 0);
     ferry_conn *c = it_connect(fx->b.addr);
     ferry_sub_options o = FERRY_SUB_OPTIONS_INIT;
@@ -478,14 +449,15 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(
-            test_consume_crash_kill9_mid_stream_acked_never_again_none_lost, setup, teardown),
+            test_consume_crash_kill9_mid_stream_acked_never_again_none_lost, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
             test_consume_crash_kill9_soon_after_publish_acked_never_again_none_lost, setup,
-            teardown),
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_consume_crash_sigterm_mid_stream_acked_never_again_none_lost, setup, teardown),
+            test_consume_crash_sigterm_mid_stream_acked_never_again_none_lost, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_crash_kill9_group_survives_at_its_cursor,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

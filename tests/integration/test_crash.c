@@ -16,7 +16,6 @@
  * Timing only decides *when* the kill lands, never whether a test passes:
  * the checks hold for any moment of the kill.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <setjmp.h>
@@ -27,7 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -49,17 +47,9 @@
 /* A publisher batch in the atomicity test. */
 #define BATCH 10
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, NULL) == 0 ? 0 : -1;
+    return it_fx_start(state, sizeof(struct it_fx), NULL);
 }
 
 /* --sync normal gives up power-loss durability, not crash durability: a
@@ -67,30 +57,7 @@ static int setup(void **state)
 static int setup_sync_normal(void **state)
 {
     static const char *const args[] = {"--sync", "normal", NULL};
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    return harness_start(&fx->b, args) == 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 /* ----- the publisher child ---------------------------------------------- */
@@ -196,7 +163,7 @@ static void reap_child(pid_t pid)
     int64_t deadline = harness_now_ms() + 60000;
     pid_t r;
     while ((r = waitpid(pid, &st, WNOHANG)) == 0 && harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     if (r == 0) {
         kill(pid, SIGKILL);
         waitpid(pid, &st, 0);
@@ -215,7 +182,7 @@ static off_t file_size(const char *path)
 
 /* Waits until every publisher has recorded at least one ack, so the kill
  * lands while pipelining is in full flow. */
-static void wait_first_acks(struct fx *fx, char paths[][HARNESS_PATH_BYTES + 32], int n)
+static void wait_first_acks(struct it_fx *fx, char paths[][HARNESS_PATH_BYTES + 32], int n)
 {
     int64_t deadline = harness_now_ms() + 30000;
     for (int i = 0; i < n; i++) {
@@ -224,7 +191,7 @@ static void wait_first_acks(struct fx *fx, char paths[][HARNESS_PATH_BYTES + 32]
                 harness_dump_log(&fx->b);
                 fail_msg("publisher %d recorded no ack within 30 s", i);
             }
-            sleep_ms(5);
+            it_sleep_ms(5);
         }
     }
 }
@@ -312,7 +279,7 @@ static size_t payload_index(const char *id)
 /* Stops the broker and checks the store: dense sequences 1..head, every
  * payload matching its id, every acked id at its acked sequence. Returns
  * the rows (free with harness_db_rows_free). */
-static long check_store(struct fx *fx, const struct ack_log *log, struct harness_row **out)
+static long check_store(struct it_fx *fx, const struct ack_log *log, struct harness_row **out)
 {
     int st = harness_stop(&fx->b);
     if (st != 0)
@@ -362,7 +329,7 @@ static void check_listing(const char *addr, const struct ack_log *log)
 
 /* One round: start PUBLISHERS children, let them publish, end the broker
  * with the given signal, reap them, restart, load their acks into log. */
-static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, struct ack_log *log)
+static void publish_and_end(struct it_fx *fx, int cycle, int sig, int batches, struct ack_log *log)
 {
     char paths[PUBLISHERS][HARNESS_PATH_BYTES + 32];
     pid_t kids[PUBLISHERS];
@@ -371,7 +338,7 @@ static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, stru
         kids[p] = spawn_child(fx->b.addr, paths[p], cycle, p, batches);
     }
     wait_first_acks(fx, paths, PUBLISHERS);
-    sleep_ms(500 + rand() % 500);
+    it_sleep_ms(500 + rand() % 500);
     if (sig == SIGKILL) {
         assert_int_equal(harness_kill9(&fx->b), 0);
     } else {
@@ -393,7 +360,7 @@ static void publish_and_end(struct fx *fx, int cycle, int sig, int batches, stru
 
 static void test_crash_kill9_during_pipelined_publish_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < CYCLES; cycle++) {
@@ -435,7 +402,7 @@ static void test_crash_kill9_during_pipelined_publish_keeps_acked(void **state)
 
 static void test_crash_kill9_sync_normal_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < 2; cycle++) {
@@ -452,7 +419,7 @@ static void test_crash_kill9_sync_normal_keeps_acked(void **state)
 
 static void test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     publish_and_end(fx, 0, SIGTERM, 0, &log);
@@ -468,7 +435,7 @@ static void test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked(void
  * store whole, at consecutive sequences, or not at all. */
 static void test_crash_kill9_during_batches_all_or_nothing(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct ack_log log = {0};
     srand((unsigned)harness_seed());
     for (int cycle = 0; cycle < 2; cycle++) {
@@ -501,13 +468,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_crash_kill9_during_pipelined_publish_keeps_acked,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_sync_normal_keeps_acked, setup_sync_normal,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked, setup, teardown),
+            test_crash_sigterm_during_pipelined_publish_exits_0_keeps_acked, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_crash_kill9_during_batches_all_or_nothing, setup,
-                                        teardown),
+                                        it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

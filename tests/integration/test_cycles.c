@@ -43,7 +43,6 @@
  * choose, FERRY_LONG=1 for LONG_CYCLES. Timing decides only when a kill
  * lands, never whether the test passes.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -52,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cmocka.h>
 
@@ -153,7 +151,7 @@ struct consumer {
 };
 
 struct fx {
-    struct harness_broker b;
+    struct it_fx it;
     struct where w;
     atomic_int stop_new, stop_consumers, abort_all;
     struct producer prod[PRODUCERS];
@@ -163,14 +161,11 @@ struct fx {
 
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
+    if (it_fx_start(state, sizeof(struct fx), NULL) != 0)
         return -1;
-    *state = fx;
+    struct fx *fx = *state;
     pthread_mutex_init(&fx->w.mu, NULL);
-    if (harness_start(&fx->b, NULL) != 0)
-        return -1;
-    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->b.addr);
+    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->it.b.addr);
     fx->w.up = 1;
     return 0;
 }
@@ -178,7 +173,6 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *fx = *state;
-    int rc = 0;
     if (fx) {
         /* A failed test leaves actors running: end them before freeing. */
         atomic_store(&fx->abort_all, 1);
@@ -189,8 +183,6 @@ static int teardown(void **state)
         for (int i = 0; i < CONSUMERS; i++)
             if (fx->cons[i].started)
                 pthread_join(fx->cons[i].th, NULL);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
         for (int p = 0; p < PRODUCERS; p++) {
             free(fx->prod[p].state);
             free(fx->prod[p].sends);
@@ -204,16 +196,8 @@ static int teardown(void **state)
             pthread_mutex_destroy(&fx->groups[g].mu);
         }
         pthread_mutex_destroy(&fx->w.mu);
-        free(fx);
     }
-    return rc;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_teardown(state);
 }
 
 /* Copies the broker's current address; returns its epoch, or -1 while it
@@ -374,7 +358,7 @@ static void *producer_main(void *arg)
             int epoch;
             c = actor_connect(p->w, &epoch, name);
             if (!c) {
-                sleep_ms(5);
+                it_sleep_ms(5);
                 continue;
             }
             p->connects++;
@@ -427,7 +411,7 @@ static void *producer_main(void *arg)
                 prod_fail(p, "p%d: %zu ids in flight after ferry_close", p->index, p->inflight);
             continue;
         }
-        sleep_ms(1);
+        it_sleep_ms(1);
     }
     ferry_close(c);
     return NULL;
@@ -573,7 +557,7 @@ static void *consumer_main(void *arg)
         if (!c) {
             c = actor_connect(cs->w, &cs->epoch, name);
             if (!c) {
-                sleep_ms(5);
+                it_sleep_ms(5);
                 continue;
             }
             cs->connects++;
@@ -660,10 +644,10 @@ static void wait_flowing(struct fx *fx)
             return;
         check_actors(fx);
         if (harness_now_ms() > deadline) {
-            harness_dump_log(&fx->b);
+            harness_dump_log(&fx->it.b);
             fail_msg("no traffic within 30 s of the start");
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -672,12 +656,12 @@ static void kill_and_restart(struct fx *fx)
     pthread_mutex_lock(&fx->w.mu);
     fx->w.up = 0;
     pthread_mutex_unlock(&fx->w.mu);
-    assert_int_equal(harness_kill9(&fx->b), 0);
-    int r = harness_restart(&fx->b);
+    assert_int_equal(harness_kill9(&fx->it.b), 0);
+    int r = harness_restart(&fx->it.b);
     if (r != 0)
         fail_msg("restart after kill -9 failed: %d", r);
     pthread_mutex_lock(&fx->w.mu);
-    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->b.addr);
+    snprintf(fx->w.addr, sizeof fx->w.addr, "%s", fx->it.b.addr);
     fx->w.epoch++;
     fx->w.up = 1;
     pthread_mutex_unlock(&fx->w.mu);
@@ -687,7 +671,7 @@ static void kill_and_restart(struct fx *fx)
  * cursor head + 1, lag 0). Returns the head. */
 static uint64_t wait_drained(struct fx *fx)
 {
-    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     int64_t start = harness_now_ms(), progress = start;
     uint64_t last_lag = UINT64_MAX;
     for (;;) {
@@ -715,12 +699,12 @@ static uint64_t wait_drained(struct fx *fx)
             progress = harness_now_ms();
         }
         if (harness_now_ms() - progress > STALL_MS || harness_now_ms() - start > DRAIN_MS) {
-            harness_dump_log(&fx->b);
+            harness_dump_log(&fx->it.b);
             fail_msg("the groups did not drain: lag %" PRIu64 " (head %" PRIu64
                      "), unchanged for %lld ms",
                      lag, ti.head_seq, (long long)(harness_now_ms() - progress));
         }
-        sleep_ms(100);
+        it_sleep_ms(100);
     }
 }
 
@@ -734,7 +718,7 @@ static int cmp_str(const void *a, const void *b)
 static long check_store(struct fx *fx, uint64_t head)
 {
     struct harness_row *rows = NULL;
-    long n = harness_db_rows(&fx->b, TOPIC, &rows);
+    long n = harness_db_rows(&fx->it.b, TOPIC, &rows);
     assert_true(n >= 0);
     if ((uint64_t)n != head)
         fail_msg("messages_v holds %ld rows of %s, the head is %" PRIu64, n, TOPIC, head);
@@ -788,7 +772,7 @@ static long check_store(struct fx *fx, uint64_t head)
 static void check_integrity(struct fx *fx)
 {
     sqlite3 *db;
-    assert_int_equal(harness_db_open(&fx->b, &db), 0);
+    assert_int_equal(harness_db_open(&fx->it.b, &db), 0);
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
     int rows = 0, ok = 0;
@@ -851,7 +835,7 @@ static void test_cycles_kill9_producers_consumers(void **state)
     int64_t t0 = harness_now_ms();
     for (int cycle = 0; cycle < cycles; cycle++) {
         int delay = KILL_MIN_MS + rand() % (KILL_MAX_MS - KILL_MIN_MS + 1);
-        sleep_ms(delay);
+        it_sleep_ms(delay);
         check_actors(fx);
         size_t before = total_acked(fx);
         kill_and_restart(fx);
@@ -876,9 +860,9 @@ static void test_cycles_kill9_producers_consumers(void **state)
     }
     check_actors(fx);
 
-    int st = harness_stop(&fx->b);
+    int st = harness_stop(&fx->it.b);
     if (st != 0)
-        harness_dump_log(&fx->b);
+        harness_dump_log(&fx->it.b);
     assert_int_equal(st, 0);
     long n = check_store(fx, head);
     for (int g = 0; g < NGROUPS; g++) {

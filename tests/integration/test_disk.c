@@ -44,7 +44,6 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -104,13 +103,6 @@ struct fx {
     uint64_t *seq_of;
     size_t n_ids;
 };
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 static void unmount_all(struct fx *fx)
 {
@@ -297,7 +289,7 @@ static void *consumer_main(void *arg)
     int64_t deadline = harness_now_ms() + CATCH_UP_MS;
     while ((rc = ferry_subscribe(c, TOPIC, cs->group, &so, &s)) == FERRY_ESTORAGE_FULL &&
            harness_now_ms() < deadline)
-        sleep_ms(RETRY_MS);
+        it_sleep_ms(RETRY_MS);
     if (rc != 0) {
         cons_fail(cs, "subscribe: %s (%s)", ferry_strerror(rc), ferry_errmsg(c));
         ferry_close(c);
@@ -352,7 +344,7 @@ static void *consumer_main(void *arg)
                       ferry_strerror(rc), ferry_errmsg(c));
         else
             atomic_fetch_add(&cs->ack_other, 1);
-        sleep_ms(RETRY_MS); /* then the same sequences again */
+        it_sleep_ms(RETRY_MS); /* then the same sequences again */
     }
     ferry_close(c);
     return NULL;
@@ -483,7 +475,7 @@ static void catch_up(struct fx *fx, ferry_conn *c, size_t *next, int retry, cons
                 head = head_seq(c);
             }
         }
-        sleep_ms(PRODUCER_RETRY_MS);
+        it_sleep_ms(PRODUCER_RETRY_MS);
     }
     print_message("%s: both groups acked all %" PRIu64 " stored in %lld ms (acks refused as "
                   "storage full and retried: %zu and %zu); the producer retried %zu times "
@@ -657,7 +649,7 @@ static void full_disk_scenario(struct fx *fx)
                      "refused)",
                      RESUME_MS, refused);
         }
-        sleep_ms(RETRY_MS);
+        it_sleep_ms(RETRY_MS);
     }
     print_message("publishing resumed %lld ms after space came back (%zu refused before)\n",
                   (long long)(harness_now_ms() - start), refused);
@@ -825,7 +817,7 @@ static void test_disk_ack_refused_as_full_then_acked_again_is_durable(void **sta
     }
     free(buf);
     free(payload);
-    sleep_ms(1500); /* a maintenance pass or two, for good measure */
+    it_sleep_ms(1500); /* a maintenance pass or two, for good measure */
 
     assert_int_equal(harness_kill9(&fx->b), 0);
     close(fd);
@@ -893,7 +885,7 @@ static void test_disk_reserve_set_aside_once_space_is_free(void **state)
     while (reserve_size(fx) < 0) {
         if (harness_now_ms() - start > RESUME_MS)
             fail_msg("the reserve was not set aside within %d ms of space coming back", RESUME_MS);
-        sleep_ms(50);
+        it_sleep_ms(50);
     }
     assert_int_equal(reserve_size(fx), RESERVE_BYTES);
     print_message("reserve set aside %lld ms after space came back\n",

@@ -37,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -59,7 +58,7 @@
 #define PUBLISH_MAX_MS 2000
 
 struct fx {
-    struct harness_broker b;
+    struct it_fx it;
     long rss0_kib;
     ferry_conn *pub;
 };
@@ -78,18 +77,15 @@ static void long_name(char *out, const char *prefix, int i)
 static int setup(void **state)
 {
     static const char *const args[] = {"--cache-mb", "16", NULL};
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
+    if (it_fx_start(state, sizeof(struct fx), args) != 0)
         return -1;
-    *state = fx;
-    if (harness_start(&fx->b, args) != 0)
-        return -1;
+    struct fx *fx = *state;
     ferry_options o = FERRY_OPTIONS_INIT;
     o.client_name = "flood-setup";
     o.request_timeout_ms = 30000 * harness_slowdown();
     char err[256];
     ferry_conn *c = NULL;
-    if (ferry_connect(fx->b.addr, &o, &c, err, sizeof err) != 0)
+    if (ferry_connect(fx->it.b.addr, &o, &c, err, sizeof err) != 0)
         return -1;
     for (int i = 0; i < FLOOD_TOPICS; i++) {
         char name[NAME_BYTES + 1];
@@ -113,9 +109,9 @@ static int setup(void **state)
     }
     ferry_close(c);
     o.client_name = "flood-publisher";
-    if (ferry_connect(fx->b.addr, &o, &fx->pub, err, sizeof err) != 0)
+    if (ferry_connect(fx->it.b.addr, &o, &fx->pub, err, sizeof err) != 0)
         return -1;
-    fx->rss0_kib = harness_rss_kib(fx->b.pid);
+    fx->rss0_kib = harness_rss_kib(fx->it.b.pid);
     return fx->rss0_kib > 0 ? 0 : -1;
 }
 
@@ -125,18 +121,7 @@ static int teardown(void **state)
     if (!fx)
         return 0;
     ferry_close(fx->pub);
-    int st = fx->b.pid ? harness_stop(&fx->b) : 0;
-    int log_ok = harness_check_log(&fx->b);
-    harness_cleanup(&fx->b);
-    free(fx);
-    return st == 0 && log_ok == 0 ? 0 : -1;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    return it_fx_teardown_stop(state);
 }
 
 /* ----- the measurements ------------------------------------------------------ */
@@ -160,7 +145,7 @@ static void meter_step(struct fx *fx, struct meter *m)
 {
     int64_t now = harness_now_ms();
     if (now >= m->next_sample) {
-        long kib = harness_rss_kib(fx->b.pid);
+        long kib = harness_rss_kib(fx->it.b.pid);
         assert_true(kib > 0);
         if (kib > m->rss_max_kib)
             m->rss_max_kib = kib;
@@ -219,7 +204,7 @@ static void raw_subscribe(int fd)
 /* Runs one case; see the top of the file. */
 static void flood(struct fx *fx, const struct flood_case *fc)
 {
-    int fd = harness_connect(fx->b.addr);
+    int fd = harness_connect(fx->it.b.addr);
     assert_true(fd >= 0);
     assert_int_equal(harness_handshake(fd, NULL), 0);
     if (fc->subscribe_first)
@@ -270,9 +255,9 @@ static void flood(struct fx *fx, const struct flood_case *fc)
     int64_t t1 = harness_now_ms();
     while (harness_now_ms() - t1 < AFTER_CLOSE_MS) {
         meter_step(fx, &m);
-        sleep_ms(SAMPLE_MS / 2);
+        it_sleep_ms(SAMPLE_MS / 2);
     }
-    long rss_end = harness_rss_kib(fx->b.pid), hwm = harness_hwm_kib(fx->b.pid);
+    long rss_end = harness_rss_kib(fx->it.b.pid), hwm = harness_hwm_kib(fx->it.b.pid);
     long peak = m.rss_max_kib > hwm ? m.rss_max_kib : hwm;
     free(chunk);
     print_message("%s: %llu requests (%llu bytes) sent in %lld ms, %zu-byte replies; ferryd "
@@ -285,7 +270,7 @@ static void flood(struct fx *fx, const struct flood_case *fc)
                   (long long)m.lat_max_ms,
                   (long long)(m.publishes ? m.lat_sum_ms / m.publishes : 0));
     assert_false(refused);
-    const char *why = harness_rss_unreliable(fx->b.pid);
+    const char *why = harness_rss_unreliable(fx->it.b.pid);
     if (why)
         print_message("%s: ferryd runs under %s: RSS not asserted\n", fc->name, why);
     else if (peak - fx->rss0_kib > (long)FLOOD_BOUND_MIB * 1024)
@@ -295,7 +280,7 @@ static void flood(struct fx *fx, const struct flood_case *fc)
         fail_msg("%s: a publish on another connection took %lld ms (at most %d ms expected)",
                  fc->name, (long long)m.lat_max_ms, PUBLISH_MAX_MS * harness_slowdown());
     /* The broker still serves a new connection. */
-    fd = harness_connect(fx->b.addr);
+    fd = harness_connect(fx->it.b.addr);
     assert_true(fd >= 0);
     assert_int_equal(harness_handshake(fd, NULL), 0);
     close(fd);

@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -103,13 +102,6 @@ static int teardown(void **state)
         }
     }
     return 0;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* One synchronous publish on conn, which must be acked at exactly *seq + 1. */
@@ -729,7 +721,7 @@ static void test_hostile_max_connections_fifth_refused(void **state)
     int64_t deadline = harness_now_ms() + 10000;
     while ((r = ferry_connect(fx->b.addr, NULL, &extra, NULL, 0)) != 0 &&
            harness_now_ms() < deadline)
-        sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(r, 0);
     uint64_t s = 0;
     publish_on(extra, "conn-new", &s);
@@ -791,7 +783,7 @@ static void test_hostile_idle_and_stalled_connections_closed(void **state)
                 open_left--;
             }
         }
-        sleep_ms(100);
+        it_sleep_ms(100);
     }
     for (int i = 0; i < 3; i++)
         close(fds[i]);

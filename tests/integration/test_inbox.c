@@ -15,7 +15,6 @@
  * moment) and never return into cmocka: they report through their exit
  * status, and the parent asserts on it and on the database.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -24,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -44,50 +42,17 @@
 #define CHILD_MAX_MS 60000
 
 struct fx {
-    struct harness_broker b;
-    ferry_conn *c;
+    struct it_fx it;
     char db_path[HARNESS_PATH_BYTES + 16];
 };
 
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
+    if (it_fx_setup(state, sizeof(struct fx), NULL, "test-inbox") != 0)
         return -1;
-    *state = fx;
-    if (harness_start(&fx->b, NULL) != 0)
-        return -1;
-    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    ferry_options o = FERRY_OPTIONS_INIT;
-    o.client_name = "test-inbox";
-    char err[256] = "";
-    int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
-    if (r != 0) {
-        fprintf(stderr, "setup: ferry_connect(%s): %s (%s)\n", fx->b.addr, ferry_strerror(r), err);
-        harness_cleanup(&fx->b);
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
     struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        ferry_close(fx->c);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->it.b.dir);
+    return 0;
 }
 
 /* ----- the application database ------------------------------------------ */
@@ -159,7 +124,7 @@ static int effect_handler(void *userdata, sqlite3 *db, const ferry_delivery *d)
     struct app *a = userdata;
     a->runs++;
     if (a->sleep_every && d->seq % (uint64_t)a->sleep_every == 0)
-        sleep_ms(a->sleep_ms);
+        it_sleep_ms(a->sleep_ms);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "INSERT INTO effects(msg_id, seq, pid) VALUES (?1, ?2, ?3)", -1, &st,
                            NULL) != SQLITE_OK)
@@ -276,7 +241,7 @@ static void wait_group_done(ferry_conn *c, uint64_t head)
             fail_msg("group not done: cursor %" PRIu64 " floor %" PRIu64 " lag %" PRIu64
                      " in flight %u",
                      gi.cursor, gi.ack_floor, gi.lag, gi.in_flight);
-        sleep_ms(20);
+        it_sleep_ms(20);
     }
 }
 
@@ -381,7 +346,7 @@ static int child_wait(pid_t pid)
             waitpid(pid, &st, 0);
             fail_msg("child %d still running after %d ms", (int)pid, CHILD_MAX_MS);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -441,10 +406,10 @@ static void test_inbox_claim_fresh_then_seen(void **state)
 {
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
-    publish_n(fx->c, 1, 2);
-    ferry_sub *s = subscribe(fx->c, 10, 0, 0);
-    ferry_delivery *d1 = recv_one(fx->c);
-    ferry_delivery *d2 = recv_one(fx->c);
+    publish_n(fx->it.c, 1, 2);
+    ferry_sub *s = subscribe(fx->it.c, 10, 0, 0);
+    ferry_delivery *d1 = recv_one(fx->it.c);
+    ferry_delivery *d2 = recv_one(fx->it.c);
     assert_int_equal(d1->seq, 1);
 
     /* Outside a transaction a claim would commit apart from its effect. */
@@ -504,11 +469,11 @@ static void test_inbox_handle_runs_handler_once_commits_then_acks(void **state)
 {
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
-    publish_n(fx->c, 1, 3);
-    ferry_sub *s = subscribe(fx->c, 10, 0, 0);
+    publish_n(fx->it.c, 1, 3);
+    ferry_sub *s = subscribe(fx->it.c, 10, 0, 0);
     struct app a = {0};
     for (int i = 1; i <= 3; i++) {
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
                          FERRY_INBOX_FRESH);
         assert_int_equal(sqlite3_get_autocommit(db), 1);
@@ -520,12 +485,12 @@ static void test_inbox_handle_runs_handler_once_commits_then_acks(void **state)
     assert_int_equal(a.runs, 3);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), 3);
     assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), 3);
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, 3);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, 3);
 
     /* No transaction may be open: the helper's COMMIT would take it. */
-    publish_n(fx->c, 4, 1);
-    ferry_delivery *d = recv_one(fx->c);
+    publish_n(fx->it.c, 4, 1);
+    ferry_delivery *d = recv_one(fx->it.c);
     must_exec(db, "BEGIN");
     assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_EINVALID);
     must_exec(db, "ROLLBACK");
@@ -535,13 +500,13 @@ static void test_inbox_handle_runs_handler_once_commits_then_acks(void **state)
 
     /* A handler that ends the transaction itself: reported, nacked; what
      * it committed holds its claim, so the redelivery is skipped. */
-    publish_n(fx->c, 5, 1);
-    d = recv_one(fx->c);
+    publish_n(fx->it.c, 5, 1);
+    d = recv_one(fx->it.c);
     assert_int_equal(d->seq, 5);
     assert_int_equal(ferry_inbox_handle(db, GROUP, d, committing_handler, &a, 0), FERRY_ESTORAGE);
     assert_int_equal(sqlite3_get_autocommit(db), 1);
     ferry_delivery_free(d);
-    d = recv_one(fx->c);
+    d = recv_one(fx->it.c);
     assert_int_equal(d->seq, 5);
     assert_int_equal(d->attempt, 2);
     assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
@@ -555,15 +520,15 @@ static void test_inbox_handler_failure_rolls_back_nacks_redelivery_succeeds(void
 {
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
-    publish_n(fx->c, 1, 1);
-    ferry_sub *s = subscribe(fx->c, 10, 0, 0);
+    publish_n(fx->it.c, 1, 1);
+    ferry_sub *s = subscribe(fx->it.c, 10, 0, 0);
     struct app a = {0};
     a.fail_left = 2;
 
     enum { DELAY_MS = 300 };
     for (uint32_t attempt = 1; attempt <= 3; attempt++) {
         int64_t t0 = harness_now_ms();
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         int64_t waited = harness_now_ms() - t0;
         assert_int_equal(d->seq, 1);
         assert_int_equal(d->attempt, attempt);
@@ -587,9 +552,9 @@ static void test_inbox_handler_failure_rolls_back_nacks_redelivery_succeeds(void
     assert_int_equal(a.runs, 3);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), 1);
     assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 1);
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, 1);
-    ferry_group_info gi = must_group(fx->c);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, 1);
+    ferry_group_info gi = must_group(fx->it.c);
     assert_int_equal(gi.redelivered, 2);
     assert_int_equal(gi.dead_lettered, 0);
     assert_int_equal(ferry_unsubscribe(s), 0);
@@ -604,11 +569,11 @@ static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
     enum { N = 20 };
-    publish_n(fx->c, 1, N);
-    ferry_sub *s = subscribe(fx->c, N, 0, 0);
+    publish_n(fx->it.c, 1, N);
+    ferry_sub *s = subscribe(fx->it.c, N, 0, 0);
     ferry_delivery *ds[N + 1];
     for (int i = 0; i < N; i++) {
-        ds[i] = recv_one(fx->c);
+        ds[i] = recv_one(fx->it.c);
         assert_int_equal(ds[i]->seq, (uint64_t)i + 1);
     }
     ds[N] = ds[0]; /* seq 1 once more, at the end */
@@ -634,7 +599,7 @@ static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **
     /* The four failures come back (attempt 2) and are applied. */
     ferry_delivery *again[N / 5];
     for (int i = 0; i < N / 5; i++) {
-        again[i] = recv_one(fx->c);
+        again[i] = recv_one(fx->it.c);
         assert_int_equal(again[i]->seq % 5, 0);
         assert_int_equal(again[i]->attempt, 2);
     }
@@ -644,8 +609,8 @@ static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **
         ferry_delivery_free(again[i]);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), N);
     assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), N);
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, N);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, N);
 
     /* Arguments, and no transaction may be open. */
     assert_int_equal(ferry_inbox_handle_batch(db, GROUP, ds, 0, effect_handler, &a, 0, NULL),
@@ -666,13 +631,13 @@ static void test_inbox_killed_after_commit_before_ack_redelivery_skips_handler(v
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
     enum { N = 20 };
-    publish_n(fx->c, 1, N);
+    publish_n(fx->it.c, 1, N);
 
     /* The first consumer process commits its 5th message and exits (9)
      * before that message's ack is sent; the acks of 1..4 were pipelined
      * and may or may not have gone out. */
     struct child_spec cs = {0};
-    cs.addr = fx->b.addr;
+    cs.addr = fx->it.b.addr;
     cs.db_path = fx->db_path;
     cs.window = 1; /* one at a time: the 5th is message 5 */
     cs.ack_wait_ms = 60000;
@@ -687,14 +652,14 @@ static void test_inbox_killed_after_commit_before_ack_redelivery_skips_handler(v
     /* The broker saw the connection close: message 5 (at least) comes
      * again at once, though the lease is a minute. In this process: its
      * redelivery finds the claim, the handler does not run, the ack goes. */
-    ferry_sub *s = subscribe(fx->c, 100, 60000, 0);
+    ferry_sub *s = subscribe(fx->it.c, 100, 60000, 0);
     struct app a = {0};
     int seen = 0, fresh = 0, redelivered_5 = 0;
     int64_t deadline = harness_now_ms() + WAIT_MS;
     while (fresh < N - 5) {
         if (harness_now_ms() > deadline)
             fail_msg("only %d fresh of %d after %d ms", fresh, N - 5, WAIT_MS);
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         if (d->seq == 5) {
             assert_true(d->attempt >= 2);
             redelivered_5 = 1;
@@ -711,8 +676,8 @@ static void test_inbox_killed_after_commit_before_ack_redelivery_skips_handler(v
     assert_true(redelivered_5);
     assert_true(seen >= 1); /* message 5 at least: its claim was found */
     assert_int_equal(a.runs, N - 5);
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, N);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, N);
     /* Every effect exactly once. */
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), N);
     assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), N);
@@ -729,9 +694,9 @@ static void test_inbox_batch_killed_after_commit_before_acks_each_effect_once(vo
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
     enum { N = 200 };
-    publish_n(fx->c, 1, N);
+    publish_n(fx->it.c, 1, N);
     struct child_spec cs = {0};
-    cs.addr = fx->b.addr;
+    cs.addr = fx->it.b.addr;
     cs.db_path = fx->db_path;
     cs.window = 50;
     cs.ack_wait_ms = 60000;
@@ -746,11 +711,11 @@ static void test_inbox_batch_killed_after_commit_before_acks_each_effect_once(vo
     /* Another consumer process finishes the work, in batches too. */
     cs.exit_after_commit = NULL;
     assert_int_equal(child_wait(child_start(&cs)), 0);
-    wait_group_done(fx->c, N);
+    wait_group_done(fx->it.c, N);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), N);
     assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), N);
     /* The redeliveries of the batch that was committed but not acked. */
-    ferry_group_info gi = must_group(fx->c);
+    ferry_group_info gi = must_group(fx->it.c);
     assert_true(gi.redelivered >= 1);
     sqlite3_close(db);
 }
@@ -764,9 +729,9 @@ static void test_inbox_two_consumers_racing_on_expired_leases_each_effect_once(v
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
     enum { N = 300 };
-    publish_n(fx->c, 1, N);
+    publish_n(fx->it.c, 1, N);
     struct child_spec cs = {0};
-    cs.addr = fx->b.addr;
+    cs.addr = fx->it.b.addr;
     cs.db_path = fx->db_path;
     cs.window = 4;
     cs.ack_wait_ms = 150;
@@ -778,12 +743,12 @@ static void test_inbox_two_consumers_racing_on_expired_leases_each_effect_once(v
     pid_t p2 = child_start(&cs);
     assert_int_equal(child_wait(p1), 0);
     assert_int_equal(child_wait(p2), 0);
-    wait_group_done(fx->c, N);
+    wait_group_done(fx->it.c, N);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), N);
     assert_int_equal(q_int(db, "SELECT count(DISTINCT msg_id) FROM effects"), N);
     assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), N);
     /* The race did happen: slow messages were redelivered. */
-    ferry_group_info gi = must_group(fx->c);
+    ferry_group_info gi = must_group(fx->it.c);
     if (gi.redelivered == 0)
         fail_msg("no redelivery: the lease never expired under a slow handler");
     sqlite3_close(db);
@@ -796,22 +761,22 @@ static void test_inbox_seek_within_window_skips_beyond_window_reruns(void **stat
     struct fx *fx = *state;
     sqlite3 *db = must_db(fx->db_path);
     enum { N = 10 };
-    publish_n(fx->c, 1, N);
-    ferry_sub *s = subscribe(fx->c, 100, 0, 0);
+    publish_n(fx->it.c, 1, N);
+    ferry_sub *s = subscribe(fx->it.c, 100, 0, 0);
     struct app a = {0};
     for (int i = 0; i < N; i++) {
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
                          FERRY_INBOX_FRESH);
         ferry_delivery_free(d);
     }
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, N);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, N);
 
     /* A replay within the window: first deliveries again, all skipped. */
-    assert_int_equal(ferry_seek(fx->c, TOPIC, GROUP, FERRY_START_SEQ, 1, NULL), 0);
+    assert_int_equal(ferry_seek(fx->it.c, TOPIC, GROUP, FERRY_START_SEQ, 1, NULL), 0);
     for (int i = 0; i < N; i++) {
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         assert_int_equal(d->attempt, 1);
         assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
         ferry_delivery_free(d);
@@ -820,13 +785,13 @@ static void test_inbox_seek_within_window_skips_beyond_window_reruns(void **stat
 
     /* Once the claims are past the window (a 0 ms window here), a replay
      * runs the handlers again: that is what it is for. */
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, N);
-    sleep_ms(5);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, N);
+    it_sleep_ms(5);
     assert_int_equal(ferry_inbox_purge(db, 0, 0), N);
-    assert_int_equal(ferry_seek(fx->c, TOPIC, GROUP, FERRY_START_SEQ, 1, NULL), 0);
+    assert_int_equal(ferry_seek(fx->it.c, TOPIC, GROUP, FERRY_START_SEQ, 1, NULL), 0);
     for (int i = 0; i < N; i++) {
-        ferry_delivery *d = recv_one(fx->c);
+        ferry_delivery *d = recv_one(fx->it.c);
         assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
                          FERRY_INBOX_FRESH);
         ferry_delivery_free(d);
@@ -847,12 +812,12 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
 {
     struct fx *fx = *state;
     char email_path[HARNESS_PATH_BYTES + 32];
-    snprintf(email_path, sizeof email_path, "%s/email.db", fx->b.dir);
+    snprintf(email_path, sizeof email_path, "%s/email.db", fx->it.b.dir);
     sqlite3 *db = must_db(fx->db_path), *edb = must_db(email_path);
-    publish_n(fx->c, 1, 1);
+    publish_n(fx->it.c, 1, 1);
     struct app a = {0}, ea = {0};
 
-    ferry_conn *ce = it_connect(fx->b.addr);
+    ferry_conn *ce = it_connect(fx->it.b.addr);
     ferry_sub_options eo = FERRY_SUB_OPTIONS_INIT;
     ferry_sub *es = NULL;
     assert_int_equal(ferry_subscribe(ce, TOPIC, "email", &eo, &es), 0);
@@ -863,7 +828,7 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     assert_int_equal(ferry_flush(ce, WAIT_MS), 0);
 
     /* Attempt 1: the effect commits, the process dies before the ack. */
-    ferry_conn *ci = it_connect(fx->b.addr);
+    ferry_conn *ci = it_connect(fx->it.b.addr);
     subscribe(ci, 10, 0, 2);
     ferry_delivery *d = recv_one(ci);
     char id[160];
@@ -875,7 +840,7 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     ferry_delivery_free(d);
     ferry_close(ci);
     /* Attempt 2: seen, and the process dies again before the ack. */
-    ci = it_connect(fx->b.addr);
+    ci = it_connect(fx->it.b.addr);
     subscribe(ci, 10, 0, 2);
     d = recv_one(ci);
     assert_int_equal(d->attempt, 2);
@@ -887,17 +852,17 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     int64_t deadline = harness_now_ms() + WAIT_MS;
     ferry_topic_info ti;
     memset(&ti, 0, sizeof ti);
-    while ((it_topic(fx->c, "_dead." TOPIC, &ti) != 1 || ti.message_count == 0) &&
+    while ((it_topic(fx->it.c, "_dead." TOPIC, &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     assert_int_equal(ti.message_count, 1);
-    assert_int_equal(must_group(fx->c).dead_lettered, 1);
+    assert_int_equal(must_group(fx->it.c).dead_lettered, 1);
 
     /* The redrive: to inventory only, the same message. */
     uint64_t seq = 0;
-    assert_int_equal(ferry_redrive(fx->c, TOPIC, NULL, 1, &seq), 0);
+    assert_int_equal(ferry_redrive(fx->it.c, TOPIC, NULL, 1, &seq), 0);
     assert_int_equal(seq, 1);
-    ci = it_connect(fx->b.addr);
+    ci = it_connect(fx->it.b.addr);
     subscribe(ci, 10, 0, 2);
     d = recv_one(ci);
     assert_int_equal(d->seq, 1);
@@ -906,7 +871,7 @@ static void test_inbox_dead_letter_then_redrive_each_effect_once(void **state)
     assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
     ferry_delivery_free(d);
     assert_int_equal(ferry_flush(ci, WAIT_MS), 0);
-    wait_group_done(fx->c, 1);
+    wait_group_done(fx->it.c, 1);
     ferry_delivery *none = NULL;
     assert_int_equal(ferry_receive(ce, 300, &none), FERRY_ETIMEOUT);
 
@@ -926,13 +891,13 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
     sqlite3 *db = must_db(fx->db_path);
     int n_total = getenv("FERRY_LONG") ? 100000 : 20000;
     enum { ROUND = 1000, WINDOW_MS = 150, PURGE_MAX = 5000 };
-    ferry_sub *s = subscribe(fx->c, 500, 0, 0);
+    ferry_sub *s = subscribe(fx->it.c, 500, 0, 0);
     struct app a = {0};
     int64_t max_rows = 0;
     for (int done = 0; done < n_total; done += ROUND) {
-        publish_n(fx->c, (size_t)done + 1, ROUND);
+        publish_n(fx->it.c, (size_t)done + 1, ROUND);
         for (int i = 0; i < ROUND; i++) {
-            ferry_delivery *d = recv_one(fx->c);
+            ferry_delivery *d = recv_one(fx->it.c);
             assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
                              FERRY_INBOX_FRESH);
             ferry_delivery_free(d);
@@ -941,7 +906,7 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
         if (rows > max_rows)
             max_rows = rows;
         /* What a consumer does every so often: purge, bounded. */
-        sleep_ms(WINDOW_MS / 3);
+        it_sleep_ms(WINDOW_MS / 3);
         /* The purge's own clock reads at least this: a slow machine (or
          * valgrind) between the purge and the check below must not count
          * rows that passed the window in between. */
@@ -961,7 +926,7 @@ static void test_inbox_purge_keeps_table_bounded_over_long_run(void **state)
     /* Bounded by what a window (and a round) holds, not by the run. */
     if (max_rows > 5 * ROUND)
         fail_msg("the inbox grew to %" PRId64 " rows over %d messages", max_rows, n_total);
-    sleep_ms(WINDOW_MS + 10);
+    it_sleep_ms(WINDOW_MS + 10);
     /* max_rows bounds one call; repeated calls empty it. */
     int64_t left = q_int(db, "SELECT count(*) FROM ferry_inbox");
     if (left > 0) {
@@ -1007,7 +972,7 @@ static uint64_t wait_floor(ferry_conn *c, uint64_t want, uint64_t *keep, size_t 
             return floor;
         if (harness_now_ms() > deadline)
             fail_msg("floor %" PRIu64 ", want %" PRIu64, floor, want);
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -1018,7 +983,7 @@ static void dead_letter_applied_first(struct fx *fx, sqlite3 *db, struct app *a,
                                       size_t idcap)
 {
     for (int attempt = 1; attempt <= 2; attempt++) {
-        ferry_conn *ci = it_connect(fx->b.addr);
+        ferry_conn *ci = it_connect(fx->it.b.addr);
         subscribe(ci, 1, 0, 2);
         ferry_delivery *d = recv_one(ci);
         assert_int_equal(d->seq, 1);
@@ -1034,9 +999,9 @@ static void dead_letter_applied_first(struct fx *fx, sqlite3 *db, struct app *a,
         ferry_close(ci);
     }
     int64_t deadline = harness_now_ms() + WAIT_MS;
-    while (must_group(fx->c).dead_lettered == 0 && harness_now_ms() < deadline)
-        sleep_ms(10);
-    assert_int_equal(must_group(fx->c).dead_lettered, 1);
+    while (must_group(fx->it.c).dead_lettered == 0 && harness_now_ms() < deadline)
+        it_sleep_ms(10);
+    assert_int_equal(must_group(fx->it.c).dead_lettered, 1);
 }
 
 /* The bounded purge (issue 9, item 4): claims below the broker's durable
@@ -1050,11 +1015,11 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     enum { N = 10 };
     struct app a = {0};
     char id[160];
-    publish_n(fx->c, 1, 1);
+    publish_n(fx->it.c, 1, 1);
     dead_letter_applied_first(fx, db, &a, id, sizeof id);
 
-    publish_n(fx->c, 2, N - 1);
-    ferry_conn *ci = it_connect(fx->b.addr);
+    publish_n(fx->it.c, 2, N - 1);
+    ferry_conn *ci = it_connect(fx->it.b.addr);
     ferry_sub *s = subscribe(ci, 100, 0, 2);
     for (int i = 0; i < N - 1; i++) {
         ferry_delivery *d = recv_one(ci);
@@ -1082,7 +1047,7 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
 
     /* The redrive comes to a claim that is still there. */
     uint64_t seq = 0;
-    assert_int_equal(ferry_redrive(fx->c, TOPIC, GROUP, 1, &seq), 0);
+    assert_int_equal(ferry_redrive(fx->it.c, TOPIC, GROUP, 1, &seq), 0);
     assert_int_equal(seq, 1);
     ferry_delivery *d = recv_one(ci);
     assert_int_equal(d->seq, 1);
@@ -1090,7 +1055,7 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0), FERRY_INBOX_SEEN);
     ferry_delivery_free(d);
     assert_int_equal(ferry_flush(ci, WAIT_MS), 0);
-    wait_group_done(fx->c, N);
+    wait_group_done(fx->it.c, N);
     /* Acked again, it can be redriven again: still kept. */
     assert_int_equal(ferry_inbox_purge_acked(db, GROUP, s, 0), 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 1);
@@ -1106,8 +1071,8 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     must_exec(db, "DELETE FROM ferry_inbox WHERE grp = 'other' OR topic = 'elsewhere'");
 
     /* A SEEK back: the floor follows it down. */
-    assert_int_equal(ferry_seek(fx->c, TOPIC, GROUP, FERRY_START_SEQ, 5, NULL), 0);
-    assert_int_equal(ferry_group_floor(fx->c, TOPIC, GROUP, &floor, keep, 4, &n), 0);
+    assert_int_equal(ferry_seek(fx->it.c, TOPIC, GROUP, FERRY_START_SEQ, 5, NULL), 0);
+    assert_int_equal(ferry_group_floor(fx->it.c, TOPIC, GROUP, &floor, keep, 4, &n), 0);
     assert_int_equal(floor, 5);
     assert_int_equal(n, 1);
 
@@ -1119,11 +1084,11 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     assert_int_equal(ferry_inbox_forget(db, GROUP, TOPIC, 5, NULL, 0, -1), FERRY_EINVALID);
     assert_int_equal(ferry_inbox_forget(NULL, GROUP, TOPIC, 5, NULL, 0, 0), FERRY_EINVALID);
     assert_int_equal(ferry_inbox_purge_acked(db, GROUP, NULL, 0), FERRY_EINVALID);
-    assert_int_equal(ferry_group_floor(fx->c, TOPIC, "nobody", &floor, keep, 4, &n),
+    assert_int_equal(ferry_group_floor(fx->it.c, TOPIC, "nobody", &floor, keep, 4, &n),
                      FERRY_EUNKNOWN_GROUP);
-    assert_int_equal(ferry_group_floor(fx->c, "nowhere", GROUP, &floor, keep, 4, &n),
+    assert_int_equal(ferry_group_floor(fx->it.c, "nowhere", GROUP, &floor, keep, 4, &n),
                      FERRY_EUNKNOWN_TOPIC);
-    assert_int_equal(ferry_group_floor(fx->c, "bad topic", GROUP, &floor, keep, 4, &n),
+    assert_int_equal(ferry_group_floor(fx->it.c, "bad topic", GROUP, &floor, keep, 4, &n),
                      FERRY_EINVALID_TOPIC);
     ferry_close(ci);
     sqlite3_close(db);
@@ -1178,16 +1143,16 @@ static void test_inbox_purge_acked_keeps_table_bounded_by_window(void **state)
     sqlite3 *db = must_db(fx->db_path);
     int n_total = getenv("FERRY_LONG") ? 100000 : 20000;
     enum { ROUND = 1000, WINDOW = 200 };
-    ferry_sub *s = subscribe(fx->c, WINDOW, 0, 5);
+    ferry_sub *s = subscribe(fx->it.c, WINDOW, 0, 5);
     struct app a = {0};
     int64_t max_rows = 0;
-    publish_n(fx->c, 1, ROUND);
+    publish_n(fx->it.c, 1, ROUND);
     for (int done = 0; done < n_total; done += ROUND) {
         /* The next round is published while this one is consumed. */
         if (done + ROUND < n_total)
-            publish_n(fx->c, (size_t)done + ROUND + 1, ROUND);
+            publish_n(fx->it.c, (size_t)done + ROUND + 1, ROUND);
         for (int i = 0; i < ROUND; i++) {
-            ferry_delivery *d = recv_one(fx->c);
+            ferry_delivery *d = recv_one(fx->it.c);
             assert_int_equal(ferry_inbox_handle(db, GROUP, d, effect_handler, &a, 0),
                              FERRY_INBOX_FRESH);
             ferry_delivery_free(d);
@@ -1207,8 +1172,8 @@ static void test_inbox_purge_acked_keeps_table_bounded_by_window(void **state)
                   n_total, WINDOW);
     if (max_rows > 3 * WINDOW + 100)
         fail_msg("the inbox grew to %" PRId64 " rows over %d messages", max_rows, n_total);
-    assert_int_equal(ferry_flush(fx->c, WAIT_MS), 0);
-    wait_group_done(fx->c, (uint64_t)n_total);
+    assert_int_equal(ferry_flush(fx->it.c, WAIT_MS), 0);
+    wait_group_done(fx->it.c, (uint64_t)n_total);
     assert_true(ferry_inbox_purge_acked(db, GROUP, s, 0) >= 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM ferry_inbox"), 0);
     assert_int_equal(q_int(db, "SELECT count(*) FROM effects"), n_total);
@@ -1229,7 +1194,7 @@ static void test_inbox_window_never_below_horizon_or_floor(void **state)
     /* Unlimited redeliveries: no window is safe. */
     assert_true(ferry_inbox_window_ms(30000, 0, 0) == INT64_MAX);
 
-    ferry_sub *s = subscribe(fx->c, 7, 4321, 3);
+    ferry_sub *s = subscribe(fx->it.c, 7, 4321, 3);
     ferry_sub_info si;
     assert_int_equal(ferry_sub_info_get(s, &si), 0);
     assert_string_equal(si.topic, TOPIC);
@@ -1249,33 +1214,37 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_inbox_install_idempotent_and_versioned, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_inbox_claim_fresh_then_seen, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_claim_fresh_then_seen, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_handle_runs_handler_once_commits_then_acks,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_inbox_handler_failure_rolls_back_nacks_redelivery_succeeds, setup, teardown),
+            test_inbox_handler_failure_rolls_back_nacks_redelivery_succeeds, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_inbox_batch_one_commit_failures_isolated_duplicate_once, setup, teardown),
+            test_inbox_batch_one_commit_failures_isolated_duplicate_once, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_inbox_killed_after_commit_before_ack_redelivery_skips_handler, setup, teardown),
+            test_inbox_killed_after_commit_before_ack_redelivery_skips_handler, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_inbox_batch_killed_after_commit_before_acks_each_effect_once, setup, teardown),
+            test_inbox_batch_killed_after_commit_before_acks_each_effect_once, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_inbox_two_consumers_racing_on_expired_leases_each_effect_once, setup, teardown),
+            test_inbox_two_consumers_racing_on_expired_leases_each_effect_once, setup,
+            it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_seek_within_window_skips_beyond_window_reruns,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_dead_letter_then_redrive_each_effect_once, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_purge_keeps_table_bounded_over_long_run, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_window_never_below_horizon_or_floor, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_purge_acked_forgets_below_floor_keeps_redrivable,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_inbox_forget_bounded_lowest_first, setup, teardown),
+                                        setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_forget_bounded_lowest_first, setup,
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_inbox_purge_acked_keeps_table_bounded_by_window, setup,
-                                        teardown),
+                                        it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

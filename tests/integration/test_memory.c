@@ -51,7 +51,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -147,13 +146,6 @@ static int teardown(void **state)
     return st == 0 ? 0 : -1;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 /* Why ferryd's RSS cannot be held to a bound ("a sanitizer": this test
  * itself was built with ASan, so ferryd was too, one build; or what
  * harness_rss_unreliable says), or NULL. */
@@ -234,7 +226,7 @@ static void *canary_main(void *arg)
             break;
         }
         atomic_fetch_add(&cn->rounds, 1);
-        sleep_ms(5);
+        it_sleep_ms(5);
     }
     ferry_close(c);
     return NULL;
@@ -267,7 +259,7 @@ static void canary_progress(struct fx *fx, size_t from, size_t more, const char 
             fail_msg("%s: the canary client made %zu round trips in %d ms, want %zu", when,
                      atomic_load(&fx->can.rounds) - from, CANARY_TIMEOUT_MS, more);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -414,13 +406,13 @@ static void watch(struct fx *fx, struct rss_watch *rw, uint64_t windows, const c
                      windows, CANARY_TIMEOUT_MS);
         rss_sample(fx, rw);
         canary_check(fx);
-        sleep_ms(SAMPLE_MS);
+        it_sleep_ms(SAMPLE_MS);
     }
     int64_t end = harness_now_ms() + SLOW_WATCH_MS;
     while (harness_now_ms() < end) {
         rss_sample(fx, rw);
         canary_check(fx);
-        sleep_ms(SAMPLE_MS);
+        it_sleep_ms(SAMPLE_MS);
     }
     canary_progress(fx, from, 3, what);
     print_message("the canary made %zu round trips %s\n", atomic_load(&fx->can.rounds) - from,
@@ -558,7 +550,7 @@ static void test_memory_flooding_producers_never_reading_acks(void **state)
     /* The canary's rate without the flood, for comparison (not asserted). */
     size_t quiet0 = atomic_load(&fx->can.rounds);
     int64_t quiet_t0 = harness_now_ms();
-    sleep_ms(1000);
+    it_sleep_ms(1000);
     double quiet_rate = (double)(atomic_load(&fx->can.rounds) - quiet0) * 1000.0 /
                         (double)(harness_now_ms() - quiet_t0);
 

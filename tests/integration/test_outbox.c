@@ -30,7 +30,7 @@
 #define WAIT_MS 20000
 
 struct fx {
-    struct harness_broker b;
+    struct it_fx it;
     char db_path[HARNESS_PATH_BYTES + 16];
     char log_path[HARNESS_PATH_BYTES + 16];
     sqlite3 *db;
@@ -39,18 +39,15 @@ struct fx {
 
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
     if (!getenv("FERRY_CLI")) {
         fprintf(stderr, "setup: the environment variable FERRY_CLI is not set\n");
         return -1;
     }
-    if (harness_start(&fx->b, args) != 0)
+    if (it_fx_start(state, sizeof(struct fx), args) != 0)
         return -1;
-    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    snprintf(fx->log_path, sizeof fx->log_path, "%s/relay.log", fx->b.dir);
+    struct fx *fx = *state;
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->it.b.dir);
+    snprintf(fx->log_path, sizeof fx->log_path, "%s/relay.log", fx->it.b.dir);
     return 0;
 }
 
@@ -74,15 +71,13 @@ static int teardown(void **state)
             rit_kill9(fx->relay);
         if (fx->db)
             sqlite3_close(fx->db);
-        rc = harness_check_log(&fx->b);
         if (it_file_has(fx->log_path, "runtime error:") || it_file_has(fx->log_path, "Sanitizer")) {
             rit_dump(fx->log_path);
             rc = -1;
         }
-        harness_cleanup(&fx->b);
-        free(fx);
     }
-    return rc;
+    int log_rc = it_fx_teardown(state);
+    return rc ? rc : log_rc;
 }
 
 /* Runs `ferry relay ARGS...` to completion; returns its output. */
@@ -96,12 +91,12 @@ static void cli(struct fx *fx, struct harness_output *out, const char *a1, const
     argv[n++] = "--db";
     argv[n++] = fx->db_path;
     argv[n++] = "--server";
-    argv[n++] = fx->b.addr;
+    argv[n++] = fx->it.b.addr;
     const char *more[] = {a1, a2, a3, a4};
     for (int i = 0; i < 4 && more[i]; i++)
         argv[n++] = (char *)more[i];
     argv[n] = NULL;
-    assert_int_equal(harness_run(fx->b.dir, argv, NULL, 60000, out), 0);
+    assert_int_equal(harness_run(fx->it.b.dir, argv, NULL, 60000, out), 0);
 }
 
 static void relay_drain(struct fx *fx)
@@ -283,7 +278,7 @@ static void test_put_in_rolled_back_transaction_stores_nothing(void **state)
     assert_int_equal(rit_count(fx->db_path, NULL), 2);
 
     relay_drain(fx);
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 2);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), 2);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NOT NULL AND broker_seq > 0"), 2);
 }
 
@@ -294,7 +289,7 @@ static void test_rows_from_the_sqlite3_shell_relayed_like_the_librarys(void **st
     struct fx *fx = *state;
     fx->db = rit_app_open(fx->db_path);
     rit_put_n(fx->db, "orders", "lib", 0, 5);
-    if (rit_shell(fx->b.dir, fx->db_path,
+    if (rit_shell(fx->it.b.dir, fx->db_path,
                   "BEGIN;\n"
                   "INSERT INTO ferry_outbox(topic, payload) VALUES ('orders', 'shell-0');\n"
                   "INSERT INTO ferry_outbox(topic, payload) VALUES ('orders', 'shell-1');\n"
@@ -304,8 +299,8 @@ static void test_rows_from_the_sqlite3_shell_relayed_like_the_librarys(void **st
         skip();
     rit_put_n(fx->db, "orders", "lib", 5, 5);
 
-    fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, NULL, NULL);
-    ferry_conn *c = it_connect(fx->b.addr);
+    fx->relay = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_path, NULL, NULL);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     subscribe(c, "orders");
     static const char *const want[] = {"lib-0",   "lib-1",   "lib-2",   "lib-3", "lib-4",
                                        "shell-0", "shell-1", "shell-2", "lib-5", "lib-6",
@@ -348,7 +343,7 @@ static void test_headers_json_arrive_as_headers(void **state)
 {
     struct fx *fx = *state;
     fx->db = rit_app_open(fx->db_path);
-    if (rit_shell(fx->b.dir, fx->db_path,
+    if (rit_shell(fx->it.b.dir, fx->db_path,
                   "INSERT INTO ferry_outbox(topic, headers, payload) VALUES ('audit',"
                   " '{\"trace-id\":\"abc-123\",\"n\":5,\"flag\":true,\"empty\":\"\","
                   "\"quote\":\"say \\\"hi\\\"\\nbye\",\"utf8\":\"\xc5\xbc\xc3\xb3\xc5\x82w\"}',"
@@ -368,7 +363,7 @@ static void test_headers_json_arrive_as_headers(void **state)
     assert_string_equal(json, "{\"a\":\"1\",\"a\":\"2\",\"content-type\":\"application/json\"}");
 
     relay_drain(fx);
-    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     subscribe(c, "audit");
     ferry_delivery *d = receive(c);
     assert_int_equal(d->header_count, 6);
@@ -398,11 +393,11 @@ static void test_sent_rows_purged_after_the_retention(void **state)
     fx->db = rit_app_open(fx->db_path);
     rit_put_n(fx->db, "orders", "o", 0, 3000);
     static const char *const args[] = {"--retention", "300ms", NULL};
-    fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, args, NULL);
+    fx->relay = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_path, args, NULL);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     int64_t t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 0 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 0);
     /* Not before the retention: at least 300 ms after the last was sent. */
     assert_true(harness_now_ms() - t0 >= 200);
@@ -413,10 +408,10 @@ static void test_sent_rows_purged_after_the_retention(void **state)
     char v[32];
     text_of(fx->db, "SELECT min(seq) FROM ferry_outbox", v, sizeof v);
     assert_string_equal(v, "3001");
-    assert_int_equal(rit_wait_topic_count(fx->b.addr, "orders", 3010, WAIT_MS), 3010);
+    assert_int_equal(rit_wait_topic_count(fx->it.b.addr, "orders", 3010, WAIT_MS), 3010);
     t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 0 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 0);
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
@@ -440,12 +435,12 @@ static void test_unpublishable_row_marked_failed_and_kept(void **state)
     rit_put_n(fx->db, "orders", "after", 0, 3);
 
     static const char *const args[] = {"--retention", "0", NULL};
-    fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, args, NULL);
-    assert_int_equal(rit_wait_topic_count(fx->b.addr, "orders", 6, WAIT_MS), 6);
+    fx->relay = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_path, args, NULL);
+    assert_int_equal(rit_wait_topic_count(fx->it.b.addr, "orders", 6, WAIT_MS), 6);
     /* The sent rows are purged at once; the failed one stays. */
     int64_t t0 = harness_now_ms();
     while (rit_count(fx->db_path, NULL) > 1 && harness_now_ms() - t0 < WAIT_MS)
-        rit_sleep_ms(50);
+        it_sleep_ms(50);
     assert_int_equal(rit_count(fx->db_path, NULL), 1);
     assert_int_equal(rit_count(fx->db_path, "seq = 4 AND error LIKE '%larger than%'"
                                             " AND sent_ms IS NOT NULL AND broker_seq IS NULL"),
@@ -459,7 +454,7 @@ static void test_unpublishable_row_marked_failed_and_kept(void **state)
     harness_output_free(&out);
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 6);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), 6);
 }
 
 /* ----- status ----------------------------------------------------------- */
@@ -476,7 +471,7 @@ static void test_status_reports_lag(void **state)
 
     fx->db = rit_app_open(fx->db_path);
     rit_put_n(fx->db, "orders", "o", 0, 20);
-    rit_sleep_ms(300);
+    it_sleep_ms(300);
     cli(fx, &out, "--status", "--json", NULL, NULL);
     assert_int_equal(out.status, 0);
     assert_non_null(strstr(out.out, "\"relay_running\":false"));
@@ -494,7 +489,7 @@ static void test_status_reports_lag(void **state)
     assert_non_null(strstr(out.out, "relay        not running"));
     harness_output_free(&out);
 
-    fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, NULL, NULL);
+    fx->relay = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_path, NULL, NULL);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     cli(fx, &out, "--status", "--json", NULL, NULL);
     assert_int_equal(out.status, 0);
@@ -568,7 +563,7 @@ static void test_in_process_relay_woken_by_notify(void **state)
     lb.len = 0;
     ferry_relay_options o = FERRY_RELAY_OPTIONS_INIT;
     o.db_path = fx->db_path;
-    o.server = fx->b.addr;
+    o.server = fx->it.b.addr;
     o.poll_interval_ms = 10000; /* so that only the notify can be quick */
     o.log = log_to_buf;
     o.log_userdata = &lb;
@@ -581,13 +576,13 @@ static void test_in_process_relay_woken_by_notify(void **state)
     ferry_relay_stats st;
     int64_t t0 = harness_now_ms();
     do {
-        rit_sleep_ms(10);
+        it_sleep_ms(10);
         ferry_relay_stats_get(run.r, &st);
     } while (!(st.active && st.connected) && harness_now_ms() - t0 < WAIT_MS);
     assert_true(st.active && st.connected);
-    rit_sleep_ms(100); /* past the first data_version check */
+    it_sleep_ms(100); /* past the first data_version check */
 
-    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     subscribe(c, "orders");
     enum { N = 50 };
     int64_t lat_us[N];
@@ -655,12 +650,12 @@ static void test_idle_relay_costs_little_cpu(void **state)
 {
     struct fx *fx = *state;
     fx->db = rit_app_open(fx->db_path);
-    fx->relay = rit_relay_start(fx->db_path, fx->b.addr, fx->log_path, NULL, NULL);
+    fx->relay = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_path, NULL, NULL);
     assert_true(rit_wait_log(fx->log_path, "connected to", WAIT_MS));
-    rit_sleep_ms(500);
+    it_sleep_ms(500);
     long a = cpu_ticks(fx->relay);
     int64_t t0 = harness_now_ms();
-    rit_sleep_ms(3000);
+    it_sleep_ms(3000);
     long b = cpu_ticks(fx->relay);
     int64_t t1 = harness_now_ms();
     assert_true(a >= 0 && b >= a);
@@ -671,7 +666,7 @@ static void test_idle_relay_costs_little_cpu(void **state)
     assert_true(share < 0.10);
     /* And it still answers at once. */
     rit_put_n(fx->db, "orders", "o", 0, 1);
-    assert_int_equal(rit_wait_topic_count(fx->b.addr, "orders", 1, WAIT_MS), 1);
+    assert_int_equal(rit_wait_topic_count(fx->it.b.addr, "orders", 1, WAIT_MS), 1);
     assert_int_equal(rit_relay_stop(fx->relay), 0);
     fx->relay = 0;
 }

@@ -29,7 +29,6 @@
  *
  * Timing decides when a cut lands, never whether a case passes.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
@@ -41,7 +40,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -124,13 +122,6 @@ static int teardown(void **state)
     return rc;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static void rules(struct fx *fx, const char *text)
 {
     assert_int_equal(faultfs_rules(fx->ctl, text), 0);
@@ -163,7 +154,7 @@ static int wait_broker_exit(struct fx *fx, int ms)
         }
         if (harness_now_ms() >= end)
             return -1;
-        sleep_ms(5);
+        it_sleep_ms(5);
     }
 }
 
@@ -174,7 +165,7 @@ static int wait_log(struct fx *fx, const char *needle, int ms)
     while (!it_file_has(fx->b.log_path, needle)) {
         if (harness_now_ms() >= end)
             return 0;
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     return 1;
 }
@@ -254,7 +245,7 @@ static int run_publisher(const char *addr, const char *ack_path, const char *pre
                 on_ack(&pc, 0, &ack);
             else if (ferry_ping(c, NULL) != 0)
                 break;
-            sleep_ms(pace_ms);
+            it_sleep_ms(pace_ms);
         } else if (ferry_publish_async(c, &m, on_ack, &pc) != 0) {
             break;
         }
@@ -295,7 +286,7 @@ static void wait_acks(struct fx *fx, const char *ack_path, long n)
             harness_dump_log(&fx->b);
             fail_msg("fewer than %ld acks within 60 s", n);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -469,7 +460,7 @@ static void test_power_cuts_at_random_and_inside_fsyncs(void **state)
         int r = (int)(rng >> 33);
         char text[96];
         if (!strcmp(kinds[i], "random")) {
-            sleep_ms(100 + r % 1400);
+            it_sleep_ms(100 + r % 1400);
         } else {
             snprintf(text, sizeof text, "cut-in-fsync %s %d\n",
                      !strcmp(kinds[i], "wal") ? "ferry.db-wal" : "ferry.db",
@@ -504,7 +495,7 @@ static void test_power_sync_normal_loses_at_most_the_interval(void **state)
      * checkpoint (whose fsyncs would cover the acks anyway). */
     pid_t pub = spawn_publisher(fx, acks, "n", 10);
     wait_acks(fx, acks, 50);
-    sleep_ms(600 + (int)(harness_seed() % 600));
+    it_sleep_ms(600 + (int)(harness_seed() % 600));
     int64_t cut = harness_now_ms();
     power_cut(fx, pub);
     restart_and_stop(fx);

@@ -17,31 +17,23 @@
 #include "harness.h"
 #include "it_util.h"
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int setup(void **state)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
     /* A 1 s dedupe window, so that only the mark can recognise old ids. */
     static const char *const args[] = {"--dedupe-window", "1s", "--sync", "normal", NULL};
-    assert_int_equal(harness_start(&fx->b, args), 0);
-    *state = fx;
-    return 0;
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     assert_int_equal(harness_stop(&fx->b), 0);
     harness_cleanup(&fx->b);
     free(fx);
     return 0;
 }
 
-static ferry_conn *connect_producer(struct fx *fx, const char *producer)
+static ferry_conn *connect_producer(struct it_fx *fx, const char *producer)
 {
     ferry_options o = {.size = sizeof(ferry_options), .producer_id = producer};
     ferry_conn *c;
@@ -59,7 +51,7 @@ static void pub(ferry_conn *c, const char *topic, const char *id, uint64_t pseq,
 
 static void test_producer_mark_dedupes_across_topics_and_restarts(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = connect_producer(fx, "outbox-a");
     ferry_ack ack;
     pub(c, "orders", "o-1", 1, &ack);
@@ -110,7 +102,7 @@ static void test_producer_mark_dedupes_across_topics_and_restarts(void **state)
  * acked as duplicate, the new part stored, in one atomic frame. */
 static void test_producer_batch_resumes_after_partial(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = connect_producer(fx, "relay-x");
     ferry_msg m[4];
     char ids[4][8];

@@ -25,28 +25,9 @@
 #include "harness.h"
 #include "it_util.h"
 
-struct fx {
-    struct harness_broker b;
-    ferry_conn *c;
-};
-
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
-    if (harness_start(&fx->b, args) != 0)
-        return -1;
-    ferry_options o = FERRY_OPTIONS_INIT;
-    char err[256] = "";
-    int r = ferry_connect(fx->b.addr, &o, &fx->c, err, sizeof err);
-    if (r != 0) {
-        fprintf(stderr, "setup: ferry_connect(%s): %s (%s)\n", fx->b.addr, ferry_strerror(r), err);
-        harness_cleanup(&fx->b);
-        return -1;
-    }
-    return 0;
+    return it_fx_setup(state, sizeof(struct it_fx), args, NULL);
 }
 
 static int setup(void **state)
@@ -72,22 +53,9 @@ static int setup_few_ids(void **state)
     return setup_args(state, args);
 }
 
-static int teardown(void **state)
-{
-    struct fx *fx = *state;
-    int rc = 0;
-    if (fx) {
-        ferry_close(fx->c);
-        rc = harness_check_log(&fx->b);
-        harness_cleanup(&fx->b);
-        free(fx);
-    }
-    return rc;
-}
-
 /* Stops the broker cleanly after closing the fixture's connection, and
  * asserts the exit status is 0. */
-static void stop_clean(struct fx *fx)
+static void stop_clean(struct it_fx *fx)
 {
     ferry_close(fx->c);
     fx->c = NULL;
@@ -97,7 +65,7 @@ static void stop_clean(struct fx *fx)
     assert_int_equal(st, 0);
 }
 
-static void restart(struct fx *fx)
+static void restart(struct it_fx *fx)
 {
     assert_int_equal(harness_restart(&fx->b), 0);
     fx->c = it_connect(fx->b.addr);
@@ -168,7 +136,7 @@ static void on_bulk_ack(void *ud, int status, const ferry_ack *ack)
 
 static void test_publish_10000_pipelined_all_present_after_restart(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char(*ids)[37] = calloc(BULK_N, 37);
     struct bulk_rec *recs = calloc(BULK_N, sizeof *recs);
     struct bulk_ctx *ctx = calloc(1, sizeof *ctx);
@@ -252,7 +220,7 @@ static void test_publish_10000_pipelined_all_present_after_restart(void **state)
 
 static void test_publish_sync_single_acked_and_listed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_msg m = msg_of("single", "one", "hello");
     ferry_ack ack;
     memset(&ack, 0, sizeof ack);
@@ -299,7 +267,7 @@ static void test_publish_sync_single_acked_and_listed(void **state)
 
 static void test_publish_empty_payload_stored(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_msg m = msg_of("empty", "e1", NULL);
     ferry_ack ack;
     assert_int_equal(ferry_publish(fx->c, &m, &ack), 0);
@@ -357,7 +325,7 @@ static void *race_main(void *arg)
 
 static void test_publish_batch_consecutive_while_racing(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { BATCHES = 20, PER = 10, TOTAL = RACE_N + BATCHES * PER };
     struct racer rc = {.addr = fx->b.addr};
     rc.seqs = calloc(RACE_N, sizeof *rc.seqs);
@@ -411,7 +379,7 @@ static void test_publish_batch_consecutive_while_racing(void **state)
 
 static void test_publish_batch_with_invalid_topic_stores_nothing(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_msg msgs[3] = {msg_of("good", "g1", "a"), msg_of("bad topic!", "g2", "b"),
                          msg_of("good", "g3", "c")};
     ferry_ack acks[3];
@@ -430,7 +398,7 @@ static void test_publish_batch_with_invalid_topic_stores_nothing(void **state)
  * echoes the request id. */
 static void test_publish_raw_batch_with_invalid_topic_rejected_whole(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = harness_connect(fx->b.addr);
     assert_true(fd >= 0);
     assert_int_equal(harness_handshake(fd, NULL), 0);
@@ -497,7 +465,7 @@ static void test_publish_raw_batch_with_invalid_topic_rejected_whole(void **stat
  * listing shows every topic. */
 static void test_publish_batch_across_300_topics_listed(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 300 };
     static char names[N][16];
     static ferry_msg msgs[N];
@@ -531,7 +499,7 @@ static void test_publish_batch_across_300_topics_listed(void **state)
 /* A batch of exactly the announced maximum count is one atomic unit. */
 static void test_publish_max_batch_consecutive(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_server_info si;
     ferry_server_info_get(fx->c, &si);
     assert_int_equal(si.max_batch, PROTO_MAX_BATCH);
@@ -569,7 +537,7 @@ static void test_publish_max_batch_consecutive(void **state)
  * stored byte for byte. */
 static void test_publish_default_max_message_round_trip(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     size_t max = PROTO_DEFAULT_MAX_MESSAGE;
     uint8_t *big = malloc(max + 1);
     assert_non_null(big);
@@ -603,7 +571,7 @@ static void test_publish_default_max_message_round_trip(void **state)
  * bound on time is asserted, which a slow machine cannot break. */
 static void test_publish_dedupe_window_expires(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_server_info si;
     ferry_server_info_get(fx->c, &si);
     assert_int_equal(si.dedupe_window_ms, 2000);
@@ -636,7 +604,7 @@ static void test_publish_dedupe_window_expires(void **state)
  * one group commit, and the bad one fails alone, in order. */
 static void test_publish_raw_pipeline_error_in_middle_isolated(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     int fd = harness_connect(fx->b.addr);
     assert_true(fd >= 0);
     assert_int_equal(harness_handshake(fd, NULL), 0);
@@ -712,7 +680,7 @@ static void *conc_main(void *arg)
 
 static void test_publish_50_connections_concurrently_dense(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct conc *ws = calloc(CONC_CONNS, sizeof *ws);
     pthread_t th[CONC_CONNS];
     assert_non_null(ws);
@@ -760,7 +728,7 @@ static void test_publish_50_connections_concurrently_dense(void **state)
  * 150 ids the newest is still a duplicate, the first one is not. */
 static void test_publish_dedupe_max_ids_forgets_oldest(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char id[32];
     for (int i = 0; i < 150; i++) {
         snprintf(id, sizeof id, "cap-%d", i);
@@ -775,7 +743,7 @@ static void test_publish_dedupe_max_ids_forgets_oldest(void **state)
 
 static void test_publish_duplicate_id_within_batch_stored_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_msg msgs[3] = {msg_of("dup", "A", "1"), msg_of("dup", "B", "2"), msg_of("dup", "A", "3")};
     ferry_ack acks[3];
     memset(acks, 0, sizeof acks);
@@ -825,7 +793,7 @@ static void on_dup_ack(void *ud, int status, const ferry_ack *ack)
 
 static void test_publish_duplicate_id_in_one_pipeline_stored_once(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     struct dup_pair p;
     memset(&p, 0, sizeof p);
     ferry_msg a = msg_of("pipe", "same", "first");
@@ -845,7 +813,7 @@ static void test_publish_duplicate_id_in_one_pipeline_stored_once(void **state)
 
 static void test_publish_duplicate_id_across_batches_connections_restart(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_msg b1[2] = {msg_of("idem", "A", "a"), msg_of("idem", "B", "b")};
     ferry_msg b2[2] = {msg_of("idem", "B", "b-again"), msg_of("idem", "C", "c")};
     ferry_ack acks[2];
@@ -903,7 +871,7 @@ static void test_publish_duplicate_id_across_batches_connections_restart(void **
 
 static void test_publish_same_id_in_two_topics_two_messages(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     pub_expect(fx->c, "first", "X", 1, 0);
     pub_expect(fx->c, "second", "X", 1, 0);
     pub_expect(fx->c, "second", "X", 1, 1);
@@ -923,7 +891,7 @@ static int cmp_str(const void *a, const void *b)
 
 static void test_publish_broker_assigned_ids_unique(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     enum { N = 200 };
     char *ids[N];
     ferry_msg msgs[N / 2];
@@ -970,7 +938,7 @@ static void test_publish_broker_assigned_ids_unique(void **state)
 
 static void test_publish_invalid_topic_rejected_connection_usable(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char too_long[PROTO_MAX_TOPIC + 2];
     memset(too_long, 'a', sizeof too_long - 1);
     too_long[sizeof too_long - 1] = '\0';
@@ -1048,7 +1016,7 @@ static void raw_expect_nonfatal(const char *addr, const char *topic, const char 
 
 static void test_publish_raw_invalid_topic_and_id_nonfatal(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     raw_expect_nonfatal(fx->b.addr, "bad topic", NULL, 1, (uint16_t)-FERRY_EINVALID_TOPIC);
     raw_expect_nonfatal(fx->b.addr, "_dead", NULL, 1, (uint16_t)-FERRY_EINVALID_TOPIC);
     raw_expect_nonfatal(fx->b.addr, "fine", "bad id", 1, (uint16_t)-FERRY_EINVALID_ID);
@@ -1059,7 +1027,7 @@ static void test_publish_raw_invalid_topic_and_id_nonfatal(void **state)
 
 static void test_publish_oversized_message_rejected_connection_usable(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_server_info si;
     memset(&si, 0, sizeof si);
     ferry_server_info_get(fx->c, &si);
@@ -1108,7 +1076,7 @@ static void test_publish_oversized_message_rejected_connection_usable(void **sta
 
 static void test_publish_headers_and_key_round_trip(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     static const uint8_t bin[3] = {0x00, 0x01, 0xff};
     ferry_header hs[2] = {{.name = "content-type", .value = "text/plain", .value_len = 10},
                           {.name = "bin", .value = bin, .value_len = 3}};
@@ -1167,7 +1135,7 @@ static void test_publish_headers_and_key_round_trip(void **state)
  */
 static void test_publish_option_structs_grow_by_size(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     char err[256] = "";
     ferry_conn *c = NULL;
 
@@ -1221,45 +1189,49 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_publish_10000_pipelined_all_present_after_restart,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_publish_sync_single_acked_and_listed, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_publish_option_structs_grow_by_size, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_publish_empty_payload_stored, setup, teardown),
+                                        setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_sync_single_acked_and_listed, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_option_structs_grow_by_size, setup,
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_empty_payload_stored, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_batch_consecutive_while_racing, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_batch_with_invalid_topic_stores_nothing, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_raw_batch_with_invalid_topic_rejected_whole,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_batch_across_300_topics_listed, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_publish_max_batch_consecutive, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_max_batch_consecutive, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_default_max_message_round_trip, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_dedupe_window_expires, setup_short_dedupe,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_dedupe_max_ids_forgets_oldest, setup_few_ids,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_raw_pipeline_error_in_middle_isolated, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_50_connections_concurrently_dense, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_duplicate_id_within_batch_stored_once, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_duplicate_id_in_one_pipeline_stored_once,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(
-            test_publish_duplicate_id_across_batches_connections_restart, setup, teardown),
+            test_publish_duplicate_id_across_batches_connections_restart, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_same_id_in_two_topics_two_messages, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_publish_broker_assigned_ids_unique, setup, teardown),
+                                        it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_broker_assigned_ids_unique, setup,
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_invalid_topic_rejected_connection_usable,
-                                        setup, teardown),
+                                        setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_raw_invalid_topic_and_id_nonfatal, setup,
-                                        teardown),
+                                        it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_publish_oversized_message_rejected_connection_usable,
-                                        setup_small, teardown),
-        cmocka_unit_test_setup_teardown(test_publish_headers_and_key_round_trip, setup, teardown),
+                                        setup_small, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_publish_headers_and_key_round_trip, setup,
+                                        it_fx_teardown),
     };
     /* IT_FILTER=pattern runs only the matching tests (cmocka's wildcards). */
     if (getenv("IT_FILTER"))

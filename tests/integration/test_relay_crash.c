@@ -34,7 +34,7 @@
 #define WAIT_MS 30000
 
 struct fx {
-    struct harness_broker b;
+    struct it_fx it;
     char db_path[HARNESS_PATH_BYTES + 16];
     char log_a[HARNESS_PATH_BYTES + 16];
     char log_b[HARNESS_PATH_BYTES + 16];
@@ -44,19 +44,16 @@ struct fx {
 
 static int setup_args(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof *fx);
-    if (!fx)
-        return -1;
-    *state = fx;
     if (!getenv("FERRY_CLI")) {
         fprintf(stderr, "setup: the environment variable FERRY_CLI is not set\n");
         return -1;
     }
-    if (harness_start(&fx->b, args) != 0)
+    if (it_fx_start(state, sizeof(struct fx), args) != 0)
         return -1;
-    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->b.dir);
-    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->b.dir);
+    struct fx *fx = *state;
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->it.b.dir);
+    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->it.b.dir);
+    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->it.b.dir);
     return 0;
 }
 
@@ -84,7 +81,6 @@ static int teardown(void **state)
             rit_kill9(fx->relay_b);
         if (fx->db)
             sqlite3_close(fx->db);
-        rc = harness_check_log(&fx->b);
         const char *logs[] = {fx->log_a, fx->log_b};
         for (int i = 0; i < 2; i++) {
             if (it_file_has(logs[i], "runtime error:") || it_file_has(logs[i], "Sanitizer")) {
@@ -92,22 +88,21 @@ static int teardown(void **state)
                 rc = -1;
             }
         }
-        harness_cleanup(&fx->b);
-        free(fx);
     }
-    return rc;
+    int log_rc = it_fx_teardown(state);
+    return rc ? rc : log_rc;
 }
 
 /* Stops the broker and asserts that topic holds exactly the payloads
  * "<prefix>-<i>" for i in [0, n), once each, in that order. */
 static void assert_stored_once(struct fx *fx, const char *topic, const char *prefix, long n)
 {
-    int st = harness_stop(&fx->b);
+    int st = harness_stop(&fx->it.b);
     if (st != 0)
-        harness_dump_log(&fx->b);
+        harness_dump_log(&fx->it.b);
     assert_int_equal(st, 0);
     struct harness_row *rows = NULL;
-    long got = harness_db_rows(&fx->b, topic, &rows);
+    long got = harness_db_rows(&fx->it.b, topic, &rows);
     if (got != n)
         print_error("%s holds %ld messages, want %ld\n", topic, got, n);
     assert_int_equal(got, n);
@@ -177,11 +172,11 @@ static void test_producer_killed_after_commit_event_delivered(void **state)
     }
     /* Committed, not yet published: waiting in the outbox. */
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), N);
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 0);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), 0);
 
-    fx->relay_a = rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, NULL);
+    fx->relay_a = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_a, NULL, NULL);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
-    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_conn *c = it_connect(fx->it.b.addr);
     ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
     ferry_sub *s = NULL;
     assert_int_equal(ferry_subscribe(c, "orders", "inventory", &so, &s), 0);
@@ -212,27 +207,27 @@ static void crash_after_ack(struct fx *fx, int expect_forgotten)
     /* The first relay dies right after the broker acked its first batch
      * (1000 rows), before marking them. */
     fx->relay_a =
-        rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, FERRY_RELAY_CRASH_ENV "=1");
+        rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_a, NULL, FERRY_RELAY_CRASH_ENV "=1");
     int st = rit_wait_exit(fx->relay_a, WAIT_MS);
     fx->relay_a = 0;
     if (st != 9)
         rit_dump(fx->log_a);
     assert_int_equal(st, 9);
     assert_true(it_file_has(fx->log_a, "before marking them sent"));
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 1000);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), 1000);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), N); /* none marked */
 
     if (expect_forgotten)
-        rit_sleep_ms(50); /* well past the broker's 1 ms id window */
+        it_sleep_ms(50); /* well past the broker's 1 ms id window */
 
     /* The next relay publishes everything again: the first 1000 are acked
      * as duplicates, the rest stored. */
-    fx->relay_b = rit_relay_start(fx->db_path, fx->b.addr, fx->log_b, NULL, NULL);
+    fx->relay_b = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_b, NULL, NULL);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     assert_true(rit_wait_log(fx->log_b, "1000 of seq 1-1000 were already stored", WAIT_MS));
     assert_int_equal(rit_relay_stop(fx->relay_b), 0);
     fx->relay_b = 0;
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), N);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), N);
     if (expect_forgotten) /* acked without its original sequence */
         assert_int_equal(rit_count(fx->db_path, "seq <= 1000 AND broker_seq = 0"), 1000);
     else
@@ -257,9 +252,9 @@ static void test_two_relays_one_active_second_takes_over(void **state)
 {
     struct fx *fx = *state;
     fx->db = rit_app_open(fx->db_path);
-    fx->relay_a = rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, NULL);
+    fx->relay_a = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_a, NULL, NULL);
     assert_true(rit_wait_log(fx->log_a, "connected to", WAIT_MS));
-    fx->relay_b = rit_relay_start(fx->db_path, fx->b.addr, fx->log_b, NULL, NULL);
+    fx->relay_b = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_b, NULL, NULL);
     assert_true(rit_wait_log(fx->log_b, "standing by", WAIT_MS));
     char want[64];
     snprintf(want, sizeof want, "another relay (pid %d)", (int)fx->relay_a);
@@ -268,7 +263,7 @@ static void test_two_relays_one_active_second_takes_over(void **state)
     for (int i = 0; i < 10; i++)
         rit_put_n(fx->db, "orders", "o", i * 100, 100);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
-    assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 1000);
+    assert_int_equal(rit_topic_count(fx->it.b.addr, "orders"), 1000);
     /* Only the active one connected to the broker. */
     assert_false(it_file_has(fx->log_b, "connected to"));
     assert_int_equal(it_file_count(fx->log_b, "standing by"), 1); /* logged once */
@@ -282,7 +277,7 @@ static void test_two_relays_one_active_second_takes_over(void **state)
     assert_true(it_file_has(fx->log_b, "connected to"));
 
     /* A third one now stands by behind the second. */
-    fx->relay_a = rit_relay_start(fx->db_path, fx->b.addr, fx->log_a, NULL, NULL);
+    fx->relay_a = rit_relay_start(fx->db_path, fx->it.b.addr, fx->log_a, NULL, NULL);
     snprintf(want, sizeof want, "another relay (pid %d)", (int)fx->relay_b);
     assert_true(rit_wait_log(fx->log_a, want, WAIT_MS));
     assert_int_equal(rit_relay_stop(fx->relay_b), 0);
@@ -303,27 +298,27 @@ static void test_relay_catches_up_after_broker_starts(void **state)
     /* A broker on a fixed port, stopped: the relay starts against nothing. */
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", rit_free_port());
-    harness_cleanup(&fx->b);
+    harness_cleanup(&fx->it.b);
     const char *const args[] = {"--listen", listen, NULL};
-    assert_int_equal(harness_start(&fx->b, args), 0);
-    assert_string_equal(fx->b.addr, listen);
-    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->b.dir);
-    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->b.dir);
-    assert_int_equal(harness_stop(&fx->b), 0);
+    assert_int_equal(harness_start(&fx->it.b, args), 0);
+    assert_string_equal(fx->it.b.addr, listen);
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->it.b.dir);
+    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->it.b.dir);
+    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->it.b.dir);
+    assert_int_equal(harness_stop(&fx->it.b), 0);
 
     fx->db = rit_app_open(fx->db_path);
     rit_put_n(fx->db, "orders", "o", 0, 500);
     fx->relay_a = rit_relay_start(fx->db_path, listen, fx->log_a, NULL, NULL);
     assert_true(rit_wait_log(fx->log_a, "cannot connect to", WAIT_MS));
-    rit_sleep_ms(1500);
+    it_sleep_ms(1500);
     rit_put_n(fx->db, "orders", "o", 500, 500);
     assert_int_equal(rit_count(fx->db_path, "sent_ms IS NULL"), 1000);
     /* Logged once, not at every attempt. */
     assert_int_equal(it_file_count(fx->log_a, "retrying with backoff"), 1);
 
     int64_t t0 = harness_now_ms();
-    assert_int_equal(harness_restart(&fx->b), 0);
+    assert_int_equal(harness_restart(&fx->it.b), 0);
     assert_true(rit_wait_drained(fx->db_path, WAIT_MS));
     int64_t took = harness_now_ms() - t0;
     fprintf(stderr, "caught up %d rows %" PRId64 " ms after the broker started\n", 1000, took);
@@ -339,12 +334,12 @@ static void test_broker_killed_under_a_backlog_nothing_lost_nothing_twice(void *
     struct fx *fx = *state;
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", rit_free_port());
-    harness_cleanup(&fx->b);
+    harness_cleanup(&fx->it.b);
     const char *const args[] = {"--listen", listen, NULL};
-    assert_int_equal(harness_start(&fx->b, args), 0);
-    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->b.dir);
-    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->b.dir);
-    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->b.dir);
+    assert_int_equal(harness_start(&fx->it.b, args), 0);
+    snprintf(fx->db_path, sizeof fx->db_path, "%s/app.db", fx->it.b.dir);
+    snprintf(fx->log_a, sizeof fx->log_a, "%s/relay-a.log", fx->it.b.dir);
+    snprintf(fx->log_b, sizeof fx->log_b, "%s/relay-b.log", fx->it.b.dir);
 
     enum { N = 50000 };
     fx->db = rit_app_open(fx->db_path);
@@ -355,9 +350,9 @@ static void test_broker_killed_under_a_backlog_nothing_lost_nothing_twice(void *
         /* Kill the broker in the middle of the stream. */
         uint64_t target = (uint64_t)(round + 1) * N / 5;
         assert_true(rit_wait_topic_count(listen, "orders", target, WAIT_MS) >= target);
-        assert_int_equal(harness_kill9(&fx->b), 0);
-        rit_sleep_ms(300);
-        assert_int_equal(harness_restart(&fx->b), 0);
+        assert_int_equal(harness_kill9(&fx->it.b), 0);
+        it_sleep_ms(300);
+        assert_int_equal(harness_restart(&fx->it.b), 0);
     }
     assert_true(rit_wait_drained(fx->db_path, 60000));
     assert_int_equal(rit_relay_stop(fx->relay_a), 0);

@@ -18,17 +18,9 @@
 #include "harness.h"
 #include "it_util.h"
 
-struct fx {
-    struct harness_broker b;
-};
-
 static int start(void **state, const char *const *args)
 {
-    struct fx *fx = calloc(1, sizeof(*fx));
-    assert_non_null(fx);
-    assert_int_equal(harness_start(&fx->b, args), 0);
-    *state = fx;
-    return 0;
+    return it_fx_start(state, sizeof(struct it_fx), args);
 }
 
 static int setup_count(void **state)
@@ -51,7 +43,7 @@ static int setup_bytes(void **state)
 
 static int teardown(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     assert_int_equal(harness_stop(&fx->b), 0);
     harness_cleanup(&fx->b);
     free(fx);
@@ -73,7 +65,7 @@ static void publish_n(ferry_conn *c, const char *topic, size_t n, size_t size)
     free(payload);
 }
 
-static off_t db_bytes(const struct fx *fx)
+static off_t db_bytes(const struct it_fx *fx)
 {
     char path[HARNESS_PATH_BYTES + 16];
     struct stat st;
@@ -87,7 +79,7 @@ static off_t db_bytes(const struct fx *fx)
  * growing once freed pages are being reused. */
 static void test_retention_count_keeps_table_and_file_bounded(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect_opts(fx->b.addr, 60000, 2000);
     publish_n(c, "stream", 100000, 100);
     off_t after_100k = db_bytes(fx);
@@ -115,7 +107,7 @@ static void test_retention_count_keeps_table_and_file_bounded(void **state)
  * the next message still gets the next sequence. */
 static void test_retention_age_deletes_idle_topic(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     publish_n(c, "old", 100, 10);
     ferry_topic_info ti;
@@ -144,7 +136,7 @@ static void test_retention_age_deletes_idle_topic(void **state)
 /* The byte limit keeps the newest messages that fit. */
 static void test_retention_bytes_limit(void **state)
 {
-    struct fx *fx = *state;
+    struct it_fx *fx = *state;
     ferry_conn *c = it_connect(fx->b.addr);
     publish_n(c, "big", 500, 100);
     ferry_topic_info ti;

@@ -26,7 +26,6 @@
  * more kills; STORY_SEED=n replays a kill schedule. Sanitizer builds do
  * fewer kills and a lower rate, to stay within the time limit.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -38,7 +37,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -94,13 +92,6 @@ struct story {
     long n_orders;
     uint64_t rng;
 };
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
 
 static uint64_t rnd(struct story *s)
 {
@@ -260,7 +251,7 @@ static void proc_stop(struct story *s, int i)
             kill(p->pid, SIGKILL);
             fail_msg("%s did not stop on SIGTERM", proc_names[i]);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
 }
 
@@ -489,7 +480,7 @@ static void test_story_10000_orders_through_kill9_of_every_process_each_effect_o
         proc_reap(s, P_ORDER);
         if (harness_now_ms() - t_start > 10000)
             fail_msg("order_service did not create %s", s->orders_db);
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     /* Each consumer's first run also dies right after its Nth commit,
      * before the ack: the window the inbox exists for, hit for sure. */
@@ -515,7 +506,7 @@ static void test_story_10000_orders_through_kill9_of_every_process_each_effect_o
     int64_t next_kill_at = harness_now_ms() + rnd_between(s, 300, 1500);
     int order_kills_skipped = 0;
     while (next < nv || !s->p[P_ORDER].finished) {
-        sleep_ms(POLL_MS);
+        it_sleep_ms(POLL_MS);
         for (int i = 0; i < P_BROKER; i++)
             proc_reap(s, i);
         if (harness_now_ms() - t_start > 170000) {
@@ -540,7 +531,7 @@ static void test_story_10000_orders_through_kill9_of_every_process_each_effect_o
         fprintf(stderr,
                 "story: %6.1f s: kill -9 %-17s (orders written %" PRId64 "), back in %d ms\n",
                 (harness_now_ms() - t_start) / 1000.0, proc_names[v], written, pause);
-        sleep_ms(pause);
+        it_sleep_ms(pause);
         proc_restart(s, v);
         next_kill_at = harness_now_ms() + rnd_between(s, 200, 1800);
     }
@@ -567,13 +558,13 @@ static void test_story_10000_orders_through_kill9_of_every_process_each_effect_o
                      ", e-mailed %" PRId64 " of %ld; %s",
                      DRAIN_MS, waiting, inv, mail, s->n_orders, why);
         }
-        sleep_ms(100);
+        it_sleep_ms(100);
     }
     int64_t t_done = harness_now_ms();
     fprintf(stderr, "story: %6.1f s: every order applied by both services\n",
             (t_done - t_start) / 1000.0);
     /* Late duplicates would come now, if any could: give them a moment. */
-    sleep_ms(500);
+    it_sleep_ms(500);
     for (int i = P_RELAY; i < P_BROKER; i++)
         proc_stop(s, i);
     assert_true(s->p[P_ORDER].finished);
@@ -702,7 +693,7 @@ static void proc_wait_exit(struct story *s, int i, int want)
             story_dump(s);
             fail_msg("%s did not exit (want status %d)", proc_names[i], want);
         }
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     p->pid = 0;
     p->hooked = 0;
@@ -723,7 +714,7 @@ static void wait_q(struct story *s, const char *path, const char *sql, int64_t w
             story_dump(s);
             fail_msg("%s: %s gives %" PRId64 ", want %" PRId64, path, sql, got, want);
         }
-        sleep_ms(POLL_MS);
+        it_sleep_ms(POLL_MS);
     }
 }
 
@@ -757,14 +748,14 @@ static void test_story_dead_letter_then_redrive_each_effect_once(void **state)
         proc_reap(s, P_ORDER);
         if (harness_now_ms() - t0 > 10000)
             fail_msg("order_service did not create %s", s->orders_db);
-        sleep_ms(10);
+        it_sleep_ms(10);
     }
     for (int i = P_RELAY; i < P_BROKER; i++)
         proc_start(s, i);
     wait_q(s, s->inventory_db, "SELECT count(DISTINCT order_id) FROM reservations", N);
     wait_q(s, s->email_db, "SELECT count(DISTINCT order_id) FROM emails", N);
     while (!proc_reap(s, P_ORDER))
-        sleep_ms(10);
+        it_sleep_ms(10);
     assert_true(s->p[P_ORDER].finished);
 
     /* Order N+1, with inventory down; e-mail handles it at once. */
@@ -775,7 +766,7 @@ static void test_story_dead_letter_then_redrive_each_effect_once(void **state)
     proc_start(s, P_ORDER);
     wait_q(s, s->email_db, "SELECT count(DISTINCT order_id) FROM emails", N + 1);
     while (!proc_reap(s, P_ORDER))
-        sleep_ms(10);
+        it_sleep_ms(10);
 
     /* Attempt 1: the effect commits, the service dies before the ack. */
     p[P_INVENTORY].hook_next = 1;
@@ -793,7 +784,7 @@ static void test_story_dead_letter_then_redrive_each_effect_once(void **state)
     int64_t deadline = harness_now_ms() + 10000;
     while ((it_topic(c, "_dead." TOPIC, &ti) != 1 || ti.message_count == 0) &&
            harness_now_ms() < deadline)
-        sleep_ms(10);
+        it_sleep_ms(10);
     assert_int_equal(ti.message_count, 1);
 
     /* Back to normal; its purges by the floor run several times. */
@@ -823,9 +814,9 @@ static void test_story_dead_letter_then_redrive_each_effect_once(void **state)
             story_dump(s);
             fail_msg("the redrive was not acked: %s", why);
         }
-        sleep_ms(POLL_MS);
+        it_sleep_ms(POLL_MS);
     }
-    sleep_ms(500); /* a second delivery would come now, if any could */
+    it_sleep_ms(500); /* a second delivery would come now, if any could */
     for (int i = P_RELAY; i < P_BROKER; i++)
         proc_stop(s, i);
     ferry_close(c);
