@@ -330,7 +330,7 @@ static void test_notify_wakes_relay_headers_keys_rollback(void **state)
     const char *extra[] = {"--rescan-ms", "60000", NULL};
     pid_t relay = relay_start(fx, extra, NULL);
     assert_true(rit_wait_log(fx->log_path, "active on the outbox", WAIT_MS));
-    rit_sleep_ms(200); /* let it finish its first (empty) claim and go idle */
+    it_sleep_ms(200); /* let it finish its first (empty) claim and go idle */
 
     int64_t t0 = harness_now_ms();
     sql(fx->pg,
@@ -348,7 +348,7 @@ static void test_notify_wakes_relay_headers_keys_rollback(void **state)
     sql(fx->pg, "ROLLBACK");
     sql(fx->pg, "INSERT INTO %s.outbox (topic, payload) VALUES ('orders', 'second')", fx->schema);
     assert_int_equal(rit_wait_topic_count(fx->b.addr, "orders", 2, 20000), 2);
-    rit_sleep_ms(300);
+    it_sleep_ms(300);
     assert_int_equal(rit_topic_count(fx->b.addr, "orders"), 2);
 
     ferry_conn *c = it_connect(fx->b.addr);
@@ -432,7 +432,7 @@ static void test_lower_id_committing_last_is_not_skipped(void **state)
     while (count(l, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND query LIKE '%%pg_advisory_xact_lock(4242)%%'") != 1) {
         assert_true(harness_now_ms() < deadline);
-        rit_sleep_ms(10);
+        it_sleep_ms(10);
     }
     sql(fx->pg, "INSERT INTO %s.outbox (topic, payload) VALUES ('race', 'b5')", fx->schema);
     assert_int_equal(rit_wait_topic_count(fx->b.addr, "race", 11, 20000), 11);
@@ -497,7 +497,7 @@ static void test_second_relay_stands_by_and_takes_over(void **state)
     assert_true(rit_wait_log(fx->log_path, "taking over", WAIT_MS));
     put_n(fx, "two", "m", 600, 400);
     assert_int_equal(rit_wait_topic_count(fx->b.addr, "two", 1000, WAIT_MS), 1000);
-    rit_sleep_ms(300);
+    it_sleep_ms(300);
     assert_int_equal(rit_topic_count(fx->b.addr, "two"), 1000);
     static char got[1000][64];
     read_topic(fx, "two", 1000, got);
@@ -656,7 +656,7 @@ static void test_inbox_claims_in_the_callers_transaction(void **state)
              "'orders', 2) ON CONFLICT DO NOTHING",
              fx->schema);
     assert_int_equal(PQsendQuery(b, q), 1);
-    rit_sleep_ms(200);
+    it_sleep_ms(200);
     PQconsumeInput(b);
     assert_int_equal(PQisBusy(b), 1); /* blocked on the first's key */
     sql(fx->pg, "ROLLBACK");
@@ -787,7 +787,7 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
         assert_int_equal(ferry_group_floor(c, "floor", "inv", &floor, keep, 4, &n), 0);
         if (floor == N + 1)
             break;
-        rit_sleep_ms(10);
+        it_sleep_ms(10);
     }
     assert_int_equal(floor, N + 1);
     assert_int_equal(n, 1);
