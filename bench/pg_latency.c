@@ -2,21 +2,27 @@
  * pg_latency.c - commit-to-effect latency with both services on
  * PostgreSQL (bench/pg_relay.sh runs it; not a test).
  *
- *   pg_latency CONNINFO SCHEMA BROKER RATE COUNT
+ *   pg_latency CONNINFO SCHEMA BROKER RATE COUNT [PRODUCERS]
  *
- * A producer thread commits COUNT single-row transactions into
- * SCHEMA.outbox at RATE per second (one INSERT + COMMIT each, on a fixed
- * schedule), recording the time just before each COMMIT. A `ferry relay
- * --pg` (started by the script) forwards them. A consumer thread subscribed
- * to the topic applies each message through the Postgres inbox
- * (ferry_pg_inbox_handle: claim + an effect row in one transaction, on its
- * own Postgres connection) and records when that COMMIT returned. Prints
- * the COMMIT-issued -> effect-committed latency: p50, p90, p99, max, and
- * the rate achieved, as one line "key=value ...".
+ * PRODUCERS threads (default 4, each its own Postgres connection, as a
+ * service's request handlers would be) commit COUNT single-row
+ * transactions in all into SCHEMA.outbox at RATE per second in all (one
+ * INSERT + COMMIT each, on a fixed schedule: order i is due at i / RATE s,
+ * taken by thread i % PRODUCERS), recording the time just before each
+ * COMMIT. One connection alone cannot: each COMMIT waits for its own WAL
+ * flush, a few hundred a second on these disks, while concurrent commits
+ * share one. A `ferry relay --pg` (started by the script) forwards them. A
+ * consumer thread subscribed to the topic applies the messages through the
+ * Postgres inbox on its own connection, in batches of what has arrived
+ * (ferry_pg_inbox_handle_batch: claim + an effect row per message, one
+ * COMMIT per batch), and records when that COMMIT returned. Prints the
+ * COMMIT-issued -> effect-committed latency: p50, p90, p99, max, and the
+ * rate achieved, as one line "key=value ...".
  */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,29 +77,73 @@ static int effect(void *userdata, PGconn *pg, const ferry_delivery *d)
 
 static void *consumer(void *arg)
 {
+    enum { BATCH = 256 };
     ferry_conn *c = arg;
     PGconn *pg = connect_pg();
+    ferry_delivery *ds[BATCH];
+    int out[BATCH];
     for (long got = 0; got < count;) {
-        ferry_delivery *d;
-        int rc = ferry_receive(c, 30000, &d);
+        size_t n = 0;
+        int rc = ferry_receive(c, 30000, &ds[n]);
         if (rc < 0) {
             fprintf(stderr, "pg_latency: receive: %s (%ld of %ld)\n", ferry_strerror(rc), got,
                     count);
             exit(1);
         }
-        char buf[32];
-        size_t n = d->payload_len < sizeof buf - 1 ? d->payload_len : sizeof buf - 1;
-        memcpy(buf, d->payload, n);
-        buf[n] = '\0';
-        long i = strtol(buf, NULL, 10);
-        rc = ferry_pg_inbox_handle(pg, schema, "bench", d, effect, NULL, 100);
-        if (rc == FERRY_INBOX_FRESH && i >= 0 && i < count && !t_effect[i]) {
-            t_effect[i] = now_us();
-            got++;
+        n++;
+        while (n < BATCH && ferry_receive(c, 0, &ds[n]) == 0)
+            n++;
+        rc = ferry_pg_inbox_handle_batch(pg, schema, "bench", ds, n, effect, NULL, 100, out);
+        int64_t t = now_us();
+        for (size_t k = 0; k < n; k++) {
+            char buf[32];
+            size_t len = ds[k]->payload_len < sizeof buf - 1 ? ds[k]->payload_len : sizeof buf - 1;
+            memcpy(buf, ds[k]->payload, len);
+            buf[len] = '\0';
+            long i = strtol(buf, NULL, 10);
+            if (rc == 0 && out[k] == FERRY_INBOX_FRESH && i >= 0 && i < count && !t_effect[i]) {
+                t_effect[i] = t;
+                got++;
+            }
+            ferry_delivery_free(ds[k]);
         }
-        ferry_delivery_free(d);
     }
     ferry_flush(c, 10000);
+    PQfinish(pg);
+    return NULL;
+}
+
+static int nproducers = 4;
+static int64_t start_us;
+
+static void *producer(void *arg)
+{
+    long self = (long)(intptr_t)arg;
+    PGconn *pg = connect_pg();
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.outbox (topic, payload) VALUES ('pg-latency', convert_to($1, 'UTF8'))",
+             schema);
+    for (long i = self; i < count; i += nproducers) {
+        int64_t due = start_us + i * 1000000 / rate;
+        int64_t now;
+        while ((now = now_us()) < due) {
+            struct timespec ts = {0, (long)((due - now) * 1000)};
+            nanosleep(&ts, NULL);
+        }
+        char payload[32];
+        snprintf(payload, sizeof payload, "%ld", i);
+        const char *v[1] = {payload};
+        must(pg, "BEGIN");
+        PGresult *r = PQexecParams(pg, sql, 1, NULL, v, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            fprintf(stderr, "pg_latency: insert: %s", PQerrorMessage(pg));
+            exit(1);
+        }
+        PQclear(r);
+        t_commit[i] = now_us();
+        must(pg, "COMMIT");
+    }
     PQfinish(pg);
     return NULL;
 }
@@ -106,10 +156,14 @@ static int cmp64(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    if (argc != 6) {
-        fprintf(stderr, "usage: pg_latency CONNINFO SCHEMA BROKER RATE COUNT\n");
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: pg_latency CONNINFO SCHEMA BROKER RATE COUNT [PRODUCERS]\n");
         return 2;
     }
+    if (argc == 7)
+        nproducers = atoi(argv[6]);
+    if (nproducers < 1 || nproducers > 64)
+        return 2;
     conninfo = argv[1];
     schema = argv[2];
     broker = argv[3];
@@ -146,31 +200,14 @@ int main(int argc, char **argv)
     pthread_t th;
     pthread_create(&th, NULL, consumer, c);
 
-    snprintf(sql, sizeof sql,
-             "INSERT INTO %s.outbox (topic, payload) VALUES ('pg-latency', convert_to($1, 'UTF8'))",
-             schema);
-    int64_t start = now_us();
-    for (long i = 0; i < count; i++) {
-        int64_t due = start + i * 1000000 / rate;
-        int64_t now;
-        while ((now = now_us()) < due) {
-            struct timespec ts = {0, (long)((due - now) * 1000)};
-            nanosleep(&ts, NULL);
-        }
-        char payload[32];
-        snprintf(payload, sizeof payload, "%ld", i);
-        const char *v[1] = {payload};
-        must(pg, "BEGIN");
-        PGresult *r = PQexecParams(pg, sql, 1, NULL, v, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            fprintf(stderr, "pg_latency: insert: %s", PQerrorMessage(pg));
-            return 1;
-        }
-        PQclear(r);
-        t_commit[i] = now_us();
-        must(pg, "COMMIT");
-    }
+    start_us = now_us();
+    pthread_t prod[64];
+    for (int p = 0; p < nproducers; p++)
+        pthread_create(&prod[p], NULL, producer, (void *)(intptr_t)p);
+    for (int p = 0; p < nproducers; p++)
+        pthread_join(prod[p], NULL);
     int64_t end = now_us();
+    int64_t start = start_us;
     pthread_join(th, NULL);
     ferry_close(c);
     PQfinish(pg);
@@ -179,9 +216,9 @@ int main(int argc, char **argv)
     for (long i = 0; i < count; i++)
         lat[i] = t_effect[i] - t_commit[i];
     qsort(lat, (size_t)count, sizeof *lat, cmp64);
-    printf("rate=%.0f count=%ld p50_us=%" PRId64 " p90_us=%" PRId64 " p99_us=%" PRId64
+    printf("rate=%.0f count=%ld producers=%d p50_us=%" PRId64 " p90_us=%" PRId64 " p99_us=%" PRId64
            " max_us=%" PRId64 "\n",
-           (double)count * 1e6 / (double)(end - start), count, lat[count / 2], lat[count * 9 / 10],
-           lat[count * 99 / 100], lat[count - 1]);
+           (double)count * 1e6 / (double)(end - start), count, nproducers, lat[count / 2],
+           lat[count * 9 / 10], lat[count * 99 / 100], lat[count - 1]);
     return 0;
 }

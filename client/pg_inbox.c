@@ -151,6 +151,131 @@ int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *group, fer
     return claim;
 }
 
+/* One delivery of a batch, in a savepoint of its own. Sets *nack when it
+ * must be nacked, *lost when the transaction can no longer commit (the
+ * handler ended it, or a savepoint could not be rolled back to), and why.
+ * Returns its outcome as ferry_pg_inbox_handle does. */
+static int batch_one(PGconn *pg, const char *schema, const char *group, ferry_delivery *d,
+                     ferry_pg_inbox_handler h, void *userdata, int *nack, int *lost, char *why,
+                     size_t why_len)
+{
+    *nack = 1;
+    if (ferry__pg_exec(pg, "SAVEPOINT ferry_inbox") < 0) {
+        *lost = 1;
+        snprintf(why, why_len, "inbox: SAVEPOINT failed");
+        return FERRY_ESTORAGE;
+    }
+    int claim = ferry_pg_inbox_claim(pg, schema, group, d);
+    int rc = claim;
+    if (claim < 0) {
+        snprintf(why, why_len, "inbox: the claim failed");
+    } else if (claim == FERRY_INBOX_FRESH) {
+        int hrc = h(userdata, pg, d);
+        if (PQtransactionStatus(pg) == PQTRANS_IDLE) {
+            *lost = 1;
+            snprintf(why, why_len, "handler ended the transaction");
+            return FERRY_ESTORAGE;
+        }
+        if (hrc != 0 || PQtransactionStatus(pg) != PQTRANS_INTRANS) {
+            snprintf(why, why_len, "handler failed");
+            rc = hrc != 0 ? FERRY_INBOX_RETRY : FERRY_ESTORAGE;
+        }
+    }
+    if (rc < 0 || rc == FERRY_INBOX_RETRY) {
+        if (ferry__pg_exec(pg, "ROLLBACK TO SAVEPOINT ferry_inbox") < 0)
+            *lost = 1;
+        return rc;
+    }
+    if (ferry__pg_exec(pg, "RELEASE SAVEPOINT ferry_inbox") < 0) {
+        *lost = 1;
+        snprintf(why, why_len, "inbox: RELEASE SAVEPOINT failed");
+        return FERRY_ESTORAGE;
+    }
+    *nack = 0;
+    return claim;
+}
+
+static int handle_batch(PGconn *pg, const char *schema, const char *group,
+                        ferry_delivery *const *ds, size_t n, ferry_pg_inbox_handler h,
+                        void *userdata, uint32_t retry_delay_ms, int *outcomes, char *nack)
+{
+    char why[160] = "", first_why[160] = "";
+    int batch_rc = 0;
+    if (ferry__pg_exec(pg, "BEGIN") < 0) {
+        snprintf(first_why, sizeof first_why, "inbox: BEGIN failed");
+        batch_rc = FERRY_ESTORAGE;
+    }
+    for (size_t i = 0; i < n && batch_rc == 0; i++) {
+        int lost = 0, nk = 0;
+        why[0] = '\0';
+        outcomes[i] = batch_one(pg, schema, group, ds[i], h, userdata, &nk, &lost, why, sizeof why);
+        nack[i] = (char)nk;
+        if (nk && !first_why[0])
+            snprintf(first_why, sizeof first_why, "%s", why);
+        if (lost) {
+            snprintf(first_why, sizeof first_why, "%s", why);
+            batch_rc = FERRY_ESTORAGE;
+        }
+    }
+    if (batch_rc == 0) {
+        PGresult *res = PQexec(pg, "COMMIT");
+        /* A COMMIT of an aborted transaction answers "ROLLBACK" without error. */
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
+        PQclear(res);
+        if (!ok) {
+            snprintf(first_why, sizeof first_why, "inbox: COMMIT failed");
+            batch_rc = FERRY_ESTORAGE;
+        }
+    }
+    if (batch_rc != 0) {
+        rollback(pg);
+        for (size_t i = 0; i < n; i++) {
+            outcomes[i] = batch_rc;
+            nack[i] = 1;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        int r = nack[i]
+                    ? ferry_delivery_nack(ds[i], retry_delay_ms, first_why[0] ? first_why : NULL)
+                    : ferry_delivery_ack_async(ds[i]);
+        if (r < 0 && outcomes[i] >= 0)
+            outcomes[i] = r;
+    }
+    return batch_rc;
+}
+
+int ferry_pg_inbox_handle_batch(PGconn *pg, const char *schema, const char *group,
+                                ferry_delivery *const *ds, size_t n, ferry_pg_inbox_handler h,
+                                void *userdata, uint32_t retry_delay_ms, int *outcomes)
+{
+    enum { SMALL = 64 };
+    if (!pg || !ferry__pg_schema(schema) || !group || !*group || !ds || !h || n == 0)
+        return FERRY_EINVALID;
+    for (size_t i = 0; i < n; i++)
+        if (!ds[i])
+            return FERRY_EINVALID;
+    if (PQtransactionStatus(pg) != PQTRANS_IDLE)
+        return FERRY_EINVALID;
+    int small_out[SMALL];
+    char small_nack[SMALL];
+    int *out = outcomes ? outcomes : small_out;
+    char *nack = small_nack;
+    int *heap = NULL;
+    if (n > SMALL) {
+        /* The outcomes (when the caller wants none), then the nack flags. */
+        size_t ints = outcomes ? 0 : n;
+        heap = malloc(ints * sizeof(int) + n);
+        if (!heap)
+            return FERRY_ENOMEM;
+        if (!outcomes)
+            out = heap;
+        nack = (char *)(heap + ints);
+    }
+    int rc = handle_batch(pg, schema, group, ds, n, h, userdata, retry_delay_ms, out, nack);
+    free(heap);
+    return rc;
+}
+
 int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms, int max_rows)
 {
     const char *s = ferry__pg_schema(schema);

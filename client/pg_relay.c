@@ -40,7 +40,9 @@
  * atomic PUBLISH (one in flight: see relay.c for why) with pseq as
  * producer_seq, and deleted after the broker's durable ack in one short
  * transaction (the table holds only what is waiting: no bloat beyond the
- * batch, and the DELETE is bounded by the batch). A crash between the ack
+ * batch, and the DELETE is bounded by the batch). That transaction alone
+ * commits with synchronous_commit off: the relay goes on without waiting
+ * for its WAL flush, since losing it only re-publishes duplicates. A crash between the ack
  * and the DELETE leaves claimed rows that the next relay publishes again:
  * the broker acks them as duplicates (at or below its producer mark).
  *
@@ -725,22 +727,32 @@ static int finish_batch(ferry_pg_relay *r)
     int64_t lo = r->pseqs[0], hi = r->pseqs[n - 1];
     /* Every claim up to hi is done: published now, or (an outbox row
      * deleted by someone else, outside the contract) nothing to publish. */
+    /* Not waited for on disk (synchronous_commit off): lost in a crash of
+     * Postgres, it leaves claimed rows whose pseq the broker's producer
+     * mark already covers, which the next relay publishes again as
+     * duplicates and deletes. WAL order keeps the next claim's COMMIT,
+     * which is flushed, after this one. */
     char *sql = ferry__pg_sql(r->schema,
-                              "DELETE FROM @S.outbox o USING @S.outbox_claim k WHERE o.id = k.id"
+                              "BEGIN; SET LOCAL synchronous_commit = off;"
+                              " DELETE FROM @S.outbox o USING @S.outbox_claim k WHERE o.id = k.id"
                               " AND k.pseq BETWEEN %" PRId64 " AND %" PRId64 ";"
                               " DELETE FROM @S.outbox_claim WHERE pseq <= %" PRId64 ";"
                               " UPDATE @S.outbox_meta SET value = CASE name"
                               "  WHEN 'sent' THEN (value::bigint + %zu)::text"
                               "  WHEN 'last_sent_seq' THEN '%" PRId64 "'"
                               "  ELSE " FERRY__PG_NOW_MS_SQL "::text END"
-                              " WHERE name IN ('sent', 'last_sent_seq', 'last_sent_ms')",
+                              " WHERE name IN ('sent', 'last_sent_seq', 'last_sent_ms'); COMMIT",
                               lo, hi, hi, n, hi);
     if (!sql)
         return FERRY_ENOMEM;
     int rc = ferry__pg_exec(r->pg, sql);
     free(sql);
-    if (rc < 0)
-        return pg_failed(r, "cannot delete the rows the broker acked");
+    if (rc < 0) {
+        rc = pg_failed(r, "cannot delete the rows the broker acked");
+        if (r->pg && PQtransactionStatus(r->pg) != PQTRANS_IDLE)
+            PQclear(PQexec(r->pg, "ROLLBACK")); /* the BEGIN above is still open */
+        return rc;
+    }
     return 0;
 }
 

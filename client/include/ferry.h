@@ -1130,6 +1130,26 @@ FERRY_API int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *
                                     ferry_delivery *d, ferry_pg_inbox_handler h, void *userdata,
                                     uint32_t retry_delay_ms);
 
+/* ferry_pg_inbox_handle for n deliveries (1 or more) in ONE transaction: one
+ * BEGIN and one COMMIT (one WAL flush) for the lot, the consumer's group
+ * commit. Each delivery is claimed and handled in a savepoint of its own,
+ * so a handler failure rolls back only that delivery's claim and effect,
+ * which is then nacked with retry_delay_ms; the others commit and are
+ * acked after the COMMIT. A consumer takes what has arrived (ferry_receive
+ * with timeout 0 after a first delivery) and hands it over: alone when
+ * idle, in batches under load. A message that appears twice in one batch
+ * is handled once. outcomes (NULL, or n entries) receives each delivery's
+ * result as ferry_pg_inbox_handle returns it. Returns 0, or the error that
+ * undid the whole batch (BEGIN, COMMIT, a handler that ended the
+ * transaction: every delivery then nacked, its outcome that error), or
+ * FERRY_EINVALID (an argument NULL, a transaction open on pg) /
+ * FERRY_ENOMEM before anything was done. The deliveries stay the
+ * caller's. */
+FERRY_API int ferry_pg_inbox_handle_batch(PGconn *pg, const char *schema, const char *group,
+                                          ferry_delivery *const *ds, size_t n,
+                                          ferry_pg_inbox_handler h, void *userdata,
+                                          uint32_t retry_delay_ms, int *outcomes);
+
 /* Deletes claims processed more than older_than_ms ago (by Postgres'
  * clock), oldest first, at most max_rows (1..100000) in one statement, so
  * no long lock is held: call it every so often with older_than_ms =

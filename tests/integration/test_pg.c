@@ -829,6 +829,94 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     ferry_close(c);
 }
 
+/* A handler that fails for every fifth sequence on its first attempt. */
+static int effect_fail_fifth(void *userdata, PGconn *pg, const ferry_delivery *d)
+{
+    if (d->seq % 5 == 0 && d->attempt == 1) {
+        /* A failed statement, as a real handler's would be: the savepoint
+         * must undo it without aborting the batch. */
+        PGresult *r = PQexec(pg, "SELECT 1/0");
+        PQclear(r);
+        return -1;
+    }
+    return effect(userdata, pg, d);
+}
+
+/* ferry_pg_inbox_handle_batch: one transaction for N deliveries, failures
+ * isolated in their savepoints and nacked, a duplicate in the batch handled
+ * once; the failures' redeliveries then apply, each effect once. */
+static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 20 };
+    assert_int_equal(ferry_pg_inbox_install(fx->pg, fx->schema), 0);
+    sql(fx->pg, "CREATE TABLE %s.effects (id text)", fx->schema);
+    ferry_conn *c = it_connect(fx->b.addr);
+    for (int i = 1; i <= N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "b-%d", i);
+        ferry_msg m = {0};
+        m.topic = "batch";
+        m.id = id;
+        m.payload = id;
+        m.payload_len = strlen(id);
+        assert_int_equal(ferry_publish(c, &m, NULL), 0);
+    }
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.start = FERRY_START_EARLIEST;
+    so.ack_wait_ms = 60000;
+    ferry_sub *s;
+    assert_int_equal(ferry_subscribe(c, "batch", "inv", &so, &s), 0);
+    ferry_delivery *ds[N + 1];
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(ferry_receive(c, WAIT_MS, &ds[i]), 0);
+        assert_int_equal(ds[i]->seq, (uint64_t)i + 1);
+    }
+    ds[N] = ds[0]; /* seq 1 once more, at the end */
+    int out[N + 1];
+    assert_int_equal(ferry_pg_inbox_handle_batch(fx->pg, fx->schema, "inv", ds, N + 1,
+                                                 effect_fail_fifth, fx->schema, 100, out),
+                     0);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(out[i], (i + 1) % 5 == 0 ? FERRY_INBOX_RETRY : FERRY_INBOX_FRESH);
+    assert_int_equal(out[N], FERRY_INBOX_SEEN);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.effects", fx->schema), N - N / 5);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.inbox WHERE seq %% 5 = 0", fx->schema),
+                     0);
+    for (int i = 0; i < N; i++)
+        ferry_delivery_free(ds[i]);
+
+    ferry_delivery *again[N / 5];
+    for (int i = 0; i < N / 5; i++) {
+        assert_int_equal(ferry_receive(c, WAIT_MS, &again[i]), 0);
+        assert_int_equal(again[i]->seq % 5, 0);
+        assert_int_equal(again[i]->attempt, 2);
+    }
+    assert_int_equal(ferry_pg_inbox_handle_batch(fx->pg, fx->schema, "inv", again, N / 5,
+                                                 effect_fail_fifth, fx->schema, 100, NULL),
+                     0);
+    for (int i = 0; i < N / 5; i++)
+        ferry_delivery_free(again[i]);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.effects", fx->schema), N);
+    assert_int_equal(count(fx->pg, "SELECT count(DISTINCT id) FROM %s.effects", fx->schema), N);
+    assert_int_equal(ferry_flush(c, WAIT_MS), 0);
+
+    /* Arguments, and no transaction may be open. */
+    assert_int_equal(
+        ferry_pg_inbox_handle_batch(fx->pg, fx->schema, "inv", ds, 0, effect, fx->schema, 0, NULL),
+        FERRY_EINVALID);
+    ferry_delivery *nul = NULL;
+    assert_int_equal(ferry_pg_inbox_handle_batch(fx->pg, fx->schema, "inv", &nul, 1, effect,
+                                                 fx->schema, 0, NULL),
+                     FERRY_EINVALID);
+    sql(fx->pg, "BEGIN");
+    assert_int_equal(ferry_pg_inbox_handle_batch(fx->pg, fx->schema, "inv", again, 1, effect,
+                                                 fx->schema, 0, NULL),
+                     FERRY_EINVALID);
+    sql(fx->pg, "ROLLBACK");
+    ferry_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -848,6 +936,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_input_one_line_and_exit_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inbox_purge_acked_forgets_below_floor_keeps_redrivable,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_inbox_batch_one_commit_failures_isolated_duplicate_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inbox_claims_in_the_callers_transaction, setup,
                                         teardown),
     };
