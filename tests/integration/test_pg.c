@@ -917,6 +917,85 @@ static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **
     ferry_close(c);
 }
 
+/* The documented Python example (examples/postgres/outbox_psycopg.py,
+ * docs/OUTBOX.md "Writing from any language"): psycopg writes the orders
+ * and their events in one transaction each; the relay publishes every
+ * committed one, in order, with its key and headers, and nothing of the
+ * rolled-back one. */
+static void test_psycopg_example_committed_events_only(void **state)
+{
+    struct fx *fx = *state;
+    enum { N = 25 };
+    const char *py = getenv("PYTHON");
+    const char *src = getenv("FERRY_SOURCE_ROOT");
+    assert_non_null(py);
+    assert_non_null(src);
+    install(fx);
+    char script[1024], n[16], out[4096];
+    snprintf(script, sizeof script, "%s/examples/postgres/outbox_psycopg.py", src);
+    snprintf(n, sizeof n, "%d", N);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], STDOUT_FILENO);
+        dup2(fds[1], STDERR_FILENO);
+        execl(py, py, script, cluster.url, "--schema", fx->schema, "--orders", n, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < sizeof out && (r = read(fds[0], out + len, sizeof out - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(fds[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        print_error("outbox_psycopg.py: %s\n", out);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_non_null(strstr(out, "placed 25"));
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM shop_orders"), N);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.outbox", fx->schema), N);
+
+    const char *drain[] = {"relay",    "--pg",     cluster.url, "--schema", fx->schema,
+                           "--server", fx->b.addr, "--drain",   NULL};
+    assert_int_equal(cli_run(drain, out, sizeof out), 0);
+    assert_int_equal(count(fx->pg, "SELECT count(*) FROM %s.outbox", fx->schema), 0);
+
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.start = FERRY_START_EARLIEST;
+    ferry_sub *s;
+    assert_int_equal(ferry_subscribe(c, "orders", "py", &so, &s), 0);
+    for (int i = 1; i <= N; i++) {
+        ferry_delivery *d;
+        assert_int_equal(ferry_receive(c, WAIT_MS, &d), 0);
+        char want[64];
+        snprintf(want, sizeof want, "order-%d", i);
+        assert_string_equal(d->id, want);
+        snprintf(want, sizeof want, "{\"order\": %d, \"total\": %d}", i, 1000 + i);
+        assert_int_equal(d->payload_len, strlen(want));
+        assert_memory_equal(d->payload, want, d->payload_len);
+        snprintf(want, sizeof want, "customer-%d", i % 10);
+        assert_int_equal(d->key_len, strlen(want));
+        assert_memory_equal(d->key, want, d->key_len);
+        assert_int_equal(d->header_count, 1);
+        assert_string_equal(d->headers[0].name, "content-type");
+        assert_string_equal((const char *)d->headers[0].value, "application/json");
+        assert_int_equal(ferry_delivery_ack(d), 0);
+        ferry_delivery_free(d);
+    }
+    ferry_topic_info ti;
+    assert_int_equal(it_topic(c, "orders", &ti), 1);
+    assert_int_equal(ti.message_count, N);
+    ferry_close(c);
+    sql(fx->pg, "DROP TABLE shop_orders");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -938,6 +1017,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_inbox_batch_one_commit_failures_isolated_duplicate_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_psycopg_example_committed_events_only, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_inbox_claims_in_the_callers_transaction, setup,
                                         teardown),
     };
