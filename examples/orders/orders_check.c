@@ -255,7 +255,9 @@ int main(int argc, char **argv)
         pg = common_pg_connect(prog, pg_conninfo, "public", 0);
         if (!pg)
             return 1;
-        orders = schemas[0];
+        static char label[96];
+        snprintf(label, sizeof label, "schema %s", schemas[0]);
+        orders = label;
 #else
         fprintf(stderr, "%s: built without PostgreSQL (libpq): no --pg\n", prog);
         return 2;
