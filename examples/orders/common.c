@@ -89,6 +89,16 @@ sqlite3 *common_db_open(const char *prog, const char *path, const char *synchron
     return db;
 }
 
+void make_order(int64_t id, struct order *o)
+{
+    memset(o, 0, sizeof *o);
+    o->order_id = id;
+    snprintf(o->customer, sizeof o->customer, "customer-%" PRId64, (id * 7919) % 1000);
+    snprintf(o->sku, sizeof o->sku, "sku-%" PRId64, id % 20);
+    o->qty = (int)(1 + id % 3);
+    o->amount_cents = o->qty * 1999;
+}
+
 int order_to_json(const struct order *o, char *buf, size_t cap)
 {
     return snprintf(buf, cap,

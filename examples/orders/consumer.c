@@ -22,6 +22,9 @@
 #include <unistd.h>
 
 #include "common.h"
+#ifdef ORDERS_PG
+#include "common_pg.h"
+#endif
 
 /* Reconnect backoff. */
 #define BACKOFF_FIRST_MS 50
@@ -38,6 +41,8 @@ void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const 
     static const struct option longopts[] = {
         {"server", required_argument, NULL, 's'},
         {"db", required_argument, NULL, 'd'},
+        {"pg", required_argument, NULL, 'G'},
+        {"schema", required_argument, NULL, 'S'},
         {"group", required_argument, NULL, 'g'},
         {"topic", required_argument, NULL, 't'},
         {"window", required_argument, NULL, 'w'},
@@ -66,6 +71,12 @@ void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const 
             break;
         case 'd':
             cfg->db_path = optarg;
+            break;
+        case 'G':
+            cfg->pg_conninfo = optarg;
+            break;
+        case 'S':
+            cfg->pg_schema = optarg;
             break;
         case 'g':
             cfg->group = optarg;
@@ -102,9 +113,13 @@ void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const 
             cfg->synchronous = strcmp(optarg, "full") == 0 ? "FULL" : "NORMAL";
             break;
         case 'h':
-            printf("usage: %s --db FILE [options]\n\n%s\n\n"
+            printf("usage: %s --db FILE [options]\n"
+                   "       %s --pg CONNINFO [--schema S] [options]\n\n%s\n\n"
                    "  --server HOST:PORT     ferryd (default $FERRY_SERVER or %s)\n"
                    "  --db FILE              the service's SQLite database (created)\n"
+                   "  --pg CONNINFO          PostgreSQL instead (a libpq URL or key=value\n"
+                   "                         string): the tables and the inbox in --schema\n"
+                   "  --schema S             the Postgres schema (default: the group's name)\n"
                    "  --group NAME           consumer group (default %s)\n"
                    "  --topic NAME           topic (default %s)\n"
                    "  --window N             deliveries in flight (default 64)\n"
@@ -119,31 +134,32 @@ void consumer_parse_args(struct consumer_cfg *cfg, int argc, char **argv, const 
                    "                         floor, then past the window (default 10000)\n"
                    "  --until N              exit once N effects are in the database\n"
                    "  --sync full|normal     the database's synchronous (default full)\n",
-                   cfg->prog, about, FERRY_DEFAULT_SERVER, cfg->group, ORDERS_TOPIC);
+                   cfg->prog, cfg->prog, about, FERRY_DEFAULT_SERVER, cfg->group, ORDERS_TOPIC);
             exit(0);
         default:
             exit(2);
         }
     }
-    if (!cfg->db_path || optind < argc) {
-        fprintf(stderr, "%s: usage: %s --db FILE [options] (--help)\n", cfg->prog, cfg->prog);
+    if (!cfg->db_path == !cfg->pg_conninfo || optind < argc) {
+        fprintf(stderr, "%s: usage: %s --db FILE | --pg CONNINFO [options] (--help)\n", cfg->prog,
+                cfg->prog);
         exit(2);
     }
-}
-
-static int64_t count_effects(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    int64_t n = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+#ifndef ORDERS_PG
+    if (cfg->pg_conninfo) {
+        fprintf(stderr, "%s: built without PostgreSQL (libpq): no --pg\n", cfg->prog);
+        exit(2);
+    }
+#endif
+    if (!cfg->pg_schema)
+        cfg->pg_schema = cfg->group;
 }
 
 struct run {
     const struct consumer_cfg *cfg;
-    sqlite3 *db;
+    sqlite3 *db; /* --db */
+    PGconn *pg;  /* --pg */
+    int pg_backoff;
     ferry_conn *c;
     ferry_sub *s;
     int64_t window_ms; /* the purge window in force */
@@ -151,6 +167,139 @@ struct run {
     int64_t max_rows;   /* the most claims left in the inbox by a purge */
     int64_t max_before; /* the most claims a purge found */
 };
+
+/* ----- the service's database: SQLite (--db) or PostgreSQL (--pg) ----- */
+
+static int is_pg(const struct run *r)
+{
+    return r->cfg->pg_conninfo != NULL;
+}
+
+/* One integer from sql; -1 when it fails (a table not made yet). */
+static int64_t store_int(struct run *r, const char *sql)
+{
+#ifdef ORDERS_PG
+    if (is_pg(r))
+        return r->pg ? common_pg_int(r->pg, sql) : -1;
+#endif
+    sqlite3_stmt *st = NULL;
+    int64_t n = -1;
+    if (sqlite3_prepare_v2(r->db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static const char *store_errmsg(struct run *r)
+{
+#ifdef ORDERS_PG
+    if (is_pg(r))
+        return common_pg_errmsg(r->pg);
+#endif
+    return sqlite3_errmsg(r->db);
+}
+
+/* Opens the database (again, for Postgres), the service's tables and the
+ * inbox. Returns 0, or -1 (logged unless quiet). */
+static int store_open(struct run *r, int quiet)
+{
+    const struct consumer_cfg *cfg = r->cfg;
+    int rc;
+#ifdef ORDERS_PG
+    if (is_pg(r)) {
+        PQfinish(r->pg);
+        r->pg = common_pg_connect(cfg->prog, cfg->pg_conninfo, cfg->pg_schema, quiet);
+        if (!r->pg)
+            return -1;
+        if ((rc = ferry_pg_inbox_install(r->pg, cfg->pg_schema)) != 0) {
+            if (!quiet)
+                common_log(cfg->prog, "inbox install in schema %s: %s (%s)", cfg->pg_schema,
+                           ferry_strerror(rc), common_pg_errmsg(r->pg));
+        } else if (!cfg->pg_schema_sql ||
+                   common_pg_exec(cfg->prog, r->pg, cfg->pg_schema_sql, quiet) == 0) {
+            return 0;
+        }
+        PQfinish(r->pg); /* down: made again by the next store_open */
+        r->pg = NULL;
+        return -1;
+    }
+#endif
+    r->db = common_db_open(cfg->prog, cfg->db_path, cfg->synchronous, cfg->schema_sql);
+    if (!r->db)
+        return -1;
+    if ((rc = ferry_inbox_install(r->db)) != 0) {
+        common_log(cfg->prog, "inbox install: %s (%s)", ferry_strerror(rc), sqlite3_errmsg(r->db));
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 when the Postgres connection is lost (SQLite: never). */
+static int store_down(const struct run *r)
+{
+#ifdef ORDERS_PG
+    if (is_pg(r))
+        return !r->pg || PQstatus(r->pg) != CONNECTION_OK;
+#endif
+    (void)r;
+    return 0;
+}
+
+static void store_close(struct run *r)
+{
+#ifdef ORDERS_PG
+    PQfinish(r->pg);
+    r->pg = NULL;
+#endif
+    sqlite3_close(r->db);
+    r->db = NULL;
+}
+
+/* Applies a batch through the inbox, an outcome each (docs/INBOX.md):
+ * SQLite in one transaction (ferry_inbox_handle_batch), Postgres one
+ * transaction a delivery (ferry_pg_inbox_handle). Returns < 0 when the
+ * whole batch failed. */
+static int store_handle(struct run *r, ferry_delivery **batch, size_t n, int *outcomes)
+{
+    const struct consumer_cfg *cfg = r->cfg;
+#ifdef ORDERS_PG
+    if (is_pg(r)) {
+        for (size_t i = 0; i < n; i++)
+            outcomes[i] =
+                ferry_pg_inbox_handle(r->pg, cfg->pg_schema, cfg->group, batch[i], cfg->pg_handler,
+                                      cfg->handler_ctx, cfg->retry_delay_ms);
+        return 0;
+    }
+#endif
+    return ferry_inbox_handle_batch(r->db, cfg->group, batch, n, cfg->handler, cfg->handler_ctx,
+                                    cfg->retry_delay_ms, outcomes);
+}
+
+/* The purge by the broker's floor, then by the window. Returns what the
+ * floor purge returned. */
+static int store_purge(struct run *r, int *window_purged)
+{
+    const struct consumer_cfg *cfg = r->cfg;
+    int purged = 0;
+    *window_purged = 0;
+#ifdef ORDERS_PG
+    if (is_pg(r)) {
+        if (r->s)
+            purged =
+                ferry_pg_inbox_purge_acked(r->pg, cfg->pg_schema, cfg->group, r->s, PURGE_MAX_ROWS);
+        if (r->window_ms > 0)
+            *window_purged =
+                ferry_pg_inbox_purge(r->pg, cfg->pg_schema, r->window_ms, PURGE_MAX_ROWS);
+        return purged;
+    }
+#endif
+    if (r->s)
+        purged = ferry_inbox_purge_acked(r->db, cfg->group, r->s, PURGE_MAX_ROWS);
+    if (r->window_ms > 0)
+        *window_purged = ferry_inbox_purge(r->db, r->window_ms, PURGE_MAX_ROWS);
+    return purged;
+}
 
 /* Connects and subscribes. Returns 0, or -1 (logged once per outage). */
 static int join(struct run *r, int *down_logged)
@@ -220,11 +369,10 @@ static void handle(struct run *r, ferry_delivery **batch, size_t n)
 {
     const struct consumer_cfg *cfg = r->cfg;
     int outcomes[MAX_BATCH];
-    int rc = ferry_inbox_handle_batch(r->db, cfg->group, batch, n, cfg->handler, cfg->handler_ctx,
-                                      cfg->retry_delay_ms, outcomes);
+    int rc = store_handle(r, batch, n, outcomes);
     if (rc < 0)
         common_log(cfg->prog, "a batch of %zu failed: %s (%s); nacked", n, ferry_strerror(rc),
-                   sqlite3_errmsg(r->db));
+                   store_errmsg(r));
     int conn_suspect = 0;
     for (size_t i = 0; i < n; i++) {
         const ferry_delivery *d = batch[i];
@@ -248,8 +396,9 @@ static void handle(struct run *r, ferry_delivery **batch, size_t n)
             r->failed++;
             conn_suspect = 1;
             if (rc == 0)
-                common_log(cfg->prog, "seq %" PRIu64 " (%s): %s", d->seq, d->id,
-                           ferry_strerror(outcomes[i]));
+                common_log(cfg->prog, "seq %" PRIu64 " (%s): %s (%s)", d->seq, d->id,
+                           ferry_strerror(outcomes[i]),
+                           outcomes[i] == FERRY_ESTORAGE ? store_errmsg(r) : ferry_errmsg(r->c));
         }
     }
     /* A failed ack or nack usually means a dead connection. */
@@ -260,31 +409,30 @@ static void handle(struct run *r, ferry_delivery **batch, size_t n)
 /* The inbox purges (docs/INBOX.md): the claims below the broker's durable
  * floor, which cannot be delivered again, and those older than the window
  * (what the floor keeps: redrivable dead letters). */
-static int64_t inbox_rows(sqlite3 *db)
+static int64_t inbox_rows(struct run *r)
 {
-    sqlite3_stmt *st = NULL;
-    int64_t n = -1;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM ferry_inbox", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return n;
+    /* Postgres: the schema's inbox (search_path). */
+    return store_int(r,
+                     is_pg(r) ? "SELECT count(*) FROM inbox" : "SELECT count(*) FROM ferry_inbox");
 }
 
 static void purge(struct run *r)
 {
-    int64_t rows = inbox_rows(r->db);
+    int64_t rows = inbox_rows(r);
     if (rows > r->max_before)
         r->max_before = rows;
-    int purged = r->s ? ferry_inbox_purge_acked(r->db, r->cfg->group, r->s, PURGE_MAX_ROWS) : 0;
+    int window_purged;
+    int purged = store_purge(r, &window_purged);
     if (purged > 0)
         r->purged += (uint64_t)purged;
+    else if (purged == FERRY_ESTORAGE)
+        common_log(r->cfg->prog, "floor purge: %s (%s)", ferry_strerror(purged), store_errmsg(r));
     else if (purged < 0 && purged != FERRY_ETIMEOUT)
         common_log(r->cfg->prog, "floor purge: %s (%s)", ferry_strerror(purged),
                    ferry_errmsg(r->c));
-    if (r->window_ms > 0 && (purged = ferry_inbox_purge(r->db, r->window_ms, PURGE_MAX_ROWS)) > 0)
-        r->purged += (uint64_t)purged;
-    if ((rows = inbox_rows(r->db)) > r->max_rows)
+    if (window_purged > 0)
+        r->purged += (uint64_t)window_purged;
+    if ((rows = inbox_rows(r)) > r->max_rows)
         r->max_rows = rows;
 }
 
@@ -293,21 +441,30 @@ int consumer_run(const struct consumer_cfg *cfg)
     struct run r;
     memset(&r, 0, sizeof r);
     r.cfg = cfg;
-    r.db = common_db_open(cfg->prog, cfg->db_path, cfg->synchronous, cfg->schema_sql);
-    if (!r.db)
-        return 1;
-    int rc = ferry_inbox_install(r.db);
-    if (rc != 0) {
-        common_log(cfg->prog, "inbox install: %s (%s)", ferry_strerror(rc), sqlite3_errmsg(r.db));
-        sqlite3_close(r.db);
+    r.pg_backoff = BACKOFF_FIRST_MS;
+    if (store_open(&r, 0) < 0) {
+        store_close(&r);
         return 1;
     }
+    int rc;
 
     int exit_on_receive = getenv(CONSUMER_TEST_EXIT_ON_RECEIVE_ENV) != NULL;
     int backoff = BACKOFF_FIRST_MS, down_logged = 0;
     int64_t next_purge = common_mono_ms() + cfg->purge_every_ms;
     int64_t next_count = 0;
     while (!common_stop) {
+        if (store_down(&r)) {
+            /* Postgres restarting: nothing can be applied meanwhile; what
+             * the broker sends waits (or its lease runs out and it comes
+             * again). */
+            common_sleep_ms(r.pg_backoff);
+            r.pg_backoff = r.pg_backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r.pg_backoff * 2;
+            if (store_open(&r, 1) == 0) {
+                common_log(cfg->prog, "connected to PostgreSQL again");
+                r.pg_backoff = BACKOFF_FIRST_MS;
+            }
+            continue;
+        }
         if (!r.c) {
             if (join(&r, &down_logged) < 0) {
                 common_sleep_ms(backoff);
@@ -346,7 +503,7 @@ int consumer_run(const struct consumer_cfg *cfg)
             next_purge = now + cfg->purge_every_ms;
         }
         if (cfg->until > 0 && now >= next_count) {
-            if (count_effects(r.db, cfg->count_sql) >= cfg->until)
+            if (store_int(&r, cfg->count_sql) >= cfg->until)
                 break;
             next_count = now + 100;
         }
@@ -362,7 +519,8 @@ int consumer_run(const struct consumer_cfg *cfg)
                " inbox claims purged (inbox at most %" PRId64 " rows before a purge, %" PRId64
                " after); %" PRId64 " effects in %s",
                r.fresh, r.seen, r.retried, r.failed, r.reconnects, r.purged, r.max_before,
-               r.max_rows, count_effects(r.db, cfg->count_sql), cfg->db_path);
-    sqlite3_close(r.db);
+               r.max_rows, store_int(&r, cfg->count_sql),
+               is_pg(&r) ? cfg->pg_schema : cfg->db_path);
+    store_close(&r);
     return 0;
 }

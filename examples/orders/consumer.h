@@ -7,6 +7,13 @@
  * ack floor that the broker reports (ferry_inbox_purge_acked), and those
  * older than the window ferry_inbox_window_ms derives from the
  * subscription's settings.
+ *
+ * With --pg CONNINFO (when built with libpq) the service's tables and its
+ * inbox are in PostgreSQL, in the schema --schema names (default: the
+ * group's name), and each delivery goes through ferry_pg_inbox_handle
+ * (one transaction each); the purges are ferry_pg_inbox_purge_acked and
+ * ferry_pg_inbox_purge. A lost Postgres connection is made again with the
+ * same backoff as the broker's.
  */
 #ifndef ORDERS_CONSUMER_H
 #define ORDERS_CONSUMER_H
@@ -28,10 +35,17 @@ struct consumer_cfg {
     const char *count_sql;  /* SELECT count(*) of the effects applied so far */
     ferry_inbox_handler handler;
     void *handler_ctx;
+    /* The same for --pg: the tables (run with search_path set to the
+     * schema, so unqualified), and the handler, which runs inside
+     * ferry_pg_inbox_handle's transaction. */
+    const char *pg_schema_sql;
+    ferry_pg_inbox_handler pg_handler;
 
     /* From the command line (consumer_parse_args). */
     const char *server;
     const char *db_path;
+    const char *pg_conninfo; /* --pg (then db_path is NULL) */
+    const char *pg_schema;   /* --schema; default: the group's name */
     const char *topic;
     const char *synchronous;
     uint32_t window;

@@ -19,6 +19,10 @@
 
 #include "common.h"
 #include "consumer.h"
+#ifdef ORDERS_PG
+#include <inttypes.h>
+#include <libpq-fe.h>
+#endif
 
 /* clang-format off */
 static const char schema[] =
@@ -80,6 +84,64 @@ static int reserve(void *userdata, sqlite3 *db, const ferry_delivery *d)
     return src == SQLITE_DONE ? 0 : -1;
 }
 
+#ifdef ORDERS_PG
+/* --pg: the same tables in the service's schema (search_path). */
+/* clang-format off */
+static const char pg_schema[] =
+    "CREATE TABLE IF NOT EXISTS stock ("
+    "  sku text PRIMARY KEY,"
+    "  on_hand bigint NOT NULL,"
+    "  reserved bigint NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS reservations ("
+    "  id bigserial PRIMARY KEY,"
+    "  order_id bigint NOT NULL,"
+    "  sku text NOT NULL,"
+    "  qty integer NOT NULL,"
+    "  status text NOT NULL,"
+    "  order_created_us bigint NOT NULL,"
+    "  stored_ms bigint NOT NULL,"
+    "  effect_us bigint NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS reservations_order ON reservations(order_id);"
+    "INSERT INTO stock(sku, on_hand) SELECT 'sku-' || i, 100000000"
+    "  FROM generate_series(0, 19) i ON CONFLICT DO NOTHING;";
+/* clang-format on */
+
+/* reserve() in ferry_pg_inbox_handle's transaction. */
+static int reserve_pg(void *userdata, PGconn *pg, const ferry_delivery *d)
+{
+    (void)userdata;
+    struct order o;
+    if (order_from_json(d->payload, d->payload_len, &o) < 0)
+        return -1;
+    char v[7][32];
+    snprintf(v[0], sizeof v[0], "%d", o.qty);
+    snprintf(v[1], sizeof v[1], "%s", o.sku);
+    const char *upd[2] = {v[0], v[1]};
+    PGresult *r = PQexecParams(pg,
+                               "UPDATE stock SET reserved = reserved + $1"
+                               " WHERE sku = $2 AND on_hand - reserved >= $1",
+                               2, NULL, upd, NULL, NULL, 0);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    const char *status = ok && strcmp(PQcmdTuples(r), "1") == 0 ? "reserved" : "backorder";
+    PQclear(r);
+    if (!ok)
+        return -1;
+    snprintf(v[2], sizeof v[2], "%" PRId64, o.order_id);
+    snprintf(v[3], sizeof v[3], "%s", status);
+    snprintf(v[4], sizeof v[4], "%" PRId64, o.created_us);
+    snprintf(v[5], sizeof v[5], "%" PRId64, d->ts_ms);
+    snprintf(v[6], sizeof v[6], "%" PRId64, common_wall_us());
+    const char *ins[7] = {v[2], v[1], v[0], v[3], v[4], v[5], v[6]};
+    r = PQexecParams(pg,
+                     "INSERT INTO reservations(order_id, sku, qty, status, order_created_us,"
+                     " stored_ms, effect_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     7, NULL, ins, NULL, NULL, 0);
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     struct consumer_cfg cfg;
@@ -89,6 +151,10 @@ int main(int argc, char **argv)
     cfg.schema_sql = schema;
     cfg.count_sql = "SELECT count(*) FROM reservations";
     cfg.handler = reserve;
+#ifdef ORDERS_PG
+    cfg.pg_schema_sql = pg_schema;
+    cfg.pg_handler = reserve_pg;
+#endif
     consumer_parse_args(&cfg, argc, argv,
                         "Consumer group 'inventory' of topic 'orders': reserves stock for each\n"
                         "order in its database, exactly once (ferry_inbox_handle).");

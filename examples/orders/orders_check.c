@@ -16,6 +16,12 @@
  * commit-to-effect latency: from the producer's timestamp in the order
  * (taken just before its COMMIT) to the consumer's (taken just before its
  * own COMMIT), per consumer, over orders from --latency-from on.
+ *
+ * --pg CONNINFO reads the same from PostgreSQL instead, where --orders,
+ * --inventory and --email name the services' schemas (default orders,
+ * inventory, email): the checks are the same SQL over other table names.
+ * There the relay deletes what it published, so the outbox holds only what
+ * waits; --latency is for the SQLite databases.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -26,10 +32,47 @@
 #include <sqlite3.h>
 
 #include "common.h"
+#ifdef ORDERS_PG
+#include "common_pg.h"
+#endif
 
 static const char *prog = "orders_check";
 
-static sqlite3 *open_all(const char *orders, const char *inventory, const char *email)
+/* The databases: SQLite (attached under main, inv, mail) or Postgres. */
+static sqlite3 *lite;
+#ifdef ORDERS_PG
+static PGconn *pg;
+#endif
+
+/* The tables the checks name, as {orders} ... in their SQL. */
+enum { T_ORDERS, T_OUTBOX, T_RESERVATIONS, T_STOCK, T_INV_INBOX, T_EMAILS, T_MAIL_INBOX, T_COUNT };
+static const char *const t_keys[T_COUNT] = {"{orders}",    "{outbox}", "{reservations}", "{stock}",
+                                            "{inv_inbox}", "{emails}", "{mail_inbox}"};
+static char t_names[T_COUNT][80] = {"main.orders",     "main.ferry_outbox", "inv.reservations",
+                                    "inv.stock",       "inv.ferry_inbox",   "mail.emails",
+                                    "mail.ferry_inbox"};
+
+/* sql with each {table} replaced by its name. */
+static const char *expand(const char *sql)
+{
+    static char out[2048];
+    size_t n = 0;
+    while (*sql && n < sizeof out - 1) {
+        int t = 0;
+        while (t < T_COUNT && strncmp(sql, t_keys[t], strlen(t_keys[t])) != 0)
+            t++;
+        if (t < T_COUNT) {
+            n += (size_t)snprintf(out + n, sizeof out - n, "%s", t_names[t]);
+            sql += strlen(t_keys[t]);
+        } else {
+            out[n++] = *sql++;
+        }
+    }
+    out[n < sizeof out ? n : sizeof out - 1] = '\0';
+    return out;
+}
+
+static sqlite3 *open_all_sqlite(const char *orders, const char *inventory, const char *email)
 {
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(orders, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
@@ -58,11 +101,16 @@ static sqlite3 *open_all(const char *orders, const char *inventory, const char *
 }
 
 /* One integer; -1 when the query fails (a table not made yet). */
-static int64_t q(sqlite3 *db, const char *sql)
+static int64_t q(const char *sql)
 {
+    sql = expand(sql);
+#ifdef ORDERS_PG
+    if (pg)
+        return common_pg_int(pg, sql);
+#endif
     sqlite3_stmt *st = NULL;
     int64_t v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if (sqlite3_prepare_v2(lite, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         v = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return v;
@@ -112,24 +160,41 @@ static void latency(sqlite3 *db, const char *what, const char *expr, const char 
 }
 
 /* Prints one check and returns 1 when it failed. */
-static int check(sqlite3 *db, const char *what, const char *sql)
+static int check(const char *what, const char *sql)
 {
-    int64_t bad = q(db, sql);
+    int64_t bad = q(sql);
     printf("  %-62s %s\n", what, bad == 0 ? "ok" : "FAILED");
     if (bad != 0)
-        printf("    (%" PRId64 " offending rows: %s)\n", bad, sql);
+        printf("    (%" PRId64 " offending rows: %s)\n", bad, expand(sql));
     return bad != 0;
+}
+
+static void exec_sql(const char *sql)
+{
+#ifdef ORDERS_PG
+    if (pg) {
+        PQclear(PQexec(pg, sql));
+        return;
+    }
+#endif
+    sqlite3_exec(lite, sql, NULL, NULL, NULL);
 }
 
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"orders", required_argument, NULL, 'o'}, {"inventory", required_argument, NULL, 'i'},
-        {"email", required_argument, NULL, 'e'},  {"wait-ms", required_argument, NULL, 'w'},
-        {"latency", no_argument, NULL, 'l'},      {"latency-from", required_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"orders", required_argument, NULL, 'o'},
+        {"inventory", required_argument, NULL, 'i'},
+        {"email", required_argument, NULL, 'e'},
+        {"wait-ms", required_argument, NULL, 'w'},
+        {"latency", no_argument, NULL, 'l'},
+        {"latency-from", required_argument, NULL, 'f'},
+        {"pg", required_argument, NULL, 'P'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    const char *orders = "orders.db", *inventory = "inventory.db", *email = "email.db";
+    const char *pg_conninfo = NULL;
+    const char *orders = NULL, *inventory = NULL, *email = NULL;
     int64_t wait_ms = 0, lat_from = 1;
     int want_latency = 0;
     int opt;
@@ -153,34 +218,80 @@ int main(int argc, char **argv)
         case 'f':
             lat_from = common_parse_int(prog, "--latency-from", optarg);
             break;
+        case 'P':
+            pg_conninfo = optarg;
+            break;
         case 'h':
             printf("usage: %s [--orders F] [--inventory F] [--email F] [--wait-ms T]\n"
-                   "       [--latency [--latency-from ORDER]]\n",
-                   prog);
+                   "       [--latency [--latency-from ORDER]]\n"
+                   "       %s --pg CONNINFO [--orders S] [--inventory S] [--email S]\n"
+                   "       [--wait-ms T]   (S: the services' schemas)\n",
+                   prog, prog);
             return 0;
         default:
             return 2;
         }
     }
 
-    sqlite3 *db = open_all(orders, inventory, email);
-    if (!db)
-        return 1;
+    if (pg_conninfo) {
+#ifdef ORDERS_PG
+        const char *schemas[3] = {orders ? orders : "orders", inventory ? inventory : "inventory",
+                                  email ? email : "email"};
+        for (int i = 0; i < 3; i++)
+            if (!*schemas[i] ||
+                strspn(schemas[i], "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(schemas[i])) {
+                fprintf(stderr, "%s: a schema is [a-z0-9_]+, not '%s'\n", prog, schemas[i]);
+                return 2;
+            }
+        if (want_latency) {
+            fprintf(stderr, "%s: --latency is for the SQLite databases\n", prog);
+            return 2;
+        }
+        static const int owner[T_COUNT] = {0, 0, 1, 1, 1, 2, 2};
+        static const char *const table[T_COUNT] = {"orders", "outbox", "reservations", "stock",
+                                                   "inbox",  "emails", "inbox"};
+        for (int t = 0; t < T_COUNT; t++)
+            snprintf(t_names[t], sizeof t_names[t], "%s.%s", schemas[owner[t]], table[t]);
+        pg = common_pg_connect(prog, pg_conninfo, "public", 0);
+        if (!pg)
+            return 1;
+        static char label[96];
+        snprintf(label, sizeof label, "schema %s", schemas[0]);
+        orders = label;
+#else
+        fprintf(stderr, "%s: built without PostgreSQL (libpq): no --pg\n", prog);
+        return 2;
+#endif
+    } else {
+        orders = orders ? orders : "orders.db";
+        lite = open_all_sqlite(orders, inventory ? inventory : "inventory.db",
+                               email ? email : "email.db");
+        if (!lite)
+            return 1;
+    }
+    /* Postgres deletes the outbox rows it published: all that is there
+     * waits. */
+    const char *waiting_sql = lite ? "SELECT count(*) FROM {outbox} WHERE sent_ms IS NULL"
+                                   : "SELECT count(*) FROM {outbox}";
 
-    int64_t n_orders = q(db, "SELECT count(*) FROM main.orders");
+    int64_t n_orders = q("SELECT count(*) FROM {orders}");
     if (wait_ms > 0) {
         int64_t deadline = common_mono_ms() + wait_ms;
         for (;;) {
-            int64_t r = q(db, "SELECT count(DISTINCT order_id) FROM inv.reservations");
-            int64_t m = q(db, "SELECT count(DISTINCT order_id) FROM mail.emails");
-            if (r >= n_orders && m >= n_orders)
+            n_orders = q("SELECT count(*) FROM {orders}");
+            int64_t r = q("SELECT count(DISTINCT order_id) FROM {reservations}");
+            int64_t m = q("SELECT count(DISTINCT order_id) FROM {emails}");
+            if (n_orders >= 0 && r >= n_orders && m >= n_orders)
                 break;
             if (common_mono_ms() > deadline) {
                 fprintf(stderr,
                         "%s: after %" PRId64 " ms: %" PRId64 " of %" PRId64
                         " orders reserved, %" PRId64 " e-mailed\n",
                         prog, wait_ms, r, n_orders, m);
-                sqlite3_close(db);
+                sqlite3_close(lite);
+#ifdef ORDERS_PG
+                PQfinish(pg);
+#endif
                 return 3;
             }
             common_sleep_ms(100);
@@ -188,62 +299,67 @@ int main(int argc, char **argv)
     }
 
     /* One read transaction: the figures below are one moment's. */
-    sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+    exec_sql(lite ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    int64_t waiting = q(waiting_sql);
     printf("order_service      %" PRId64 " orders written to %s\n", n_orders, orders);
     printf("relay              %" PRId64 " events relayed, %" PRId64 " waiting in the outbox\n",
-           n_orders - q(db, "SELECT count(*) FROM main.ferry_outbox WHERE sent_ms IS NULL"),
-           q(db, "SELECT count(*) FROM main.ferry_outbox WHERE sent_ms IS NULL"));
+           n_orders - waiting, waiting);
     printf("inventory_service  %" PRId64 " orders reserved (%" PRId64 " units of stock), %" PRId64
            " inbox claims kept\n",
-           q(db, "SELECT count(*) FROM inv.reservations"),
-           q(db, "SELECT ifnull(sum(reserved), 0) FROM inv.stock"),
-           q(db, "SELECT count(*) FROM inv.ferry_inbox"));
-    printf(
-        "email_service      %" PRId64 " confirmation e-mails sent, %" PRId64 " inbox claims kept\n",
-        q(db, "SELECT count(*) FROM mail.emails"), q(db, "SELECT count(*) FROM mail.ferry_inbox"));
+           q("SELECT count(*) FROM {reservations}"),
+           q("SELECT coalesce(sum(reserved), 0) FROM {stock}"),
+           q("SELECT count(*) FROM {inv_inbox}"));
+    printf("email_service      %" PRId64 " confirmation e-mails sent, %" PRId64
+           " inbox claims kept\n",
+           q("SELECT count(*) FROM {emails}"), q("SELECT count(*) FROM {mail_inbox}"));
 
     printf("exactly once:\n");
     int failed = 0;
-    failed += check(db, "every order reserved exactly once",
-                    "SELECT count(*) FROM main.orders o LEFT JOIN (SELECT order_id, count(*) AS n"
-                    " FROM inv.reservations GROUP BY order_id) r ON r.order_id = o.id"
-                    " WHERE ifnull(r.n, 0) != 1");
-    failed += check(db, "no reservation without its order",
-                    "SELECT count(*) FROM inv.reservations"
-                    " WHERE order_id NOT IN (SELECT id FROM main.orders)");
+    failed += check("every order reserved exactly once",
+                    "SELECT count(*) FROM {orders} o LEFT JOIN (SELECT order_id, count(*) AS n"
+                    " FROM {reservations} GROUP BY order_id) r ON r.order_id = o.id"
+                    " WHERE coalesce(r.n, 0) != 1");
+    failed += check("no reservation without its order",
+                    "SELECT count(*) FROM {reservations}"
+                    " WHERE order_id NOT IN (SELECT id FROM {orders})");
     failed +=
-        check(db, "each reservation matches its order (sku, quantity)",
-              "SELECT count(*) FROM inv.reservations r JOIN main.orders o ON o.id = r.order_id"
+        check("each reservation matches its order (sku, quantity)",
+              "SELECT count(*) FROM {reservations} r JOIN {orders} o ON o.id = r.order_id"
               " WHERE r.sku != o.sku OR r.qty != o.qty OR r.order_created_us != o.created_us");
     failed +=
-        check(db, "stock counters add up to the reservations",
-              "SELECT count(*) FROM inv.stock s WHERE s.reserved != (SELECT ifnull(sum(qty), 0)"
-              " FROM inv.reservations r WHERE r.sku = s.sku AND r.status = 'reserved')");
-    failed += check(db, "every order e-mailed exactly once",
-                    "SELECT count(*) FROM main.orders o LEFT JOIN (SELECT order_id, count(*) AS n"
-                    " FROM mail.emails GROUP BY order_id) m ON m.order_id = o.id"
-                    " WHERE ifnull(m.n, 0) != 1");
-    failed += check(
-        db, "no e-mail without its order",
-        "SELECT count(*) FROM mail.emails WHERE order_id NOT IN (SELECT id FROM main.orders)");
+        check("stock counters add up to the reservations",
+              "SELECT count(*) FROM {stock} s WHERE s.reserved != (SELECT coalesce(sum(qty), 0)"
+              " FROM {reservations} r WHERE r.sku = s.sku AND r.status = 'reserved')");
+    failed += check("every order e-mailed exactly once",
+                    "SELECT count(*) FROM {orders} o LEFT JOIN (SELECT order_id, count(*) AS n"
+                    " FROM {emails} GROUP BY order_id) m ON m.order_id = o.id"
+                    " WHERE coalesce(m.n, 0) != 1");
     failed +=
-        check(db, "one outbox event per order",
-              "SELECT count(*) FROM main.orders o WHERE (SELECT count(*) FROM main.ferry_outbox"
-              " b WHERE b.msg_id = 'order-' || o.id) > 1");
-    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        check("no e-mail without its order",
+              "SELECT count(*) FROM {emails} WHERE order_id NOT IN (SELECT id FROM {orders})");
+    /* Postgres: a unique index on msg_id, and published rows deleted. */
+    if (lite)
+        failed += check("one outbox event per order",
+                        "SELECT count(*) FROM {orders} o WHERE (SELECT count(*) FROM {outbox}"
+                        " b WHERE b.msg_id = 'order-' || o.id) > 1");
+    exec_sql("COMMIT");
 
     if (want_latency) {
         /* stored_ms is ferryd's clock in whole ms: the split is +-1 ms. */
         printf("latency, producer's commit -> consumer's committed effect:\n");
-        latency(db, "inventory", "effect_us - order_created_us", "inv.reservations", lat_from);
-        latency(db, "email", "effect_us - order_created_us", "mail.emails", lat_from);
+        latency(lite, "inventory", "effect_us - order_created_us", t_names[T_RESERVATIONS],
+                lat_from);
+        latency(lite, "email", "effect_us - order_created_us", t_names[T_EMAILS], lat_from);
         printf("  of which (inventory):\n");
-        latency(db, "  commit -> stored by ferryd", "stored_ms * 1000 - order_created_us",
-                "inv.reservations", lat_from);
-        latency(db, "  stored -> effect committed", "effect_us - stored_ms * 1000",
-                "inv.reservations", lat_from);
+        latency(lite, "  commit -> stored by ferryd", "stored_ms * 1000 - order_created_us",
+                t_names[T_RESERVATIONS], lat_from);
+        latency(lite, "  stored -> effect committed", "effect_us - stored_ms * 1000",
+                t_names[T_RESERVATIONS], lat_from);
     }
-    sqlite3_close(db);
+    sqlite3_close(lite);
+#ifdef ORDERS_PG
+    PQfinish(pg);
+#endif
     printf("%s\n",
            failed ? "RESULT: FAILED" : "RESULT: every order's effect happened exactly once");
     return failed ? 1 : 0;

@@ -12,6 +12,8 @@
 #   examples/orders/run.sh                      2,000 orders at 200/s
 #   examples/orders/run.sh --orders 60000 --rate 1000 --latency
 #                                               the commit-to-effect benchmark
+#   examples/orders/run.sh --pg                 the order and consumer services
+#                                               on a private PostgreSQL
 #
 # The programs are taken from the meson build folder: --build DIR, or
 # $FERRY_BUILD, or ./build of the repository.
@@ -27,9 +29,10 @@ latency=0
 latency_from=1
 keep=0
 sync=full
+pg=0
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 
 Options:
@@ -43,6 +46,11 @@ Options:
                       full: an acked effect survives a power loss); the order
                       database is always normal (the relay syncs before it
                       publishes)
+  --pg                the services' tables, outbox and inboxes in PostgreSQL:
+                      a private server (initdb in the temporary folder, as
+                      the user ferry-pg when run as root; a unix socket there
+                      and a free 127.0.0.1 port), \`ferry relay --pg URL
+                      --schema orders\` as the relay; stopped at the end
   --build DIR         the meson build folder (default \$FERRY_BUILD or ./build)
   --keep              keep the temporary folder (databases, logs)
 EOF
@@ -65,11 +73,16 @@ while [ $# -gt 0 ]; do
     --sync) sync=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --pg) pg=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (--help)" >&2; exit 2 ;;
     esac
 done
 case $relay in sidecar | thread) ;; *) echo "run.sh: --relay is sidecar or thread" >&2; exit 2 ;; esac
+if [ "$pg" = 1 ] && { [ "$relay" = thread ] || [ "$latency" = 1 ]; }; then
+    echo "run.sh: --pg runs the sidecar relay, without --latency" >&2
+    exit 2
+fi
 
 bin=$build/examples/orders
 ferryd=$build/broker/ferryd
@@ -84,10 +97,15 @@ done
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-orders-XXXXXX")
 pids=()
+pg_pid=
 cleanup() {
     # Only the processes this script started, by their ids.
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$pg_pid" ]; then
+        kill -INT "$pg_pid" 2>/dev/null || true # fast shutdown
+        wait "$pg_pid" 2>/dev/null || true
+    fi
     if [ "$keep" = 1 ]; then echo "kept $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
@@ -108,17 +126,77 @@ fi
 addr=$(head -n1 "$dir/ready")
 say "ferryd listening on $addr (data in $dir/ferry-data)"
 
+# 1b. --pg: a private PostgreSQL, the services' schemas in its database.
+if [ "$pg" = 1 ]; then
+    pgbin=${FERRY_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+    if [ ! -x "$pgbin/postgres" ]; then
+        echo "run.sh: no PostgreSQL server under /usr/lib/postgresql/*/bin (run script/bootstrap)" >&2
+        exit 1
+    fi
+    pgdir=$dir/pg
+    mkdir "$pgdir"
+    chmod 755 "$dir" "$pgdir"
+    as=()
+    if [ "$(id -u)" = 0 ]; then
+        # The server refuses to run as root.
+        if ! id ferry-pg >/dev/null 2>&1; then
+            echo "run.sh: no user ferry-pg to run PostgreSQL as (run script/bootstrap)" >&2
+            exit 1
+        fi
+        chown ferry-pg: "$pgdir"
+        as=(setpriv --reuid=ferry-pg --regid=ferry-pg --clear-groups --)
+    fi
+    pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    if ! "${as[@]}" "$pgbin/initdb" -D "$pgdir/data" -U ferry -A trust -E UTF8 --locale=C \
+        --no-sync >"$dir/initdb.log" 2>&1; then
+        echo "run.sh: initdb failed:" >&2
+        cat "$dir/initdb.log" >&2
+        exit 1
+    fi
+    "${as[@]}" "$pgbin/postgres" -D "$pgdir/data" -p "$pgport" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$pgdir" >"$pgdir/postgres.log" 2>&1 &
+    pg_pid=$!
+    conninfo="host=$pgdir port=$pgport user=ferry dbname=postgres"
+    url="postgresql://ferry@127.0.0.1:$pgport/postgres"
+    for _ in $(seq 1 300); do
+        "$pgbin/pg_isready" -q -h "$pgdir" -p "$pgport" && break
+        sleep 0.1
+    done
+    if ! "$pgbin/pg_isready" -q -h "$pgdir" -p "$pgport"; then
+        echo "run.sh: postgres did not start:" >&2
+        cat "$pgdir/postgres.log" >&2
+        exit 1
+    fi
+    say "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') at $url (data in $pgdir)"
+fi
+
 # 2. The consumers.
 common=(--server "$addr" --sync "$sync")
-"$bin/inventory_service" --db "$dir/inventory.db" "${common[@]}" >"$dir/inventory.log" 2>&1 &
+if [ "$pg" = 1 ]; then
+    inv_store=(--pg "$conninfo")
+    mail_store=(--pg "$conninfo")
+    order_store=(--pg "$conninfo")
+    check_store=(--pg "$conninfo")
+else
+    inv_store=(--db "$dir/inventory.db")
+    mail_store=(--db "$dir/email.db")
+    order_store=(--db "$dir/orders.db")
+    check_store=(--orders "$dir/orders.db" --inventory "$dir/inventory.db" --email "$dir/email.db")
+fi
+"$bin/inventory_service" "${inv_store[@]}" "${common[@]}" >"$dir/inventory.log" 2>&1 &
 pids+=($!)
-"$bin/email_service" --db "$dir/email.db" "${common[@]}" >"$dir/email.log" 2>&1 &
+"$bin/email_service" "${mail_store[@]}" "${common[@]}" >"$dir/email.log" 2>&1 &
 pids+=($!)
 say "inventory_service (group inventory) and email_service (group email) started"
 
 # 3. The relay and the order service.
-order_args=(--db "$dir/orders.db" --count "$orders" --rate "$rate" --sync normal)
-if [ "$relay" = sidecar ]; then
+order_args=("${order_store[@]}" --count "$orders" --rate "$rate" --sync normal)
+if [ "$pg" = 1 ]; then
+    "$ferry" relay --pg "$url" --schema orders --install >/dev/null
+    "$ferry" relay --pg "$url" --schema orders --server "$addr" >"$dir/relay.log" 2>&1 &
+    pids+=($!)
+    say "relay: ferry relay --pg $url --schema orders (sidecar)"
+elif [ "$relay" = sidecar ]; then
     "$ferry" relay --db "$dir/orders.db" --install >/dev/null
     "$ferry" relay --db "$dir/orders.db" --server "$addr" >"$dir/relay.log" 2>&1 &
     pids+=($!)
@@ -138,8 +216,7 @@ fi
 # 4. Every order's effects, then a stop that lets each service log its
 #    summary.
 say "all orders placed; waiting for their effects"
-"$bin/orders_check" --orders "$dir/orders.db" --inventory "$dir/inventory.db" \
-    --email "$dir/email.db" --wait-ms 120000 >/dev/null || {
+"$bin/orders_check" "${check_store[@]}" --wait-ms 120000 >/dev/null || {
     echo "run.sh: the effects did not all arrive; logs in $dir" >&2
     keep=1
     exit 1
@@ -153,6 +230,6 @@ for log in orders relay inventory email; do
     [ -f "$dir/$log.log" ] && grep -E 'stopping|stopped|relay:' "$dir/$log.log" | tail -n 2 | sed 's/^/   /'
 done
 echo
-check_args=(--orders "$dir/orders.db" --inventory "$dir/inventory.db" --email "$dir/email.db")
+check_args=("${check_store[@]}")
 [ "$latency" = 1 ] && check_args+=(--latency --latency-from "$latency_from")
 "$bin/orders_check" "${check_args[@]}"
