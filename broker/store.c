@@ -435,21 +435,18 @@ static int load_dedupe(struct store *s)
     return SQLITE_OK;
 }
 
-int store_open(const struct store_config *cfg, struct store **out, char *err, size_t errlen)
+/* A store with cfg's settings and nothing opened; NULL when out of memory. */
+static struct store *store_alloc(const struct store_config *cfg)
 {
     struct store *s = calloc(1, sizeof(*s));
-    if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return FERRY_ENOMEM;
-    }
-    store_io_init();
+    if (!s)
+        return NULL;
     s->wal_fd = -1;
     s->sync_full = cfg->sync_full;
     s->sync_interval_ms = cfg->sync_interval_ms ? cfg->sync_interval_ms : 1000;
     if (!(s->path = strdup(cfg->path))) {
         free(s);
-        snprintf(err, errlen, "out of memory");
-        return FERRY_ENOMEM;
+        return NULL;
     }
     pthread_mutex_init(&s->ckpt_run_mu, NULL);
     s->dedupe_window_ms = cfg->dedupe_window_ms;
@@ -465,26 +462,30 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         pthread_mutex_destroy(&s->ckpt_run_mu);
         free(s->path);
         free(s);
-        snprintf(err, errlen, "out of memory");
-        return FERRY_ENOMEM;
+        return NULL;
     }
+    return s;
+}
 
+/* Opens the database file, refuses one ferryd did not make, and sets it up:
+ * WAL (checked: group commit and crash safety assume it), synchronous FULL
+ * until the schema is in place, the cache, the page cap, the disk reserve.
+ * Returns 0, or -1 with err set. */
+static int open_db(struct store *s, const struct store_config *cfg, char *err, size_t errlen)
+{
     int rc = sqlite3_open_v2(
         cfg->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "open %s: %s", cfg->path,
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-        store_close(s);
-        return FERRY_ESTORAGE;
+        return -1;
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, 5000);
     if (check_owner(s) != SQLITE_OK) {
         snprintf(err, errlen, "%s", s->errmsg);
-        store_close(s);
-        return FERRY_ESTORAGE;
+        return -1;
     }
-
     char pragmas[512];
     snprintf(pragmas, sizeof(pragmas),
              "PRAGMA journal_mode = WAL;"
@@ -499,8 +500,7 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "configure %s: %s", cfg->path, emsg ? emsg : sqlite3_errstr(rc));
         sqlite3_free(emsg);
-        store_close(s);
-        return FERRY_ESTORAGE;
+        return -1;
     }
     if (cfg->max_db_bytes) {
         s->cap_pages = cfg->max_db_bytes / 4096 ? cfg->max_db_bytes / 4096 : 1;
@@ -508,7 +508,6 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
     }
     if (cfg->reserve_dir)
         reserve_init(&s->rsv, cfg->reserve_dir, cfg->reserve_bytes);
-    /* WAL must really be on: group commit and crash safety assume it. */
     sqlite3_stmt *jm;
     if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &jm, NULL) == SQLITE_OK) {
         int wal = sqlite3_step(jm) == SQLITE_ROW &&
@@ -516,19 +515,25 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         sqlite3_finalize(jm);
         if (!wal) {
             snprintf(err, errlen, "%s: cannot switch the database to WAL mode", cfg->path);
-            store_close(s);
-            return FERRY_ESTORAGE;
+            return -1;
         }
     }
+    return 0;
+}
 
+/* The schema brought up to date and what the store keeps in memory loaded;
+ * then the configured synchronous mode, the folder's entries made durable,
+ * the persistent statements prepared. Returns 0, or -1 with err set. */
+static int load_db(struct store *s, const struct store_config *cfg, char *err, size_t errlen)
+{
+    int rc;
     if ((rc = migrate(s)) != SQLITE_OK || (rc = mark_owner(s)) != SQLITE_OK ||
         (rc = load_topics(s)) != SQLITE_OK || (rc = load_dedupe(s)) != SQLITE_OK ||
         (rc = load_producers(s)) != SQLITE_OK) {
         if (!s->errmsg[0])
             set_err(s, "open");
         snprintf(err, errlen, "%s", s->errmsg);
-        store_close(s);
-        return FERRY_ESTORAGE;
+        return -1;
     }
     /* The schema and the migrations were committed with synchronous=FULL
      * (a power cut must never take the schema); now the configured mode,
@@ -537,22 +542,38 @@ int store_open(const struct store_config *cfg, struct store **out, char *err, si
         set_err(s, "configure");
     if (fsync_dir_of(cfg->path) != 0) {
         snprintf(err, errlen, "fsync of the folder of %s: %s", cfg->path, strerror(errno));
-        store_close(s);
-        return FERRY_ESTORAGE;
+        return -1;
     }
     for (int i = 0; i < ST__COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {
             snprintf(err, errlen, "prepare \"%s\": %s", stmt_sql[i], sqlite3_errmsg(s->db));
-            store_close(s);
-            return FERRY_ESTORAGE;
+            return -1;
         }
+    }
+    return 0;
+}
+
+int store_open(const struct store_config *cfg, struct store **out, char *err, size_t errlen)
+{
+    store_io_init();
+    struct store *s = store_alloc(cfg);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return FERRY_ENOMEM;
+    }
+    if (open_db(s, cfg, err, errlen) < 0 || load_db(s, cfg, err, errlen) < 0) {
+        store_close(s);
+        return FERRY_ESTORAGE;
     }
     if (start_checkpointer(s, cfg) != 0) {
         snprintf(err, errlen, "%s", s->errmsg);
         store_close(s);
         return FERRY_ESTORAGE;
     }
+    /* The loop's read-only connection (store_seq_at_time, store_first_ts,
+     * store_read_dead, store_read_floor); without it those report a storage
+     * error to the request that asked. */
     if (sqlite3_open_v2(cfg->path, &s->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) ==
         SQLITE_OK)
         sqlite3_prepare_v2(s->rdb,
