@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -1004,12 +1005,71 @@ static PyObject *mod_inbox_install(PyObject *m, PyObject *args)
     return with_db(args, 0);
 }
 
+/*
+ * pg_install(kind, pgconn_ptr, schema): ferry_pg_outbox_install or
+ * ferry_pg_inbox_install on the libpq connection of a psycopg 3
+ * connection (its pgconn.pgconn_ptr). Looked up at run time in the
+ * libferry this module is linked with: one built without PostgreSQL has
+ * neither function, and the module must still load.
+ */
+typedef int (*pg_install_fn)(void *pg, const char *schema);
+
+static pg_install_fn find_pg_install(const char *name)
+{
+    Dl_info info;
+    void *self;
+    const char *(*strerr)(int) = ferry_strerror;
+    memcpy(&self, &strerr, sizeof self);
+    if (!dladdr(self, &info) || !info.dli_fname)
+        return NULL;
+    void *h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return NULL;
+    void *sym = dlsym(h, name);
+    dlclose(h);
+    pg_install_fn fn = NULL;
+    if (sym)
+        memcpy(&fn, &sym, sizeof fn);
+    return fn;
+}
+
+static PyObject *mod_pg_install(PyObject *m, PyObject *args)
+{
+    (void)m;
+    const char *kind, *schema = NULL;
+    unsigned long long ptr;
+    if (!PyArg_ParseTuple(args, "sK|z", &kind, &ptr, &schema))
+        return NULL;
+    const char *name = strcmp(kind, "outbox") == 0  ? "ferry_pg_outbox_install"
+                       : strcmp(kind, "inbox") == 0 ? "ferry_pg_inbox_install"
+                                                    : NULL;
+    if (!name || !ptr) {
+        PyErr_SetString(PyExc_ValueError, "pg_install(\"outbox\" | \"inbox\", pgconn_ptr, schema)");
+        return NULL;
+    }
+    pg_install_fn fn = find_pg_install(name);
+    if (!fn)
+        return raise_error(FERRY_EUNSUPPORTED,
+                           "this libferry was built without PostgreSQL support (libpq)");
+    int rc;
+    Py_BEGIN_ALLOW_THREADS;
+    rc = fn((void *)(uintptr_t)ptr, schema);
+    Py_END_ALLOW_THREADS;
+    if (rc < 0)
+        return raise_error(rc, rc == FERRY_EINVALID
+                                   ? "a bad schema name, or a transaction open on the connection"
+                                   : "installing in PostgreSQL failed (see the server's log)");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef mod_methods[] = {
     {"version", mod_version, METH_NOARGS, "libferry's version"},
     {"outbox_install", mod_outbox_install, METH_VARARGS,
      "outbox_install(path) -> producer id: creates the outbox tables if missing"},
     {"inbox_install", mod_inbox_install, METH_VARARGS,
      "inbox_install(path): creates the inbox tables if missing"},
+    {"pg_install", mod_pg_install, METH_VARARGS,
+     "pg_install(kind, pgconn_ptr, schema): the Postgres outbox or inbox tables, if missing"},
     {NULL, NULL, 0, NULL},
 };
 
