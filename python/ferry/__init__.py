@@ -231,6 +231,14 @@ class Connection:
         mode, value = _start(to)
         return self._c.seek(topic, group, mode, value)
 
+    def group_floor(self, topic, group) -> tuple:
+        """``(floor, keep)``: every sequence below ``floor`` is done for the
+        group durably (never delivered to it again, but by a seek back),
+        except the dead letters a redrive can still bring back, listed in
+        ``keep`` (ascending). What ``ferry.inbox.purge_acked`` forgets by."""
+        floor, keep = self._c.group_floor(topic, group)
+        return floor, keep
+
     def topics(self) -> list:
         """The broker's topics, as dicts."""
         return self._c.topics()

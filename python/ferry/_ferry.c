@@ -640,6 +640,37 @@ static PyObject *conn_seek(ConnObject *self, PyObject *args, PyObject *kw)
     return PyLong_FromUnsignedLongLong(cursor);
 }
 
+static PyObject *conn_group_floor(ConnObject *self, PyObject *args)
+{
+    const char *topic, *group;
+    if (!PyArg_ParseTuple(args, "ss", &topic, &group) || !conn_ok(self))
+        return NULL;
+    uint64_t floor = 0, *keep = PyMem_Malloc(FERRY_FLOOR_KEEP_MAX * sizeof *keep);
+    if (!keep)
+        return PyErr_NoMemory();
+    size_t n = 0;
+    int rc;
+    char detail[256] = "";
+    LOCKED(self,
+           rc = ferry_group_floor(self->c, topic, group, &floor, keep, FERRY_FLOOR_KEEP_MAX, &n);
+           if (rc < 0) snprintf(detail, sizeof detail, "%s", ferry_errmsg(self->c)));
+    PyObject *list = rc < 0 ? NULL : PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(keep[i]);
+        if (!v) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+    }
+    PyMem_Free(keep);
+    if (rc < 0)
+        return raise_error(rc, detail);
+    if (!list)
+        return NULL;
+    return Py_BuildValue("(KN)", (unsigned long long)floor, list);
+}
+
 static PyObject *conn_topics(ConnObject *self, PyObject *unused)
 {
     (void)unused;
@@ -761,6 +792,9 @@ static PyMethodDef conn_methods[] = {
      "receive(timeout_ms=-1) -> Delivery or None"},
     {"seek", (PyCFunction)(void (*)(void))conn_seek, METH_VARARGS | METH_KEYWORDS,
      "seek(topic, group, start, value=0) -> the new cursor"},
+    {"group_floor", (PyCFunction)conn_group_floor, METH_VARARGS,
+     "group_floor(topic, group) -> (floor, [redrivable seq, ...]): what can no longer be "
+     "delivered to the group (every sequence below floor but those listed)"},
     {"topics", (PyCFunction)conn_topics, METH_NOARGS, "topics() -> list of dicts"},
     {"groups", (PyCFunction)conn_groups, METH_VARARGS, "groups(topic=None) -> list of dicts"},
     {"topic_config", (PyCFunction)(void (*)(void))conn_topic_config, METH_VARARGS | METH_KEYWORDS,

@@ -20,12 +20,13 @@ The same with psycopg (the claims in ``schema``.inbox, default ``ferry``;
                 pg.execute("UPDATE stock SET n = n - 1 WHERE item = %s", (item,))
 """
 import contextlib
+import json
 import time
 
 from . import _ferry
 from ._pg import in_transaction, is_psycopg, pgconn_ptr, schema_ident
 
-__all__ = ["install", "claim", "handle", "purge"]
+__all__ = ["install", "claim", "handle", "purge", "purge_acked"]
 
 
 def install(path, *, schema=None):
@@ -108,4 +109,27 @@ def purge(db, older_than_ms, max_rows=10000, *, schema=None) -> int:
     cur = db.execute(
         "DELETE FROM ferry_inbox WHERE (grp, msg_id) IN (SELECT grp, msg_id FROM ferry_inbox "
         "WHERE processed_ms < ? ORDER BY processed_ms LIMIT ?)", (cutoff, max_rows))
+    return cur.rowcount
+
+
+def purge_acked(db, group, conn, topic, *, consumer_group=None, max_rows=10000, schema=None) -> int:
+    """The bounded purge by the broker's floor (docs/INBOX.md, "Keeping the
+    inbox small"): asks the broker over ``conn`` (one round trip) for the
+    floor of consumer group ``consumer_group`` (default: ``group``) on
+    ``topic`` and deletes ``group``'s claims of that topic below it, except
+    those of dead letters a redrive can still bring back; at most
+    ``max_rows``, lowest sequences first. Returns how many. Call it every
+    so often from the consumer's loop, and ``purge`` with the window too."""
+    floor, keep = conn.group_floor(topic, consumer_group or group)
+    if is_psycopg(db):
+        cur = db.execute(
+            f"DELETE FROM {schema_ident(schema)}.inbox WHERE (grp, msg_id) IN ("
+            f"SELECT grp, msg_id FROM {schema_ident(schema)}.inbox WHERE grp = %s AND topic = %s"
+            " AND seq < %s AND seq <> ALL (%s::bigint[]) ORDER BY seq LIMIT %s)",
+            (group, topic, floor, keep, int(max_rows)))
+        return cur.rowcount
+    cur = db.execute(
+        "DELETE FROM ferry_inbox WHERE grp = ?1 AND msg_id IN (SELECT msg_id FROM ferry_inbox "
+        "WHERE grp = ?1 AND topic = ?2 AND seq < ?3 AND seq NOT IN (SELECT value FROM json_each(?4))"
+        " ORDER BY seq LIMIT ?5)", (group, topic, floor, json.dumps(keep), int(max_rows)))
     return cur.rowcount

@@ -155,3 +155,52 @@ def test_inbox_handle_once_across_a_redelivery(broker, pg):
     conn.execute(f"UPDATE {schema}.inbox SET processed_ms = 1")
     assert ferry.inbox.purge(conn, 60000, 2, schema=schema) == 2
     assert ferry.inbox.purge(conn, 60000, 100, schema=schema) == 1
+
+
+def _floor_scenario(broker, db, kind, schema=None):
+    """Five messages: the first applied then dead-lettered (a nack at
+    max_deliveries 1), the rest handled and acked; returns the connection
+    once the group's floor has passed them all."""
+    c = ferry.connect(broker.addr)
+    for i in range(1, 6):
+        c.publish(f"floor-{kind}", f"m{i}".encode(), id=f"{kind}-{i}")
+    sub = c.subscribe(f"floor-{kind}", "inv", start="earliest", max_deliveries=1,
+                      ack_wait_ms=60000)
+    it = iter(sub)
+    d = next(it)
+    with ferry.inbox.handle(db, "inv", d, ack=False, schema=schema) as fresh:
+        assert fresh
+    d.nack(reason="the ack was lost")
+    for _ in range(4):
+        with ferry.inbox.handle(db, "inv", next(it), schema=schema) as fresh:
+            assert fresh
+    c.flush()
+    deadline = time.time() + 30
+    while c.group_floor(f"floor-{kind}", "inv") != (6, [1]):
+        assert time.time() < deadline, c.group_floor(f"floor-{kind}", "inv")
+        time.sleep(0.01)
+    return c
+
+
+def test_inbox_purge_acked_keeps_the_redrivable_claim_postgres(broker, pg):
+    conn, schema = pg
+    ferry.inbox.install(conn, schema=schema)
+    c = _floor_scenario(broker, conn, "pg", schema)
+    assert ferry.inbox.purge_acked(conn, "inv", c, "floor-pg", max_rows=3, schema=schema) == 3
+    assert ferry.inbox.purge_acked(conn, "inv", c, "floor-pg", schema=schema) == 1
+    assert ferry.inbox.purge_acked(conn, "inv", c, "floor-pg", schema=schema) == 0
+    assert conn.execute(f"SELECT seq FROM {schema}.inbox").fetchall() == [(1,)]
+    c.close()
+
+
+def test_inbox_purge_acked_keeps_the_redrivable_claim_sqlite(broker, tmpdir_path):
+    import sqlite3
+    path = os.path.join(tmpdir_path, "inv.db")
+    ferry.inbox.install(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    c = _floor_scenario(broker, db, "lite")
+    assert ferry.inbox.purge_acked(db, "inv", c, "floor-lite", max_rows=3) == 3
+    assert ferry.inbox.purge_acked(db, "inv", c, "floor-lite") == 1
+    assert db.execute("SELECT seq FROM ferry_inbox").fetchall() == [(1,)]
+    c.close()
+    db.close()
