@@ -6,10 +6,15 @@ against a running ferryd (bench/run-python.sh runs it beside the C client).
   python_bench.py SERVER consume N SIZE WINDOW  consume + pipelined ack, msg/s
   python_bench.py SERVER sync N SIZE            one publish at a time: p50/p99 us
 
+The workloads are those of `ferry bench pub` / `ferry bench consume`: SIZE
+bytes of payload and, for sync, a 36-character random UUID-like id per
+message made before the clock starts, and 100 untimed warm-up publishes.
+
 Prints one line "KEY VALUE" per figure."""
 import statistics
 import sys
 import time
+import uuid
 
 import ferry
 
@@ -46,13 +51,15 @@ def main():
             print(f"consume_msgs_per_s {n / dt:.0f}")
         elif mode == "sync":
             topic = f"py-sync-{time.monotonic_ns()}"
-            lat = []
-            for _ in range(100):
-                c.publish(topic, payload)
-            for _ in range(n):
-                t0 = time.perf_counter_ns()
-                c.publish(topic, payload)
-                lat.append((time.perf_counter_ns() - t0) / 1000)
+            ids = [str(uuid.uuid4()) for _ in range(n + 100)]
+            lat = [0.0] * n
+            for i in range(100):
+                c.publish(topic, payload, id=ids[n + i])
+            clock = time.perf_counter_ns
+            for i in range(n):
+                t0 = clock()
+                c.publish(topic, payload, id=ids[i])
+                lat[i] = (clock() - t0) / 1000
             lat.sort()
             print(f"sync_p50_us {statistics.median(lat):.0f}")
             print(f"sync_p99_us {lat[int(len(lat) * 0.99)]:.0f}")

@@ -65,6 +65,9 @@ class Ack(NamedTuple):
     id: str
 
 
+_ferry._set_ack_type(Ack)  # the extension returns its acks as Ack
+
+
 class PublishError(Error):
     """Raised by ``Connection.flush`` when some pipelined publishes failed.
 
@@ -152,7 +155,8 @@ class Connection:
         key (default: the broker assigns one). headers: a dict or a list of
         (name, value) pairs. deliver_at: an aware datetime or Unix ms before
         which it is not delivered."""
-        return Ack(*self._c.publish(topic, payload, id, key, headers, _ms(deliver_at)))
+        return self._c.publish(topic, payload, id, key, headers,
+                               0 if deliver_at is None else _ms(deliver_at))
 
     def publish_batch(self, messages) -> list:
         """Publishes messages atomically: all are stored or none. Each is a
@@ -167,7 +171,7 @@ class Connection:
                 raise TypeError(f"unknown message field(s): {sorted(unknown)}")
             tuples.append((m["topic"], m["payload"], m.get("id"), m.get("key"),
                            m.get("headers"), _ms(m.get("deliver_at"))))
-        return [Ack(*a) for a in self._c.publish_batch(tuples)]
+        return self._c.publish_batch(tuples)
 
     def publish_async(self, topic, payload, *, id=None, key=None, headers=None,
                       deliver_at=None):
@@ -179,7 +183,7 @@ class Connection:
         """Sends everything queued and waits for every pipelined publish and
         ack. Returns the Acks of the publishes since the previous flush, in
         order; raises PublishError (with .results) if any of them failed."""
-        results = [r if isinstance(r, Exception) else Ack(*r) for r in self._c.flush(timeout_ms)]
+        results = self._c.flush(timeout_ms)  # Acks and exceptions
         if any(isinstance(r, Exception) for r in results):
             raise PublishError(results)
         return results

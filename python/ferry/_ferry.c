@@ -260,7 +260,12 @@ static void msg_view_release(struct msg_view *v)
 static int msg_view_fill(struct msg_view *v, const char *topic, PyObject *payload, const char *id,
                          PyObject *key, PyObject *headers, long long deliver_at_ms)
 {
-    memset(v, 0, sizeof *v);
+    /* Only what msg_view_release reads: the header arrays (several KiB)
+     * are filled as far as nh says, and a sync publish should not touch
+     * more memory than it uses. */
+    v->m = (ferry_msg){0};
+    v->has_payload = v->has_key = 0;
+    v->nh = 0;
     v->m.topic = topic;
     v->m.id = id;
     v->m.deliver_at_ms = deliver_at_ms;
@@ -352,9 +357,42 @@ fail:
     return -1;
 }
 
+/* ferry.Ack (a NamedTuple, so a tuple subclass without a __dict__), handed
+ * over by ferry/__init__.py through _set_ack_type() as it is imported. */
+static PyTypeObject *ack_type;
+
+/* An Ack(seq, duplicate, id), made here rather than by calling the class:
+ * NamedTuple's __new__ is Python code, a cost every synchronous publish
+ * would pay. Allocated and filled as tuple.__new__(Ack, ...) does it
+ * (tuple_subtype_new); a plain tuple before _set_ack_type(). */
 static PyObject *ack_tuple(uint64_t seq, int dup, const char *id)
 {
-    return Py_BuildValue("(KOs)", (unsigned long long)seq, dup ? Py_True : Py_False, id);
+    PyObject *s = PyLong_FromUnsignedLongLong(seq);
+    PyObject *i = PyUnicode_FromString(id);
+    PyObject *t = NULL;
+    if (s && i)
+        t = ack_type ? ack_type->tp_alloc(ack_type, 3) : PyTuple_New(3);
+    if (!t) {
+        Py_XDECREF(s);
+        Py_XDECREF(i);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, s);
+    PyTuple_SET_ITEM(t, 1, Py_NewRef(dup ? Py_True : Py_False));
+    PyTuple_SET_ITEM(t, 2, i);
+    return t;
+}
+
+static PyObject *mod_set_ack_type(PyObject *m, PyObject *cls)
+{
+    (void)m;
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) ||
+        ((PyTypeObject *)cls)->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "_set_ack_type takes a NamedTuple class");
+        return NULL;
+    }
+    Py_XSETREF(ack_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_NONE;
 }
 
 static char *pub_kwlist[] = {"topic", "payload", "id", "key", "headers", "deliver_at_ms", NULL};
@@ -1098,6 +1136,8 @@ static PyObject *mod_pg_install(PyObject *m, PyObject *args)
 
 static PyMethodDef mod_methods[] = {
     {"version", mod_version, METH_NOARGS, "libferry's version"},
+    {"_set_ack_type", mod_set_ack_type, METH_O,
+     "_set_ack_type(Ack): the class publish, publish_batch and flush return acks as"},
     {"outbox_install", mod_outbox_install, METH_VARARGS,
      "outbox_install(path) -> producer id: creates the outbox tables if missing"},
     {"inbox_install", mod_inbox_install, METH_VARARGS,
