@@ -1052,7 +1052,10 @@ typedef struct ferry_pg_relay_options {
 } ferry_pg_relay_options;
 
 /* ferry_pg_relay_options o = FERRY_PG_RELAY_OPTIONS_INIT; then set conninfo. */
-#define FERRY_PG_RELAY_OPTIONS_INIT {.size = sizeof(ferry_pg_relay_options)}
+#define FERRY_PG_RELAY_OPTIONS_INIT                                                                \
+    {                                                                                              \
+        .size = sizeof(ferry_pg_relay_options)                                                     \
+    }
 
 /* Creates a relay for opts->conninfo; nothing is opened until
  * ferry_pg_relay_run. Returns 0 with *out set, FERRY_EINVALID (errmsg,
