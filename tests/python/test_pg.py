@@ -39,7 +39,10 @@ class Cluster:
         s.close()
         self.url = f"postgresql://ferry@127.0.0.1:{self.port}/postgres"
         self.log = open(self.dir + ".log", "w")  # outside the folder the server owns
-        env = dict(os.environ, LC_ALL="C")
+        # Not the sanitizer runtimes a sanitizer build preloads into Python:
+        # initdb hangs under them, and the server is not ours to check.
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+        env["LC_ALL"] = "C"
         subprocess.run(self.as_user + [f"{self.bindir}/initdb", "-D", f"{self.dir}/data", "-U",
                                        "ferry", "-A", "trust", "-E", "UTF8", "--locale=C",
                                        "--no-sync"],
