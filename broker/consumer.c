@@ -425,6 +425,18 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
+    uint64_t head = t ? t->head : 0;
+    /* Past head + 1 nothing can ever come: a group moved there would wait
+     * for sequences the topic has not reached, and take none of the
+     * messages published meanwhile. Refused with the range. */
+    if (sk->start == PROTO_START_SEQ && sk->value > head + 1) {
+        char why[320];
+        snprintf(why, sizeof why, "sequence %llu is past the head of %s: seek to 1-%llu",
+                 (unsigned long long)sk->value, t ? t->name : "the topic",
+                 (unsigned long long)(head + 1));
+        commit_reply_error(c, f->request_id, FERRY_EINVALID, why);
+        return;
+    }
     if (!t)
         t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 1);
     struct group *gr = t ? group_find(t, sk->group.ptr, sk->group.len) : NULL;

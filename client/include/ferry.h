@@ -423,8 +423,10 @@ FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *u
  * and acking one of them later succeeds below the new cursor and fails with
  * FERRY_ENOT_DELIVERED at or above it. Fills *cursor_out (may be NULL) with
  * the new cursor: the next sequence the group will deliver. Returns 0,
- * FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID, another broker
- * error, or a connection error. */
+ * FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (also a
+ * FERRY_START_SEQ value past the topic's head + 1: nothing is moved or
+ * created, and ferry_errmsg gives the range), another broker error, or a
+ * connection error. */
 FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
                          uint64_t value, uint64_t *cursor_out);
 

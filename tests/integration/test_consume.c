@@ -1614,6 +1614,26 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     assert_int_equal(gi.cursor, N + 1);
     assert_int_equal(gi.lag, 0);
 
+    /* Past head + 1 is refused with the range, and moves nothing; head + 1
+     * (the next message) is the end. On a topic with no message yet only 1
+     * is. */
+    assert_int_equal(ferry_seek(fx->c, "replay", "g", FERRY_START_SEQ, N + 2, &cur),
+                     FERRY_EINVALID);
+    char range[64];
+    snprintf(range, sizeof range, "seek to 1-%d", N + 1);
+    assert_non_null(strstr(ferry_errmsg(fx->c), range));
+    assert_int_equal(must_group(fx->c, "replay", "g").cursor, N + 1);
+    assert_int_equal(ferry_seek(fx->c, "replay", "late", FERRY_START_SEQ, 9999, &cur),
+                     FERRY_EINVALID);
+    ferry_group_info none;
+    assert_int_equal(group_info(fx->c, "replay", "late", &none), 0); /* not created */
+    assert_int_equal(ferry_seek(fx->c, "replay", "g", FERRY_START_SEQ, N + 1, &cur), 0);
+    assert_int_equal(cur, N + 1);
+    assert_int_equal(ferry_seek(fx->c, "replay-empty", "g", FERRY_START_SEQ, 2, &cur),
+                     FERRY_EINVALID);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "seek to 1-1"));
+    assert_int_equal(ferry_seek(fx->c, "replay-empty", "g", FERRY_START_SEQ, 1, &cur), 0);
+
     /* A group that does not exist is created at the position. */
     assert_int_equal(ferry_seek(fx->c, "replay", "fresh", FERRY_START_SEQ, 70, &cur), 0);
     assert_int_equal(cur, 70);
@@ -1971,7 +1991,12 @@ static void test_consume_cli_sub_groups_seek(void **state)
     assert_non_null(strstr(out.out, "\"lag\":0"));
     harness_output_free(&out);
 
-    /* seek prints the new cursor; sub then replays from there. */
+    /* seek prints the new cursor; sub then replays from there. Past the
+     * head it fails with the range. */
+    cli_run(fx, &out, "seek", "T", "--group", "G", "--to", "99", NULL);
+    assert_int_not_equal(out.status, 0);
+    assert_non_null(strstr(out.err, "past the head of T: seek to 1-4"));
+    harness_output_free(&out);
     cli_expect_out(fx, "2\n", "seek", "T", "--group", "G", "--to", "2", NULL);
     cli_expect_out(fx, "2\ttwo\n3\tthree\n", "sub", "T", "--group", "G", "--count", "2",
                    "--timeout-ms", "10000", NULL);
