@@ -419,6 +419,34 @@ int ferry_group_floor(ferry_conn *c, const char *topic, const char *group, uint6
     return rc;
 }
 
+int ferry__sub_floor(ferry_sub *s, uint64_t *floor, uint64_t **keep, size_t *nkeep)
+{
+    *keep = NULL;
+    *nkeep = 0;
+    if (!s->c)
+        return FERRY_ECLOSED;
+    uint64_t *k = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*k));
+    if (!k)
+        return FERRY_ENOMEM;
+    int rc = ferry_group_floor(s->c, s->topic, s->group, floor, k, FERRY_FLOOR_KEEP_MAX, nkeep);
+    if (rc < 0) {
+        free(k);
+        return rc;
+    }
+    *keep = k;
+    return 0;
+}
+
+int ferry__keep_valid(uint64_t floor, const uint64_t *keep, size_t nkeep)
+{
+    if (nkeep && !keep)
+        return 0;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
+            return 0;
+    return 1;
+}
+
 void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out)
 {
     if (!c || !out)

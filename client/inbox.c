@@ -530,11 +530,8 @@ static int forget_range(sqlite3_stmt *st, uint64_t lo, uint64_t hi, int *budget,
 int ferry_inbox_forget(sqlite3 *db, const char *grp, const char *topic, uint64_t floor,
                        const uint64_t *keep, size_t nkeep, int max_rows)
 {
-    if (!db || !grp || !topic || max_rows < 0 || (nkeep && !keep))
+    if (!db || !grp || !topic || max_rows < 0 || !ferry__keep_valid(floor, keep, nkeep))
         return FERRY_EINVALID;
-    for (size_t i = 0; i < nkeep; i++)
-        if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
-            return FERRY_EINVALID;
     if (floor > INT64_MAX)
         floor = INT64_MAX;
     sqlite3_stmt *st = NULL;
@@ -565,14 +562,9 @@ int ferry_inbox_purge_acked(sqlite3 *db, const char *grp, ferry_sub *s, int max_
 {
     if (!db || !grp || !s || max_rows < 0)
         return FERRY_EINVALID;
-    if (!s->c)
-        return FERRY_ECLOSED;
-    uint64_t floor = 0;
-    size_t n = 0;
-    uint64_t *keep = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*keep));
-    if (!keep)
-        return FERRY_ENOMEM;
-    int rc = ferry_group_floor(s->c, s->topic, s->group, &floor, keep, FERRY_FLOOR_KEEP_MAX, &n);
+    uint64_t floor = 0, *keep;
+    size_t n;
+    int rc = ferry__sub_floor(s, &floor, &keep, &n);
     if (rc == 0)
         rc = ferry_inbox_forget(db, grp, s->topic, floor, keep, n, max_rows);
     free(keep);

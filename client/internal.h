@@ -282,6 +282,16 @@ int ferry__ack_ok_status(ferry_conn *c, const struct proto_frame *f, size_t expe
 /* Checks a topic (publishable or broker-derived) and a group name as the
  * broker will; errmsg says why. Returns 0, FERRY_EINVALID_TOPIC or
  * FERRY_EINVALID_GROUP. group NULL skips the group. */
+/* The floor of s's group on its topic and the redrivable sequences below
+ * it (ferry_group_floor on s's connection, up to FERRY_FLOOR_KEEP_MAX), for
+ * the inboxes' purge_acked. On 0, *keep is malloc'd: free it. On an error
+ * it is NULL. admin.c. */
+int ferry__sub_floor(ferry_sub *s, uint64_t *floor, uint64_t **keep, size_t *nkeep);
+
+/* 1 when keep holds nkeep increasing sequences, each below floor: the
+ * list an inbox's forget accepts. admin.c. */
+int ferry__keep_valid(uint64_t floor, const uint64_t *keep, size_t nkeep);
+
 int ferry__check_names(ferry_conn *c, const char *topic, const char *group);
 /* At ferry_close: frees the queue and detaches every subscription. */
 void ferry__consume_close(ferry_conn *c);

@@ -99,6 +99,16 @@ int ferry_pg_inbox_claim(PGconn *pg, const char *schema, const char *group, cons
     return fresh ? FERRY_INBOX_FRESH : FERRY_INBOX_SEEN;
 }
 
+/* COMMITs the transaction open on pg. Returns 1 when it committed: a
+ * COMMIT of an aborted transaction answers "ROLLBACK" without error. */
+static int commit(PGconn *pg)
+{
+    PGresult *res = PQexec(pg, "COMMIT");
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
+    PQclear(res);
+    return ok;
+}
+
 static void rollback(PGconn *pg)
 {
     if (PQtransactionStatus(pg) != PQTRANS_IDLE) {
@@ -136,11 +146,7 @@ int ferry_pg_inbox_handle(PGconn *pg, const char *schema, const char *group, fer
             return hrc != 0 && !ended ? FERRY_INBOX_RETRY : FERRY_ESTORAGE;
         }
     }
-    PGresult *res = PQexec(pg, "COMMIT");
-    /* A COMMIT of an aborted transaction answers "ROLLBACK" without error. */
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
-    PQclear(res);
-    if (!ok) {
+    if (!commit(pg)) {
         rollback(pg);
         int nrc = ferry_delivery_nack(d, retry_delay_ms, "inbox: COMMIT failed");
         return nrc < 0 ? nrc : FERRY_ESTORAGE;
@@ -217,15 +223,9 @@ static int handle_batch(PGconn *pg, const char *schema, const char *group,
             batch_rc = FERRY_ESTORAGE;
         }
     }
-    if (batch_rc == 0) {
-        PGresult *res = PQexec(pg, "COMMIT");
-        /* A COMMIT of an aborted transaction answers "ROLLBACK" without error. */
-        int ok = PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0;
-        PQclear(res);
-        if (!ok) {
-            snprintf(first_why, sizeof first_why, "inbox: COMMIT failed");
-            batch_rc = FERRY_ESTORAGE;
-        }
+    if (batch_rc == 0 && !commit(pg)) {
+        snprintf(first_why, sizeof first_why, "inbox: COMMIT failed");
+        batch_rc = FERRY_ESTORAGE;
     }
     if (batch_rc != 0) {
         rollback(pg);
@@ -276,6 +276,14 @@ int ferry_pg_inbox_handle_batch(PGconn *pg, const char *schema, const char *grou
     return rc;
 }
 
+/* A DELETE's result: the rows it deleted, or FERRY_ESTORAGE. Clears res. */
+static int rows_deleted(PGresult *res)
+{
+    int n = PQresultStatus(res) == PGRES_COMMAND_OK ? atoi(PQcmdTuples(res)) : FERRY_ESTORAGE;
+    PQclear(res);
+    return n;
+}
+
 int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms, int max_rows)
 {
     const char *s = ferry__pg_schema(schema);
@@ -291,13 +299,7 @@ int ferry_pg_inbox_purge(PGconn *pg, const char *schema, int64_t older_than_ms, 
         return FERRY_ENOMEM;
     PGresult *res = PQexec(pg, sql);
     free(sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        PQclear(res);
-        return FERRY_ESTORAGE;
-    }
-    int n = atoi(PQcmdTuples(res));
-    PQclear(res);
-    return n;
+    return rows_deleted(res);
 }
 
 int ferry_pg_inbox_forget(PGconn *pg, const char *schema, const char *group, const char *topic,
@@ -305,11 +307,8 @@ int ferry_pg_inbox_forget(PGconn *pg, const char *schema, const char *group, con
 {
     const char *s = ferry__pg_schema(schema);
     if (!pg || !s || !group || !*group || !topic || max_rows < 1 || max_rows > 100000 ||
-        (nkeep && !keep))
+        !ferry__keep_valid(floor, keep, nkeep))
         return FERRY_EINVALID;
-    for (size_t i = 0; i < nkeep; i++)
-        if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
-            return FERRY_EINVALID;
     if (floor > INT64_MAX)
         floor = INT64_MAX;
     /* The keep list as a Postgres array literal: at most
@@ -344,13 +343,7 @@ int ferry_pg_inbox_forget(PGconn *pg, const char *schema, const char *group, con
     PGresult *res = PQexecParams(pg, sql, 4, NULL, vals, NULL, NULL, 0);
     free(sql);
     free(arr);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        PQclear(res);
-        return FERRY_ESTORAGE;
-    }
-    int n = atoi(PQcmdTuples(res));
-    PQclear(res);
-    return n;
+    return rows_deleted(res);
 }
 
 int ferry_pg_inbox_purge_acked(PGconn *pg, const char *schema, const char *group, ferry_sub *sub,
@@ -359,15 +352,9 @@ int ferry_pg_inbox_purge_acked(PGconn *pg, const char *schema, const char *group
     if (!pg || !ferry__pg_schema(schema) || !group || !*group || !sub || max_rows < 1 ||
         max_rows > 100000)
         return FERRY_EINVALID;
-    if (!sub->c)
-        return FERRY_ECLOSED;
-    uint64_t floor = 0;
-    size_t n = 0;
-    uint64_t *keep = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*keep));
-    if (!keep)
-        return FERRY_ENOMEM;
-    int rc =
-        ferry_group_floor(sub->c, sub->topic, sub->group, &floor, keep, FERRY_FLOOR_KEEP_MAX, &n);
+    uint64_t floor = 0, *keep;
+    size_t n;
+    int rc = ferry__sub_floor(sub, &floor, &keep, &n);
     if (rc == 0)
         rc = ferry_pg_inbox_forget(pg, schema, group, sub->topic, floor, keep, n, max_rows);
     free(keep);

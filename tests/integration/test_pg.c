@@ -722,6 +722,36 @@ static void test_inbox_claims_in_the_callers_transaction(void **state)
     assert_int_equal(count(fx->pg, "SELECT count(DISTINCT id) FROM %s.effects", fx->schema), 3);
 }
 
+/* Publishes n messages to topic, message i (1..n) with id and payload
+ * "<prefix>-<i>". */
+static void publish_ids(ferry_conn *c, const char *topic, const char *prefix, int n)
+{
+    for (int i = 1; i <= n; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "%s-%d", prefix, i);
+        ferry_msg m = {0};
+        m.topic = topic;
+        m.id = id;
+        m.payload = id;
+        m.payload_len = strlen(id);
+        assert_int_equal(ferry_publish(c, &m, NULL), 0);
+    }
+}
+
+/* Subscribes group to topic from its first message, with a lease long
+ * enough that nothing comes again unasked. */
+static ferry_sub *subscribe_earliest(ferry_conn *c, const char *topic, const char *group,
+                                     uint16_t max_deliveries)
+{
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.start = FERRY_START_EARLIEST;
+    so.ack_wait_ms = 60000;
+    so.max_deliveries = max_deliveries;
+    ferry_sub *s = NULL;
+    assert_int_equal(ferry_subscribe(c, topic, group, &so, &s), 0);
+    return s;
+}
+
 /* The floor purge (ferry_pg_inbox_purge_acked): a layout-1 inbox is brought
  * to layout 2 (the inbox_seq index); claims below the broker's floor are
  * forgotten except the dead-lettered message's, whose redrive then still
@@ -747,22 +777,8 @@ static void test_inbox_purge_acked_forgets_below_floor_keeps_redrivable(void **s
     sql(fx->pg, "CREATE TABLE %s.effects (id text)", fx->schema);
 
     ferry_conn *c = it_connect(fx->b.addr);
-    for (int i = 1; i <= N; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "f-%d", i);
-        ferry_msg m = {0};
-        m.topic = "floor";
-        m.id = id;
-        m.payload = id;
-        m.payload_len = strlen(id);
-        assert_int_equal(ferry_publish(c, &m, NULL), 0);
-    }
-    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
-    so.start = FERRY_START_EARLIEST;
-    so.ack_wait_ms = 60000;
-    so.max_deliveries = 1;
-    ferry_sub *s;
-    assert_int_equal(ferry_subscribe(c, "floor", "inv", &so, &s), 0);
+    publish_ids(c, "floor", "f", N);
+    ferry_sub *s = subscribe_earliest(c, "floor", "inv", 1);
     /* 1: applied and committed, then its ack is lost and it fails its last
      * attempt (a nack at max_deliveries 1): dead-lettered. */
     ferry_delivery *d;
@@ -852,21 +868,8 @@ static void test_inbox_batch_one_commit_failures_isolated_duplicate_once(void **
     assert_int_equal(ferry_pg_inbox_install(fx->pg, fx->schema), 0);
     sql(fx->pg, "CREATE TABLE %s.effects (id text)", fx->schema);
     ferry_conn *c = it_connect(fx->b.addr);
-    for (int i = 1; i <= N; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "b-%d", i);
-        ferry_msg m = {0};
-        m.topic = "batch";
-        m.id = id;
-        m.payload = id;
-        m.payload_len = strlen(id);
-        assert_int_equal(ferry_publish(c, &m, NULL), 0);
-    }
-    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
-    so.start = FERRY_START_EARLIEST;
-    so.ack_wait_ms = 60000;
-    ferry_sub *s;
-    assert_int_equal(ferry_subscribe(c, "batch", "inv", &so, &s), 0);
+    publish_ids(c, "batch", "b", N);
+    subscribe_earliest(c, "batch", "inv", 0);
     ferry_delivery *ds[N + 1];
     for (int i = 0; i < N; i++) {
         assert_int_equal(ferry_receive(c, WAIT_MS, &ds[i]), 0);
