@@ -93,6 +93,24 @@ static void on_signal(int sig)
 #endif
 }
 
+/* While a relay runs, SIGINT and SIGTERM stop it (on_signal) and SIGPIPE
+ * is ignored; afterwards SIGINT and SIGTERM are the default again. */
+static void catch_stop_signals(int on)
+{
+    if (!on) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        return;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
 /* DURATION: digits with ms, s, m, h or d (none: ms), or "forever".
  * Returns 0 with *out set (FERRY_RELAY_KEEP_FOREVER for forever), or -1. */
 static int parse_duration(const char *s, int64_t *out)
@@ -470,16 +488,9 @@ static int pg_run(struct cli *cli, const ferry_relay_options *o, const char *url
     if (rc < 0)
         return cli_fail("relay", rc, err);
     running_pg_relay = r;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    catch_stop_signals(1);
     rc = ferry_pg_relay_run(r);
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    catch_stop_signals(0);
     running_pg_relay = NULL;
     ferry_pg_relay_free(r);
     (void)cli;
@@ -634,18 +645,9 @@ static int sqlite_run(ferry_relay_options *o, char *token, size_t token_len)
         return cli_fail("relay", rc, err);
 
     running_relay = r;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    catch_stop_signals(1);
     rc = ferry_relay_run(r);
-
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    catch_stop_signals(0);
     running_relay = NULL;
     ferry_relay_free(r);
     /* The relay logged why it gave up. */
