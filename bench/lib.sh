@@ -83,14 +83,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start_broker SYNC: a ferryd on a fresh data dir and an ephemeral port;
-# sets BROKER_PID and BROKER_ADDR. Its stdout goes to the log too, so that a
+# start_broker SYNC [ARG...]: a ferryd on a fresh data dir and an ephemeral
+# port, with any further ferryd arguments; sets BROKER_PID and BROKER_ADDR. Its stdout goes to the log too, so that a
 # caller capturing this shell's output never waits for the broker.
 start_broker() {
     local sync=$1
     BROKER_TMP=$(mktemp -d "$WORK/broker.XXXXXX")
     "$FERRYD" --listen 127.0.0.1:0 --data "$BROKER_TMP/data" --sync "$sync" \
-        --ready-file "$BROKER_TMP/ready" >>"$BROKER_TMP/ferryd.log" 2>&1 &
+        --ready-file "$BROKER_TMP/ready" "${@:2}" >>"$BROKER_TMP/ferryd.log" 2>&1 &
     BROKER_PID=$!
     local i
     for ((i = 0; i < 200; i++)); do

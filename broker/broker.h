@@ -17,10 +17,13 @@
 #include "auth.h"
 #include "batch.h"
 #include "conn.h"
+#include "metrics.h"
+#include "store.h"
 
 struct store;
 struct sub;
 struct groups;
+struct http;
 
 struct broker_config {
     char listen_host[256];
@@ -53,6 +56,8 @@ struct broker_config {
      * 1/32 of it (conn.c). */
     size_t batch_max_bytes;
     char ready_file[4096];
+    char http_host[256]; /* --http HOST:PORT; empty: no HTTP listener */
+    int http_port;
     struct auth auth; /* tokens from the config file; none: no authentication */
 };
 
@@ -104,6 +109,16 @@ struct broker {
     struct buf scratch; /* a reply being encoded (commit.c) */
 
     uint64_t published, duplicates, commits;
+    /* Since start, over every connection (conn.c). */
+    uint64_t frames_in, frames_out, bytes_in, bytes_out, accepted;
+    int64_t started_ms; /* wall clock */
+    /* Each commit: its time from hand-over to result, and its messages;
+     * fsyncs are timed in the store (store_io.h). */
+    struct histo commit_seconds, commit_messages;
+    struct http *http; /* the HTTP listener (http.h), or NULL */
+    /* The store's counters as of the last commit (or the open): the store
+     * is the worker's while a commit runs. */
+    struct store_stats store_stats;
     /* Replies larger than what their op owed its connection: each breaks
      * the per-connection bound (conn.c), so there must never be one. Read
      * by tests (fuzz_conn) from another thread, hence atomic. */

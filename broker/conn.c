@@ -252,10 +252,24 @@ void conn_flush_deferred(struct broker *b)
 }
 
 /* Appends reply bytes (from a finished batch) and writes them. */
+/* Counts len bytes of whole frames going out. */
+static void count_out(struct conn *c, const uint8_t *data, size_t len)
+{
+    uint64_t frames = 0;
+    for (size_t off = 0; off + 4 <= len; frames++)
+        off += 4 + ((size_t)data[off] << 24 | (size_t)data[off + 1] << 16 |
+                    (size_t)data[off + 2] << 8 | data[off + 3]);
+    c->frames_out += frames;
+    c->bytes_out += len;
+    c->broker->frames_out += frames;
+    c->broker->bytes_out += len;
+}
+
 void conn_on_replies(struct conn *c, const uint8_t *data, size_t len)
 {
     if (c->state >= CONN_CLOSING || !len)
         return;
+    count_out(c, data, len);
     if (buf_append(&c->wq, data, len) < 0) {
         log_error("conn %llu %s: out of memory for replies", (unsigned long long)c->id, c->peer);
         conn_fail(c, 0, NULL);
@@ -270,6 +284,7 @@ void conn_write_now(struct conn *c, const uint8_t *frame, size_t len)
         conn_fail(c, 0, NULL);
         return;
     }
+    count_out(c, frame, len);
     conn_flush(c);
 }
 
@@ -289,6 +304,7 @@ void conn_send_deliver(struct conn *c, uint8_t flags, const struct proto_deliver
                   (unsigned long long)d->seq);
         return;
     }
+    count_out(c, c->wq.data + c->wq.len, w.len);
     c->wq.len += w.len;
     conn_flush_soon(c);
 }
@@ -390,6 +406,10 @@ static void conn_process(struct conn *c)
             off = c->rlen;
             break;
         }
+        c->frames_in++;
+        c->bytes_in += (size_t)n;
+        c->broker->frames_in++;
+        c->broker->bytes_in += (size_t)n;
         c->broker->events.on_frame(c, &f, (size_t)n);
         off += (size_t)n;
         c->last_active_ms = clock_mono_ms();
@@ -508,6 +528,7 @@ void conn_accept(struct broker *b)
         b->conns->prev = c;
     b->conns = c;
     b->nconns++;
+    b->accepted++;
     if (uv_accept((uv_stream_t *)&b->server, (uv_stream_t *)&c->tcp) != 0) {
         c->state = CONN_CLOSING;
         conn_close_now(c);

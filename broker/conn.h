@@ -68,6 +68,10 @@ struct conn {
     uint32_t fetching;              /* messages being read for this connection's deliveries */
     struct conn *next_flush;
 
+    /* What it has sent and been sent (the broker sums them too). */
+    uint64_t frames_in, frames_out, bytes_in, bytes_out;
+    char client[64]; /* the HELLO's client name, printable ASCII */
+
     struct conn *prev, *next;
 };
 

@@ -188,6 +188,15 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
 }
 
 /* Acks one sequence in memory. Returns the ACK_OK code for it. */
+/* An ack taken: counted for the group and its topic (metrics.h). */
+static void count_ack(struct group *gr)
+{
+    int64_t now = clock_wall_ms();
+    gr->acks++;
+    rate_add(&gr->rate_acks, now, 1);
+    rate_add(&gr->topic->rate_out, now, 1);
+}
+
 static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint64_t seq,
                         int *changed)
 {
@@ -200,6 +209,7 @@ static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint
         record_attempts(g, gr, c, re, 0);
         entry_remove(gr, re);
         mark_dirty(g, gr);
+        count_ack(gr);
         return 0;
     }
     if (seq && seq < gr->reached && (seq >= gr->next || seq < gr->origin))
@@ -218,6 +228,7 @@ static uint16_t ack_one(struct groups *g, struct group *gr, struct conn *c, uint
     if (acked_set(gr, seq) < 0)
         return (uint16_t)-FERRY_EINTERNAL;
     *changed = 1;
+    count_ack(gr);
     mark_dirty(g, gr);
     return 0;
 }
@@ -631,19 +642,6 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
     reply_one(c, f->request_id, seq, 0, 1);
 }
 
-static int cmp_bytes(const char *a, size_t al, const char *b, size_t bl)
-{
-    int r = memcmp(a, b, al < bl ? al : bl);
-    return r ? r : (al > bl) - (al < bl);
-}
-
-static int cmp_group(const void *x, const void *y)
-{
-    const struct group *a = *(struct group *const *)x, *b = *(struct group *const *)y;
-    int r = cmp_bytes(a->topic->name, a->topic->name_len, b->topic->name, b->topic->name_len);
-    return r ? r : cmp_bytes(a->name, a->name_len, b->name, b->name_len);
-}
-
 void groups_on_groups(struct conn *c, const struct proto_frame *f)
 {
     struct groups *g = G(c->broker);
@@ -657,75 +655,26 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f)
         commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
     }
+    struct group_stat *all;
+    size_t na;
+    if (groups_group_stats(c->broker, q->topic.len ? (const char *)q->topic.ptr : NULL,
+                           q->topic.len, &all, &na) < 0) {
+        buf_free(&out);
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
     uint32_t count = 0;
     struct proto_writer w;
     proto_writer_init(&w, out.data, out.cap);
     size_t start = proto_groups_ok_begin(&w, f->request_id);
     out.len = w.len;
-    int64_t wall = clock_wall_ms();
-    /* Listed in byte order of topic, then group name. */
-    size_t ngroups = 0;
-    for (struct ltopic *t = namemap_first(&g->topics); t; t = namemap_next(&g->topics, t))
-        for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-            ngroups++;
-    struct group **all = malloc((ngroups ? ngroups : 1) * sizeof(*all));
-    if (!all) {
-        buf_free(&out);
-        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
-        return;
-    }
-    size_t na = 0;
-    for (struct ltopic *t = namemap_first(&g->topics); t; t = namemap_next(&g->topics, t))
-        if (!q->topic.len ||
-            (q->topic.len == t->name_len && !memcmp(q->topic.ptr, t->name, t->name_len)))
-            for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)
-                all[na++] = gr;
-    qsort(all, na, sizeof(*all), cmp_group);
     for (size_t ai = 0; ai < na; ai++) {
-        struct group *gr = all[ai];
-        struct ltopic *t = gr->topic;
-        uint32_t in_flight = 0, consumers = 0;
-        uint64_t acked_above = 0;
-        for (struct sub *s = gr->subs; s; s = s->next_in_group)
-            consumers++;
-        if (gr->map.slots) {
-            for (size_t k = 0; k <= gr->map.mask; k++) {
-                struct entry *e = &gr->map.slots[k];
-                if (!e->seq)
-                    continue;
-                if (e->state == E_INFLIGHT || e->state == E_FETCHING)
-                    in_flight++;
-            }
-        }
-        /* The oldest message not yet done is the first one still stored
-         * from the floor on, whether waiting, in flight or to be
-         * redelivered: its age since it was stored. */
-        uint64_t oldest = 0;
-        int64_t ts = t->id ? store_first_ts(c->broker->store, t->id, gr->floor, t->head) : -1;
-        if (ts >= 0 && wall > ts)
-            oldest = (uint64_t)(wall - ts);
-        for (uint64_t s = gr->floor; s < gr->next; s++)
-            acked_above += (uint64_t)acked_test(gr, s);
-        uint64_t total = t->head >= gr->floor ? t->head - gr->floor + 1 : 0;
-        struct proto_group_info gi = {
-            .topic = {(const uint8_t *)t->name, t->name_len},
-            .group = {(const uint8_t *)gr->name, gr->name_len},
-            .cursor = gr->next,
-            .ack_floor = gr->floor,
-            .lag = total - acked_above,
-            .in_flight = in_flight,
-            .consumers = consumers,
-            .redelivered = gr->redelivered,
-            .dead_lettered = gr->dead_lettered,
-            .oldest_unacked_ms = oldest,
-            .ack_wait_ms = gr->ack_wait_ms,
-            .max_deliveries = gr->max_deliveries,
-        };
-        if (buf_reserve(&out, 2 + 4 + t->name_len + gr->name_len + 128) < 0)
+        const struct proto_group_info *gi = &all[ai].info;
+        if (buf_reserve(&out, 2 + 4 + gi->topic.len + gi->group.len + 128) < 0)
             continue;
         proto_writer_init(&w, out.data, out.cap);
         w.len = out.len;
-        proto_groups_ok_add(&w, &gi);
+        proto_groups_ok_add(&w, gi);
         out.len = w.len;
         count++;
     }

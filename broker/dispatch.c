@@ -69,6 +69,8 @@ static void on_hello(struct conn *c, const struct proto_frame *f)
         name[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
     }
     name[n] = 0;
+    memcpy(c->client, name, n + 1 <= sizeof(c->client) ? n + 1 : sizeof(c->client));
+    c->client[sizeof(c->client) - 1] = 0;
     log_debug("conn %llu %s: hello from \"%s\"", (unsigned long long)c->id, c->peer, name);
     commit_reply(c, f->request_id, frame, w.len);
 }

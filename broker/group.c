@@ -617,11 +617,17 @@ static void apply_topic_updates(struct groups *g, struct batch *done)
     const struct topic_update *u = done->topic_updates.data;
     for (size_t i = 0; i < done->topic_updates.len; i++) {
         int64_t id = u[i].id;
-        uint64_t head = u[i].head, first = u[i].first;
+        uint64_t head = u[i].v.head, first = u[i].v.first;
         struct ltopic *t =
             topic_lookup(g, done->topic_names.data + u[i].name.off, u[i].name.len, 1);
         if (t) {
             t->id = id;
+            t->view = u[i].v;
+            if (u[i].stored) {
+                t->stored += u[i].stored;
+                t->bytes_in += u[i].bytes_in;
+                rate_add(&t->rate_in, done->now_ms, u[i].stored);
+            }
             if (first > t->first) {
                 t->first = first;
                 for (struct group *gr = t->groups; gr; gr = gr->next_in_topic)

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "op.h"
 #include "proto.h"
 
 struct broker;
@@ -54,6 +55,36 @@ void groups_conn_closed(struct conn *c);
 /* The connection's unsent replies drained: its subscriptions may receive
  * again (DELIVERs count against the connection's outgoing limit). */
 void groups_conn_writable(struct conn *c);
+
+/* What the loop knows of one topic and one group (group_stats.c): the
+ * numbers of the GROUPS frame, the HTTP API and /metrics. Names point into
+ * the loop's memory: valid until the loop runs on. */
+struct topic_stat {
+    const char *name;
+    size_t name_len;
+    struct topic_view v;              /* after the last commit that touched it */
+    uint64_t stored, bytes_in;        /* appended since start */
+    uint64_t rate_in_1s, rate_out_1s; /* stored, acked (all groups): last second */
+    double rate_in_1m, rate_out_1m;   /* per second over the last minute */
+    uint64_t dead_letters;            /* messages kept in _dead.<name> */
+    uint32_t groups;
+};
+struct group_stat {
+    struct proto_group_info info; /* as a GROUPS_OK entry carries it */
+    uint64_t acks;                /* taken since start */
+    uint64_t ack_rate_1s;
+    double ack_rate_1m;
+};
+/* Snapshots in byte order of (topic, group) names, of every topic the
+ * store holds (or only topic, when not NULL). Return 0 and a malloc'd
+ * array (free it), or -1 out of memory. */
+int groups_topic_stats(struct broker *b, const char *topic, size_t topic_len,
+                       struct topic_stat **out, size_t *n);
+int groups_group_stats(struct broker *b, const char *topic, size_t topic_len,
+                       struct group_stat **out, size_t *n);
+
+/* The subscriptions a connection holds. */
+uint32_t groups_conn_subs(const struct conn *c);
 
 /* After a commit (loop thread): learn new topic heads, push fresh messages
  * to caught-up groups straight from the batch, hand fetched messages to

@@ -16,7 +16,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "metrics.h"
 #include "namemap.h"
+#include "op.h"
 #include "proto.h"
 #include "seqset.h"
 
@@ -53,6 +55,12 @@ struct ltopic {
     uint64_t head;
     uint64_t first; /* the lowest sequence retention kept (0: unknown) */
     struct group *groups;
+    /* For looking (group_stats.c): the store's view after the last commit
+     * that touched the topic, and what came and went since start. */
+    struct topic_view view;
+    uint64_t stored, bytes_in; /* messages and bytes appended since start */
+    struct rate_ring rate_in;  /* messages stored, per second */
+    struct rate_ring rate_out; /* acks of all its groups, per second */
 };
 
 struct group {
@@ -70,7 +78,9 @@ struct group {
     struct sub *turn; /* the subscription served first next time */
     uint32_t ack_wait_ms;
     uint16_t max_deliveries;
-    uint8_t backoff_count; /* 0: the broker's --redelivery-backoff */
+    uint8_t backoff_count;      /* 0: the broker's --redelivery-backoff */
+    uint64_t acks;              /* acks taken since start (a redriven message's too) */
+    struct rate_ring rate_acks; /* per second */
     uint32_t backoff_ms[PROTO_MAX_BACKOFF];
     int fetching_first; /* an OP_FETCH for first deliveries is pending */
     int acks_unsaved;   /* a commit holding this group's acks failed: the next

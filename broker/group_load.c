@@ -15,16 +15,17 @@
 #include "seqset.h"
 #include "store.h"
 
-static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
-                           uint64_t first)
+static int on_loaded_topic(void *arg, int64_t id, const char *name, size_t len,
+                           const struct topic_view *v)
 {
     struct groups *g = arg;
     struct ltopic *t = topic_lookup(g, (const uint8_t *)name, len, 1);
     if (!t)
         return -1;
     t->id = id;
-    t->head = head;
-    t->first = first;
+    t->head = v->head;
+    t->first = v->first;
+    t->view = *v;
     return 0;
 }
 

@@ -23,6 +23,10 @@ static const char usage[] =
     "\n"
     "  --listen HOST:PORT        address to listen on (default 127.0.0.1:7411);\n"
     "                            port 0 picks a free port\n"
+    "  --http HOST:PORT          serve metrics (/metrics), a JSON API (/api/v1/...) and\n"
+    "                            a live dashboard (/) over HTTP on this address\n"
+    "                            (default: off; with tokens, requests need an admin\n"
+    "                            token: Authorization: Bearer TOKEN)\n"
     "  --data DIR                data folder, created if missing (default ./ferry-data)\n"
     "  --sync full|normal        full (default): every publish is fsynced to disk\n"
     "                            before it is acknowledged; survives power loss.\n"
@@ -107,7 +111,8 @@ static int parse_uint(const char *s, unsigned long long max, unsigned long long 
     return 0;
 }
 
-static int parse_listen(const char *s, struct broker_config *cfg)
+/* HOST:PORT, [V6]:PORT; localhost becomes 127.0.0.1. */
+static int parse_hostport(const char *s, char *out, size_t cap, int *out_port)
 {
     const char *colon = strrchr(s, ':');
     if (!colon || colon == s)
@@ -118,17 +123,22 @@ static int parse_listen(const char *s, struct broker_config *cfg)
         host++;
         hlen -= 2;
     }
-    if (hlen >= sizeof(cfg->listen_host))
+    if (hlen >= cap || hlen == 0)
         return -1;
     unsigned long long port;
     if (parse_uint(colon + 1, 65535, &port) < 0)
         return -1;
-    memcpy(cfg->listen_host, host, hlen);
-    cfg->listen_host[hlen] = 0;
-    if (!strcmp(cfg->listen_host, "localhost"))
-        strcpy(cfg->listen_host, "127.0.0.1");
-    cfg->listen_port = (int)port;
+    memcpy(out, host, hlen);
+    out[hlen] = 0;
+    if (!strcmp(out, "localhost"))
+        strcpy(out, "127.0.0.1");
+    *out_port = (int)port;
     return 0;
+}
+
+static int parse_listen(const char *s, struct broker_config *cfg)
+{
+    return parse_hostport(s, cfg->listen_host, sizeof(cfg->listen_host), &cfg->listen_port);
 }
 
 static int mkdir_p(const char *path)
@@ -190,7 +200,8 @@ enum {
     OPT_LOGLEVEL,
     OPT_HELP,
     OPT_VERSION,
-    OPT_CONFIG
+    OPT_CONFIG,
+    OPT_HTTP
 };
 static const struct option opts[] = {
     {"listen", required_argument, NULL, OPT_LISTEN},
@@ -217,6 +228,7 @@ static const struct option opts[] = {
     {"ready-file", required_argument, NULL, OPT_READY},
     {"log-level", required_argument, NULL, OPT_LOGLEVEL},
     {"config", required_argument, NULL, OPT_CONFIG},
+    {"http", required_argument, NULL, OPT_HTTP},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -350,6 +362,14 @@ static int set_option(struct broker_config *cfg, int ch, const char *arg)
     case OPT_LISTEN:
         if (parse_listen(arg, cfg) < 0)
             return bad("--listen", arg);
+        break;
+    case OPT_HTTP:
+        if (!strcmp(arg, "off") || !strcmp(arg, "")) {
+            cfg->http_host[0] = 0;
+            break;
+        }
+        if (parse_hostport(arg, cfg->http_host, sizeof(cfg->http_host), &cfg->http_port) < 0)
+            return bad("--http", arg);
         break;
     case OPT_DATA:
         if (!*arg || strlen(arg) >= sizeof(cfg->data_dir) - 32)
@@ -550,6 +570,13 @@ static int configure(struct broker_config *cfg, int argc, char **argv)
                 "ferryd: refusing to listen on %s without authentication: configure tokens in "
                 "a config file (--config, see docs/OPERATIONS.md) or listen on 127.0.0.1\n",
                 cfg->listen_host);
+        return 2;
+    }
+    if (cfg->http_host[0] && !auth_enabled(&cfg->auth) && !broker_is_loopback(cfg->http_host)) {
+        fprintf(stderr,
+                "ferryd: refusing to serve HTTP on %s without authentication: configure tokens "
+                "(the HTTP listener needs one with the admin right) or use 127.0.0.1\n",
+                cfg->http_host);
         return 2;
     }
     cfg->max_frame_bytes = PROTO_DEFAULT_MAX_FRAME;

@@ -180,10 +180,21 @@ struct op {
 
 /* A topic the transaction created, appended to or trimmed: what the loop
  * learns of it after the commit. The name is in batch->topic_names. */
+struct topic_view {
+    uint64_t head;
+    uint64_t first; /* as the store keeps it: meaningful when count > 0 */
+    uint64_t count, bytes;
+    int64_t created_ms;
+    /* Retention in effect (the topic's own, else the broker's); 0: none. */
+    uint64_t max_age_ms, max_count, max_bytes;
+    int delete_acked;
+};
+
 struct topic_update {
     int64_t id;
-    uint64_t head;
-    uint64_t first;
+    struct topic_view v;
+    uint64_t stored;   /* messages this transaction appended */
+    uint64_t bytes_in; /* and their bytes */
     struct op_bytes name;
 };
 

@@ -46,6 +46,7 @@
 #include "conn.h"
 #include "dispatch.h"
 #include "group.h"
+#include "http.h"
 #include "log.h"
 #include "proto.h"
 #include "store.h"
@@ -85,6 +86,10 @@ static void on_commit_done(struct broker *b, struct batch *done)
                   proto_strerror(done->commit_status), store_last_error(b->store));
     }
     b->commits++;
+    histo_add(&b->commit_seconds, (double)done->commit_us / 1e6);
+    histo_add(&b->commit_messages, (double)done->messages);
+    /* The worker is idle: what the store counts may be read now. */
+    store_get_stats(b->store, &b->store_stats);
     log_debug("commit: %zu op(s), %llu message(s), %llu us", done->nops,
               (unsigned long long)done->messages, (unsigned long long)done->commit_us);
 
@@ -214,6 +219,7 @@ static void on_signal(uv_signal_t *s, int signum)
 #endif
     b->stopping = BROKER_DRAINING;
     uv_close((uv_handle_t *)&b->server, on_handle_closed);
+    http_stop(b);
     uv_close((uv_handle_t *)&b->sigint, on_handle_closed);
     uv_close((uv_handle_t *)&b->sigterm, on_handle_closed);
     for (struct conn *c = b->conns; c; c = c->next)
@@ -272,6 +278,9 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
         .on_writable = groups_conn_writable,
     };
     b->on_commit_done = on_commit_done;
+    b->started_ms = clock_wall_ms();
+    histo_init(&b->commit_seconds, histo_latency_bounds, HISTO_LATENCY_BUCKETS);
+    histo_init(&b->commit_messages, histo_count_bounds, HISTO_COUNT_BUCKETS);
     if (lock_data_dir(b) < 0)
         return -1;
     char path[4200], err[512];
@@ -302,6 +311,7 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     }
     struct store_stats st;
     store_get_stats(b->store, &st);
+    b->store_stats = st;
     log_info("store %s open: %llu topic(s), %llu message id(s) remembered for dedupe", path,
              (unsigned long long)st.topics, (unsigned long long)st.dedupe_ids);
     return 0;
@@ -365,6 +375,9 @@ int broker_start(struct broker *b)
                  b->cfg.data_dir, (unsigned long long)b->cfg.sync_interval_ms,
                  (unsigned long long)b->cfg.sync_interval_ms);
 
+    if (http_start(b) < 0)
+        return -1;
+
     if (b->cfg.ready_file[0]) {
         char tmp[4200];
         snprintf(tmp, sizeof(tmp), "%s.tmp", b->cfg.ready_file);
@@ -385,6 +398,7 @@ int broker_start(struct broker *b)
 
 void broker_destroy(struct broker *b)
 {
+    http_free(b);
     groups_free(b);
     batch_free(&b->batches[0]);
     batch_free(&b->batches[1]);

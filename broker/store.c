@@ -642,6 +642,8 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->dedupe_ids = s->dd.count;
     out->dedupe_bytes = dedupe_memory(&s->dd);
     out->io_errors = store_io_errors();
+    out->reserve_held = s->rsv.held;
+    out->reserve_released = s->rsv.released;
 }
 
 const char *store_last_error(const struct store *s)

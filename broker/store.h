@@ -57,8 +57,7 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms);
  * commit runs). Each callback returns 0, or -1 to stop with an error. */
 struct store_load_cbs {
     void *arg;
-    int (*topic)(void *arg, int64_t id, const char *name, size_t len, uint64_t head,
-                 uint64_t first);
+    int (*topic)(void *arg, int64_t id, const char *name, size_t len, const struct topic_view *v);
     int (*group_row)(void *arg, int64_t id, const char *topic, size_t topic_len, const char *name,
                      size_t name_len, uint64_t floor, uint32_t ack_wait_ms, uint16_t max_deliveries,
                      uint64_t origin, const uint32_t *backoff_ms, uint8_t backoff_count);
@@ -106,6 +105,8 @@ struct store_stats {
     uint64_t dedupe_ids;     /* ids remembered now */
     uint64_t dedupe_bytes;   /* memory of the in-memory index */
     uint64_t io_errors;      /* I/O errors met by the process (store_io.h) */
+    int reserve_held;        /* the disk reserve file holds its blocks */
+    int reserve_released;    /* released on a full disk: publishes refused */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 

@@ -549,9 +549,12 @@ int store_load_groups(struct store *s, const struct store_load_cbs *cb)
     int rc;
     /* The in-memory counters, not the rows: a row may lag behind the
      * messages after a crash (recover_topic brought the counters up). */
-    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
-        if (cb->topic(cb->arg, t->id, t->name, t->name_len, t->c.head, t->c.first) < 0)
+    for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t)) {
+        struct topic_view v;
+        topic_view_of(s, t, &v);
+        if (cb->topic(cb->arg, t->id, t->name, t->name_len, &v) < 0)
             return FERRY_ENOMEM;
+    }
     rc = sqlite3_prepare_v2(
         s->db,
         "SELECT id, topic, name, ack_floor, ack_wait_ms, max_deliveries, origin, backoff "

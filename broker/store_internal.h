@@ -82,6 +82,7 @@ struct topic {
     int written_in_txn; /* its row is written by the running transaction */
     int in_txn;         /* touched by the running transaction */
     int created_in_txn;
+    uint64_t bytes_in_txn; /* bytes the running transaction appended */
     struct topic *next_dirty;
 };
 
@@ -229,6 +230,8 @@ void topics_settle(struct store *s, struct batch *b, int ok);
 void topic_count_rate(struct topic *t, int64_t now_ms);
 int topics_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms);
 struct retention effective_retention(const struct store *s, const struct topic *t);
+/* What the loop is told of a topic (op.h). */
+void topic_view_of(const struct store *s, const struct topic *t, struct topic_view *v);
 int retention_step(struct store *s, struct batch *b, int64_t now_ms);
 int topic_config_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr);
 

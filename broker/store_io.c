@@ -24,6 +24,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "store_vfs.h"
 
 /* Log lines a second at most: a failing disk fails every call, and a
  * log that floods hides the line that matters. */
@@ -144,6 +145,9 @@ static void install_hook(void)
      * that opened a database first): then errors are not logged, only
      * returned. */
     sqlite3_config(SQLITE_CONFIG_LOG, on_sqlite_log, NULL);
+    /* After the hook: registering a VFS initialises SQLite. */
+    if (store_vfs_install() < 0)
+        log_warn("cannot install the timed VFS: fsync latency is not measured");
 }
 
 void store_io_init(void)

@@ -269,6 +269,7 @@ int publish_one(struct store *s, const struct proto_msg *m, int64_t now_ms, int 
         t->c.first = seq;
     t->c.count++;
     t->c.bytes += proto_msg_size(m);
+    t->bytes_in_txn += proto_msg_size(m);
     topic_count_rate(t, now_ms);
     s->stats.messages_stored++;
 

@@ -161,6 +161,22 @@ void topics_touch_lagging(struct store *s)
             topic_touch(s, t);
 }
 
+void topic_view_of(const struct store *s, const struct topic *t, struct topic_view *v)
+{
+    struct retention r = effective_retention(s, t);
+    *v = (struct topic_view){
+        .head = t->c.head,
+        .first = t->c.first,
+        .count = t->c.count,
+        .bytes = t->c.bytes,
+        .created_ms = t->created_ms,
+        .max_age_ms = r.max_age_ms,
+        .max_count = r.max_count,
+        .max_bytes = r.max_bytes,
+        .delete_acked = r.delete_acked ? 1 : 0,
+    };
+}
+
 /* Ends the transaction's bookkeeping: keep (ok) or restore the counters. */
 void topics_settle(struct store *s, struct batch *b, int ok)
 {
@@ -172,17 +188,22 @@ void topics_settle(struct store *s, struct batch *b, int ok)
             t->persisted_ms = b ? b->now_ms : 0;
         }
         t->written_in_txn = 0;
-        if (ok && b &&
-            (t->created_in_txn || t->c.head != t->saved.head || t->c.first != t->saved.first)) {
-            /* Tell the loop. */
+        if (ok && b) {
+            /* Tell the loop what the topic is now. */
             struct topic_update *u = vec_push(&b->topic_updates, sizeof(*u));
             if (u) {
                 *u = (struct topic_update){
-                    t->id, t->c.head, t->c.first, {b->topic_names.len, t->name_len}};
+                    .id = t->id,
+                    .stored = t->c.head - t->saved.head,
+                    .bytes_in = t->bytes_in_txn,
+                    .name = {b->topic_names.len, t->name_len},
+                };
+                topic_view_of(s, t, &u->v);
                 if (buf_append(&b->topic_names, t->name, t->name_len) < 0)
                     b->topic_updates.len--;
             }
         }
+        t->bytes_in_txn = 0;
         if (!ok) {
             if (t->created_in_txn) {
                 topic_map_remove(s, t);
