@@ -122,6 +122,18 @@ int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t
     "ISO 8601 (2026-11-27T04:00:00Z, 2026-11-27T04:00:00.250Z, 2026-11-27)\n"                      \
     "or Unix milliseconds with an ms suffix (1795752000000ms).\n"
 
+/* What `ferry topics --json` and `ferry groups --json` print for one
+ * topic or group (cmd_topics.c, cmd_groups.c; `ferry stats` adds to them).
+ * dead: the message count of the topic's _dead.<name>. NULL when out of
+ * memory. */
+json_t *cli_topic_json(const ferry_topic_info *t, uint64_t dead);
+json_t *cli_group_json(const ferry_group_info *g);
+
+/* The message count of each topic's dead-letter topic _dead.<name> when
+ * the listing t (sorted by name with strcmp) holds it, else 0: an array of
+ * n, to free(). NULL when out of memory. */
+uint64_t *cli_dead_counts(const ferry_topic_info *t, size_t n);
+
 /* The commands. */
 int cmd_pub(struct cli *cli, int argc, char **argv);
 int cmd_sub(struct cli *cli, int argc, char **argv);
@@ -130,6 +142,7 @@ int cmd_groups(struct cli *cli, int argc, char **argv);
 int cmd_seek(struct cli *cli, int argc, char **argv);
 int cmd_dead(struct cli *cli, int argc, char **argv);
 int cmd_relay(struct cli *cli, int argc, char **argv);
+int cmd_stats(struct cli *cli, int argc, char **argv);
 int cmd_bench(struct cli *cli, int argc, char **argv);
 
 #endif /* FERRY_CLI_H */

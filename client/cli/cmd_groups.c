@@ -53,7 +53,7 @@ static void format_age(uint64_t ms, char *buf, size_t len)
         snprintf(buf, len, "%" PRIu64 "d%02" PRIu64 "h", ms / 86400000, ms / 3600000 % 24);
 }
 
-static json_t *group_json(const ferry_group_info *g)
+json_t *cli_group_json(const ferry_group_info *g)
 {
     return json_pack(
         "{s:o,s:o,s:o,s:o,s:o,s:I,s:I,s:o,s:o,s:o,s:I,s:I}", "topic",
@@ -69,7 +69,7 @@ static int print_json(const ferry_group_info *g, size_t n)
 {
     json_t *a = json_array();
     for (size_t i = 0; a && i < n; i++) {
-        json_t *o = group_json(&g[i]);
+        json_t *o = cli_group_json(&g[i]);
         if (!o || json_array_append_new(a, o) < 0) {
             json_decref(a);
             a = NULL;

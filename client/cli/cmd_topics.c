@@ -160,7 +160,7 @@ static void format_retention(const ferry_topic_info *t, char *buf, size_t len)
 
 /* The number of messages in each topic's dead-letter topic, when the
  * listing (sorted by name) holds it. */
-static uint64_t *dead_counts(const ferry_topic_info *t, size_t n)
+uint64_t *cli_dead_counts(const ferry_topic_info *t, size_t n)
 {
     uint64_t *dead = calloc(n ? n : 1, sizeof *dead);
     if (!dead)
@@ -177,7 +177,7 @@ static uint64_t *dead_counts(const ferry_topic_info *t, size_t n)
     return dead;
 }
 
-static json_t *topic_json(const ferry_topic_info *t, uint64_t dead)
+json_t *cli_topic_json(const ferry_topic_info *t, uint64_t dead)
 {
     json_t *o =
         json_pack("{s:o,s:o,s:o,s:o,s:o,s:I}", "topic", cli_json_str(t->name, strlen(t->name)),
@@ -213,7 +213,7 @@ static int print_json(const ferry_topic_info *t, const uint64_t *dead, size_t n,
     for (size_t i = 0; a && i < n; i++) {
         if (only && strcmp(t[i].name, only) != 0)
             continue;
-        json_t *o = topic_json(&t[i], dead[i]);
+        json_t *o = cli_topic_json(&t[i], dead[i]);
         if (!o || json_array_append_new(a, o) < 0) {
             json_decref(a);
             a = NULL;
@@ -296,7 +296,7 @@ static int list(ferry_conn *c, const char *what, int json, const char *only, int
         return cli_fail(what, rc, ferry_errmsg(c));
 
     qsort(topics, n, sizeof *topics, by_name);
-    uint64_t *dead = dead_counts(topics, n);
+    uint64_t *dead = cli_dead_counts(topics, n);
     if (!dead) {
         ferry_topics_free(topics);
         return cli_fail(what, FERRY_ENOMEM, "");
