@@ -119,19 +119,29 @@ static int print_json(const ferry_delivery *d)
         return -1;
     int rc = d->key_len > 0 ? json_bytes(o, "key", d->key, d->key_len)
                             : cli_json_set(o, "key", json_null());
-    json_t *h = json_object();
-    for (size_t i = 0; h && i < d->header_count; i++) {
+    /* headers is an object, which holds a name once (its last value, what
+     * a JSON parser kept of a repeated key); when a name repeats,
+     * header_list has every header in order as [name, value]. */
+    json_t *h = json_object(), *list = json_array();
+    for (size_t i = 0; h && list && i < d->header_count; i++) {
         /* A header name is UTF-8 on the wire; a name that is not is shown
          * lossily (U+FFFD) rather than dropped. */
         json_t *name = cli_json_str(d->headers[i].name, strlen(d->headers[i].name));
         json_t *value = cli_json_str(d->headers[i].value, d->headers[i].value_len);
-        if (!name || !value)
-            json_decref(value);
-        if (!name || !value || json_object_set_new(h, json_string_value(name), value) < 0)
+        if (!name || !value || json_object_set(h, json_string_value(name), value) < 0 ||
+            json_array_append_new(list, json_pack("[OO]", name, value)) < 0)
             rc = -1;
         json_decref(name);
+        json_decref(value);
     }
+    if (!list)
+        rc = -1;
+    int repeated = h && json_object_size(h) < d->header_count;
     rc |= cli_json_set(o, "headers", h);
+    if (repeated)
+        rc |= cli_json_set(o, "header_list", list);
+    else
+        json_decref(list);
     rc |= cli_json_set(o, "attempt", json_integer(d->attempt));
     rc |= cli_json_set(o, "redelivered", json_boolean(d->redelivered));
     rc |= cli_json_set(o, "ts_ms", json_integer(d->ts_ms));
