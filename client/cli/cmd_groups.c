@@ -154,6 +154,14 @@ int cmd_groups(struct cli *cli, int argc, char **argv)
     ferry_group_info *groups;
     size_t n;
     rc = ferry_groups(c, topic, &groups, &n);
+    if (rc == FERRY_EUNKNOWN_TOPIC && topic && !strstr(ferry_errmsg(c), topic)) {
+        /* The broker says only "no such topic": name it, as topics does. */
+        char detail[300];
+        snprintf(detail, sizeof detail, "no such topic: %s", topic);
+        rc = cli_fail("groups", rc, detail);
+        ferry_close(c);
+        return rc;
+    }
     if (rc < 0) {
         rc = cli_fail("groups", rc, ferry_errmsg(c));
         ferry_close(c);
