@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <jansson.h>
+
 #include "ferry.h"
 
 #define CLI_EXIT_OK 0
@@ -77,16 +79,28 @@ int cli_fail(const char *what, int err, const char *detail);
 int cli_connect(const struct cli *cli, const char *cmd, const ferry_options *base,
                 ferry_conn **out);
 
-/* Writes s[0..len) as a JSON string, quotes included: escapes ", \ and
- * control characters, passes valid UTF-8 through and replaces invalid bytes
- * with U+FFFD. */
-void cli_json_string(FILE *f, const void *s, size_t len);
+/* JSON output is built with jansson and printed one value per line. */
 
-/* 1 when s[0..len) is valid UTF-8 (as cli_json_string judges it). */
+/* A JSON string of s[0..len): the bytes as they are when valid UTF-8, else
+ * with each invalid byte replaced by U+FFFD (jansson takes only UTF-8).
+ * NULL when out of memory. */
+json_t *cli_json_str(const void *s, size_t len);
+
+/* A JSON integer of v (capped at 2^63-1, the largest jansson holds). */
+json_t *cli_json_u64(uint64_t v);
+
+/* A JSON string of data[0..len) in standard base64 (RFC 4648, padded). */
+json_t *cli_json_base64(const void *data, size_t len);
+
+/* json_object_set_new, failing (-1) when value is NULL. */
+int cli_json_set(json_t *obj, const char *key, json_t *value);
+
+/* Writes v compact (keys in insertion order) and a newline to stdout and
+ * releases v. Returns 0, or -1 when v is NULL or the write failed. */
+int cli_json_print(json_t *v);
+
+/* 1 when s[0..len) is valid UTF-8. */
 int cli_utf8_valid(const void *s, size_t len);
-
-/* Writes data[0..len) as standard base64 (RFC 4648, with padding). */
-void cli_base64(FILE *f, const void *data, size_t len);
 
 /* Parses a position in a topic, as --from and --to take it:
  *   earliest | latest       the oldest stored message | only new ones
@@ -108,6 +122,18 @@ int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t
     "ISO 8601 (2026-11-27T04:00:00Z, 2026-11-27T04:00:00.250Z, 2026-11-27)\n"                      \
     "or Unix milliseconds with an ms suffix (1795752000000ms).\n"
 
+/* What `ferry topics --json` and `ferry groups --json` print for one
+ * topic or group (cmd_topics.c, cmd_groups.c; `ferry stats` adds to them).
+ * dead: the message count of the topic's _dead.<name>. NULL when out of
+ * memory. */
+json_t *cli_topic_json(const ferry_topic_info *t, uint64_t dead);
+json_t *cli_group_json(const ferry_group_info *g);
+
+/* The message count of each topic's dead-letter topic _dead.<name> when
+ * the listing t (sorted by name with strcmp) holds it, else 0: an array of
+ * n, to free(). NULL when out of memory. */
+uint64_t *cli_dead_counts(const ferry_topic_info *t, size_t n);
+
 /* The commands. */
 int cmd_pub(struct cli *cli, int argc, char **argv);
 int cmd_sub(struct cli *cli, int argc, char **argv);
@@ -116,6 +142,7 @@ int cmd_groups(struct cli *cli, int argc, char **argv);
 int cmd_seek(struct cli *cli, int argc, char **argv);
 int cmd_dead(struct cli *cli, int argc, char **argv);
 int cmd_relay(struct cli *cli, int argc, char **argv);
+int cmd_stats(struct cli *cli, int argc, char **argv);
 int cmd_bench(struct cli *cli, int argc, char **argv);
 
 #endif /* FERRY_CLI_H */

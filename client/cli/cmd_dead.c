@@ -335,12 +335,12 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
             return cli_fail("dead replay: ack", rc, ferry_errmsg(c));
 
         if (o->json && o->republish) {
-            printf("{\"dead_seq\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"duplicate\":%s}\n", dead_seq,
-                   ack.seq, ack.duplicate ? "true" : "false");
+            cli_json_print(json_pack("{s:o,s:o,s:b}", "dead_seq", cli_json_u64(dead_seq), "seq",
+                                     cli_json_u64(ack.seq), "duplicate", ack.duplicate ? 1 : 0));
         } else if (o->json) {
-            printf("{\"dead_seq\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"group\":", dead_seq, ack.seq);
-            cli_json_string(stdout, dgroup_copy, strlen(dgroup_copy));
-            fputs("}\n", stdout);
+            cli_json_print(json_pack("{s:o,s:o,s:o}", "dead_seq", cli_json_u64(dead_seq), "seq",
+                                     cli_json_u64(ack.seq), "group",
+                                     cli_json_str(dgroup_copy, strlen(dgroup_copy))));
         } else if (o->republish) {
             printf("%" PRIu64 " -> %" PRIu64 "%s\n", dead_seq, ack.seq,
                    ack.duplicate ? " duplicate" : "");

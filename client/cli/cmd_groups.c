@@ -53,23 +53,29 @@ static void format_age(uint64_t ms, char *buf, size_t len)
         snprintf(buf, len, "%" PRIu64 "d%02" PRIu64 "h", ms / 86400000, ms / 3600000 % 24);
 }
 
-static void print_json(const ferry_group_info *g, size_t n)
+json_t *cli_group_json(const ferry_group_info *g)
 {
-    putchar('[');
-    for (size_t i = 0; i < n; i++) {
-        fputs(i ? ",{\"topic\":" : "{\"topic\":", stdout);
-        cli_json_string(stdout, g[i].topic, strlen(g[i].topic));
-        fputs(",\"group\":", stdout);
-        cli_json_string(stdout, g[i].group, strlen(g[i].group));
-        printf(",\"cursor\":%" PRIu64 ",\"ack_floor\":%" PRIu64 ",\"lag\":%" PRIu64
-               ",\"in_flight\":%" PRIu32 ",\"consumers\":%" PRIu32 ",\"redelivered\":%" PRIu64
-               ",\"dead_lettered\":%" PRIu64 ",\"oldest_unacked_ms\":%" PRIu64
-               ",\"ack_wait_ms\":%" PRIu32 ",\"max_deliveries\":%u}",
-               g[i].cursor, g[i].ack_floor, g[i].lag, g[i].in_flight, g[i].consumers,
-               g[i].redelivered, g[i].dead_lettered, g[i].oldest_unacked_ms, g[i].ack_wait_ms,
-               (unsigned)g[i].max_deliveries);
+    return json_pack(
+        "{s:o,s:o,s:o,s:o,s:o,s:I,s:I,s:o,s:o,s:o,s:I,s:I}", "topic",
+        cli_json_str(g->topic, strlen(g->topic)), "group", cli_json_str(g->group, strlen(g->group)),
+        "cursor", cli_json_u64(g->cursor), "ack_floor", cli_json_u64(g->ack_floor), "lag",
+        cli_json_u64(g->lag), "in_flight", (json_int_t)g->in_flight, "consumers",
+        (json_int_t)g->consumers, "redelivered", cli_json_u64(g->redelivered), "dead_lettered",
+        cli_json_u64(g->dead_lettered), "oldest_unacked_ms", cli_json_u64(g->oldest_unacked_ms),
+        "ack_wait_ms", (json_int_t)g->ack_wait_ms, "max_deliveries", (json_int_t)g->max_deliveries);
+}
+
+static int print_json(const ferry_group_info *g, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
+        json_t *o = cli_group_json(&g[i]);
+        if (!o || json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            a = NULL;
+        }
     }
-    puts("]");
+    return cli_json_print(a);
 }
 
 static int width_u64(uint64_t v)
@@ -148,6 +154,14 @@ int cmd_groups(struct cli *cli, int argc, char **argv)
     ferry_group_info *groups;
     size_t n;
     rc = ferry_groups(c, topic, &groups, &n);
+    if (rc == FERRY_EUNKNOWN_TOPIC && topic && !strstr(ferry_errmsg(c), topic)) {
+        /* The broker says only "no such topic": name it, as topics does. */
+        char detail[300];
+        snprintf(detail, sizeof detail, "no such topic: %s", topic);
+        rc = cli_fail("groups", rc, detail);
+        ferry_close(c);
+        return rc;
+    }
     if (rc < 0) {
         rc = cli_fail("groups", rc, ferry_errmsg(c));
         ferry_close(c);
@@ -156,12 +170,13 @@ int cmd_groups(struct cli *cli, int argc, char **argv)
     ferry_close(c);
 
     qsort(groups, n, sizeof *groups, by_topic_group);
+    int bad = 0;
     if (json)
-        print_json(groups, n);
+        bad = print_json(groups, n) < 0;
     else
         print_table(groups, n);
     ferry_groups_free(groups);
-    if (fflush(stdout) != 0)
+    if (fflush(stdout) != 0 || bad)
         return cli_fail("groups", FERRY_EIO, "cannot write standard output");
     return CLI_EXIT_OK;
 }

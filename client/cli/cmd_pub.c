@@ -84,11 +84,10 @@ struct pub_opts {
 static void print_ack(const struct pub_opts *o, const ferry_ack *ack)
 {
     if (o->json) {
-        fputs("{\"topic\":", stdout);
-        cli_json_string(stdout, o->topic, strlen(o->topic));
-        printf(",\"seq\":%" PRIu64 ",\"id\":", ack->seq);
-        cli_json_string(stdout, ack->id, strlen(ack->id));
-        printf(",\"duplicate\":%s}\n", ack->duplicate ? "true" : "false");
+        cli_json_print(
+            json_pack("{s:o,s:o,s:o,s:b}", "topic", cli_json_str(o->topic, strlen(o->topic)), "seq",
+                      cli_json_u64(ack->seq), "id", cli_json_str(ack->id, strlen(ack->id)),
+                      "duplicate", ack->duplicate ? 1 : 0));
     } else {
         printf("%" PRIu64 "%s\n", ack->seq, ack->duplicate ? " duplicate" : "");
     }

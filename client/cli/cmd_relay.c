@@ -273,18 +273,17 @@ static int status(const char *path, int json)
     int64_t now = wall_ms();
 
     if (json) {
-        fputs("{\"db\":", stdout);
-        cli_json_string(stdout, path, strlen(path));
-        fputs(",\"producer_id\":", stdout);
-        cli_json_string(stdout, s.producer_id, strlen(s.producer_id));
-        printf(",\"relay_running\":%s,\"relay_pid\":%ld", running == 1 ? "true" : "false", pid);
-        printf(",\"waiting\":%" PRIu64 ",\"oldest_waiting_seq\":%" PRIu64
-               ",\"oldest_waiting_ms\":%" PRId64 ",\"last_sent_seq\":%" PRIu64
-               ",\"last_sent_ms\":%" PRId64 ",\"last_sent_age_ms\":%" PRId64
-               ",\"last_broker_seq\":%" PRIu64 ",\"failed\":%" PRIu64 "}\n",
-               s.waiting, s.oldest_waiting_seq, s.oldest_waiting_ms, s.last_sent_seq,
-               s.last_sent_ms, s.last_sent_ms ? now - s.last_sent_ms : 0, s.last_broker_seq,
-               s.failed);
+        if (cli_json_print(json_pack(
+                "{s:o,s:o,s:b,s:I,s:o,s:o,s:I,s:o,s:I,s:I,s:o,s:o}", "db",
+                cli_json_str(path, strlen(path)), "producer_id",
+                cli_json_str(s.producer_id, strlen(s.producer_id)), "relay_running", running == 1,
+                "relay_pid", (json_int_t)pid, "waiting", cli_json_u64(s.waiting),
+                "oldest_waiting_seq", cli_json_u64(s.oldest_waiting_seq), "oldest_waiting_ms",
+                (json_int_t)s.oldest_waiting_ms, "last_sent_seq", cli_json_u64(s.last_sent_seq),
+                "last_sent_ms", (json_int_t)s.last_sent_ms, "last_sent_age_ms",
+                (json_int_t)(s.last_sent_ms ? now - s.last_sent_ms : 0), "last_broker_seq",
+                cli_json_u64(s.last_broker_seq), "failed", cli_json_u64(s.failed))) < 0)
+            return cli_fail("relay", FERRY_EIO, "cannot write standard output");
     } else {
         char age[32], when[80];
         printf("database     %s\n", path);
@@ -425,19 +424,18 @@ static int pg_status(const char *url, const char *schema, int json)
     PQfinish(pg);
     int64_t now = wall_ms();
     if (json) {
-        fputs("{\"schema\":", stdout);
-        cli_json_string(stdout, sch, strlen(sch));
-        fputs(",\"producer_id\":", stdout);
-        cli_json_string(stdout, s.producer_id, strlen(s.producer_id));
-        printf(",\"relay_running\":%s,\"relay_backend_pid\":%d", s.relay_pid ? "true" : "false",
-               s.relay_pid);
-        printf(",\"waiting\":%" PRIu64 ",\"claimed\":%" PRIu64 ",\"oldest_waiting_id\":%" PRIu64
-               ",\"oldest_waiting_ms\":%" PRId64 ",\"sent\":%" PRIu64 ",\"last_sent_seq\":%" PRIu64
-               ",\"last_sent_ms\":%" PRId64 ",\"last_sent_age_ms\":%" PRId64 ",\"failed\":%" PRIu64
-               "}\n",
-               s.waiting, s.claimed, s.oldest_waiting_id, s.oldest_waiting_ms, s.sent,
-               s.last_sent_seq, s.last_sent_ms, s.last_sent_ms ? now - s.last_sent_ms : 0,
-               s.failed);
+        if (cli_json_print(json_pack(
+                "{s:o,s:o,s:b,s:I,s:o,s:o,s:o,s:I,s:o,s:o,s:I,s:I,s:o}", "schema",
+                cli_json_str(sch, strlen(sch)), "producer_id",
+                cli_json_str(s.producer_id, strlen(s.producer_id)), "relay_running",
+                s.relay_pid != 0, "relay_backend_pid", (json_int_t)s.relay_pid, "waiting",
+                cli_json_u64(s.waiting), "claimed", cli_json_u64(s.claimed), "oldest_waiting_id",
+                cli_json_u64(s.oldest_waiting_id), "oldest_waiting_ms",
+                (json_int_t)s.oldest_waiting_ms, "sent", cli_json_u64(s.sent), "last_sent_seq",
+                cli_json_u64(s.last_sent_seq), "last_sent_ms", (json_int_t)s.last_sent_ms,
+                "last_sent_age_ms", (json_int_t)(s.last_sent_ms ? now - s.last_sent_ms : 0),
+                "failed", cli_json_u64(s.failed))) < 0)
+            return cli_fail("relay", FERRY_EIO, "cannot write standard output");
     } else {
         char age[32], when[80];
         printf("schema       %s\n", sch);

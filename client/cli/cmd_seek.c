@@ -88,16 +88,14 @@ int cmd_seek(struct cli *cli, int argc, char **argv)
         return rc;
     }
     ferry_close(c);
-    if (json) {
-        fputs("{\"topic\":", stdout);
-        cli_json_string(stdout, argv[optind], strlen(argv[optind]));
-        fputs(",\"group\":", stdout);
-        cli_json_string(stdout, group, strlen(group));
-        printf(",\"cursor\":%" PRIu64 "}\n", cursor);
-    } else {
+    int bad = 0;
+    if (json)
+        bad = cli_json_print(json_pack(
+                  "{s:o,s:o,s:o}", "topic", cli_json_str(argv[optind], strlen(argv[optind])),
+                  "group", cli_json_str(group, strlen(group)), "cursor", cli_json_u64(cursor))) < 0;
+    else
         printf("%" PRIu64 "\n", cursor);
-    }
-    if (fflush(stdout) != 0)
+    if (fflush(stdout) != 0 || bad)
         return cli_fail("seek", FERRY_EIO, "cannot write standard output");
     return CLI_EXIT_OK;
 }

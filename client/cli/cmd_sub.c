@@ -101,44 +101,56 @@ static void print_plain(const ferry_delivery *d)
 }
 
 /* "name":"text" when valid UTF-8, else "name_b64":"base64". */
-static void json_bytes(const char *name, const void *p, size_t len)
+static int json_bytes(json_t *o, const char *name, const void *p, size_t len)
 {
-    if (cli_utf8_valid(p, len)) {
-        printf("\"%s\":", name);
-        cli_json_string(stdout, p, len);
-    } else {
-        printf("\"%s_b64\":\"", name);
-        cli_base64(stdout, p, len);
-        putchar('"');
-    }
+    if (cli_utf8_valid(p, len))
+        return cli_json_set(o, name, json_stringn(p, len));
+    char key[32];
+    snprintf(key, sizeof key, "%s_b64", name);
+    return cli_json_set(o, key, cli_json_base64(p, len));
 }
 
-static void print_json(const ferry_delivery *d)
+static int print_json(const ferry_delivery *d)
 {
-    fputs("{\"topic\":", stdout);
-    cli_json_string(stdout, d->topic, strlen(d->topic));
-    fputs(",\"group\":", stdout);
-    cli_json_string(stdout, d->group, strlen(d->group));
-    printf(",\"seq\":%" PRIu64 ",\"id\":", d->seq);
-    cli_json_string(stdout, d->id, strlen(d->id));
-    putchar(',');
-    if (d->key_len > 0)
-        json_bytes("key", d->key, d->key_len);
-    else
-        fputs("\"key\":null", stdout);
-    fputs(",\"headers\":{", stdout);
-    for (size_t i = 0; i < d->header_count; i++) {
-        const ferry_header *h = &d->headers[i];
-        if (i)
-            putchar(',');
-        cli_json_string(stdout, h->name, strlen(h->name));
-        putchar(':');
-        cli_json_string(stdout, h->value, h->value_len);
+    json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "topic", cli_json_str(d->topic, strlen(d->topic)),
+                          "group", cli_json_str(d->group, strlen(d->group)), "seq",
+                          cli_json_u64(d->seq), "id", cli_json_str(d->id, strlen(d->id)));
+    if (!o)
+        return -1;
+    int rc = d->key_len > 0 ? json_bytes(o, "key", d->key, d->key_len)
+                            : cli_json_set(o, "key", json_null());
+    /* headers is an object, which holds a name once (its last value, what
+     * a JSON parser kept of a repeated key); when a name repeats,
+     * header_list has every header in order as [name, value]. */
+    json_t *h = json_object(), *list = json_array();
+    for (size_t i = 0; h && list && i < d->header_count; i++) {
+        /* A header name is UTF-8 on the wire; a name that is not is shown
+         * lossily (U+FFFD) rather than dropped. */
+        json_t *name = cli_json_str(d->headers[i].name, strlen(d->headers[i].name));
+        json_t *value = cli_json_str(d->headers[i].value, d->headers[i].value_len);
+        if (!name || !value || json_object_set(h, json_string_value(name), value) < 0 ||
+            json_array_append_new(list, json_pack("[OO]", name, value)) < 0)
+            rc = -1;
+        json_decref(name);
+        json_decref(value);
     }
-    printf("},\"attempt\":%" PRIu32 ",\"redelivered\":%s,\"ts_ms\":%" PRId64 ",", d->attempt,
-           d->redelivered ? "true" : "false", d->ts_ms);
-    json_bytes("payload", d->payload, d->payload_len);
-    puts("}");
+    if (!list)
+        rc = -1;
+    int repeated = h && json_object_size(h) < d->header_count;
+    rc |= cli_json_set(o, "headers", h);
+    if (repeated)
+        rc |= cli_json_set(o, "header_list", list);
+    else
+        json_decref(list);
+    rc |= cli_json_set(o, "attempt", json_integer(d->attempt));
+    rc |= cli_json_set(o, "redelivered", json_boolean(d->redelivered));
+    rc |= cli_json_set(o, "ts_ms", json_integer(d->ts_ms));
+    rc |= json_bytes(o, "payload", d->payload, d->payload_len);
+    if (rc) {
+        json_decref(o);
+        return -1;
+    }
+    return cli_json_print(o);
 }
 
 /* Numbers for --count, --window, --timeout-ms: decimal, in [min, max]. */

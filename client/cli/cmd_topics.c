@@ -160,7 +160,7 @@ static void format_retention(const ferry_topic_info *t, char *buf, size_t len)
 
 /* The number of messages in each topic's dead-letter topic, when the
  * listing (sorted by name) holds it. */
-static uint64_t *dead_counts(const ferry_topic_info *t, size_t n)
+uint64_t *cli_dead_counts(const ferry_topic_info *t, size_t n)
 {
     uint64_t *dead = calloc(n ? n : 1, sizeof *dead);
     if (!dead)
@@ -177,39 +177,49 @@ static uint64_t *dead_counts(const ferry_topic_info *t, size_t n)
     return dead;
 }
 
-static void print_json_one(const ferry_topic_info *t, uint64_t dead)
+json_t *cli_topic_json(const ferry_topic_info *t, uint64_t dead)
 {
-    fputs("{\"topic\":", stdout);
-    cli_json_string(stdout, t->name, strlen(t->name));
-    printf(",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"first_seq\":%" PRIu64
-           ",\"head_seq\":%" PRIu64 ",\"created_ms\":%" PRId64,
-           t->message_count, t->bytes, t->first_seq, t->head_seq, t->created_ms);
+    json_t *o =
+        json_pack("{s:o,s:o,s:o,s:o,s:o,s:I}", "topic", cli_json_str(t->name, strlen(t->name)),
+                  "messages", cli_json_u64(t->message_count), "bytes", cli_json_u64(t->bytes),
+                  "first_seq", cli_json_u64(t->first_seq), "head_seq", cli_json_u64(t->head_seq),
+                  "created_ms", (json_int_t)t->created_ms);
+    if (!o)
+        return NULL;
+    int rc;
     if (t->has_retention)
-        printf(",\"max_age_ms\":%" PRIu64 ",\"max_count\":%" PRIu64 ",\"max_bytes\":%" PRIu64
-               ",\"delete_acked\":%s,\"publish_rate\":%" PRIu64,
-               t->max_age_ms, t->max_count, t->max_bytes, t->delete_acked ? "true" : "false",
-               t->publish_rate);
+        rc = cli_json_set(o, "max_age_ms", cli_json_u64(t->max_age_ms)) |
+             cli_json_set(o, "max_count", cli_json_u64(t->max_count)) |
+             cli_json_set(o, "max_bytes", cli_json_u64(t->max_bytes)) |
+             cli_json_set(o, "delete_acked", json_boolean(t->delete_acked)) |
+             cli_json_set(o, "publish_rate", cli_json_u64(t->publish_rate));
     else
-        fputs(",\"max_age_ms\":null,\"max_count\":null,\"max_bytes\":null,\"delete_acked\":null,"
-              "\"publish_rate\":null",
-              stdout);
-    printf(",\"dead_lettered\":%" PRIu64 "}", dead);
+        rc = cli_json_set(o, "max_age_ms", json_null()) |
+             cli_json_set(o, "max_count", json_null()) | cli_json_set(o, "max_bytes", json_null()) |
+             cli_json_set(o, "delete_acked", json_null()) |
+             cli_json_set(o, "publish_rate", json_null());
+    rc |= cli_json_set(o, "dead_lettered", cli_json_u64(dead));
+    if (rc) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 /* Every topic, or with only just that one. */
-static void print_json(const ferry_topic_info *t, const uint64_t *dead, size_t n, const char *only)
+static int print_json(const ferry_topic_info *t, const uint64_t *dead, size_t n, const char *only)
 {
-    putchar('[');
-    int first = 1;
-    for (size_t i = 0; i < n; i++) {
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) {
         if (only && strcmp(t[i].name, only) != 0)
             continue;
-        if (!first)
-            putchar(',');
-        first = 0;
-        print_json_one(&t[i], dead[i]);
+        json_t *o = cli_topic_json(&t[i], dead[i]);
+        if (!o || json_array_append_new(a, o) < 0) {
+            json_decref(a);
+            a = NULL;
+        }
     }
-    puts("]");
+    return cli_json_print(a);
 }
 
 static int width_u64(uint64_t v)
@@ -286,7 +296,7 @@ static int list(ferry_conn *c, const char *what, int json, const char *only, int
         return cli_fail(what, rc, ferry_errmsg(c));
 
     qsort(topics, n, sizeof *topics, by_name);
-    uint64_t *dead = dead_counts(topics, n);
+    uint64_t *dead = cli_dead_counts(topics, n);
     if (!dead) {
         ferry_topics_free(topics);
         return cli_fail(what, FERRY_ENOMEM, "");
@@ -306,15 +316,16 @@ static int list(ferry_conn *c, const char *what, int json, const char *only, int
             }
         }
     }
+    int bad = 0;
     if (status == CLI_EXIT_OK) {
         if (json)
-            print_json(topics, dead, n, only);
+            bad = print_json(topics, dead, n, only) < 0;
         else
             print_table(topics, dead, n, only);
     }
     free(dead);
     ferry_topics_free(topics);
-    if (status == CLI_EXIT_OK && fflush(stdout) != 0)
+    if (status == CLI_EXIT_OK && (fflush(stdout) != 0 || bad))
         return cli_fail(what, FERRY_EIO, "cannot write standard output");
     return status;
 }

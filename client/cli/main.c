@@ -23,6 +23,7 @@ static const struct {
     {"groups", cmd_groups, "list consumer groups and their progress"},
     {"seek", cmd_seek, "move a consumer group to a sequence or a time"},
     {"dead", cmd_dead, "redrive dead letters to their group (dead replay)"},
+    {"stats", cmd_stats, "live view of topics and groups: rates, lag (like top)"},
     {"relay", cmd_relay, "relay an application's outbox table to the broker"},
     {"bench", cmd_bench, "load generator: publish, consume, e2e, backlog"},
 };

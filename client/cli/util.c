@@ -1,6 +1,6 @@
 /*
  * util.c - what every command needs: option helpers, error lines, the
- * connection (with the token file), JSON strings, base64, positions in a
+ * connection (with the token file), JSON values (jansson), base64, positions in a
  * topic, numbers.
  */
 #include <errno.h>
@@ -159,54 +159,54 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     return len;
 }
 
-void cli_json_string(FILE *f, const void *str, size_t len)
+json_t *cli_json_str(const void *str, size_t len)
 {
+    if (cli_utf8_valid(str, len))
+        return json_stringn(str, len);
+    /* Each invalid byte becomes U+FFFD: 3 bytes at most for each one. */
     const unsigned char *s = str;
-    putc('"', f);
+    char *buf = malloc(len * 3 + 1);
+    if (!buf)
+        return NULL;
+    size_t o = 0;
     for (size_t i = 0; i < len;) {
-        unsigned char b = s[i];
-        switch (b) {
-        case '"':
-            fputs("\\\"", f);
-            break;
-        case '\\':
-            fputs("\\\\", f);
-            break;
-        case '\n':
-            fputs("\\n", f);
-            break;
-        case '\r':
-            fputs("\\r", f);
-            break;
-        case '\t':
-            fputs("\\t", f);
-            break;
-        case '\b':
-            fputs("\\b", f);
-            break;
-        case '\f':
-            fputs("\\f", f);
-            break;
-        default:
-            if (b < 0x20 || b == 0x7f) {
-                fprintf(f, "\\u%04x", b);
-            } else if (b >= 0x80) {
-                size_t n = utf8_len(s + i, len - i);
-                if (n == 0) {
-                    fputs("\\ufffd", f);
-                    i++;
-                } else {
-                    fwrite(s + i, 1, n, f);
-                    i += n;
-                }
-                continue;
-            } else {
-                putc(b, f);
-            }
+        size_t n = s[i] < 0x80 ? 1 : utf8_len(s + i, len - i);
+        if (n == 0) {
+            memcpy(buf + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(buf + o, s + i, n);
+            o += n;
+            i += n;
         }
-        i++;
     }
-    putc('"', f);
+    json_t *v = json_stringn(buf, o);
+    free(buf);
+    return v;
+}
+
+int cli_json_set(json_t *obj, const char *key, json_t *value)
+{
+    if (!value)
+        return -1;
+    return json_object_set_new(obj, key, value);
+}
+
+json_t *cli_json_u64(uint64_t v)
+{
+    return json_integer(v > (uint64_t)INT64_MAX ? (json_int_t)INT64_MAX : (json_int_t)v);
+}
+
+int cli_json_print(json_t *v)
+{
+    if (!v)
+        return -1;
+    int rc = json_dumpf(v, stdout, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(v);
+    if (rc < 0 || putchar('\n') == EOF)
+        return -1;
+    return 0;
 }
 
 int cli_utf8_valid(const void *str, size_t len)
@@ -221,30 +221,37 @@ int cli_utf8_valid(const void *str, size_t len)
     return 1;
 }
 
-void cli_base64(FILE *f, const void *data, size_t len)
+json_t *cli_json_base64(const void *data, size_t len)
 {
     static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *p = data;
-    size_t i = 0;
+    char *out = malloc((len + 2) / 3 * 4 + 1);
+    if (!out)
+        return NULL;
+    size_t i = 0, o = 0;
     for (; i + 3 <= len; i += 3) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        putc(abc[v >> 18], f);
-        putc(abc[(v >> 12) & 63], f);
-        putc(abc[(v >> 6) & 63], f);
-        putc(abc[v & 63], f);
+        out[o++] = abc[v >> 18];
+        out[o++] = abc[(v >> 12) & 63];
+        out[o++] = abc[(v >> 6) & 63];
+        out[o++] = abc[v & 63];
     }
     if (len - i == 1) {
         uint32_t v = (uint32_t)p[i] << 16;
-        putc(abc[v >> 18], f);
-        putc(abc[(v >> 12) & 63], f);
-        fputs("==", f);
+        out[o++] = abc[v >> 18];
+        out[o++] = abc[(v >> 12) & 63];
+        out[o++] = '=';
+        out[o++] = '=';
     } else if (len - i == 2) {
         uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
-        putc(abc[v >> 18], f);
-        putc(abc[(v >> 12) & 63], f);
-        putc(abc[(v >> 6) & 63], f);
-        putc('=', f);
+        out[o++] = abc[v >> 18];
+        out[o++] = abc[(v >> 12) & 63];
+        out[o++] = abc[(v >> 6) & 63];
+        out[o++] = '=';
     }
+    json_t *v = json_stringn(out, o);
+    free(out);
+    return v;
 }
 
 /* Parses exactly `digits` decimal digits at s. */

@@ -355,6 +355,68 @@ static void test_cli_unreachable_broker_fails_one_line(void **state)
     harness_output_free(&out);
 }
 
+/* sub --json: bytes that are not UTF-8 in the payload and key go to
+ * payload_b64 / key_b64, in a header value become U+FFFD; control
+ * characters are escaped; a repeated header name is once in headers (the
+ * last value) and in order in header_list. */
+static void test_cli_sub_json_bytes_and_headers(void **state)
+{
+    struct it_fx *fx = *state;
+    ferry_conn *c = it_connect(fx->b.addr);
+    ferry_header hs[] = {
+        {.name = "h", .value = "v\xfe", .value_len = 2},
+        {.name = "tab", .value = "a\tb\"\\", .value_len = 5},
+        {.name = "h", .value = "2", .value_len = 1},
+    };
+    ferry_msg m;
+    memset(&m, 0, sizeof m);
+    m.topic = "raw";
+    m.id = "m-1";
+    m.key = "k\xff";
+    m.key_len = 2;
+    m.headers = hs;
+    m.header_count = 3;
+    m.payload = "a\xff\x00"
+                "b";
+    m.payload_len = 4;
+    ferry_ack ack;
+    assert_int_equal(ferry_publish(c, &m, &ack), 0);
+    memset(&m, 0, sizeof m);
+    m.topic = "raw";
+    m.id = "plain";
+    m.key = "k\xc3\xa9";
+    m.key_len = 3;
+    m.payload = "{\"x\":1}\n";
+    m.payload_len = 8;
+    assert_int_equal(ferry_publish(c, &m, &ack), 0);
+    ferry_close(c);
+
+    struct harness_output out;
+    cli_run(fx, NULL, NULL, &out, "sub", "raw", "--group", "g", "--count", "2", "--json", NULL);
+    if (out.status != 0)
+        print_error("sub: exit %d\n stderr: %s\n", out.status, out.err);
+    assert_int_equal(out.status, 0);
+    const char *want1 =
+        "{\"topic\":\"raw\",\"group\":\"g\",\"seq\":1,\"id\":\"m-1\",\"key_b64\":\"a/8=\","
+        "\"headers\":{\"h\":\"2\",\"tab\":\"a\\tb\\\"\\\\\"},"
+        "\"header_list\":[[\"h\",\"v\xef\xbf\xbd\"],[\"tab\",\"a\\tb\\\"\\\\\"],[\"h\",\"2\"]],"
+        "\"attempt\":1,\"redelivered\":false,\"ts_ms\":";
+    const char *tail1 = ",\"payload_b64\":\"Yf8AYg==\"}\n";
+    const char *want2 = "{\"topic\":\"raw\",\"group\":\"g\",\"seq\":2,\"id\":\"plain\","
+                        "\"key\":\"k\xc3\xa9\",\"headers\":{},\"attempt\":1,";
+    const char *tail2 = ",\"payload\":\"{\\\"x\\\":1}\\n\"}\n";
+    char *nl = strchr(out.out, '\n');
+    assert_non_null(nl);
+    if (strncmp(out.out, want1, strlen(want1)) != 0 || strncmp(nl + 1, want2, strlen(want2)) != 0)
+        print_error("stdout: %s\n want: %s...%s\n %s...%s\n", out.out, want1, tail1, want2, tail2);
+    assert_int_equal(strncmp(out.out, want1, strlen(want1)), 0);
+    assert_int_equal(strncmp(nl + 1 - strlen(tail1), tail1, strlen(tail1)), 0);
+    assert_int_equal(strncmp(nl + 1, want2, strlen(want2)), 0);
+    assert_true(out.out_len > strlen(tail2));
+    assert_string_equal(out.out + out.out_len - strlen(tail2), tail2);
+    harness_output_free(&out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +431,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cli_topics_lists_counts, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_topics_empty_broker, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_pub_json_and_id_prefix, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_sub_json_bytes_and_headers, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_usage_error_exits_2, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_cli_unreachable_broker_fails_one_line, setup,
                                         it_fx_teardown),

@@ -657,6 +657,42 @@ static void test_usage_errors(void **state)
     harness_output_free(&out);
 }
 
+/* `ferry topics NAME` lists that topic alone (table and JSON); an unknown
+ * NAME, for topics as for groups, is `no such topic: NAME`, status 1. */
+static void test_one_topic_and_unknown_topic(void **state)
+{
+    struct it_fx *fx = *state;
+    ferry_conn *c = it_connect(fx->b.addr);
+    publish(c, "one", NULL, "a", NULL, 0, 1);
+    publish(c, "two", NULL, "b", NULL, 0, 1);
+    ferry_close(c);
+
+    struct harness_output out = cli_ok(fx, "topics", "one", NULL);
+    assert_int_equal(strncmp(out.out, "TOPIC ", 6), 0);
+    assert_non_null(strstr(out.out, "\none "));
+    assert_null(strstr(out.out, "two"));
+    harness_output_free(&out);
+    out = cli_ok(fx, "topics", "two", "--json", NULL);
+    const char *want = "[{\"topic\":\"two\",\"messages\":1,";
+    assert_int_equal(strncmp(out.out, want, strlen(want)), 0);
+    assert_null(strstr(out.out, "\"one\""));
+    harness_output_free(&out);
+
+    cli_run(fx, NULL, &out, "topics", "nosuchtopic", NULL);
+    assert_one_line_failure(&out);
+    assert_int_equal(out.status, 1);
+    assert_string_equal(out.err, "ferry: topics: no such topic: nosuchtopic\n");
+    harness_output_free(&out);
+    cli_run(fx, NULL, &out, "groups", "nosuchtopic", NULL);
+    assert_one_line_failure(&out);
+    assert_int_equal(out.status, 1);
+    assert_string_equal(out.err, "ferry: groups: no such topic: nosuchtopic\n");
+    harness_output_free(&out);
+    cli_run(fx, NULL, &out, "groups", "nosuchtopic", "--json", NULL);
+    assert_string_equal(out.err, "ferry: groups: no such topic: nosuchtopic\n");
+    harness_output_free(&out);
+}
+
 static void test_unreachable_broker_fails_one_line(void **state)
 {
     struct it_fx *fx = *state;
@@ -684,6 +720,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dead_replay_without_dead_letters, setup,
                                         it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_usage_errors, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_one_topic_and_unknown_topic, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_unreachable_broker_fails_one_line, setup,
                                         it_fx_teardown),
     };
