@@ -73,8 +73,8 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 val() { awk -v s="$1" -v r="${2:-}" '$1 == s && (r == "" || $2 == r) { print $3 }' "$RESULTS"; }
-off=$(median $(val off))
-on=$(median $(val on))
+off=$(val off | median)
+on=$(val on | median)
 per=""
 for round in $(seq 1 "$ROUNDS"); do
     per="$per $(awk -v a="$(val on "$round")" -v b="$(val off "$round")" 'BEGIN { printf "%.3f", a / b }')"
