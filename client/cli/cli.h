@@ -111,6 +111,7 @@ int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t
 /* The commands. */
 int cmd_pub(struct cli *cli, int argc, char **argv);
 int cmd_sub(struct cli *cli, int argc, char **argv);
+int cmd_peek(struct cli *cli, int argc, char **argv);
 int cmd_topics(struct cli *cli, int argc, char **argv);
 int cmd_groups(struct cli *cli, int argc, char **argv);
 int cmd_seek(struct cli *cli, int argc, char **argv);
