@@ -122,7 +122,16 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
                            "sub_id already used by a subscription on this connection");
         return;
     }
-    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
+    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 0);
+    if (!t && (f->flags & PROTO_SUBSCRIBE_TOPIC_MUST_EXIST)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no such topic: %.*s", (int)sp->topic.len,
+                 (const char *)sp->topic.ptr);
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
+        return;
+    }
+    if (!t)
+        t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
     if (!t) {
         commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
@@ -425,22 +434,27 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
-    uint64_t head = t ? t->head : 0;
+    /* A SEEK creates no topic: a typo must not leave one behind. */
+    if (!t) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no such topic: %.*s", (int)sk->topic.len,
+                 (const char *)sk->topic.ptr);
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
+        return;
+    }
+    uint64_t head = t->head;
     /* Past head + 1 nothing can ever come: a group moved there would wait
      * for sequences the topic has not reached, and take none of the
      * messages published meanwhile. Refused with the range. */
     if (sk->start == PROTO_START_SEQ && sk->value > head + 1) {
         char why[320];
         snprintf(why, sizeof why, "sequence %llu is past the head of %s: seek to 1-%llu",
-                 (unsigned long long)sk->value, t ? t->name : "the topic",
-                 (unsigned long long)(head + 1));
+                 (unsigned long long)sk->value, t->name, (unsigned long long)(head + 1));
         commit_reply_error(c, f->request_id, FERRY_EINVALID, why);
         return;
     }
-    if (!t)
-        t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 1);
-    struct group *gr = t ? group_find(t, sk->group.ptr, sk->group.len) : NULL;
-    if (t && !gr) {
+    struct group *gr = group_find(t, sk->group.ptr, sk->group.len);
+    if (!gr) {
         gr = group_new(g, t, sk->group.ptr, sk->group.len);
         if (gr) {
             gr->ack_wait_ms = GROUP_DEFAULT_ACK_WAIT_MS;

@@ -826,6 +826,7 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
         .ack_wait_ms = o.ack_wait_ms,
         .max_deliveries = o.max_deliveries,
         .backoff_count = o.backoff_count,
+        .flags = o.topic_must_exist ? PROTO_SUBSCRIBE_TOPIC_MUST_EXIST : 0,
     };
     memcpy(ps.backoff_ms, o.backoff_ms, sizeof(ps.backoff_ms));
     struct proto_writer w;

@@ -683,6 +683,7 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
         break;
     case PROTO_SUBSCRIBE:
         rc = decode_subscribe(&c, &out->u.subscribe);
+        out->u.subscribe.flags = out->flags;
         break;
     case PROTO_SUBSCRIBE_OK:
         rc = decode_subscribe_ok(&c, &out->u.subscribe_ok);
@@ -1420,7 +1421,7 @@ int proto_encode_subscribe(struct proto_writer *w, uint32_t request_id,
         w_fail(w);
         return -1;
     }
-    start = proto_frame_begin(w, PROTO_SUBSCRIBE, 0, request_id);
+    start = proto_frame_begin(w, PROTO_SUBSCRIBE, s->flags, request_id);
     proto_put_u32(w, s->sub_id);
     proto_put_str16(w, s->topic.ptr, s->topic.len);
     proto_put_str16(w, s->group.ptr, s->group.len);

@@ -321,6 +321,9 @@ struct proto_topic_info {
  *                         the last repeated (new group only, like
  *                         max_deliveries)
  *
+ * Frame flag PROTO_SUBSCRIBE_TOPIC_MUST_EXIST (0x01): a topic that does not
+ * exist is refused with UNKNOWN_TOPIC instead of created.
+ *
  * SUBSCRIBE_OK (server -> client):
  *   u32   sub_id
  *   u64   cursor          the next sequence the group delivers first
@@ -385,6 +388,9 @@ struct proto_subscribe {
     uint16_t max_deliveries;
     uint8_t backoff_count; /* 0: none given */
     uint32_t backoff_ms[16];
+    /* The frame's flags (PROTO_SUBSCRIBE_TOPIC_MUST_EXIST): written by the
+     * encoder, copied from the frame by the decoder. */
+    uint8_t flags;
 };
 
 struct proto_subscribe_ok {

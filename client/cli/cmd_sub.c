@@ -39,6 +39,7 @@ enum {
     OPT_JSON,
     OPT_WINDOW,
     OPT_TIMEOUT_MS,
+    OPT_CREATE,
 };
 
 static const char usage_text[] =
@@ -57,7 +58,9 @@ static const char usage_text[] =
     "  --no-ack             do not ack: the messages go back to the group at exit\n"
     "  --json               print one JSON object per message with every field\n"
     "  --window N           messages in flight at once, 1-65535 (default 100)\n"
-    "  --timeout-ms N       exit after N ms without a message\n" CLI_COMMON_HELP
+    "  --timeout-ms N       exit after N ms without a message\n"
+    "  --create             create TOPIC if it does not exist (without it, an\n"
+    "                       unknown topic is an error, so a typo creates nothing)\n" CLI_COMMON_HELP
     "\n" CLI_POSITION_HELP "\n"
     "Exit status: 0 after --count messages, a timeout or a signal; 1 an error;\n"
     "2 a usage error.\n";
@@ -79,6 +82,7 @@ struct sub_opts {
     int json;
     uint32_t window;
     long timeout_ms; /* < 0: none */
+    int create;
 };
 
 /* The payload as bytes, each '\n' written as the two characters "\n". */
@@ -251,6 +255,7 @@ static int run(struct cli *cli, const struct sub_opts *o)
         .start = o->start,
         .start_value = o->start_value,
         .max_in_flight = o->window,
+        .topic_must_exist = !o->create,
     };
     ferry_sub *s;
     int rc = ferry_subscribe(c, o->topic, o->group, &so, &s);
@@ -284,6 +289,7 @@ int cmd_sub(struct cli *cli, int argc, char **argv)
         {"json", no_argument, NULL, OPT_JSON},
         {"window", required_argument, NULL, OPT_WINDOW},
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
+        {"create", no_argument, NULL, OPT_CREATE},
         {NULL, 0, NULL, 0},
     };
     struct sub_opts o = {
@@ -327,6 +333,9 @@ int cmd_sub(struct cli *cli, int argc, char **argv)
             if ((rc = parse_number("--timeout-ms", optarg, 0, 1000000000, &v)) != CLI_EXIT_OK)
                 return rc;
             o.timeout_ms = (long)v;
+            break;
+        case OPT_CREATE:
+            o.create = 1;
             break;
         default:
             return cli_bad_option("sub", opt, argv);

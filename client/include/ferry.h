@@ -282,6 +282,12 @@ typedef struct ferry_sub_options {
     uint32_t backoff_ms[16]; /* wait before the k-th redelivery after an
                                 expired lease (the last value repeats); without
                                 it the broker's --redelivery-backoff applies */
+    int topic_must_exist;    /* 0 (default): a topic that does not exist yet
+                                is created, so an application may subscribe
+                                before its first publish; 1: refused with
+                                FERRY_EUNKNOWN_TOPIC and nothing is created
+                                (a broker older than this flag ignores it
+                                and creates the topic) */
 } ferry_sub_options;
 
 /* ferry_sub_options o = FERRY_SUB_OPTIONS_INIT; everything at its default. */
@@ -325,7 +331,8 @@ typedef struct ferry_delivery {
  * NULL: FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (an
  * option out of range, or opts->size unset), FERRY_EDENIED,
  * FERRY_EUNSUPPORTED (a broker without consumer groups, or an option this
- * library does not know), a connection error, or FERRY_ETIMEOUT (then an
+ * library does not know), FERRY_EUNKNOWN_TOPIC (with topic_must_exist, a
+ * topic that does not exist), a connection error, or FERRY_ETIMEOUT (then an
  * UNSUBSCRIBE is sent after it, in case the broker did subscribe). One
  * connection may hold any number of subscriptions, several of the same group
  * included. */
@@ -416,7 +423,8 @@ typedef void (*ferry_delivery_cb)(void *userdata, ferry_delivery *d);
 FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *userdata);
 
 /* Moves the cursor of group `group` on `topic` to start (with value, as in
- * ferry_sub_options; a group that does not exist is created there) and
+ * ferry_sub_options; a group that does not exist is created there, on a
+ * topic that must exist) and
  * waits until the move is durable. The group then delivers every message
  * from the new cursor on again, as first deliveries (replay), or skips those
  * below it. Its in-flight deliveries are forgotten: their slots are freed,
@@ -425,8 +433,9 @@ FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *u
  * the new cursor: the next sequence the group will deliver. Returns 0,
  * FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (also a
  * FERRY_START_SEQ value past the topic's head + 1: nothing is moved or
- * created, and ferry_errmsg gives the range), another broker error, or a
- * connection error. */
+ * created, and ferry_errmsg gives the range), FERRY_EUNKNOWN_TOPIC (no
+ * such topic: nothing is created), another broker error, or a connection
+ * error. */
 FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
                          uint64_t value, uint64_t *cursor_out);
 

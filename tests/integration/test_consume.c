@@ -1629,6 +1629,17 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     assert_int_equal(group_info(fx->c, "replay", "late", &none), 0); /* not created */
     assert_int_equal(ferry_seek(fx->c, "replay", "g", FERRY_START_SEQ, N + 1, &cur), 0);
     assert_int_equal(cur, N + 1);
+    /* A SEEK creates no topic: on one that does not exist it is refused. */
+    assert_int_equal(ferry_seek(fx->c, "replay-none", "g", FERRY_START_SEQ, 1, &cur),
+                     FERRY_EUNKNOWN_TOPIC);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "no such topic: replay-none"));
+    ferry_group_info *gl = NULL;
+    size_t gn = 0;
+    assert_int_equal(ferry_groups(fx->c, "replay-none", &gl, &gn), FERRY_EUNKNOWN_TOPIC);
+    /* An empty topic (made by a subscription) has the range 1-1. */
+    ferry_sub *es = NULL;
+    assert_int_equal(ferry_subscribe(fx->c, "replay-empty", "s", NULL, &es), 0);
+    assert_int_equal(ferry_unsubscribe(es), 0);
     assert_int_equal(ferry_seek(fx->c, "replay-empty", "g", FERRY_START_SEQ, 2, &cur),
                      FERRY_EINVALID);
     assert_non_null(strstr(ferry_errmsg(fx->c), "seek to 1-1"));
@@ -1868,9 +1879,13 @@ static void test_consume_groups_listing_order_and_unknown_topic(void **state)
     static const char *const made[][2] = {
         {"t2", "b"}, {"t2", "a"}, {"t1", "z"}, {"t2", "c"}, {"t10", "a"}, {"t1", "A"},
     };
-    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++)
+    /* A SEEK creates no topic: one message makes each. */
+    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
+        ferry_msg m = {.topic = made[i][0], .payload = "x", .payload_len = 1};
+        assert_int_equal(ferry_publish(fx->c, &m, NULL), 0);
         assert_int_equal(ferry_seek(fx->c, made[i][0], made[i][1], FERRY_START_EARLIEST, 0, NULL),
                          0);
+    }
     static const char *const want[][2] = {
         {"t1", "A"}, {"t1", "z"}, {"t10", "a"}, {"t2", "a"}, {"t2", "b"}, {"t2", "c"},
     };
