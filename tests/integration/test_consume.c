@@ -1673,6 +1673,68 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     ferry_delivery_free(d);
 }
 
+/* PROTOCOL.md §9.17: PEEK reads in order without touching any group:
+ * five peeks of a message do not dead-letter it for a group with
+ * max_deliveries 2, whose first delivery then still has attempt 1; from_seq
+ * and max_bytes (one message at least) bound it; an unknown topic is
+ * UNKNOWN_TOPIC, and so is a must-exist SUBSCRIBE, which creates nothing. */
+static void test_consume_peek(void **state)
+{
+    struct it_fx *fx = *state;
+    enum { N = 20 };
+    publish_range(fx->c, "peeked", 1, N);
+    ferry_peek_options po = FERRY_PEEK_OPTIONS_INIT;
+    ferry_peek_result r;
+    char want[64];
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+        assert_int_equal(r.count, N);
+        assert_int_equal(r.head_seq, N);
+        assert_int_equal(r.next_seq, N + 1);
+        for (size_t i = 0; i < r.count; i++) {
+            int n = payload_of(want, sizeof want, "peeked", i + 1);
+            assert_int_equal(r.msgs[i]->seq, i + 1);
+            assert_int_equal(r.msgs[i]->payload_len, (size_t)n);
+            assert_memory_equal(r.msgs[i]->payload, want, (size_t)n);
+            assert_true(strlen(r.msgs[i]->id) > 0);
+            assert_int_equal(ferry_delivery_ack(r.msgs[i]), FERRY_EINVALID);
+        }
+        ferry_peek_result_free(&r);
+    }
+    ferry_sub *s = subscribe(fx->c, "peeked", "g", 1, 60000, 2);
+    ferry_delivery *d = recv_expect(fx->c, 1, 1);
+    ferry_delivery_free(d);
+    assert_int_equal(ferry_unsubscribe(s), 0);
+
+    po.from_seq = 15;
+    po.max_messages = 3;
+    assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+    assert_int_equal(r.count, 3);
+    assert_int_equal(r.msgs[0]->seq, 15);
+    assert_int_equal(r.next_seq, 18);
+    ferry_peek_result_free(&r);
+    po.max_messages = 100;
+    po.max_bytes = 1; /* one message even so */
+    assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+    assert_int_equal(r.count, 1);
+    assert_int_equal(r.next_seq, 16);
+    ferry_peek_result_free(&r);
+
+    assert_int_equal(ferry_peek(fx->c, "peeked-none", NULL, &r), FERRY_EUNKNOWN_TOPIC);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "no such topic: peeked-none"));
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.topic_must_exist = 1;
+    ferry_sub *none = NULL;
+    assert_int_equal(ferry_subscribe(fx->c, "peeked-none", "g", &so, &none), FERRY_EUNKNOWN_TOPIC);
+    assert_int_equal(ferry_peek(fx->c, "peeked-none", NULL, &r), FERRY_EUNKNOWN_TOPIC);
+    ferry_sub *lib = NULL; /* the library default still creates it */
+    assert_int_equal(ferry_subscribe(fx->c, "peeked-new", "g", NULL, &lib), 0);
+    assert_int_equal(ferry_unsubscribe(lib), 0);
+    assert_int_equal(ferry_peek(fx->c, "peeked-new", NULL, &r), 0);
+    assert_int_equal(r.count, 0);
+    ferry_peek_result_free(&r);
+}
+
 /*
  * PROTOCOL.md §9.7: SEEK forgets the group's in-flight deliveries (their
  * slots are freed and everything from the new cursor is delivered again as
@@ -2073,6 +2135,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup,
                                         it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_peek, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_stats_exact_in_controlled_scenario,
                                         setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_listing_order_and_unknown_topic, setup,
