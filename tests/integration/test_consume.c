@@ -2075,6 +2075,25 @@ static void test_consume_cli_sub_groups_seek(void **state)
     assert_non_null(strstr(out.err, "past the head of T: seek to 1-4"));
     harness_output_free(&out);
     cli_expect_out(fx, "2\n", "seek", "T", "--group", "G", "--to", "2", NULL);
+    /* peek prints without a group and moves nothing; a typo of sub or peek
+     * fails and creates nothing; sub --create creates. */
+    cli_expect_out(fx, "2\ttwo\n3\tthree\n", "peek", "T", "--from", "2", "--count", "2", NULL);
+    cli_run(fx, &out, "peek", "T", "--count", "1", "--json", NULL);
+    assert_int_equal(out.status, 0);
+    assert_non_null(strstr(out.out, "\"topic\":\"T\",\"seq\":1,"));
+    harness_output_free(&out);
+    cli_run(fx, &out, "sub", "Typo", "--group", "G", "--count", "1", "--timeout-ms", "100", NULL);
+    assert_int_equal(out.status, 1);
+    assert_non_null(strstr(out.err, "no such topic: Typo"));
+    harness_output_free(&out);
+    cli_run(fx, &out, "peek", "Typo", NULL);
+    assert_int_equal(out.status, 1);
+    harness_output_free(&out);
+    cli_run(fx, &out, "seek", "Typo", "--group", "G", "--to", "1", NULL);
+    assert_int_equal(out.status, 1);
+    harness_output_free(&out);
+    cli_expect_out(fx, "", "sub", "Typo", "--group", "G", "--create", "--timeout-ms", "100", NULL);
+    cli_expect_out(fx, "", "peek", "Typo", NULL);
     cli_expect_out(fx, "2\ttwo\n3\tthree\n", "sub", "T", "--group", "G", "--count", "2",
                    "--timeout-ms", "10000", NULL);
     /* --no-ack: the message goes back to the group (window 1: only it was
