@@ -360,6 +360,7 @@ static int client_sends(uint8_t type)
     case PROTO_TOPIC_CONFIG:
     case PROTO_REDRIVE:
     case PROTO_FLOOR:
+    case PROTO_PEEK:
         return 1;
     default:
         return 0;

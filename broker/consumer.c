@@ -122,7 +122,16 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
                            "sub_id already used by a subscription on this connection");
         return;
     }
-    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
+    struct ltopic *t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 0);
+    if (!t && (f->flags & PROTO_SUBSCRIBE_TOPIC_MUST_EXIST)) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no such topic: %.*s", (int)sp->topic.len,
+                 (const char *)sp->topic.ptr);
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
+        return;
+    }
+    if (!t)
+        t = topic_lookup(g, sp->topic.ptr, sp->topic.len, 1);
     if (!t) {
         commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
         return;
@@ -436,22 +445,27 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
         return;
     }
-    uint64_t head = t ? t->head : 0;
+    /* A SEEK creates no topic: a typo must not leave one behind. */
+    if (!t) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no such topic: %.*s", (int)sk->topic.len,
+                 (const char *)sk->topic.ptr);
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
+        return;
+    }
+    uint64_t head = t->head;
     /* Past head + 1 nothing can ever come: a group moved there would wait
      * for sequences the topic has not reached, and take none of the
      * messages published meanwhile. Refused with the range. */
     if (sk->start == PROTO_START_SEQ && sk->value > head + 1) {
         char why[320];
         snprintf(why, sizeof why, "sequence %llu is past the head of %s: seek to 1-%llu",
-                 (unsigned long long)sk->value, t ? t->name : "the topic",
-                 (unsigned long long)(head + 1));
+                 (unsigned long long)sk->value, t->name, (unsigned long long)(head + 1));
         commit_reply_error(c, f->request_id, FERRY_EINVALID, why);
         return;
     }
-    if (!t)
-        t = topic_lookup(g, sk->topic.ptr, sk->topic.len, 1);
-    struct group *gr = t ? group_find(t, sk->group.ptr, sk->group.len) : NULL;
-    if (t && !gr) {
+    struct group *gr = group_find(t, sk->group.ptr, sk->group.len);
+    if (!gr) {
         gr = group_new(g, t, sk->group.ptr, sk->group.len);
         if (gr) {
             gr->ack_wait_ms = GROUP_DEFAULT_ACK_WAIT_MS;
@@ -640,6 +654,97 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
             return;
     }
     reply_one(c, f->request_id, seq, 0, 1);
+}
+
+/* PEEK: encodes stored messages into one PEEK_OK, bounded by its bytes. */
+struct peek_out {
+    struct buf out;
+    struct proto_writer w;
+    size_t bound; /* the reply's frame bytes at most (but one message always) */
+    uint32_t count;
+    uint64_t next;
+    int failed;
+};
+
+static int peek_add(void *arg, const struct proto_deliver *d)
+{
+    struct peek_out *p = arg;
+    size_t n = proto_peek_entry_bytes(d);
+    if (p->count && p->out.len + n > p->bound)
+        return 1;
+    if (buf_reserve(&p->out, n) < 0) {
+        p->failed = 1;
+        return 1;
+    }
+    proto_writer_init(&p->w, p->out.data, p->out.cap);
+    p->w.len = p->out.len;
+    proto_peek_ok_add(&p->w, d);
+    if (p->w.overflow) {
+        p->failed = 1;
+        return 1;
+    }
+    p->out.len = p->w.len;
+    p->count++;
+    p->next = d->seq + 1;
+    return 0;
+}
+
+/*
+ * PEEK: a topic's stored messages, read on the loop through the store's
+ * read-only connection. No group, no lease, no attempt: nothing changes
+ * and nothing is written. Bounded by max_messages (<= 1000) and the frame
+ * size, so the work per request is too.
+ */
+void groups_on_peek(struct conn *c, const struct proto_frame *f)
+{
+    struct groups *g = G(c->broker);
+    const struct proto_peek *q = &f->u.peek;
+    struct ltopic *t = topic_lookup(g, q->topic.ptr, q->topic.len, 0);
+    if (!t && proto_sub_topic_valid(q->topic.ptr, q->topic.len) != 0) {
+        commit_reply_error(c, f->request_id, FERRY_EINVALID_TOPIC, "invalid topic name");
+        return;
+    }
+    if (!t) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "no such topic: %.*s", (int)q->topic.len,
+                 (const char *)q->topic.ptr);
+        commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
+        return;
+    }
+    uint64_t from = q->from_seq ? q->from_seq : 1;
+    if (q->from_time_ms && t->id) {
+        uint64_t at = store_seq_at_time(c->broker->store, t->id, (int64_t)q->from_time_ms, t->head);
+        if (at > from)
+            from = at;
+    }
+    size_t max_frame = c->broker->cfg.max_frame_bytes;
+    struct peek_out p = {
+        .bound = q->max_bytes && q->max_bytes < max_frame ? q->max_bytes : max_frame,
+        .next = from > t->head + 1 ? from : t->head + 1,
+    };
+    if (buf_reserve(&p.out, 4096) < 0) {
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "out of memory");
+        return;
+    }
+    proto_writer_init(&p.w, p.out.data, p.out.cap);
+    size_t start = proto_peek_ok_begin(&p.w, f->request_id, 0, t->head);
+    p.out.len = p.w.len;
+    int rc = t->id
+                 ? store_peek(c->broker->store, t->id, from, t->head, q->max_messages, peek_add, &p)
+                 : 0;
+    if (rc != 0 || p.failed) {
+        buf_free(&p.out);
+        commit_reply_error(c, f->request_id, rc ? rc : FERRY_EINTERNAL,
+                           rc ? "cannot read the topic" : "cannot encode PEEK_OK");
+        return;
+    }
+    proto_writer_init(&p.w, p.out.data, p.out.cap);
+    p.w.len = p.out.len;
+    if (proto_peek_ok_end(&p.w, start, p.count, p.next) == 0)
+        commit_reply(c, f->request_id, p.out.data, p.w.len);
+    else
+        commit_reply_error(c, f->request_id, FERRY_EINTERNAL, "cannot encode PEEK_OK");
+    buf_free(&p.out);
 }
 
 void groups_on_groups(struct conn *c, const struct proto_frame *f)

@@ -207,6 +207,9 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
     case PROTO_FLOOR:
         topic = &f->u.floor.topic;
         break;
+    case PROTO_PEEK:
+        topic = &f->u.peek.topic;
+        break;
     case PROTO_TOPICS:
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
@@ -295,6 +298,9 @@ void dispatch_frame(struct conn *c, const struct proto_frame *f, size_t wire_byt
         return;
     case PROTO_FLOOR:
         groups_on_floor(c, f);
+        return;
+    case PROTO_PEEK:
+        groups_on_peek(c, f);
         return;
     case PROTO_TOPIC_CONFIG:
         on_topic_config(c, f, wire_bytes);

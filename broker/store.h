@@ -93,6 +93,14 @@ uint64_t store_seq_at_time(struct store *s, int64_t topic_id, int64_t time_ms, u
  * store_seq_at_time, so also safe on the loop thread. */
 int64_t store_first_ts(struct store *s, int64_t topic_id, uint64_t from, uint64_t head);
 
+/* On the loop thread (read-only connection): the messages of the topic
+ * topic_id stored in [from, head], ascending, at most max of them. Each is
+ * handed to cb as a DELIVER's fields (sub_id and attempt 0; its slices are
+ * valid during the call only); cb returns 0 for more, 1 to stop. Returns
+ * 0 or FERRY_ESTORAGE. Reads nothing but the messages table. */
+int store_peek(struct store *s, int64_t topic_id, uint64_t from, uint64_t head, uint32_t max,
+               int (*cb)(void *arg, const struct proto_deliver *d), void *arg);
+
 /* Counters for logs and tests. */
 struct store_stats {
     uint64_t topics;

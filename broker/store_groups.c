@@ -2,7 +2,8 @@
  * store_groups.c - consumer-group state in the store: group rows, acks
  * above the floor, attempts, fetching messages for delivery (and
  * redrives), dead letters; loading it all at start; the loop thread's
- * read-only look-ups (store_seq_at_time, store_first_ts, store_read_dead).
+ * read-only look-ups (store_seq_at_time, store_first_ts, store_read_dead,
+ * store_peek).
  */
 #include "store.h"
 
@@ -660,4 +661,43 @@ int64_t store_first_ts(struct store *s, int64_t topic_id, uint64_t from, uint64_
         ts = sqlite3_column_int64(s->rd_ts, 1);
     sqlite3_reset(s->rd_ts);
     return ts;
+}
+
+int store_peek(struct store *s, int64_t topic_id, uint64_t from, uint64_t head, uint32_t max,
+               int (*cb)(void *arg, const struct proto_deliver *d), void *arg)
+{
+    sqlite3_stmt *st;
+    if (from == 0)
+        from = 1;
+    if (from > head || max == 0)
+        return 0;
+    if (!s->rdb ||
+        sqlite3_prepare_v2(s->rdb,
+                           "SELECT rid, msg_id, key, headers, payload, ts_ms FROM "
+                           "messages WHERE rid >= ?1 AND rid <= ?2 ORDER BY rid LIMIT ?3",
+                           -1, &st, NULL) != SQLITE_OK)
+        return FERRY_ESTORAGE;
+    sqlite3_bind_int64(st, 1, (int64_t)((uint64_t)topic_id << 40 | from));
+    sqlite3_bind_int64(st, 2, (int64_t)((uint64_t)topic_id << 40 | head));
+    sqlite3_bind_int64(st, 3, (int64_t)max);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const uint8_t *hdr = sqlite3_column_blob(st, 3);
+        size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
+        struct proto_deliver d = {
+            .seq = (uint64_t)sqlite3_column_int64(st, 0) & SEQ_MAX,
+            .ts_ms = (uint64_t)sqlite3_column_int64(st, 5),
+            .id = {sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1)},
+            .key = {sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2)},
+            .header_count = hdr && hlen >= 2 ? proto_rd16(hdr) : 0,
+            .headers = {hdr && hlen >= 2 ? hdr + 2 : NULL, hdr && hlen >= 2 ? hlen - 2 : 0},
+            .payload = {sqlite3_column_blob(st, 4), (size_t)sqlite3_column_bytes(st, 4)},
+        };
+        if (cb(arg, &d) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
 }

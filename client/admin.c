@@ -1,6 +1,7 @@
 /*
  * admin.c - requests that are neither publishing nor consuming: ping,
- * topics (list, retention), consumer groups (list, seek), server info.
+ * topics (list, retention), consumer groups (list, seek), peek, server
+ * info.
  *
  * Each is a synchronous round trip through ferry__request, so it waits
  * behind any pipelined publishes (whose callbacks run first). Replies are
@@ -445,6 +446,154 @@ int ferry__keep_valid(uint64_t floor, const uint64_t *keep, size_t nkeep)
         if (keep[i] >= floor || (i && keep[i] <= keep[i - 1]))
             return 0;
     return 1;
+}
+
+/* ---- peek ---- */
+
+#define PEEK_OPTIONS_SIZE_0 sizeof(ferry_peek_options)
+
+/* One PEEK_OK entry copied into one allocation, laid out like a received
+ * delivery (consume.c) with no subscription, so ferry_delivery_free frees
+ * it. */
+static ferry_delivery *peek_copy(const struct proto_deliver *pd, const char *topic, size_t tlen)
+{
+    struct proto_header_iter it;
+    struct proto_header h;
+    size_t hdr_off = sizeof(struct ferry__delivery);
+    hdr_off =
+        (hdr_off + _Alignof(ferry_header) - 1) / _Alignof(ferry_header) * _Alignof(ferry_header);
+    size_t bytes_off = hdr_off + (size_t)pd->header_count * sizeof(ferry_header);
+    size_t total = bytes_off + tlen + 1 + pd->id.len + 1 + pd->key.len + 1 + pd->payload.len + 1;
+    proto_deliver_header_iter_init(&it, pd);
+    while (proto_header_next(&it, &h) == 1)
+        total += h.name.len + 1 + h.value.len + 1;
+    unsigned char *block = calloc(1, total);
+    if (!block)
+        return NULL;
+    struct ferry__delivery *dl = (struct ferry__delivery *)block;
+    ferry_header *hdrs = (ferry_header *)(block + hdr_off);
+    unsigned char *p = block + bytes_off;
+    ferry_delivery *d = &dl->pub;
+#define COPY_OUT(dst, ptr_, len_)                                                                  \
+    do {                                                                                           \
+        if (len_)                                                                                  \
+            memcpy(p, (ptr_), (len_));                                                             \
+        p[(len_)] = '\0';                                                                          \
+        (dst) = (const void *)p;                                                                   \
+        p += (len_) + 1;                                                                           \
+    } while (0)
+    const void *v;
+    COPY_OUT(v, topic, tlen);
+    d->topic = v;
+    COPY_OUT(v, pd->id.ptr, pd->id.len);
+    d->id = v;
+    COPY_OUT(d->key, pd->key.ptr, pd->key.len);
+    d->key_len = pd->key.len;
+    size_t i = 0;
+    proto_deliver_header_iter_init(&it, pd);
+    while (i < pd->header_count && proto_header_next(&it, &h) == 1) {
+        COPY_OUT(v, h.name.ptr, h.name.len);
+        hdrs[i].name = v;
+        COPY_OUT(hdrs[i].value, h.value.ptr, h.value.len);
+        hdrs[i].value_len = h.value.len;
+        i++;
+    }
+    COPY_OUT(d->payload, pd->payload.ptr, pd->payload.len);
+    d->payload_len = pd->payload.len;
+#undef COPY_OUT
+    d->headers = i ? hdrs : NULL;
+    d->header_count = i;
+    d->seq = pd->seq;
+    d->ts_ms = (int64_t)pd->ts_ms;
+    return d;
+}
+
+struct peek_out {
+    ferry_peek_result *r;
+    const char *topic;
+    size_t tlen;
+};
+
+static int on_peek_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    struct peek_out *out = w->ctx;
+    const struct proto_peek_ok *p = &f->u.peek_ok;
+    ferry_peek_result *r = out->r;
+    r->msgs = calloc(p->count ? p->count : 1, sizeof *r->msgs);
+    if (!r->msgs)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    struct proto_peek_iter it;
+    struct proto_deliver d;
+    proto_peek_iter_init(&it, p);
+    while (proto_peek_next(&it, &d)) {
+        ferry_delivery *m = peek_copy(&d, out->topic, out->tlen);
+        if (!m) {
+            ferry_peek_result_free(r);
+            return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+        }
+        r->msgs[r->count++] = m;
+    }
+    r->next_seq = p->next_seq;
+    r->head_seq = p->head_seq;
+    return 0;
+}
+
+int ferry_peek(ferry_conn *c, const char *topic, const ferry_peek_options *opts,
+               ferry_peek_result *out)
+{
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!c || !topic || !out)
+        return FERRY_EINVALID;
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    ferry_peek_options o = FERRY_PEEK_OPTIONS_INIT;
+    char why[160];
+    if (opts && (rc = ferry__copy_options(&o, sizeof o, opts, PEEK_OPTIONS_SIZE_0,
+                                          "ferry_peek_options", why, sizeof why)) < 0)
+        return ferry__seterr(c, rc, "%s", why);
+    if (o.max_messages == 0)
+        o.max_messages = 100;
+    if (o.max_messages > FERRY_PEEK_MAX || o.from_time_ms < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "max_messages is 1-%d, from_time_ms >= 0",
+                             FERRY_PEEK_MAX);
+    size_t tlen = strlen(topic);
+    if (proto_sub_topic_valid((const uint8_t *)topic, tlen) != 0)
+        return ferry__seterr(c, FERRY_EINVALID_TOPIC, "invalid topic name");
+    struct proto_peek q = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .from_seq = o.from_seq,
+        .from_time_ms = (uint64_t)o.from_time_ms,
+        .max_messages = o.max_messages,
+        .max_bytes = o.max_bytes,
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 24) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t fstart = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + fstart, c->wcap - fstart);
+    if (proto_encode_peek(&pw, id, &q) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode PEEK");
+    c->wlen += pw.len;
+    struct peek_out res = {.r = out, .topic = topic, .tlen = tlen};
+    struct ferry__waiter w = {.on_reply = on_peek_ok, .ctx = &res};
+    rc =
+        ferry__request(c, fstart, id, PROTO_PEEK_OK, 0, &w, ferry__deadline(c->request_timeout_ms));
+    if (rc < 0)
+        ferry_peek_result_free(out);
+    return rc;
+}
+
+void ferry_peek_result_free(ferry_peek_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; r->msgs && i < r->count; i++)
+        ferry_delivery_free(r->msgs[i]);
+    free(r->msgs);
+    memset(r, 0, sizeof *r);
 }
 
 void ferry_server_info_get(const ferry_conn *c, ferry_server_info *out)

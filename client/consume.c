@@ -352,7 +352,8 @@ void ferry_delivery_free(ferry_delivery *d)
     struct ferry__delivery *dl = (struct ferry__delivery *)d;
     struct ferry_sub *s = dl->sub;
     free(dl);
-    sub_unref(s);
+    if (s) /* NULL for a peeked message (ferry_peek) */
+        sub_unref(s);
 }
 
 int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *userdata)
@@ -461,6 +462,8 @@ static int delivery_sub(const ferry_delivery *d, struct ferry_sub **out)
         return FERRY_EINVALID;
     struct ferry_sub *s = ((const struct ferry__delivery *)d)->sub;
     *out = s;
+    if (!s)
+        return FERRY_EINVALID; /* a peeked message (ferry_peek): nothing to ack */
     if (!s->c)
         return s->ended;
     int rc = ferry__begin(s->c);
@@ -823,6 +826,7 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
         .ack_wait_ms = o.ack_wait_ms,
         .max_deliveries = o.max_deliveries,
         .backoff_count = o.backoff_count,
+        .flags = o.topic_must_exist ? PROTO_SUBSCRIBE_TOPIC_MUST_EXIST : 0,
     };
     memcpy(ps.backoff_ms, o.backoff_ms, sizeof(ps.backoff_ms));
     struct proto_writer w;

@@ -309,6 +309,8 @@ static int type_known(uint8_t type)
     case PROTO_REDRIVE:
     case PROTO_FLOOR:
     case PROTO_FLOOR_OK:
+    case PROTO_PEEK:
+    case PROTO_PEEK_OK:
     case PROTO_ACK_OK:
     case PROTO_TOPICS:
     case PROTO_TOPICS_OK:
@@ -568,6 +570,46 @@ static int decode_floor_ok(struct cur *c, struct proto_floor_ok *f)
     return 0;
 }
 
+/* One PEEK_OK entry: a DELIVER's message fields without sub_id and
+ * attempt. */
+static int rd_peek_entry(struct cur *c, struct proto_deliver *d)
+{
+    struct cur save = *c;
+
+    memset(d, 0, sizeof *d);
+    if (rd_u64(c, &d->seq) < 0 || rd_u64(c, &d->ts_ms) < 0 ||
+        rd_str16(c, 0, PROTO_MAX_ID, &d->id) < 0 || rd_str16(c, 0, PROTO_MAX_KEY, &d->key) < 0 ||
+        rd_headers(c, &d->header_count, &d->headers) < 0 || rd_bytes32(c, &d->payload) < 0) {
+        *c = save;
+        return -1;
+    }
+    return 0;
+}
+
+static int decode_peek(struct cur *c, struct proto_peek *p)
+{
+    if (rd_str16(c, 0, PROTO_MAX_TOPIC, &p->topic) < 0 || rd_u64(c, &p->from_seq) < 0 ||
+        rd_u64(c, &p->from_time_ms) < 0 || rd_u32(c, &p->max_messages) < 0 ||
+        p->max_messages == 0 || p->max_messages > PROTO_MAX_PEEK || rd_u32(c, &p->max_bytes) < 0)
+        return -1;
+    return 0;
+}
+
+static int decode_peek_ok(struct cur *c, struct proto_peek_ok *p)
+{
+    struct proto_deliver d;
+
+    if (rd_u64(c, &p->next_seq) < 0 || rd_u64(c, &p->head_seq) < 0 || rd_u32(c, &p->count) < 0 ||
+        p->count > PROTO_MAX_PEEK)
+        return -1;
+    p->entries.ptr = c->p;
+    for (uint32_t i = 0; i < p->count; i++)
+        if (rd_peek_entry(c, &d) < 0)
+            return -1;
+    p->entries.len = (size_t)(c->p - p->entries.ptr);
+    return 0;
+}
+
 static int decode_seek(struct cur *c, struct proto_seek *s)
 {
     if (rd_str16(c, 0, PROTO_MAX_TOPIC, &s->topic) < 0 ||
@@ -641,6 +683,7 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
         break;
     case PROTO_SUBSCRIBE:
         rc = decode_subscribe(&c, &out->u.subscribe);
+        out->u.subscribe.flags = out->flags;
         break;
     case PROTO_SUBSCRIBE_OK:
         rc = decode_subscribe_ok(&c, &out->u.subscribe_ok);
@@ -681,6 +724,12 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
         break;
     case PROTO_FLOOR_OK:
         rc = decode_floor_ok(&c, &out->u.floor_ok);
+        break;
+    case PROTO_PEEK:
+        rc = decode_peek(&c, &out->u.peek);
+        break;
+    case PROTO_PEEK_OK:
+        rc = decode_peek_ok(&c, &out->u.peek_ok);
         break;
     case PROTO_GROUPS:
         rc = rd_str16(&c, 0, PROTO_MAX_TOPIC, &out->u.groups.topic);
@@ -842,6 +891,29 @@ int proto_group_next(struct proto_group_iter *it, struct proto_group_info *out)
     if (it->left == 0)
         return 0;
     if (rd_group(&c, out) < 0) {
+        it->left = 0;
+        return 0;
+    }
+    it->p = c.p;
+    it->left--;
+    return 1;
+}
+
+void proto_peek_iter_init(struct proto_peek_iter *it, const struct proto_peek_ok *p)
+{
+    range_init(&p->entries, &it->p, &it->end);
+    it->left = it->p ? p->count : 0;
+}
+
+int proto_peek_next(struct proto_peek_iter *it, struct proto_deliver *out)
+{
+    struct cur c;
+
+    if (it->left == 0)
+        return 0;
+    c.p = it->p;
+    c.end = it->end;
+    if (rd_peek_entry(&c, out) < 0) {
         it->left = 0;
         return 0;
     }
@@ -1349,7 +1421,7 @@ int proto_encode_subscribe(struct proto_writer *w, uint32_t request_id,
         w_fail(w);
         return -1;
     }
-    start = proto_frame_begin(w, PROTO_SUBSCRIBE, 0, request_id);
+    start = proto_frame_begin(w, PROTO_SUBSCRIBE, s->flags, request_id);
     proto_put_u32(w, s->sub_id);
     proto_put_str16(w, s->topic.ptr, s->topic.len);
     proto_put_str16(w, s->group.ptr, s->group.len);
@@ -1564,6 +1636,73 @@ int proto_encode_floor_ok(struct proto_writer *w, uint32_t request_id, uint64_t 
     for (uint16_t i = 0; i < count; i++)
         proto_put_u64(w, seqs[i]);
     return proto_frame_end(w, start);
+}
+
+int proto_encode_peek(struct proto_writer *w, uint32_t request_id, const struct proto_peek *p)
+{
+    size_t start;
+
+    if (p->topic.len > PROTO_MAX_TOPIC || p->max_messages == 0 ||
+        p->max_messages > PROTO_MAX_PEEK) {
+        w_fail(w);
+        return -1;
+    }
+    start = proto_frame_begin(w, PROTO_PEEK, 0, request_id);
+    proto_put_str16(w, p->topic.ptr, p->topic.len);
+    proto_put_u64(w, p->from_seq);
+    proto_put_u64(w, p->from_time_ms);
+    proto_put_u32(w, p->max_messages);
+    proto_put_u32(w, p->max_bytes);
+    return proto_frame_end(w, start);
+}
+
+size_t proto_peek_ok_begin(struct proto_writer *w, uint32_t request_id, uint64_t next_seq,
+                           uint64_t head_seq)
+{
+    size_t start = proto_frame_begin(w, PROTO_PEEK_OK, 0, request_id);
+    proto_put_u64(w, next_seq);
+    proto_put_u64(w, head_seq);
+    proto_put_u32(w, 0); /* count, patched by proto_peek_ok_end */
+    return start;
+}
+
+void proto_peek_ok_add(struct proto_writer *w, const struct proto_deliver *d)
+{
+    if (d->id.len > PROTO_MAX_ID || d->key.len > PROTO_MAX_KEY ||
+        !headers_valid(&d->headers, d->header_count)) {
+        w_fail(w);
+        return;
+    }
+    proto_put_u64(w, d->seq);
+    proto_put_u64(w, d->ts_ms);
+    proto_put_str16(w, d->id.ptr, d->id.len);
+    proto_put_str16(w, d->key.ptr, d->key.len);
+    proto_put_u16(w, d->header_count);
+    proto_put_raw(w, d->headers.ptr, d->headers.len);
+    proto_put_bytes32(w, d->payload.ptr, d->payload.len);
+}
+
+int proto_peek_ok_end(struct proto_writer *w, size_t start, uint32_t count, uint64_t next_seq)
+{
+    if (count > PROTO_MAX_PEEK)
+        w_fail(w);
+    if (w->overflow)
+        return -1;
+    proto_wr64(w->buf + start + PROTO_HEADER_BYTES, next_seq);
+    proto_wr32(w->buf + start + PROTO_HEADER_BYTES + 16, count);
+    return proto_frame_end(w, start);
+}
+
+size_t proto_peek_entry_bytes(const struct proto_deliver *d)
+{
+    /* seq + ts_ms + id, key prefixes + header_count + payload prefix */
+    size_t n = 8 + 8 + 2 + 2 + 2 + 4;
+
+    n = sat_add(n, d->id.len);
+    n = sat_add(n, d->key.len);
+    n = sat_add(n, d->headers.len);
+    n = sat_add(n, d->payload.len);
+    return n;
 }
 
 int proto_encode_groups(struct proto_writer *w, uint32_t request_id, const void *topic,

@@ -90,6 +90,7 @@
 #define PROTO_MAX_GROUPS 100000      /* entries in one GROUPS_OK */
 #define PROTO_MAX_BACKOFF 16         /* SUBSCRIBE backoff schedule entries */
 #define PROTO_MAX_FLOOR_KEEP 1000    /* sequences in one FLOOR_OK */
+#define PROTO_MAX_PEEK 1000          /* messages in one PEEK / PEEK_OK */
 /* SUBSCRIBE max_deliveries asking for no delivery limit (0 asks for the
  * broker's default). */
 #define PROTO_DELIVERIES_UNLIMITED 0xffffu
@@ -121,6 +122,8 @@ enum proto_type {
     PROTO_REDRIVE = 0x2a, /* client -> server; answered by ACK_OK (one entry) */
     PROTO_FLOOR = 0x2b,   /* client -> server; answered by FLOOR_OK */
     PROTO_FLOOR_OK = 0x2c,
+    PROTO_PEEK = 0x2d, /* client -> server; answered by PEEK_OK */
+    PROTO_PEEK_OK = 0x2e,
 };
 
 /* ERROR flags: the sender closes the connection after this frame. */
@@ -318,6 +321,9 @@ struct proto_topic_info {
  *                         the last repeated (new group only, like
  *                         max_deliveries)
  *
+ * Frame flag PROTO_SUBSCRIBE_TOPIC_MUST_EXIST (0x01): a topic that does not
+ * exist is refused with UNKNOWN_TOPIC instead of created.
+ *
  * SUBSCRIBE_OK (server -> client):
  *   u32   sub_id
  *   u64   cursor          the next sequence the group delivers first
@@ -382,6 +388,9 @@ struct proto_subscribe {
     uint16_t max_deliveries;
     uint8_t backoff_count; /* 0: none given */
     uint32_t backoff_ms[16];
+    /* The frame's flags (PROTO_SUBSCRIBE_TOPIC_MUST_EXIST): written by the
+     * encoder, copied from the frame by the decoder. */
+    uint8_t flags;
 };
 
 struct proto_subscribe_ok {
@@ -465,6 +474,44 @@ struct proto_floor_ok {
     struct proto_slice seqs; /* count x u64, validated */
 };
 
+/* SUBSCRIBE frame flag: refuse (UNKNOWN_TOPIC) rather than create a topic
+ * that does not exist yet. */
+#define PROTO_SUBSCRIBE_TOPIC_MUST_EXIST 0x01
+
+/*
+ * PEEK (client -> server), answered by PEEK_OK or ERROR: reads a topic's
+ * messages without a group, lease or attempt; nothing is written.
+ *   str16 topic          0..200 bytes, as in SUBSCRIBE (`_dead.<topic>` too)
+ *   u64   from_seq       the first sequence wanted; 0: the first kept
+ *   u64   from_time_ms   0: unused; else start at the first message stored
+ *                        at or after this Unix ms (and at or after from_seq)
+ *   u32   max_messages   1..PROTO_MAX_PEEK (0 or more is MALFORMED)
+ *   u32   max_bytes      bound of the PEEK_OK frame; 0: the broker's
+ *                        max frame (which also caps it)
+ *
+ * PEEK_OK (server -> client):
+ *   u64   next_seq       where a follow-up PEEK starts
+ *   u64   head_seq       the topic's highest sequence (0: none yet)
+ *   u32   count          0..PROTO_MAX_PEEK
+ *   count x entry, ascending seq:
+ *     u64 seq, u64 ts_ms, str16 id (0..128), str16 key (0..1024),
+ *     u16 header_count (0..64), headers as in DELIVER, bytes32 payload
+ */
+struct proto_peek {
+    struct proto_slice topic;
+    uint64_t from_seq;
+    uint64_t from_time_ms;
+    uint32_t max_messages;
+    uint32_t max_bytes;
+};
+
+struct proto_peek_ok {
+    uint64_t next_seq;
+    uint64_t head_seq;
+    uint32_t count;
+    struct proto_slice entries; /* validated */
+};
+
 struct proto_groups {
     struct proto_slice topic;
 };
@@ -515,6 +562,8 @@ struct proto_frame {
         struct proto_groups groups;
         struct proto_groups_ok groups_ok;
         struct proto_topic_config topic_config;
+        struct proto_peek peek;
+        struct proto_peek_ok peek_ok;
     } u;
 };
 
@@ -752,6 +801,29 @@ int proto_group_next(struct proto_group_iter *it, struct proto_group_info *out);
 
 int proto_encode_topic_config(struct proto_writer *w, uint32_t request_id,
                               const struct proto_topic_config *t);
+
+int proto_encode_peek(struct proto_writer *w, uint32_t request_id, const struct proto_peek *p);
+
+/* PEEK_OK is built incrementally: begin, add each message (a DELIVER's
+ * fields; sub_id and attempt are not used), end. proto_peek_ok_add fails
+ * like proto_encode_deliver on what the decoder would reject. */
+size_t proto_peek_ok_begin(struct proto_writer *w, uint32_t request_id, uint64_t next_seq,
+                           uint64_t head_seq);
+void proto_peek_ok_add(struct proto_writer *w, const struct proto_deliver *d);
+/* Patches count (<= PROTO_MAX_PEEK), next_seq and the length. */
+int proto_peek_ok_end(struct proto_writer *w, size_t start, uint32_t count, uint64_t next_seq);
+/* The encoded size of one PEEK_OK entry. */
+size_t proto_peek_entry_bytes(const struct proto_deliver *d);
+
+/* Walks PEEK_OK entries; each is filled into a proto_deliver (sub_id 0,
+ * attempt 0), whose headers proto_deliver_header_iter_init() walks. */
+struct proto_peek_iter {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint32_t left;
+};
+void proto_peek_iter_init(struct proto_peek_iter *it, const struct proto_peek_ok *p);
+int proto_peek_next(struct proto_peek_iter *it, struct proto_deliver *out);
 
 /* Headers of a DELIVER, walked like a message's. */
 void proto_deliver_header_iter_init(struct proto_header_iter *it, const struct proto_deliver *d);

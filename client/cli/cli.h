@@ -99,6 +99,13 @@ int cli_json_set(json_t *obj, const char *key, json_t *value);
  * releases v. Returns 0, or -1 when v is NULL or the write failed. */
 int cli_json_print(json_t *v);
 
+/* A delivery as `ferry sub` and `ferry peek` print it (cmd_sub.c): "SEQ\tPAYLOAD"
+ * with each newline written as the two characters \n; or one JSON object
+ * (docs/CLI.md), without group, attempt and redelivered when d->group is
+ * NULL (a peeked message). The JSON one returns 0 or -1. */
+void cli_print_delivery(const ferry_delivery *d);
+int cli_print_delivery_json(const ferry_delivery *d);
+
 /* 1 when s[0..len) is valid UTF-8. */
 int cli_utf8_valid(const void *s, size_t len);
 
@@ -137,6 +144,7 @@ uint64_t *cli_dead_counts(const ferry_topic_info *t, size_t n);
 /* The commands. */
 int cmd_pub(struct cli *cli, int argc, char **argv);
 int cmd_sub(struct cli *cli, int argc, char **argv);
+int cmd_peek(struct cli *cli, int argc, char **argv);
 int cmd_topics(struct cli *cli, int argc, char **argv);
 int cmd_groups(struct cli *cli, int argc, char **argv);
 int cmd_seek(struct cli *cli, int argc, char **argv);

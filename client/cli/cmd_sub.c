@@ -39,6 +39,7 @@ enum {
     OPT_JSON,
     OPT_WINDOW,
     OPT_TIMEOUT_MS,
+    OPT_CREATE,
 };
 
 static const char usage_text[] =
@@ -57,7 +58,9 @@ static const char usage_text[] =
     "  --no-ack             do not ack: the messages go back to the group at exit\n"
     "  --json               print one JSON object per message with every field\n"
     "  --window N           messages in flight at once, 1-65535 (default 100)\n"
-    "  --timeout-ms N       exit after N ms without a message\n" CLI_COMMON_HELP
+    "  --timeout-ms N       exit after N ms without a message\n"
+    "  --create             create TOPIC if it does not exist (without it, an\n"
+    "                       unknown topic is an error, so a typo creates nothing)\n" CLI_COMMON_HELP
     "\n" CLI_POSITION_HELP "\n"
     "Exit status: 0 after --count messages, a timeout or a signal; 1 an error;\n"
     "2 a usage error.\n";
@@ -79,10 +82,10 @@ struct sub_opts {
     int json;
     uint32_t window;
     long timeout_ms; /* < 0: none */
+    int create;
 };
 
-/* The payload as bytes, each '\n' written as the two characters "\n". */
-static void print_plain(const ferry_delivery *d)
+void cli_print_delivery(const ferry_delivery *d)
 {
     printf("%" PRIu64 "\t", d->seq);
     const char *p = d->payload;
@@ -110,15 +113,18 @@ static int json_bytes(json_t *o, const char *name, const void *p, size_t len)
     return cli_json_set(o, key, cli_json_base64(p, len));
 }
 
-static int print_json(const ferry_delivery *d)
+int cli_print_delivery_json(const ferry_delivery *d)
 {
-    json_t *o = json_pack("{s:o,s:o,s:o,s:o}", "topic", cli_json_str(d->topic, strlen(d->topic)),
-                          "group", cli_json_str(d->group, strlen(d->group)), "seq",
-                          cli_json_u64(d->seq), "id", cli_json_str(d->id, strlen(d->id)));
+    json_t *o = json_pack("{s:o}", "topic", cli_json_str(d->topic, strlen(d->topic)));
     if (!o)
         return -1;
-    int rc = d->key_len > 0 ? json_bytes(o, "key", d->key, d->key_len)
-                            : cli_json_set(o, "key", json_null());
+    int rc = 0;
+    if (d->group)
+        rc |= cli_json_set(o, "group", cli_json_str(d->group, strlen(d->group)));
+    rc |= cli_json_set(o, "seq", cli_json_u64(d->seq));
+    rc |= cli_json_set(o, "id", cli_json_str(d->id, strlen(d->id)));
+    rc |= d->key_len > 0 ? json_bytes(o, "key", d->key, d->key_len)
+                         : cli_json_set(o, "key", json_null());
     /* headers is an object, which holds a name once (its last value, what
      * a JSON parser kept of a repeated key); when a name repeats,
      * header_list has every header in order as [name, value]. */
@@ -142,8 +148,10 @@ static int print_json(const ferry_delivery *d)
         rc |= cli_json_set(o, "header_list", list);
     else
         json_decref(list);
-    rc |= cli_json_set(o, "attempt", json_integer(d->attempt));
-    rc |= cli_json_set(o, "redelivered", json_boolean(d->redelivered));
+    if (d->group) {
+        rc |= cli_json_set(o, "attempt", json_integer(d->attempt));
+        rc |= cli_json_set(o, "redelivered", json_boolean(d->redelivered));
+    }
     rc |= cli_json_set(o, "ts_ms", json_integer(d->ts_ms));
     rc |= json_bytes(o, "payload", d->payload, d->payload_len);
     if (rc) {
@@ -214,9 +222,9 @@ static int consume(ferry_conn *c, ferry_sub *s, const struct sub_opts *o)
         received++;
 
         if (o->json)
-            print_json(d);
+            cli_print_delivery_json(d);
         else
-            print_plain(d);
+            cli_print_delivery(d);
         if (fflush(stdout) != 0) {
             int err = errno;
             ferry_delivery_free(d); /* not acked: it was not written */
@@ -263,6 +271,7 @@ static int run(struct cli *cli, const struct sub_opts *o)
         .start = o->start,
         .start_value = o->start_value,
         .max_in_flight = o->window,
+        .topic_must_exist = !o->create,
     };
     ferry_sub *s;
     int rc = ferry_subscribe(c, o->topic, o->group, &so, &s);
@@ -296,6 +305,7 @@ int cmd_sub(struct cli *cli, int argc, char **argv)
         {"json", no_argument, NULL, OPT_JSON},
         {"window", required_argument, NULL, OPT_WINDOW},
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
+        {"create", no_argument, NULL, OPT_CREATE},
         {NULL, 0, NULL, 0},
     };
     struct sub_opts o = {
@@ -339,6 +349,9 @@ int cmd_sub(struct cli *cli, int argc, char **argv)
             if ((rc = parse_number("--timeout-ms", optarg, 0, 1000000000, &v)) != CLI_EXIT_OK)
                 return rc;
             o.timeout_ms = (long)v;
+            break;
+        case OPT_CREATE:
+            o.create = 1;
             break;
         default:
             return cli_bad_option("sub", opt, argv);

@@ -19,6 +19,7 @@ static const struct {
 } commands[] = {
     {"pub", cmd_pub, "publish messages to a topic"},
     {"sub", cmd_sub, "receive messages of a consumer group"},
+    {"peek", cmd_peek, "print a topic's stored messages, without a group"},
     {"topics", cmd_topics, "list topics, or set one's retention (topics set)"},
     {"groups", cmd_groups, "list consumer groups and their progress"},
     {"seek", cmd_seek, "move a consumer group to a sequence or a time"},

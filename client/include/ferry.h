@@ -282,6 +282,12 @@ typedef struct ferry_sub_options {
     uint32_t backoff_ms[16]; /* wait before the k-th redelivery after an
                                 expired lease (the last value repeats); without
                                 it the broker's --redelivery-backoff applies */
+    int topic_must_exist;    /* 0 (default): a topic that does not exist yet
+                                is created, so an application may subscribe
+                                before its first publish; 1: refused with
+                                FERRY_EUNKNOWN_TOPIC and nothing is created
+                                (a broker older than this flag ignores it
+                                and creates the topic) */
 } ferry_sub_options;
 
 /* ferry_sub_options o = FERRY_SUB_OPTIONS_INIT; everything at its default. */
@@ -325,7 +331,8 @@ typedef struct ferry_delivery {
  * NULL: FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (an
  * option out of range, or opts->size unset), FERRY_EDENIED,
  * FERRY_EUNSUPPORTED (a broker without consumer groups, or an option this
- * library does not know), a connection error, or FERRY_ETIMEOUT (then an
+ * library does not know), FERRY_EUNKNOWN_TOPIC (with topic_must_exist, a
+ * topic that does not exist), a connection error, or FERRY_ETIMEOUT (then an
  * UNSUBSCRIBE is sent after it, in case the broker did subscribe). One
  * connection may hold any number of subscriptions, several of the same group
  * included. */
@@ -416,7 +423,8 @@ typedef void (*ferry_delivery_cb)(void *userdata, ferry_delivery *d);
 FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *userdata);
 
 /* Moves the cursor of group `group` on `topic` to start (with value, as in
- * ferry_sub_options; a group that does not exist is created there) and
+ * ferry_sub_options; a group that does not exist is created there, on a
+ * topic that must exist) and
  * waits until the move is durable. The group then delivers every message
  * from the new cursor on again, as first deliveries (replay), or skips those
  * below it. Its in-flight deliveries are forgotten: their slots are freed,
@@ -425,8 +433,9 @@ FERRY_API int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *u
  * the new cursor: the next sequence the group will deliver. Returns 0,
  * FERRY_EINVALID_TOPIC, FERRY_EINVALID_GROUP, FERRY_EINVALID (also a
  * FERRY_START_SEQ value past the topic's head + 1: nothing is moved or
- * created, and ferry_errmsg gives the range), another broker error, or a
- * connection error. */
+ * created, and ferry_errmsg gives the range), FERRY_EUNKNOWN_TOPIC (no
+ * such topic: nothing is created), another broker error, or a connection
+ * error. */
 FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
                          uint64_t value, uint64_t *cursor_out);
 
@@ -449,6 +458,57 @@ FERRY_API int ferry_seek(ferry_conn *c, const char *topic, const char *group, fe
  * REDRIVE (it closes the connection), or a connection error. */
 FERRY_API int ferry_redrive(ferry_conn *c, const char *topic, const char *group, uint64_t dead_seq,
                             uint64_t *seq_out);
+
+/* Options of ferry_peek. Start from FERRY_PEEK_OPTIONS_INIT; see "The
+ * ABI" above for size. */
+typedef struct ferry_peek_options {
+    size_t size;           /* sizeof(ferry_peek_options) */
+    uint64_t from_seq;     /* the first sequence wanted; 0: the first kept */
+    int64_t from_time_ms;  /* 0: unused; else start at the first message
+                              stored at or after this Unix ms (and at or
+                              after from_seq) */
+    uint32_t max_messages; /* 0: 100; at most FERRY_PEEK_MAX (1000) */
+    uint32_t max_bytes;    /* bound of the broker's reply frame; 0: its max
+                              frame. At least one message comes if one is
+                              stored from the start on, whatever its size */
+} ferry_peek_options;
+
+/* ferry_peek_options o = FERRY_PEEK_OPTIONS_INIT; everything at its default. */
+#define FERRY_PEEK_OPTIONS_INIT                                                                    \
+    {                                                                                              \
+        .size = sizeof(ferry_peek_options)                                                         \
+    }
+
+#define FERRY_PEEK_MAX 1000
+
+/* What ferry_peek read; released by ferry_peek_result_free. */
+typedef struct ferry_peek_result {
+    ferry_delivery **msgs; /* count messages, ascending seq; sub and group
+                              are NULL and attempt 0: they are not
+                              deliveries and cannot be acked (each may also
+                              be freed alone with ferry_delivery_free) */
+    size_t count;
+    uint64_t next_seq; /* where a follow-up peek starts (from_seq) */
+    uint64_t head_seq; /* the topic's highest sequence (0: none yet) */
+} ferry_peek_result;
+
+/* Reads stored messages of topic (a topic, or `_dead.<topic>`) without a
+ * consumer group: no lease, no attempt counted, nothing written, no group
+ * or topic created; the same messages can be peeked any number of times.
+ * opts may be NULL (from the first kept message, up to 100 of them). The
+ * broker pushes nothing: to follow a topic, peek again from next_seq.
+ * Needs the consume right on the topic. On success fills *out (release it
+ * with ferry_peek_result_free, also after an error: it is then empty) and
+ * returns 0; else FERRY_EINVALID (bad arguments, an option out of range),
+ * FERRY_EINVALID_TOPIC, FERRY_EUNKNOWN_TOPIC (no such topic), FERRY_EDENIED,
+ * FERRY_EUNSUPPORTED (an option this library does not know),
+ * FERRY_EUNKNOWN_TYPE from a broker that predates PEEK (it closes the
+ * connection), or a connection error. */
+FERRY_API int ferry_peek(ferry_conn *c, const char *topic, const ferry_peek_options *opts,
+                         ferry_peek_result *out);
+
+/* Frees what ferry_peek filled in and empties r. NULL-safe. */
+FERRY_API void ferry_peek_result_free(ferry_peek_result *r);
 
 /* The most sequences ferry_group_floor reports as redrivable (FLOOR_OK's
  * limit; docs/PROTOCOL.md §9.16). */

@@ -328,6 +328,29 @@ static void walk_frame(const struct proto_frame *f, const uint8_t *lo, const uin
         CHECK(it.p == it.end);
         break;
     }
+    case PROTO_PEEK:
+        check_name(f->u.peek.topic, lo, hi);
+        CHECK(f->u.peek.max_messages >= 1 && f->u.peek.max_messages <= PROTO_MAX_PEEK);
+        break;
+    case PROTO_PEEK_OK: {
+        struct proto_peek_iter it;
+        struct proto_deliver d;
+        struct proto_header h;
+        uint32_t n = 0;
+        CHECK(f->u.peek_ok.count <= PROTO_MAX_PEEK);
+        check_slice(f->u.peek_ok.entries, lo, hi);
+        proto_peek_iter_init(&it, &f->u.peek_ok);
+        while (proto_peek_next(&it, &d)) {
+            check_slice(d.id, lo, hi);
+            check_slice(d.key, lo, hi);
+            check_slice(d.payload, lo, hi);
+            walk_deliver_headers(&d, lo, hi, &h);
+            n++;
+        }
+        CHECK(n == f->u.peek_ok.count);
+        CHECK(it.p == it.end);
+        break;
+    }
     default:
         /* proto_decode() returns > 0 only for the types above. */
         CHECK(0);
@@ -451,6 +474,18 @@ static int reencode(const struct proto_frame *f, struct proto_writer *w)
         while (proto_group_next(&it, &g))
             proto_groups_ok_add(w, &g);
         return proto_groups_ok_end(w, start, f->u.groups_ok.count);
+    }
+    case PROTO_PEEK:
+        return proto_encode_peek(w, f->request_id, &f->u.peek);
+    case PROTO_PEEK_OK: {
+        struct proto_peek_iter it;
+        struct proto_deliver d;
+        size_t pstart =
+            proto_peek_ok_begin(w, f->request_id, f->u.peek_ok.next_seq, f->u.peek_ok.head_seq);
+        proto_peek_iter_init(&it, &f->u.peek_ok);
+        while (proto_peek_next(&it, &d))
+            proto_peek_ok_add(w, &d);
+        return proto_peek_ok_end(w, pstart, f->u.peek_ok.count, f->u.peek_ok.next_seq);
     }
     default: /* PING, PONG, TOPICS */
         return proto_encode_empty(w, f->type, f->request_id);
@@ -669,6 +704,19 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
     }
     case PROTO_GROUPS_OK:
         check_same_groups(&f->u.groups_ok, &g->u.groups_ok);
+        break;
+    case PROTO_PEEK:
+        CHECK(slice_eq(f->u.peek.topic, g->u.peek.topic) &&
+              f->u.peek.from_seq == g->u.peek.from_seq &&
+              f->u.peek.from_time_ms == g->u.peek.from_time_ms &&
+              f->u.peek.max_messages == g->u.peek.max_messages &&
+              f->u.peek.max_bytes == g->u.peek.max_bytes);
+        break;
+    case PROTO_PEEK_OK:
+        CHECK(f->u.peek_ok.next_seq == g->u.peek_ok.next_seq &&
+              f->u.peek_ok.head_seq == g->u.peek_ok.head_seq &&
+              f->u.peek_ok.count == g->u.peek_ok.count &&
+              slice_eq(f->u.peek_ok.entries, g->u.peek_ok.entries));
         break;
     default:
         CHECK(g->body.len == 0);

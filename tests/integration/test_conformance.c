@@ -450,7 +450,8 @@ static void test_s2_type_judged_from_header(void **state)
         0x00,
         0x06,
         0x12,
-        0x2d,
+        PROTO_PEEK_OK,
+        0x2f,
         0x35,
         0xff,
     };
@@ -606,6 +607,8 @@ static void test_s4_7_topics_lists_group_topics(void **state)
     struct it_fx *fx = *state;
     int fd = dial_ready(fx);
     subscribe(fd, 1, "by-subscribe", "g", 0, 10, NULL);
+    /* A SEEK creates no topic (§9.7): its group's SUBSCRIBE did. */
+    subscribe(fd, 2, "by-seek", "s", 0, 10, NULL);
     seek(fd, "by-seek", "g", PROTO_START_EARLIEST, 0);
     publish1(fd, "by-publish", NULL);
     uint8_t t[PROTO_HEADER_BYTES];

@@ -1629,6 +1629,17 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     assert_int_equal(group_info(fx->c, "replay", "late", &none), 0); /* not created */
     assert_int_equal(ferry_seek(fx->c, "replay", "g", FERRY_START_SEQ, N + 1, &cur), 0);
     assert_int_equal(cur, N + 1);
+    /* A SEEK creates no topic: on one that does not exist it is refused. */
+    assert_int_equal(ferry_seek(fx->c, "replay-none", "g", FERRY_START_SEQ, 1, &cur),
+                     FERRY_EUNKNOWN_TOPIC);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "no such topic: replay-none"));
+    ferry_group_info *gl = NULL;
+    size_t gn = 0;
+    assert_int_equal(ferry_groups(fx->c, "replay-none", &gl, &gn), FERRY_EUNKNOWN_TOPIC);
+    /* An empty topic (made by a subscription) has the range 1-1. */
+    ferry_sub *es = NULL;
+    assert_int_equal(ferry_subscribe(fx->c, "replay-empty", "s", NULL, &es), 0);
+    assert_int_equal(ferry_unsubscribe(es), 0);
     assert_int_equal(ferry_seek(fx->c, "replay-empty", "g", FERRY_START_SEQ, 2, &cur),
                      FERRY_EINVALID);
     assert_non_null(strstr(ferry_errmsg(fx->c), "seek to 1-1"));
@@ -1660,6 +1671,68 @@ static void test_consume_seek_by_sequence_and_time(void **state)
     ferry_delivery *d = recv_expect(fx->c, N + 1, 1);
     ack_ok(d, fx->c);
     ferry_delivery_free(d);
+}
+
+/* PROTOCOL.md §9.17: PEEK reads in order without touching any group:
+ * five peeks of a message do not dead-letter it for a group with
+ * max_deliveries 2, whose first delivery then still has attempt 1; from_seq
+ * and max_bytes (one message at least) bound it; an unknown topic is
+ * UNKNOWN_TOPIC, and so is a must-exist SUBSCRIBE, which creates nothing. */
+static void test_consume_peek(void **state)
+{
+    struct it_fx *fx = *state;
+    enum { N = 20 };
+    publish_range(fx->c, "peeked", 1, N);
+    ferry_peek_options po = FERRY_PEEK_OPTIONS_INIT;
+    ferry_peek_result r;
+    char want[64];
+    for (int k = 0; k < 5; k++) {
+        assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+        assert_int_equal(r.count, N);
+        assert_int_equal(r.head_seq, N);
+        assert_int_equal(r.next_seq, N + 1);
+        for (size_t i = 0; i < r.count; i++) {
+            int n = payload_of(want, sizeof want, "peeked", i + 1);
+            assert_int_equal(r.msgs[i]->seq, i + 1);
+            assert_int_equal(r.msgs[i]->payload_len, (size_t)n);
+            assert_memory_equal(r.msgs[i]->payload, want, (size_t)n);
+            assert_true(strlen(r.msgs[i]->id) > 0);
+            assert_int_equal(ferry_delivery_ack(r.msgs[i]), FERRY_EINVALID);
+        }
+        ferry_peek_result_free(&r);
+    }
+    ferry_sub *s = subscribe(fx->c, "peeked", "g", 1, 60000, 2);
+    ferry_delivery *d = recv_expect(fx->c, 1, 1);
+    ferry_delivery_free(d);
+    assert_int_equal(ferry_unsubscribe(s), 0);
+
+    po.from_seq = 15;
+    po.max_messages = 3;
+    assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+    assert_int_equal(r.count, 3);
+    assert_int_equal(r.msgs[0]->seq, 15);
+    assert_int_equal(r.next_seq, 18);
+    ferry_peek_result_free(&r);
+    po.max_messages = 100;
+    po.max_bytes = 1; /* one message even so */
+    assert_int_equal(ferry_peek(fx->c, "peeked", &po, &r), 0);
+    assert_int_equal(r.count, 1);
+    assert_int_equal(r.next_seq, 16);
+    ferry_peek_result_free(&r);
+
+    assert_int_equal(ferry_peek(fx->c, "peeked-none", NULL, &r), FERRY_EUNKNOWN_TOPIC);
+    assert_non_null(strstr(ferry_errmsg(fx->c), "no such topic: peeked-none"));
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.topic_must_exist = 1;
+    ferry_sub *none = NULL;
+    assert_int_equal(ferry_subscribe(fx->c, "peeked-none", "g", &so, &none), FERRY_EUNKNOWN_TOPIC);
+    assert_int_equal(ferry_peek(fx->c, "peeked-none", NULL, &r), FERRY_EUNKNOWN_TOPIC);
+    ferry_sub *lib = NULL; /* the library default still creates it */
+    assert_int_equal(ferry_subscribe(fx->c, "peeked-new", "g", NULL, &lib), 0);
+    assert_int_equal(ferry_unsubscribe(lib), 0);
+    assert_int_equal(ferry_peek(fx->c, "peeked-new", NULL, &r), 0);
+    assert_int_equal(r.count, 0);
+    ferry_peek_result_free(&r);
 }
 
 /*
@@ -1868,9 +1941,13 @@ static void test_consume_groups_listing_order_and_unknown_topic(void **state)
     static const char *const made[][2] = {
         {"t2", "b"}, {"t2", "a"}, {"t1", "z"}, {"t2", "c"}, {"t10", "a"}, {"t1", "A"},
     };
-    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++)
+    /* A SEEK creates no topic: one message makes each. */
+    for (size_t i = 0; i < sizeof made / sizeof made[0]; i++) {
+        ferry_msg m = {.topic = made[i][0], .payload = "x", .payload_len = 1};
+        assert_int_equal(ferry_publish(fx->c, &m, NULL), 0);
         assert_int_equal(ferry_seek(fx->c, made[i][0], made[i][1], FERRY_START_EARLIEST, 0, NULL),
                          0);
+    }
     static const char *const want[][2] = {
         {"t1", "A"}, {"t1", "z"}, {"t10", "a"}, {"t2", "a"}, {"t2", "b"}, {"t2", "c"},
     };
@@ -1998,6 +2075,25 @@ static void test_consume_cli_sub_groups_seek(void **state)
     assert_non_null(strstr(out.err, "past the head of T: seek to 1-4"));
     harness_output_free(&out);
     cli_expect_out(fx, "2\n", "seek", "T", "--group", "G", "--to", "2", NULL);
+    /* peek prints without a group and moves nothing; a typo of sub or peek
+     * fails and creates nothing; sub --create creates. */
+    cli_expect_out(fx, "2\ttwo\n3\tthree\n", "peek", "T", "--from", "2", "--count", "2", NULL);
+    cli_run(fx, &out, "peek", "T", "--count", "1", "--json", NULL);
+    assert_int_equal(out.status, 0);
+    assert_non_null(strstr(out.out, "\"topic\":\"T\",\"seq\":1,"));
+    harness_output_free(&out);
+    cli_run(fx, &out, "sub", "Typo", "--group", "G", "--count", "1", "--timeout-ms", "100", NULL);
+    assert_int_equal(out.status, 1);
+    assert_non_null(strstr(out.err, "no such topic: Typo"));
+    harness_output_free(&out);
+    cli_run(fx, &out, "peek", "Typo", NULL);
+    assert_int_equal(out.status, 1);
+    harness_output_free(&out);
+    cli_run(fx, &out, "seek", "Typo", "--group", "G", "--to", "1", NULL);
+    assert_int_equal(out.status, 1);
+    harness_output_free(&out);
+    cli_expect_out(fx, "", "sub", "Typo", "--group", "G", "--create", "--timeout-ms", "100", NULL);
+    cli_expect_out(fx, "", "peek", "Typo", NULL);
     cli_expect_out(fx, "2\ttwo\n3\tthree\n", "sub", "T", "--group", "G", "--count", "2",
                    "--timeout-ms", "10000", NULL);
     /* --no-ack: the message goes back to the group (window 1: only it was
@@ -2058,6 +2154,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_consume_seek_by_sequence_and_time, setup,
                                         it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_seek_forgets_in_flight, setup, it_fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consume_peek, setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_stats_exact_in_controlled_scenario,
                                         setup, it_fx_teardown),
         cmocka_unit_test_setup_teardown(test_consume_groups_listing_order_and_unknown_topic, setup,

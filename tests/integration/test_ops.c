@@ -351,7 +351,9 @@ static void test_ops_token_prefix_is_refused_without_echo(void **state)
     assert_int_equal(out.status, 1);
     assert_null(strstr(out.err, "no such topic: no such topic"));
     harness_output_free(&out);
-    /* "--to" is seek's own option, not a prefix to refuse. */
+    /* "--to" is seek's own option, not a prefix to refuse (on a topic that
+     * exists: a seek creates none). */
+    publish_text(fx, "t", "x");
     run_cli(fx, (char *[]){"seek", "--server", fx->b.addr, "t", "--group", "g", "--to", "1", NULL},
             NULL, &out);
     if (out.status != 0)

@@ -1304,7 +1304,7 @@ static void test_proto_floor_round_trip(void **state)
 
 static void test_proto_unknown_type_is_rejected(void **state)
 {
-    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2d, 0x2f, 0x35, 0x80, 0xff};
+    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2f, 0x3f, 0x35, 0x80, 0xff};
     uint8_t buf[12] = {0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 1, 0xab, 0xcd};
     size_t i;
 
@@ -1635,7 +1635,7 @@ static int encode_vector(int which, struct proto_writer *w)
                                                    .bytes = 1234,
                                                    .created_ms = 1700000000000ull};
     static const struct proto_subscribe sub = {
-        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5, 0, {0}};
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 30000, 5, 0, {0}, 0};
     static const struct proto_subscribe_ok sub_ok = {1, 1, 42, 30000, 5, 0, 0};
     static const struct proto_deliver deliver = {.sub_id = 1,
                                                  .seq = 1,
@@ -2978,7 +2978,8 @@ static void test_proto_consumer_round_trips(void **state)
                                    UINT32_MAX,
                                    UINT16_MAX,
                                    0,
-                                   {0}};
+                                   {0},
+                                   0};
     proto_writer_init(&w, buf, cap);
     assert_int_equal(proto_encode_subscribe(&w, 11, &sub), 0);
     decode_ok(buf, w.len, &f);
@@ -3121,7 +3122,7 @@ static void test_proto_consumer_encoders_reject_what_decoders_reject(void **stat
     const uint8_t *fill = filled('a', 2048);
     struct proto_writer w;
     const struct proto_subscribe sub_ok = {
-        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0, 0, {0}};
+        1, SL("orders"), SL("inventory"), PROTO_START_EARLIEST, 0, 100, 0, 0, 0, {0}, 0};
     const struct proto_deliver del_ok = {.sub_id = 1, .attempt = 1, .id = SL("x")};
     struct proto_subscribe sub;
     struct proto_subscribe_ok sok = {0, 1, 1, 1, 1, 0, 0};
