@@ -66,6 +66,7 @@ struct topic_stat {
     struct topic_view v;              /* after the last commit that touched it */
     uint64_t stored, bytes_in;        /* appended since start */
     uint64_t rate_in_1s, rate_out_1s; /* stored, acked (all groups): last second */
+    uint64_t rate_in_10s;             /* as TOPICS' publish_rate */
     double rate_in_1m, rate_out_1m;   /* per second over the last minute */
     uint64_t dead_letters;            /* messages kept in _dead.<name> */
     uint32_t groups;

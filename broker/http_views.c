@@ -314,6 +314,7 @@ static json_t *topic_json(const struct topic_stat *s)
     set_u(o, "max_count", s->v.max_count);
     set_u(o, "max_bytes", s->v.max_bytes);
     json_object_set_new(o, "delete_acked", json_boolean(s->v.delete_acked));
+    set_u(o, "publish_rate", s->rate_in_10s);
     set_u(o, "dead_lettered", s->dead_letters);
     set_u(o, "groups", s->groups);
     set_u(o, "published", s->stored);

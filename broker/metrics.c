@@ -76,6 +76,19 @@ uint64_t rate_last_second(const struct rate_ring *r, int64_t now_ms)
     return slot(r, floor_div(now_ms, 1000) - 1);
 }
 
+uint64_t rate_recent(const struct rate_ring *r, int64_t now_ms, int seconds)
+{
+    if (seconds < 1)
+        seconds = 1;
+    if (seconds > RATE_RING_SECONDS - 2)
+        seconds = RATE_RING_SECONDS - 2;
+    int64_t now = floor_div(now_ms, 1000);
+    uint64_t sum = 0;
+    for (int k = 0; k < seconds; k++)
+        sum += slot(r, now - k);
+    return sum / (uint64_t)seconds;
+}
+
 double rate_average(const struct rate_ring *r, int64_t now_ms, int seconds)
 {
     if (seconds < 1)

@@ -51,5 +51,8 @@ uint64_t rate_last_second(const struct rate_ring *r, int64_t now_ms);
 /* Events per second over the `seconds` complete seconds before now_ms
  * (1..RATE_RING_SECONDS - 2). */
 double rate_average(const struct rate_ring *r, int64_t now_ms, int seconds);
+/* Events in the current second and the seconds-1 before it, divided by
+ * seconds and rounded down: the 10 s publish rate `ferry topics` shows. */
+uint64_t rate_recent(const struct rate_ring *r, int64_t now_ms, int seconds);
 
 #endif
