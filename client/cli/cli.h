@@ -14,6 +14,7 @@
 #define FERRY_CLI_H
 
 #include <getopt.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,6 +105,12 @@ int cli_json_print(json_t *v);
  * (docs/CLI.md), without group, attempt and redelivered when d->group is
  * NULL (a peeked message). The JSON one returns 0 or -1. */
 void cli_print_delivery(const ferry_delivery *d);
+
+/* The commands that run until a signal (sub, peek, dead replay): SIGINT and
+ * SIGTERM set cli_stop_signal (a second one ends the process at once) and
+ * SIGPIPE is ignored. Returns 0, or -1 with errno set. */
+extern volatile sig_atomic_t cli_stop_signal;
+int cli_catch_stop_signals(void);
 int cli_print_delivery_json(const ferry_delivery *d);
 
 /* 1 when s[0..len) is valid UTF-8. */

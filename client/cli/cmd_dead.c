@@ -111,26 +111,6 @@ static const char usage_text[] =
     "2 a usage error. To look at dead letters without replaying them:\n"
     "ferry sub _dead.TOPIC --group inspect --no-ack --json\n";
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    stop_signal = sig;
-}
-
-static int install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND; /* a second signal ends it at once */
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-        return -1;
-    signal(SIGPIPE, SIG_IGN); /* a closed stdout shows as EPIPE from fflush */
-    return 0;
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -260,7 +240,7 @@ static int replay(ferry_conn *c, ferry_sub *s, const struct replay_opts *o, uint
     uint64_t done = 0;
     int64_t last_ms = now_ms();
     const int64_t started_ms = wall_ms();
-    while (!stop_signal && (o->count == 0 || done < o->count)) {
+    while (!cli_stop_signal && (o->count == 0 || done < o->count)) {
         int64_t left_ms = last_ms + o->timeout_ms - now_ms();
         int slice = left_ms <= 0 ? 0 : left_ms < DEAD_SLICE_MS ? (int)left_ms : DEAD_SLICE_MS;
         ferry_delivery *d;
@@ -379,7 +359,7 @@ static int topic_exists(ferry_conn *c, const char *name)
 
 static int run_replay(struct cli *cli, const struct replay_opts *o)
 {
-    if (install_signals() < 0)
+    if (cli_catch_stop_signals() < 0)
         return cli_fail("dead replay", FERRY_EIO, strerror(errno));
     ferry_conn *c;
     int status = cli_connect(cli, "dead replay", NULL, &c);

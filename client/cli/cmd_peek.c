@@ -49,13 +49,6 @@ static const char usage_text[] =
     "Exit status: 0 success; 1 an error (an unknown topic among them); 2 a\n"
     "usage error.\n";
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    stop_signal = sig;
-}
-
 struct peek_opts {
     const char *topic;
     uint64_t from_seq;
@@ -67,15 +60,8 @@ struct peek_opts {
 
 static int run(struct cli *cli, const struct peek_opts *o)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    if (cli_catch_stop_signals() < 0)
+        return cli_fail("peek", FERRY_EIO, strerror(errno));
     ferry_conn *c;
     int status = cli_connect(cli, "peek", NULL, &c);
     if (status != CLI_EXIT_OK)
@@ -84,7 +70,7 @@ static int run(struct cli *cli, const struct peek_opts *o)
     po.from_seq = o->from_seq;
     po.from_time_ms = o->from_time_ms;
     uint64_t printed = 0;
-    while (!stop_signal && (o->count == 0 || printed < o->count)) {
+    while (!cli_stop_signal && (o->count == 0 || printed < o->count)) {
         uint64_t want = o->count ? o->count - printed : PEEK_PAGE;
         po.max_messages = (uint32_t)(want < PEEK_PAGE ? want : PEEK_PAGE);
         ferry_peek_result r;

@@ -65,13 +65,6 @@ static const char usage_text[] =
     "Exit status: 0 after --count messages, a timeout or a signal; 1 an error;\n"
     "2 a usage error.\n";
 
-static volatile sig_atomic_t stop_signal;
-
-static void on_signal(int sig)
-{
-    stop_signal = sig;
-}
-
 struct sub_opts {
     const char *topic;
     const char *group;
@@ -174,21 +167,6 @@ static int parse_number(const char *opt, const char *arg, uint64_t min, uint64_t
     return CLI_EXIT_OK;
 }
 
-static int install_signals(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    /* A second signal, e.g. while the acks are awaited, ends it at once. */
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-        return -1;
-    /* A closed stdout shows as EPIPE from fflush, handled below. */
-    signal(SIGPIPE, SIG_IGN);
-    return 0;
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -203,7 +181,7 @@ static int consume(ferry_conn *c, ferry_sub *s, const struct sub_opts *o)
     uint64_t received = 0;
     uint32_t window = o->window;
     int64_t last_ms = now_ms();
-    while (!stop_signal && (o->count == 0 || received < o->count)) {
+    while (!cli_stop_signal && (o->count == 0 || received < o->count)) {
         int64_t slice = SUB_SLICE_MS;
         if (o->timeout_ms >= 0) {
             int64_t left = last_ms + o->timeout_ms - now_ms();
@@ -259,7 +237,7 @@ static int consume(ferry_conn *c, ferry_sub *s, const struct sub_opts *o)
 
 static int run(struct cli *cli, const struct sub_opts *o)
 {
-    if (install_signals() < 0)
+    if (cli_catch_stop_signals() < 0)
         return cli_fail("sub", FERRY_EIO, strerror(errno));
     ferry_conn *c;
     int status = cli_connect(cli, "sub", NULL, &c);

@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,4 +362,26 @@ int cli_parse_number(const char *cmd, const char *opt, const char *arg, uint64_t
                                opt, min, max, arg);
     *out = v;
     return CLI_EXIT_OK;
+}
+
+volatile sig_atomic_t cli_stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    cli_stop_signal = sig;
+}
+
+int cli_catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    /* A second signal, e.g. while the acks are awaited, ends it at once. */
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+        return -1;
+    /* A closed stdout shows as EPIPE from fflush, which the caller handles. */
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
 }
