@@ -317,6 +317,9 @@ static int type_known(uint8_t type)
     case PROTO_GROUPS:
     case PROTO_GROUPS_OK:
     case PROTO_TOPIC_CONFIG:
+    case PROTO_DELETE:
+    case PROTO_DELETE_OK:
+    case PROTO_SUB_END:
         return 1;
     default:
         return 0;
@@ -743,6 +746,30 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
                      rd_u64(&c, &tc->max_count) < 0 || rd_u64(&c, &tc->max_bytes) < 0 ||
                      rd_u8(&c, &tc->delete_acked) < 0 ||
                      (tc->delete_acked > 1 && tc->delete_acked != PROTO_DELETE_ACKED_DEFAULT)
+                 ? -1
+                 : 0;
+        break;
+    }
+    case PROTO_DELETE: {
+        struct proto_delete *d = &out->u.del;
+        d->flags = out->flags;
+        rc = rd_str16(&c, 1, PROTO_MAX_TOPIC, &d->topic) < 0 ||
+                     rd_str16(&c, 0, PROTO_MAX_GROUP, &d->group) < 0 ||
+                     (out->flags & ~PROTO_DELETE_FORCE) != 0
+                 ? -1
+                 : 0;
+        break;
+    }
+    case PROTO_DELETE_OK:
+        rc = rd_u64(&c, &out->u.delete_ok.messages) < 0 || rd_u32(&c, &out->u.delete_ok.groups) < 0
+                 ? -1
+                 : 0;
+        break;
+    case PROTO_SUB_END: {
+        struct proto_sub_end *e = &out->u.sub_end;
+        rc = request_id != 0 || rd_u32(&c, &e->sub_id) < 0 || e->sub_id == 0 ||
+                     rd_u16(&c, &e->code) < 0 || e->code == 0 || e->code > FERRY_WIRE_CODE_MAX ||
+                     rd_str16(&c, 0, PROTO_MAX_ERROR_TEXT, &e->message) < 0
                  ? -1
                  : 0;
         break;
@@ -1820,4 +1847,40 @@ const char *proto_strerror(int code)
     default:
         return "unknown error";
     }
+}
+
+int proto_encode_delete(struct proto_writer *w, uint32_t request_id, const struct proto_delete *d)
+{
+    if (d->topic.len < 1 || d->topic.len > PROTO_MAX_TOPIC || d->group.len > PROTO_MAX_GROUP ||
+        (d->flags & ~PROTO_DELETE_FORCE) != 0) {
+        w_fail(w);
+        return -1;
+    }
+    size_t start = proto_frame_begin(w, PROTO_DELETE, d->flags, request_id);
+    proto_put_str16(w, d->topic.ptr, d->topic.len);
+    proto_put_str16(w, d->group.ptr, d->group.len);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_delete_ok(struct proto_writer *w, uint32_t request_id,
+                           const struct proto_delete_ok *d)
+{
+    size_t start = proto_frame_begin(w, PROTO_DELETE_OK, 0, request_id);
+    proto_put_u64(w, d->messages);
+    proto_put_u32(w, d->groups);
+    return proto_frame_end(w, start);
+}
+
+int proto_encode_sub_end(struct proto_writer *w, const struct proto_sub_end *e)
+{
+    if (e->sub_id == 0 || e->code == 0 || e->code > FERRY_WIRE_CODE_MAX) {
+        w_fail(w);
+        return -1;
+    }
+    size_t mlen = e->message.len > PROTO_MAX_ERROR_TEXT ? PROTO_MAX_ERROR_TEXT : e->message.len;
+    size_t start = proto_frame_begin(w, PROTO_SUB_END, 0, 0);
+    proto_put_u32(w, e->sub_id);
+    proto_put_u16(w, e->code);
+    proto_put_str16(w, e->message.ptr, mlen);
+    return proto_frame_end(w, start);
 }

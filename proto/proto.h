@@ -108,6 +108,9 @@ enum proto_type {
     PROTO_GROUPS = 0x32,       /* client -> server */
     PROTO_GROUPS_OK = 0x33,    /* server -> client */
     PROTO_TOPIC_CONFIG = 0x34, /* client -> server; answered by ACK_OK (no entries) */
+    PROTO_DELETE = 0x35,       /* client -> server; answered by DELETE_OK */
+    PROTO_DELETE_OK = 0x36,    /* server -> client */
+    PROTO_SUB_END = 0x37,      /* server -> client, request_id 0: a subscription ended */
     /* Consumer groups (see the layouts below). */
     PROTO_SUBSCRIBE = 0x20,
     PROTO_SUBSCRIBE_OK = 0x21,
@@ -276,6 +279,42 @@ struct proto_topic_config {
     uint64_t max_count;
     uint64_t max_bytes;
     uint8_t delete_acked;
+};
+
+/*
+ * DELETE body (client -> server), answered by DELETE_OK once durable:
+ *   str16 topic             the topic (1..200 bytes, an existing one)
+ *   str16 group             empty: delete the topic (and its dead-letter
+ *                           topic _dead.<topic>); else delete this group
+ * Frame flag PROTO_DELETE_FORCE (0x01): a topic with consumer groups is
+ * deleted with them (without it, refused with INVALID).
+ *
+ * DELETE_OK body (server -> client):
+ *   u64   messages          messages deleted (purged in the background)
+ *   u32   groups            consumer groups deleted
+ *
+ * SUB_END body (server -> client, request_id 0, not a reply):
+ *   u32   sub_id            the subscription the broker ended
+ *   u16   code              why, a wire code (UNKNOWN_TOPIC, UNKNOWN_GROUP)
+ *   str16 message           0..1024 bytes of detail
+ */
+#define PROTO_DELETE_FORCE 0x01
+
+struct proto_delete {
+    struct proto_slice topic;
+    struct proto_slice group; /* len 0: the topic */
+    uint8_t flags;            /* the frame's (PROTO_DELETE_FORCE) */
+};
+
+struct proto_delete_ok {
+    uint64_t messages;
+    uint32_t groups;
+};
+
+struct proto_sub_end {
+    uint32_t sub_id;
+    uint16_t code;
+    struct proto_slice message;
 };
 
 struct proto_topics_ok {
@@ -564,6 +603,9 @@ struct proto_frame {
         struct proto_topic_config topic_config;
         struct proto_peek peek;
         struct proto_peek_ok peek_ok;
+        struct proto_delete del;
+        struct proto_delete_ok delete_ok;
+        struct proto_sub_end sub_end;
     } u;
 };
 
@@ -803,6 +845,11 @@ int proto_encode_topic_config(struct proto_writer *w, uint32_t request_id,
                               const struct proto_topic_config *t);
 
 int proto_encode_peek(struct proto_writer *w, uint32_t request_id, const struct proto_peek *p);
+int proto_encode_delete(struct proto_writer *w, uint32_t request_id, const struct proto_delete *d);
+int proto_encode_delete_ok(struct proto_writer *w, uint32_t request_id,
+                           const struct proto_delete_ok *d);
+/* request_id 0; the message is cut to 1024 bytes. */
+int proto_encode_sub_end(struct proto_writer *w, const struct proto_sub_end *e);
 
 /* PEEK_OK is built incrementally: begin, add each message (a DELIVER's
  * fields; sub_id and attempt are not used), end. proto_peek_ok_add fails

@@ -617,6 +617,47 @@ typedef struct ferry_retention {
  * predates TOPIC_CONFIG closes the connection with FERRY_EUNKNOWN_TYPE). */
 FERRY_API int ferry_topic_config(ferry_conn *c, const char *topic, const ferry_retention *r);
 
+/* What ferry_topic_delete or ferry_group_delete removed. Set size to
+ * sizeof(ferry_delete_result) before the call (later versions may append
+ * fields). */
+typedef struct ferry_delete_result {
+    size_t size;
+    uint64_t messages; /* messages the topic held (0 for a group) */
+    uint32_t groups;   /* consumer groups deleted */
+} ferry_delete_result;
+
+/* ferry_topic_delete flag: delete the topic's consumer groups with it. */
+#define FERRY_DELETE_FORCE 0x01
+
+/* Deletes topic, its dead-letter topic "_dead.<topic>", their messages and
+ * (with FERRY_DELETE_FORCE) their consumer groups, and waits until the
+ * deletion is durable. The topic is gone at once: its name lists no more,
+ * its subscriptions end (their connections see FERRY_EUNKNOWN_TOPIC from
+ * ferry_receive), and its message ids are forgotten; the broker frees the
+ * stored rows afterwards in bounded steps (a kill -9 meanwhile resumes
+ * them at the next start). A publish to the same name afterwards creates a
+ * new, empty topic whose sequences start again at 1. Requires the admin
+ * right. out may be NULL. Returns 0, FERRY_EUNKNOWN_TOPIC,
+ * FERRY_EINVALID (the topic has consumer groups and flags lacks
+ * FERRY_DELETE_FORCE, or it is already being deleted),
+ * FERRY_EINVALID_TOPIC, FERRY_EDENIED, another broker error, or a
+ * connection error (a broker that predates DELETE closes the connection
+ * with FERRY_EUNKNOWN_TYPE). */
+FERRY_API int ferry_topic_delete(ferry_conn *c, const char *topic, int flags,
+                                 ferry_delete_result *out);
+
+/* Deletes one consumer group of topic (its position, acks, attempts and
+ * the record of what it dead-lettered) and waits until that is durable.
+ * Its subscriptions end (FERRY_EUNKNOWN_GROUP from ferry_receive on their
+ * connections); the topic and its messages stay, and a message kept only
+ * for this group (delete_acked retention) may now go. Subscribing with the
+ * same name afterwards creates a new group at its start position.
+ * Requires the admin right. out may be NULL. Returns 0,
+ * FERRY_EUNKNOWN_TOPIC, FERRY_EUNKNOWN_GROUP, FERRY_EINVALID_GROUP,
+ * FERRY_EDENIED, another broker error, or a connection error. */
+FERRY_API int ferry_group_delete(ferry_conn *c, const char *topic, const char *group,
+                                 ferry_delete_result *out);
+
 /* The limits the broker announced at the handshake. */
 typedef struct ferry_server_info {
     uint16_t version;

@@ -351,6 +351,20 @@ static void walk_frame(const struct proto_frame *f, const uint8_t *lo, const uin
         CHECK(it.p == it.end);
         break;
     }
+    case PROTO_DELETE:
+        check_name(f->u.del.topic, lo, hi);
+        CHECK(f->u.del.topic.len >= 1);
+        check_slice(f->u.del.group, lo, hi);
+        CHECK(f->u.del.group.len <= PROTO_MAX_GROUP);
+        CHECK((f->u.del.flags & ~PROTO_DELETE_FORCE) == 0);
+        break;
+    case PROTO_DELETE_OK:
+        break;
+    case PROTO_SUB_END:
+        CHECK(f->request_id == 0 && f->u.sub_end.sub_id != 0);
+        CHECK(f->u.sub_end.code >= 1 && f->u.sub_end.code <= FERRY_WIRE_CODE_MAX);
+        check_slice(f->u.sub_end.message, lo, hi);
+        break;
     default:
         /* proto_decode() returns > 0 only for the types above. */
         CHECK(0);
@@ -487,6 +501,12 @@ static int reencode(const struct proto_frame *f, struct proto_writer *w)
             proto_peek_ok_add(w, &d);
         return proto_peek_ok_end(w, pstart, f->u.peek_ok.count, f->u.peek_ok.next_seq);
     }
+    case PROTO_DELETE:
+        return proto_encode_delete(w, f->request_id, &f->u.del);
+    case PROTO_DELETE_OK:
+        return proto_encode_delete_ok(w, f->request_id, &f->u.delete_ok);
+    case PROTO_SUB_END:
+        return proto_encode_sub_end(w, &f->u.sub_end);
     default: /* PING, PONG, TOPICS */
         return proto_encode_empty(w, f->type, f->request_id);
     }
@@ -608,8 +628,12 @@ static void check_same_groups(const struct proto_groups_ok *a, const struct prot
 static void check_same_frame(const struct proto_frame *f, const struct proto_frame *g)
 {
     CHECK(g->type == f->type && g->request_id == f->request_id);
-    /* ERROR and DELIVER encoders take the flags; the others write 0. */
-    CHECK(g->flags == (f->type == PROTO_ERROR || f->type == PROTO_DELIVER ? f->flags : 0));
+    /* ERROR, DELIVER, SUBSCRIBE and DELETE encoders take the flags; the
+     * others write 0. */
+    CHECK(g->flags == (f->type == PROTO_ERROR || f->type == PROTO_DELIVER ||
+                               f->type == PROTO_SUBSCRIBE || f->type == PROTO_DELETE
+                           ? f->flags
+                           : 0));
     switch (f->type) {
     case PROTO_HELLO:
         CHECK(g->u.hello.version == f->u.hello.version);
@@ -717,6 +741,19 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
               f->u.peek_ok.head_seq == g->u.peek_ok.head_seq &&
               f->u.peek_ok.count == g->u.peek_ok.count &&
               slice_eq(f->u.peek_ok.entries, g->u.peek_ok.entries));
+        break;
+    case PROTO_DELETE:
+        CHECK(slice_eq(f->u.del.topic, g->u.del.topic) &&
+              slice_eq(f->u.del.group, g->u.del.group) && f->u.del.flags == g->u.del.flags);
+        break;
+    case PROTO_DELETE_OK:
+        CHECK(f->u.delete_ok.messages == g->u.delete_ok.messages &&
+              f->u.delete_ok.groups == g->u.delete_ok.groups);
+        break;
+    case PROTO_SUB_END:
+        CHECK(f->u.sub_end.sub_id == g->u.sub_end.sub_id &&
+              f->u.sub_end.code == g->u.sub_end.code &&
+              slice_eq(f->u.sub_end.message, g->u.sub_end.message));
         break;
     default:
         CHECK(g->body.len == 0);

@@ -1302,9 +1302,55 @@ static void test_proto_floor_round_trip(void **state)
                      FERRY_EMALFORMED);
 }
 
+static void test_proto_delete_roundtrip_and_limits(void **state)
+{
+    (void)state;
+    uint8_t buf[512];
+    struct proto_writer w;
+    struct proto_frame f;
+    struct proto_delete d = {
+        {(const uint8_t *)"orders", 6}, {(const uint8_t *)"billing", 7}, PROTO_DELETE_FORCE};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_delete(&w, 9, &d), 0);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.type, PROTO_DELETE);
+    assert_int_equal(f.request_id, 9);
+    assert_int_equal(f.u.del.flags, PROTO_DELETE_FORCE);
+    assert_int_equal(f.u.del.topic.len, 6);
+    assert_memory_equal(f.u.del.group.ptr, "billing", 7);
+    /* An undefined flag bit and an empty topic are malformed. */
+    buf[5] = 0x02;
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    d.topic.len = 0;
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_delete(&w, 9, &d), -1);
+
+    struct proto_delete_ok ok = {123456789012ull, 3};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_delete_ok(&w, 4, &ok), 0);
+    assert_int_equal(w.len, PROTO_HEADER_BYTES + 12);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_true(f.u.delete_ok.messages == 123456789012ull && f.u.delete_ok.groups == 3);
+
+    struct proto_sub_end e = {5, 23, {(const uint8_t *)"topic orders was deleted", 24}};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_sub_end(&w, &e), 0);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.request_id, 0);
+    assert_int_equal(f.u.sub_end.sub_id, 5);
+    assert_int_equal(f.u.sub_end.code, 23);
+    assert_int_equal(f.u.sub_end.message.len, 24);
+    /* Not a reply: a request id makes it malformed, as does sub_id 0. */
+    buf[9] = 1;
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    buf[9] = 0;
+    buf[PROTO_HEADER_BYTES + 3] = 0;
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+}
+
 static void test_proto_unknown_type_is_rejected(void **state)
 {
-    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2f, 0x3f, 0x35, 0x80, 0xff};
+    static const uint8_t unknown[] = {0x00, 0x06, 0x0f, 0x12, 0x1f, 0x2f, 0x3f, 0x38, 0x80, 0xff};
     uint8_t buf[12] = {0x00, 0x00, 0x00, 0x08, 0, 0, 0, 0, 0, 1, 0xab, 0xcd};
     size_t i;
 
@@ -3668,6 +3714,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_redrive_round_trip),
         cmocka_unit_test(test_proto_floor_round_trip),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
+        cmocka_unit_test(test_proto_delete_roundtrip_and_limits),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
         cmocka_unit_test(test_proto_subscribe_backoff_schedule),
