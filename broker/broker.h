@@ -90,6 +90,9 @@ struct broker {
     struct batch *pending;    /* filled by this loop pass */
     struct batch *committing; /* with the worker, or NULL */
     int maintenance_due;
+    /* The store has deleted topics' rows left to free: an empty commit
+     * purges the next step (store_txn.c). */
+    int purge_due;
     uint64_t last_maintenance_ms;
 
     struct conn *conns;

@@ -59,8 +59,9 @@ static void after_work_cb(uv_work_t *req, int status)
 
 void commit_start(struct broker *b)
 {
-    if (b->committing || (!b->pending->nops && !b->maintenance_due))
+    if (b->committing || (!b->pending->nops && !b->maintenance_due && !b->purge_due))
         return;
+    b->purge_due = 0;
     struct batch *next = b->pending == &b->batches[0] ? &b->batches[1] : &b->batches[0];
     b->committing = b->pending;
     b->committing->maintenance = b->maintenance_due;

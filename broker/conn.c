@@ -361,6 +361,7 @@ static int client_sends(uint8_t type)
     case PROTO_REDRIVE:
     case PROTO_FLOOR:
     case PROTO_PEEK:
+    case PROTO_DELETE:
         return 1;
     default:
         return 0;

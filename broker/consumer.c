@@ -137,6 +137,8 @@ void groups_on_subscribe(struct conn *c, const struct proto_frame *f, size_t wir
         return;
     }
     struct group *gr = group_find(t, sp->group.ptr, sp->group.len);
+    if (refuse_if_deleting(c, f->request_id, t, gr))
+        return;
     int created = 0;
     if (!gr) {
         gr = group_new(g, t, sp->group.ptr, sp->group.len);
@@ -465,6 +467,8 @@ void groups_on_seek(struct conn *c, const struct proto_frame *f, size_t wire_byt
         return;
     }
     struct group *gr = group_find(t, sk->group.ptr, sk->group.len);
+    if (refuse_if_deleting(c, f->request_id, t, gr))
+        return;
     if (!gr) {
         gr = group_new(g, t, sk->group.ptr, sk->group.len);
         if (gr) {
@@ -541,6 +545,8 @@ void groups_on_floor(struct conn *c, const struct proto_frame *f)
         commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "no such group");
         return;
     }
+    if (refuse_if_deleting(c, f->request_id, t, gr))
+        return;
     struct ltopic *dt = dead_topic_of(g, gr);
     uint64_t floor = 1;
     uint64_t *keep = malloc(PROTO_MAX_FLOOR_KEEP * sizeof(*keep));
@@ -598,6 +604,9 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
     struct ltopic *t = topic_lookup(g, r->topic.ptr, r->topic.len, 0);
     struct group tmp = {.topic = t};
     struct ltopic *dt = t ? dead_topic_of(g, &tmp) : NULL;
+    if (refuse_if_deleting(c, f->request_id, t, NULL) ||
+        refuse_if_deleting(c, f->request_id, dt, NULL))
+        return;
     if (!t || !dt || !dt->id) {
         commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, "the topic has no dead letters");
         return;
@@ -711,6 +720,8 @@ void groups_on_peek(struct conn *c, const struct proto_frame *f)
         commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_TOPIC, msg);
         return;
     }
+    if (refuse_if_deleting(c, f->request_id, t, NULL))
+        return;
     uint64_t from = q->from_seq ? q->from_seq : 1;
     if (q->from_time_ms && t->id) {
         uint64_t at = store_seq_at_time(c->broker->store, t->id, (int64_t)q->from_time_ms, t->head);

@@ -213,6 +213,7 @@ static int conn_permitted(struct conn *c, const struct proto_frame *f)
     case PROTO_TOPICS:
     case PROTO_GROUPS:
     case PROTO_TOPIC_CONFIG:
+    case PROTO_DELETE:
         if (auth_admin(a, c->token))
             return 1;
         snprintf(msg, sizeof(msg), "token %s has no admin right", auth_token_name(c->token));
@@ -304,6 +305,9 @@ void dispatch_frame(struct conn *c, const struct proto_frame *f, size_t wire_byt
         return;
     case PROTO_TOPIC_CONFIG:
         on_topic_config(c, f, wire_bytes);
+        return;
+    case PROTO_DELETE:
+        groups_on_delete(c, f, wire_bytes);
         return;
     default: {
         char msg[64];

@@ -468,7 +468,7 @@ static void restore_attempts(struct group *gr, struct entry *e)
 static void dispatch(struct groups *g, struct group *gr)
 {
     uint64_t seqs[FETCH_MAX], rseqs[FETCH_MAX], rdead[FETCH_MAX];
-    if (g->closing || g->broker->stopping)
+    if (g->closing || g->broker->stopping || gr->deleting)
         return;
     for (;;) {
         struct sub *s = pick_sub(gr);
@@ -690,6 +690,8 @@ static void fetch_done(struct groups *g, struct batch *done, struct op *op)
     const uint64_t *seqs = batch_u64s(done, fw->seqs);
     uint32_t n = fw->seqs.n;
     op->conn->fetching -= n;
+    if (gr->deleted)
+        return;
     if (op->status) {
         /* The read failed (store_groups.c logged why; fetches run apart from the
          * commit's writes, which stood): its messages wait and are fetched
@@ -799,6 +801,7 @@ void groups_after_replies(struct broker *b, struct batch *done)
     for (size_t i = 0; i < done->nops; i++)
         if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].u.save.sub_id)
             subscribe_done(g, done, &done->ops[i]);
+    groups_free_buried(g);
 }
 
 void groups_after_commit(struct broker *b, struct batch *done)
@@ -806,6 +809,9 @@ void groups_after_commit(struct broker *b, struct batch *done)
     struct groups *g = G(b);
     if (!g)
         return;
+    /* Deleted topics leave the registry before the batch's topic updates
+     * (a publish after the deletion made a new topic of the name). */
+    groups_deletes_done(g, done);
     if (done->commit_status == 0)
         apply_topic_updates(g, done);
     for (size_t i = 0; i < done->nops; i++) {
@@ -815,7 +821,7 @@ void groups_after_commit(struct broker *b, struct batch *done)
         else if (op->kind == OP_FETCH)
             fetch_done(g, done, op);
         else if (op->kind == OP_GROUP_ACK && (done->commit_status || op->status))
-            op->u.ack.group->acks_unsaved = 1;
+            op->u.ack.group->acks_unsaved = 1; /* harmless on a deleted group */
         else if (op->kind == OP_DEAD_LETTER && (done->commit_status || op->status))
             op->u.dead.group->acks_unsaved = 1;
     }
@@ -895,6 +901,16 @@ struct group *group_new(struct groups *g, struct ltopic *t, const uint8_t *name,
     return gr;
 }
 
+void group_free(struct group *gr)
+{
+    entry_map_free(&gr->map);
+    acked_bits_free(&gr->acked);
+    seq_ring_free(&gr->ready);
+    free(gr->restored);
+    free(gr->name);
+    free(gr);
+}
+
 /* ---- shutdown ------------------------------------------------------------- */
 
 static void on_timer_closed(uv_handle_t *h)
@@ -921,18 +937,14 @@ void groups_free(struct broker *b)
         struct group *gr = t->groups;
         while (gr) {
             struct group *ng = gr->next_in_topic;
-            entry_map_free(&gr->map);
-            acked_bits_free(&gr->acked);
-            seq_ring_free(&gr->ready);
-            free(gr->restored);
-            free(gr->name);
-            free(gr);
+            group_free(gr);
             gr = ng;
         }
         free(t->name);
         free(t);
         t = nt;
     }
+    groups_free_buried(g);
     namemap_free(&g->topics);
     due_heap_free(&g->heap);
     free(g);

@@ -46,6 +46,7 @@ void groups_on_groups(struct conn *c, const struct proto_frame *f);
 void groups_on_redrive(struct conn *c, const struct proto_frame *f);
 void groups_on_floor(struct conn *c, const struct proto_frame *f);
 void groups_on_peek(struct conn *c, const struct proto_frame *f);
+void groups_on_delete(struct conn *c, const struct proto_frame *f, size_t wire_bytes);
 /* The most bytes a TOPICS_OK answered by the next commits can take: what
  * a TOPICS request owes its connection (conn.c). */
 size_t groups_topics_ok_bound(struct broker *b);

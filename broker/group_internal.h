@@ -61,6 +61,8 @@ struct ltopic {
     uint64_t stored, bytes_in; /* messages and bytes appended since start */
     struct rate_ring rate_in;  /* messages stored, per second */
     struct rate_ring rate_out; /* acks of all its groups, per second */
+    int deleting;              /* a DELETE of it is committing (group_delete.c) */
+    struct ltopic *next_buried;
 };
 
 struct group {
@@ -90,6 +92,8 @@ struct group {
     struct group *next_dirty;
     uint64_t redelivered, dead_lettered;
     uint64_t read_error_ms; /* when a failed fetch was last logged */
+    int deleting;           /* a DELETE of it is committing: no deliveries, no timers */
+    int deleted;            /* deleted: out of its topic, freed after the batch */
     /* Attempts recorded before the last restart, by sequence (ascending):
      * a first delivery after the restart starts from them. */
     struct restored {
@@ -113,6 +117,10 @@ struct groups {
     struct group *dirty;
     int64_t next_group_id;
     int closing;
+    /* Deleted groups and topics, out of the registry, freed once the batch
+     * that deleted them is done with them (group_delete.c). */
+    struct group *buried;
+    struct ltopic *buried_topics;
     /* While loading (groups_init): the loaded groups sorted by id, and the
      * last one found (the store gives ack and attempt rows in (group, seq)
      * order, so most look-ups hit it). Freed once loaded. */
@@ -141,6 +149,13 @@ void sub_end(struct groups *g, struct sub *s, const char *why);
 struct sub *sub_find(struct conn *c, uint32_t sub_id);
 void timer_add(struct groups *g, struct group *gr, uint64_t seq, uint64_t due);
 struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, int create);
+void group_free(struct group *gr);
+
+/* Deleting topics and groups (group_delete.c). */
+void groups_deletes_done(struct groups *g, struct batch *done);
+void groups_free_buried(struct groups *g);
+int refuse_if_deleting(struct conn *c, uint32_t request_id, const struct ltopic *t,
+                       const struct group *gr);
 
 static inline struct groups *G(struct broker *b)
 {

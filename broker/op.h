@@ -47,6 +47,8 @@ enum op_kind {
     OP_DEAD_LETTER,  /* u.dead: a message to move to its dead-letter topic */
     OP_TOPIC_CONFIG, /* u.config: a topic's retention; its ACK_OK in out */
     OP_ATTEMPT,      /* u.attempt: the attempts a message used up; no reply */
+    OP_DELETE,       /* u.del: a topic (with its groups) or one group; the store
+                        encodes the DELETE_OK */
 };
 
 /* Bytes in the batch's in buffer (batch_put). */
@@ -149,6 +151,13 @@ struct op_topic_config {
     uint8_t delete_acked;                      /* or PROTO_DELETE_ACKED_DEFAULT */
 };
 
+struct op_delete {
+    struct op_bytes topic;
+    struct op_bytes group; /* len 0: the topic, its dead-letter topic and their groups */
+    struct op_bytes dead;  /* the dead-letter topic's name (len 0: none) */
+    int64_t group_id;      /* a group's: the loop's id */
+};
+
 /* The largest ERROR the store puts in place of an op's reply when the
  * transaction fails (store_txn.c cuts its detail to fit). */
 #define OP_ERROR_TEXT_MAX 200
@@ -175,6 +184,7 @@ struct op {
         struct op_fetch fetch;
         struct op_dead_letter dead;
         struct op_topic_config config;
+        struct op_delete del;
     } u;
 };
 

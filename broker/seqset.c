@@ -257,6 +257,33 @@ void due_heap_pop(struct due_heap *h)
     }
 }
 
+static void due_sift_down(struct due_heap *h, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < h->len && due_less(&h->items[l], &h->items[m]))
+            m = l;
+        if (r < h->len && due_less(&h->items[r], &h->items[m]))
+            m = r;
+        if (m == i)
+            break;
+        due_swap(&h->items[i], &h->items[m]);
+        i = m;
+    }
+}
+
+size_t due_heap_drop_owner(struct due_heap *h, const void *owner)
+{
+    size_t kept = 0, n = h->len;
+    for (size_t i = 0; i < n; i++)
+        if (h->items[i].owner != owner)
+            h->items[kept++] = h->items[i];
+    h->len = kept;
+    for (size_t i = kept / 2; i-- > 0;)
+        due_sift_down(h, i);
+    return n - kept;
+}
+
 void due_heap_free(struct due_heap *h)
 {
     free(h->items);

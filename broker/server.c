@@ -90,6 +90,7 @@ static void on_commit_done(struct broker *b, struct batch *done)
     histo_add(&b->commit_messages, (double)done->messages);
     /* The worker is idle: what the store counts may be read now. */
     store_get_stats(b->store, &b->store_stats);
+    b->purge_due = b->store_stats.purging && !b->stopping;
     log_debug("commit: %zu op(s), %llu message(s), %llu us", done->nops,
               (unsigned long long)done->messages, (unsigned long long)done->commit_us);
 
@@ -104,7 +105,7 @@ static void on_commit_done(struct broker *b, struct batch *done)
     groups_dispatch_dirty(b);
     conn_flush_deferred(b);
 
-    if (b->pending->nops || b->maintenance_due)
+    if (b->pending->nops || b->maintenance_due || b->purge_due)
         commit_start(b);
 
     /* Connections paused for backpressure may read again. */
@@ -225,6 +226,7 @@ static void on_signal(uv_signal_t *s, int signum)
     for (struct conn *c = b->conns; c; c = c->next)
         conn_pause_reading(c);
     b->maintenance_due = 0;
+    b->purge_due = 0;
     commit_start(b);
     maybe_finish(b);
 }
@@ -312,6 +314,7 @@ int broker_init(struct broker *b, uv_loop_t *loop, const struct broker_config *c
     struct store_stats st;
     store_get_stats(b->store, &st);
     b->store_stats = st;
+    b->purge_due = st.purging != 0; /* a deletion's purge a restart cut short */
     log_info("store %s open: %llu topic(s), %llu message id(s) remembered for dedupe", path,
              (unsigned long long)st.topics, (unsigned long long)st.dedupe_ids);
     return 0;

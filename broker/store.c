@@ -92,7 +92,12 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_BEGIN_READ] = "BEGIN DEFERRED",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
-    [ST_TOPIC_INSERT] = "INSERT INTO topics(name, created_ms) VALUES (?1, ?2)",
+    /* A topic id is never used twice, not even one of a deleted topic
+     * (its rows may still be being purged): the next after every id of
+     * topics and deleted_topics. */
+    [ST_TOPIC_INSERT] = "INSERT INTO topics(id, name, created_ms) VALUES (1 + max(coalesce((SELECT "
+                        "max(id) FROM topics), 0), coalesce((SELECT max(id) FROM "
+                        "deleted_topics), 0)), ?1, ?2)",
     [ST_TOPIC_UPDATE] = "UPDATE topics SET head_seq = ?2, first_seq = ?3, msg_count = ?4, "
                         "bytes = ?5 WHERE id = ?1",
     [ST_MSG_INSERT] = "INSERT INTO messages(rid, msg_id, key, headers, payload, ts_ms, "
@@ -130,6 +135,13 @@ static const char *const stmt_sql[ST__COUNT] = {
     [ST_GDEAD_PRUNE] = "DELETE FROM group_dead WHERE dead_seq <= ?2 AND group_id IN "
                        "(SELECT id FROM groups WHERE topic = ?1)",
     [ST_MIN_FLOOR] = "SELECT min(ack_floor), count(*) FROM groups WHERE topic = ?1",
+    [ST_TOPIC_DELETE] = "DELETE FROM topics WHERE id = ?1",
+    [ST_DELTOPIC_INSERT] = "INSERT INTO deleted_topics(id, name, deleted_ms, messages) "
+                           "VALUES (?1, ?2, ?3, ?4)",
+    [ST_DELTOPIC_DONE] = "UPDATE deleted_topics SET purged_ms = ?2 WHERE id = ?1",
+    [ST_PURGE_CUT] =
+        "SELECT rid FROM messages WHERE rid >= ?1 AND rid < ?2 ORDER BY rid LIMIT 1 OFFSET ?3",
+    [ST_PURGE_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid < ?2",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
 };
@@ -202,6 +214,12 @@ static const char *const migrations[] = {
     "  m.msg_id AS msg_id, m.key AS key, m.headers AS headers, m.payload AS payload,"
     "  m.ts_ms AS ts_ms, m.deliver_at_ms AS deliver_at_ms, m.rid AS rid"
     "  FROM topics t JOIN messages m ON m.rid >= (t.id << 40) AND m.rid < ((t.id + 1) << 40);",
+    /* 5: deleted topics. Their ids are kept for good, so that no new
+     * topic takes one (message rids embed it); the messages of a deleted
+     * topic are purged in steps after the deletion commits (purged_ms
+     * set when none is left). */
+    "CREATE TABLE deleted_topics (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    "  deleted_ms INTEGER NOT NULL, messages INTEGER NOT NULL, purged_ms INTEGER);",
 };
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -337,6 +355,34 @@ static int recover_topic(struct store *s, struct topic *t)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* The deleted topics whose messages are not all purged yet. */
+static int load_purges(struct store *s)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(
+        s->db, "SELECT id FROM deleted_topics WHERE purged_ms IS NULL ORDER BY id", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(s, "load deleted topics");
+        return rc;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (s->npurge == s->cap_purge) {
+            size_t cap = s->cap_purge ? 2 * s->cap_purge : 8;
+            int64_t *p = realloc(s->purge_ids, cap * sizeof(*p));
+            if (!p) {
+                sqlite3_finalize(st);
+                snprintf(s->errmsg, sizeof(s->errmsg), "out of memory loading deleted topics");
+                return SQLITE_NOMEM;
+            }
+            s->purge_ids = p;
+            s->cap_purge = cap;
+        }
+        s->purge_ids[s->npurge++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int load_topics(struct store *s)
 {
     sqlite3_stmt *st;
@@ -384,7 +430,7 @@ static int load_topics(struct store *s)
     for (struct topic *t = namemap_first(&s->topics); t; t = namemap_next(&s->topics, t))
         if ((rc = recover_topic(s, t)) != SQLITE_OK)
             return rc;
-    return SQLITE_OK;
+    return load_purges(s);
 }
 
 static int load_producers(struct store *s)
@@ -456,6 +502,9 @@ static struct store *store_alloc(const struct store_config *cfg)
     s->retention.delete_acked = cfg->retention_delete_acked;
     s->dedupe_max_ids = cfg->dedupe_max_ids ? cfg->dedupe_max_ids : 10000000;
     s->dd_oldest_ms = INT64_MIN; /* unknown until the first purge looks */
+    const char *step = getenv("FERRY_TEST_PURGE_STEP");
+    if (step && atoll(step) > 0)
+        s->purge_step_test = atoll(step);
     if (getrandom(&s->rng, sizeof(s->rng), 0) != sizeof(s->rng))
         s->rng = (uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)s;
     if (dedupe_init(&s->dd, splitmix64(&s->rng)) < 0) {
@@ -622,6 +671,8 @@ void store_close(struct store *s)
         t = next;
     }
     namemap_free(&s->topics);
+    free(s->purge_ids);
+    free(s->purge_added);
     while (s->producers) {
         struct producer *p = s->producers;
         s->producers = p->next;
@@ -644,6 +695,7 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->io_errors = store_io_errors();
     out->reserve_held = s->rsv.held;
     out->reserve_released = s->rsv.released;
+    out->purging = s->npurge;
 }
 
 const char *store_last_error(const struct store *s)

@@ -115,6 +115,8 @@ struct store_stats {
     uint64_t io_errors;      /* I/O errors met by the process (store_io.h) */
     int reserve_held;        /* the disk reserve file holds its blocks */
     int reserve_released;    /* released on a full disk: publishes refused */
+    uint64_t purging;        /* deleted topics whose rows are still being freed */
+    uint64_t purged;         /* rows of deleted topics freed since open */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 

@@ -701,3 +701,111 @@ int store_peek(struct store *s, int64_t topic_id, uint64_t from, uint64_t head, 
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : FERRY_ESTORAGE;
 }
+
+/* ---- deleting ------------------------------------------------------------ */
+
+/* Runs sql (a DELETE) with ?1 and ?2 bound to the texts a and b (b may
+ * be empty) or ?1 to id; adds the rows it changed to *changed. */
+static int delete_rows(struct store *s, const char *sql, const uint8_t *a, size_t alen,
+                       const uint8_t *b, size_t blen, int64_t id, uint64_t *changed)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (a) {
+        sqlite3_bind_text(st, 1, (const char *)a, (int)alen, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, (const char *)b, (int)blen, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_int64(st, 1, id);
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+        if (changed)
+            *changed += (uint64_t)sqlite3_changes(s->db);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/*
+ * DELETE: a topic with its dead-letter topic and the groups of both, or one
+ * group. The rows of the groups go now (a group's acks and attempts are few:
+ * those above its floor); the topics' messages are purged in steps after the
+ * commit (purge_step). Sets *op_err (with errmsg) when the op fails on its
+ * own (nothing to delete) without failing the transaction; encodes the
+ * DELETE_OK otherwise. Returns an SQLite code.
+ */
+int delete_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *op_err)
+{
+    const struct op_delete *d = &op->u.del;
+    const uint8_t *topic = batch_bytes(b, d->topic);
+    const uint8_t *dead = d->dead.len ? batch_bytes(b, d->dead) : (const uint8_t *)"";
+    uint64_t groups = 0, messages = 0;
+    int rc;
+    if (d->group.len) {
+        static const char *const by_id[] = {
+            "DELETE FROM group_acks WHERE group_id = ?1",
+            "DELETE FROM group_attempts WHERE group_id = ?1",
+            "DELETE FROM group_dead WHERE group_id = ?1",
+        };
+        for (size_t i = 0; i < sizeof(by_id) / sizeof(by_id[0]); i++)
+            if ((rc = delete_rows(s, by_id[i], NULL, 0, NULL, 0, d->group_id, NULL)) != SQLITE_OK)
+                goto fail;
+        rc = delete_rows(s, "DELETE FROM groups WHERE id = ?1", NULL, 0, NULL, 0, d->group_id,
+                         &groups);
+        if (rc != SQLITE_OK)
+            goto fail;
+    } else {
+        static const char *const of_topics[] = {
+            "DELETE FROM group_acks WHERE group_id IN (SELECT id FROM groups WHERE topic IN (?1, "
+            "?2))",
+            "DELETE FROM group_attempts WHERE group_id IN (SELECT id FROM groups WHERE topic IN "
+            "(?1, ?2))",
+            "DELETE FROM group_dead WHERE group_id IN (SELECT id FROM groups WHERE topic IN (?1, "
+            "?2))",
+        };
+        for (size_t i = 0; i < sizeof(of_topics) / sizeof(of_topics[0]); i++)
+            if ((rc = delete_rows(s, of_topics[i], topic, d->topic.len, dead, d->dead.len, 0,
+                                  NULL)) != SQLITE_OK)
+                goto fail;
+        rc = delete_rows(s, "DELETE FROM groups WHERE topic IN (?1, ?2)", topic, d->topic.len, dead,
+                         d->dead.len, 0, &groups);
+        if (rc != SQLITE_OK)
+            goto fail;
+        struct topic *t = topic_find(s, topic, d->topic.len);
+        struct topic *dt = d->dead.len ? topic_find(s, dead, d->dead.len) : NULL;
+        if (!t && !groups) {
+            snprintf(s->errmsg, sizeof(s->errmsg), "no such topic: %.*s", (int)d->topic.len,
+                     (const char *)topic);
+            *op_err = FERRY_EUNKNOWN_TOPIC;
+            return SQLITE_OK;
+        }
+        if (t) {
+            messages += t->c.count;
+            if ((rc = topic_delete(s, t, now_ms)) != SQLITE_OK)
+                return rc;
+        }
+        if (dt) {
+            messages += dt->c.count;
+            if ((rc = topic_delete(s, dt, now_ms)) != SQLITE_OK)
+                return rc;
+        }
+    }
+    struct proto_delete_ok ok = {messages, (uint32_t)groups};
+    if (buf_reserve(&b->out, PROTO_HEADER_BYTES + 12) < 0) {
+        snprintf(s->errmsg, sizeof(s->errmsg), "out of memory");
+        return SQLITE_NOMEM;
+    }
+    struct proto_writer w;
+    proto_writer_init(&w, b->out.data + b->out.len, b->out.cap - b->out.len);
+    proto_encode_delete_ok(&w, op->request_id, &ok);
+    op->out_off = b->out.len;
+    op->out_len = w.len;
+    b->out.len += w.len;
+    return SQLITE_OK;
+fail:
+    set_err(s, "delete");
+    return rc;
+}

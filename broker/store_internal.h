@@ -82,6 +82,7 @@ struct topic {
     int written_in_txn; /* its row is written by the running transaction */
     int in_txn;         /* touched by the running transaction */
     int created_in_txn;
+    int deleted_in_txn;    /* removed from the map by the running transaction */
     uint64_t bytes_in_txn; /* bytes the running transaction appended */
     struct topic *next_dirty;
 };
@@ -114,6 +115,11 @@ enum stmt_id {
     ST_ATTEMPT_DELETE_ALL,
     ST_GDEAD_INSERT,
     ST_GDEAD_PRUNE,
+    ST_TOPIC_DELETE,
+    ST_DELTOPIC_INSERT,
+    ST_DELTOPIC_DONE,
+    ST_PURGE_CUT,
+    ST_PURGE_DELETE,
     ST__COUNT
 };
 
@@ -149,7 +155,19 @@ struct store {
     size_t n_added, cap_added, n_removed, cap_removed;
 
     struct namemap topics; /* every topic, by name */
-    struct topic *dirty;   /* topics touched by the running transaction */
+    /* Deleted topics whose messages are still being purged (their ids,
+     * oldest first): rows of deleted_topics with purged_ms NULL. Added when
+     * a deletion commits. */
+    int64_t *purge_ids;
+    size_t npurge, cap_purge;
+    int64_t *purge_added; /* deletions of the running transaction */
+    size_t nadded_purge, cap_added_purge;
+    size_t purge_done;   /* queue entries the running transaction finished */
+    uint64_t purge_rows; /* rows it freed */
+    /* $FERRY_TEST_PURGE_STEP (tests only): rows per step instead, so that
+     * a test can kill ferryd in the middle of a purge. */
+    int64_t purge_step_test;
+    struct topic *dirty; /* topics touched by the running transaction */
 
     /* The checkpointer: its own connection and thread. */
     sqlite3 *ckpt_db;
@@ -234,6 +252,11 @@ struct retention effective_retention(const struct store *s, const struct topic *
 void topic_view_of(const struct store *s, const struct topic *t, struct topic_view *v);
 int retention_step(struct store *s, struct batch *b, int64_t now_ms);
 int topic_config_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr);
+struct topic *topic_find(struct store *s, const uint8_t *name, size_t len);
+int topic_delete(struct store *s, struct topic *t, int64_t now_ms);
+int purge_step(struct store *s, int64_t now_ms, int64_t budget);
+void purge_settle(struct store *s, int ok);
+void purge_commit(struct store *s, int ok);
 
 /* store_groups.c */
 int group_save_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms);
@@ -241,5 +264,6 @@ int attempt_op(struct store *s, const struct op *op);
 int group_ack_op(struct store *s, const struct batch *b, const struct op *op);
 void fetch_all(struct store *s, struct batch *b);
 int dead_letter_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *ferr);
+int delete_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, int *op_err);
 
 #endif

@@ -28,7 +28,7 @@
 
 /* ---- topic map -------------------------------------------------------- */
 
-static struct topic *topic_find(struct store *s, const uint8_t *name, size_t len)
+struct topic *topic_find(struct store *s, const uint8_t *name, size_t len)
 {
     return namemap_find(&s->topics, name, len);
 }
@@ -183,6 +183,19 @@ void topics_settle(struct store *s, struct batch *b, int ok)
     struct topic *t = s->dirty;
     while (t) {
         struct topic *next = t->next_dirty;
+        if (t->deleted_in_txn) {
+            /* Deleted: gone if the transaction stood (the loop learns it
+             * from the DELETE op), back in the map if it did not (unless
+             * the same transaction had created it). */
+            if (ok || t->created_in_txn) {
+                topic_free(t);
+                t = next;
+                continue;
+            }
+            t->deleted_in_txn = 0;
+            if (topic_map_insert(s, t) < 0)
+                log_error("out of memory restoring topic %s after a failed commit", t->name);
+        }
         if (ok && t->written_in_txn) {
             t->persisted = t->c;
             t->persisted_ms = b ? b->now_ms : 0;
@@ -220,6 +233,136 @@ void topics_settle(struct store *s, struct batch *b, int ok)
         t = next;
     }
     s->dirty = NULL;
+}
+
+/* ---- deleting topics ---------------------------------------------------- */
+
+/*
+ * Deletes t inside the open transaction: its row goes to deleted_topics
+ * (its id stays taken), it leaves the map at once (a publish later in the
+ * same transaction creates a new topic of the name), and its messages are
+ * purged by purge_step once the deletion commits.
+ */
+int topic_delete(struct store *s, struct topic *t, int64_t now_ms)
+{
+    topic_touch(s, t);
+    sqlite3_stmt *st = s->st[ST_DELTOPIC_INSERT];
+    sqlite3_bind_int64(st, 1, t->id);
+    sqlite3_bind_text(st, 2, t->name, (int)t->name_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int64(st, 4, (int64_t)t->c.count);
+    int rc = step_done(st);
+    if (rc == SQLITE_OK) {
+        st = s->st[ST_TOPIC_DELETE];
+        sqlite3_bind_int64(st, 1, t->id);
+        rc = step_done(st);
+    }
+    if (rc != SQLITE_OK) {
+        set_err(s, "delete topic");
+        return rc;
+    }
+    if (s->nadded_purge == s->cap_added_purge) {
+        size_t cap = s->cap_added_purge ? 2 * s->cap_added_purge : 4;
+        int64_t *p = realloc(s->purge_added, cap * sizeof(*p));
+        if (!p) {
+            snprintf(s->errmsg, sizeof(s->errmsg), "out of memory deleting a topic");
+            return SQLITE_NOMEM;
+        }
+        s->purge_added = p;
+        s->cap_added_purge = cap;
+    }
+    s->purge_added[s->nadded_purge++] = t->id;
+    topic_map_remove(s, t);
+    t->deleted_in_txn = 1;
+    return SQLITE_OK;
+}
+
+/* The deletions of a transaction that stood join the purge queue. */
+void purge_settle(struct store *s, int ok)
+{
+    if (ok && s->nadded_purge) {
+        size_t need = s->npurge + s->nadded_purge;
+        if (need > s->cap_purge) {
+            int64_t *p = realloc(s->purge_ids, need * sizeof(*p));
+            if (!p) {
+                /* The rows stay in deleted_topics: the next start purges them. */
+                log_error("out of memory queueing %zu deleted topic(s) for purging",
+                          s->nadded_purge);
+                s->nadded_purge = 0;
+                return;
+            }
+            s->purge_ids = p;
+            s->cap_purge = need;
+        }
+        memcpy(s->purge_ids + s->npurge, s->purge_added, s->nadded_purge * sizeof(int64_t));
+        s->npurge = need;
+    }
+    s->nadded_purge = 0;
+}
+
+/*
+ * Frees up to budget rows of the oldest deleted topic still holding some,
+ * inside the open transaction; when none is left, it is marked purged.
+ * A commit that fails undoes the step with everything else; the queue in
+ * memory moves only after COMMIT (purge_done_upto). Returns an SQLite code.
+ */
+int purge_step(struct store *s, int64_t now_ms, int64_t budget)
+{
+    s->purge_done = 0;
+    s->purge_rows = 0;
+    for (size_t i = 0; i < s->npurge && budget > 0; i++) {
+        int64_t id = s->purge_ids[i];
+        int64_t lo = (int64_t)((uint64_t)id << 40), hi = (int64_t)((uint64_t)(id + 1) << 40);
+        sqlite3_stmt *cut = s->st[ST_PURGE_CUT];
+        sqlite3_bind_int64(cut, 1, lo);
+        sqlite3_bind_int64(cut, 2, hi);
+        sqlite3_bind_int64(cut, 3, budget);
+        int rc = sqlite3_step(cut);
+        int64_t end = rc == SQLITE_ROW ? sqlite3_column_int64(cut, 0) : hi;
+        sqlite3_reset(cut);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            set_err(s, "purge a deleted topic");
+            return rc;
+        }
+        sqlite3_stmt *del = s->st[ST_PURGE_DELETE];
+        sqlite3_bind_int64(del, 1, lo);
+        sqlite3_bind_int64(del, 2, end);
+        if ((rc = step_done(del)) != SQLITE_OK) {
+            set_err(s, "purge a deleted topic");
+            return rc;
+        }
+        int64_t n = sqlite3_changes(s->db);
+        s->purge_rows += (uint64_t)n;
+        budget -= n;
+        if (end != hi)
+            break; /* the budget ran out inside this topic */
+        sqlite3_stmt *done = s->st[ST_DELTOPIC_DONE];
+        sqlite3_bind_int64(done, 1, id);
+        sqlite3_bind_int64(done, 2, now_ms);
+        if ((rc = step_done(done)) != SQLITE_OK) {
+            set_err(s, "purge a deleted topic");
+            return rc;
+        }
+        s->purge_done = i + 1;
+        if (!n)
+            budget--; /* an empty topic costs a step too */
+    }
+    return SQLITE_OK;
+}
+
+/* After COMMIT: the topics purge_step finished leave the queue. */
+void purge_commit(struct store *s, int ok)
+{
+    if (ok && s->purge_done) {
+        memmove(s->purge_ids, s->purge_ids + s->purge_done,
+                (s->npurge - s->purge_done) * sizeof(int64_t));
+        s->npurge -= s->purge_done;
+        s->stats.purged += s->purge_rows;
+    } else if (ok) {
+        s->stats.purged += s->purge_rows;
+    }
+    s->purge_done = 0;
+    s->purge_rows = 0;
 }
 
 /* ---- topics listing --------------------------------------------------- */
@@ -426,7 +569,8 @@ int retention_step(struct store *s, struct batch *b, int64_t now_ms)
     }
     /* topic_touch prepends to s->dirty; the ones already there are walked. */
     for (struct topic *t = s->dirty; rc == SQLITE_OK && t; t = t->next_dirty)
-        rc = retain_topic(s, t, now_ms, budget);
+        if (!t->deleted_in_txn)
+            rc = retain_topic(s, t, now_ms, budget);
     return rc;
 }
 

@@ -28,6 +28,11 @@
 
 /* ---- the transaction -------------------------------------------------- */
 
+/* Rows of deleted topics freed per commit: beside a batch's work, and in a
+ * commit of nothing else. */
+#define PURGE_STEP_BUSY 1000
+#define PURGE_STEP_IDLE 10000
+
 static void reply_error(struct batch *b, struct op *op, int code, const char *msg)
 {
     /* Cut to what the op's connection was charged for it (batch.h). */
@@ -78,6 +83,11 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
         } else if (op->kind == OP_DEAD_LETTER) {
             if (!only_small)
                 rc = dead_letter_op(s, b, op, now_ms, ferr);
+        } else if (op->kind == OP_DELETE) {
+            int e = 0;
+            rc = delete_op(s, b, op, now_ms, &e);
+            if (rc == SQLITE_OK && e)
+                reply_error(b, op, e, s->errmsg);
         } else if (op->kind == OP_TOPICS) {
             int e = topics_op(s, b, op, now_ms);
             if (e)
@@ -88,6 +98,14 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
         rc = dedupe_purge(s, now_ms, b->messages);
     if (rc == SQLITE_OK && !only_small)
         rc = retention_step(s, b, now_ms);
+    /* Deleted topics' rows, in steps: small ones beside other work, larger
+     * ones in a commit of nothing else (the loop asks for those while
+     * anything is left to purge). */
+    if (rc == SQLITE_OK && !only_small && s->npurge)
+        rc = purge_step(s, now_ms,
+                        s->purge_step_test ? s->purge_step_test
+                        : b->nops          ? PURGE_STEP_BUSY
+                                           : PURGE_STEP_IDLE);
     if (rc == SQLITE_OK)
         rc = producers_flush(s, now_ms);
     if (rc == SQLITE_OK && b->maintenance && !only_small)
@@ -102,6 +120,8 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
         topics_settle(s, b, 1);
         dedupe_settle(s, 1);
         producers_settle(s, 1);
+        purge_commit(s, 1);
+        purge_settle(s, 1);
         maybe_checkpoint(s);
         s->stats.commits++;
         return SQLITE_OK;
@@ -111,6 +131,8 @@ static int run_txn(struct store *s, struct batch *b, int64_t now_ms, int only_sm
     topics_settle(s, b, 0);
     dedupe_settle(s, 0);
     producers_settle(s, 0);
+    purge_commit(s, 0);
+    purge_settle(s, 0);
     s->dd_oldest_ms = s->dd_oldest_before;
     s->stats.failed_commits++;
     s->stats.messages_stored = s->stored_before;
@@ -123,7 +145,8 @@ static int has_small_writes(const struct batch *b)
 {
     for (size_t i = 0; i < b->nops; i++)
         if (b->ops[i].kind == OP_GROUP_ACK || b->ops[i].kind == OP_GROUP_SAVE ||
-            b->ops[i].kind == OP_ATTEMPT || b->ops[i].kind == OP_TOPIC_CONFIG)
+            b->ops[i].kind == OP_ATTEMPT || b->ops[i].kind == OP_TOPIC_CONFIG ||
+            b->ops[i].kind == OP_DELETE)
             return 1;
     return 0;
 }
@@ -193,7 +216,8 @@ void store_commit(struct store *s, struct batch *b, int64_t now_ms)
     for (size_t i = 0; i < b->nops; i++) {
         struct op *op = &b->ops[i];
         if (op->kind == OP_PUBLISH || op->kind == OP_GROUP_SAVE || op->kind == OP_GROUP_ACK ||
-            op->kind == OP_TOPIC_CONFIG || (op->kind == OP_ATTEMPT && op->request_id))
+            op->kind == OP_TOPIC_CONFIG || op->kind == OP_DELETE ||
+            (op->kind == OP_ATTEMPT && op->request_id))
             reply_error(b, op, code, why);
     }
     b->commit_us = clock_mono_us() - t0;

@@ -145,6 +145,33 @@ static void test_seqset_heap_earliest_first_then_by_seq(void **state)
     due_heap_free(&h);
 }
 
+static void test_seqset_heap_drop_owner_keeps_the_rest_in_order(void **state)
+{
+    (void)state;
+    struct due_heap h = {0};
+    int a, b;
+    uint64_t r = 88172645463325252ULL;
+    size_t na = 0;
+    for (int i = 0; i < 3000; i++) {
+        int mine = rnd(&r) % 3 == 0;
+        na += mine;
+        assert_true(due_heap_push(&h, rnd(&r) % 500, mine ? &a : &b, (uint64_t)i) >= 0);
+    }
+    assert_int_equal(due_heap_drop_owner(&h, &a), na);
+    assert_int_equal(h.len, 3000 - na);
+    assert_int_equal(due_heap_drop_owner(&h, &a), 0);
+    uint64_t last_due = 0, last_seq = 0;
+    while (h.len) {
+        struct due_item it = h.items[0];
+        assert_ptr_equal(it.owner, &b);
+        assert_true(it.due_ms > last_due || (it.due_ms == last_due && it.seq >= last_seq));
+        last_due = it.due_ms;
+        last_seq = it.seq;
+        due_heap_pop(&h);
+    }
+    due_heap_free(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -152,6 +179,7 @@ int main(void)
         cmocka_unit_test(test_seqset_acked_bits_follow_the_floor),
         cmocka_unit_test(test_seqset_ring_keeps_order_across_growth),
         cmocka_unit_test(test_seqset_heap_earliest_first_then_by_seq),
+        cmocka_unit_test(test_seqset_heap_drop_owner_keeps_the_rest_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
