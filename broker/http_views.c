@@ -242,6 +242,10 @@ int http_view_metrics(struct broker *b, struct http_page *p)
            (double)st->dedupe_bytes);
     tx_one(&t, "ferry_io_errors_total", "counter", "I/O errors met by the store.",
            (double)st->io_errors);
+    tx_one(&t, "ferry_deleted_topics_purging", "gauge",
+           "Deleted topics whose stored messages are still being freed.", (double)st->purging);
+    tx_one(&t, "ferry_purged_messages_total", "counter",
+           "Messages of deleted topics freed from the database.", (double)st->purged);
     tx_one(&t, "ferry_resident_memory_bytes", "gauge", "Resident memory of ferryd.",
            (double)f.rss_bytes);
     tx_one(&t, "ferry_start_time_seconds", "gauge", "When ferryd started (Unix time).",
@@ -424,6 +428,8 @@ int http_view_broker(struct broker *b, struct http_page *p)
     set_u(o, "dedupe_ids", st->dedupe_ids);
     set_u(o, "dedupe_bytes", st->dedupe_bytes);
     set_u(o, "io_errors", st->io_errors);
+    set_u(o, "deleted_topics_purging", st->purging);
+    set_u(o, "purged_messages", st->purged);
     set_u(o, "rss_bytes", f.rss_bytes);
     json_object_set_new(o, "commit_seconds", histo_json(&b->commit_seconds));
     json_object_set_new(o, "commit_messages", histo_json(&b->commit_messages));

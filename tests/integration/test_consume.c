@@ -1318,7 +1318,8 @@ static void test_consume_floor_durable_lists_redrivable_dead_letters(void **stat
     sqlite3 *db = NULL;
     assert_int_equal(harness_db_open(&fx->b, &db), 0);
     assert_int_equal(sqlite3_exec(db,
-                                  "DROP TABLE group_dead; PRAGMA user_version = 2;"
+                                  "DROP TABLE group_dead; DROP TABLE deleted_topics;"
+                                  "PRAGMA user_version = 2;"
                                   "INSERT INTO group_acks SELECT id, 2 FROM groups",
                                   NULL, NULL, NULL),
                      SQLITE_OK);

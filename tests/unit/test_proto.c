@@ -1249,7 +1249,45 @@ static const uint8_t v_floor_ok[] = {
     0x00, 0x01,                                     /* count 1 */
     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, /* seq 1 */
 };
+
+static const uint8_t v_delete[] = {
+    0x00, 0x00, 0x00, 0x0e, 0x35, 0x01, 0x00, 0x00, 0x00, 0x07,
+    0x00, 0x04, 'j', 'o', 'b', 's', 0x00, 0x00,
+};
+
+static const uint8_t v_delete_ok[] = {
+    0x00, 0x00, 0x00, 0x12, 0x36, 0x00, 0x00, 0x00, 0x00, 0x07,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x02,
+};
+
+static const uint8_t v_sub_end[] = {
+    0x00, 0x00, 0x00, 0x20, 0x37, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x03, 0x00, 0x17, 0x00, 0x12,
+    't', 'o', 'p', 'i', 'c', ' ', 'j', 'o', 'b', 's', ' ', 'd', 'e', 'l', 'e', 't', 'e', 'd',
+};
 /* clang-format on */
+
+/* The spec's DELETE vectors are what the encoders write. */
+static void test_proto_delete_vectors_encode(void **state)
+{
+    (void)state;
+    uint8_t buf[64];
+    struct proto_writer w;
+    struct proto_delete d = {{(const uint8_t *)"jobs", 4}, {NULL, 0}, PROTO_DELETE_FORCE};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_delete(&w, 7, &d), 0);
+    assert_int_equal(w.len, sizeof v_delete);
+    assert_memory_equal(buf, v_delete, sizeof v_delete);
+    struct proto_delete_ok ok = {12, 2};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_delete_ok(&w, 7, &ok), 0);
+    assert_memory_equal(buf, v_delete_ok, sizeof v_delete_ok);
+    struct proto_sub_end e = {3, 23, {(const uint8_t *)"topic jobs deleted", 18}};
+    proto_writer_init(&w, buf, sizeof buf);
+    assert_int_equal(proto_encode_sub_end(&w, &e), 0);
+    assert_int_equal(w.len, sizeof v_sub_end);
+    assert_memory_equal(buf, v_sub_end, sizeof v_sub_end);
+}
 
 static void test_proto_floor_round_trip(void **state)
 {
@@ -3671,6 +3709,9 @@ static void test_proto_spec_vectors_match_protocol_md(void **state)
         {"ack", v_ack, sizeof v_ack},
         {"ack_ok", v_ack_ok, sizeof v_ack_ok},
         {"floor_ok", v_floor_ok, sizeof v_floor_ok},
+        {"delete", v_delete, sizeof v_delete},
+        {"delete_ok", v_delete_ok, sizeof v_delete_ok},
+        {"sub_end", v_sub_end, sizeof v_sub_end},
     };
     uint8_t bytes[256];
     char *text;
@@ -3715,6 +3756,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_proto_floor_round_trip),
         cmocka_unit_test(test_proto_unknown_type_is_rejected),
         cmocka_unit_test(test_proto_delete_roundtrip_and_limits),
+        cmocka_unit_test(test_proto_delete_vectors_encode),
         cmocka_unit_test(test_proto_topic_config_and_extended_topic_entry),
         cmocka_unit_test(test_proto_publish_with_producer),
         cmocka_unit_test(test_proto_subscribe_backoff_schedule),
