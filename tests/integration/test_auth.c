@@ -194,19 +194,33 @@ static void test_auth_secrets_never_logged(void **state)
 }
 
 /* Without tokens ferryd refuses to listen beyond loopback. */
+static void refused_listen(const char *listen, const char *http);
+
 static void test_auth_no_tokens_no_network_listen(void **state)
 {
     (void)state;
+    refused_listen("0.0.0.0:0", NULL);
+    /* The HTTP listener likewise (its API shows topic names and clients). */
+    refused_listen("127.0.0.1:0", "0.0.0.0:0");
+}
+
+/* ferryd with these listeners and no tokens exits 2 without serving. */
+static void refused_listen(const char *listen, const char *http)
+{
     /* FERRYD, behind FERRYD_WRAPPER when that is set. */
     struct harness_cmd ferryd;
     int argc = harness_ferryd_argv(&ferryd);
     assert_true(argc > 0);
     char dir[] = "/tmp/ferry-auth-dir-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    char *argv[HARNESS_MAX_WRAPPER_ARGS + 8];
+    char *argv[HARNESS_MAX_WRAPPER_ARGS + 10];
     memcpy(argv, ferryd.argv, (size_t)argc * sizeof *argv);
     argv[argc++] = "--listen";
-    argv[argc++] = "0.0.0.0:0";
+    argv[argc++] = (char *)listen;
+    if (http) {
+        argv[argc++] = "--http";
+        argv[argc++] = (char *)http;
+    }
     argv[argc++] = "--data";
     argv[argc++] = dir;
     argv[argc] = NULL;

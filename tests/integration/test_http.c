@@ -571,6 +571,34 @@ static void test_http_shutdown_with_clients_open(void **state)
     close(half);
 }
 
+/* `http =` in the config file's [broker] section turns the listener on
+ * like --http. */
+static void test_http_config_file_key(void **state)
+{
+    (void)state;
+    int port = free_port();
+    assert_true(port > 0);
+    char conf[] = "/tmp/ferry-http-conf-XXXXXX";
+    int fd = mkstemp(conf);
+    assert_true(fd >= 0);
+    char text[128];
+    int n = snprintf(text, sizeof text, "[broker]\nhttp = 127.0.0.1:%d\n", port);
+    assert_int_equal(write(fd, text, (size_t)n), n);
+    close(fd);
+    struct harness_broker b;
+    memset(&b, 0, sizeof b);
+    const char *args[] = {"--config", conf, NULL};
+    assert_int_equal(harness_start(&b, args), 0);
+    struct resp r;
+    assert_int_equal(http_get(port, "/metrics", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "ferry_connections"));
+    resp_free(&r);
+    assert_int_equal(harness_stop(&b), 0);
+    harness_cleanup(&b);
+    unlink(conf);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -581,6 +609,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_tokens, setup_tokens, teardown),
         cmocka_unit_test_setup_teardown(test_http_dashboard_is_served, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_shutdown_with_clients_open, setup, teardown),
+        cmocka_unit_test(test_http_config_file_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
