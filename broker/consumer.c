@@ -66,18 +66,35 @@ static void op_set_reply(struct op *op, struct batch *bt, const uint8_t *frame, 
 
 /* The first sequence of a topic at or after a position; for TIME the
  * store is asked. */
+/* The first sequence a group can still be given: the oldest message kept,
+ * or past the head when retention left none. */
+static uint64_t first_kept(const struct ltopic *t)
+{
+    if (!t->view.count)
+        return t->head + 1;
+    return t->first > 1 ? t->first : 1;
+}
+
+/* Where a group starts or is moved to. A sequence before the oldest message
+ * kept is clamped to it (those before are gone: a group there would count
+ * them as lag and wait for nothing); the reply carries the position taken. */
 static uint64_t start_seq(struct broker *b, struct ltopic *t, uint8_t start, uint64_t value)
 {
+    uint64_t lo = first_kept(t), at;
     switch (start) {
     case PROTO_START_LATEST:
         return t->head + 1;
     case PROTO_START_SEQ:
-        return value ? value : 1;
+        at = value ? value : 1;
+        break;
     case PROTO_START_TIME:
-        return t->id ? store_seq_at_time(b->store, t->id, (int64_t)value, t->head) : 1;
+        at = t->id ? store_seq_at_time(b->store, t->id, (int64_t)value, t->head) : 1;
+        break;
     default:
-        return 1;
+        at = 1;
+        break;
     }
+    return at < lo ? lo : at;
 }
 
 /* The longest a message of gr can take from one delivery to its last

@@ -752,10 +752,9 @@ ptrdiff_t proto_decode(const uint8_t *buf, size_t len, uint32_t max_frame, struc
     }
     case PROTO_DELETE: {
         struct proto_delete *d = &out->u.del;
-        d->flags = out->flags;
+        d->flags = out->flags & PROTO_DELETE_FORCE; /* undefined bits are ignored (§2) */
         rc = rd_str16(&c, 1, PROTO_MAX_TOPIC, &d->topic) < 0 ||
-                     rd_str16(&c, 0, PROTO_MAX_GROUP, &d->group) < 0 ||
-                     (out->flags & ~PROTO_DELETE_FORCE) != 0
+                     rd_str16(&c, 0, PROTO_MAX_GROUP, &d->group) < 0
                  ? -1
                  : 0;
         break;

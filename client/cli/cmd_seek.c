@@ -18,7 +18,9 @@ static const char usage_text[] =
     "the group there if needed) and prints the new cursor: the next sequence\n"
     "number the group delivers. The group then receives every message from\n"
     "there again (or skips those before it); its deliveries in flight are\n"
-    "forgotten and come again.\n"
+    "forgotten and come again. A sequence past the topic's head + 1 is\n"
+    "refused with the valid range; one before the oldest message still\n"
+    "stored moves the group to that message, with a warning on stderr.\n"
     "\n"
     "Options:\n"
     "  --group GROUP        the consumer group (required)\n"
@@ -88,6 +90,13 @@ int cmd_seek(struct cli *cli, int argc, char **argv)
         return rc;
     }
     ferry_close(c);
+    /* The broker takes a sequence before the oldest message kept as that
+     * message: say so, the output is the cursor taken. */
+    if (start == FERRY_START_SEQ && value && cursor > value)
+        fprintf(stderr,
+                "ferry: seek: messages before %" PRIu64
+                " are no longer stored (retention or deletion): the group starts at %" PRIu64 "\n",
+                cursor, cursor);
     int bad = 0;
     if (json)
         bad = cli_json_print(json_pack(

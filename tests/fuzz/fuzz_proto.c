@@ -630,10 +630,11 @@ static void check_same_frame(const struct proto_frame *f, const struct proto_fra
     CHECK(g->type == f->type && g->request_id == f->request_id);
     /* ERROR, DELIVER, SUBSCRIBE and DELETE encoders take the flags; the
      * others write 0. */
-    CHECK(g->flags == (f->type == PROTO_ERROR || f->type == PROTO_DELIVER ||
-                               f->type == PROTO_SUBSCRIBE || f->type == PROTO_DELETE
-                           ? f->flags
-                           : 0));
+    CHECK(g->flags ==
+          (f->type == PROTO_ERROR || f->type == PROTO_DELIVER || f->type == PROTO_SUBSCRIBE
+               ? f->flags
+           : f->type == PROTO_DELETE ? (f->flags & PROTO_DELETE_FORCE)
+                                     : 0));
     switch (f->type) {
     case PROTO_HELLO:
         CHECK(g->u.hello.version == f->u.hello.version);

@@ -452,7 +452,9 @@ static void test_s2_type_judged_from_header(void **state)
         0x12,
         PROTO_PEEK_OK,
         0x2f,
-        0x35,
+        PROTO_DELETE_OK,
+        PROTO_SUB_END,
+        0x38,
         0xff,
     };
     for (size_t i = 0; i < sizeof types; i++) {

@@ -158,6 +158,44 @@ static void test_retention_bytes_limit(void **state)
     ferry_close(c);
 }
 
+/* A seek (or a new group's start) before the oldest message kept takes
+ * that message: nothing before it can be delivered, and the group's lag
+ * counts only what is there. Past head + 1 stays refused. */
+static void test_retention_seek_before_first_kept_is_clamped(void **state)
+{
+    struct it_fx *fx = *state;
+    ferry_conn *c = it_connect(fx->b.addr);
+    publish_n(c, "short", 1500, 64);
+    ferry_topic_info ti;
+    for (int i = 0; i < 200; i++) {
+        assert_true(it_topic(c, "short", &ti));
+        if (ti.first_seq == 501)
+            break;
+        it_sleep_ms(50);
+    }
+    assert_int_equal(ti.first_seq, 501);
+    uint64_t cursor = 0;
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_SEQ, 3, &cursor), 0);
+    assert_int_equal(cursor, 501);
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_EARLIEST, 0, &cursor), 0);
+    assert_int_equal(cursor, 501);
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_SEQ, 900, &cursor), 0);
+    assert_int_equal(cursor, 900);
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_SEQ, 1501, &cursor), 0);
+    assert_int_equal(cursor, 1501);
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_SEQ, 1502, &cursor),
+                     FERRY_EINVALID);
+    assert_int_equal(ferry_seek(c, "short", "late", FERRY_START_SEQ, 2, &cursor), 0);
+    ferry_group_info *gs = NULL;
+    size_t n = 0;
+    assert_int_equal(ferry_groups(c, "short", &gs, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(gs[0].cursor, 501);
+    assert_int_equal(gs[0].lag, 1000);
+    ferry_groups_free(gs);
+    ferry_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -165,6 +203,8 @@ int main(void)
                                         setup_count, teardown),
         cmocka_unit_test_setup_teardown(test_retention_age_deletes_idle_topic, setup_age, teardown),
         cmocka_unit_test_setup_teardown(test_retention_bytes_limit, setup_bytes, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_seek_before_first_kept_is_clamped,
+                                        setup_count, teardown),
     };
     if (getenv("IT_FILTER"))
         cmocka_set_test_filter(getenv("IT_FILTER"));

@@ -1356,9 +1356,10 @@ static void test_proto_delete_roundtrip_and_limits(void **state)
     assert_int_equal(f.u.del.flags, PROTO_DELETE_FORCE);
     assert_int_equal(f.u.del.topic.len, 6);
     assert_memory_equal(f.u.del.group.ptr, "billing", 7);
-    /* An undefined flag bit and an empty topic are malformed. */
+    /* An undefined flag bit is ignored (§2); an empty topic is refused. */
     buf[5] = 0x02;
-    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), FERRY_EMALFORMED);
+    assert_int_equal(proto_decode(buf, w.len, PROTO_DEFAULT_MAX_FRAME, &f), (ptrdiff_t)w.len);
+    assert_int_equal(f.u.del.flags, 0);
     d.topic.len = 0;
     proto_writer_init(&w, buf, sizeof buf);
     assert_int_equal(proto_encode_delete(&w, 9, &d), -1);
