@@ -15,7 +15,9 @@
  *
  * The module is named by the environment variable FERRY_SQLITE_EXT (the
  * built ferry_sqlite.so), the shell by SQLITE3_CLI (meson finds it; a
- * missing sqlite3, which script/bootstrap installs, fails the test).
+ * missing sqlite3, which script/bootstrap installs, fails the test);
+ * SQLITE3_PRELOAD, when not empty, is the LD_PRELOAD the shell needs in a
+ * sanitizer build.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -292,8 +294,28 @@ static void test_inspect_sqlite3_shell(void **state)
                     "SELECT seq, ferry_headers(headers) FROM messages_v"
                     " WHERE topic = 'orders' ORDER BY rid LIMIT 10",
                     NULL};
+    /* A sanitizer build's module needs the runtimes preloaded into the
+     * uninstrumented shell (meson sets SQLITE3_PRELOAD then). */
+    const char *preload = getenv("SQLITE3_PRELOAD");
+    char *old_preload = NULL, *old_asan = NULL;
+    if (preload && preload[0]) {
+        const char *p = getenv("LD_PRELOAD"), *a = getenv("ASAN_OPTIONS");
+        old_preload = p ? strdup(p) : NULL;
+        old_asan = a ? strdup(a) : NULL;
+        char asan[1024];
+        snprintf(asan, sizeof asan, "%s%sdetect_leaks=0", a ? a : "", a && a[0] ? ":" : "");
+        assert_int_equal(setenv("LD_PRELOAD", preload, 1), 0);
+        assert_int_equal(setenv("ASAN_OPTIONS", asan, 1), 0);
+    }
     struct harness_output out;
-    assert_int_equal(harness_run(fx->b.dir, argv, NULL, RUN_TIMEOUT_MS, &out), 0);
+    int rc = harness_run(fx->b.dir, argv, NULL, RUN_TIMEOUT_MS, &out);
+    if (preload && preload[0]) {
+        old_preload ? setenv("LD_PRELOAD", old_preload, 1) : unsetenv("LD_PRELOAD");
+        old_asan ? setenv("ASAN_OPTIONS", old_asan, 1) : unsetenv("ASAN_OPTIONS");
+        free(old_preload);
+        free(old_asan);
+    }
+    assert_int_equal(rc, 0);
     static const char want[] =
         "1|{\"trace\":\"t-1\",\"a\":[\"1\",\"2\",\"3\"],\"b\":\"x\"}\n"
         "2|{\"q\\\"uo\\u0001te\":\"tab\\u0009here \\\"q\\\" back\\\\slash\\u000a\"}\n"
