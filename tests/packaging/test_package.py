@@ -31,7 +31,8 @@ try:
     expect = {
         "ferry": ["usr/bin/ferryd", "usr/bin/ferry", "etc/ferry/ferry.conf",
                   "lib/systemd/system/ferryd.service", "usr/share/man/man8/ferryd.8.gz",
-                  "usr/share/man/man1/ferry.1.gz", "usr/share/man/man5/ferry.conf.5.gz"],
+                  "usr/share/man/man1/ferry.1.gz", "usr/share/man/man5/ferry.conf.5.gz",
+                  "usr/lib/*/ferry/ferry_sqlite.so"],
         "libferry0": ["usr/lib/*/libferry.so.0"],
         "python3-ferry": ["usr/lib/python3/dist-packages/ferry/__init__.py",
                           "usr/lib/python3/dist-packages/ferry/_ferry.cpython-*.so"],
@@ -57,6 +58,14 @@ try:
     rc, man = run(["man", "-l", os.path.join(root, "usr/share/man/man8/ferryd.8.gz")],
                   env=dict(os.environ, MANWIDTH="80"))
     case("package_man_page_reads", rc == 0 and "ferryd" in man, man[:2000])
+
+    # The SQLite extension loads into Debian's sqlite3 shell as
+    # docs/OPERATIONS.md says (.load without the .so).
+    ext = glob.glob(os.path.join(root, "usr/lib/*/ferry/ferry_sqlite.so"))
+    rc, js = (run(["sqlite3", ":memory:", "-cmd", ".load " + ext[0][:-3],
+                   "SELECT ferry_headers(x'0001000161000131')"]) if ext
+              else (1, "no ferry_sqlite.so"))
+    case("package_sqlite_extension_loads", rc == 0 and js == '{"a":"1"}\n', js)
 
     # The Python package imports from the scratch root.
     rc, py = run(["/usr/bin/python3", "-c", "import ferry; print(ferry.version())"],
