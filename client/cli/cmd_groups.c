@@ -142,7 +142,7 @@ static int run_delete(struct cli *cli, const char *topic, const char *group, int
     ferry_delete_result r = {.size = sizeof r};
     rc = ferry_group_delete(c, topic, group, &r);
     if (rc < 0) {
-        char detail[600];
+        char detail[1400];
         const char *msg = ferry_errmsg(c);
         /* The broker may say only "no such topic" or "no such consumer
          * group": name what is missing. */
@@ -151,6 +151,10 @@ static int run_delete(struct cli *cli, const char *topic, const char *group, int
             msg = detail;
         } else if (rc == FERRY_EUNKNOWN_GROUP && !strstr(msg, group)) {
             snprintf(detail, sizeof detail, "no such consumer group: %s of topic %s", group, topic);
+            msg = detail;
+        }
+        if (rc == FERRY_EUNKNOWN_TYPE) {
+            snprintf(detail, sizeof detail, "%s (a broker older than DELETE)", msg);
             msg = detail;
         }
         rc = cli_fail("groups delete", rc, msg);

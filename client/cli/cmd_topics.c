@@ -492,11 +492,15 @@ static int run_delete(struct cli *cli, const char *topic, int force, int json)
     ferry_delete_result r = {.size = sizeof r};
     rc = ferry_topic_delete(c, topic, force ? FERRY_DELETE_FORCE : 0, &r);
     if (rc < 0) {
-        char detail[300];
+        char detail[1400];
         const char *msg = ferry_errmsg(c);
         if (rc == FERRY_EUNKNOWN_TOPIC && !strstr(msg, topic)) {
             /* The broker says only "no such topic": name it. */
             snprintf(detail, sizeof detail, "no such topic: %s", topic);
+            msg = detail;
+        }
+        if (rc == FERRY_EUNKNOWN_TYPE) {
+            snprintf(detail, sizeof detail, "%s (a broker older than DELETE)", msg);
             msg = detail;
         }
         rc = cli_fail("topics delete", rc, msg);
