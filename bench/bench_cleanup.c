@@ -200,7 +200,7 @@ void bench_cleanup_finish(struct bench_cleanup *cl)
                 continue;
             }
             int rc = c ? ferry_group_delete(c, g->topic, g->group, NULL) : FERRY_ECONNECT;
-            if (rc == 0 || rc == FERRY_EUNKNOWN_GROUP) {
+            if (rc == 0 || rc == FERRY_EUNKNOWN_GROUP || rc == FERRY_EUNKNOWN_TOPIC) {
                 g->state = DELETED;
                 continue;
             }
@@ -254,6 +254,11 @@ void bench_cleanup_finish(struct bench_cleanup *cl)
         fprintf(out, " (--keep to keep %s)", ndel + ndel_groups > 1 ? "them" : "it");
     }
     size_t nkept = list_names(cl, 1, KEPT, names, sizeof names);
+    if (nkept == cl->ntopics && ndel_groups == 0 && nleft == 0) {
+        fprintf(out, "kept %s (%s before the run)\n", many ? "them" : "it",
+                many ? "they existed" : "it existed");
+        return;
+    }
     if (nkept > 0) {
         fprintf(out, "%skept topic%s %s (%s before the run)", sep, nkept > 1 ? "s" : "", names,
                 nkept > 1 ? "they existed" : "it existed");

@@ -499,7 +499,7 @@ static void test_bench_cleans_up(void **state)
             NULL);
     assert_int_equal(out.status, 0);
     assert_int_equal(out.out[0], '{'); /* one JSON object: the line is on stderr */
-    assert_non_null(strstr(out.err, "kept topic bench (it existed before the run)"));
+    assert_non_null(strstr(out.err, "; kept it (it existed before the run)"));
     harness_output_free(&out);
     assert_int_equal(it_topic(fx->c, "bench", &ti), 1);
     assert_int_equal(ti.message_count, 40);
