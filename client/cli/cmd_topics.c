@@ -50,7 +50,7 @@ static const char usage_text[] =
     "                              [--max-count N|none|default]\n"
     "                              [--max-bytes SIZE|none|default]\n"
     "                              [--delete-acked on|off|default]\n"
-    "       ferry topics delete TOPIC [--force]\n"
+    "       ferry topics delete TOPIC [--force] [--json]\n"
     "\n"
     "Lists the broker's topics (the broker's own _dead.* ones included): name,\n"
     "messages and bytes stored, first and last (head) sequence number, creation\n"
