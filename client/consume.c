@@ -307,7 +307,7 @@ void ferry__on_sub_end(ferry_conn *c, const struct proto_frame *f)
 {
     const struct proto_sub_end *e = &f->u.sub_end;
     struct ferry_sub *s = sub_find(c, e->sub_id);
-    if (!s || s->closing || s->end_code)
+    if (!s || s->end_code)
         return; /* not ours (any more): nothing to end */
     /* The decoder admits codes 1..FERRY_WIRE_CODE_MAX only. */
     s->end_code = -(int)e->code;
@@ -315,6 +315,12 @@ void ferry__on_sub_end(ferry_conn *c, const struct proto_frame *f)
     if (n)
         memcpy(s->end_msg, e->message.ptr, n);
     s->end_msg[n] = '\0';
+    if (s->closing) {
+        /* Its UNSUBSCRIBE is on its way, to be refused as unknown: that
+         * is its success (ferry_unsubscribe). Nothing to report. */
+        s->end_reported = 1;
+        return;
+    }
     /* The broker forgot it: acks not yet sent would only be refused. */
     c->acks_unsent -= s->nacks;
     s->nacks = 0;
@@ -977,6 +983,11 @@ int ferry_unsubscribe(ferry_sub *s)
         if (rc == 0)
             rc = ferry__request(c, start, id, PROTO_ACK_OK, 0, &waiter,
                                 ferry__deadline(c->request_timeout_ms));
+        if (rc == FERRY_EUNKNOWN_SUBSCRIPTION && s->end_code) {
+            /* The broker ended it first (SUB_END) and forgot it. */
+            c->errmsg[0] = '\0';
+            rc = 0;
+        }
         queue_purge(c, s);
     }
     sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);

@@ -42,6 +42,7 @@ struct fake {
     int joined;
     /* What it received, by frame type (read after the thread ended). */
     int got[256];
+    uint32_t racing_sub; /* its UNSUBSCRIBE meets a SUB_END */
     uint8_t last_delete_flags;
     char last_delete_group[PROTO_MAX_GROUP + 1];
 };
@@ -115,6 +116,8 @@ static void answer(struct fake *fk, const struct proto_frame *f, struct proto_wr
             put_sub_end(w, s->sub_id, 23, "topic ends was deleted");
             put_deliver(w, s->sub_id, 3);           /* after its end: dropped */
             put_sub_end(w, s->sub_id, 23, "twice"); /* ignored */
+        } else if (s->topic.len == 6 && memcmp(s->topic.ptr, "racing", 6) == 0) {
+            fk->racing_sub = s->sub_id;
         } else if (s->topic.len == 6 && memcmp(s->topic.ptr, "cbends", 6) == 0) {
             put_deliver(w, s->sub_id, 1);
             put_sub_end(w, s->sub_id, 21, "group g of topic cbends was deleted");
@@ -128,9 +131,16 @@ static void answer(struct fake *fk, const struct proto_frame *f, struct proto_wr
         proto_ack_ok_end(w, st, f->u.ack.count);
         break;
     }
+    case PROTO_UNSUBSCRIBE:
+        if (fk->racing_sub && f->u.sub_op.sub_id == fk->racing_sub) {
+            /* The topic was deleted just before the UNSUBSCRIBE came. */
+            put_sub_end(w, fk->racing_sub, 23, "topic racing was deleted");
+            proto_encode_error(w, f->request_id, 0, 20, "no such subscription", 20);
+            break;
+        }
+        /* fall through */
     case PROTO_CREDIT:
-    case PROTO_TOUCH:
-    case PROTO_UNSUBSCRIBE: {
+    case PROTO_TOUCH: {
         size_t st = proto_ack_ok_begin(w, f->request_id);
         proto_ack_ok_end(w, st, 0);
         break;
@@ -374,6 +384,19 @@ static void test_sub_end_then_close(void **state)
     ferry_delivery_free(d);
 }
 
+/* An UNSUBSCRIBE that crosses the broker's SUB_END succeeds. */
+static void test_unsubscribe_crosses_sub_end(void **state)
+{
+    struct fake *fk = *state;
+    ferry_conn *c = connect_fake(fk);
+    ferry_sub *s = NULL;
+    assert_int_equal(ferry_subscribe(c, "racing", "g", NULL, &s), 0);
+    assert_int_equal(ferry_unsubscribe(s), 0);
+    assert_string_equal(ferry_errmsg(c), "");
+    assert_int_equal(ferry_receive(c, 50, NULL), FERRY_ETIMEOUT); /* nothing to report */
+    finish(fk, c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -382,6 +405,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sub_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sub_end_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sub_end_then_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unsubscribe_crosses_sub_end, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
