@@ -165,7 +165,7 @@ void bench_cleanup_finish(struct bench_cleanup *cl)
     enum { KEPT = 0, DELETED = 1, LEFT = 2, SKIPPED = 3 };
     ferry_conn *c = NULL;
     char err[512] = "";
-    int need = 0;
+    int need = 0, old_broker = 0; /* it closed the connection at DELETE */
     for (size_t i = 0; i < cl->ntopics; i++) {
         cl->topics[i].state = KEPT;
         need |= cl->topics[i].own;
@@ -190,9 +190,10 @@ void bench_cleanup_finish(struct bench_cleanup *cl)
                 continue;
             }
             t->state = LEFT;
+            old_broker |= rc == FERRY_EUNKNOWN_TYPE;
             fprintf(stderr, "ferry bench: warning: could not delete topic %s on %s: %s: %s%s\n",
                     t->name, cl->server, ferry_strerror(rc), c ? ferry_errmsg(c) : err,
-                    rc == FERRY_EUNKNOWN_TYPE ? " (a broker older than DELETE)" : "");
+                    old_broker ? " (a broker older than DELETE)" : "");
         }
         for (size_t i = 0; i < cl->ngroups; i++) {
             struct bench_cleanup_group *g = &cl->groups[i];
@@ -205,10 +206,11 @@ void bench_cleanup_finish(struct bench_cleanup *cl)
                 continue;
             }
             g->state = LEFT;
+            old_broker |= rc == FERRY_EUNKNOWN_TYPE;
             fprintf(stderr,
                     "ferry bench: warning: could not delete group %s of topic %s on %s: %s: %s%s\n",
                     g->group, g->topic, cl->server, ferry_strerror(rc), c ? ferry_errmsg(c) : err,
-                    rc == FERRY_EUNKNOWN_TYPE ? " (a broker older than DELETE)" : "");
+                    old_broker ? " (a broker older than DELETE)" : "");
         }
         ferry_close(c);
     }
