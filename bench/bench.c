@@ -53,6 +53,7 @@ struct pub_opts {
     int no_raw;
     int raw_unique; /* --raw-index unique (default) or none */
     int json;
+    int keep; /* --keep: do not delete the topic */
 };
 
 static void pub_usage(FILE *f)
@@ -82,6 +83,8 @@ static void pub_usage(FILE *f)
             "                      unique (default): the raw table's msg_id has a UNIQUE\n"
             "                      index, the issue's ceiling; none: no index on msg_id\n"
             "  --no-raw            skip the raw-SQLite run\n"
+            "  --keep              keep the topic at the end; by default a topic the\n"
+            "                      run created is deleted (an existing one is kept)\n"
             "  --json              print one JSON object instead of text\n",
             FERRY_DEFAULT_SERVER, BENCH_DEFAULT_MESSAGES, BENCH_DEFAULT_SIZE, BENCH_DEFAULT_WINDOW,
             BENCH_DEFAULT_TOPIC, BENCH_DEFAULT_WARMUP);
@@ -140,6 +143,10 @@ static int pub_parse(int argc, char **argv, struct pub_opts *o)
         }
         if (strcmp(name, "--json") == 0 && val == NULL) {
             o->json = 1;
+            continue;
+        }
+        if (strcmp(name, "--keep") == 0 && val == NULL) {
+            o->keep = 1;
             continue;
         }
         static const char *const with_value[] = {
@@ -370,6 +377,8 @@ static int bench_pub(int argc, char **argv)
     char err[512] = "";
     struct bench_workload w;
     memset(&w, 0, sizeof w);
+    static struct bench_cleanup cl;
+    bench_cleanup_init(&cl, o.server, o.keep, o.json);
 
     struct bench_rng rng;
     bench_rng_seed(&rng);
@@ -415,6 +424,7 @@ static int bench_pub(int argc, char **argv)
         .producers = o.producers,
         .warmup = o.warmup,
     };
+    bench_cleanup_topic(&cl, o.topic);
     if (bench_pub_run(&cfg, &w, want_floors ? BENCH_FLOOR_SAMPLES : 0, &r.rtt, &r.pub) < 0) {
         fprintf(stderr, "ferry bench: %s\n", r.pub.error);
         goto out;
@@ -451,6 +461,7 @@ static int bench_pub(int argc, char **argv)
     }
     status = r.pub.failed > 0 ? 1 : 0;
 out:
+    bench_cleanup_finish(&cl);
     raw_dir_remove(dir);
     free(dir);
     bench_workload_free(&w);

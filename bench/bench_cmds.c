@@ -54,6 +54,9 @@ static void consume_usage(FILE *f)
             "                      also the fill's publish window\n"
             "  --group G           the consumer group (default: a fresh unique name)\n"
             "  --no-fill           publish nothing: consume the N oldest messages of T\n"
+            "  --keep              keep the topic and the group at the end; by default\n"
+            "                      the run deletes the topic when it created it, else\n"
+            "                      the group when it created that\n"
             "  --json              print one JSON object instead of text\n",
             FERRY_DEFAULT_SERVER);
 }
@@ -61,7 +64,7 @@ static void consume_usage(FILE *f)
 struct consume_opts {
     const char *server, *topic, *group;
     size_t messages, size, consumers, window;
-    int no_fill, json;
+    int no_fill, json, keep;
 };
 
 static void print_consume_json(const struct consume_opts *o, const struct bench_fill_result *fill,
@@ -145,6 +148,8 @@ static void print_consume_human(const struct consume_opts *o, const struct bench
     }
 }
 
+static int consume_body(struct consume_opts o);
+
 int bench_consume_main(int argc, char **argv)
 {
     char group[128];
@@ -167,6 +172,7 @@ int bench_consume_main(int argc, char **argv)
         {"--consumers", BENCH_OPT_SIZE, &o.consumers, 1, CMD_MAX_CONSUMERS},
         {"--window", BENCH_OPT_SIZE, &o.window, 1, CMD_MAX_SUB_WINDOW},
         {"--no-fill", BENCH_OPT_FLAG, &o.no_fill, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &o.keep, 0, 0},
         {"--json", BENCH_OPT_FLAG, &o.json, 0, 0},
     };
     int prc = bench_opts_parse("consume", argc, argv, spec, sizeof spec / sizeof spec[0]);
@@ -177,6 +183,18 @@ int bench_consume_main(int argc, char **argv)
     if (prc != 0) {
         return 2;
     }
+    static struct bench_cleanup cl;
+    bench_cleanup_init(&cl, o.server, o.keep, o.json);
+    bench_cleanup_topic(&cl, o.topic);
+    bench_cleanup_group(&cl, o.topic, o.group);
+    int status = consume_body(o);
+    bench_cleanup_finish(&cl);
+    return status;
+}
+
+/* The run after the options: returns the exit status. */
+static int consume_body(struct consume_opts o)
+{
 
     struct bench_fill_result fill;
     memset(&fill, 0, sizeof fill);
@@ -264,9 +282,16 @@ static void e2e_usage(FILE *f)
             "                      1..65535 (default 1000)\n"
             "  --samples FILE      write one line per message to FILE: index, send time\n"
             "                      (ns from the first), latency (ns; -1: lost), warm-up\n"
+            "  --keep              keep the topic and the group at the end; by default\n"
+            "                      the run deletes the topic when it created it, else\n"
+            "                      the group when it created that\n"
             "  --json              print one JSON object instead of text\n",
             FERRY_DEFAULT_SERVER);
 }
+
+static int e2e_body(const char *server, const char *topic, const char *grp, const char *samples,
+                    size_t rate, size_t seconds, size_t warmup, size_t size, size_t window,
+                    int json);
 
 int bench_e2e_main(int argc, char **argv)
 {
@@ -275,7 +300,7 @@ int bench_e2e_main(int argc, char **argv)
     const char *server = bench_default_server(), *topic = "bench-e2e", *grp = group;
     const char *samples = NULL;
     size_t rate = 10000, seconds = 10, warmup = 1, size = 100, window = 1000;
-    int json = 0;
+    int json = 0, keep = 0;
     const struct bench_opt spec[] = {
         {"--server", BENCH_OPT_STR, &server, 0, 0},
         {"--topic", BENCH_OPT_STR, &topic, 0, 0},
@@ -286,6 +311,7 @@ int bench_e2e_main(int argc, char **argv)
         {"--size", BENCH_OPT_SIZE, &size, 16, CMD_MAX_SIZE},
         {"--window", BENCH_OPT_SIZE, &window, 1, CMD_MAX_SUB_WINDOW},
         {"--samples", BENCH_OPT_STR, &samples, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &keep, 0, 0},
         {"--json", BENCH_OPT_FLAG, &json, 0, 0},
     };
     int prc = bench_opts_parse("e2e", argc, argv, spec, sizeof spec / sizeof spec[0]);
@@ -300,6 +326,20 @@ int bench_e2e_main(int argc, char **argv)
         fprintf(stderr, "ferry bench e2e: --rate x (--seconds + --warmup) is over 200,000,000\n");
         return 2;
     }
+    static struct bench_cleanup cl;
+    bench_cleanup_init(&cl, server, keep, json);
+    bench_cleanup_topic(&cl, topic);
+    bench_cleanup_group(&cl, topic, grp);
+    int status = e2e_body(server, topic, grp, samples, rate, seconds, warmup, size, window, json);
+    bench_cleanup_finish(&cl);
+    return status;
+}
+
+/* The run after the options: returns the exit status. */
+static int e2e_body(const char *server, const char *topic, const char *grp, const char *samples,
+                    size_t rate, size_t seconds, size_t warmup, size_t size, size_t window,
+                    int json)
+{
     struct bench_e2e_config cfg = {
         .server = server,
         .topic = topic,
@@ -404,6 +444,8 @@ static void backlog_usage(FILE *f)
             "  --consumers C       consumers in the timed consume runs (default 1)\n"
             "  --warmup K          warm-up messages (default: M; 0 for none)\n"
             "  --edge-ok           let the newest topic be a measured one (see below)\n"
+            "  --keep              keep the topics at the end (by default the run deletes\n"
+            "                      those it created, with their groups)\n"
             "  --json              print one JSON object instead of text\n"
             "\n"
             "Messages of all topics share one table keyed by (topic id, seq), so the\n"
@@ -427,7 +469,7 @@ struct phase {
 struct backlog_opts {
     const char *server;
     size_t backlog, messages, rounds, size, window, consumers, warm;
-    int edge_ok, json;
+    int edge_ok, json, keep;
 };
 
 /* Publishes one message to topic (creating it). Returns 0 or -1 (reported). */
@@ -560,6 +602,7 @@ int bench_backlog_main(int argc, char **argv)
         {"--consumers", BENCH_OPT_SIZE, &o.consumers, 1, CMD_MAX_CONSUMERS},
         {"--warmup", BENCH_OPT_SIZE, &o.warm, 0, CMD_MAX_MESSAGES},
         {"--edge-ok", BENCH_OPT_FLAG, &o.edge_ok, 0, 0},
+        {"--keep", BENCH_OPT_FLAG, &o.keep, 0, 0},
         {"--json", BENCH_OPT_FLAG, &o.json, 0, 0},
     };
     int prc = bench_opts_parse("backlog", argc, argv, spec, sizeof spec / sizeof spec[0]);
@@ -582,6 +625,25 @@ int bench_backlog_main(int argc, char **argv)
     snprintf(t_edge, sizeof t_edge, "%s.last", prefix);
     snprintf(t_full, sizeof t_full, "%s.backlog", prefix);
     snprintf(idle, sizeof idle, "%s.idle", prefix);
+
+    /* Every topic the run writes to, in the order it creates them. */
+    static struct bench_cleanup cl;
+    static char t_empties[100][200];
+    const char *names[104];
+    size_t nnames = 0;
+    bench_cleanup_init(&cl, o.server, o.keep, o.json);
+    if (o.warm > 0) {
+        names[nnames++] = t_warm;
+    }
+    for (size_t r = 0; r < o.rounds && r < 100; r++) {
+        snprintf(t_empties[r], sizeof t_empties[r], "%s.empty.%zu", prefix, r + 1);
+        names[nnames++] = t_empties[r];
+    }
+    names[nnames++] = t_full;
+    if (!o.edge_ok) {
+        names[nnames++] = t_edge;
+    }
+    bench_cleanup_topics(&cl, names, nnames);
 
     int status = 1;
     struct bench_rng rng;
@@ -733,6 +795,7 @@ int bench_backlog_main(int argc, char **argv)
     fflush(stdout);
     status = 0;
 out:
+    bench_cleanup_finish(&cl);
     bench_workload_free(&wfill);
     free(a);
     free(b);

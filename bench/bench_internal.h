@@ -11,6 +11,7 @@
  * bench_consume.c: the untimed fill and consumer threads (consume, backlog).
  * bench_e2e.c:  the paced publisher and the latency consumer (e2e).
  * bench_cmds.c: `bench consume`, `bench e2e`, `bench backlog`.
+ * bench_cleanup.c: deleting what a run created (unless --keep).
  *
  * Everything that is timed is generated beforehand, so the measured loops
  * only publish (or insert) and read the clock.
@@ -182,6 +183,47 @@ const char *bench_fmt_thousands(double v, char *buf, size_t len);
 const char *bench_fmt_us(double us, char *buf, size_t len);
 /* Writes s as a JSON string, quoted and escaped, to stdout. */
 void bench_json_string(const char *s);
+
+/* ---- bench_cleanup.c ---- */
+
+/* At most this many topics and groups are recorded (backlog: 100 rounds). */
+#define BENCH_CLEANUP_MAX 128
+
+struct bench_cleanup_topic {
+    char name[256];
+    int own;   /* the run created it (absent when the run started) */
+    int state; /* bench_cleanup_finish's */
+};
+
+struct bench_cleanup_group {
+    char topic[256];
+    char group[256];
+    int own; /* its topic did not have it when the run started */
+    int state;
+};
+
+/* What a run wrote to, and what of it is its own to delete at the end. */
+struct bench_cleanup {
+    const char *server;
+    int keep; /* --keep: delete nothing */
+    int json; /* the closing line goes to stderr */
+    size_t ntopics, ngroups;
+    struct bench_cleanup_topic topics[BENCH_CLEANUP_MAX];
+    struct bench_cleanup_group groups[BENCH_CLEANUP_MAX];
+};
+
+void bench_cleanup_init(struct bench_cleanup *cl, const char *server, int keep, int json);
+/* Records topics the run is about to write to (before it writes), asking
+ * the broker which exist already. */
+void bench_cleanup_topics(struct bench_cleanup *cl, const char *const *names, size_t n);
+void bench_cleanup_topic(struct bench_cleanup *cl, const char *name);
+/* Records a consumer group the run is about to join (before it does). */
+void bench_cleanup_group(struct bench_cleanup *cl, const char *topic, const char *group);
+/* Unless keep, deletes the run's own topics (FERRY_DELETE_FORCE) and its
+ * own groups on topics that existed before; prints one line saying where
+ * the run wrote and what was deleted, and a warning for what could not be.
+ * Nothing when no topic was recorded. */
+void bench_cleanup_finish(struct bench_cleanup *cl);
 
 /* ---- bench_consume.c ---- */
 

@@ -27,7 +27,7 @@ export PYTHONPATH="$BUILD/python"
 # running broker.
 c_sync_p50() {
     "$FERRY" bench pub --server "$BROKER_ADDR" --messages "$NSYNC" --size "$SIZE" --window 1 \
-        --no-raw --topic "$1" --json |
+        --no-raw --keep --topic "$1" --json |
         python3 -c 'import json,sys; print(round(json.load(sys.stdin)["p50_us"]))'
 }
 

@@ -1,7 +1,7 @@
 /*
  * admin.c - requests that are neither publishing nor consuming: ping,
- * topics (list, retention), consumer groups (list, seek), peek, server
- * info.
+ * topics (list, retention, delete), consumer groups (list, seek, delete),
+ * peek, server info.
  *
  * Each is a synchronous round trip through ferry__request, so it waits
  * behind any pipelined publishes (whose callbacks run first). Replies are
@@ -256,6 +256,77 @@ int ferry_topic_config(ferry_conn *c, const char *topic, const ferry_retention *
     struct ferry__waiter w = {.on_reply = on_topic_config_ok};
     return ferry__request(c, start, id, PROTO_ACK_OK, 0, &w,
                           ferry__deadline(c->request_timeout_ms));
+}
+
+/* DELETE is answered, once durable, by DELETE_OK: what went. */
+static int on_delete_ok(ferry_conn *c, struct ferry__waiter *w, const struct proto_frame *f)
+{
+    (void)c;
+    *(struct proto_delete_ok *)w->ctx = f->u.delete_ok;
+    return 0;
+}
+
+#define DELETE_RESULT_SIZE_0 FERRY__END_OF(ferry_delete_result, groups)
+
+/* One DELETE of topic (group NULL) or of one group of it. */
+static int delete_request(ferry_conn *c, const char *topic, const char *group, int flags,
+                          ferry_delete_result *out)
+{
+    int rc = ferry__begin(c);
+    if (rc < 0)
+        return rc;
+    rc = ferry__check_names(c, topic, group);
+    if (rc < 0)
+        return rc;
+    if (flags & ~FERRY_DELETE_FORCE)
+        return ferry__seterr(c, FERRY_EINVALID, "unknown flags 0x%x; use 0 or FERRY_DELETE_FORCE",
+                             (unsigned)flags);
+    if (out && out->size < DELETE_RESULT_SIZE_0)
+        return ferry__seterr(c, FERRY_EINVALID,
+                             "ferry_delete_result.size is %zu; set it to "
+                             "sizeof(ferry_delete_result)",
+                             out->size);
+
+    size_t tlen = strlen(topic), glen = group ? strlen(group) : 0;
+    struct proto_delete d = {
+        .topic = {(const uint8_t *)topic, tlen},
+        .group = {(const uint8_t *)(group ? group : ""), glen},
+        .flags = (flags & FERRY_DELETE_FORCE) ? PROTO_DELETE_FORCE : 0,
+    };
+    if (ferry__wbuf_reserve(c, PROTO_HEADER_BYTES + 2 + tlen + 2 + glen) < 0)
+        return ferry__seterr(c, FERRY_ENOMEM, "out of memory");
+    uint32_t id = ferry__next_request_id(c);
+    size_t start = c->wlen;
+    struct proto_writer pw;
+    proto_writer_init(&pw, c->wbuf + start, c->wcap - start);
+    if (proto_encode_delete(&pw, id, &d) < 0)
+        return ferry__seterr(c, FERRY_EINVALID, "cannot encode DELETE");
+    c->wlen += pw.len;
+
+    struct proto_delete_ok res = {0};
+    struct ferry__waiter w = {.on_reply = on_delete_ok, .ctx = &res};
+    rc = ferry__request(c, start, id, PROTO_DELETE_OK, 0, &w,
+                        ferry__deadline(c->request_timeout_ms));
+    if (rc == 0 && out) {
+        out->messages = res.messages;
+        out->groups = res.groups;
+    }
+    return rc;
+}
+
+int ferry_topic_delete(ferry_conn *c, const char *topic, int flags, ferry_delete_result *out)
+{
+    if (!c)
+        return FERRY_EINVALID;
+    return delete_request(c, topic, NULL, flags, out);
+}
+
+int ferry_group_delete(ferry_conn *c, const char *topic, const char *group,
+                       ferry_delete_result *out)
+{
+    if (!c)
+        return FERRY_EINVALID;
+    return delete_request(c, topic, group ? group : "", 0, out);
 }
 
 /* SEEK is answered by ACK_OK with one entry: the new cursor and a code. */

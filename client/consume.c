@@ -35,6 +35,14 @@
  * loop batches while a trickle still goes out at once. A failed pipelined
  * ack is kept (the first one) for the next ferry_flush.
  *
+ * Ends. A SUB_END frame says the broker ended a subscription (its topic
+ * or group was deleted) and forgot it. The subscription stays attached,
+ * marked ended (end_code): deliveries already queued for it may still be
+ * received, later ones are dropped, its unsent acks are forgotten and every
+ * request on it fails here with FERRY_EUNKNOWN_SUBSCRIPTION. Once none of
+ * its deliveries is queued any more, ferry_receive returns end_code, once;
+ * ferry_unsubscribe then only frees it, sending nothing.
+ *
  * Credit: the broker counts in-flight deliveries per subscription and sends
  * while fewer than the window are unacked; acks, nacks and lease expiries
  * free slots. The client only sets the window (SUBSCRIBE, CREDIT).
@@ -104,6 +112,8 @@ static void sub_detach(struct ferry_sub *s, int ended)
     }
     c->acks_unsent -= s->nacks;
     s->nacks = 0;
+    if (s->end_code && !s->end_reported)
+        c->ends_unreported--;
     s->next = NULL;
     s->c = NULL;
     s->ended = ended;
@@ -265,7 +275,7 @@ void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f)
         return;
     }
     struct ferry_sub *s = sub_find(c, f->u.deliver.sub_id);
-    if (!s || s->closing)
+    if (!s || s->closing || s->end_code)
         return; /* an ended subscription: the broker takes it back itself */
     if (f->u.deliver.id.len > PROTO_MAX_ID || f->u.deliver.key.len > PROTO_MAX_KEY) {
         ferry__kill(c, FERRY_EPROTOCOL, "DELIVER of seq %llu with an oversized id or key",
@@ -293,18 +303,82 @@ void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f)
         run_backlog(c);
 }
 
+void ferry__on_sub_end(ferry_conn *c, const struct proto_frame *f)
+{
+    const struct proto_sub_end *e = &f->u.sub_end;
+    struct ferry_sub *s = sub_find(c, e->sub_id);
+    if (!s || s->end_code)
+        return; /* not ours (any more): nothing to end */
+    /* The decoder admits codes 1..FERRY_WIRE_CODE_MAX only. */
+    s->end_code = -(int)e->code;
+    size_t n = e->message.len < sizeof s->end_msg ? e->message.len : sizeof s->end_msg - 1;
+    if (n)
+        memcpy(s->end_msg, e->message.ptr, n);
+    s->end_msg[n] = '\0';
+    if (s->closing) {
+        /* Its UNSUBSCRIBE is on its way, to be refused as unknown: that
+         * is its success (ferry_unsubscribe). Nothing to report. */
+        s->end_reported = 1;
+        return;
+    }
+    /* The broker forgot it: acks not yet sent would only be refused. */
+    c->acks_unsent -= s->nacks;
+    s->nacks = 0;
+    c->ends_unreported++;
+}
+
+/* The error every request on s meets once it is ending or ended, or 0. */
+static int sub_gone(struct ferry_sub *s)
+{
+    if (s->end_code)
+        return ferry__seterr(s->c, FERRY_EUNKNOWN_SUBSCRIPTION,
+                             "the subscription to %s/%s ended: %s", s->topic, s->group,
+                             s->end_msg[0] ? s->end_msg : ferry_strerror(s->end_code));
+    if (s->closing)
+        return ferry__seterr(s->c, FERRY_EUNKNOWN_SUBSCRIPTION,
+                             "the subscription to %s/%s is ending", s->topic, s->group);
+    return 0;
+}
+
+/* An ended subscription whose end ferry_receive may report now: none of
+ * its deliveries is queued any more. NULL when there is none. */
+static struct ferry_sub *end_ready(const ferry_conn *c)
+{
+    if (c->ends_unreported == 0)
+        return NULL;
+    for (struct ferry_sub *s = c->subs; s; s = s->next) {
+        if (!s->end_code || s->end_reported)
+            continue;
+        const struct ferry__delivery *d = c->dq_head;
+        while (d && d->sub != s)
+            d = d->next;
+        if (!d)
+            return s;
+    }
+    return NULL;
+}
+
+/* Reports s's end (once): ferry_receive's error. */
+static int end_report(ferry_conn *c, struct ferry_sub *s)
+{
+    s->end_reported = 1;
+    c->ends_unreported--;
+    return ferry__seterr(c, s->end_code, "subscription to %s/%s ended: %s", s->topic, s->group,
+                         s->end_msg[0] ? s->end_msg : ferry_strerror(s->end_code));
+}
+
 static int queue_ready(const ferry_conn *c, const void *arg)
 {
     (void)arg;
     for (const struct ferry__delivery *d = c->dq_head; d; d = d->next)
         if (!d->sub->cb)
             return 1;
-    return 0;
+    return end_ready(c) != NULL;
 }
 
 static int callback_ran(const ferry_conn *c, const void *arg)
 {
-    return c->cb_deliveries != *(const uint64_t *)arg;
+    return c->cb_deliveries != *(const uint64_t *)arg || end_ready(c) != NULL;
 }
 
 int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out)
@@ -321,6 +395,9 @@ int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out)
     int (*ready)(const ferry_conn *, const void *) = out ? queue_ready : callback_ran;
     if (c->dq_backlog)
         run_backlog(c);
+    struct ferry_sub *ended = end_ready(c);
+    if (ended)
+        return end_report(c, ended);
     if (!ready(c, &cb_before)) {
         /* Read what has come first, so that a zero timeout still sees it. */
         if (c->acks_unsent > 0)
@@ -334,6 +411,8 @@ int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out)
             if (rc < 0 && rc != FERRY_ETIMEOUT)
                 return rc;
         }
+        if ((ended = end_ready(c)) != NULL)
+            return end_report(c, ended);
         if (!ready(c, &cb_before))
             return ferry__seterr(c, FERRY_ETIMEOUT, "no delivery within %d ms", timeout_ms);
     }
@@ -469,10 +548,7 @@ static int delivery_sub(const ferry_delivery *d, struct ferry_sub **out)
     int rc = ferry__begin(s->c);
     if (rc < 0)
         return rc;
-    if (s->closing)
-        return ferry__seterr(s->c, FERRY_EUNKNOWN_SUBSCRIPTION,
-                             "the subscription to %s/%s is ending", s->topic, s->group);
-    return 0;
+    return sub_gone(s);
 }
 
 /* Acks n sequences of s in frames of at most acks_per_frame(), each waited
@@ -531,9 +607,8 @@ int ferry_sub_ack(ferry_sub *s, const uint64_t *seqs, size_t n)
         return rc;
     if (n == 0 || !seqs)
         return ferry__seterr(s->c, FERRY_EINVALID, "no sequences to ack");
-    if (s->closing)
-        return ferry__seterr(s->c, FERRY_EUNKNOWN_SUBSCRIPTION,
-                             "the subscription to %s/%s is ending", s->topic, s->group);
+    if ((rc = sub_gone(s)) < 0)
+        return rc;
     return ack_seqs(s, seqs, n);
 }
 
@@ -698,6 +773,8 @@ int ferry_sub_set_window(ferry_sub *s, uint32_t max_in_flight)
     if (max_in_flight == 0 || max_in_flight > PROTO_MAX_WINDOW)
         return ferry__seterr(s->c, FERRY_EINVALID, "window of %u; use 1-%u",
                              (unsigned)max_in_flight, (unsigned)PROTO_MAX_WINDOW);
+    if ((rc = sub_gone(s)) < 0)
+        return rc;
     rc = sub_op(s, PROTO_CREDIT, max_in_flight, 0, "CREDIT");
     if (rc == 0)
         s->window = max_in_flight;
@@ -880,6 +957,13 @@ int ferry_unsubscribe(ferry_sub *s)
     ferry_conn *c = s->c;
     if (!c)
         return s->ended; /* detached by ferry_close: nothing left to free */
+    if (s->end_code) {
+        /* The broker ended it and forgot it (SUB_END): nothing to send. */
+        c->errmsg[0] = '\0';
+        queue_purge(c, s);
+        sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);
+        return 0;
+    }
     int rc = ferry__begin(c);
     if (rc == 0) {
         /* Acks first, so that the broker applies them before it gives the
@@ -899,6 +983,11 @@ int ferry_unsubscribe(ferry_sub *s)
         if (rc == 0)
             rc = ferry__request(c, start, id, PROTO_ACK_OK, 0, &waiter,
                                 ferry__deadline(c->request_timeout_ms));
+        if (rc == FERRY_EUNKNOWN_SUBSCRIPTION && s->end_code) {
+            /* The broker ended it first (SUB_END) and forgot it. */
+            c->errmsg[0] = '\0';
+            rc = 0;
+        }
         queue_purge(c, s);
     }
     sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);

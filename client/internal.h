@@ -33,6 +33,10 @@
  *     delivery queue in arrival order. The broker sends no more than each
  *     subscription's window unacknowledged, so the queue is bounded by the
  *     sum of the windows.
+ *   - SUB_END frames (request id 0) are not replies either: the broker ended
+ *     a subscription (its topic or group was deleted). It stays attached,
+ *     marked ended, until ferry_unsubscribe or ferry_close; ferry_receive
+ *     reports the end once its queued deliveries are gone.
  */
 #ifndef FERRY_INTERNAL_H
 #define FERRY_INTERNAL_H
@@ -137,6 +141,14 @@ struct ferry_sub {
     uint32_t sub_id;
     int closing; /* UNSUBSCRIBE sent: deliveries for it are dropped */
     int ended;   /* once detached: what calls on its deliveries return */
+    /* SUB_END: the broker ended it (its topic or group was deleted). The
+     * negative FERRY_E* of the wire code, 0 while live; the broker forgot
+     * it, so nothing more is sent for it and ferry_unsubscribe only frees
+     * it. ferry_receive reports it once (end_reported) after the last
+     * queued delivery of it. */
+    int end_code;
+    int end_reported;
+    char end_msg[PROTO_MAX_ERROR_TEXT + 1];
     _Atomic unsigned long refs;
     struct ferry_sub *next; /* the connection's list */
 
@@ -199,6 +211,7 @@ struct ferry_conn {
                                now have a callback */
     uint64_t cb_deliveries; /* delivery callbacks run so far */
     int cb_depth;           /* > 0 while a delivery callback runs */
+    size_t ends_unreported; /* subscriptions with end_code, not yet reported */
     size_t acks_unsent;     /* sum of the subscriptions' nacks */
     size_t acks_in_flight;  /* entries with ack_async = 1 */
     int ack_err;            /* first failure of a pipelined ack since the last flush */
@@ -272,6 +285,9 @@ int ferry__request_nowait(ferry_conn *c, size_t frame_start, uint32_t request_id
 /* consume.c */
 /* Routes a DELIVER frame: to its subscription's callback, else the queue. */
 void ferry__on_deliver(ferry_conn *c, const struct proto_frame *f);
+/* Routes a SUB_END frame: marks its subscription ended (ignored for an
+ * unknown sub id). */
+void ferry__on_sub_end(ferry_conn *c, const struct proto_frame *f);
 /* Records the first failure of a pipelined ack (for ferry_flush). */
 void ferry__ack_failed(ferry_conn *c, uint32_t sub_id, uint64_t seq, int code, const char *detail);
 /* Reads an ACK_OK into the first failing entry: returns 0 when every code is

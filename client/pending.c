@@ -279,6 +279,9 @@ static void route(ferry_conn *c, const struct proto_frame *f)
     case PROTO_DELIVER:
         ferry__on_deliver(c, f);
         return;
+    case PROTO_SUB_END:
+        ferry__on_sub_end(c, f);
+        return;
     default:
         route_reply(c, f);
         return;

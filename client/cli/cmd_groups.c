@@ -5,6 +5,10 @@
  * A table sorted by topic, then group (TOPIC, GROUP, CURSOR, LAG, IN_FLIGHT,
  * CONSUMERS, REDELIVERED, DEAD, OLDEST_UNACKED as a duration), or with
  * --json one JSON array of objects carrying every field.
+ *
+ * `ferry groups delete TOPIC --group G` deletes one group (DELETE with a
+ * group) and prints `deleted group G of topic TOPIC`, or with --json
+ * {"topic": ..., "group": ..., "deleted": true}.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,21 +17,30 @@
 
 #include "cli.h"
 
-enum { OPT_JSON = CLI_OPT_FIRST_COMMAND };
+enum { OPT_JSON = CLI_OPT_FIRST_COMMAND, OPT_GROUP };
 
 static const char usage_text[] =
     "Usage: ferry groups [OPTIONS] [TOPIC]\n"
+    "       ferry groups delete TOPIC --group GROUP [--json]\n"
     "\n"
     "Lists the consumer groups of TOPIC, or of every topic: the cursor (next\n"
     "sequence delivered for the first time), lag (messages not yet done),\n"
     "messages in flight, live consumers, redeliveries, dead-lettered messages\n"
     "and the age of the oldest unacked delivery.\n"
     "\n"
+    "'groups delete' deletes consumer group GROUP of TOPIC: its position, acks\n"
+    "and dead-letter record; its subscriptions end. The topic and its messages\n"
+    "stay; subscribing to GROUP again starts a new group. Needs a token with\n"
+    "the admin right.\n"
+    "\n"
     "Options:\n"
+    "  --group GROUP        with 'groups delete': the group to delete (required)\n"
     "  --json               print a JSON array of objects with the keys topic,\n"
     "                       group, cursor, ack_floor, lag, in_flight, consumers,\n"
     "                       redelivered, dead_lettered, oldest_unacked_ms,\n"
-    "                       ack_wait_ms, max_deliveries\n" CLI_COMMON_HELP;
+    "                       ack_wait_ms, max_deliveries; with 'groups delete'\n"
+    "                       one object with the keys topic, group and deleted\n"
+    "                       (true)\n" CLI_COMMON_HELP;
 
 static int by_topic_group(const void *a, const void *b)
 {
@@ -120,14 +133,58 @@ static void print_table(const ferry_group_info *g, size_t n)
     }
 }
 
+static int run_delete(struct cli *cli, const char *topic, const char *group, int json)
+{
+    ferry_conn *c;
+    int rc = cli_connect(cli, "groups delete", NULL, &c);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    ferry_delete_result r = {.size = sizeof r};
+    rc = ferry_group_delete(c, topic, group, &r);
+    if (rc < 0) {
+        char detail[1400];
+        const char *msg = ferry_errmsg(c);
+        /* The broker may say only "no such topic" or "no such consumer
+         * group": name what is missing. */
+        if (rc == FERRY_EUNKNOWN_TOPIC && !strstr(msg, topic)) {
+            snprintf(detail, sizeof detail, "no such topic: %s", topic);
+            msg = detail;
+        } else if (rc == FERRY_EUNKNOWN_GROUP && !strstr(msg, group)) {
+            snprintf(detail, sizeof detail, "no such consumer group: %s of topic %s", group, topic);
+            msg = detail;
+        }
+        if (rc == FERRY_EUNKNOWN_TYPE) {
+            snprintf(detail, sizeof detail, "%s (a broker older than DELETE)", msg);
+            msg = detail;
+        }
+        rc = cli_fail("groups delete", rc, msg);
+        ferry_close(c);
+        return rc;
+    }
+    ferry_close(c);
+
+    int bad = 0;
+    if (json)
+        bad = cli_json_print(json_pack("{s:o,s:o,s:b}", "topic", cli_json_str(topic, strlen(topic)),
+                                       "group", cli_json_str(group, strlen(group)), "deleted", 1)) <
+              0;
+    else
+        printf("deleted group %s of topic %s\n", group, topic);
+    if (fflush(stdout) != 0 || bad)
+        return cli_fail("groups delete", FERRY_EIO, "cannot write standard output");
+    return CLI_EXIT_OK;
+}
+
 int cmd_groups(struct cli *cli, int argc, char **argv)
 {
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"json", no_argument, NULL, OPT_JSON},
+        {"group", required_argument, NULL, OPT_GROUP},
         {NULL, 0, NULL, 0},
     };
     int json = 0;
+    const char *group = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (cli_common_option(cli, opt, optarg))
@@ -139,11 +196,26 @@ int cmd_groups(struct cli *cli, int argc, char **argv)
         case OPT_JSON:
             json = 1;
             break;
+        case OPT_GROUP:
+            group = optarg;
+            break;
         default:
             return cli_bad_option("groups", opt, argv);
         }
     }
-    if (argc - optind > 1)
+    int npos = argc - optind;
+    if (npos > 0 && strcmp(argv[optind], "delete") == 0) {
+        if (npos < 2)
+            return cli_usage_error("groups delete", "missing TOPIC");
+        if (npos > 2)
+            return cli_usage_error("groups delete", "unexpected argument '%s'", argv[optind + 2]);
+        if (!group)
+            return cli_usage_error("groups delete", "missing --group");
+        return run_delete(cli, argv[optind + 1], group, json);
+    }
+    if (group)
+        return cli_usage_error("groups", "--group only goes with 'ferry groups delete TOPIC'");
+    if (npos > 1)
         return cli_usage_error("groups", "unexpected argument '%s'", argv[optind + 1]);
     const char *topic = optind < argc ? argv[optind] : NULL;
 

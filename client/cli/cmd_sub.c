@@ -16,6 +16,13 @@
  * Waits are sliced (SUB_SLICE_MS) so that SIGINT and SIGTERM, which only
  * set a flag, end the command promptly: it then waits for the acks already
  * sent, unsubscribes and exits 0.
+ *
+ * A subscription the broker ends because its topic or group was deleted
+ * (`ferry topics delete`, `ferry groups delete`: SUB_END) makes
+ * ferry_receive return FERRY_EUNKNOWN_TOPIC or FERRY_EUNKNOWN_GROUP once
+ * the messages already received are printed: that is printed as an error
+ * ("ferry: sub: no such topic: subscription to T/G ended: ...") and the
+ * exit status is 1.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -48,7 +55,8 @@ static const char usage_text[] =
     "Receives the messages of consumer group GROUP on TOPIC and prints one line\n"
     "per message: its sequence number, a tab, and the payload (a newline in the\n"
     "payload printed as \\n). Each message is acked after it is printed. Runs\n"
-    "until --count messages, --timeout-ms without one, or SIGINT/SIGTERM.\n"
+    "until --count messages, --timeout-ms without one, or SIGINT/SIGTERM; exits\n"
+    "1 when the topic or the group is deleted meanwhile.\n"
     "\n"
     "Options:\n"
     "  --group GROUP        the consumer group (required); created if new\n"

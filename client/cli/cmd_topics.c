@@ -15,6 +15,11 @@
  * effective values, so "keep what it is" cannot be told from "the default"
  * by reading them back.) It then lists the topics again and prints the
  * topic's row.
+ *
+ * `delete TOPIC` sends DELETE (with --force: the topic's consumer groups
+ * go with it; without, a topic that has any is refused by the broker) and
+ * prints `deleted topic orders (1,204 messages, 2 consumer groups)`, or
+ * with --json {"topic": ..., "deleted": true, "messages": N, "groups": N}.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -30,6 +35,7 @@ enum {
     OPT_MAX_COUNT,
     OPT_MAX_BYTES,
     OPT_DELETE_ACKED,
+    OPT_FORCE,
 };
 
 /* "_dead." + a topic name + NUL. */
@@ -44,6 +50,7 @@ static const char usage_text[] =
     "                              [--max-count N|none|default]\n"
     "                              [--max-bytes SIZE|none|default]\n"
     "                              [--delete-acked on|off|default]\n"
+    "       ferry topics delete TOPIC [--force] [--json]\n"
     "\n"
     "Lists the broker's topics (the broker's own _dead.* ones included): name,\n"
     "messages and bytes stored, first and last (head) sequence number, creation\n"
@@ -58,6 +65,12 @@ static const char usage_text[] =
     "Each takes 'none' (no limit; for --delete-acked the same as 'off') or\n"
     "'default' (the broker's default) instead of a value.\n"
     "\n"
+    "'topics delete' deletes TOPIC, its dead letters (_dead.TOPIC) and its\n"
+    "messages (the broker frees their space in the background) and ends its\n"
+    "subscriptions; a later publish to the name starts a new topic at sequence\n"
+    "1. A topic with consumer groups is refused unless --force deletes them\n"
+    "too. Needs a token with the admin right.\n"
+    "\n"
     "Options of 'topics set':\n"
     "  --max-age DURATION   delete messages older than this: 500ms, 30s, 15m,\n"
     "                       12h, 7d (a bare number is milliseconds)\n"
@@ -68,12 +81,17 @@ static const char usage_text[] =
     "  --delete-acked on|off  delete messages once every group of the topic\n"
     "                       acked them\n"
     "\n"
+    "Options of 'topics delete':\n"
+    "  --force              delete the topic's consumer groups with it\n"
+    "\n"
     "Options:\n"
     "  --json               print a JSON array of objects with the keys topic,\n"
     "                       messages, bytes, first_seq, head_seq, created_ms,\n"
     "                       max_age_ms, max_count, max_bytes (0: no limit),\n"
     "                       delete_acked, publish_rate, dead_lettered (messages\n"
-    "                       in _dead.TOPIC)\n" CLI_COMMON_HELP;
+    "                       in _dead.TOPIC); with 'topics delete' one object\n"
+    "                       with the keys topic, deleted (true), messages and\n"
+    "                       groups (how many were deleted)\n" CLI_COMMON_HELP;
 
 /* ----- formatting --------------------------------------------------------- */
 
@@ -449,6 +467,65 @@ static int run_set(struct cli *cli, const char *topic, const ferry_retention *r,
     return rc;
 }
 
+/* ----- topics delete ---------------------------------------------------------- */
+
+/* v with a comma between each group of three digits: "1,204". */
+static void format_count(uint64_t v, char *buf, size_t len)
+{
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%" PRIu64, v);
+    size_t o = 0;
+    for (int i = 0; i < n && o + 2 < len; i++) {
+        if (i > 0 && (n - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = digits[i];
+    }
+    buf[o] = '\0';
+}
+
+static int run_delete(struct cli *cli, const char *topic, int force, int json)
+{
+    ferry_conn *c;
+    int rc = cli_connect(cli, "topics delete", NULL, &c);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    ferry_delete_result r = {.size = sizeof r};
+    rc = ferry_topic_delete(c, topic, force ? FERRY_DELETE_FORCE : 0, &r);
+    if (rc < 0) {
+        char detail[1400];
+        const char *msg = ferry_errmsg(c);
+        if (rc == FERRY_EUNKNOWN_TOPIC && !strstr(msg, topic)) {
+            /* The broker says only "no such topic": name it. */
+            snprintf(detail, sizeof detail, "no such topic: %s", topic);
+            msg = detail;
+        }
+        if (rc == FERRY_EUNKNOWN_TYPE) {
+            snprintf(detail, sizeof detail, "%s (a broker older than DELETE)", msg);
+            msg = detail;
+        }
+        rc = cli_fail("topics delete", rc, msg);
+        ferry_close(c);
+        return rc;
+    }
+    ferry_close(c);
+
+    int bad = 0;
+    if (json) {
+        json_t *o =
+            json_pack("{s:o,s:b,s:o,s:I}", "topic", cli_json_str(topic, strlen(topic)), "deleted",
+                      1, "messages", cli_json_u64(r.messages), "groups", (json_int_t)r.groups);
+        bad = cli_json_print(o) < 0;
+    } else {
+        char msgs[32];
+        format_count(r.messages, msgs, sizeof msgs);
+        printf("deleted topic %s (%s message%s, %" PRIu32 " consumer group%s)\n", topic, msgs,
+               r.messages == 1 ? "" : "s", r.groups, r.groups == 1 ? "" : "s");
+    }
+    if (fflush(stdout) != 0 || bad)
+        return cli_fail("topics delete", FERRY_EIO, "cannot write standard output");
+    return CLI_EXIT_OK;
+}
+
 /* ----- the command ------------------------------------------------------------ */
 
 int cmd_topics(struct cli *cli, int argc, char **argv)
@@ -460,9 +537,10 @@ int cmd_topics(struct cli *cli, int argc, char **argv)
         {"max-count", required_argument, NULL, OPT_MAX_COUNT},
         {"max-bytes", required_argument, NULL, OPT_MAX_BYTES},
         {"delete-acked", required_argument, NULL, OPT_DELETE_ACKED},
+        {"force", no_argument, NULL, OPT_FORCE},
         {NULL, 0, NULL, 0},
     };
-    int json = 0;
+    int json = 0, force = 0;
     struct set_opts so = {0};
     const char *set_opt = NULL; /* the first set option seen, for errors */
     int opt;
@@ -492,12 +570,27 @@ int cmd_topics(struct cli *cli, int argc, char **argv)
             so.delete_acked = optarg;
             set_opt = set_opt ? set_opt : "--delete-acked";
             break;
+        case OPT_FORCE:
+            force = 1;
+            break;
         default:
             return cli_bad_option("topics", opt, argv);
         }
     }
 
     int npos = argc - optind;
+    if (npos > 0 && strcmp(argv[optind], "delete") == 0) {
+        if (set_opt)
+            return cli_usage_error("topics delete", "%s only goes with 'ferry topics set TOPIC'",
+                                   set_opt);
+        if (npos < 2)
+            return cli_usage_error("topics delete", "missing TOPIC");
+        if (npos > 2)
+            return cli_usage_error("topics delete", "unexpected argument '%s'", argv[optind + 2]);
+        return run_delete(cli, argv[optind + 1], force, json);
+    }
+    if (force)
+        return cli_usage_error("topics", "--force only goes with 'ferry topics delete TOPIC'");
     if (npos > 0 && strcmp(argv[optind], "set") == 0) {
         if (npos < 2)
             return cli_usage_error("topics set", "missing TOPIC");

@@ -348,7 +348,8 @@ FERRY_API int ferry_subscribe(ferry_conn *c, const char *topic, const char *grou
  * received stay valid, and ferry_delivery_ack on them then fails with
  * FERRY_EUNKNOWN_SUBSCRIPTION. Returns 0, FERRY_ETIMEOUT, or a connection
  * error (the broker then returns the messages when it sees the connection
- * close). NULL is a no-op returning 0. */
+ * close). NULL is a no-op returning 0. On a subscription the broker ended
+ * (see ferry_receive) it only frees s and returns 0. */
 FERRY_API int ferry_unsubscribe(ferry_sub *s);
 
 /* Returns the next queued delivery of any subscription of c without a
@@ -359,7 +360,17 @@ FERRY_API int ferry_unsubscribe(ferry_sub *s);
  * publish callbacks may have run meanwhile.
  * With out NULL it serves callbacks only: it returns 0 once at least one
  * delivery callback has run, FERRY_ETIMEOUT when none did within
- * timeout_ms; queued deliveries stay queued. */
+ * timeout_ms; queued deliveries stay queued.
+ * A subscription the broker ends (its topic or group was deleted:
+ * ferry_topic_delete, ferry_group_delete) delivers nothing more; the
+ * deliveries of it already queued are still returned (or passed to its
+ * callback), and then ferry_receive, with out NULL or not, returns the
+ * broker's reason once, with *out NULL: FERRY_EUNKNOWN_TOPIC or
+ * FERRY_EUNKNOWN_GROUP, ferry_errmsg "subscription to TOPIC/GROUP ended:
+ * <the broker's text>". From the end on, acks, nacks, touches and
+ * ferry_sub_set_window on it fail with FERRY_EUNKNOWN_SUBSCRIPTION without
+ * asking the broker; ferry_unsubscribe frees it, sends nothing and returns
+ * 0. The connection's other subscriptions go on. */
 FERRY_API int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out);
 
 /* Frees a delivery (without acking it). NULL is a no-op. Thread-safe: may
