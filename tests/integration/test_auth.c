@@ -144,6 +144,9 @@ static void test_auth_consume_rights(void **state)
     assert_int_equal(ferry_seek(c, "orders", "g", FERRY_START_EARLIEST, 0, &cursor), 0);
     assert_int_equal(ferry_seek(c, "payments", "g", FERRY_START_EARLIEST, 0, &cursor),
                      FERRY_EDENIED);
+    /* Deleting needs the admin right, even on a topic it may consume. */
+    assert_int_equal(ferry_topic_delete(c, "orders", FERRY_DELETE_FORCE, NULL), FERRY_EDENIED);
+    assert_int_equal(ferry_group_delete(c, "orders", "g", NULL), FERRY_EDENIED);
     ferry_close(c);
 }
 
@@ -162,6 +165,9 @@ static void test_auth_admin_rights(void **state)
     ferry_group_info *gi;
     assert_int_equal(ferry_groups(c, NULL, &gi, &n), 0);
     ferry_groups_free(gi);
+    ferry_delete_result dr = {.size = sizeof dr};
+    assert_int_equal(ferry_topic_delete(c, "anything", 0, &dr), 0);
+    assert_int_equal(dr.messages, 1);
     ferry_close(c);
 }
 
