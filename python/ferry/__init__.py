@@ -257,6 +257,18 @@ class Connection:
         da = -1 if delete_acked is None else int(bool(delete_acked))
         self._c.topic_config(topic, max_age_ms, max_count, max_bytes, da)
 
+    def topic_delete(self, topic, *, force=False) -> dict:
+        """Deletes the topic, its dead-letter topic and (force=True) their
+        consumer groups, durably; their subscriptions end (their receive
+        raises NotFound). A publish to the name afterwards starts a new topic
+        at sequence 1. Returns {"messages": n, "groups": n}."""
+        return self._c.topic_delete(topic, bool(force))
+
+    def group_delete(self, topic, group) -> dict:
+        """Deletes one consumer group of topic, durably; the topic stays.
+        Returns {"groups": 1}."""
+        return self._c.group_delete(topic, group)
+
     def server_info(self) -> dict:
         """The limits the broker announced in the handshake."""
         return self._c.server_info()

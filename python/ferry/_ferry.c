@@ -797,6 +797,38 @@ static PyObject *conn_topic_config(ConnObject *self, PyObject *args, PyObject *k
     Py_RETURN_NONE;
 }
 
+static PyObject *conn_topic_delete(ConnObject *self, PyObject *args)
+{
+    const char *topic;
+    int force = 0;
+    if (!PyArg_ParseTuple(args, "s|p", &topic, &force) || !conn_ok(self))
+        return NULL;
+    ferry_delete_result r = {.size = sizeof r};
+    int rc;
+    char detail[256] = "";
+    LOCKED(self, rc = ferry_topic_delete(self->c, topic, force ? FERRY_DELETE_FORCE : 0, &r);
+           if (rc < 0) snprintf(detail, sizeof detail, "%s", ferry_errmsg(self->c)));
+    if (rc < 0)
+        return raise_error(rc, detail);
+    return Py_BuildValue("{s:K,s:I}", "messages", (unsigned long long)r.messages, "groups",
+                         (unsigned)r.groups);
+}
+
+static PyObject *conn_group_delete(ConnObject *self, PyObject *args)
+{
+    const char *topic, *group;
+    if (!PyArg_ParseTuple(args, "ss", &topic, &group) || !conn_ok(self))
+        return NULL;
+    ferry_delete_result r = {.size = sizeof r};
+    int rc;
+    char detail[256] = "";
+    LOCKED(self, rc = ferry_group_delete(self->c, topic, group, &r);
+           if (rc < 0) snprintf(detail, sizeof detail, "%s", ferry_errmsg(self->c)));
+    if (rc < 0)
+        return raise_error(rc, detail);
+    return Py_BuildValue("{s:I}", "groups", (unsigned)r.groups);
+}
+
 static PyObject *conn_server_info(ConnObject *self, PyObject *unused)
 {
     (void)unused;
@@ -837,6 +869,8 @@ static PyMethodDef conn_methods[] = {
     {"groups", (PyCFunction)conn_groups, METH_VARARGS, "groups(topic=None) -> list of dicts"},
     {"topic_config", (PyCFunction)(void (*)(void))conn_topic_config, METH_VARARGS | METH_KEYWORDS,
      "topic_config(topic, max_age_ms, max_count, max_bytes, delete_acked)"},
+    {"topic_delete", (PyCFunction)conn_topic_delete, METH_VARARGS, "topic_delete(topic, force)"},
+    {"group_delete", (PyCFunction)conn_group_delete, METH_VARARGS, "group_delete(topic, group)"},
     {"server_info", (PyCFunction)conn_server_info, METH_NOARGS, "the handshake's limits"},
     {NULL, NULL, 0, NULL},
 };

@@ -283,6 +283,28 @@ def test_inbox_skips_the_redelivery_after_a_consumer_crash(broker, tmpdir_path):
         assert c.groups("stock")[0]["lag"] == 0
 
 
+def test_deleting_ends_subscriptions_and_starts_the_name_over(broker):
+    with ferry.connect(broker.addr) as c, ferry.connect(broker.addr) as admin:
+        for i in range(3):
+            c.publish("gone", b"%d" % i)
+        sub = c.subscribe("gone", "g", max_in_flight=1)
+        d = sub.receive(5)
+        assert d.seq == 1
+        with pytest.raises(ferry.InvalidArgument):
+            admin.topic_delete("gone")  # it has a group
+        assert admin.topic_delete("gone", force=True) == {"messages": 3, "groups": 1}
+        with pytest.raises(ferry.NotFound) as e:
+            sub.receive(5)
+        assert "gone" in str(e.value)
+        assert "gone" not in [t["topic"] for t in admin.topics()]
+        assert c.publish("gone", b"again").seq == 1
+        c.subscribe("gone", "h", max_in_flight=1).receive(5).ack()
+        assert admin.group_delete("gone", "h") == {"groups": 1}
+        assert admin.groups("gone") == []
+        with pytest.raises(ferry.NotFound):
+            admin.group_delete("gone", "h")
+
+
 def test_help_reads_well():
     assert "Connects to ferryd" in ferry.connect.__doc__
     assert "durably" in ferry.Connection.publish.__doc__
