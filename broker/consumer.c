@@ -650,6 +650,8 @@ void groups_on_redrive(struct conn *c, const struct proto_frame *f)
         commit_reply_error(c, f->request_id, FERRY_EUNKNOWN_GROUP, "its group no longer exists");
         return;
     }
+    if (refuse_if_deleting(c, f->request_id, t, gr))
+        return;
     if (!entry_get(gr, seq) && acked_test(gr, seq) &&
         seq < (gr->reached > gr->next ? gr->reached : gr->next)) {
         struct entry *e = entry_add(gr, seq);

@@ -793,6 +793,36 @@ static void subscribe_done(struct groups *g, struct batch *done, struct op *op)
     mark_dirty(g, s->group);
 }
 
+/* The groups and topics a DELETE buried (group_delete.c), once nothing
+ * names them. */
+static void free_buried(struct groups *g)
+{
+    if (!g->buried && !g->buried_topics)
+        return;
+    /* A buried group may still be on the dirty list. */
+    struct group **pp = &g->dirty;
+    while (*pp) {
+        if ((*pp)->deleted) {
+            struct group *gr = *pp;
+            *pp = gr->next_dirty;
+            gr->dirty = 0;
+        } else {
+            pp = &(*pp)->next_dirty;
+        }
+    }
+    while (g->buried) {
+        struct group *gr = g->buried;
+        g->buried = gr->next_in_topic;
+        group_free(gr);
+    }
+    while (g->buried_topics) {
+        struct ltopic *t = g->buried_topics;
+        g->buried_topics = t->next_buried;
+        free(t->name);
+        free(t);
+    }
+}
+
 void groups_after_replies(struct broker *b, struct batch *done)
 {
     struct groups *g = G(b);
@@ -801,7 +831,7 @@ void groups_after_replies(struct broker *b, struct batch *done)
     for (size_t i = 0; i < done->nops; i++)
         if (done->ops[i].kind == OP_GROUP_SAVE && done->ops[i].u.save.sub_id)
             subscribe_done(g, done, &done->ops[i]);
-    groups_free_buried(g);
+    free_buried(g);
 }
 
 void groups_after_commit(struct broker *b, struct batch *done)
@@ -809,9 +839,6 @@ void groups_after_commit(struct broker *b, struct batch *done)
     struct groups *g = G(b);
     if (!g)
         return;
-    /* Deleted topics leave the registry before the batch's topic updates
-     * (a publish after the deletion made a new topic of the name). */
-    groups_deletes_done(g, done);
     if (done->commit_status == 0)
         apply_topic_updates(g, done);
     for (size_t i = 0; i < done->nops; i++) {
@@ -944,7 +971,7 @@ void groups_free(struct broker *b)
         free(t);
         t = nt;
     }
-    groups_free_buried(g);
+    free_buried(g);
     namemap_free(&g->topics);
     due_heap_free(&g->heap);
     free(g);

@@ -92,6 +92,10 @@ uint32_t groups_conn_subs(const struct conn *c);
 /* After a commit (loop thread): learn new topic heads, push fresh messages
  * to caught-up groups straight from the batch, hand fetched messages to
  * their subscriptions. Called before the batch's replies are sent. */
+/* A finished batch's DELETEs (group_delete.c): the deleted topics and groups
+ * leave the registry. Called before groups_after_commit (a publish after a
+ * deletion made a new topic of the name, which its topic update names). */
+void groups_deletes_done(struct broker *b, struct batch *done);
 void groups_after_commit(struct broker *b, struct batch *done);
 /* After the replies of a commit were queued (SUBSCRIBE_OKs included):
  * subscriptions of groups this commit created may now receive. */

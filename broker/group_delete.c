@@ -12,11 +12,13 @@
  *    subscription, seek, redrive, floor or peek (INVALID, "being deleted");
  *    publishes go on, and follow the deletion in the store: they make a new
  *    topic of the name.
- * 2. The batch committed (groups_deletes_done, first thing after a commit):
+ * 2. The batch committed (groups_deletes_done, which server.c calls first
+ *    after a commit, before groups_after_commit):
  *    the deleted topics and groups leave the registry and are buried; a
  *    failed deletion clears the marks instead (the subscriptions stay
  *    ended: their clients subscribe again).
- * 3. After the batch's replies (groups_free_buried): the buried are freed.
+ * 3. After the batch's replies (groups_after_replies, group.c): the buried
+ *    are freed.
  *    Ops of that batch that named them (fetches queued before the deletion)
  *    have been read by then, and no op queued since names them: a deleting
  *    group has no subscription, no timer and dispatches nothing.
@@ -75,7 +77,9 @@ static void group_mark(struct groups *g, struct group *gr, int code, const char 
     gr->deleting = 1;
     while (gr->subs)
         sub_drop(g, gr->subs, code, why);
-    due_heap_drop_owner(&g->heap, gr);
+    /* Its timers stay until it is buried: if the deletion fails, its
+     * waiting messages still come due. A deleting group's timers only make
+     * entries ready; it dispatches nothing. */
 }
 
 static uint32_t topic_mark(struct groups *g, struct ltopic *t, const char *why)
@@ -99,6 +103,14 @@ int refuse_if_deleting(struct conn *c, uint32_t request_id, const struct ltopic 
                        const struct group *gr)
 {
     char msg[300];
+    /* _dead.T goes with T, even if the loop did not know it when T's
+     * deletion began. */
+    const struct ltopic *base =
+        t && t->name_len > 6 && memcmp(t->name, "_dead.", 6) == 0
+            ? topic_lookup(G(c->broker), (const uint8_t *)t->name + 6, t->name_len - 6, 0)
+            : NULL;
+    if (base && base->deleting)
+        t = base;
     if (t && t->deleting)
         snprintf(msg, sizeof msg, "topic %s is being deleted", t->name);
     else if (gr && gr->deleting)
@@ -171,8 +183,14 @@ void groups_on_delete(struct conn *c, const struct proto_frame *f, size_t wire_b
         od->group_id = gr->id;
         rc = batch_put(b, d->group.ptr, d->group.len, &od->group);
     }
-    if (rc == 0 && dt)
-        rc = batch_put(b, dt->name, dt->name_len, &od->dead);
+    /* The dead-letter topic by name: the store may have it though the loop
+     * does not yet (a dead letter committing now). */
+    char dead[PROTO_MAX_TOPIC + 7];
+    if (rc == 0 && !gr && t->name_len + 6 <= PROTO_MAX_TOPIC) {
+        memcpy(dead, "_dead.", 6);
+        memcpy(dead + 6, t->name, t->name_len);
+        rc = batch_put(b, dead, t->name_len + 6, &od->dead);
+    }
     if (rc < 0) {
         op->kind = OP_REPLY;
         op->out_len = 0;
@@ -213,20 +231,27 @@ static void bury_group(struct groups *g, struct group *gr)
         pp = &(*pp)->next_in_topic;
     if (*pp)
         *pp = gr->next_in_topic;
-    due_heap_drop_owner(&g->heap, gr);
     gr->deleted = 1;
     gr->next_in_topic = g->buried;
     g->buried = gr;
 }
 
-static void bury_topic(struct groups *g, struct ltopic *t)
+static void bury_topic(struct groups *g, struct ltopic *t, const char *why)
 {
-    while (t->groups)
+    while (t->groups) {
+        if (!t->groups->deleting) /* made while the deletion committed */
+            group_mark(g, t->groups, FERRY_EUNKNOWN_TOPIC, why);
         bury_group(g, t->groups);
+    }
     namemap_remove(&g->topics, &t->link);
     g->topic_name_bytes -= t->name_len;
     t->next_buried = g->buried_topics;
     g->buried_topics = t;
+}
+
+static int group_is_deleted(const void *owner)
+{
+    return ((const struct group *)owner)->deleted;
 }
 
 static struct group *find_by_id(struct ltopic *t, int64_t id)
@@ -237,8 +262,11 @@ static struct group *find_by_id(struct ltopic *t, int64_t id)
     return NULL;
 }
 
-void groups_deletes_done(struct groups *g, struct batch *done)
+void groups_deletes_done(struct broker *b, struct batch *done)
 {
+    struct groups *g = G(b);
+    if (!g)
+        return;
     for (size_t i = 0; i < done->nops; i++) {
         struct op *op = &done->ops[i];
         if (op->kind != OP_DELETE)
@@ -250,7 +278,8 @@ void groups_deletes_done(struct groups *g, struct batch *done)
         struct group *gr = od->group.len ? find_by_id(t, od->group_id) : NULL;
         if (done->commit_status || op->status) {
             if (od->group.len) {
-                unmark(t, gr);
+                if (gr)
+                    unmark(t, gr);
             } else {
                 unmark(t, NULL);
                 unmark(dt, NULL);
@@ -267,39 +296,18 @@ void groups_deletes_done(struct groups *g, struct batch *done)
             }
             continue;
         }
+        char why[PROTO_MAX_TOPIC + 32];
         if (t) {
             log_info("deleted topic %s", t->name);
-            bury_topic(g, t);
+            snprintf(why, sizeof why, "topic %s was deleted", t->name);
+            bury_topic(g, t, why);
         }
-        if (dt)
-            bury_topic(g, dt);
-    }
-}
-
-void groups_free_buried(struct groups *g)
-{
-    if (!g->buried && !g->buried_topics)
-        return;
-    /* A buried group may still be on the dirty list. */
-    struct group **pp = &g->dirty;
-    while (*pp) {
-        if ((*pp)->deleted) {
-            struct group *gr = *pp;
-            *pp = gr->next_dirty;
-            gr->dirty = 0;
-        } else {
-            pp = &(*pp)->next_dirty;
+        if (dt) {
+            snprintf(why, sizeof why, "topic %s was deleted", dt->name);
+            bury_topic(g, dt, why);
         }
     }
-    while (g->buried) {
-        struct group *gr = g->buried;
-        g->buried = gr->next_in_topic;
-        group_free(gr);
-    }
-    while (g->buried_topics) {
-        struct ltopic *t = g->buried_topics;
-        g->buried_topics = t->next_buried;
-        free(t->name);
-        free(t);
-    }
+    /* The buried groups' timers, in one pass over the heap. */
+    if (g->buried)
+        due_heap_drop_if(&g->heap, group_is_deleted);
 }

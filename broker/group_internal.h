@@ -152,8 +152,6 @@ struct ltopic *topic_lookup(struct groups *g, const uint8_t *name, size_t len, i
 void group_free(struct group *gr);
 
 /* Deleting topics and groups (group_delete.c). */
-void groups_deletes_done(struct groups *g, struct batch *done);
-void groups_free_buried(struct groups *g);
 int refuse_if_deleting(struct conn *c, uint32_t request_id, const struct ltopic *t,
                        const struct group *gr);
 

@@ -272,11 +272,11 @@ static void due_sift_down(struct due_heap *h, size_t i)
     }
 }
 
-size_t due_heap_drop_owner(struct due_heap *h, const void *owner)
+size_t due_heap_drop_if(struct due_heap *h, int (*drop)(const void *owner))
 {
     size_t kept = 0, n = h->len;
     for (size_t i = 0; i < n; i++)
-        if (h->items[i].owner != owner)
+        if (!drop(h->items[i].owner))
             h->items[kept++] = h->items[i];
     h->len = kept;
     for (size_t i = kept / 2; i-- > 0;)

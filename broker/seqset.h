@@ -104,9 +104,9 @@ struct due_heap {
 int due_heap_push(struct due_heap *h, uint64_t due_ms, void *owner, uint64_t seq);
 /* Removes the earliest item (the heap must not be empty). */
 void due_heap_pop(struct due_heap *h);
-/* Removes every item of owner (O(n): for a group being deleted); returns
- * how many went. */
-size_t due_heap_drop_owner(struct due_heap *h, const void *owner);
+/* Removes every item whose owner drop() says 1 of, in one O(n) pass (for
+ * deleted groups); returns how many went. */
+size_t due_heap_drop_if(struct due_heap *h, int (*drop)(const void *owner));
 void due_heap_free(struct due_heap *h);
 
 #endif

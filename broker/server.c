@@ -89,14 +89,20 @@ static void on_commit_done(struct broker *b, struct batch *done)
     histo_add(&b->commit_seconds, (double)done->commit_us / 1e6);
     histo_add(&b->commit_messages, (double)done->messages);
     /* The worker is idle: what the store counts may be read now. */
+    uint64_t purged_before = b->store_stats.purged, purging_before = b->store_stats.purging;
     store_get_stats(b->store, &b->store_stats);
-    b->purge_due = b->store_stats.purging && !b->stopping;
+    /* A deleted topic's rows left to free: the next step at once, as long
+     * as steps free rows (a refused or failing one waits for the tick). */
+    b->purge_due =
+        b->store_stats.purging && !b->stopping && done->commit_status == 0 &&
+        (b->store_stats.purged > purged_before || b->store_stats.purging > purging_before);
     log_debug("commit: %zu op(s), %llu message(s), %llu us", done->nops,
               (unsigned long long)done->messages, (unsigned long long)done->commit_us);
 
     /* Fresh messages reach caught-up groups before the publishers' acks
      * are even written; fetched ones go to their subscriptions. */
     b->defer_flush = 1;
+    groups_deletes_done(b, done);
     groups_after_commit(b, done);
     /* Replies go out in op order; connections coalesce them into writes. */
     commit_answer(b, done);

@@ -140,8 +140,8 @@ static const char *const stmt_sql[ST__COUNT] = {
                            "VALUES (?1, ?2, ?3, ?4)",
     [ST_DELTOPIC_DONE] = "UPDATE deleted_topics SET purged_ms = ?2 WHERE id = ?1",
     [ST_PURGE_CUT] =
-        "SELECT rid FROM messages WHERE rid >= ?1 AND rid < ?2 ORDER BY rid LIMIT 1 OFFSET ?3",
-    [ST_PURGE_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid < ?2",
+        "SELECT rid FROM messages WHERE rid >= ?1 AND rid <= ?2 ORDER BY rid LIMIT 1 OFFSET ?3",
+    [ST_PURGE_DELETE] = "DELETE FROM messages WHERE rid >= ?1 AND rid <= ?2",
     [ST_FETCH] = "SELECT msg_id, key, headers, payload, ts_ms, deliver_at_ms FROM messages "
                  "WHERE rid = ?1",
 };

@@ -774,6 +774,16 @@ int delete_op(struct store *s, struct batch *b, struct op *op, int64_t now_ms, i
                          d->dead.len, 0, &groups);
         if (rc != SQLITE_OK)
             goto fail;
+        /* A dead-letter topic deleted on its own: its groups' records of
+         * what they dead-lettered point into it, and go. */
+        if (d->topic.len > 6 && memcmp(topic, "_dead.", 6) == 0) {
+            rc = delete_rows(s,
+                             "DELETE FROM group_dead WHERE group_id IN (SELECT id FROM groups "
+                             "WHERE topic IN (?1, ?2))",
+                             topic + 6, d->topic.len - 6, (const uint8_t *)"", 0, 0, NULL);
+            if (rc != SQLITE_OK)
+                goto fail;
+        }
         struct topic *t = topic_find(s, topic, d->topic.len);
         struct topic *dt = d->dead.len ? topic_find(s, dead, d->dead.len) : NULL;
         if (!t && !groups) {

@@ -167,7 +167,8 @@ struct store {
     /* $FERRY_TEST_PURGE_STEP (tests only): rows per step instead, so that
      * a test can kill ferryd in the middle of a purge. */
     int64_t purge_step_test;
-    struct topic *dirty; /* topics touched by the running transaction */
+    int64_t purge_retry_ms; /* after a failed step: not before then */
+    struct topic *dirty;    /* topics touched by the running transaction */
 
     /* The checkpointer: its own connection and thread. */
     sqlite3 *ckpt_db;

@@ -306,46 +306,78 @@ void purge_settle(struct store *s, int ok)
  * A commit that fails undoes the step with everything else; the queue in
  * memory moves only after COMMIT (purge_done_upto). Returns an SQLite code.
  */
-int purge_step(struct store *s, int64_t now_ms, int64_t budget)
+static int purge_rows(struct store *s, int64_t now_ms, int64_t budget)
 {
-    s->purge_done = 0;
-    s->purge_rows = 0;
     for (size_t i = 0; i < s->npurge && budget > 0; i++) {
         int64_t id = s->purge_ids[i];
-        int64_t lo = (int64_t)((uint64_t)id << 40), hi = (int64_t)((uint64_t)(id + 1) << 40);
+        /* The topic's rids, both ends inclusive (no overflow at the last id). */
+        int64_t lo = (int64_t)((uint64_t)id << 40), hi = lo | SEQ_MAX;
         sqlite3_stmt *cut = s->st[ST_PURGE_CUT];
         sqlite3_bind_int64(cut, 1, lo);
         sqlite3_bind_int64(cut, 2, hi);
         sqlite3_bind_int64(cut, 3, budget);
         int rc = sqlite3_step(cut);
-        int64_t end = rc == SQLITE_ROW ? sqlite3_column_int64(cut, 0) : hi;
+        int more = rc == SQLITE_ROW; /* rows at and after the cut stay */
+        int64_t last = more ? sqlite3_column_int64(cut, 0) - 1 : hi;
         sqlite3_reset(cut);
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-            set_err(s, "purge a deleted topic");
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             return rc;
-        }
         sqlite3_stmt *del = s->st[ST_PURGE_DELETE];
         sqlite3_bind_int64(del, 1, lo);
-        sqlite3_bind_int64(del, 2, end);
-        if ((rc = step_done(del)) != SQLITE_OK) {
-            set_err(s, "purge a deleted topic");
+        sqlite3_bind_int64(del, 2, last);
+        if ((rc = step_done(del)) != SQLITE_OK)
             return rc;
-        }
         int64_t n = sqlite3_changes(s->db);
         s->purge_rows += (uint64_t)n;
         budget -= n;
-        if (end != hi)
+        if (more)
             break; /* the budget ran out inside this topic */
         sqlite3_stmt *done = s->st[ST_DELTOPIC_DONE];
         sqlite3_bind_int64(done, 1, id);
         sqlite3_bind_int64(done, 2, now_ms);
-        if ((rc = step_done(done)) != SQLITE_OK) {
-            set_err(s, "purge a deleted topic");
+        if ((rc = step_done(done)) != SQLITE_OK)
             return rc;
-        }
         s->purge_done = i + 1;
         if (!n)
             budget--; /* an empty topic costs a step too */
+    }
+    return SQLITE_OK;
+}
+
+/*
+ * Frees up to budget rows of the oldest deleted topics still holding some,
+ * inside the open transaction, in a savepoint of its own: a step that fails
+ * (a bad page in the deleted range, say) is undone alone, logged, and not
+ * tried again for PURGE_RETRY_MS, so that it never fails the batch's own
+ * writes. A topic with no rows left is marked purged. The queue in memory
+ * moves only after COMMIT (purge_commit). Returns an SQLite code: an error
+ * only when the transaction itself is gone.
+ */
+#define PURGE_RETRY_MS 10000
+int purge_step(struct store *s, int64_t now_ms, int64_t budget)
+{
+    s->purge_done = 0;
+    s->purge_rows = 0;
+    if (now_ms < s->purge_retry_ms)
+        return SQLITE_OK;
+    int rc = sqlite3_exec(s->db, "SAVEPOINT purge", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = purge_rows(s, now_ms, budget);
+    if (rc == SQLITE_OK)
+        return sqlite3_exec(s->db, "RELEASE purge", NULL, NULL, NULL);
+    log_error("purging deleted topics: %s; trying again in %d s", sqlite3_errmsg(s->db),
+              PURGE_RETRY_MS / 1000);
+    s->purge_done = 0;
+    s->purge_rows = 0;
+    s->purge_retry_ms = now_ms + PURGE_RETRY_MS;
+    if (sqlite3_get_autocommit(s->db)) {
+        set_err(s, "purge a deleted topic"); /* SQLite rolled it all back */
+        return rc;
+    }
+    if (sqlite3_exec(s->db, "ROLLBACK TO purge", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(s->db, "RELEASE purge", NULL, NULL, NULL) != SQLITE_OK) {
+        set_err(s, "purge a deleted topic");
+        return SQLITE_ERROR;
     }
     return SQLITE_OK;
 }

@@ -409,12 +409,72 @@ static void test_delete_purge_survives_kill9(void **state)
     ferry_close(c);
 }
 
+/* The dead-letter topic goes with its topic; deleted on its own, the
+ * group's record of what it can redrive goes with it. */
+static void test_delete_dead_letter_topic(void **state)
+{
+    struct fx *fx = *state;
+    ferry_conn *c = it_connect(fx->b.addr);
+    publish_n(c, "mail", 2, NULL);
+    ferry_sub_options so = FERRY_SUB_OPTIONS_INIT;
+    so.max_deliveries = 1;
+    so.max_in_flight = 1;
+    ferry_sub *s = NULL;
+    assert_int_equal(ferry_subscribe(c, "mail", "send", &so, &s), 0);
+    ferry_delivery *d = NULL;
+    assert_int_equal(ferry_receive(c, IO_MS, &d), 0);
+    assert_int_equal(ferry_delivery_nack(d, 0, "bounce"), 0); /* its only attempt */
+    ferry_delivery_free(d);
+    for (int i = 0; i < 100 && !listed(c, "_dead.mail", NULL); i++)
+        it_sleep_ms(20);
+    assert_true(listed(c, "_dead.mail", NULL));
+    uint64_t floor = 0, keep[4];
+    size_t nkeep = 0;
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(ferry_group_floor(c, "mail", "send", &floor, keep, 4, &nkeep), 0);
+        if (nkeep == 1)
+            break;
+        it_sleep_ms(20);
+    }
+    assert_int_equal(nkeep, 1);
+    assert_int_equal(keep[0], 1);
+
+    /* _dead.mail alone: the group's redrivable record goes. */
+    ferry_delete_result r = {.size = sizeof r};
+    assert_int_equal(ferry_topic_delete(c, "_dead.mail", 0, &r), 0);
+    assert_int_equal(r.messages, 1);
+    assert_false(listed(c, "_dead.mail", NULL));
+    assert_int_equal(ferry_group_floor(c, "mail", "send", &floor, keep, 4, &nkeep), 0);
+    assert_int_equal(nkeep, 0);
+
+    /* Dead-letter again, then the topic with --force: both go. */
+    assert_int_equal(ferry_receive(c, IO_MS, &d), 0);
+    assert_int_equal(d->seq, 2);
+    assert_int_equal(ferry_delivery_nack(d, 0, "bounce"), 0);
+    ferry_delivery_free(d);
+    for (int i = 0; i < 100 && !listed(c, "_dead.mail", NULL); i++)
+        it_sleep_ms(20);
+    assert_true(listed(c, "_dead.mail", NULL));
+    assert_int_equal(ferry_topic_delete(c, "mail", 0, &r), FERRY_EINVALID);
+    assert_int_equal(ferry_topic_delete(c, "mail", FERRY_DELETE_FORCE, &r), 0);
+    assert_int_equal(r.groups, 1);
+    assert_int_equal(r.messages, 3);
+    assert_false(listed(c, "mail", NULL));
+    assert_false(listed(c, "_dead.mail", NULL));
+    /* The subscription ended with the topic. */
+    assert_int_equal(ferry_receive(c, IO_MS, &d), FERRY_EUNKNOWN_TOPIC);
+    assert_int_equal(db_int(fx, "SELECT count(*) FROM group_dead"), 0);
+    assert_int_equal(db_int(fx, "SELECT count(*) FROM groups"), 0);
+    ferry_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_delete_topic_starts_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_topic_with_groups_needs_force, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_group_keeps_the_rest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_dead_letter_topic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_purge_survives_kill9, setup_slow_purge,
                                         teardown),
     };
