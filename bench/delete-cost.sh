@@ -70,11 +70,11 @@ for round in $(seq 1 "$ROUNDS"); do
     ) &
     watcher=$!
     latency purging "$round"
+    probe_end=$(now_ms)
     wait "$watcher"
     t2=$(cat "$WORK/purged_at")
     purged=$(cat "$WORK/purged_rows")
-    probe_end=$(now_ms)
-    ((t2 <= probe_end)) || log "round $round: the purge outlasted the probe"
+    ((t2 >= probe_end)) || log "round $round: the purge ended before the probe did"
 
     echo "times $round $((t1 - t0)) $((t2 - t1)) $purged" >>"$RESULTS"
     stop_broker
