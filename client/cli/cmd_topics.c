@@ -500,7 +500,7 @@ static int run_delete(struct cli *cli, const char *topic, int force, int json)
             msg = detail;
         }
         if (rc == FERRY_EUNKNOWN_TYPE) {
-            snprintf(detail, sizeof detail, "%s (a broker older than DELETE)", msg);
+            snprintf(detail, sizeof detail, "%.1300s (a broker older than DELETE)", msg);
             msg = detail;
         }
         rc = cli_fail("topics delete", rc, msg);
