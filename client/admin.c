@@ -36,6 +36,8 @@ int ferry_ping(ferry_conn *c, uint64_t *rtt_us)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
+    if (c->js)
+        return ferry__js_ping(c, rtt_us);
     int64_t t0 = ferry__now_us();
     struct ferry__waiter w = {0};
     rc = simple_request(c, PROTO_PING, PROTO_PONG, &w);
@@ -369,6 +371,11 @@ int ferry_seek(ferry_conn *c, const char *topic, const char *group, ferry_start 
         return rc;
     if ((unsigned)start > FERRY_START_TIME)
         return ferry__seterr(c, FERRY_EINVALID, "unknown start %d", (int)start);
+    if (c->js) {
+        if (cursor_out)
+            *cursor_out = 0; /* JetStream does not say where the new consumer starts */
+        return ferry__js_seek(c, topic, group, start, value);
+    }
 
     size_t tlen = strlen(topic), glen = strlen(group);
     struct proto_seek s = {
@@ -497,6 +504,8 @@ int ferry__sub_floor(ferry_sub *s, uint64_t *floor, uint64_t **keep, size_t *nke
     *nkeep = 0;
     if (!s->c)
         return FERRY_ECLOSED;
+    if (s->js)
+        return ferry__js_floor(s, floor); /* nothing redrivable: dead letters stay */
     uint64_t *k = malloc(FERRY_FLOOR_KEEP_MAX * sizeof(*k));
     if (!k)
         return FERRY_ENOMEM;

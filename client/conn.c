@@ -291,7 +291,8 @@ int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
         rc = FERRY_EINVALID;
         goto done;
     }
-    if (parse_addr(addr, host, sizeof host, port, sizeof port) < 0) {
+    int js = ferry__is_js_address(addr);
+    if (!js && parse_addr(addr, host, sizeof host, port, sizeof port) < 0) {
         snprintf(why, sizeof why, "address \"%.*s\" is not HOST:PORT", ADDR_MAX, addr);
         rc = FERRY_EINVALID;
         goto done;
@@ -339,6 +340,10 @@ int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
     }
     c->rcap = c->wcap = FERRY__BUF_INITIAL_BYTES;
 
+    if (js) {
+        rc = ferry__js_connect(c, addr, opts, why, sizeof why);
+        goto done;
+    }
     int64_t deadline = ferry__deadline(connect_timeout_ms);
     rc = open_socket(c, host, port, deadline);
     if (rc == 0)
@@ -364,8 +369,12 @@ void ferry_close(ferry_conn *c)
 {
     if (!c)
         return;
+    if (c->js)
+        ferry__js_close(c);
     ferry__kill(c, FERRY_ECLOSED, "ferry_close was called");
     ferry__consume_close(c);
+    if (c->js)
+        ferry__js_free(c);
     free(c->rbuf);
     free(c->wbuf);
     free(c->pend);

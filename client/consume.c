@@ -75,6 +75,7 @@ static struct ferry_sub *sub_find(ferry_conn *c, uint32_t sub_id)
 static void sub_unref(struct ferry_sub *s)
 {
     if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) {
+        ferry__js_sub_free(s->js);
         free(s->acks);
         free(s);
     }
@@ -84,6 +85,10 @@ static void sub_unref(struct ferry_sub *s)
  * NULL). */
 static void queue_purge(ferry_conn *c, const struct ferry_sub *s)
 {
+    if (c->js) {
+        ferry__js_queue_purge(c, s);
+        return;
+    }
     struct ferry__delivery **pp = &c->dq_head;
     c->dq_tail = NULL;
     while (*pp) {
@@ -390,6 +395,8 @@ int ferry_receive(ferry_conn *c, int timeout_ms, ferry_delivery **out)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
+    if (c->js)
+        return ferry__js_receive(c, timeout_ms, out);
 
     uint64_t cb_before = c->cb_deliveries;
     int (*ready)(const ferry_conn *, const void *) = out ? queue_ready : callback_ran;
@@ -593,6 +600,8 @@ int ferry_delivery_ack(const ferry_delivery *d)
     int rc = delivery_sub(d, &s);
     if (rc < 0)
         return rc;
+    if (s->js)
+        return ferry__js_ack(s, &d->seq, 1, 1);
     return ack_seqs(s, &d->seq, 1);
 }
 
@@ -609,6 +618,8 @@ int ferry_sub_ack(ferry_sub *s, const uint64_t *seqs, size_t n)
         return ferry__seterr(s->c, FERRY_EINVALID, "no sequences to ack");
     if ((rc = sub_gone(s)) < 0)
         return rc;
+    if (s->js)
+        return ferry__js_ack(s, seqs, n, 1);
     return ack_seqs(s, seqs, n);
 }
 
@@ -618,6 +629,8 @@ int ferry_delivery_ack_async(const ferry_delivery *d)
     int rc = delivery_sub(d, &s);
     if (rc < 0)
         return rc;
+    if (s->js)
+        return ferry__js_ack(s, &d->seq, 1, 0);
     ferry_conn *c = s->c;
     if (s->nacks == s->acks_cap) {
         size_t ncap = s->acks_cap ? s->acks_cap * 2 : 64;
@@ -715,6 +728,8 @@ int ferry_delivery_nack(const ferry_delivery *d, uint32_t delay_ms, const char *
     if (rlen > PROTO_MAX_REASON)
         return ferry__seterr(c, FERRY_EINVALID, "reason is %zu bytes; at most %u", rlen,
                              (unsigned)PROTO_MAX_REASON);
+    if (s->js)
+        return ferry__js_nack(s, d->seq, delay_ms, reason);
     struct proto_nack n = {
         .sub_id = s->sub_id,
         .seq = d->seq,
@@ -758,6 +773,8 @@ int ferry_delivery_touch(const ferry_delivery *d)
     int rc = delivery_sub(d, &s);
     if (rc < 0)
         return rc;
+    if (s->js)
+        return ferry__js_touch(s, d->seq);
     return sub_op(s, PROTO_TOUCH, d->seq, 1, "TOUCH");
 }
 
@@ -775,6 +792,8 @@ int ferry_sub_set_window(ferry_sub *s, uint32_t max_in_flight)
                              (unsigned)max_in_flight, (unsigned)PROTO_MAX_WINDOW);
     if ((rc = sub_gone(s)) < 0)
         return rc;
+    if (s->js)
+        return ferry__js_set_window(s, max_in_flight);
     rc = sub_op(s, PROTO_CREDIT, max_in_flight, 0, "CREDIT");
     if (rc == 0)
         s->window = max_in_flight;
@@ -888,10 +907,20 @@ int ferry_subscribe(ferry_conn *c, const char *topic, const char *group,
     /* Attached before SUBSCRIBE is sent: deliveries may follow SUBSCRIBE_OK
      * in the same read, before this call returns. From now on every wait
      * serves the consumer side. */
-    c->hooks = &consumer_hooks;
     s->c = c;
     s->next = c->subs;
     c->subs = s;
+    if (c->js) {
+        rc = ferry__js_subscribe(c, s, &o);
+        if (rc < 0) {
+            ferry__js_unsubscribe(s);
+            sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);
+            return rc;
+        }
+        *out = s;
+        return 0;
+    }
+    c->hooks = &consumer_hooks;
 
     struct proto_subscribe ps = {
         .sub_id = s->sub_id,
@@ -959,12 +988,19 @@ int ferry_unsubscribe(ferry_sub *s)
         return s->ended; /* detached by ferry_close: nothing left to free */
     if (s->end_code) {
         /* The broker ended it and forgot it (SUB_END): nothing to send. */
+        ferry__js_unsubscribe(s);
         c->errmsg[0] = '\0';
         queue_purge(c, s);
         sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);
         return 0;
     }
     int rc = ferry__begin(c);
+    if (rc == 0 && c->js) {
+        ferry__js_unsubscribe(s);
+        queue_purge(c, s);
+        sub_detach(s, FERRY_EUNKNOWN_SUBSCRIPTION);
+        return 0;
+    }
     if (rc == 0) {
         /* Acks first, so that the broker applies them before it gives the
          * rest back. */

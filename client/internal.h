@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "ferry.h"
+#include "js_internal.h"
 #include "proto.h"
 
 /* Room for the broker's longest ERROR text (PROTO_MAX_ERROR_TEXT) plus a
@@ -137,7 +138,8 @@ struct ferry__pending {
  * ferry_unsubscribe, ferry_close and ferry_delivery_free. refs is atomic
  * because a delivery may be freed on another thread. */
 struct ferry_sub {
-    ferry_conn *c; /* NULL once unsubscribed or its connection closed */
+    ferry_conn *c;            /* NULL once unsubscribed or its connection closed */
+    struct ferry__js_sub *js; /* over JetStream (js.c), else NULL */
     uint32_t sub_id;
     int closing; /* UNSUBSCRIBE sent: deliveries for it are dropped */
     int ended;   /* once detached: what calls on its deliveries return */
@@ -178,6 +180,11 @@ struct ferry__delivery {
 
 struct ferry_conn {
     int fd;
+    /* Over JetStream (a nats:// address, js.c): the NATS connection and
+     * its state; fd is then -1 and the buffers and ring stay unused. The
+     * delivery queue below is shared with the fetch threads under its
+     * mutex. NULL for ferryd. */
+    struct ferry__js *js;
 
     /* Limits: from the options, then from HELLO_OK. */
     int request_timeout_ms; /* < 0: wait forever */

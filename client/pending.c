@@ -83,6 +83,15 @@ static int waiter_done(const ferry_conn *c, const void *arg)
 int ferry__request(ferry_conn *c, size_t frame_start, uint32_t request_id, uint8_t reply_type,
                    uint16_t count, struct ferry__waiter *w, int64_t deadline_us)
 {
+    if (c->js) {
+        /* A ferryd request on a JetStream connection: the admin calls
+         * (topics, groups, peek, redrive, deletes...) have no meaning
+         * there. */
+        c->wlen = frame_start;
+        return ferry__seterr(c, FERRY_EUNSUPPORTED,
+                             "not available over JetStream (use JetStream's own tools; "
+                             "docs/SCALING.md)");
+    }
     struct ferry__pending p = {
         .request_id = request_id,
         .reply_type = reply_type,
@@ -115,6 +124,10 @@ int ferry__request(ferry_conn *c, size_t frame_start, uint32_t request_id, uint8
 int ferry__request_nowait(ferry_conn *c, size_t frame_start, uint32_t request_id,
                           uint8_t reply_type)
 {
+    if (c->js) {
+        c->wlen = frame_start;
+        return FERRY_EUNSUPPORTED;
+    }
     struct ferry__pending p = {.request_id = request_id, .reply_type = reply_type};
     if (ferry__pending_push(c, &p) < 0) {
         c->wlen = frame_start;

@@ -269,6 +269,10 @@ int ferry_publish_batch(ferry_conn *c, const ferry_msg *msgs, size_t count, ferr
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
+    if (c->js)
+        return ferry__seterr(c, FERRY_EUNSUPPORTED,
+                             "JetStream stores each message on its own: no atomic batch "
+                             "(publish them one by one; docs/SCALING.md)");
 
     uint32_t id = ferry__next_request_id(c);
     size_t start = c->wlen;
@@ -284,6 +288,10 @@ int ferry_publish_batch(ferry_conn *c, const ferry_msg *msgs, size_t count, ferr
 
 int ferry_publish(ferry_conn *c, const ferry_msg *msg, ferry_ack *ack)
 {
+    if (c && c->js) {
+        int rc = ferry__begin(c);
+        return rc < 0 ? rc : ferry__js_publish(c, msg, ack);
+    }
     return ferry_publish_batch(c, msg, 1, ack);
 }
 
@@ -302,6 +310,8 @@ int ferry_publish_async(ferry_conn *c, const ferry_msg *msg, ferry_publish_cb cb
         return rc;
     if (!msg)
         return ferry__seterr(c, FERRY_EINVALID, "no message");
+    if (c->js)
+        return ferry__js_publish_async(c, msg, cb, userdata);
 
     if (c->async_in_flight >= c->max_in_flight || c->wlen - c->wpos >= FERRY__WBUF_HIGH_BYTES) {
         rc = ferry__pump(c, ferry__deadline(c->request_timeout_ms), has_room, NULL);
@@ -354,6 +364,8 @@ int ferry_flush(ferry_conn *c, int timeout_ms)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
+    if (c->js)
+        return ferry__js_flush(c, timeout_ms);
     rc = ferry__pump(c, ferry__deadline(timeout_ms), all_acked, NULL);
     if (rc == FERRY_ETIMEOUT)
         return ferry__seterr(c, rc, "%zu publishes and %zu acks still unacknowledged after %d ms",
@@ -374,6 +386,8 @@ int ferry_poll(ferry_conn *c)
     int rc = ferry__begin(c);
     if (rc < 0)
         return rc;
+    if (c->js)
+        return ferry__js_poll(c);
     if (c->hooks) {
         c->hooks->before_check(c);
         c->hooks->before_block(c);
@@ -390,5 +404,7 @@ int ferry_poll(ferry_conn *c)
 
 size_t ferry_in_flight(const ferry_conn *c)
 {
+    if (c && c->js)
+        return ferry__js_in_flight(c);
     return c ? c->async_in_flight : 0;
 }
