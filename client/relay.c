@@ -150,6 +150,7 @@ struct ferry_relay {
     uint64_t lag_base_published;
     int64_t lag_base_us;
     long batches_acked;
+    int js_recovered;       /* over JetStream: js_recover ran on this connection */
     int64_t first_batch_us; /* when the first batch was read, for --drain */
 
     /* The batch: rows, their headers, and the bytes they point into. */
@@ -613,6 +614,7 @@ static int conn_open(ferry_relay *r)
             rlog(r, FERRY_LOG_INFO, "connected to %s", r->server);
         r->connected_once = 1;
         r->conn_failures = 0;
+        r->js_recovered = 0;
         r->last_io_us = now;
         r->dirty = 1;
         return 0;
@@ -816,11 +818,17 @@ static int load_batch(ferry_relay *r)
     ferry_server_info info;
     ferry_server_info_get(r->conn, &info);
     uint32_t limit = r->batch < info.max_batch ? r->batch : info.max_batch;
-    if (r->cursor < r->solo_until)
-        limit = 1;
     size_t frame_max = info.max_frame_bytes > RELAY_FRAME_MARGIN * 2
                            ? info.max_frame_bytes - RELAY_FRAME_MARGIN
                            : info.max_frame_bytes / 2;
+    if (r->conn->js) {
+        /* JetStream: a window of single publishes, each within the
+         * server's max payload on its own (checked per message). */
+        limit = r->batch;
+        frame_max = SIZE_MAX;
+    }
+    if (r->cursor < r->solo_until)
+        limit = 1;
     size_t frame = 16 + strlen(r->producer_id);
 
     if (!r->rows) {
@@ -878,6 +886,68 @@ static int load_batch(ferry_relay *r)
     return (int)r->nrows;
 }
 
+/* ----- JetStream: where this database's rows stand in the stream ------- */
+
+/* The row of ferry_outbox_meta holding the stream sequence up to which
+ * every row this database published is known (marked sent, or the stream's
+ * end before the first publish): "jetstream_seq:<stream>". */
+static void js_seq_name(const ferry_relay *r, char *out, size_t cap)
+{
+    snprintf(out, cap, "jetstream_seq:%s", ferry__js_stream(r->conn));
+}
+
+/* Stores seq (with only_up, only when above the stored value), in the
+ * caller's transaction. Returns an SQLite code. */
+static int js_seq_store(ferry_relay *r, uint64_t seq, int only_up)
+{
+    char name[128];
+    js_seq_name(r, name, sizeof name);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        r->db,
+        only_up ? "INSERT INTO ferry_outbox_meta(name, value) VALUES (?1, ?2)"
+                  " ON CONFLICT(name) DO UPDATE SET value = excluded.value"
+                  " WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)"
+                : "INSERT INTO ferry_outbox_meta(name, value) VALUES (?1, ?2)"
+                  " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        char v[32];
+        snprintf(v, sizeof v, "%" PRIu64, seq);
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(st, 2, v, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* 1 with *seq when recorded, 0 when not, < 0 on a database error. */
+static int js_seq_load(ferry_relay *r, uint64_t *seq)
+{
+    char name[128];
+    js_seq_name(r, name, sizeof name);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(r->db, "SELECT value FROM ferry_outbox_meta WHERE name = ?1", -1,
+                                &st, NULL);
+    int found = 0;
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *seq = (uint64_t)sqlite3_column_int64(st, 0);
+            found = 1;
+        } else if (rc != SQLITE_DONE) {
+            found = db_fail(r, "cannot read the JetStream position", rc);
+        }
+    } else {
+        found = db_fail(r, "cannot read the JetStream position", rc);
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
 /* ----- marking -------------------------------------------------------- */
 
 /* Marks the batch sent, in one transaction. Returns 0 or an error (the rows
@@ -896,6 +966,14 @@ static int mark_sent(ferry_relay *r, size_t n)
         sqlite3_reset(r->q_mark);
         if (s != SQLITE_DONE)
             rc = s;
+    }
+    if (rc == SQLITE_OK && r->conn && r->conn->js && n > 0) {
+        /* Where the recovery scan of the next connection starts. */
+        uint64_t top = 0;
+        for (size_t i = 0; i < n; i++)
+            if (r->acks[i].seq > top)
+                top = r->acks[i].seq;
+        rc = js_seq_store(r, top, 1);
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
@@ -969,6 +1047,163 @@ static void publish_failed(ferry_relay *r, int rc, size_t n)
     backoff(r);
 }
 
+struct js_found {
+    ferry_relay *r;
+    int64_t now;
+    uint64_t marked;
+    int rc;
+};
+
+static void js_found_row(void *ud, uint64_t stream_seq, uint64_t producer_seq)
+{
+    struct js_found *f = ud;
+    if (f->rc != SQLITE_OK)
+        return;
+    sqlite3_bind_int64(f->r->q_mark, 1, f->now);
+    sqlite3_bind_int64(f->r->q_mark, 2, (int64_t)stream_seq);
+    sqlite3_bind_int64(f->r->q_mark, 3, (int64_t)producer_seq);
+    int s = sqlite3_step(f->r->q_mark);
+    sqlite3_reset(f->r->q_mark);
+    if (s != SQLITE_DONE)
+        f->rc = s;
+    else
+        f->marked += (uint64_t)sqlite3_changes(f->r->db);
+}
+
+/* After every connect to JetStream, before publishing: rows this database
+ * published that the stream stored but that were never marked sent (a
+ * crash or a lost connection between the PubAck and the mark) are found by
+ * reading the stream after the recorded position, and marked sent. So a
+ * row is never stored twice, however long after the crash (JetStream's own
+ * dedupe by Nats-Msg-Id only remembers its duplicate window). Returns 0, a
+ * connection error (the connection is dropped, retried with backoff) or a
+ * database error. */
+static int js_recover(ferry_relay *r)
+{
+    uint64_t after = 0, last = 0;
+    int found = js_seq_load(r, &after);
+    if (found < 0)
+        return found;
+    if (!found) {
+        /* First contact with this stream: nothing of ours is in it yet
+         * (every row published from now on lands after its end). */
+        int rc = ferry__js_last_seq(r->conn, &last);
+        if (rc < 0)
+            return rc;
+        rc = js_seq_store(r, last, 0);
+        if (rc != SQLITE_OK)
+            return db_fail(r, "cannot record the JetStream position", rc);
+        r->js_recovered = 1;
+        return 0;
+    }
+    int rc = sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(r, "cannot mark recovered rows (BEGIN)", rc);
+    struct js_found f = {.r = r, .now = ferry__wall_ms(), .rc = SQLITE_OK};
+    int64_t t0 = now_us();
+    int frc = ferry__js_scan(r->conn, after, r->producer_id, js_found_row, &f, &last);
+    /* A stream that ends before the position was deleted and made again:
+     * the position follows it down. */
+    if (frc == 0 && f.rc == SQLITE_OK)
+        f.rc = js_seq_store(r, last, last >= after);
+    if (frc == 0 && f.rc == SQLITE_OK)
+        f.rc = sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    if (frc < 0 || f.rc != SQLITE_OK) {
+        sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+        if (frc < 0) {
+            rlog(r, FERRY_LOG_WARN, "cannot read the stream back from seq %" PRIu64 ": %s: %s",
+                 after + 1, ferry_strerror(frc), ferry_errmsg(r->conn));
+            return frc;
+        }
+        return db_fail(r, "cannot mark recovered rows", f.rc);
+    }
+    if (f.marked) {
+        atomic_fetch_add(&r->n_published, f.marked);
+        atomic_fetch_add(&r->n_duplicates, f.marked);
+    }
+    if (f.marked || last > after)
+        rlog(r, FERRY_LOG_INFO,
+             "read the stream back from seq %" PRIu64 " to %" PRIu64 " in %.0f ms: %" PRIu64
+             " row%s already stored, marked sent",
+             after + 1, last, (double)(now_us() - t0) / 1000.0, f.marked, f.marked == 1 ? "" : "s");
+    r->js_recovered = 1;
+    return 0;
+}
+
+/* step() over JetStream: a window of n single publishes. The stored prefix
+ * is marked sent; the first failure is retried (a row stored anyway is
+ * acked by JetStream as a duplicate within its window, and found by
+ * js_recover after it). */
+static int step_js(ferry_relay *r, int n)
+{
+    if (!r->js_recovered) {
+        int rc = js_recover(r);
+        if (rc < 0) {
+            if (is_conn_error(rc) || rc == FERRY_EINTERNAL)
+                conn_drop(r);
+            backoff(r);
+            return rc == FERRY_ESTORAGE ? rc : n;
+        }
+        /* Rows may have been marked: read the batch again. */
+        return n;
+    }
+    size_t stored = 0;
+    int rc = ferry__js_publish_window(r->conn, r->msgs, (size_t)n, r->acks, &stored);
+    if (stored > 0) {
+        r->last_io_us = now_us();
+        if (r->crash_after_ack > 0 && ++r->batches_acked >= r->crash_after_ack) {
+            rlog(r, FERRY_LOG_WARN,
+                 "test hook " FERRY_RELAY_CRASH_ENV ": exiting after JetStream acked seq %" PRId64
+                 "-%" PRId64 ", before marking them sent",
+                 r->rows[0].seq, r->rows[stored - 1].seq);
+            _exit(9);
+        }
+        int mrc = mark_sent(r, stored);
+        if (mrc < 0) {
+            backoff(r);
+            return n;
+        }
+        uint64_t dups = 0;
+        for (size_t i = 0; i < stored; i++)
+            dups += r->acks[i].duplicate != 0;
+        r->cursor = r->rows[stored - 1].seq;
+        atomic_fetch_add(&r->n_published, (uint64_t)stored);
+        if (dups)
+            atomic_fetch_add(&r->n_duplicates, dups);
+        atomic_store(&r->last_seq, (uint64_t)r->cursor);
+    }
+    if (rc == 0) {
+        if (r->last_error) {
+            rlog(r, FERRY_LOG_INFO, "publishing again from seq %" PRId64, r->rows[0].seq);
+            r->last_error = 0;
+        }
+        r->backoff_ms = RELAY_BACKOFF_FIRST_MS;
+        return n;
+    }
+    const struct rrow *bad = &r->rows[stored];
+    if (is_row_error(rc)) {
+        char why[FERRY__ERRMSG_BYTES + 64];
+        snprintf(why, sizeof why, "%s: %s", ferry_strerror(rc), ferry_errmsg(r->conn));
+        int frc = mark_failed(r, bad->seq, why);
+        return frc < 0 ? frc : n;
+    }
+    const char *detail = ferry_errmsg(r->conn);
+    int64_t now = now_us();
+    if (rc != r->last_error || now - r->error_logged_us >= RELAY_REPEAT_LOG_MS * 1000LL) {
+        rlog(r, FERRY_LOG_WARN,
+             "publishing from seq %" PRId64 " to JetStream failed: %s%s%s; retrying with backoff",
+             bad->seq, ferry_strerror(rc), *detail ? ": " : "", detail);
+        r->last_error = rc;
+        r->error_logged_us = now;
+    }
+    /* Lost contact: the next connection reads the stream back first. */
+    r->js_recovered = 0;
+    if (is_conn_error(rc) && rc != FERRY_ETIMEOUT)
+        conn_drop(r);
+    backoff(r);
+    return n;
+}
+
 /* Reads, publishes and marks one batch. Returns the rows done (> 0), 0 when
  * none are waiting, or a database error. */
 static int step(ferry_relay *r)
@@ -985,6 +1220,8 @@ static int step(ferry_relay *r)
     }
 
     sync_wal(r);
+    if (r->conn->js)
+        return step_js(r, n);
     int rc = ferry_publish_batch(r->conn, r->msgs, (size_t)n, r->acks);
     if (rc < 0 && is_row_error(rc) && n == 1) {
         char why[FERRY__ERRMSG_BYTES + 64];

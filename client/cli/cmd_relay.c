@@ -66,7 +66,11 @@ static const char usage_text[] =
     "  --rescan-ms N        with --pg: the safety re-scan when no NOTIFY came,\n"
     "                       100-3600000 (default 10000)\n"
     "                       (--retention and --poll-ms are for --db only)\n"
-    "  --batch N            rows per publish, 1-10000 (default 1000)\n"
+    "  --to ADDR            where to relay: ferryd's HOST:PORT, or NATS JetStream,\n"
+    "                       nats://HOST:PORT[,HOST:PORT...][?stream=NAME&...]\n"
+    "                       (docs/SCALING.md); the same as --server\n"
+    "  --batch N            rows per publish, 1-10000 (default 1000); over\n"
+    "                       JetStream, publishes in flight at once\n"
     "  --retention DURATION delete sent rows this long after they were sent\n"
     "                       (default 1h; 0: at once; 'forever': never).\n"
     "                       DURATION: 500ms, 30s, 10m, 1h, 7d (bare: ms)\n"
@@ -511,6 +515,7 @@ static int parse_args(struct cli *cli, int argc, char **argv, struct relay_args 
     static const struct option longopts[] = {
         CLI_COMMON_LONGOPTS,
         {"db", required_argument, NULL, OPT_DB},
+        {"to", required_argument, NULL, CLI_OPT_SERVER},
         {"batch", required_argument, NULL, OPT_BATCH},
         {"retention", required_argument, NULL, OPT_RETENTION},
         {"poll-ms", required_argument, NULL, OPT_POLL_MS},
