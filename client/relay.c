@@ -599,7 +599,9 @@ static int conn_open(ferry_relay *r)
     o.client_name = "ferry relay";
     o.producer_id = r->producer_id;
     o.connect_timeout_ms = 5000;
-    o.request_timeout_ms = 30000;
+    /* JetStream: a publish lost with its server (killed, failed over) never
+     * gets its PubAck; 5 s until the window is retried from it. */
+    o.request_timeout_ms = ferry__is_js_address(r->server) ? 5000 : 30000;
     char detail[512];
     int rc = ferry_connect(r->server, &o, &r->conn, detail, sizeof detail);
     int64_t now = now_us();

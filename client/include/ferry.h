@@ -144,7 +144,25 @@ typedef struct ferry_ack {
  * FERRY_EVERSION, FERRY_ETOO_MANY_CONNECTIONS, FERRY_EPROTOCOL (not a ferry
  * broker), ...; if errmsg is not NULL it receives up to errmsg_len bytes of
  * detail (NUL-terminated, without the address), e.g. "Connection refused".
- * Name resolution (getaddrinfo) is not bounded by connect_timeout_ms. */
+ * Name resolution (getaddrinfo) is not bounded by connect_timeout_ms.
+ *
+ * NATS JetStream instead of ferryd (docs/SCALING.md): addr
+ * "nats://HOST:PORT[,HOST:PORT...][?stream=NAME&prefix=P&replicas=N&dedupe_ms=MS]"
+ * connects through the NATS C client to those servers (a cluster: any of
+ * them; it reconnects by itself for as long as the connection is kept) and
+ * makes sure the stream exists (default FERRY holding the subjects
+ * "ferry.>"; created with the given replicas and duplicate window when
+ * missing). The same calls then work on the connection: ferry_publish and
+ * ferry_publish_async (acked by JetStream's PubAck; a message id seen
+ * within the stream's duplicate window is acked with duplicate = 1),
+ * ferry_subscribe (the group is a durable pull consumer), ferry_receive,
+ * the delivery calls, ferry_sub_set_window, ferry_sub_set_callback,
+ * ferry_seek, ferry_flush, ferry_poll, ferry_ping and the inbox.
+ * ferry_delivery.seq is the stream's sequence (increasing per topic, with
+ * gaps). Everything else, ferry_publish_batch included (JetStream has no
+ * atomic batch), returns FERRY_EUNSUPPORTED. opts->token is sent as the
+ * NATS token; max_in_flight bounds the pipelined publishes;
+ * request_timeout_ms bounds each JetStream request. */
 FERRY_API int ferry_connect(const char *addr, const ferry_options *opts, ferry_conn **out,
                             char *errmsg, size_t errmsg_len);
 
@@ -1006,10 +1024,12 @@ typedef void (*ferry_relay_log_fn)(void *userdata, int level, const char *line);
 typedef struct ferry_relay_options {
     size_t size;            /* sizeof(ferry_relay_options) */
     const char *db_path;    /* required: the application's database file */
-    const char *server;     /* NULL: FERRY_DEFAULT_SERVER */
+    const char *server;     /* NULL: FERRY_DEFAULT_SERVER; a nats:// address
+                               relays to JetStream (docs/SCALING.md) */
     const char *token;      /* NULL: none */
     uint32_t batch;         /* 0: 1000; 1..10000 rows per PUBLISH (also bounded
-                               by the broker's max_batch and max frame) */
+                               by the broker's max_batch and max frame); over
+                               JetStream the publishes in flight at once */
     int64_t retention_ms;   /* 0: 1 hour; sent rows are deleted this long after
                                they were sent; FERRY_RELAY_KEEP_FOREVER: never */
     int poll_interval_ms;   /* 0: 5; how often PRAGMA data_version is read for
@@ -1047,7 +1067,13 @@ FERRY_API int ferry_relay_new(const ferry_relay_options *opts, ferry_relay **out
  * idle or standing by; otherwise after the publish or connection attempt in
  * flight (normally milliseconds; at most the 30 s request timeout or the
  * 5 s connect timeout against a broker that hangs). Rows published but not
- * yet marked are published again by the next run, as duplicates. */
+ * yet marked are published again by the next run, as duplicates. Over
+ * JetStream (a nats:// server) each connection first reads the stream back
+ * from the position recorded in the database (ferry_outbox_meta row
+ * "jetstream_seq:<stream>") and marks sent the rows it finds stored, so that
+ * no row is stored twice even after JetStream's duplicate window;
+ * publishes then go in windows of `batch`, each row marked sent after its
+ * PubAck (docs/SCALING.md says what holds across a failed publish). */
 FERRY_API int ferry_relay_run(ferry_relay *r);
 
 /* Asks ferry_relay_run to return. Thread-safe and async-signal-safe (may be
