@@ -448,7 +448,9 @@ int ferry_sub_set_callback(ferry_sub *s, ferry_delivery_cb cb, void *userdata)
         return FERRY_EINVALID;
     s->cb = cb;
     s->userdata = userdata;
-    if (cb && s->c) {
+    /* Over JetStream the fetch threads share the queue; ferry_poll and
+     * ferry_receive run the callbacks of whatever is queued. */
+    if (cb && s->c && !s->c->js) {
         for (const struct ferry__delivery *d = s->c->dq_head; d; d = d->next) {
             if (d->sub == s) {
                 s->c->dq_backlog = 1;
