@@ -1808,3 +1808,44 @@ int ferry__js_seek(ferry_conn *c, const char *topic, const char *group, ferry_st
     jsConsumerInfo_Destroy(ci);
     return 0;
 }
+
+/* ------------------------------------------------------------------------
+ * The decoders, for tests/fuzz/fuzz_js.c.
+ */
+
+int ferry__js_parse_address_test(const char *addr, char *why, size_t why_len)
+{
+    struct ferry__js js;
+    char servers[JS_MAX_SERVERS][300];
+    int n = 0;
+    memset(&js, 0, sizeof js);
+    if (!ferry__is_js_address(addr)) {
+        snprintf(why, why_len, "not nats://");
+        return -1;
+    }
+    return parse_address(addr, servers, &n, &js, why, why_len);
+}
+
+int ferry__js_decode_test(void *nats_msg, uint64_t stream_seq, uint64_t delivered,
+                          ferry_delivery **out)
+{
+    struct ferry_sub *s = calloc(1, sizeof *s);
+    if (!s)
+        return FERRY_ENOMEM;
+    snprintf(s->topic, sizeof s->topic, "fuzz");
+    snprintf(s->group, sizeof s->group, "fuzz");
+    atomic_init(&s->refs, 1);
+    jsMsgMetaData meta;
+    memset(&meta, 0, sizeof meta);
+    meta.Sequence.Stream = stream_seq;
+    meta.NumDelivered = delivered;
+    struct ferry__delivery *d = delivery_of(s, nats_msg, &meta);
+    /* The delivery holds the only other reference: freed with it. */
+    atomic_fetch_sub(&s->refs, 1);
+    if (!d) {
+        free(s);
+        return FERRY_ENOMEM;
+    }
+    *out = &d->pub;
+    return 0;
+}

@@ -79,4 +79,11 @@ int ferry__js_floor(struct ferry_sub *s, uint64_t *floor);
 int ferry__js_seek(ferry_conn *c, const char *topic, const char *group, ferry_start start,
                    uint64_t value);
 
+/* For tests/fuzz/fuzz_js.c: the address parser (0, or -1 with why), and
+ * the decoding of a received natsMsg (a natsMsg *) into a delivery of a
+ * detached subscription (free it with ferry_delivery_free). */
+int ferry__js_parse_address_test(const char *addr, char *why, size_t why_len);
+int ferry__js_decode_test(void *nats_msg, uint64_t stream_seq, uint64_t delivered,
+                          ferry_delivery **out);
+
 #endif /* FERRY_JS_INTERNAL_H */
