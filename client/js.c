@@ -1185,7 +1185,8 @@ static int dead_letter(struct ferry__js_sub *j, natsMsg *msg, uint64_t seq, uint
     int nkeys = 0;
     if (s == NATS_OK && natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
         for (int i = 0; s == NATS_OK && i < nkeys; i++) {
-            if (!strcmp(keys[i], "Nats-Msg-Id") || !strncmp(keys[i], "Nats-", 5))
+            if (!strncmp(keys[i], "Nats-", 5) || !strcmp(keys[i], "Ferry-Producer") ||
+                !strcmp(keys[i], "Ferry-Producer-Seq") || !strcmp(keys[i], "Ferry-Deliver-At"))
                 continue;
             const char **vals = NULL;
             int nv = 0;
@@ -1197,24 +1198,29 @@ static int dead_letter(struct ferry__js_sub *j, natsMsg *msg, uint64_t seq, uint
         }
         free((void *)keys);
     }
-    const char *orig_id = NULL;
-    char buf[PROTO_MAX_GROUP + 160];
-    if (s == NATS_OK && natsMsgHeader_Get(msg, "Nats-Msg-Id", &orig_id) == NATS_OK)
-        s = natsMsgHeader_Set(dm, "Ferry-Dead-Id", orig_id);
+    /* The headers ferryd gives a dead letter (docs/PROTOCOL.md §9.6), in
+     * names (NATS keeps no header order); the copy's own Nats-Msg-Id makes a repeat after a crash
+     * (published, not yet terminated) a duplicate. */
+    const char *orig_id = "";
+    natsMsgHeader_Get(msg, "Nats-Msg-Id", &orig_id);
+    char buf[PROTO_MAX_GROUP + PROTO_MAX_REASON + 160];
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-topic", j->s->topic);
+    snprintf(buf, sizeof buf, "%" PRIu64, seq);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-seq", buf);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-group", j->s->group);
+    snprintf(buf, sizeof buf, "%" PRIu64, attempts);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-attempts", buf);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-reason", reason);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(dm, "ferry-dead-id", orig_id ? orig_id : "");
     snprintf(buf, sizeof buf, "dead.%s.%" PRIu64, j->durable, seq);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(dm, "Nats-Msg-Id", buf);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dm, "Ferry-Dead-Group", j->s->group);
-    snprintf(buf, sizeof buf, "%" PRIu64, seq);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dm, "Ferry-Dead-Seq", buf);
-    snprintf(buf, sizeof buf, "%" PRIu64, attempts);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dm, "Ferry-Attempts", buf);
-    if (s == NATS_OK)
-        s = natsMsgHeader_Set(dm, "Ferry-Dead-Reason",
-                              reason && *reason ? reason : "max deliveries");
     jsPubAck *pa = NULL;
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, js->jsc, dm, NULL, NULL);
@@ -1342,10 +1348,19 @@ static void *fetch_thread(void *arg)
 
         if (!j->nsub) {
             jsErrCode jerr = 0;
-            if (bind(j, &jerr) != NATS_OK) {
-                if (!lost_since)
+            natsStatus bs = bind(j, &jerr);
+            if (bs != NATS_OK) {
+                if (j->stop)
+                    return NULL;
+                /* Only a consumer that stays missing ends the subscription;
+                 * a server that is away (restarting, failing over) is
+                 * waited for as long as it takes. */
+                int missing = bs == NATS_NOT_FOUND || jerr == 10014;
+                if (!missing)
+                    lost_since = 0;
+                else if (!lost_since)
                     lost_since = ferry__now_us();
-                if (ferry__now_us() - lost_since > JS_REBIND_MS * 1000LL) {
+                if (missing && ferry__now_us() - lost_since > JS_REBIND_MS * 1000LL) {
                     pthread_mutex_lock(&js->mu);
                     j->s->end_code = FERRY_EUNKNOWN_GROUP;
                     snprintf(j->s->end_msg, sizeof j->s->end_msg,
@@ -1377,13 +1392,11 @@ static void *fetch_thread(void *arg)
             continue;
         if (j->stop)
             return NULL;
-        if (s == NATS_NOT_FOUND || jerr == 10014 /* consumer not found */ ||
-            s == NATS_INVALID_SUBSCRIPTION) {
-            /* ferry_seek recreated it, or it was deleted: bind again. */
+        /* The consumer was deleted (ferry_seek makes it again) or is
+         * failing over, the server is away (libnats reconnects) or busy:
+         * bind again after a pause, which also finds out which. */
+        if (s != NATS_CONNECTION_DISCONNECTED)
             unbind(j);
-            continue;
-        }
-        /* Disconnected (libnats reconnects), or the server is busy. */
         struct timespec ts = {0, 100 * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -1701,7 +1714,10 @@ static int settle(struct ferry_sub *s, uint64_t seq, enum js_settle how, uint32_
             jsMsgMetaData_Destroy(meta);
         }
         if (s->max_deliveries && attempt >= s->max_deliveries && s->topic[0] != '_') {
-            rc = dead_letter(j, m, seq, attempt, reason);
+            char why[PROTO_MAX_REASON + 16];
+            snprintf(why, sizeof why, "nacked%s%s", reason && *reason ? ": " : "",
+                     reason ? reason : "");
+            rc = dead_letter(j, m, seq, attempt, why);
             if (rc < 0)
                 rc = ferry__seterr(c, rc, "cannot dead-letter seq %" PRIu64, seq);
         } else {
