@@ -117,6 +117,7 @@ struct ferry__js {
      * callback (run on the caller's thread). */
     struct js_pub *pub_head, *pub_tail;
     size_t pub_in_flight;
+    int nats_closed; /* the closed callback ran: no libnats thread uses js */
 };
 
 /* ------------------------------------------------------------------------
@@ -320,6 +321,18 @@ static int parse_address(const char *addr, char servers[][300], int *nservers, s
 
 static void on_puback(jsCtx *jsc, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 
+/* libnats' last callback on a connection: after it none of its threads
+ * touches js, which ferry__js_free waits for before freeing it. */
+static void on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct ferry__js *js = closure;
+    pthread_mutex_lock(&js->mu);
+    js->nats_closed = 1;
+    pthread_cond_broadcast(&js->cv);
+    pthread_mutex_unlock(&js->mu);
+}
+
 /* The stream: used as it is when it exists, else created. */
 static int ensure_stream(ferry_conn *c, struct ferry__js *js)
 {
@@ -401,6 +414,8 @@ int ferry__js_connect(ferry_conn *c, const char *addr, const ferry_options *o, c
     if (s == NATS_OK && o->token)
         s = natsOptions_SetToken(no, o->token);
     if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(no, on_closed, js);
+    if (s == NATS_OK)
         s = natsConnection_Connect(&js->nc, no);
     natsOptions_Destroy(no);
     if (s != NATS_OK) {
@@ -417,6 +432,8 @@ int ferry__js_connect(ferry_conn *c, const char *addr, const ferry_options *o, c
     jo.PublishAsync.MaxPending = o->max_in_flight ? o->max_in_flight : FERRY__DEFAULT_MAX_IN_FLIGHT;
     jo.PublishAsync.AckHandler = on_puback;
     jo.PublishAsync.AckHandlerClosure = js;
+    /* ferry_publish_async waits for room up to the request timeout. */
+    jo.PublishAsync.StallWait = js->request_timeout_ms > 0 ? js->request_timeout_ms : 30000;
     s = natsConnection_JetStream(&js->jsc, js->nc, &jo);
     if (s != NATS_OK) {
         snprintf(why, why_len, "no JetStream context: %s", natsStatus_GetText(s));
@@ -438,6 +455,7 @@ int ferry__js_connect(ferry_conn *c, const char *addr, const ferry_options *o, c
 }
 
 static void js_sub_stop(struct ferry__js_sub *j);
+static void abs_time(struct timespec *ts, int64_t in_us);
 
 void ferry__js_close(ferry_conn *c)
 {
@@ -477,8 +495,27 @@ void ferry__js_free(ferry_conn *c)
     if (!js)
         return;
     if (js->nc) {
-        natsConnection_Close(js->nc);
+        /* Drained, not just closed: the PubAck handler of a late ack must
+         * have returned before js goes. Bounded; a connection that never
+         * reports closed keeps js (never freed) rather than risk it. */
+        if (natsConnection_DrainTimeout(js->nc, 2000) != NATS_OK)
+            natsConnection_Close(js->nc);
+        int closed;
+        pthread_mutex_lock(&js->mu);
+        int64_t deadline = ferry__now_us() + 5000000;
+        while (!js->nats_closed && ferry__now_us() < deadline) {
+            struct timespec ts;
+            abs_time(&ts, 100000);
+            pthread_cond_timedwait(&js->cv, &js->mu, &ts);
+        }
+        closed = js->nats_closed;
+        pthread_mutex_unlock(&js->mu);
         natsConnection_Destroy(js->nc);
+        js->nc = NULL;
+        if (!closed) {
+            c->js = NULL;
+            return;
+        }
     }
     pthread_cond_destroy(&js->cv);
     pthread_mutex_destroy(&js->mu);
