@@ -44,7 +44,10 @@ static int find_bin(char *out, size_t len)
         snprintf(out, len, "%s", env);
         if (access(out, X_OK) == 0)
             return 0;
-        fprintf(stderr, "nats_harness: FERRY_NATS_SERVER=%s is not executable\n", env);
+        fprintf(stderr,
+                "nats_harness: FERRY_NATS_SERVER=%s is not executable (unset it and run"
+                " script/bootstrap: it installs Debian's nats-server)\n",
+                env);
         return -1;
     }
     if (access("/usr/sbin/nats-server", X_OK) == 0) {
