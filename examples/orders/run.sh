@@ -138,6 +138,18 @@ trap 'exit 130' INT TERM
 
 say() { printf '== %s\n' "$*"; }
 
+# in_bg CMD...: runs CMD in the background and waits for it, so that a
+# SIGINT or SIGTERM to this script is acted on at once (bash runs a trap
+# only after a foreground command ends), its PID in pids for the cleanup.
+in_bg() {
+    "$@" &
+    local p=$! rc=0
+    pids+=("$p")
+    wait "$p" || rc=$?
+    unset 'pids[-1]' # reaped: its PID may be reused
+    return "$rc"
+}
+
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -263,7 +275,7 @@ else
 fi
 say "order_service: placing $orders orders at $rate/s"
 start=$(date +%s.%N)
-if ! "$bin/order_service" "${order_args[@]}" >"$dir/orders.log" 2>&1; then
+if ! in_bg "$bin/order_service" "${order_args[@]}" >"$dir/orders.log" 2>&1; then
     echo "run.sh: order_service failed:" >&2
     cat "$dir/orders.log" >&2
     exit 1
@@ -272,7 +284,7 @@ fi
 # 4. Every order's effects, then a stop that lets each service log its
 #    summary.
 say "all orders placed; waiting for their effects"
-"$bin/orders_check" "${check_store[@]}" --wait-ms 120000 >/dev/null || {
+in_bg "$bin/orders_check" "${check_store[@]}" --wait-ms 120000 >/dev/null || {
     echo "run.sh: the effects did not all arrive; logs in $dir" >&2
     keep=1
     exit 1
