@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh - the order -> inventory story in one command.
 #
-# Starts ferryd on a fresh temporary folder, the inventory and e-mail
+# Starts ferryd on a fresh temporary folder (or, with --transport jetstream,
+# a NATS JetStream server: nats-server -js), the inventory and e-mail
 # services (consumer groups "inventory" and "email"), the outbox relay
 # (`ferry relay` as a sidecar, or --relay thread: inside the order service)
 # and the order service, which places --orders orders at --rate per second.
@@ -14,6 +15,9 @@
 #                                               the commit-to-effect benchmark
 #   examples/orders/run.sh --pg                 the order and consumer services
 #                                               on a private PostgreSQL
+#   examples/orders/run.sh --transport jetstream
+#                                               the same services over NATS
+#                                               JetStream (docs/SCALING.md)
 #
 # The programs are taken from the meson build folder: --build DIR, or
 # $FERRY_BUILD, or ./build of the repository.
@@ -30,9 +34,10 @@ latency_from=1
 keep=0
 sync=full
 pg=0
+transport=ferryd
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 
 Options:
@@ -51,6 +56,12 @@ Options:
                       the user ferry-pg when run as root; a unix socket there
                       and a free 127.0.0.1 port), \`ferry relay --pg URL
                       --schema orders\` as the relay; stopped at the end
+  --transport T       ferryd (default) or jetstream: a private nats-server -js
+                      (\$NATS_SERVER, else /usr/sbin/nats-server) on a free
+                      127.0.0.1 port with its store in the temporary folder;
+                      every service gets --server nats://127.0.0.1:PORT and the
+                      relay --to nats://127.0.0.1:PORT, nothing else changes;
+                      ferryd is not started (--pg needs ferryd)
   --build DIR         the meson build folder (default \$FERRY_BUILD or ./build)
   --keep              keep the temporary folder (databases, logs)
 EOF
@@ -58,7 +69,7 @@ EOF
 
 while [ $# -gt 0 ]; do
     case $1 in
-    --orders | --rate | --relay | --latency-from | --sync | --build)
+    --orders | --rate | --relay | --latency-from | --sync | --build | --transport)
         if [ $# -lt 2 ]; then
             echo "run.sh: $1 needs a value (--help)" >&2
             exit 2
@@ -74,11 +85,18 @@ while [ $# -gt 0 ]; do
     --build) build=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --pg) pg=1; shift ;;
+    --transport) transport=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (--help)" >&2; exit 2 ;;
     esac
 done
 case $relay in sidecar | thread) ;; *) echo "run.sh: --relay is sidecar or thread" >&2; exit 2 ;; esac
+case $transport in ferryd | jetstream) ;; *) echo "run.sh: --transport is ferryd or jetstream" >&2; exit 2 ;; esac
+if [ "$pg" = 1 ] && [ "$transport" = jetstream ]; then
+    echo "run.sh: --pg runs with --transport ferryd only: the PostgreSQL relay publishes atomic" \
+        "batches, which JetStream does not have (docs/SCALING.md)" >&2
+    exit 2
+fi
 if [ "$pg" = 1 ] && { [ "$relay" = thread ] || [ "$latency" = 1 ]; }; then
     echo "run.sh: --pg runs the sidecar relay, without --latency" >&2
     exit 2
@@ -87,10 +105,17 @@ fi
 bin=$build/examples/orders
 ferryd=$build/broker/ferryd
 ferry=$build/client/cli/ferry
-for exe in "$ferryd" "$ferry" "$bin/order_service" "$bin/inventory_service" \
+nats_server=${NATS_SERVER:-/usr/sbin/nats-server}
+server_exe=$ferryd
+[ "$transport" = jetstream ] && server_exe=$nats_server
+for exe in "$server_exe" "$ferry" "$bin/order_service" "$bin/inventory_service" \
     "$bin/email_service" "$bin/orders_check"; do
     if [ ! -x "$exe" ]; then
-        echo "run.sh: $exe is missing: build first (meson setup build && ninja -C build)" >&2
+        if [ "$exe" = "$nats_server" ]; then
+            echo "run.sh: no nats-server at $exe (apt-get install nats-server, or set NATS_SERVER)" >&2
+        else
+            echo "run.sh: $exe is missing: build first (meson setup build && ninja -C build)" >&2
+        fi
         exit 1
     fi
 done
@@ -113,18 +138,61 @@ trap 'exit 130' INT TERM
 
 say() { printf '== %s\n' "$*"; }
 
-# 1. The broker, on a free port.
-"$ferryd" --listen 127.0.0.1:0 --data "$dir/ferry-data" --ready-file "$dir/ready" \
-    >"$dir/ferryd.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 500); do [ -s "$dir/ready" ] && break; sleep 0.02; done
-if [ ! -s "$dir/ready" ]; then
-    echo "run.sh: ferryd did not start:" >&2
-    cat "$dir/ferryd.log" >&2
-    exit 1
+# in_bg CMD...: runs CMD in the background and waits for it, so that a
+# SIGINT or SIGTERM to this script is acted on at once (bash runs a trap
+# only after a foreground command ends), its PID in pids for the cleanup.
+in_bg() {
+    "$@" &
+    local p=$! rc=0
+    pids+=("$p")
+    wait "$p" || rc=$?
+    unset 'pids[-1]' # reaped: its PID may be reused
+    return "$rc"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# 1. The broker, on a free port: ferryd, or a JetStream server.
+if [ "$transport" = jetstream ]; then
+    # A port taken between free_port and the server's bind fails the start
+    # (the log says so); run again.
+    natsport=$(free_port)
+    mkdir "$dir/js"
+    "$nats_server" -js -a 127.0.0.1 -p "$natsport" -sd "$dir/js" >"$dir/nats-server.log" 2>&1 &
+    pids+=($!)
+    up=0
+    for _ in $(seq 1 500); do
+        if ! kill -0 "${pids[0]}" 2>/dev/null; then break; fi
+        # Accepting connections, and JetStream ready (the server logs it).
+        if (exec 3<>"/dev/tcp/127.0.0.1/$natsport") 2>/dev/null &&
+            grep -q 'Server is ready' "$dir/nats-server.log"; then
+            up=1
+            break
+        fi
+        sleep 0.02
+    done
+    if [ "$up" != 1 ]; then
+        echo "run.sh: nats-server did not start:" >&2
+        cat "$dir/nats-server.log" >&2
+        exit 1
+    fi
+    addr=nats://127.0.0.1:$natsport
+    say "nats-server $("$nats_server" --version | awk '{print $2}') with JetStream at $addr (store in $dir/js)"
+else
+    "$ferryd" --listen 127.0.0.1:0 --data "$dir/ferry-data" --ready-file "$dir/ready" \
+        >"$dir/ferryd.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 500); do [ -s "$dir/ready" ] && break; sleep 0.02; done
+    if [ ! -s "$dir/ready" ]; then
+        echo "run.sh: ferryd did not start:" >&2
+        cat "$dir/ferryd.log" >&2
+        exit 1
+    fi
+    addr=$(head -n1 "$dir/ready")
+    say "ferryd listening on $addr (data in $dir/ferry-data)"
 fi
-addr=$(head -n1 "$dir/ready")
-say "ferryd listening on $addr (data in $dir/ferry-data)"
 
 # 1b. --pg: a private PostgreSQL, the services' schemas in its database.
 if [ "$pg" = 1 ]; then
@@ -146,7 +214,7 @@ if [ "$pg" = 1 ]; then
         chown ferry-pg: "$pgdir"
         as=(setpriv --reuid=ferry-pg --regid=ferry-pg --clear-groups --)
     fi
-    pgport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    pgport=$(free_port)
     if ! "${as[@]}" "$pgbin/initdb" -D "$pgdir/data" -U ferry -A trust -E UTF8 --locale=C \
         --no-sync >"$dir/initdb.log" 2>&1; then
         echo "run.sh: initdb failed:" >&2
@@ -198,16 +266,16 @@ if [ "$pg" = 1 ]; then
     say "relay: ferry relay --pg $url --schema orders (sidecar)"
 elif [ "$relay" = sidecar ]; then
     "$ferry" relay --db "$dir/orders.db" --install >/dev/null
-    "$ferry" relay --db "$dir/orders.db" --server "$addr" >"$dir/relay.log" 2>&1 &
+    "$ferry" relay --db "$dir/orders.db" --to "$addr" >"$dir/relay.log" 2>&1 &
     pids+=($!)
-    say "relay: ferry relay --db orders.db (sidecar)"
+    say "relay: ferry relay --db orders.db --to $addr (sidecar)"
 else
     order_args+=(--relay "$addr")
-    say "relay: a thread of order_service"
+    say "relay: a thread of order_service, to $addr"
 fi
 say "order_service: placing $orders orders at $rate/s"
 start=$(date +%s.%N)
-if ! "$bin/order_service" "${order_args[@]}" >"$dir/orders.log" 2>&1; then
+if ! in_bg "$bin/order_service" "${order_args[@]}" >"$dir/orders.log" 2>&1; then
     echo "run.sh: order_service failed:" >&2
     cat "$dir/orders.log" >&2
     exit 1
@@ -216,7 +284,7 @@ fi
 # 4. Every order's effects, then a stop that lets each service log its
 #    summary.
 say "all orders placed; waiting for their effects"
-"$bin/orders_check" "${check_store[@]}" --wait-ms 120000 >/dev/null || {
+in_bg "$bin/orders_check" "${check_store[@]}" --wait-ms 120000 >/dev/null || {
     echo "run.sh: the effects did not all arrive; logs in $dir" >&2
     keep=1
     exit 1
